@@ -1,0 +1,284 @@
+# Copyright 2025 The qwen-omni authors. Licensed under the Apache License, Version 2.0.
+"""Routed-token LoRA for fused MoE experts (Qwen3-Omni's `mlp.experts.gate_up_proj` / `mlp.experts.down_proj`).
+
+PEFT's `lora.ParamWrapper` puts LoRA on a 3-D expert parameter `W` of shape `(E, out, in)` by parametrizing it: every
+forward builds `W + scaling * B_e @ A_e` for *all* experts, and every backward produces a gradient the size of the
+whole expert stack before reducing it to the low-rank factors. On a top-k MoE only `k / E` of that work is useful.
+
+The wrapper here computes the same function without ever forming `W + dW`:
+
+    y_e = x_e @ W_e^T + scaling * (x_e @ A_e^T) @ B_e^T        for the tokens x_e routed to expert e
+
+inside the experts forward (transformers' `eager` loop or its `grouped_mm` path), so the LoRA cost scales with the
+number of routed tokens and the rank, and the frozen expert weights never need a gradient.
+
+It is a drop-in subclass of PEFT's wrapper: the adapter weights are the very same `lora_A` / `lora_B` `nn.Linear`
+modules (shapes `(E * r, in)` and `(out, E * r)`), so state-dict keys, `save_pretrained`, `PeftModel.from_pretrained`,
+`merge_and_unload`, `rank_pattern` / `alpha_pattern`, rsLoRA and multiple adapters behave exactly as with PEFT's
+wrapper; only the forward differs. Anything the routed forward does not cover (expert parallelism, experts with bias or
+a post-expert norm, implementations other than `eager` / `grouped_mm`) falls back to PEFT's own forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.lora import layer as peft_lora_layer
+from torch import nn
+from transformers.integrations import moe as hf_moe
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+# The expert parameters this wrapper knows how to apply routed-token LoRA to (a gated MoE's fused projections).
+ROUTED_PARAMETER_NAMES = ("gate_up_proj", "down_proj")
+# `experts_implementation` values whose computation is reproduced by the routed forward.
+ROUTED_EXPERTS_IMPLEMENTATIONS = ("eager", "grouped_mm")
+
+# (A: (E, r, in), B: (E, out, r), scaling) of one active adapter on one expert parameter.
+LoraFactors = tuple[torch.Tensor, torch.Tensor, float]
+
+
+class ParamWrapper(peft_lora_layer.ParamWrapper):
+    """PEFT's `lora.ParamWrapper` for a fused experts module, with a routed-token forward.
+
+    The class keeps PEFT's name on purpose: PEFT 0.21 recognises (and nests) parameter wrappers by
+    `__class__.__name__ == "ParamWrapper"` when it injects or adds adapters, and this wrapper must stay one to it.
+    Build it with [`apply_routed_lora`] rather than directly.
+
+    When two expert parameters of one module are targeted, PEFT nests the wrappers (`experts` ->
+    `ParamWrapper(down_proj)` -> `ParamWrapper(gate_up_proj)` -> experts module). The outermost wrapper is the one the
+    MoE block calls; it gathers the low-rank factors of every unmerged wrapper in the chain and runs a single routed
+    experts forward with them.
+    """
+
+    def _wrapper_chain(self) -> list[peft_lora_layer.ParamWrapper]:
+        chain, module = [], self
+        while isinstance(module, peft_lora_layer.ParamWrapper):
+            chain.append(module)
+            module = module.base_layer
+        return chain
+
+    def _routed_forward_unsupported_reason(self, experts: nn.Module) -> str | None:
+        chain = self._wrapper_chain()
+        if any(not isinstance(wrapper, ParamWrapper) for wrapper in chain):
+            return "the expert parameters are wrapped by a PEFT ParamWrapper that apply_routed_lora did not convert"
+        if any(wrapper.parameter_name not in ROUTED_PARAMETER_NAMES for wrapper in chain):
+            return f"only {ROUTED_PARAMETER_NAMES} are supported"
+        if not getattr(experts, "has_gate", False) or getattr(experts, "has_bias", False):
+            return "the experts are not a gated, bias-free `use_experts_implementation` module"
+        if getattr(experts, "has_post_expert_norm", False) or getattr(experts, "_is_expert_parallel", False):
+            return "post-expert norms and expert parallelism are not supported"
+        implementation = getattr(getattr(experts, "config", None), "_experts_implementation", None) or "eager"
+        if implementation not in ROUTED_EXPERTS_IMPLEMENTATIONS:
+            return f"experts_implementation={implementation!r} is not one of {ROUTED_EXPERTS_IMPLEMENTATIONS}"
+        return None
+
+    def _active_lora_factors(self, weight_dtype: torch.dtype) -> list[LoraFactors]:
+        """The (A, B, scaling) factors of this wrapper's active, unmerged adapters, cast like PEFT casts them."""
+        factors = []
+        for adapter_name in self.active_adapters:
+            if adapter_name not in self.lora_A or adapter_name in self.merged_adapters:
+                continue
+            weight_A = self.lora_A[adapter_name].weight  # (E * r, in), expert-major rows
+            weight_B = self.lora_B[adapter_name].weight  # (out, r * E), rank-major columns
+            weight_A = weight_A.reshape(self.num_experts, -1, weight_A.shape[-1])  # (E, r, in)
+            weight_B = weight_B.reshape(weight_B.shape[0], -1, self.num_experts).permute(2, 0, 1)  # (E, out, r)
+            factors.append((weight_A.to(weight_dtype), weight_B.to(weight_dtype), self.scaling[adapter_name]))
+        return factors
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        experts = self.get_base_layer()
+        reason = self._routed_forward_unsupported_reason(experts)
+        if reason is not None:
+            logger.warning_once(f"Routed-token LoRA falls back to PEFT's ParamWrapper forward: {reason}.")
+            return super().forward(x, *args, **kwargs)
+        self._check_forward_args(x, *args, **kwargs)
+        kwargs.pop("adapter_names", None)
+        chain = self._wrapper_chain()
+        if self.disable_adapters:
+            for wrapper in chain:
+                if wrapper.merged:
+                    wrapper.unmerge()
+            return experts(x, *args, **kwargs)
+        lora = {name: [] for name in ROUTED_PARAMETER_NAMES}
+        for wrapper in chain:
+            weight_dtype = getattr(experts, wrapper.parameter_name).dtype
+            lora[wrapper.parameter_name].extend(wrapper._active_lora_factors(weight_dtype))
+        return routed_lora_experts_forward(experts, x, *args, lora=lora, **kwargs)
+
+    def __repr__(self) -> str:
+        return "routed_" + super().__repr__()
+
+
+def apply_routed_lora(model: nn.Module) -> int:
+    """Switch every PEFT LoRA on fused MoE experts in `model` to the routed-token forward, in place.
+
+    Call it on the PEFT model (or the model PEFT injected into) after the adapter exists, e.g. after
+    `get_peft_model(model, LoraConfig(target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj", ...]))`
+    or `PeftModel.from_pretrained(model, adapter_dir)`. Only the wrappers' forward changes: parameters, their
+    `requires_grad`, state-dict keys, saving, loading, merging and unloading stay PEFT's. Calling it again is a no-op;
+    call it again after injecting further expert parameters.
+
+    Wiring (`qwen3_omni_moe/lora.py`, option `moe_lora_impl: "routed" | "peft"`, default "routed"):
+
+        peft_model = get_peft_model(thinker, lora_config)
+        if moe_lora_impl == "routed":
+            apply_routed_lora(peft_model)
+
+    The routed forward serves `experts_implementation` "eager" and "grouped_mm"; with other implementations (or
+    expert parallelism) the wrappers use PEFT's forward and a warning is logged once. Like PEFT's wrapper it requires
+    `lora_dropout=0`. A rank per expert *parameter* is set with `rank_pattern` / `alpha_pattern` keyed by the module
+    name (e.g. `{"mlp.experts": 4}`), as in PEFT; PEFT's layout has a single rank shared by all experts of a
+    parameter, so there is no rank per individual expert.
+
+    Args:
+        model (`nn.Module`): a `PeftModel` or any module containing PEFT LoRA `ParamWrapper`s.
+
+    Returns:
+        `int`: the number of experts modules whose wrappers this call converted (0 when nothing was left to do).
+    """
+    converted_experts = set()
+    for module in model.modules():
+        if not isinstance(module, peft_lora_layer.ParamWrapper) or module.parameter_name not in ROUTED_PARAMETER_NAMES:
+            continue
+        experts = module.get_base_layer()
+        if not getattr(experts, "has_gate", False) or type(module) is ParamWrapper:
+            continue
+        # same instance layout: only the forward (and repr) change, PEFT's state stays untouched
+        module.__class__ = ParamWrapper
+        converted_experts.add(id(experts))
+    return len(converted_experts)
+
+
+def _project(
+    x: torch.Tensor, weight: torch.Tensor, factors: list[LoraFactors], is_transposed: bool
+) -> torch.Tensor:
+    """`x @ W^T + sum(scaling * (x @ A^T) @ B^T)` for one expert: `W` (out, in) (or (in, out) if transposed)."""
+    out = x @ weight if is_transposed else nn.functional.linear(x, weight)
+    for weight_A, weight_B, scaling in factors:
+        out = torch.addmm(out, nn.functional.linear(x, weight_A), weight_B.t(), alpha=scaling)
+    return out
+
+
+def _eager_routed_forward(
+    experts: nn.Module,
+    hidden_states: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    lora: dict[str, list[LoraFactors]],
+) -> torch.Tensor:
+    """transformers' eager experts loop (one matmul per hit expert) with the LoRA term on that expert's tokens."""
+    num_experts = experts.num_experts
+    final_hidden_states = torch.zeros_like(hidden_states)
+    with torch.no_grad():
+        expert_mask = nn.functional.one_hot(top_k_index, num_classes=num_experts + 1).permute(2, 1, 0)
+        expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero().flatten().tolist()
+    # unbind once: indexing the stacks per expert would allocate a full-size gradient for every expert in backward
+    gate_up_weights, down_weights = experts.gate_up_proj.unbind(0), experts.down_proj.unbind(0)
+    gate_up_factors = [(a.unbind(0), b.unbind(0), s) for a, b, s in lora["gate_up_proj"]]
+    down_factors = [(a.unbind(0), b.unbind(0), s) for a, b, s in lora["down_proj"]]
+    for expert_idx in expert_hit:
+        if expert_idx == num_experts:
+            continue
+        top_k_pos, token_idx = torch.where(expert_mask[expert_idx])
+        current_hidden_states = _project(
+            hidden_states[token_idx],
+            gate_up_weights[expert_idx],
+            [(a[expert_idx], b[expert_idx], s) for a, b, s in gate_up_factors],
+            experts.is_transposed,
+        )
+        current_hidden_states = experts._apply_gate(current_hidden_states)
+        current_hidden_states = _project(
+            current_hidden_states,
+            down_weights[expert_idx],
+            [(a[expert_idx], b[expert_idx], s) for a, b, s in down_factors],
+            experts.is_transposed,
+        )
+        current_hidden_states = current_hidden_states * top_k_weights[token_idx, top_k_pos, None]
+        final_hidden_states.index_add_(0, token_idx, current_hidden_states.to(final_hidden_states.dtype))
+    return final_hidden_states
+
+
+def _grouped_project(
+    x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, factors: list[LoraFactors], is_transposed: bool
+) -> torch.Tensor:
+    """Grouped `x @ W_e^T` over expert-sorted rows plus the grouped low-rank term `(x @ A_e^T) @ B_e^T`."""
+    out = hf_moe._grouped_linear(x, weight, offsets, is_transposed=is_transposed)
+    for weight_A, weight_B, scaling in factors:
+        if hf_moe._can_use_grouped_mm(x, weight_A, offsets):
+            # torch's grouped_mm wants 16-byte aligned strides: zero-pad the rank (the padded products are zero)
+            alignment = max(1, 16 // weight_A.element_size())
+            pad = -weight_A.shape[1] % alignment
+            if pad:
+                weight_A = nn.functional.pad(weight_A, (0, 0, 0, pad))
+                weight_B = nn.functional.pad(weight_B, (0, pad))
+        low_rank = hf_moe._grouped_mm(x, weight_A.transpose(-2, -1), offsets)  # (S, r)
+        low_rank = hf_moe._grouped_mm(low_rank, weight_B.contiguous().transpose(-2, -1), offsets)  # (S, out)
+        out = out.add(low_rank, alpha=scaling)
+    return out
+
+
+def _grouped_routed_forward(
+    experts: nn.Module,
+    hidden_states: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    lora: dict[str, list[LoraFactors]],
+) -> torch.Tensor:
+    """transformers' `grouped_mm_experts_forward` with the LoRA term computed on the same expert-sorted rows."""
+    num_experts = experts.num_experts
+    num_tokens, hidden_dim = hidden_states.shape
+    num_top_k = top_k_index.size(-1)
+    sample_weights = top_k_weights.reshape(-1)
+    expert_ids_sorted, perm = torch.sort(top_k_index.reshape(-1))
+    selected_hidden_states = hidden_states[perm // num_top_k]
+    # histc as in transformers (CUDA-graph friendly; CPU histc needs a float input)
+    device = hidden_states.device
+    histc_input = expert_ids_sorted.float() if device.type in ("cpu", "mps") else expert_ids_sorted.int()
+    tokens_per_expert = torch.histc(histc_input, bins=num_experts, min=0, max=num_experts - 1)
+    offsets = torch.cumsum(tokens_per_expert, dim=0, dtype=torch.int32)
+
+    proj_out = _grouped_project(
+        selected_hidden_states, experts.gate_up_proj, offsets, lora["gate_up_proj"], experts.is_transposed
+    )
+    proj_out = experts._apply_gate(proj_out)
+    proj_out = _grouped_project(proj_out, experts.down_proj, offsets, lora["down_proj"], experts.is_transposed)
+    weighted_out = proj_out * sample_weights[perm].unsqueeze(-1)
+
+    inv_perm = torch.empty_like(perm)
+    inv_perm[perm] = torch.arange(perm.size(0), device=device)
+    final_hidden_states = weighted_out[inv_perm].view(num_tokens, num_top_k, hidden_dim).sum(dim=1)
+    return final_hidden_states.to(hidden_states.dtype)
+
+
+def routed_lora_experts_forward(
+    experts: nn.Module,
+    hidden_states: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    lora: dict[str, list[LoraFactors]],
+) -> torch.Tensor:
+    """Experts forward with LoRA on the routed tokens only, for the module's `experts_implementation`.
+
+    Args:
+        experts (`nn.Module`): a gated, bias-free `@use_experts_implementation` experts module (fused
+            `gate_up_proj` (E, 2I, H) and `down_proj` (E, H, I), or their transposes when `is_transposed`).
+        hidden_states (`torch.Tensor`): (num_tokens, hidden) input of the MoE block.
+        top_k_index (`torch.Tensor`): (num_tokens, k) experts chosen by the router.
+        top_k_weights (`torch.Tensor`): (num_tokens, k) routing weights.
+        lora (`dict[str, list[LoraFactors]]`): per parameter name, the `(A (E, r, in), B (E, out, r), scaling)` of
+            every adapter to add; empty lists give the plain experts forward.
+
+    Returns:
+        `torch.Tensor`: (num_tokens, hidden), the same as the experts module's forward with `W + scaling * B_e @ A_e`.
+    """
+    implementation = getattr(experts.config, "_experts_implementation", None) or "eager"
+    if implementation == "grouped_mm":
+        return _grouped_routed_forward(experts, hidden_states, top_k_index, top_k_weights, lora)
+    if implementation == "eager":
+        return _eager_routed_forward(experts, hidden_states, top_k_index, top_k_weights, lora)
+    raise ValueError(
+        f"routed_lora_experts_forward supports experts_implementation in {ROUTED_EXPERTS_IMPLEMENTATIONS}, got "
+        f"{implementation!r}; set it with `model.set_experts_implementation(...)` or use PEFT's ParamWrapper forward."
+    )
