@@ -109,6 +109,9 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
             Value used to pad waveforms to a whole number of frames.
         codec_name_or_path (`str`, *optional*):
             Where the codec came from, kept for model cards.
+        max_duration_seconds (`float`, *optional*):
+            Longest clip accepted, in seconds; longer clips raise a `ValueError` instead of being encoded (or
+            silently truncated). `None` accepts any length.
     """
 
     model_input_names = ["audio_token_ids", "audio_token_lengths"]
@@ -121,6 +124,7 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
         feature_size: int = 1,
         padding_value: float = 0.0,
         codec_name_or_path: str | None = None,
+        max_duration_seconds: float | None = None,
         **kwargs,
     ):
         if not codec_config:
@@ -139,6 +143,7 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
         self.audio_token_offset = int(audio_token_offset)
         self.encode_batch_size = int(encode_batch_size)
         self.codec_name_or_path = codec_name_or_path
+        self.max_duration_seconds = max_duration_seconds
         self._codec = None
         self._noise_modules: list[_PositionLockedNoise] = []
         self._device = torch.device("cpu")
@@ -367,12 +372,22 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
             One entry per clip: a list of `num_codebooks` 1-D `LongTensor`s covering `ceil(samples / samples_per_frame)`
             frames (the padding needed by the codec beyond that is trimmed).
         """
-        if sampling_rate is None:
+        if sampling_rate is None or not isinstance(sampling_rate, (int, np.integer, float)) or sampling_rate <= 0:
             raise ValueError(
-                f"`sampling_rate` is required: the codec encodes {self.sampling_rate} Hz audio and resamples other "
-                "rates, so pass the rate of your audio (e.g. `sampling_rate=16000`)."
+                f"`sampling_rate` must be a positive number, got {sampling_rate!r}: the codec encodes "
+                f"{self.sampling_rate} Hz audio and resamples other rates, so pass the rate of your audio "
+                "(e.g. `sampling_rate=16000`)."
             )
-        clips = self._resample(self._to_mono_list(raw_audio), int(sampling_rate))
+        clips = self._to_mono_list(raw_audio)
+        if self.max_duration_seconds is not None:
+            for index, clip in enumerate(clips):
+                duration = clip.numel() / sampling_rate
+                if duration > self.max_duration_seconds:
+                    raise ValueError(
+                        f"Audio clip {index} lasts {duration:.1f} s, longer than max_duration_seconds="
+                        f"{self.max_duration_seconds}; split it, or raise the limit on the feature extractor."
+                    )
+        clips = self._resample(clips, int(sampling_rate))
         codec = self.codec
         order = sorted(range(len(clips)), key=lambda i: clips[i].numel(), reverse=True)
         codes_by_clip: list[list[torch.Tensor] | None] = [None] * len(clips)
@@ -454,11 +469,41 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
             audio = codec.decode(codes)[:, 0, : num_frames * self.samples_per_frame].float().cpu()
         return audio[0] if unbatched else audio
 
-    def decode(self, token_ids: torch.Tensor | Sequence[int]) -> np.ndarray:
-        """Decode one sequence of audio token ids (whole frames) into a 1-D float32 waveform at `sampling_rate`."""
+    def valid_frames(self, token_ids: torch.Tensor | Sequence[int], strict: bool = False) -> torch.Tensor:
+        """
+        The whole, valid frames of a sequence of audio ids, as a 1-D tensor.
+
+        A trailing partial frame, and every frame holding an id outside its position's block (a text id, or an
+        audio id of another position), are dropped with a warning that counts them; with `strict=True` they raise
+        a `ValueError` instead.
+        """
+        layout = self.token_layout
         token_ids = torch.as_tensor(token_ids, dtype=torch.long)
         if token_ids.dim() != 1:
-            raise ValueError(f"`decode` takes one 1-D sequence of ids, got shape {tuple(token_ids.shape)}; use `batch_decode`.")
+            raise ValueError(f"Expected one 1-D sequence of ids, got shape {tuple(token_ids.shape)}; use `batch_decode`.")
+        if strict:
+            layout.ids_to_codes(token_ids)
+            return token_ids
+        partial = token_ids.numel() % layout.tokens_per_frame
+        frames = token_ids[: token_ids.numel() - partial].view(-1, layout.tokens_per_frame)
+        starts = torch.tensor([layout.block_start(p) for p in range(layout.tokens_per_frame)])
+        valid = ((frames >= starts) & (frames < starts + layout.codebook_size)).all(dim=1)
+        dropped_frames = int((~valid).sum())
+        if partial or dropped_frames:
+            logger.warning(
+                f"Decoding {int(valid.sum())} frames: dropped {dropped_frames} frames holding ids outside their "
+                f"audio block and {partial} trailing tokens of an incomplete frame."
+            )
+        return frames[valid].flatten()
+
+    def decode(self, token_ids: torch.Tensor | Sequence[int], strict: bool = False) -> np.ndarray:
+        """
+        Decode one sequence of audio token ids into a 1-D float32 waveform at `sampling_rate`.
+
+        Invalid frames and a trailing partial frame are dropped and counted in a warning (see
+        [`~SNACFeatureExtractor.valid_frames`]); `strict=True` raises a `ValueError` instead.
+        """
+        token_ids = self.valid_frames(token_ids, strict=strict)
         if token_ids.numel() == 0:
             return np.zeros(0, dtype=np.float32)
         return self.decode_codes(self.token_layout.ids_to_codes(token_ids)).numpy()

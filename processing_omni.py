@@ -89,16 +89,18 @@ class OmniProcessor(ProcessorMixin):
         return self.tokenizer.eos_token_id
 
     def _text_ids(self, text: str, what: str = "text") -> list[int]:
+        """Token ids of user text, which may never smuggle in control tokens through their strings."""
         if not isinstance(text, str):
             raise ValueError(f"{what} must be a string, got {type(text).__name__}.")
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        special = set(self.tokenizer.all_special_ids)
-        if not text.strip() or all(token in special for token in ids):
+        special_strings = [token for token in self.tokenizer.all_special_tokens if token and token in text]
+        if special_strings:
             raise ValueError(
-                f"{what} {text!r} is empty or made only of special tokens; give some words to "
-                f"{'speak' if what == 'text' else 'use'}."
+                f"{what} {text!r} contains the special-token string(s) {special_strings}, which would be read as "
+                "control tokens; remove them from the text."
             )
-        return ids
+        if not text.strip():
+            raise ValueError(f"{what} {text!r} is empty; give some words to {'speak' if what == 'text' else 'use'}.")
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _speaker_text(self, text: str, speaker: str | None) -> str:
         return f"{speaker}: {text}" if speaker else text
