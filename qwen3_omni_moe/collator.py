@@ -1,0 +1,196 @@
+"""The training collator for Qwen3-Omni conversations, built on the model's own `Qwen3OmniMoeProcessor`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from transformers import ProcessorMixin
+from transformers.utils import logging
+
+from .data import ModalityLossWeights, conversation_modalities, load_audio, load_image, load_video
+
+
+logger = logging.get_logger(__name__)
+
+IGNORE_INDEX = -100
+# Keys of the collated batch that carry counts for the trainer's logs rather than model inputs.
+STAT_KEYS = ("num_truncated", "num_dropped_too_long", "num_skipped_media")
+
+
+@dataclass
+class Qwen3OmniSFTCollator:
+    """Turn conversation rows into a training batch for `Qwen3OmniMoeThinkerForConditionalGeneration`.
+
+    Each row is processed alone: its media are loaded (audio with soundfile, images with PIL, videos from frame files or
+    with ffmpeg), the processor applies the chat template and expands the media placeholders, and the labels are the
+    input ids inside the assistant turns (the turn's text and its closing `<|im_end|>`) and -100 everywhere else. The
+    rows are then padded on the right and their media tensors concatenated.
+
+    A row whose media cannot be read is skipped; a row longer than `max_length` is truncated or dropped (see
+    `truncation`). The counts travel with the batch (`num_truncated`, `num_dropped_too_long`, `num_skipped_media`) for
+    the trainer to log, so they survive dataloader worker processes. When every row of a batch is skipped, the batch
+    holds a single padding token with no label, so that every rank still runs a forward and backward.
+
+    Args:
+        processor (`ProcessorMixin`):
+            The model's `Qwen3OmniMoeProcessor` (tokenizer with the chat template, feature extractor, image and video
+            processors).
+        max_length (`int`, *optional*):
+            Longest sequence kept, in tokens after the media are expanded. `None` keeps everything.
+        truncation (`"truncate"` or `"drop"`, *optional*, defaults to `"truncate"`):
+            What to do with a longer row: cut it to `max_length` tokens, or drop it. A row is dropped anyway when the
+            cut would fall inside or before its media placeholders (the media features would no longer match) or
+            leave no assistant token to learn.
+        loss_weights (`ModalityLossWeights`, *optional*):
+            Per-sample loss weights by input modality, returned as `sample_weight`.
+        video_fps (`float`, *optional*, defaults to 2.0):
+            Frame rate video files are decoded at, and the rate given to the processor for frame lists.
+        max_video_frames (`int`, *optional*, defaults to 64):
+            Most frames kept per video.
+        processor_kwargs (`dict`, *optional*):
+            Extra keyword arguments for the processor call (e.g. `{"videos_kwargs": {"size": ...}}`).
+    """
+
+    processor: ProcessorMixin
+    max_length: int | None = None
+    truncation: Literal["truncate", "drop"] = "truncate"
+    loss_weights: ModalityLossWeights = field(default_factory=ModalityLossWeights)
+    video_fps: float = 2.0
+    max_video_frames: int = 64
+    processor_kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.truncation not in ("truncate", "drop"):
+            raise ValueError(f"truncation={self.truncation!r} is not supported; use 'truncate' or 'drop'.")
+        tokenizer = self.processor.tokenizer
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.im_start_id = tokenizer.convert_tokens_to_ids("<|im_start|>")
+        self.im_end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.assistant_header = tokenizer.encode("assistant\n", add_special_tokens=False)
+        self.media_token_ids = torch.tensor(
+            [
+                tokenizer.convert_tokens_to_ids(token)
+                for token in (
+                    self.processor.audio_token, self.processor.image_token, self.processor.video_token,
+                    self.processor.audio_bos_token, self.processor.audio_eos_token,
+                    self.processor.vision_bos_token, self.processor.vision_eos_token,
+                )
+            ]
+        )
+        self.sampling_rate = self.processor.feature_extractor.sampling_rate
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        stats = dict.fromkeys(STAT_KEYS, 0)
+        samples = []
+        for example in examples:
+            conversation = example["conversations"] if "conversations" in example else example["messages"]
+            try:
+                encoded = self.encode(conversation)
+            except Exception as error:  # noqa: BLE001 -- any decoding failure of user media skips the row
+                stats["num_skipped_media"] += 1
+                logger.warning(f"Skipping a conversation whose media could not be read: {error!r}")
+                continue
+            length = encoded["input_ids"].shape[-1]
+            if self.max_length is not None and length > self.max_length:
+                if self.truncation == "drop" or not self._truncate(encoded):
+                    stats["num_dropped_too_long"] += 1
+                    logger.warning(f"Dropping a conversation of {length} tokens (max_length={self.max_length}).")
+                    continue
+                stats["num_truncated"] += 1
+            encoded["sample_weight"] = self.loss_weights.for_modalities(conversation_modalities(conversation))
+            samples.append(encoded)
+        batch = self._pad(samples) if samples else self._empty_batch()
+        batch.update({key: torch.tensor(value) for key, value in stats.items()})
+        return batch
+
+    def encode(self, conversation: list[dict]) -> dict[str, torch.Tensor]:
+        """Process one conversation: media loading, chat template, placeholder expansion and assistant-only labels."""
+        audios, images, videos = [], [], []
+        for turn in conversation:
+            for part in turn["content"]:
+                if part["type"] == "audio":
+                    audios.append(load_audio(part["audio"], self.sampling_rate))
+                elif part["type"] == "image":
+                    images.append(load_image(part["image"]))
+                elif part["type"] == "video":
+                    videos.append(load_video(part["video"], self.video_fps, self.max_video_frames))
+        text = self.processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=False)
+        kwargs = dict(self.processor_kwargs)
+        if videos:
+            kwargs["videos_kwargs"] = {"fps": self.video_fps, "do_sample_frames": False, **kwargs.get("videos_kwargs", {})}
+        encoded = self.processor(
+            text=[text],
+            audio=audios or None,
+            images=images or None,
+            videos=videos or None,
+            return_tensors="pt",
+            **kwargs,
+        )
+        encoded = {key: value for key, value in encoded.items() if key != "num_audio_tokens"}
+        encoded["input_ids"] = encoded["input_ids"][0]
+        encoded["attention_mask"] = encoded["attention_mask"][0]
+        encoded["labels"] = self.assistant_labels(encoded["input_ids"])
+        return encoded
+
+    def assistant_labels(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Labels equal to `input_ids` from after each `<|im_start|>assistant\\n` up to and including its `<|im_end|>`,
+        -100 elsewhere."""
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        ids = input_ids.tolist()
+        header = [self.im_start_id, *self.assistant_header]
+        position = 0
+        while position < len(ids):
+            if ids[position : position + len(header)] == header:
+                start = position + len(header)
+                end = ids.index(self.im_end_id, start) + 1 if self.im_end_id in ids[start:] else len(ids)
+                labels[start:end] = input_ids[start:end]
+                position = end
+            else:
+                position += 1
+        return labels
+
+    def _truncate(self, encoded: dict[str, torch.Tensor]) -> bool:
+        """Cut a row to `max_length` in place; `False` when that would cut media placeholders or every label."""
+        cut = self.max_length
+        if torch.isin(encoded["input_ids"][cut:], self.media_token_ids).any():
+            return False
+        if not (encoded["labels"][:cut] != IGNORE_INDEX).any():
+            return False
+        for key in ("input_ids", "attention_mask", "labels"):
+            encoded[key] = encoded[key][:cut]
+        return True
+
+    def _pad(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(sample["input_ids"].shape[0] for sample in samples)
+
+        def pad_right(key: str, value: int) -> torch.Tensor:
+            return torch.stack([F.pad(s[key], (0, longest - s[key].shape[0]), value=value) for s in samples])
+
+        batch = {
+            "input_ids": pad_right("input_ids", self.pad_token_id),
+            "attention_mask": pad_right("attention_mask", 0),
+            "labels": pad_right("labels", IGNORE_INDEX),
+            "sample_weight": torch.tensor([sample["sample_weight"] for sample in samples], dtype=torch.float32),
+        }
+        for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "video_second_per_grid"):
+            values = [sample[key] for sample in samples if key in sample]
+            if values:
+                batch[key] = torch.cat(values)
+        features = [sample["input_features"] for sample in samples if "input_features" in sample]
+        if features:
+            frames = max(feature.shape[-1] for feature in features)
+            batch["input_features"] = torch.cat([F.pad(f, (0, frames - f.shape[-1])) for f in features])
+            masks = [sample["feature_attention_mask"] for sample in samples if "feature_attention_mask" in sample]
+            batch["feature_attention_mask"] = torch.cat([F.pad(m, (0, frames - m.shape[-1])) for m in masks])
+        return batch
+
+    def _empty_batch(self) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": torch.tensor([[self.pad_token_id]]),
+            "attention_mask": torch.ones(1, 1, dtype=torch.long),
+            "labels": torch.full((1, 1), IGNORE_INDEX),
+            "sample_weight": torch.zeros(1),
+        }

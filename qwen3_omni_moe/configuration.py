@@ -1,0 +1,79 @@
+"""Argument dataclasses of `train/sft.py`: TRL's, with the defaults this recipe needs, plus the recipe's own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available, logging
+from trl import ModelConfig, SFTConfig
+
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class Qwen3OmniSFTConfig(SFTConfig):
+    """`SFTConfig` that falls back to fp32 with a warning where bf16 is not available (TRL defaults to bf16, which
+    `TrainingArguments` refuses on a CPU), so the same command and YAML run on a GPU node and on a laptop."""
+
+    def __post_init__(self):
+        if self.bf16 is not False and not self.fp16 and not self.use_cpu and not bf16_available():
+            logger.warning("bf16 is not supported on this machine (no Ampere+ GPU): training in fp32 instead.")
+            self.bf16 = False
+        super().__post_init__()
+
+
+@dataclass
+class Qwen3OmniModelConfig(ModelConfig):
+    """`ModelConfig` with LoRA on by default and `lora_dropout=0`, which LoRA on the router and experts requires."""
+
+    use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (False: full fine-tuning)."})
+    lora_dropout: float = field(
+        default=0.0, metadata={"help": "LoRA dropout; must be 0 when the router or the experts are targeted."}
+    )
+
+
+@dataclass
+class Qwen3OmniArguments:
+    """The recipe's own arguments (data, loss weights, LoRA targets, MoE kernels)."""
+
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System turn prepended to every conversation that has none."}
+    )
+    eval_dataset_name: str | None = field(
+        default=None, metadata={"help": "Evaluation conversations (file, folder or Hub id), used when eval is on."}
+    )
+    loss_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": 'Per-sample loss weights by input modality, JSON (or a YAML mapping), e.g. '
+            '\'{"text": 1.0, "audio": 0.8, "vision": 0.9}\' (the default).'
+        },
+    )
+    overlong_samples: str = field(
+        default="truncate",
+        metadata={"help": "Samples longer than max_length: 'truncate' or 'drop'. Both are counted in the logs."},
+    )
+    video_fps: float = field(default=2.0, metadata={"help": "Frame rate video files are decoded at."})
+    max_video_frames: int = field(default=64, metadata={"help": "Most frames kept per video."})
+    experts_implementation: str | None = field(
+        default=None,
+        metadata={"help": "MoE experts kernel: eager, grouped_mm, batched_mm; default grouped_mm on SM80+ GPUs, "
+                  "eager elsewhere."},
+    )
+    lora_target_router: bool = field(default=True, metadata={"help": "LoRA on the routers (mlp.gate.weight)."})
+    lora_target_experts: bool = field(
+        default=True, metadata={"help": "LoRA on the fused experts (mlp.experts.gate_up_proj / down_proj)."}
+    )
+    lora_expert_r: int | None = field(default=None, metadata={"help": "LoRA rank of each expert (default lora_r)."})
+    lora_expert_alpha: int | None = field(
+        default=None, metadata={"help": "LoRA alpha of the experts (default lora_alpha * lora_expert_r / lora_r)."}
+    )
+    lora_towers: list[str] = field(
+        default_factory=list, metadata={"help": "Encoders that get LoRA too: audio and/or vision (frozen otherwise)."}
+    )
+
+
+def bf16_available() -> bool:
+    """Whether `TrainingArguments` accepts `bf16=True` here (an Ampere+ GPU or an XLA device)."""
+    return is_torch_bf16_gpu_available() or is_torch_xla_available()

@@ -1,0 +1,122 @@
+"""The PEFT LoRA configuration for Qwen3-Omni's Thinker: attention, MoE router and fused experts.
+
+In transformers 5 the experts of a layer are two fused 3-D parameters (`mlp.experts.gate_up_proj`,
+`mlp.experts.down_proj`) and the router is the 2-D parameter `mlp.gate.weight`, none of them an `nn.Linear`: PEFT
+reaches them through `target_parameters`. Targets are listed by full name, so a projection name shared with the audio
+or vision tower (`q_proj`, `k_proj`, ...) never puts LoRA on the towers by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from peft import LoraConfig
+from torch import nn
+
+
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+ROUTER_PARAMETER = "mlp.gate.weight"
+EXPERT_PARAMETERS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+# Where each part sits inside `Qwen3OmniMoeThinkerForConditionalGeneration`.
+TEXT_MODEL_PREFIX = "model.language_model."
+TOWER_PREFIXES = {"audio": "model.audio_tower.", "vision": "model.visual."}
+
+
+def build_lora_config(
+    model: nn.Module,
+    *,
+    r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.0,
+    expert_r: int | None = None,
+    expert_alpha: int | None = None,
+    attention_projections: Sequence[str] | None = ATTENTION_PROJECTIONS,
+    target_router: bool = True,
+    target_experts: bool = True,
+    towers: Sequence[str] = (),
+    use_rslora: bool = False,
+    modules_to_save: list[str] | None = None,
+) -> LoraConfig:
+    """Build the `LoraConfig` for a Qwen3-Omni Thinker, with every target spelled out by its full name.
+
+    Args:
+        model (`nn.Module`):
+            The Thinker (`Qwen3OmniMoeThinkerForConditionalGeneration`) the adapter goes on.
+        r (`int`, *optional*, defaults to 16):
+            LoRA rank of the attention projections and the router.
+        lora_alpha (`int`, *optional*, defaults to 32):
+            LoRA alpha of the attention projections and the router.
+        lora_dropout (`float`, *optional*, defaults to 0.0):
+            Must be 0 when the router or the experts are targeted: PEFT's parameter wrapper folds the update into the
+            weight, so there is no input to drop out. A non-zero value raises a `ValueError` here.
+        expert_r (`int`, *optional*):
+            Rank of each expert's LoRA (`gate_up_proj` and `down_proj` get `expert_r` per expert, so
+            `num_experts * expert_r` in all). Defaults to `r`.
+        expert_alpha (`int`, *optional*):
+            Alpha of the experts' LoRA. Defaults to `lora_alpha * expert_r / r`, the same scaling as the other targets.
+        attention_projections (`Sequence[str]`, *optional*, defaults to `("q_proj", "k_proj", "v_proj", "o_proj")`):
+            Names of the text decoder's attention `nn.Linear` layers to adapt; empty or `None` for none.
+        target_router (`bool`, *optional*, defaults to `True`):
+            Adapt the routers (`mlp.gate.weight`).
+        target_experts (`bool`, *optional*, defaults to `True`):
+            Adapt the fused experts (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`).
+        towers (`Sequence[str]`, *optional*, defaults to `()`):
+            `"audio"` and/or `"vision"`: also adapt every `nn.Linear` of those encoders. Frozen otherwise.
+        use_rslora (`bool`, *optional*, defaults to `False`):
+            Rank-stabilised scaling `alpha / sqrt(r)`.
+        modules_to_save (`list[str]`, *optional*):
+            Modules trained in full and saved with the adapter.
+    """
+    unknown_towers = set(towers) - set(TOWER_PREFIXES)
+    if unknown_towers:
+        raise ValueError(f"towers={sorted(unknown_towers)} is not known; choose among {sorted(TOWER_PREFIXES)}.")
+    target_modules, target_parameters = [], []
+    projections = tuple(attention_projections or ())
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        if name.startswith(TEXT_MODEL_PREFIX) and name.rpartition(".")[2] in projections and ".self_attn." in name:
+            target_modules.append(name)
+        elif any(name.startswith(TOWER_PREFIXES[tower]) for tower in towers):
+            target_modules.append(name)
+    wanted_parameters = ((ROUTER_PARAMETER,) if target_router else ()) + (EXPERT_PARAMETERS if target_experts else ())
+    for name, _ in model.named_parameters():
+        if name.startswith(TEXT_MODEL_PREFIX) and name.endswith(wanted_parameters):
+            target_parameters.append(name)
+    if not target_modules and not target_parameters:
+        raise ValueError(
+            "No LoRA target found: the model has no text-model attention projections, routers or experts matching "
+            f"attention_projections={list(projections)}, target_router={target_router}, "
+            f"target_experts={target_experts}. Is it a Qwen3-Omni Thinker?"
+        )
+    if lora_dropout and target_parameters:
+        raise ValueError(
+            f"lora_dropout={lora_dropout} cannot be used with LoRA on the MoE router and experts: PEFT adapts these "
+            "parameters (target_parameters) by adding the low-rank update to the weight, so there is no input to drop "
+            "out. Set lora_dropout to 0 (`--lora_dropout 0`, or `lora_dropout: 0.0` in the YAML config), or keep only "
+            "the attention targets (`--lora_target_router false --lora_target_experts false`)."
+        )
+
+    rank_pattern, alpha_pattern = {}, {}
+    if target_experts and expert_r is not None:
+        expert_alpha = expert_alpha if expert_alpha is not None else lora_alpha * expert_r / r
+        for name in EXPERT_PARAMETERS:
+            # PEFT matches pattern keys as a suffix of the full parameter name.
+            rank_pattern[name] = expert_r
+            alpha_pattern[name] = expert_alpha
+    elif target_experts and expert_alpha is not None:
+        alpha_pattern = dict.fromkeys(EXPERT_PARAMETERS, expert_alpha)
+
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        # An empty list (not None) so that PEFT targets nothing by module name besides what is listed here.
+        target_modules=target_modules,
+        target_parameters=target_parameters or None,
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        use_rslora=use_rslora,
+        modules_to_save=modules_to_save,
+    )

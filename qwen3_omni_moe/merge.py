@@ -1,0 +1,60 @@
+"""Fold a LoRA adapter into its Qwen3-Omni base and write a full checkpoint."""
+
+from __future__ import annotations
+
+import torch
+from peft import PeftConfig, PeftModel
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    Qwen3OmniMoeForConditionalGeneration,
+    Qwen3OmniMoeThinkerForConditionalGeneration,
+)
+from transformers.utils import logging
+
+from .modeling import FULL_MODEL_TYPE, load_thinker
+
+
+logger = logging.get_logger(__name__)
+
+
+def merge_adapter(
+    adapter_path: str,
+    output_dir: str,
+    base_model_name_or_path: str | None = None,
+    dtype: str | torch.dtype = "auto",
+) -> str:
+    """Merge the adapter at `adapter_path` into its base and save the result (and the base's processor) to `output_dir`.
+
+    A full base (`qwen3_omni_moe`: thinker + talker + code2wav) gives a full checkpoint, loadable with
+    `Qwen3OmniMoeForConditionalGeneration`, whose talker and code2wav are the base's; a thinker-only base gives a
+    thinker checkpoint (`Qwen3OmniMoeThinkerForConditionalGeneration`).
+
+    Args:
+        adapter_path (`str`):
+            Folder (or Hub id) of the adapter (`adapter_config.json` + `adapter_model.safetensors`).
+        output_dir (`str`):
+            Where the merged checkpoint is written.
+        base_model_name_or_path (`str`, *optional*):
+            The base; defaults to the adapter config's `base_model_name_or_path`.
+        dtype (`str` or `torch.dtype`, *optional*, defaults to `"auto"`):
+            Dtype the base is loaded and saved in.
+    """
+    base = base_model_name_or_path or PeftConfig.from_pretrained(adapter_path).base_model_name_or_path
+    if AutoConfig.from_pretrained(base).model_type == FULL_MODEL_TYPE:
+        model = Qwen3OmniMoeForConditionalGeneration.from_pretrained(base, dtype=dtype)
+        model.thinker = _merged(model.thinker, adapter_path)
+    else:
+        model = _merged(load_thinker(base, dtype=dtype), adapter_path)
+    model.save_pretrained(output_dir)
+    try:
+        AutoProcessor.from_pretrained(base).save_pretrained(output_dir)
+    except (OSError, ValueError) as error:
+        logger.warning(f"The base {base!r} has no loadable processor, so none is saved with the merge: {error}")
+    return output_dir
+
+
+def _merged(
+    thinker: Qwen3OmniMoeThinkerForConditionalGeneration, adapter_path: str
+) -> Qwen3OmniMoeThinkerForConditionalGeneration:
+    return PeftModel.from_pretrained(thinker, adapter_path).merge_and_unload()

@@ -1,0 +1,106 @@
+"""`SFTTrainer` for Qwen3-Omni conversations with per-sample modality loss weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from trl import SFTTrainer
+
+from .collator import IGNORE_INDEX, STAT_KEYS
+
+
+class Qwen3OmniSFTTrainer(SFTTrainer):
+    """`SFTTrainer` whose loss weights each sample by its input modalities, exactly under gradient accumulation.
+
+    With `w_b` the weight of sample `b` (the collator's `sample_weight`) and `n_b` its number of label tokens, the loss
+    of one optimizer step is `sum_b w_b * NLL_b / sum_b w_b * n_b`, both sums running over every micro-batch of the
+    step (and every rank with `average_tokens_across_devices`): `_get_num_items_in_batch` returns the weighted token
+    count of the whole step, which `compute_loss` divides each micro-batch's weighted NLL sum by. With all weights 1
+    this is TRL's token-level mean. The router's load-balancing loss is added as TRL does (its coefficient is
+    `router_aux_loss_coef`, the model config's by default) and logged as `aux_loss`; the collator's counts of truncated,
+    dropped and skipped samples are logged as running totals.
+
+    The dataset is not tokenized ahead of time (`skip_prepare_dataset`): the collator does it on the fly.
+    """
+
+    # `compute_loss` always divides by the step's weighted token count, so `Trainer` must not divide by the number of
+    # accumulation steps again.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, **kwargs):
+        training_args = kwargs.get("args")
+        if training_args is not None:
+            # The raw `conversations` column must reach the collator untouched.
+            training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+            training_args.remove_unused_columns = False
+        super().__init__(*args, **kwargs)
+        self._collator_totals = {"train": dict.fromkeys(STAT_KEYS, 0), "eval": dict.fromkeys(STAT_KEYS, 0)}
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
+        if not batch_samples or "sample_weight" not in batch_samples[0] or "labels" not in batch_samples[0]:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        # The model predicts label t from position t - 1, so label 0 is never a target.
+        weighted_count = sum(
+            ((batch["labels"][..., 1:] != IGNORE_INDEX).sum(-1).float() * batch["sample_weight"].float()).sum()
+            for batch in batch_samples
+        ).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            weighted_count = self.accelerator.gather(weighted_count).sum()
+        return weighted_count
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        mode = "train" if self.model.training else "eval"
+        self._record_collator_stats({key: inputs.pop(key) for key in STAT_KEYS if key in inputs}, mode)
+        sample_weight = inputs.pop("sample_weight", None)
+        inputs["use_cache"] = False
+        if self.aux_loss_enabled:
+            inputs["output_router_logits"] = True
+
+        outputs = model(**inputs, fused_lm_head=True)
+        per_token_loss = -outputs.log_probs  # zero where the label is -100
+        token_weight = outputs.label_mask.to(per_token_loss.dtype)
+        if sample_weight is not None:
+            token_weight = token_weight * sample_weight.to(per_token_loss.dtype)[:, None]
+            per_token_loss = per_token_loss * sample_weight.to(per_token_loss.dtype)[:, None]
+        denominator = token_weight.sum() if num_items_in_batch is None else num_items_in_batch
+        # Clamped so that a micro-batch without trainable tokens gives a finite zero
+        loss = per_token_loss.sum() / torch.as_tensor(denominator, device=per_token_loss.device).clamp(min=1e-6)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # The denominator counts every rank's tokens and DDP averages the gradients across ranks
+            loss = loss * self.accelerator.num_processes
+        if self.aux_loss_enabled:
+            # A per-micro-batch mean: averaged over the accumulation steps, like in `SFTTrainer`
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss / steps
+        self._record_metrics(inputs, outputs, mode)
+
+        if return_outputs:
+            with torch.no_grad():
+                outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
+            return loss, outputs
+        return loss
+
+    def _record_metrics(self, inputs: dict[str, Any], outputs: Any, mode: str) -> None:
+        gather = self.accelerator.gather_for_metrics
+        num_valid = gather(outputs.label_mask.sum()).sum()
+        entropy_sum = gather(outputs.entropy.detach().sum()).sum()
+        num_correct = gather(outputs.is_top1.sum()).sum()
+        self._metrics[mode]["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
+        self._metrics[mode]["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
+        if mode == "train":
+            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item()
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        if self.aux_loss_enabled:
+            self._metrics[mode]["aux_loss"].append(gather(outputs.aux_loss.detach()).mean().item())
+
+    def _record_collator_stats(self, stats: dict[str, torch.Tensor], mode: str) -> None:
+        for key, value in stats.items():
+            self._collator_totals[mode][key] += int(self.accelerator.gather_for_metrics(value.reshape(1)).sum().item())
+            self._metrics[mode][key] = [self._collator_totals[mode][key]]

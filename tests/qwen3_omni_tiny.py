@@ -1,0 +1,194 @@
+"""Builders for a tiny random Qwen3-Omni checkpoint (thinker + talker + code2wav) and its processor, for offline tests.
+
+Nothing here downloads: the tokenizer is a small BPE trained on the spot with the Qwen3-Omni special tokens, the image,
+video and audio processors are the real classes with small sizes, and the model is `Qwen3OmniMoeForConditionalGeneration`
+built from a tiny `Qwen3OmniMoeConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+    Qwen3OmniMoeConfig,
+    Qwen3OmniMoeForConditionalGeneration,
+    Qwen3OmniMoeProcessor,
+    WhisperFeatureExtractor,
+)
+
+
+# Named tokens the processor reads as tokenizer attributes, with the Qwen3-Omni strings.
+NAMED_TOKENS = {
+    "audio_token": "<|audio_pad|>",
+    "image_token": "<|image_pad|>",
+    "video_token": "<|video_pad|>",
+    "audio_bos_token": "<|audio_start|>",
+    "audio_eos_token": "<|audio_end|>",
+    "vision_bos_token": "<|vision_start|>",
+    "vision_eos_token": "<|vision_end|>",
+}
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *NAMED_TOKENS.values(), "<tts_pad>", "<tts_text_bos>", "<tts_text_eod>"]
+
+# The Qwen-Omni chat layout: `<|im_start|>role\n...<|im_end|>\n`, media as start/pad/end triplets the processor expands.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'audio' -%}{{ '<|audio_start|><|audio_pad|><|audio_end|>' }}"
+    "{%- elif part['type'] == 'image' -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif part['type'] == 'video' -%}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+CORPUS = [
+    "system user assistant You are a helpful assistant.",
+    "What do you hear? A dog barks twice. What do you see? A red square on white.",
+    "Describe the sound in detail. The clip holds a steady tone, then silence.",
+    "Think step by step. <think> two plus two is four </think> The answer is four.",
+    "the quick brown fox jumps over the lazy dog 0 1 2 3 4 5 6 7 8 9",
+]
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE of a few hundred tokens carrying every Qwen3-Omni special token."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=dict(NAMED_TOKENS),
+        padding_side="left",
+    )
+
+
+def build_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen3OmniMoeProcessor:
+    """The real `Qwen3OmniMoeProcessor` around small image/video processors and a Whisper feature extractor."""
+    tokenizer = tokenizer or build_tokenizer()
+    pixels = {"shortest_edge": 32 * 32, "longest_edge": 64 * 64}
+    image_processor = Qwen2VLImageProcessor(size=pixels, patch_size=16, temporal_patch_size=2, merge_size=2)
+    video_processor = Qwen2VLVideoProcessor(size=pixels, patch_size=16, temporal_patch_size=2, merge_size=2)
+    feature_extractor = WhisperFeatureExtractor(feature_size=128)
+    return Qwen3OmniMoeProcessor(
+        image_processor=image_processor,
+        video_processor=video_processor,
+        feature_extractor=feature_extractor,
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_config(tokenizer: PreTrainedTokenizerFast, enable_audio_output: bool = True) -> Qwen3OmniMoeConfig:
+    """A Qwen3-Omni config with every size shrunk (2 layers, 8 experts, top-2) and token ids from `tokenizer`."""
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in NAMED_TOKENS.items()}
+    vocab_size = len(tokenizer)
+    hidden = 32
+    word_id = lambda word: tokenizer.encode(word, add_special_tokens=False)[0]  # noqa: E731
+    thinker_config = {
+        "audio_config": {
+            "num_mel_bins": 128, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 32,
+            "d_model": 16, "output_dim": hidden, "downsample_hidden_size": 8, "n_window": 50, "n_window_infer": 100,
+            "max_source_positions": 200,
+        },
+        "vision_config": {
+            "depth": 2, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "patch_size": 16,
+            "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": hidden,
+            "num_position_embeddings": 64, "deepstack_visual_indexes": [0],
+        },
+        "text_config": {
+            "vocab_size": vocab_size, "hidden_size": hidden, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "moe_intermediate_size": 16,
+            "num_experts": 8, "num_experts_per_tok": 2, "max_position_embeddings": 512,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2],
+                                "interleaved": True},
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        "audio_token_id": ids["audio_token"],
+        "image_token_id": ids["image_token"],
+        "video_token_id": ids["video_token"],
+        "audio_start_token_id": ids["audio_bos_token"],
+        "vision_start_token_id": ids["vision_bos_token"],
+        "user_token_id": word_id("user"),
+    }
+    talker_config = {
+        "text_config": {
+            "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "moe_intermediate_size": 8,
+            "num_experts": 4, "num_experts_per_tok": 2, "shared_expert_intermediate_size": 16,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2],
+                                "interleaved": True},
+        },
+        "code_predictor_config": {
+            "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "num_code_groups": 4,
+        },
+        "num_code_groups": 4, "thinker_hidden_size": hidden, "accept_hidden_layer": 1, "spatial_merge_size": 2,
+        "codec_eos_token_id": 60, "codec_nothink_id": 59, "codec_think_bos_id": 58, "codec_think_eos_id": 57,
+        "codec_pad_id": 56, "codec_bos_id": 55,
+        "audio_token_id": ids["audio_token"], "image_token_id": ids["image_token"],
+        "video_token_id": ids["video_token"], "vision_start_token_id": ids["vision_bos_token"],
+        "audio_start_token_id": ids["audio_bos_token"],
+    }
+    code2wav_config = {
+        "codebook_size": 32, "hidden_size": 16, "num_attention_heads": 2, "num_key_value_heads": 2,
+        "intermediate_size": 32, "num_hidden_layers": 1, "num_quantizers": 4, "upsample_rates": [2, 2],
+        "upsampling_ratios": [2], "decoder_dim": 16, "sliding_window": 8,
+    }
+    return Qwen3OmniMoeConfig(
+        thinker_config=thinker_config,
+        talker_config=talker_config,
+        code2wav_config=code2wav_config,
+        enable_audio_output=enable_audio_output,
+        im_start_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+        im_end_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        tts_pad_token_id=tokenizer.convert_tokens_to_ids("<tts_pad>"),
+        tts_bos_token_id=tokenizer.convert_tokens_to_ids("<tts_text_bos>"),
+        tts_eos_token_id=tokenizer.convert_tokens_to_ids("<tts_text_eod>"),
+        system_token_id=word_id("system"),
+        user_token_id=word_id("user"),
+        assistant_token_id=word_id("assistant"),
+    )
+
+
+def save_tiny_checkpoint(path: str | os.PathLike, seed: int = 0) -> str:
+    """Write a full tiny Qwen3-Omni checkpoint (thinker, talker, code2wav and processor) to `path`."""
+    processor = build_processor()
+    config = build_config(processor.tokenizer)
+    torch.manual_seed(seed)
+    model = Qwen3OmniMoeForConditionalGeneration(config)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+def write_media(folder: str | os.PathLike) -> dict[str, str]:
+    """Write a 1 s wav (16 kHz tone), a 48x48 PNG and a 4-frame mp4 into `folder`; return their paths by type."""
+    import soundfile as sf
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    paths = {}
+    t = np.arange(16000) / 16000
+    paths["audio"] = os.path.join(folder, "tone.wav")
+    sf.write(paths["audio"], (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+    image = np.zeros((48, 48, 3), dtype=np.uint8)
+    image[8:40, 8:40, 0] = 255
+    paths["image"] = os.path.join(folder, "square.png")
+    Image.fromarray(image).save(paths["image"])
+    return paths

@@ -1,0 +1,92 @@
+"""LoRA fine-tuning of Qwen3-Omni's Thinker (attention, MoE router and experts) on conversation data, with TRL.
+
+    accelerate launch train/sft.py --config train/configs/instruct.yaml \
+        --model_name_or_path Qwen/Qwen3-Omni-30B-A3B-Instruct --dataset_name data.jsonl --output_dir out
+
+Every TRL/Trainer flag works (`TrlParser` over `ScriptArguments`, `SFTConfig`, `ModelConfig`). A checkpoint whose
+config has `model_type == "omni"` (the SNAC-token Omni model) is handed to `qwen_omni.training.voice_sft`.
+"""
+
+from transformers import AutoConfig, AutoProcessor
+from trl import ScriptArguments, TrlParser
+
+from qwen_omni.qwen3_omni_moe import (
+    ModalityLossWeights,
+    Qwen3OmniSFTCollator,
+    Qwen3OmniSFTTrainer,
+    build_lora_config,
+    load_conversation_dataset,
+    load_thinker,
+)
+from qwen_omni.qwen3_omni_moe.configuration import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
+
+
+def main(script_args, training_args, model_args, omni_args):
+    config = AutoConfig.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=True
+    )
+    if config.model_type == "omni":
+        from qwen_omni.training.voice_sft import main as voice_main
+
+        return voice_main(script_args, training_args, model_args)
+
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    model = load_thinker(
+        model_args.model_name_or_path,
+        dtype=model_args.dtype,
+        experts_implementation=omni_args.experts_implementation,
+        attn_implementation=model_args.attn_implementation,
+        load_in_4bit=model_args.load_in_4bit,
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+    )
+    peft_config = None
+    if model_args.use_peft:
+        peft_config = build_lora_config(
+            model,
+            r=model_args.lora_r,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            expert_r=omni_args.lora_expert_r,
+            expert_alpha=omni_args.lora_expert_alpha,
+            attention_projections=model_args.lora_target_modules or ("q_proj", "k_proj", "v_proj", "o_proj"),
+            target_router=omni_args.lora_target_router,
+            target_experts=omni_args.lora_target_experts,
+            towers=omni_args.lora_towers,
+            use_rslora=model_args.use_rslora,
+            modules_to_save=model_args.lora_modules_to_save,
+        )
+
+    def load(path):
+        return load_conversation_dataset(
+            path, split=script_args.dataset_train_split, config_name=script_args.dataset_config,
+            system_prompt=omni_args.system_prompt,
+        )
+
+    trainer = Qwen3OmniSFTTrainer(
+        model=model,
+        args=training_args,
+        data_collator=Qwen3OmniSFTCollator(
+            processor,
+            max_length=training_args.max_length,
+            truncation=omni_args.overlong_samples,
+            loss_weights=ModalityLossWeights.from_value(omni_args.loss_weights),
+            video_fps=omni_args.video_fps,
+            max_video_frames=omni_args.max_video_frames,
+        ),
+        train_dataset=load(script_args.dataset_name),
+        eval_dataset=load(omni_args.eval_dataset_name) if omni_args.eval_dataset_name else None,
+        processing_class=processor,
+        peft_config=peft_config,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.create_model_card(dataset_name=script_args.dataset_name)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.end()
+
+
+if __name__ == "__main__":
+    parser = TrlParser((ScriptArguments, Qwen3OmniSFTConfig, Qwen3OmniModelConfig, Qwen3OmniArguments))
+    main(*parser.parse_args_and_config())
