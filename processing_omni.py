@@ -85,6 +85,12 @@ class OmniProcessor(ProcessorMixin):
         return self.feature_extractor.sampling_rate
 
     @property
+    def _special_token_strings(self) -> list[str]:
+        """Every special token of the tokenizer, the added Omni tokens included."""
+        added = [token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special]
+        return sorted({*self.tokenizer.all_special_tokens, *added} - {""})
+
+    @property
     def eos_token_id(self) -> int:
         return self.tokenizer.eos_token_id
 
@@ -92,7 +98,7 @@ class OmniProcessor(ProcessorMixin):
         """Token ids of user text, which may never smuggle in control tokens through their strings."""
         if not isinstance(text, str):
             raise ValueError(f"{what} must be a string, got {type(text).__name__}.")
-        special_strings = [token for token in self.tokenizer.all_special_tokens if token and token in text]
+        special_strings = [token for token in self._special_token_strings if token in text]
         if special_strings:
             raise ValueError(
                 f"{what} {text!r} contains the special-token string(s) {special_strings}, which would be read as "
