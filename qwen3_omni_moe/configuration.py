@@ -25,12 +25,19 @@ class Qwen3OmniSFTConfig(SFTConfig):
 
 @dataclass
 class Qwen3OmniModelConfig(ModelConfig):
-    """`ModelConfig` with LoRA on by default and `lora_dropout=0`, which LoRA on the router and experts requires."""
+    """`ModelConfig` with LoRA on by default and `lora_dropout=0`, which LoRA on the router and experts requires. A
+    `bfloat16` dtype falls back to `float32` with a warning where bf16 training is not available."""
 
     use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (False: full fine-tuning)."})
     lora_dropout: float = field(
         default=0.0, metadata={"help": "LoRA dropout; must be 0 when the router or the experts are targeted."}
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.dtype == "bfloat16" and not bf16_available():
+            logger.warning("bf16 is not supported on this machine: loading the model in float32 instead.")
+            self.dtype = "float32"
 
 
 @dataclass
