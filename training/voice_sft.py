@@ -1,0 +1,341 @@
+# Copyright 2026 The qwen-omni authors. Licensed under the Apache License, Version 2.0.
+"""Voice fine-tuning of an Omni checkpoint: teach it one speaker's voice from (audio, transcript) pairs with TRL's
+`SFTTrainer` and a PEFT LoRA adapter.
+
+`train/sft.py` calls [`main`] when the model's config has `model_type == "omni"`:
+
+    accelerate launch train/sft.py --model_name_or_path OMNI_DIR --dataset_name data/voice_clips \
+        --output_dir out/nova --use_peft --num_train_epochs 3 --learning_rate 2e-4
+
+Each clip becomes the text-to-speech sequence
+`<|tts|><|text_start|>{speaker}: {text}<|text_end|><|audio_start|> AUDIO <|audio_end|>` (built by
+[`OmniProcessor.tts_sequence_ids`]); by default only the audio tokens and the audio end carry loss
+(`completion_only_loss`: the prompt is the text, the completion the speech).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from transformers import Trainer
+from transformers.utils import logging
+from trl import SFTTrainer
+
+from ..modeling_omni import OmniForCausalLM
+from ..processing_omni import IGNORE_INDEX, OmniProcessor
+from .trainer import ModalityWeightedLossMixin
+
+
+logger = logging.get_logger(__name__)
+
+# Attention and MLP projections of the Qwen3 decoder layers.
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+AUDIO_COLUMNS = ("audio", "file_name", "path", "audio_path")
+TEXT_COLUMNS = ("text", "transcript", "transcription", "sentence", "normalized_text")
+
+
+@dataclass
+class VoiceSFTArguments:
+    """Options of the voice recipe that TRL's `ScriptArguments` / `SFTConfig` / `ModelConfig` do not hold."""
+
+    speaker: str | None = field(
+        default=None,
+        metadata={"help": "Speaker name put in the prompt ('{speaker}: {text}') for clips whose metadata has none."},
+    )
+    lora_target_embeddings: bool = field(
+        default=False, metadata={"help": "Also put LoRA on the token embeddings (embed_tokens)."}
+    )
+    lora_target_head: bool = field(default=False, metadata={"help": "Also put LoRA on the output head (lm_head)."})
+    allow_mixed_sampling_rates: bool = field(
+        default=False,
+        metadata={"help": "Accept one speaker's clips at several sampling rates (each is resampled to the codec's)."},
+    )
+    save_merged: bool = field(
+        default=True,
+        metadata={"help": "Also save the adapter merged into the base model, with processor and code, to "
+                  "OUTPUT_DIR/merged (a folder that loads with trust_remote_code and nothing else)."},
+    )
+
+
+@dataclass
+class VoiceClip:
+    """One training example: where its audio is, what is said and who says it."""
+
+    audio_path: str
+    text: str
+    speaker: str | None
+
+
+# ---------------------------------------------------------------------------------------------------- data
+# TODO(unify): a minimal reader of the metadata formats; to be replaced by training/data.py's readers once they land.
+def _first_key(row: dict, keys: tuple[str, ...]):
+    return next((row[key] for key in keys if key in row and row[key] is not None), None)
+
+
+def read_clips(dataset: str | os.PathLike, speaker: str | None = None) -> list[VoiceClip]:
+    """
+    Read (audio, transcript, speaker) rows from a folder holding `metadata.jsonl` / `metadata.csv`, or from such a
+    file directly. Audio paths are relative to the metadata file's folder (or absolute).
+
+    Args:
+        dataset: the folder or the metadata file.
+        speaker: speaker name for rows without a `speaker` field.
+
+    Raises:
+        `ValueError` naming the clips that have no transcript or no audio file, or no speaker name.
+    """
+    path = Path(dataset)
+    if path.is_dir():
+        candidates = [path / name for name in METADATA_FILES if (path / name).is_file()]
+        if not candidates:
+            raise ValueError(
+                f"{path} holds no {' or '.join(METADATA_FILES)}; write one row per clip with 'audio' (path relative to "
+                "the folder), 'text' (the transcript) and 'speaker' fields (see data/README.md)."
+            )
+        path = candidates[0]
+    elif not path.is_file():
+        raise ValueError(f"Dataset {dataset!s} is neither a folder nor a metadata file (.jsonl / .csv).")
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as handle:
+            rows = [json.loads(line) for line in handle if line.strip()]
+    elif path.suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    else:
+        raise ValueError(f"Unsupported metadata file {path}: use .jsonl or .csv.")
+
+    root = path.parent
+    clips, no_text, no_audio = [], [], []
+    for number, row in enumerate(rows, start=1):
+        audio = _first_key(row, AUDIO_COLUMNS)
+        text = _first_key(row, TEXT_COLUMNS)
+        name = audio or f"row {number}"
+        if not audio or not (root / audio).is_file():
+            no_audio.append(str(name))
+            continue
+        if not isinstance(text, str) or not text.strip():
+            no_text.append(str(audio))
+            continue
+        clips.append(VoiceClip(str(root / audio), text.strip(), row.get("speaker") or speaker))
+    if no_text:
+        raise ValueError(
+            f"{len(no_text)} of {len(rows)} clips in {path} have no transcript (e.g. {no_text[:3]}); every clip needs "
+            f"its words in one of the fields {TEXT_COLUMNS}. Transcribe them (e.g. with train/evaluate.py's ASR "
+            "or Whisper) or remove those rows."
+        )
+    if no_audio:
+        raise ValueError(
+            f"{len(no_audio)} of {len(rows)} rows in {path} name no existing audio file (e.g. {no_audio[:3]}); give "
+            f"each row an audio path (field one of {AUDIO_COLUMNS}) relative to {root}."
+        )
+    if not clips:
+        raise ValueError(f"{path} lists no clips.")
+    unnamed = [clip.audio_path for clip in clips if not clip.speaker]
+    if unnamed:
+        raise ValueError(
+            f"{len(unnamed)} clips have no speaker name (e.g. {unnamed[:2]}); the prompt is '{{speaker}}: {{text}}'. "
+            "Add a 'speaker' field to the metadata or pass a speaker name (VoiceSFTArguments.speaker)."
+        )
+    return clips
+
+
+def check_sampling_rates(clips: list[VoiceClip], allow_mixed: bool = False) -> dict[str, int]:
+    """
+    The sampling rate of each speaker's clips. One speaker's clips at several rates usually come from different
+    recording chains, and the voice learned would be a mixture of them: refused unless `allow_mixed`.
+
+    Returns:
+        `{speaker: rate}` (the most common rate when mixed rates are allowed).
+    """
+    import soundfile
+
+    rates: dict[str, Counter] = defaultdict(Counter)
+    examples: dict[tuple[str, int], str] = {}
+    for clip in clips:
+        rate = soundfile.info(clip.audio_path).samplerate
+        rates[clip.speaker][rate] += 1
+        examples.setdefault((clip.speaker, rate), clip.audio_path)
+    mixed = {speaker: counts for speaker, counts in rates.items() if len(counts) > 1}
+    if mixed and not allow_mixed:
+        details = "; ".join(
+            f"{speaker!r}: " + ", ".join(f"{count} clips at {rate} Hz (e.g. {examples[(speaker, rate)]})" for rate, count in counts.most_common())
+            for speaker, counts in mixed.items()
+        )
+        target = max(next(iter(mixed.values())))
+        raise ValueError(
+            f"One speaker's clips come at several sampling rates: {details}. Mixed rates usually mean mixed recording "
+            f"setups, which blur the voice. Resample them to one rate first (e.g. `sox in.flac -r {target} out.flac`), "
+            "or accept the mixture with VoiceSFTArguments.allow_mixed_sampling_rates=True (each clip is then resampled "
+            "to the codec's rate)."
+        )
+    for speaker, counts in mixed.items():
+        logger.warning(f"Speaker {speaker!r} has clips at {dict(counts)} Hz; all are resampled to the codec's rate.")
+    return {speaker: counts.most_common(1)[0][0] for speaker, counts in rates.items()}
+
+
+def load_waveform(path: str) -> tuple[np.ndarray, int]:
+    """A mono float32 waveform (channels averaged) and its sampling rate, decoded with soundfile."""
+    import soundfile
+
+    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    return audio.mean(axis=1), rate
+
+
+def build_voice_dataset(clips: list[VoiceClip], processor: OmniProcessor, audio_only_loss: bool = True) -> Dataset:
+    """
+    Tokenise clips into TTS training sequences: `input_ids`, and `labels` with `-100` on the prompt when
+    `audio_only_loss` (so only the speech and its end are learned).
+    """
+    rows = {"input_ids": [], "labels": []}
+    for clip in clips:
+        waveform, rate = load_waveform(clip.audio_path)
+        audio_ids = processor.feature_extractor(waveform, sampling_rate=rate)["audio_token_ids"][0].tolist()
+        if not audio_ids:
+            raise ValueError(
+                f"{clip.audio_path} is shorter than one codec frame ({processor.feature_extractor.samples_per_frame} "
+                "samples at the codec's rate); remove it."
+            )
+        prompt_length = len(processor.tts_prompt_ids(clip.text, speaker=clip.speaker))
+        sequence = processor.tts_sequence_ids(clip.text, audio_ids, speaker=clip.speaker)
+        labels = [IGNORE_INDEX] * prompt_length + sequence[prompt_length:] if audio_only_loss else list(sequence)
+        rows["input_ids"].append(sequence)
+        rows["labels"].append(labels)
+    return Dataset.from_dict(rows)
+
+
+# ---------------------------------------------------------------------------------------------------- training
+class _OmniLossSFTTrainer(SFTTrainer):
+    """`SFTTrainer` whose loss is the Omni model's own: TRL 1.16's `SFTTrainer.compute_loss` runs a fused LM head and
+    a plain token-mean cross-entropy, which would drop the modality weights and the text / audio losses. This runs
+    `Trainer.compute_loss` (the model's forward with `labels` and `num_items_in_batch`) and keeps TRL's
+    `mean_token_accuracy` metric."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs["use_cache"] = False
+        loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        with torch.no_grad():
+            targets = F.pad(inputs["labels"], (0, 1), value=IGNORE_INDEX)[..., 1:]
+            valid = targets != IGNORE_INDEX
+            correct = (outputs.logits.argmax(-1) == targets) & valid
+            num_valid = self.accelerator.gather_for_metrics(valid.sum()).sum()
+            num_correct = self.accelerator.gather_for_metrics(correct.sum()).sum()
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
+        return (loss, outputs) if return_outputs else loss
+
+
+class VoiceSFTTrainer(ModalityWeightedLossMixin, _OmniLossSFTTrainer):
+    """TRL's `SFTTrainer` for Omni voice fine-tuning: the model's modality-weighted loss, exact under gradient
+    accumulation, with `text_loss` / `audio_loss` / `mean_token_accuracy` logged."""
+
+
+def lora_config(model_args, voice_args: VoiceSFTArguments):
+    """The LoRA config: attention and MLP projections (or `model_args.lora_target_modules`), embeddings / head on
+    request."""
+    from peft import LoraConfig
+
+    targets = list(model_args.lora_target_modules or DEFAULT_LORA_TARGETS)
+    if voice_args.lora_target_embeddings and "embed_tokens" not in targets:
+        targets.append("embed_tokens")
+    if voice_args.lora_target_head and "lm_head" not in targets:
+        targets.append("lm_head")
+    return LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=targets,
+        modules_to_save=model_args.lora_modules_to_save,
+        use_rslora=model_args.use_rslora,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _check_lengths(dataset: Dataset, max_length: int | None) -> None:
+    if max_length is None:
+        return
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    overlong = [length for length in lengths if length > max_length]
+    if overlong:
+        raise ValueError(
+            f"{len(overlong)} of {len(lengths)} clips give sequences longer than max_length={max_length} (longest "
+            f"{max(overlong)} tokens); truncating would cut their speech and its end. Raise --max_length to at least "
+            f"{max(overlong)} or split those clips."
+        )
+
+
+def save_merged_model(base_model: str | os.PathLike, adapter_dir: str | os.PathLike, processor: OmniProcessor) -> str:
+    """Merge the adapter saved in `adapter_dir` into a fresh copy of the base model and save it, with the processor
+    and the remote-code files, to `adapter_dir/merged`; returns that folder. Reloading from disk leaves the trainer's
+    model (and its adapter) untouched."""
+    from peft import PeftModel
+
+    merged_dir = os.path.join(adapter_dir, "merged")
+    base = OmniForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(merged_dir)
+    processor.save_pretrained(merged_dir)
+    logger.info(f"Adapter merged into {base_model} and written to {merged_dir}")
+    return merged_dir
+
+
+def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments | None = None):
+    """
+    Fine-tune an Omni checkpoint on a speaker's clips.
+
+    Args:
+        script_args (`trl.ScriptArguments`): `dataset_name` is the clips folder (or metadata file).
+        training_args (`trl.SFTConfig`): the trainer settings; `completion_only_loss=False` also trains on the prompt
+            text (default: audio tokens only); `max_length` must hold the longest clip (nothing is truncated).
+        model_args (`trl.ModelConfig`): `model_name_or_path`, `dtype`, and the LoRA settings (`use_peft`, `lora_r`,
+            `lora_alpha`, `lora_dropout`, `lora_target_modules`, `lora_modules_to_save`, `use_rslora`).
+        voice_args ([`VoiceSFTArguments`], *optional*): the recipe's own options.
+
+    Returns:
+        The trainer, after training and saving.
+    """
+    voice_args = voice_args or VoiceSFTArguments()
+    audio_only_loss = training_args.completion_only_loss is not False
+    clips = read_clips(script_args.dataset_name, speaker=voice_args.speaker)
+    rates = check_sampling_rates(clips, allow_mixed=voice_args.allow_mixed_sampling_rates)
+    logger.info(f"{len(clips)} clips of speakers {sorted(rates)} at {rates} Hz.")
+
+    dtype = model_args.dtype if model_args.dtype not in (None, "auto") else "float32"
+    model = OmniForCausalLM.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype,
+        attn_implementation=model_args.attn_implementation,
+    )
+    processor = OmniProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    train_dataset = build_voice_dataset(clips, processor, audio_only_loss=audio_only_loss)
+    _check_lengths(train_dataset, training_args.max_length)
+
+    if not model_args.use_peft:
+        logger.warning("use_peft is off: every weight of the model is fine-tuned (pass --use_peft for a LoRA adapter).")
+    trainer = VoiceSFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=processor,
+        peft_config=lora_config(model_args, voice_args) if model_args.use_peft else None,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    folder = training_args.output_dir
+    if model_args.use_peft and voice_args.save_merged and trainer.accelerator.is_main_process:
+        folder = save_merged_model(model_args.model_name_or_path, training_args.output_dir, processor)
+    if training_args.push_to_hub and trainer.accelerator.is_main_process:
+        from .hub import push_to_hub
+
+        push_to_hub(folder, training_args.hub_model_id, private=bool(training_args.hub_private_repo), datasets=[script_args.dataset_name])
+    return trainer
