@@ -8,11 +8,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTextToWaveform
+from transformers.generation import LogitsProcessorList, StoppingCriteriaList
 from transformers.models.qwen3.modeling_qwen3 import Qwen3ForCausalLM
 from transformers.utils import logging
 
 from .configuration_omni import OmniConfig
+from .generation_omni import OmniConstrainedLogitsProcessor, OmniMaxDurationCriteria, omni_sample
 
 
 logger = logging.get_logger(__name__)
@@ -52,6 +54,8 @@ class OmniForCausalLM(Qwen3ForCausalLM):
 
     config_class = OmniConfig
     config: OmniConfig
+    # `pipeline("text-to-speech")` loads the model through this auto class (see `save_pretrained`)
+    _text_to_waveform_auto_class = "AutoModelForTextToWaveform"
 
     def loss_weights(self, labels: torch.Tensor, shift_labels: torch.Tensor | None = None) -> torch.Tensor:
         """
@@ -156,10 +160,60 @@ class OmniForCausalLM(Qwen3ForCausalLM):
             audio_loss=audio_loss,
         )
 
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        generation_config=None,
+        logits_processor: LogitsProcessorList | None = None,
+        stopping_criteria: StoppingCriteriaList | None = None,
+        max_duration: float | None = None,
+        constrained: bool = True,
+        fast_audio_head: bool = True,
+        **kwargs,
+    ):
+        r"""
+        transformers' `generate`, with speech-aware defaults. Everything `GenerationMixin.generate` accepts works
+        (sampling settings, `streamer=`, `return_dict_in_generate`, beam search, ...); the defaults live in the
+        checkpoint's `generation_config.json`.
+
+        Args:
+            max_duration (`float`, *optional*):
+                Stop each row's speech after this many seconds (whole frames). A cut row keeps the audio made so far
+                and the cut is logged (see [`OmniMaxDurationCriteria`]).
+            constrained (`bool`, *optional*, defaults to `True`):
+                Add [`OmniConstrainedLogitsProcessor`]: inside an audio span every id lies in its frame position's
+                block and audio-end comes only at a frame boundary; inside a transcript only text ids.
+            fast_audio_head (`bool`, *optional*, defaults to `True`):
+                Decode with [`omni_sample`], which scores only the allowed block of the head inside audio spans
+                (same greedy tokens, same sampling distribution, several times less work per audio token). Needs
+                `constrained=True`; ignored when a `custom_generate` is given.
+        """
+        logits_processor = LogitsProcessorList(logits_processor or [])
+        if constrained and not any(isinstance(p, OmniConstrainedLogitsProcessor) for p in logits_processor):
+            logits_processor.append(OmniConstrainedLogitsProcessor(self.config))
+        stopping_criteria = StoppingCriteriaList(stopping_criteria or [])
+        if max_duration is not None:
+            stopping_criteria.append(OmniMaxDurationCriteria(max_duration, self.config))
+        if constrained and fast_audio_head and kwargs.get("custom_generate") is None:
+            kwargs["custom_generate"] = omni_sample
+        return super().generate(
+            inputs, generation_config, logits_processor=logits_processor, stopping_criteria=stopping_criteria, **kwargs
+        )
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; the saved `auto_map` also names the model for `AutoModelForTextToWaveform`,
+        the auto class `pipeline("text-to-speech", trust_remote_code=True)` asks for."""
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map[self._text_to_waveform_auto_class] = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
+        self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
 
 # Local Auto-class registration, and the `auto_map` that `save_pretrained` writes for trust_remote_code loading.
 AutoConfig.register(OmniConfig.model_type, OmniConfig, exist_ok=True)
 AutoModelForCausalLM.register(OmniConfig, OmniForCausalLM, exist_ok=True)
+AutoModelForTextToWaveform.register(OmniConfig, OmniForCausalLM, exist_ok=True)
 OmniConfig.register_for_auto_class()
 OmniForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
