@@ -334,3 +334,22 @@ def test_merged_checkpoint_matches_base_plus_adapter(workdir, trained, processor
         plain = base.thinker.eval()(**inputs).logits
     assert (expected - plain).abs().max() > 1e-3  # the adapter does something
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_omni_checkpoints_are_handed_to_voice_sft(tmp_path, monkeypatch):
+    import importlib.util
+    import types
+
+    from transformers import AutoConfig
+
+    AutoConfig.for_model("omni").save_pretrained(tmp_path)  # the Omni config, registered by `import qwen_omni`
+    calls = []
+    fake = types.ModuleType("qwen_omni.training.voice_sft")
+    fake.main = lambda *args: calls.append(args)
+    monkeypatch.setitem(sys.modules, "qwen_omni.training.voice_sft", fake)
+    spec = importlib.util.spec_from_file_location("sft_script", os.path.join(REPO, "train", "sft.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model_args = types.SimpleNamespace(model_name_or_path=str(tmp_path), model_revision=None)
+    script.main("script_args", "training_args", model_args, "omni_args")
+    assert calls == [("script_args", "training_args", model_args)]
