@@ -39,17 +39,27 @@ ROUTED_EXPERTS_IMPLEMENTATIONS = ("eager", "grouped_mm")
 LoraFactors = tuple[torch.Tensor, torch.Tensor, float]
 
 
+def _is_fused_experts(module: nn.Module) -> bool:
+    """A transformers `@use_experts_implementation` experts module with fused, gated projections."""
+    return getattr(module, "has_gate", False) and hasattr(module, "gate_up_proj") and hasattr(module, "config")
+
+
 class ParamWrapper(peft_lora_layer.ParamWrapper):
-    """PEFT's `lora.ParamWrapper` for a fused experts module, with a routed-token forward.
+    """PEFT's `lora.ParamWrapper` with forwards that never parametrize the wrapped parameter.
+
+    - On fused experts (`gate_up_proj` / `down_proj` of a `@use_experts_implementation` module): the routed-token
+      forward. PEFT nests the wrappers when both are targeted (`mlp.experts` -> `ParamWrapper(down_proj)` ->
+      `ParamWrapper(gate_up_proj)` -> experts module); the outermost one, which the MoE block calls, gathers the
+      low-rank factors of the whole chain and runs a single routed experts forward with them.
+    - On a 2-D parameter such as the router's `mlp.gate.weight`: the same `W + dW` as PEFT, handed to the module through
+      `torch.func.functional_call` instead of registering and removing a `torch.nn.utils.parametrize`
+      parametrization on every forward (which creates a new module class each time and costs more than the tiny
+      router matmul itself).
+    - Anything else: PEFT's forward.
 
     The class keeps PEFT's name on purpose: PEFT 0.21 recognises (and nests) parameter wrappers by
     `__class__.__name__ == "ParamWrapper"` when it injects or adds adapters, and this wrapper must stay one to it.
     Build it with [`apply_routed_lora`] rather than directly.
-
-    When two expert parameters of one module are targeted, PEFT nests the wrappers (`experts` ->
-    `ParamWrapper(down_proj)` -> `ParamWrapper(gate_up_proj)` -> experts module). The outermost wrapper is the one the
-    MoE block calls; it gathers the low-rank factors of every unmerged wrapper in the chain and runs a single routed
-    experts forward with them.
     """
 
     def _wrapper_chain(self) -> list[peft_lora_layer.ParamWrapper]:
@@ -65,21 +75,25 @@ class ParamWrapper(peft_lora_layer.ParamWrapper):
             return "the expert parameters are wrapped by a PEFT ParamWrapper that apply_routed_lora did not convert"
         if any(wrapper.parameter_name not in ROUTED_PARAMETER_NAMES for wrapper in chain):
             return f"only {ROUTED_PARAMETER_NAMES} are supported"
-        if not getattr(experts, "has_gate", False) or getattr(experts, "has_bias", False):
-            return "the experts are not a gated, bias-free `use_experts_implementation` module"
-        if getattr(experts, "has_post_expert_norm", False) or getattr(experts, "_is_expert_parallel", False):
-            return "post-expert norms and expert parallelism are not supported"
-        implementation = getattr(getattr(experts, "config", None), "_experts_implementation", None) or "eager"
+        if getattr(experts, "has_bias", False) or getattr(experts, "has_post_expert_norm", False):
+            return "experts with biases or a post-expert norm are not supported"
+        if getattr(experts, "_is_expert_parallel", False):
+            return "expert parallelism is not supported"
+        implementation = getattr(experts.config, "_experts_implementation", None) or "eager"
         if implementation not in ROUTED_EXPERTS_IMPLEMENTATIONS:
             return f"experts_implementation={implementation!r} is not one of {ROUTED_EXPERTS_IMPLEMENTATIONS}"
         return None
 
+    def _active_adapters_to_apply(self) -> list[str]:
+        # as PEFT's forward: a wrapper with any merged adapter applies no unmerged LoRA on top
+        if self.merged:
+            return []
+        return [adapter_name for adapter_name in self.active_adapters if adapter_name in self.lora_A]
+
     def _active_lora_factors(self, weight_dtype: torch.dtype) -> list[LoraFactors]:
-        """The (A, B, scaling) factors of this wrapper's active, unmerged adapters, cast like PEFT casts them."""
+        """The (A, B, scaling) factors of this wrapper's adapters to apply, cast to the weight's dtype as PEFT does."""
         factors = []
-        for adapter_name in self.active_adapters:
-            if adapter_name not in self.lora_A or adapter_name in self.merged_adapters:
-                continue
+        for adapter_name in self._active_adapters_to_apply():
             weight_A = self.lora_A[adapter_name].weight  # (E * r, in), expert-major rows
             weight_B = self.lora_B[adapter_name].weight  # (out, r * E), rank-major columns
             weight_A = weight_A.reshape(self.num_experts, -1, weight_A.shape[-1])  # (E, r, in)
@@ -87,14 +101,8 @@ class ParamWrapper(peft_lora_layer.ParamWrapper):
             factors.append((weight_A.to(weight_dtype), weight_B.to(weight_dtype), self.scaling[adapter_name]))
         return factors
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def _routed_experts_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         experts = self.get_base_layer()
-        reason = self._routed_forward_unsupported_reason(experts)
-        if reason is not None:
-            logger.warning_once(f"Routed-token LoRA falls back to PEFT's ParamWrapper forward: {reason}.")
-            return super().forward(x, *args, **kwargs)
-        self._check_forward_args(x, *args, **kwargs)
-        kwargs.pop("adapter_names", None)
         chain = self._wrapper_chain()
         if self.disable_adapters:
             for wrapper in chain:
@@ -107,48 +115,75 @@ class ParamWrapper(peft_lora_layer.ParamWrapper):
             lora[wrapper.parameter_name].extend(wrapper._active_lora_factors(weight_dtype))
         return routed_lora_experts_forward(experts, x, *args, lora=lora, **kwargs)
 
+    def _dense_delta_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.disable_adapters and self.merged:
+            self.unmerge()
+        adapter_names = [] if self.disable_adapters else self._active_adapters_to_apply()
+        if not adapter_names:
+            return self.base_layer(x, *args, **kwargs)
+        delta_weight = sum(self.get_delta_weight(adapter_name) for adapter_name in adapter_names)
+        # PEFT's own `W + dW` (incl. its low-precision upcast), without the parametrization round trip
+        weight = peft_lora_layer._LoraParameterProxy(delta_weight)(self.get_param())
+        return torch.func.functional_call(self.base_layer, {self.parameter_name: weight}, (x, *args), kwargs)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        base_layer = self.get_base_layer()
+        if _is_fused_experts(base_layer) and self.parameter_name in ROUTED_PARAMETER_NAMES:
+            reason = self._routed_forward_unsupported_reason(base_layer)
+            if reason is None:
+                self._check_forward_args(x, *args, **kwargs)
+                kwargs.pop("adapter_names", None)
+                return self._routed_experts_forward(x, *args, **kwargs)
+            logger.warning_once(f"Routed-token LoRA falls back to PEFT's ParamWrapper forward: {reason}.")
+        elif self._param_ndim == 2 and self.base_layer is base_layer:
+            self._check_forward_args(x, *args, **kwargs)
+            kwargs.pop("adapter_names", None)
+            return self._dense_delta_forward(x, *args, **kwargs)
+        return super().forward(x, *args, **kwargs)
+
     def __repr__(self) -> str:
         return "routed_" + super().__repr__()
 
 
 def apply_routed_lora(model: nn.Module) -> int:
-    """Switch every PEFT LoRA on fused MoE experts in `model` to the routed-token forward, in place.
+    """Give every PEFT LoRA parameter wrapper in `model` the routed / parametrization-free forward, in place.
 
-    Call it on the PEFT model (or the model PEFT injected into) after the adapter exists, e.g. after
-    `get_peft_model(model, LoraConfig(target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj", ...]))`
-    or `PeftModel.from_pretrained(model, adapter_dir)`. Only the wrappers' forward changes: parameters, their
-    `requires_grad`, state-dict keys, saving, loading, merging and unloading stay PEFT's. Calling it again is a no-op;
-    call it again after injecting further expert parameters.
+    Converts the `lora.ParamWrapper`s on fused MoE experts (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`:
+    routed-token LoRA) and on 2-D parameters such as the router's `mlp.gate.weight` (the same `W + dW`, without
+    `torch.nn.utils.parametrize`). Only the forward changes: parameters, their `requires_grad`, state-dict keys,
+    `save_pretrained`, `PeftModel.from_pretrained`, `merge_and_unload` and multiple adapters stay PEFT's, and an adapter
+    trained either way loads and runs the other way. Calling it again converts only wrappers added since.
 
     Wiring (`qwen3_omni_moe/lora.py`, option `moe_lora_impl: "routed" | "peft"`, default "routed"):
 
-        peft_model = get_peft_model(thinker, lora_config)
+        peft_model = get_peft_model(thinker, lora_config)   # or PeftModel.from_pretrained(thinker, adapter_dir)
         if moe_lora_impl == "routed":
             apply_routed_lora(peft_model)
 
-    The routed forward serves `experts_implementation` "eager" and "grouped_mm"; with other implementations (or
-    expert parallelism) the wrappers use PEFT's forward and a warning is logged once. Like PEFT's wrapper it requires
-    `lora_dropout=0`. A rank per expert *parameter* is set with `rank_pattern` / `alpha_pattern` keyed by the module
-    name (e.g. `{"mlp.experts": 4}`), as in PEFT; PEFT's layout has a single rank shared by all experts of a
+    The routed forward serves `experts_implementation` "eager" and "grouped_mm" (read at every forward, so
+    `set_experts_implementation` may come before or after); with other implementations, expert parallelism or experts
+    with biases the wrapper uses PEFT's forward and logs a warning once. Like PEFT's wrapper it requires
+    `lora_dropout=0`. Ranks: `rank_pattern` / `alpha_pattern` keyed by module name (e.g. `{"mlp.experts": 4}`) give the
+    experts (or the router) their own rank, as in PEFT; PEFT's layout has one rank shared by all experts of a
     parameter, so there is no rank per individual expert.
 
     Args:
         model (`nn.Module`): a `PeftModel` or any module containing PEFT LoRA `ParamWrapper`s.
 
     Returns:
-        `int`: the number of experts modules whose wrappers this call converted (0 when nothing was left to do).
+        `int`: how many wrappers this call converted (0 when there was nothing left to convert).
     """
-    converted_experts = set()
+    converted = 0
     for module in model.modules():
-        if not isinstance(module, peft_lora_layer.ParamWrapper) or module.parameter_name not in ROUTED_PARAMETER_NAMES:
+        if not isinstance(module, peft_lora_layer.ParamWrapper) or type(module) is ParamWrapper:
             continue
-        experts = module.get_base_layer()
-        if not getattr(experts, "has_gate", False) or type(module) is ParamWrapper:
-            continue
-        # same instance layout: only the forward (and repr) change, PEFT's state stays untouched
-        module.__class__ = ParamWrapper
-        converted_experts.add(id(experts))
-    return len(converted_experts)
+        on_fused_experts = _is_fused_experts(module.get_base_layer()) and module.parameter_name in ROUTED_PARAMETER_NAMES
+        on_plain_2d_parameter = module._param_ndim == 2 and not isinstance(module.base_layer, peft_lora_layer.ParamWrapper)
+        if on_fused_experts or on_plain_2d_parameter:
+            # same instance layout: only the forward (and repr) change, PEFT's state stays untouched
+            module.__class__ = ParamWrapper
+            converted += 1
+    return converted
 
 
 def _project(
