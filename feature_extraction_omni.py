@@ -207,6 +207,11 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
         the saved values.
         """
         path = str(pretrained_model_name_or_path)
+        if not os.path.isdir(path) and (os.path.isabs(path) or path.startswith(".") or path.count("/") > 1):
+            raise OSError(
+                f"Cannot load a SNAC codec from {path!r}: no such folder. Pass a folder saved by OmniProcessor, a "
+                "SNAC checkpoint folder (config.json + pytorch_model.bin) or a Hub id such as 'hubertsiuzdak/snac_24khz'."
+            )
         hub_kwargs = {key: kwargs.pop(key) for key in _HUB_KWARGS if key in kwargs}
         for key in ("trust_remote_code", "_from_auto", "_from_pipeline", "return_unused_kwargs", "code_revision"):
             kwargs.pop(key, None)
