@@ -185,6 +185,9 @@ class OmniProcessor(ProcessorMixin):
         task: str | None = None,
         speaker: str | Sequence[str | None] | None = None,
         return_tensors: str | None = "pt",
+        voice_prompt_audio=None,
+        voice_prompt_text: str | None = None,
+        voice_prompt_sampling_rate: int | None = None,
         **kwargs,
     ) -> BatchFeature:
         """
@@ -201,6 +204,10 @@ class OmniProcessor(ProcessorMixin):
             sampling_rate (`int`): the sampling rate of `audio`; required with audio.
             task (`str`, *optional*): `"tts"`, `"asr"` or `"text"`.
             speaker (`str` or `list[str]`, *optional*): speaker names for text-to-speech, as in `"tara: text"`.
+            voice_prompt_audio (*optional*): one reference clip for text-to-speech prompts; it is placed, with its
+                transcript `voice_prompt_text`, before each text, so the model continues in that voice.
+            voice_prompt_text (`str`, *optional*): the transcript of `voice_prompt_audio` (required with it).
+            voice_prompt_sampling_rate (`int`, *optional*): the sampling rate of `voice_prompt_audio` (required with it).
         """
         if task is not None and task not in TASKS:
             raise ValueError(f"task={task!r} is not one of {TASKS}.")
@@ -216,7 +223,18 @@ class OmniProcessor(ProcessorMixin):
                 return self.pad([self.text_sequence_ids(t) for t in texts], with_labels=True, return_tensors=return_tensors)
             if task == "asr":
                 raise ValueError("task='asr' needs `audio` (with its `sampling_rate`).")
-            prompts = [self.tts_prompt_ids(t, speaker=s) for t, s in zip(texts, speakers)]
+            voice_ids = None
+            if voice_prompt_audio is not None:
+                voice_ids = self._audio_ids(voice_prompt_audio, voice_prompt_sampling_rate)
+                if len(voice_ids) != 1:
+                    raise ValueError(f"voice_prompt_audio must be one clip, got a batch of {len(voice_ids)}.")
+                voice_ids = voice_ids[0].tolist()
+            elif voice_prompt_text is not None:
+                raise ValueError("voice_prompt_text was given without voice_prompt_audio; pass both or neither.")
+            prompts = [
+                self.tts_prompt_ids(t, speaker=s, voice_prompt_ids=voice_ids, voice_prompt_text=voice_prompt_text)
+                for t, s in zip(texts, speakers)
+            ]
             return self.pad(prompts, padding_side="left", return_tensors=return_tensors)
 
         audio_ids = self._audio_ids(audio, sampling_rate)
@@ -271,10 +289,39 @@ class OmniProcessor(ProcessorMixin):
         ids = ids[ids < self.token_layout.audio_token_offset]
         return self.tokenizer.decode(ids.tolist(), **kwargs)
 
-    def decode(self, token_ids: Sequence[int] | torch.Tensor, **kwargs) -> str | np.ndarray:
-        """A sequence's speech (1-D float32 waveform at `sampling_rate`) if it holds audio ids, else its text."""
+    def decode(self, token_ids: Sequence[int] | torch.Tensor, **kwargs) -> str | np.ndarray | torch.Tensor:
+        """
+        A sequence's speech (1-D float32 waveform at `sampling_rate`) if it holds audio ids, else its text.
+
+        A `(1, seq_len)` tensor (one `generate` output, as transformers' text-to-audio pipeline passes it) gives the
+        waveform as a 1-D `torch.FloatTensor`, as Dia's and CSM's processors do; more rows need `batch_decode`.
+        """
+        if isinstance(token_ids, torch.Tensor) and token_ids.dim() == 2:
+            if token_ids.shape[0] != 1:
+                raise ValueError(f"`decode` takes one sequence, got a batch of {token_ids.shape[0]}; use `batch_decode`.")
+            decoded = self.decode(token_ids[0], **kwargs)
+            return torch.from_numpy(decoded) if isinstance(decoded, np.ndarray) else decoded
+        transcript = self._transcript_ids(token_ids)
+        if transcript is not None:
+            return self.decode_text(transcript, **kwargs)
         waveform = self.decode_audio(token_ids)
         return waveform if waveform is not None else self.decode_text(token_ids, **kwargs)
+
+    def _transcript_ids(self, token_ids: Sequence[int] | torch.Tensor) -> torch.Tensor | None:
+        """The ids of a speech-to-text sequence's transcript (after the last `<|text_start|>` that follows the audio,
+        up to `<|text_end|>`), or None when the sequence does not end in a transcript."""
+        ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+        text_starts = (ids == self.text_start_token_id).nonzero().flatten()
+        audio_ends = (ids == self.audio_end_token_id).nonzero().flatten()
+        audio_starts = (ids == self.audio_start_token_id).nonzero().flatten()
+        if not len(text_starts) or not len(audio_ends):
+            return None
+        start = int(text_starts[-1])
+        if start < int(audio_ends[-1]) or (len(audio_starts) and start < int(audio_starts[-1])):
+            return None
+        transcript = ids[start + 1 :]
+        ends = (transcript == self.text_end_token_id).nonzero().flatten()
+        return transcript[: int(ends[0])] if len(ends) else transcript
 
     def batch_decode(self, sequences: Sequence[Sequence[int]] | torch.Tensor, **kwargs) -> list[str | np.ndarray]:
         """[`~OmniProcessor.decode`] for each sequence of a batch (e.g. `generate`'s output)."""
