@@ -336,7 +336,8 @@ def test_processor_formats_and_bad_text(omni_dir):
     assert seq[2 + n_audio : 4 + n_audio] == [processor.audio_end_token_id, processor.text_start_token_id]
     assert seq[-1] == processor.text_end_token_id and train["labels"][0].tolist() == seq
     assert processor.decode_text(seq, skip_special_tokens=True) == "hello there"
-    waveform = processor.decode(seq)
+    assert processor.decode(seq, skip_special_tokens=True) == "hello there"  # a speech-to-text output is its transcript
+    waveform = processor.decode_audio(seq)
     assert isinstance(waveform, np.ndarray) and waveform.size == n_audio // 7 * processor.feature_extractor.samples_per_frame
 
     with pytest.raises(ValueError, match="special-token string"):
