@@ -221,6 +221,7 @@ def omni_sample(
     synced_gpus: bool = False,
     streamer: BaseStreamer | None = None,
     fast_audio_head: bool = True,
+    omni_streamer: BaseStreamer | None = None,
     **model_kwargs,
 ):
     r"""
@@ -235,7 +236,13 @@ def omni_sample(
 
     Args:
         fast_audio_head (`bool`, *optional*, defaults to `True`): score only the allowed block inside audio spans.
+        omni_streamer (`BaseStreamer`, *optional*): the streamer; `generate` does not hand `streamer` to a
+            `custom_generate` callable, so `OmniForCausalLM.generate` passes it under this name, and the prompt is
+            put here.
     """
+    streamer = streamer if streamer is not None else omni_streamer
+    if omni_streamer is not None:
+        omni_streamer.put(input_ids.cpu())
     generation_mode = generation_config.get_generation_mode()
     wants_outputs = generation_config.return_dict_in_generate and any(
         getattr(generation_config, name) for name in ("output_scores", "output_logits", "output_attentions", "output_hidden_states")

@@ -197,6 +197,9 @@ class OmniForCausalLM(Qwen3ForCausalLM):
             stopping_criteria.append(OmniMaxDurationCriteria(max_duration, self.config))
         if constrained and fast_audio_head and kwargs.get("custom_generate") is None:
             kwargs["custom_generate"] = omni_sample
+            # `generate` hands no `streamer` to a `custom_generate` callable: pass it under omni_sample's own name
+            if kwargs.get("streamer") is not None:
+                kwargs["omni_streamer"] = kwargs.pop("streamer")
         return super().generate(
             inputs, generation_config, logits_processor=logits_processor, stopping_criteria=stopping_criteria, **kwargs
         )
