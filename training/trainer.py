@@ -68,3 +68,164 @@ class ModalityWeightedLossMixin:
 
 class OmniTrainer(ModalityWeightedLossMixin, Trainer):
     """`transformers.Trainer` for Omni models with the modality-weighted loss made exact (see the mixin)."""
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """
+    `torch.optim.Muon` for the 2-D hidden matrices and `torch.optim.AdamW` for everything else (embeddings, norms,
+    LM head), as one optimizer that the Trainer's scheduler, checkpoints and resume handle like any other.
+
+    Muon uses `adjust_lr_fn="match_rms_adamw"`, which scales its update to AdamW's RMS, so both groups share one
+    learning rate (and one schedule).
+
+    Args:
+        muon_params, adamw_params: the parameters of each part.
+        lr (`float`): learning rate of both parts.
+        weight_decay (`float`): decoupled weight decay of the Muon part and of the AdamW matrices.
+        adamw_no_decay_params: AdamW parameters without weight decay (biases, norms).
+        betas, eps: AdamW's.
+        momentum (`float`): Muon's momentum.
+    """
+
+    def __init__(
+        self,
+        muon_params: list[torch.nn.Parameter],
+        adamw_params: list[torch.nn.Parameter],
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        adamw_no_decay_params: list[torch.nn.Parameter] | None = None,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        momentum: float = 0.95,
+    ):
+        groups = [{"params": muon_params, "use_muon": True}]
+        groups.append({"params": adamw_params, "use_muon": False})
+        if adamw_no_decay_params:
+            groups.append({"params": adamw_no_decay_params, "use_muon": False, "weight_decay": 0.0})
+        defaults = dict(lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, momentum=momentum)
+        super().__init__([group for group in groups if group["params"]], defaults)
+        self._link_parts()
+
+    def _link_parts(self) -> None:
+        """Inner optimizers that share this optimizer's groups (the scheduler edits their lr) and state."""
+        muon_groups = [group for group in self.param_groups if group["use_muon"]]
+        adamw_groups = [group for group in self.param_groups if not group["use_muon"]]
+        self._muon = torch.optim.Muon(
+            [{"params": group["params"]} for group in muon_groups] or [{"params": []}],
+            lr=self.defaults["lr"], momentum=self.defaults["momentum"], adjust_lr_fn="match_rms_adamw",
+        ) if muon_groups else None
+        self._adamw = torch.optim.AdamW(
+            [{"params": group["params"]} for group in adamw_groups], lr=self.defaults["lr"],
+            betas=self.defaults["betas"], eps=self.defaults["eps"],
+        ) if adamw_groups else None
+        for inner, groups in ((self._muon, muon_groups), (self._adamw, adamw_groups)):
+            if inner is None:
+                continue
+            for inner_group, group in zip(inner.param_groups, groups):
+                for key, value in inner_group.items():
+                    group.setdefault(key, value)
+            inner.param_groups = groups
+            inner.state = self.state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._link_parts()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for inner in (self._muon, self._adamw):
+            if inner is not None:
+                inner.step()
+        return loss
+
+
+def muon_parameter_groups(model: torch.nn.Module) -> tuple[list, list, list]:
+    """
+    Split a causal LM's trainable parameters into (Muon: 2-D matrices of the decoder layers, AdamW with decay:
+    embeddings and LM head, AdamW without decay: norms and biases).
+    """
+    output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    input_embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    embedding_ids = {id(p) for module in (input_embeddings, output_embeddings) if module is not None for p in module.parameters()}
+    muon, adamw, no_decay, seen = [], [], [], set()
+    for _, parameter in model.named_parameters():
+        if not parameter.requires_grad or id(parameter) in seen:
+            continue
+        seen.add(id(parameter))
+        if id(parameter) in embedding_ids:
+            adamw.append(parameter)
+        elif parameter.ndim == 2:
+            muon.append(parameter)
+        else:
+            no_decay.append(parameter)
+    return muon, adamw, no_decay
+
+
+def token_metrics_from_logits(model_config) -> tuple:
+    """
+    `(preprocess_logits_for_metrics, compute_metrics)` for the Trainer: token accuracy and perplexity of the
+    next-token predictions, overall and for text and audio targets (audio ids and audio-end count as audio).
+    Only four numbers per position are kept from the logits, so evaluation memory does not grow with the vocabulary.
+    """
+    layout = model_config.token_layout
+    audio_end = model_config.audio_end_token_id
+
+    def preprocess_logits_for_metrics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        targets = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+        valid = targets != -100
+        safe = targets.clamp(min=0)
+        log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+        correct = logits.argmax(-1) == safe
+        is_audio = layout.is_audio(safe) | ((safe == audio_end) if audio_end is not None else torch.zeros_like(valid))
+        return torch.stack([valid.float(), (correct & valid).float(), log_probs * valid, is_audio.float()], dim=-1)
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        stats = torch.as_tensor(eval_prediction.predictions)
+        valid = stats[..., 0] == 1  # padding between batches is -100
+        metrics = {}
+        for name, mask in (("", valid), ("text_", valid & (stats[..., 3] == 0)), ("audio_", valid & (stats[..., 3] == 1))):
+            count = int(mask.sum())
+            if not count:
+                continue
+            metrics[f"{name}token_accuracy"] = float(stats[..., 1][mask].sum()) / count
+            metrics[f"{name}perplexity"] = math.exp(min(-float(stats[..., 2][mask].sum()) / count, 50.0))
+        return metrics
+
+    return preprocess_logits_for_metrics, compute_metrics
+
+
+class OmniPretrainer(OmniTrainer):
+    """
+    [`OmniTrainer`] for pretraining: `optimizer="muon"` trains the 2-D hidden matrices with Muon and the rest with
+    AdamW ([`MuonWithAdamW`]); `optimizer="adamw"` keeps the Trainer's `--optim`. Muon needs whole matrices, so it is
+    refused under DeepSpeed ZeRO-3 and FSDP (they shard them); use `optimizer="adamw"` there.
+    """
+
+    def __init__(self, *args, optimizer_name: str = "muon", **kwargs):
+        if optimizer_name not in ("muon", "adamw"):
+            raise ValueError(f"optimizer={optimizer_name!r} is not supported; use 'muon' or 'adamw'.")
+        self.optimizer_name = optimizer_name
+        super().__init__(*args, **kwargs)
+        if optimizer_name == "muon" and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            raise ValueError(
+                "optimizer='muon' needs whole weight matrices, but DeepSpeed / FSDP shard them; pass "
+                "--optimizer adamw with train/accelerate/deepspeed_zero3.yaml or fsdp2.yaml (DDP keeps Muon)."
+            )
+
+    def create_optimizer(self, model=None):
+        if self.optimizer_name != "muon":
+            return super().create_optimizer(model) if model is not None else super().create_optimizer()
+        if self.optimizer is None:
+            muon, adamw, no_decay = muon_parameter_groups(self.model)
+            self.optimizer = MuonWithAdamW(
+                muon, adamw, lr=self.args.learning_rate, weight_decay=self.args.weight_decay,
+                adamw_no_decay_params=no_decay, betas=(self.args.adam_beta1, self.args.adam_beta2),
+                eps=self.args.adam_epsilon,
+            )
+        return self.optimizer

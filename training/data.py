@@ -1,0 +1,521 @@
+# Copyright 2026 The qwen-omni authors. Licensed under the Apache License, Version 2.0.
+"""
+Speech corpora -> SNAC token datasets, done once.
+
+- [`load_audio_text_rows`] reads a corpus into a `datasets` dataset with the columns `id`, `audio`, `text`,
+  `speaker` (audio left undecoded: a path or `{"path", "bytes"}`), from a Hugging Face dataset (Hub id or local
+  folder, including `save_to_disk` folders), a JSONL / JSON / CSV / TSV file of audio paths and transcripts, a folder
+  with such a metadata file, or a LibriSpeech / LibriTTS folder tree.
+- [`read_audio`] decodes one audio value (wav / flac / ogg / mp3) with soundfile: no FFmpeg, no torchcodec.
+- [`prepare_dataset`] decodes, resamples and encodes the rows with a [`SNACFeatureExtractor`] in length-sorted
+  batches and writes the codes as an Arrow dataset, shard by shard, so that a second run skips finished shards.
+  Rows it cannot use are skipped, counted and listed in `summary.json`.
+- [`load_prepared_dataset`] opens what `prepare_dataset` wrote.
+
+Prepared rows hold `audio_codes`: the SNAC codes in the frame order of [`SNACTokenLayout`] with
+`audio_token_offset=0`, i.e. `position * codebook_size + code`. A model's vocabulary ids are
+`audio_codes + audio_token_offset`, so one prepared corpus serves every tokenizer.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
+METADATA_NAMES = ("metadata.jsonl", "metadata.json", "metadata.csv", "metadata.tsv")
+PREPARE_INFO_NAME = "prepare_info.json"
+SUMMARY_NAME = "summary.json"
+SHARDS_DIR = "shards"
+# bump when the layout of prepared rows changes, so that old shards are not reused
+PREPARE_FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------------- reading rows
+def _rows_from_table(path: Path, audio_column: str, text_column: str, speaker_column: str | None) -> list[dict]:
+    """Rows of a JSONL / JSON / CSV / TSV metadata file; relative audio paths are resolved against its folder."""
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as handle:
+            records = [json.loads(line) for line in handle if line.strip()]
+    elif path.suffix == ".json":
+        records = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(records, dict):
+            records = records.get("data", records.get("rows", []))
+    elif path.suffix in (".csv", ".tsv"):
+        with open(path, encoding="utf-8", newline="") as handle:
+            records = list(csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ","))
+    else:
+        raise ValueError(f"{path} is not a .jsonl, .json, .csv or .tsv metadata file.")
+    rows = []
+    for index, record in enumerate(records):
+        if audio_column not in record or text_column not in record:
+            raise ValueError(
+                f"{path} row {index} has the columns {sorted(record)}, but the audio column {audio_column!r} and the "
+                f"text column {text_column!r} are required. Pass the right names with --audio_column / --text_column."
+            )
+        audio = record[audio_column]
+        if isinstance(audio, str) and not os.path.isabs(audio):
+            audio = str(path.parent / audio)
+        speaker = record.get(speaker_column) if speaker_column else None
+        rows.append(
+            {"id": str(record.get("id", f"{path.stem}-{index}")), "audio": audio, "text": record[text_column],
+             "speaker": None if speaker is None else str(speaker)}
+        )
+    return rows
+
+
+def _rows_from_tree(root: Path) -> list[dict]:
+    """
+    Rows of a LibriSpeech tree (`<speaker>/<chapter>/<speaker>-<chapter>.trans.txt` with `<id> <TEXT>` lines beside
+    the flac files) or a LibriTTS-style tree (each `<id>.wav` beside `<id>.normalized.txt`, `<id>.original.txt`,
+    `<id>.txt` or `<id>.lab`). The speaker is the first part of the id (LibriSpeech, LibriTTS) or the parent folder.
+    """
+    rows = []
+    for transcript_file in sorted(root.rglob("*.trans.txt")):
+        for line in transcript_file.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            utterance, _, text = line.partition(" ")
+            audio = next((transcript_file.parent / f"{utterance}{ext}" for ext in AUDIO_EXTENSIONS
+                          if (transcript_file.parent / f"{utterance}{ext}").exists()), transcript_file.parent / f"{utterance}.flac")
+            rows.append({"id": utterance, "audio": str(audio), "text": text, "speaker": utterance.split("-")[0]})
+    if rows:
+        return rows
+    for audio in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS):
+        stem = audio.with_suffix("")
+        transcript = next((Path(f"{stem}{ext}") for ext in (".normalized.txt", ".original.txt", ".txt", ".lab")
+                           if Path(f"{stem}{ext}").exists()), None)
+        # an audio file without a transcript is a row with an empty text: skipped and listed, not ignored
+        text = transcript.read_text(encoding="utf-8").strip() if transcript else ""
+        speaker = audio.stem.split("_")[0] if "_" in audio.stem and audio.parent == root else audio.parent.name
+        if audio.parent != root and audio.parent.parent != root:
+            speaker = audio.relative_to(root).parts[0]
+        rows.append({"id": audio.stem, "audio": str(audio), "text": text, "speaker": speaker})
+    return rows
+
+
+def load_audio_text_rows(
+    source: str | os.PathLike,
+    audio_column: str = "audio",
+    text_column: str = "text",
+    speaker_column: str | None = "speaker",
+    split: str = "train",
+    dataset_config: str | None = None,
+    streaming: bool = False,
+):
+    """
+    Read a speech corpus into rows `{"id", "audio", "text", "speaker"}` without decoding any audio.
+
+    Args:
+        source (`str` or `os.PathLike`):
+            One of: a JSONL / JSON / CSV / TSV file of audio paths (relative to the file) and transcripts; a folder
+            holding `metadata.jsonl` (or `.json` / `.csv` / `.tsv`); a LibriSpeech or LibriTTS folder tree; a folder
+            written by `datasets.Dataset.save_to_disk`; a folder of data files or a Hub id that
+            `datasets.load_dataset` reads (its audio column is cast to `Audio(decode=False)`, so audio stays bytes
+            or paths and is decoded by [`read_audio`], without FFmpeg).
+        audio_column, text_column (`str`): names of the audio and transcript columns.
+        speaker_column (`str`, *optional*): name of the speaker column; rows get `speaker=None` if it is absent.
+        split (`str`): split of a `datasets` source.
+        dataset_config (`str`, *optional*): configuration name of a Hub dataset.
+        streaming (`bool`): stream a `datasets` source instead of downloading it whole (an `IterableDataset`).
+
+    Returns:
+        `datasets.Dataset` (or `IterableDataset` when streaming a `datasets` source) with the columns `id`, `audio`
+        (path string, or `{"path", "bytes"}`), `text`, `speaker`.
+
+    Raises:
+        `ValueError` naming the available columns when `audio_column` or `text_column` is missing, and when the
+        source holds no rows.
+    """
+    import datasets
+
+    path = Path(source)
+    rows = None
+    if path.is_file():
+        rows = _rows_from_table(path, audio_column, text_column, speaker_column)
+    elif path.is_dir() and not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
+        metadata = next((path / name for name in METADATA_NAMES if (path / name).exists()), None)
+        if metadata is not None:
+            rows = _rows_from_table(metadata, audio_column, text_column, speaker_column)
+        elif any(path.rglob("*.trans.txt")) or any(p.suffix.lower() in AUDIO_EXTENSIONS for p in path.rglob("*")):
+            rows = _rows_from_tree(path)
+    if rows is not None:
+        if not rows:
+            raise ValueError(f"{source} holds no audio rows.")
+        return datasets.Dataset.from_list(rows)
+
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
+        dataset = datasets.load_from_disk(str(path))
+        if isinstance(dataset, datasets.DatasetDict):
+            if split not in dataset:
+                raise ValueError(f"{source} has the splits {list(dataset)}, not {split!r}; pass --dataset_split.")
+            dataset = dataset[split]
+        if streaming:
+            dataset = dataset.to_iterable_dataset()
+    else:
+        dataset = datasets.load_dataset(str(source), dataset_config, split=split, streaming=streaming)
+    columns = list(dataset.column_names or dataset.features or [])
+    missing = [name for name in (audio_column, text_column) if name not in columns]
+    if missing:
+        raise ValueError(
+            f"The dataset {source} (split {split!r}) has the columns {columns}, not {missing}. Name its audio and "
+            "transcript columns with --audio_column / --text_column."
+        )
+    if isinstance(dataset.features.get(audio_column) if dataset.features else None, datasets.Audio):
+        dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
+    has_speaker = speaker_column is not None and speaker_column in columns
+    has_id = "id" in columns
+
+    def to_row(example: dict, index: int) -> dict:
+        speaker = example[speaker_column] if has_speaker else None
+        return {
+            "id": str(example["id"]) if has_id else f"row-{index}",
+            "audio": example[audio_column],
+            "text": example[text_column],
+            "speaker": None if speaker is None else str(speaker),
+        }
+
+    # the original columns are dropped before the new ones are written, so overlapping names are fine
+    return dataset.map(to_row, with_indices=True, remove_columns=columns)
+
+
+# ---------------------------------------------------------------------------------------------------- decoding audio
+def read_audio(audio: Any) -> tuple[np.ndarray, int]:
+    """
+    Decode one audio value with soundfile (wav, flac, ogg/vorbis, opus, mp3 through libsndfile >= 1.1; no FFmpeg).
+
+    Args:
+        audio: a file path, a `{"path", "bytes"}` dict (`datasets.Audio(decode=False)`), or a decoded
+            `{"array", "sampling_rate"}` dict.
+
+    Returns:
+        `(waveform, sampling_rate)`: a mono float32 array (channels averaged) and its rate.
+
+    Raises:
+        Whatever soundfile raises for an unreadable file (`soundfile.LibsndfileError`, `FileNotFoundError`, ...).
+    """
+    import soundfile
+
+    if isinstance(audio, dict) and audio.get("array") is not None:
+        waveform, sampling_rate = np.asarray(audio["array"], dtype=np.float32), int(audio["sampling_rate"])
+    else:
+        if isinstance(audio, dict):
+            target = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
+        else:
+            target = audio
+        if target is None:
+            raise ValueError("the audio value has neither bytes nor a path")
+        waveform, sampling_rate = soundfile.read(target, dtype="float32", always_2d=True)
+        waveform = waveform.mean(axis=1)
+    if waveform.ndim > 1:
+        waveform = waveform.mean(axis=-1 if waveform.shape[-1] < waveform.shape[0] else 0)
+    if waveform.size == 0:
+        raise ValueError("the audio has 0 samples")
+    if not np.isfinite(waveform).all():
+        raise ValueError("the audio holds NaN or infinite samples")
+    return waveform, sampling_rate
+
+
+def _decode_row(row: dict, sampling_rate: int, max_duration: float | None) -> tuple[dict, np.ndarray | None, str | None]:
+    """Decode and resample one row; returns (row, waveform or None, reason it was skipped or None)."""
+    text = (row.get("text") or "").strip()
+    if not text:
+        return row, None, "empty transcript"
+    try:
+        waveform, rate = read_audio(row["audio"])
+    except Exception as error:  # noqa: BLE001 - any decoding failure skips the row, with its reason listed
+        return row, None, f"unreadable audio: {type(error).__name__}: {error}"
+    duration = waveform.size / rate
+    if max_duration is not None and duration > max_duration:
+        return row, None, f"longer than the limit: {duration:.2f} s > max_duration {max_duration} s"
+    if rate != sampling_rate:
+        import torchaudio.functional
+
+        waveform = torchaudio.functional.resample(torch.from_numpy(waveform), rate, sampling_rate).numpy()
+    return row, waveform, None
+
+
+def _audio_label(audio: Any) -> str:
+    if isinstance(audio, dict):
+        return str(audio.get("path") or "<bytes>")
+    return str(audio)
+
+
+# ---------------------------------------------------------------------------------------------------- preparing
+@dataclass
+class PrepareSummary:
+    """What [`prepare_dataset`] did: rows kept and skipped (with reasons), shards encoded and reused."""
+
+    output_dir: str
+    num_rows: int = 0
+    num_kept: int = 0
+    num_skipped: int = 0
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    skipped: list[dict] = field(default_factory=list)
+    shards_encoded: int = 0
+    shards_reused: int = 0
+    audio_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def codec_fingerprint(feature_extractor) -> str:
+    """A hash of the codec config and weights: prepared shards are reused only with the very same codec."""
+    digest = hashlib.sha256(json.dumps(feature_extractor.codec_config, sort_keys=True).encode())
+    for name, tensor in sorted(feature_extractor.codec.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _shard_dir(output_dir: Path, index: int) -> Path:
+    return output_dir / SHARDS_DIR / f"shard-{index:05d}"
+
+
+def _iter_chunks(rows, shard_size: int, first_shard: int) -> Iterator[tuple[int, list[dict] | None]]:
+    """(shard index, rows) for each shard; rows of shards before `first_shard` are not materialised."""
+    import datasets
+
+    if isinstance(rows, datasets.Dataset):
+        for index, start in enumerate(range(0, len(rows), shard_size)):
+            yield index, (None if index < first_shard else rows.select(range(start, min(start + shard_size, len(rows)))).to_list())
+        return
+    iterator = iter(rows.skip(first_shard * shard_size) if first_shard else rows)
+    index = first_shard
+    while True:
+        chunk = [row for _, row in zip(range(shard_size), iterator)]
+        if not chunk:
+            return
+        yield index, chunk
+        index += 1
+
+
+def prepare_dataset(
+    rows,
+    output_dir: str | os.PathLike,
+    feature_extractor,
+    max_duration: float | None = 30.0,
+    shard_size: int = 512,
+    num_proc: int | None = None,
+    device: str | torch.device | None = None,
+    source_name: str | None = None,
+    show_progress: bool = True,
+) -> PrepareSummary:
+    """
+    Encode speech rows into SNAC codes and write them as an Arrow dataset (see [`load_prepared_dataset`]).
+
+    Rows are processed in shards of `shard_size`: each shard's audio is decoded and resampled (in `num_proc`
+    worker processes), encoded by `feature_extractor` in length-sorted batches of its `encode_batch_size`, and saved
+    under `output_dir/shards/`. A run that finds a shard written with the same source, settings and codec weights
+    skips it, so an interrupted or repeated run only does the missing work. `summary.json` lists every skipped row.
+
+    Args:
+        rows: output of [`load_audio_text_rows`] (`Dataset` or streaming `IterableDataset`).
+        output_dir: folder to write to.
+        feature_extractor ([`SNACFeatureExtractor`]): the codec.
+        max_duration (`float`, *optional*): rows longer than this many seconds are skipped (and listed).
+        shard_size (`int`): rows per shard (and per unit of resumable work).
+        num_proc (`int`, *optional*): processes decoding and resampling audio in parallel.
+        device: where the codec runs; defaults to CUDA when available.
+        source_name (`str`, *optional*): name of the source, recorded in `prepare_info.json` and in the fingerprint.
+        show_progress (`bool`): show a progress bar over rows.
+
+    Returns:
+        [`PrepareSummary`]; it is also written to `output_dir/summary.json`.
+
+    Raises:
+        `ValueError` when no row could be used (the summary file is written first).
+    """
+    from tqdm.auto import tqdm
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    feature_extractor.to(device)
+    layout = feature_extractor.token_layout
+    info = {
+        "format_version": PREPARE_FORMAT_VERSION,
+        "source": source_name,
+        "max_duration": max_duration,
+        "shard_size": shard_size,
+        "codec_fingerprint": codec_fingerprint(feature_extractor),
+        "codec_config": feature_extractor.codec_config,
+        "sampling_rate": feature_extractor.sampling_rate,
+        "vq_strides": layout.vq_strides,
+        "codebook_size": layout.codebook_size,
+        "tokens_per_frame": layout.tokens_per_frame,
+    }
+    info_file = output_dir / PREPARE_INFO_NAME
+    previous = json.loads(info_file.read_text()) if info_file.exists() else None
+    done: dict[str, dict] = {}
+    if previous is not None and {k: v for k, v in previous.items() if k != "shards"} == info:
+        done = previous.get("shards", {})
+    elif previous is not None:
+        logger.warning(f"{output_dir} was prepared with other settings or another codec; encoding everything again.")
+    info["shards"] = done
+
+    summary = PrepareSummary(output_dir=str(output_dir))
+    for shard in done.values():
+        summary.skipped.extend(shard["skipped"])
+    total = len(rows) if hasattr(rows, "__len__") else None
+    first_missing = 0
+    while str(first_missing) in done:
+        first_missing += 1
+    progress = tqdm(total=total, desc="prepare_data", unit="clip", disable=not show_progress)
+    pool = None
+    if num_proc and num_proc > 1:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("spawn").Pool(num_proc)
+    last_index = -1
+    try:
+        for index, chunk in _iter_chunks(rows, shard_size, first_missing):
+            last_index = index
+            if str(index) in done and _shard_dir(output_dir, index).exists():
+                summary.shards_reused += 1
+                progress.update(done[str(index)]["num_rows"])
+                continue
+            arguments = [(row, feature_extractor.sampling_rate, max_duration) for row in chunk]
+            decoded = pool.starmap(_decode_row, arguments) if pool else [_decode_row(*a) for a in arguments]
+            kept, skipped = [], []
+            for row, waveform, reason in decoded:
+                if reason is None:
+                    kept.append((row, waveform))
+                else:
+                    skipped.append({"id": row["id"], "audio": _audio_label(row["audio"]), "reason": reason})
+            records = _encode_shard(kept, feature_extractor)
+            _write_shard(records, _shard_dir(output_dir, index))
+            done[str(index)] = {"num_rows": len(chunk), "num_kept": len(records), "skipped": skipped}
+            summary.skipped.extend(skipped)
+            summary.shards_encoded += 1
+            info_file.write_text(json.dumps(info, indent=1))  # after each shard: an interrupted run resumes here
+            progress.update(len(chunk))
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.close()
+    # shards beyond the source's end (a source that shrank) must not be loaded
+    info["shards"] = {k: v for k, v in sorted(done.items(), key=lambda kv: int(kv[0])) if int(k) <= last_index}
+    info_file.write_text(json.dumps(info, indent=1))
+
+    summary.num_rows = sum(shard["num_rows"] for shard in info["shards"].values())
+    summary.num_kept = sum(shard["num_kept"] for shard in info["shards"].values())
+    summary.skipped = [s for shard in info["shards"].values() for s in shard["skipped"]]
+    summary.num_skipped = len(summary.skipped)
+    for entry in summary.skipped:
+        reason = entry["reason"].split(":")[0]
+        summary.skipped_by_reason[reason] = summary.skipped_by_reason.get(reason, 0) + 1
+    if summary.num_kept:
+        summary.audio_seconds = float(sum(load_prepared_dataset(output_dir)["duration"]))
+    (output_dir / SUMMARY_NAME).write_text(json.dumps(summary.to_dict(), indent=1))
+    logger.warning(
+        f"prepare_data: {summary.num_kept} of {summary.num_rows} rows kept ({summary.audio_seconds:.1f} s of audio), "
+        f"{summary.num_skipped} skipped {summary.skipped_by_reason or ''}; {summary.shards_encoded} shards encoded, "
+        f"{summary.shards_reused} reused. Skipped rows are listed in {output_dir / SUMMARY_NAME}."
+    )
+    if not summary.num_kept:
+        raise ValueError(
+            f"No usable row in {source_name or 'the dataset'}: all {summary.num_rows} rows were skipped "
+            f"({summary.skipped_by_reason}); see {output_dir / SUMMARY_NAME}. Check the paths, the transcript column "
+            "and --max_duration."
+        )
+    return summary
+
+
+def _encode_shard(kept: list[tuple[dict, np.ndarray]], feature_extractor) -> list[dict]:
+    if not kept:
+        return []
+    layout = feature_extractor.token_layout
+    relative = type(layout)(layout.vq_strides, layout.codebook_size, 0)
+    codes = feature_extractor.encode([torch.from_numpy(w) for _, w in kept], sampling_rate=feature_extractor.sampling_rate)
+    records = []
+    for (row, waveform), clip_codes in zip(kept, codes):
+        records.append(
+            {
+                "id": row["id"],
+                "text": row["text"].strip(),
+                "speaker": row.get("speaker"),
+                "audio_codes": relative.codes_to_ids(clip_codes).to(torch.int32).tolist(),
+                "duration": waveform.size / feature_extractor.sampling_rate,
+            }
+        )
+    return records
+
+
+def _write_shard(records: list[dict], shard_dir: Path) -> None:
+    import datasets
+
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "text": datasets.Value("string"),
+            "speaker": datasets.Value("string"),
+            "audio_codes": datasets.List(datasets.Value("int32")),
+            "duration": datasets.Value("float32"),
+        }
+    )
+    dataset = datasets.Dataset.from_list(records, features=features) if records else datasets.Dataset.from_dict(
+        {name: [] for name in features}, features=features
+    )
+    tmp_dir = shard_dir.with_name(shard_dir.name + ".tmp")
+    dataset.save_to_disk(str(tmp_dir))
+    if shard_dir.exists():
+        import shutil
+
+        shutil.rmtree(shard_dir)
+    tmp_dir.rename(shard_dir)
+
+
+def is_prepared_dataset(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder written by [`prepare_dataset`]."""
+    return (Path(path) / PREPARE_INFO_NAME).exists()
+
+
+def read_prepare_info(path: str | os.PathLike) -> dict:
+    """The settings and codec description a prepared folder was written with."""
+    return json.loads((Path(path) / PREPARE_INFO_NAME).read_text())
+
+
+def load_prepared_dataset(path: str | os.PathLike):
+    """
+    The rows a [`prepare_dataset`] run wrote: a `datasets.Dataset` with `id`, `text`, `speaker`, `audio_codes`
+    (layout ids with `audio_token_offset=0`; add the model's offset) and `duration` (seconds).
+    """
+    import datasets
+
+    path = Path(path)
+    if not is_prepared_dataset(path):
+        raise ValueError(f"{path} is not a prepared dataset (no {PREPARE_INFO_NAME}); run train/prepare_data.py first.")
+    shards = read_prepare_info(path).get("shards", {})
+    parts = [datasets.load_from_disk(str(_shard_dir(path, int(i)))) for i in sorted(shards, key=int)]
+    parts = [part for part in parts if len(part)]
+    if not parts:
+        raise ValueError(f"The prepared dataset {path} holds no rows; see {path / SUMMARY_NAME} for what was skipped.")
+    return datasets.concatenate_datasets(parts)
+
+
+__all__ = [
+    "PrepareSummary",
+    "codec_fingerprint",
+    "is_prepared_dataset",
+    "load_audio_text_rows",
+    "load_prepared_dataset",
+    "prepare_dataset",
+    "read_audio",
+    "read_prepare_info",
+]
