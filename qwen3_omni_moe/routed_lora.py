@@ -163,9 +163,11 @@ def apply_routed_lora(model: nn.Module) -> int:
     The routed forward serves `experts_implementation` "eager" and "grouped_mm" (read at every forward, so
     `set_experts_implementation` may come before or after); with other implementations, expert parallelism or experts
     with biases the wrapper uses PEFT's forward and logs a warning once. Like PEFT's wrapper it requires
-    `lora_dropout=0`. Ranks: `rank_pattern` / `alpha_pattern` keyed by module name (e.g. `{"mlp.experts": 4}`) give the
-    experts (or the router) their own rank, as in PEFT; PEFT's layout has one rank shared by all experts of a
-    parameter, so there is no rank per individual expert.
+    `lora_dropout=0`. Ranks: `rank_pattern` / `alpha_pattern` give the experts (or the router) their own rank and
+    alpha as in PEFT; for `target_parameters` PEFT matches the patterns against the *parameter* name, e.g.
+    `rank_pattern={"mlp.experts.gate_up_proj": 16, "mlp.experts.down_proj": 16, "mlp.gate.weight": 4}` (a module-name
+    key such as `"mlp.experts"` matches nothing and PEFT only warns). PEFT's layout has one rank shared by all experts
+    of a parameter (`lora_A` is `(E * r, in)`), so there is no rank per individual expert.
 
     Args:
         model (`nn.Module`): a `PeftModel` or any module containing PEFT LoRA `ParamWrapper`s.
