@@ -71,15 +71,14 @@ class OmniForCausalLM(Qwen3ForCausalLM):
             `num_items_in_batch` that makes the loss exact under gradient accumulation.
         """
         targets = shift_labels if shift_labels is not None else F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+        return self._weights_and_audio_mask(targets)[0]
+
+    def _weights_and_audio_mask(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         is_audio = self.config.token_layout.is_audio(targets)
         if self.config.audio_end_token_id is not None:
             is_audio |= targets == self.config.audio_end_token_id
-        weights = torch.where(
-            is_audio,
-            torch.tensor(self.config.audio_loss_weight, device=targets.device),
-            torch.tensor(self.config.text_loss_weight, device=targets.device),
-        )
-        return weights.masked_fill(targets == IGNORE_INDEX, 0.0).float()
+        weights = torch.where(is_audio, self.config.audio_loss_weight, self.config.text_loss_weight)
+        return weights.masked_fill(targets == IGNORE_INDEX, 0.0).float(), is_audio
 
     def _modality_weighted_loss(
         self,
@@ -93,7 +92,7 @@ class OmniForCausalLM(Qwen3ForCausalLM):
         token_loss = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
         ).view_as(targets)
-        weights = self.loss_weights(None, shift_labels=targets)
+        weights, is_audio = self._weights_and_audio_mask(targets)
         denominator = num_items_in_batch if num_items_in_batch is not None else weights.sum()
         if torch.is_tensor(denominator):
             denominator = denominator.to(token_loss.device)
@@ -101,12 +100,9 @@ class OmniForCausalLM(Qwen3ForCausalLM):
 
         with torch.no_grad():
             valid = targets != IGNORE_INDEX
-            is_audio = self.config.token_layout.is_audio(targets)
-            if self.config.audio_end_token_id is not None:
-                is_audio |= targets == self.config.audio_end_token_id
             audio_mask, text_mask = valid & is_audio, valid & ~is_audio
-            text_loss = token_loss[text_mask].sum() / text_mask.sum()
-            audio_loss = token_loss[audio_mask].sum() / audio_mask.sum()
+            text_loss = (token_loss * text_mask).sum() / text_mask.sum()
+            audio_loss = (token_loss * audio_mask).sum() / audio_mask.sum()
         return loss, text_loss, audio_loss
 
     def forward(
