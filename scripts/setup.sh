@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up a fresh machine (idempotent): system audio tools, a virtual environment in .venv, and this repository
+# installed in it (editable, with the test extras). Re-runs finish in seconds once nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# ffmpeg decodes test videos for the Qwen3-Omni collator; espeak-ng and sox regenerate the shipped speech corpus.
+missing=()
+for tool in ffmpeg espeak-ng sox; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ${missing[*]} with apt-get"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "setup: warning: ${missing[*]} not found and cannot apt-get install them (not root); video tests will fail" >&2
+  fi
+fi
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+stamp=.venv/.qwen-omni-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing the Python stack into .venv (about two minutes the first time)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[test]"
+  echo "$want" > "$stamp"
+fi
