@@ -331,6 +331,8 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:  # the training curves of train/evaluate.py
+        trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
     folder = training_args.output_dir
     if model_args.use_peft and voice_args.save_merged and trainer.accelerator.is_main_process:
         folder = save_merged_model(model_args.model_name_or_path, training_args.output_dir, processor)

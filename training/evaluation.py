@@ -1,0 +1,396 @@
+# Copyright 2026 The qwen-omni authors. Licensed under the Apache License, Version 2.0.
+"""Evaluation of an Omni checkpoint on (audio, transcript, speaker) clips: a JSON report and PNG plots.
+
+- speech recognition: WER / CER of the model's transcripts (`apply_transcription_request` + `generate`);
+- intelligibility of its speech: the model speaks each transcript, a transcriber (the model itself by default, or
+  any transformers ASR pipeline model) transcribes it back, and WER / CER are measured against the text;
+- codec reconstruction: log-mel distance and SI-SDR of encode -> decode of the reference clips;
+- teacher-forced: per-modality loss, token accuracy and perplexity on the TTS and ASR sequences of the clips;
+- plots: training curves from `trainer_state.json`, spectrograms of generated against reference speech.
+
+WER and CER use jiwer directly, after Whisper's English text normalisation (see [`error_rates`]).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.utils import logging
+
+from ..modeling_omni import OmniForCausalLM
+from ..processing_omni import IGNORE_INDEX, OmniProcessor
+from .voice_sft import VoiceClip, load_waveform, read_clips
+
+
+logger = logging.get_logger(__name__)
+
+_NORMALIZER = None
+
+
+# ---------------------------------------------------------------------------------------------------- text metrics
+def normalize_text(text: str) -> str:
+    """
+    Whisper's English text normalisation (transformers' `EnglishTextNormalizer`: lower case, no punctuation or
+    brackets, numbers as digits, contractions and titles expanded, e.g. "Mr. Smith's 25%" -> "mister smith is 25%").
+
+    The British -> American spelling map Whisper ships in its `normalizer.json` is not bundled with transformers
+    (it would need a download); both sides of a comparison are normalised alike, so an empty map only leaves
+    "colour" / "color" counted as an error.
+    """
+    global _NORMALIZER
+    if _NORMALIZER is None:
+        from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+        _NORMALIZER = EnglishTextNormalizer({})
+    return _NORMALIZER(text)
+
+
+def error_rates(references: list[str], predictions: list[str], normalize: bool = True) -> dict:
+    """
+    Corpus WER and CER: total edits over total reference words (characters), which is evaluate's `wer` / `cer`
+    with `concatenate_texts=False`.
+
+    jiwer is used directly: evaluate 0.4.6 loads its `wer` / `cer` scripts from the Hub (not offline), and those
+    scripts import `jiwer.compute_measures`, removed in jiwer 4 (the `cer` script's jiwer>=3 branch also stops
+    collapsing repeated spaces, so its values differ across jiwer versions). Whisper normalisation collapses
+    whitespace, so the value here does not depend on it.
+
+    References that normalise to nothing (e.g. only punctuation) have no words to err on: they are left out and
+    counted in `skipped_empty_references`.
+    """
+    import jiwer
+
+    if len(references) != len(predictions):
+        raise ValueError(f"Got {len(references)} references for {len(predictions)} predictions.")
+    if normalize:
+        references = [normalize_text(text) for text in references]
+        predictions = [normalize_text(text) for text in predictions]
+    pairs = [(ref, hyp) for ref, hyp in zip(references, predictions) if ref.strip()]
+    skipped = len(references) - len(pairs)
+    if not pairs:
+        return {"wer": None, "cer": None, "num_references": 0, "skipped_empty_references": skipped}
+    refs, hyps = [p[0] for p in pairs], [p[1] for p in pairs]
+    words = jiwer.process_words(refs, hyps)
+    chars = jiwer.process_characters(refs, hyps)
+    return {
+        "wer": words.wer,
+        "cer": chars.cer,
+        "substitutions": words.substitutions,
+        "deletions": words.deletions,
+        "insertions": words.insertions,
+        "reference_words": words.substitutions + words.deletions + words.hits,
+        "num_references": len(pairs),
+        "skipped_empty_references": skipped,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- audio metrics
+def si_sdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-8) -> float:
+    """Scale-invariant signal-to-distortion ratio in dB (both signals zero-meaned, trimmed to the shorter)."""
+    length = min(len(reference), len(estimate))
+    reference = reference[:length] - reference[:length].mean()
+    estimate = estimate[:length] - estimate[:length].mean()
+    scale = np.dot(estimate, reference) / (np.dot(reference, reference) + eps)
+    target = scale * reference
+    noise = estimate - target
+    return float(10 * np.log10((np.dot(target, target) + eps) / (np.dot(noise, noise) + eps)))
+
+
+def log_mel(waveform: np.ndarray, sampling_rate: int, n_mels: int = 80) -> torch.Tensor:
+    """`(n_mels, frames)` log10 mel spectrogram (1024-point FFT, hop 256)."""
+    import torchaudio
+
+    mel = torchaudio.transforms.MelSpectrogram(sampling_rate, n_fft=1024, hop_length=256, n_mels=n_mels)
+    return torch.log10(mel(torch.as_tensor(waveform, dtype=torch.float32)).clamp(min=1e-5))
+
+
+def mel_distance(reference: np.ndarray, estimate: np.ndarray, sampling_rate: int) -> float:
+    """Mean absolute difference of log10 mel spectrograms over the common frames."""
+    ref, est = log_mel(reference, sampling_rate), log_mel(estimate, sampling_rate)
+    frames = min(ref.shape[-1], est.shape[-1])
+    return float((ref[:, :frames] - est[:, :frames]).abs().mean())
+
+
+def _resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
+    if rate == target:
+        return waveform
+    import torchaudio
+
+    return torchaudio.functional.resample(torch.as_tensor(waveform), rate, target).numpy()
+
+
+def codec_reconstruction(processor: OmniProcessor, references: list[np.ndarray]) -> dict:
+    """Mel distance and SI-SDR of the codec's encode -> decode of each reference (at the codec's rate)."""
+    fe = processor.feature_extractor
+    mels, sdrs = [], []
+    for waveform in references:
+        ids = fe(waveform, sampling_rate=fe.sampling_rate)["audio_token_ids"][0]
+        decoded = fe.decode(ids)
+        mels.append(mel_distance(waveform, decoded, fe.sampling_rate))
+        sdrs.append(si_sdr(waveform, decoded))
+    return {"mel_distance": float(np.mean(mels)), "si_sdr": float(np.mean(sdrs)), "num_clips": len(references)}
+
+
+# ---------------------------------------------------------------------------------------------------- teacher forcing
+@torch.no_grad()
+def teacher_forced_metrics(model: OmniForCausalLM, processor: OmniProcessor, clips: list[VoiceClip], audio_ids: list[list[int]]) -> dict:
+    """
+    Loss, top-1 token accuracy and perplexity of each modality's targets on the clips' sequences: the audio tokens
+    (and audio end) of the TTS sequences, the transcript tokens (and text end) of the ASR sequences.
+    """
+    sums = {"audio": [0.0, 0, 0], "text": [0.0, 0, 0]}  # summed NLL, correct, count
+    for clip, ids in zip(clips, audio_ids):
+        for task, sequence, prompt_length in (
+            ("audio", processor.tts_sequence_ids(clip.text, ids, speaker=clip.speaker), len(processor.tts_prompt_ids(clip.text, speaker=clip.speaker))),
+            ("text", processor.asr_sequence_ids(ids, clip.text), len(processor.asr_prompt_ids(ids))),
+        ):
+            input_ids = torch.tensor([sequence], device=model.device)
+            logits = model(input_ids=input_ids).logits[0, prompt_length - 1 : -1].float()
+            targets = input_ids[0, prompt_length:]
+            nll = F.cross_entropy(logits, targets, reduction="sum")
+            sums[task][0] += float(nll)
+            sums[task][1] += int((logits.argmax(-1) == targets).sum())
+            sums[task][2] += targets.numel()
+    report = {}
+    for name, (nll, correct, count) in sums.items():
+        loss = nll / count
+        report[f"{name}_loss"] = loss
+        report[f"{name}_token_accuracy"] = correct / count
+        report[f"{name}_perplexity"] = math.exp(min(loss, 50.0))
+        report[f"{name}_tokens"] = count
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------- generation
+def _new_tokens(output: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    return output[:, prompt_length:]
+
+
+def _as_text(processor: OmniProcessor, decoded, ids: torch.Tensor) -> str:
+    # a model that answers with speech instead of words has transcribed nothing
+    return decoded if isinstance(decoded, str) else processor.decode_text(ids, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def transcribe_with_omni(model, processor: OmniProcessor, waveforms: list[np.ndarray], sampling_rate: int, max_new_tokens: int, **generate_kwargs) -> list[str]:
+    """Transcripts of waveforms by the Omni model (`apply_transcription_request` + greedy `generate`)."""
+    texts = []
+    for waveform in waveforms:
+        inputs = processor.apply_transcription_request(waveform, sampling_rate=sampling_rate).to(model.device)
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
+        new = _new_tokens(output, inputs["input_ids"].shape[1])
+        decoded = processor.batch_decode(new, skip_special_tokens=True)[0]
+        texts.append(_as_text(processor, decoded, new[0]).strip())
+    return texts
+
+
+class PipelineTranscriber:
+    """Any transformers ASR pipeline model (Hub id or local folder) as a transcriber of generated speech."""
+
+    def __init__(self, model_name_or_path: str, device: str | int | None = None):
+        from transformers import pipeline
+
+        self.name = model_name_or_path
+        self.pipe = pipeline("automatic-speech-recognition", model=model_name_or_path, device=device)
+
+    def __call__(self, waveforms: list[np.ndarray], sampling_rate: int) -> list[str]:
+        return [self.pipe({"raw": np.asarray(w, dtype=np.float32), "sampling_rate": sampling_rate})["text"].strip() for w in waveforms]
+
+
+@torch.no_grad()
+def synthesize(model, processor: OmniProcessor, clips: list[VoiceClip], max_new_tokens: list[int], seed: int = 0, **generate_kwargs) -> list[np.ndarray | None]:
+    """The model's speech for each clip's text and speaker (`processor(text=...)` + `generate`); None where it
+    produced no audio."""
+    waveforms = []
+    for clip, budget in zip(clips, max_new_tokens):
+        torch.manual_seed(seed)
+        inputs = processor(text=clip.text, speaker=clip.speaker).to(model.device)
+        output = model.generate(**inputs, max_new_tokens=budget, **generate_kwargs)
+        decoded = processor.batch_decode(_new_tokens(output, inputs["input_ids"].shape[1]))[0]
+        waveforms.append(decoded if isinstance(decoded, np.ndarray) and decoded.size else None)
+    return waveforms
+
+
+# ---------------------------------------------------------------------------------------------------- plots
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def find_trainer_state(model_dir: str | os.PathLike) -> Path | None:
+    """`trainer_state.json` of the run that produced `model_dir`: in it, in its parent (a `merged/` folder), or in
+    its latest `checkpoint-*` folder."""
+    model_dir = Path(model_dir)
+    for folder in (model_dir, model_dir.parent):
+        if (folder / "trainer_state.json").is_file():
+            return folder / "trainer_state.json"
+        checkpoints = sorted(folder.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]))
+        if checkpoints:
+            return checkpoints[-1]
+    return None
+
+
+def plot_training_curves(trainer_state: str | os.PathLike, path: str | os.PathLike) -> list[str]:
+    """Plot every loss-like series of `log_history` (loss, text_loss, audio_loss, eval_*) against the step;
+    returns the series plotted."""
+    history = json.loads(Path(trainer_state).read_text())["log_history"]
+    series: dict[str, tuple[list, list]] = {}
+    for entry in history:
+        for key, value in entry.items():
+            if ("loss" in key or "accuracy" in key) and key != "train_loss" and isinstance(value, (int, float)) and "step" in entry:
+                steps, values = series.setdefault(key, ([], []))
+                steps.append(entry["step"])
+                values.append(value)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key, (steps, values) in sorted(series.items()):
+        (axes[1] if "accuracy" in key else axes[0]).plot(steps, values, marker="o", markersize=3, label=key)
+    axes[0].set(xlabel="step", ylabel="loss", title="losses")
+    axes[1].set(xlabel="step", ylabel="accuracy", title="token accuracy")
+    for axis in axes:
+        if axis.lines:
+            axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return sorted(series)
+
+
+def plot_spectrograms(pairs: list[tuple[str, np.ndarray, np.ndarray | None]], sampling_rate: int, path: str | os.PathLike) -> None:
+    """One row per clip: log-mel of the reference and of the generated speech."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 2.6 * len(pairs)), squeeze=False)
+    for row, (title, reference, generated) in enumerate(pairs):
+        for column, (label, waveform) in enumerate((("reference", reference), ("generated", generated))):
+            axis = axes[row, column]
+            if waveform is None:
+                axis.text(0.5, 0.5, "no speech generated", ha="center", va="center")
+                axis.set_axis_off()
+            else:
+                axis.imshow(log_mel(waveform, sampling_rate).numpy(), origin="lower", aspect="auto", cmap="magma")
+                axis.set(xlabel="frame", ylabel="mel bin")
+            axis.set_title(f"{label}: {title[:60]}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------- entry point
+def load_model_and_processor(model_dir: str | os.PathLike, device: str = "cpu") -> tuple[OmniForCausalLM, OmniProcessor]:
+    """An Omni checkpoint folder, or a LoRA adapter folder (merged into its `base_model_name_or_path`)."""
+    model_dir = Path(model_dir)
+    if (model_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+        model = PeftModel.from_pretrained(OmniForCausalLM.from_pretrained(base, dtype=torch.float32), model_dir).merge_and_unload()
+        processor_dir = model_dir if (model_dir / "processor_config.json").is_file() else base
+    else:
+        model = OmniForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        processor_dir = model_dir
+    processor = OmniProcessor.from_pretrained(processor_dir)
+    processor.feature_extractor.to(device)
+    return model.to(device).eval(), processor
+
+
+def evaluate_model(
+    model_dir: str | os.PathLike,
+    dataset: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    transcriber: str | None = None,
+    max_clips: int | None = None,
+    asr_max_new_tokens: int = 64,
+    tts_length_factor: float = 1.5,
+    num_spectrograms: int = 3,
+    speaker: str | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict:
+    """
+    Evaluate `model_dir` on the clips of `dataset` (a folder with metadata.jsonl / .csv, as for voice fine-tuning)
+    and write `output_dir/eval_results.json`, `training_curves.png` (when a `trainer_state.json` is found) and
+    `spectrograms.png`.
+
+    Args:
+        model_dir: an Omni checkpoint folder or a LoRA adapter folder.
+        dataset: the clips.
+        output_dir: where the report and plots go.
+        transcriber: a transformers ASR model (Hub id or folder) that transcribes the generated speech; default the
+            Omni model itself.
+        max_clips: evaluate only the first `max_clips` clips (the count is in the report).
+        asr_max_new_tokens: token budget of each transcript.
+        tts_length_factor: the speech budget of a clip is this times its reference's length in tokens.
+        num_spectrograms: clips shown in `spectrograms.png`.
+        speaker: speaker name for clips without one.
+        device: torch device.
+        seed: sampling seed of speech generation (the model's generation config decides greedy or sampling).
+
+    Returns:
+        The report written to `eval_results.json`.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    all_clips = read_clips(dataset, speaker=speaker)
+    clips = all_clips[:max_clips] if max_clips else all_clips
+    model, processor = load_model_and_processor(model_dir, device)
+    rate = processor.sampling_rate
+    references = [_resample(*load_waveform(clip.audio_path), rate) for clip in clips]
+    audio_ids = [processor.feature_extractor(w, sampling_rate=rate)["audio_token_ids"][0].tolist() for w in references]
+    texts = [clip.text for clip in clips]
+
+    report: dict = {
+        "model": str(model_dir),
+        "dataset": str(dataset),
+        "num_clips": len(clips),
+        "num_clips_skipped": len(all_clips) - len(clips),
+        "text_normalization": "whisper_english",
+        "metric_implementation": "jiwer",
+    }
+    report["teacher_forced"] = teacher_forced_metrics(model, processor, clips, audio_ids)
+    report["codec"] = codec_reconstruction(processor, references)
+
+    transcripts = transcribe_with_omni(model, processor, references, rate, asr_max_new_tokens)
+    report["asr"] = {**error_rates(texts, transcripts), "examples": [{"reference": r, "prediction": p} for r, p in list(zip(texts, transcripts))[:5]]}
+
+    budgets = [max(processor.token_layout.tokens_per_frame, int(len(ids) * tts_length_factor)) for ids in audio_ids]
+    generated = synthesize(model, processor, clips, budgets, seed=seed)
+    spoken = [w for w in generated if w is not None]
+    if transcriber is None:
+        heard = transcribe_with_omni(model, processor, spoken, rate, asr_max_new_tokens)
+        transcriber_name = "self"
+    else:
+        heard = PipelineTranscriber(transcriber, device=device)(spoken, rate)
+        transcriber_name = transcriber
+    heard_iter = iter(heard)
+    hypotheses = [next(heard_iter) if w is not None else "" for w in generated]
+    report["tts_intelligibility"] = {
+        **error_rates(texts, hypotheses),
+        "transcriber": transcriber_name,
+        "clips_without_speech": sum(w is None for w in generated),
+        "mean_duration_ratio": float(np.mean([(len(g) / len(r)) if g is not None else 0.0 for g, r in zip(generated, references)])),
+        "examples": [{"text": t, "heard": h} for t, h in list(zip(texts, hypotheses))[:5]],
+    }
+
+    plots = {}
+    state = find_trainer_state(model_dir)
+    if state is not None:
+        plot_training_curves(state, output_dir / "training_curves.png")
+        plots["training_curves"] = "training_curves.png"
+    else:
+        logger.warning(f"No trainer_state.json in or next to {model_dir}: no training curves plotted.")
+    shown = list(zip(texts, references, generated))[: max(1, num_spectrograms)]
+    plot_spectrograms(shown, rate, output_dir / "spectrograms.png")
+    plots["spectrograms"] = "spectrograms.png"
+    report["plots"] = plots
+    (output_dir / "eval_results.json").write_text(json.dumps(report, indent=2))
+    return report
