@@ -324,8 +324,9 @@ class OmniAudioStreamer(BaseStreamer):
     Args:
         processor ([`OmniProcessor`] or [`SNACFeatureExtractor`]): gives the codec and the token layout.
         left_context_frames (`int`, *optional*, defaults to 4): frames of codec context before each emitted frame.
-        right_context_frames (`int`, *optional*, defaults to 2): frames of look-ahead; the first chunk is ready
-            this many frames after the first frame.
+        right_context_frames (`int`, *optional*, defaults to 4): frames of look-ahead; the first chunk is ready
+            this many frames after the first frame. (For the decoder's receptive field 4 frames make the stream equal
+            the full decode to float precision; codecs with local attention get at least two attention windows.)
         chunk_frames (`int`, *optional*, defaults to 1): frames per emitted chunk.
         on_chunk (`Callable[[np.ndarray], None]`, *optional*): called with each chunk (e.g. to write a file).
         timeout (`float`, *optional*): seconds the iterator waits for the next chunk before raising `queue.Empty`.
@@ -335,7 +336,7 @@ class OmniAudioStreamer(BaseStreamer):
         self,
         processor,
         left_context_frames: int = 4,
-        right_context_frames: int = 2,
+        right_context_frames: int = 4,
         chunk_frames: int = 1,
         on_chunk: Callable[[np.ndarray], None] | None = None,
         timeout: float | None = None,
@@ -345,7 +346,7 @@ class OmniAudioStreamer(BaseStreamer):
         window = self.feature_extractor.frames_per_window
         # contexts are whole attention windows, so each decoded window is aligned as in the full decode
         self.left_context = math.ceil(left_context_frames / window) * window
-        self.right_context = max(right_context_frames, window)
+        self.right_context = max(right_context_frames, 2 * window if window > 1 else 0)
         self.window = window
         self.chunk_frames = max(1, chunk_frames)
         self.on_chunk = on_chunk
