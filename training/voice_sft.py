@@ -304,6 +304,14 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
         The trainer, after training and saving.
     """
     voice_args = voice_args or VoiceSFTArguments()
+    push = training_args.push_to_hub
+    if push:
+        from .hub import validate_repo_id
+
+        validate_repo_id(training_args.hub_model_id)
+        # the Trainer would create the repo and upload checkpoints as it goes; publishing waits for hub.push_to_hub's
+        # checks (code files, clean-process reload) at the end instead
+        training_args.push_to_hub = False
     audio_only_loss = training_args.completion_only_loss is not False
     clips = read_clips(script_args.dataset_name, speaker=voice_args.speaker)
     rates = check_sampling_rates(clips, allow_mixed=voice_args.allow_mixed_sampling_rates)
@@ -336,7 +344,7 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
     folder = training_args.output_dir
     if model_args.use_peft and voice_args.save_merged and trainer.accelerator.is_main_process:
         folder = save_merged_model(model_args.model_name_or_path, training_args.output_dir, processor)
-    if training_args.push_to_hub and trainer.accelerator.is_main_process:
+    if push and trainer.accelerator.is_main_process:
         from .hub import push_to_hub
 
         push_to_hub(folder, training_args.hub_model_id, private=bool(training_args.hub_private_repo), datasets=[script_args.dataset_name])
