@@ -13,6 +13,10 @@ For each experts implementation ("eager", "grouped_mm") three variants are timed
 - `peft`:   PEFT 0.21 LoRA via `target_modules` (q/k/v/o_proj) + `target_parameters` (`mlp.gate.weight`,
             `mlp.experts.gate_up_proj`, `mlp.experts.down_proj`), i.e. PEFT's `ParamWrapper` on the experts.
 - `routed`: the same adapter after `apply_routed_lora` (qwen3_omni_moe/routed_lora.py): LoRA on the routed tokens.
+- `base_routed_path`: the frozen model, no LoRA, with its experts run by the routed forward's own code path
+            (`routed_lora_experts_forward` without factors). The routed eager path sorts the (token, expert) pairs
+            instead of transformers' one-hot loop, so `routed / base_routed_path` is the pure cost of the adapters
+            and shows whether part of `routed / base` comes from a different base computation.
 
 A step is forward + `loss.backward()` with `loss = mean(last_hidden_state ** 2)`. The variants are run round-robin
 (`--repeats` rounds after `--warmup` rounds) so that drift on a shared machine hits them alike; the medians and their
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import gc
 import json
 import os
@@ -47,10 +52,10 @@ from peft import LoraConfig, get_peft_model
 from transformers import Qwen3OmniMoeTextConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerTextModel
 
-from qwen_omni.qwen3_omni_moe.routed_lora import apply_routed_lora
+from qwen_omni.qwen3_omni_moe.routed_lora import apply_routed_lora, routed_lora_experts_forward
 
 
-VARIANTS = ("base", "peft", "routed")
+VARIANTS = ("base", "base_routed_path", "peft", "routed")
 IMPLEMENTATIONS = ("eager", "grouped_mm")
 
 
@@ -120,7 +125,11 @@ def build_variants(args: argparse.Namespace, implementation: str) -> dict[str, t
     # per layer: router weight, experts gate_up_proj and down_proj
     if apply_routed_lora(routed_model) != 3 * args.num_layers:
         raise RuntimeError("apply_routed_lora did not convert the router and experts wrappers of every layer")
-    return {"base": base, "peft": peft_model, "routed": routed_model}
+    base_routed_path = copy.deepcopy(base)
+    no_lora = {"gate_up_proj": [], "down_proj": []}
+    for layer in base_routed_path.layers:
+        layer.mlp.experts.forward = functools.partial(routed_lora_experts_forward, layer.mlp.experts, lora=no_lora)
+    return {"base": base, "base_routed_path": base_routed_path, "peft": peft_model, "routed": routed_model}
 
 
 def make_inputs(args: argparse.Namespace) -> torch.Tensor:
@@ -231,7 +240,7 @@ def bench_implementation(args: argparse.Namespace, implementation: str, argv: li
 
     print(f"\n== experts_implementation={implementation} ==")
     print(f"routed vs peft: max |output diff| {max_output_diff:.2e}, max |lora grad diff| {max_grad_diff:.2e}")
-    print(f"{'variant':<8} {'step ms (median)':>17} {'min..max ms':>17} {'x base':>7} {'saved MiB':>10} "
+    print(f"{'variant':<16} {'step ms (median)':>17} {'min..max ms':>17} {'x base':>7} {'saved MiB':>10} "
           f"{'x base':>7} {'peak MiB':>9} {'x base':>7}")
     for variant in VARIANTS:
         peak = peaks.get(variant)
@@ -241,11 +250,15 @@ def bench_implementation(args: argparse.Namespace, implementation: str, argv: li
             else f"{'n/a':>9} {'n/a':>7}"
         )
         print(
-            f"{variant:<8} {medians[variant] * 1e3:>17.1f} "
+            f"{variant:<16} {medians[variant] * 1e3:>17.1f} "
             f"{f'{min(times[variant]) * 1e3:.0f}..{max(times[variant]) * 1e3:.0f}':>17} "
             f"{medians[variant] / medians['base']:>7.2f} {saved[variant] / 2**20:>10.1f} "
             f"{saved[variant] / saved['base']:>7.2f} {peak_columns}"
         )
+    print(
+        f"adapter cost on the same experts code path: routed / base_routed_path = "
+        f"{medians['routed'] / medians['base_routed_path']:.2f}x step time"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

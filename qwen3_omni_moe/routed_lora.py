@@ -205,43 +205,40 @@ def _eager_routed_forward(
     top_k_weights: torch.Tensor,
     lora: dict[str, list[LoraFactors]],
 ) -> torch.Tensor:
-    """transformers' eager experts loop (one matmul per hit expert) with the LoRA term on that expert's tokens."""
-    num_experts = experts.num_experts
-    final_hidden_states = torch.zeros_like(hidden_states)
-    with torch.no_grad():
-        expert_mask = nn.functional.one_hot(top_k_index, num_classes=num_experts + 1).permute(2, 1, 0)
-        expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero().flatten().tolist()
-    # unbind once: indexing the stacks per expert would allocate a full-size gradient for every expert in backward
-    gate_up_weights, down_weights = experts.gate_up_proj.unbind(0), experts.down_proj.unbind(0)
-    gate_up_factors = [(a.unbind(0), b.unbind(0), s) for a, b, s in lora["gate_up_proj"]]
-    down_factors = [(a.unbind(0), b.unbind(0), s) for a, b, s in lora["down_proj"]]
-    for expert_idx in expert_hit:
-        if expert_idx == num_experts:
-            continue
-        top_k_pos, token_idx = torch.where(expert_mask[expert_idx])
-        current_hidden_states = _project(
-            hidden_states[token_idx],
-            gate_up_weights[expert_idx],
-            [(a[expert_idx], b[expert_idx], s) for a, b, s in gate_up_factors],
-            experts.is_transposed,
-        )
-        current_hidden_states = experts._apply_gate(current_hidden_states)
-        current_hidden_states = _project(
-            current_hidden_states,
-            down_weights[expert_idx],
-            [(a[expert_idx], b[expert_idx], s) for a, b, s in down_factors],
-            experts.is_transposed,
-        )
-        current_hidden_states = current_hidden_states * top_k_weights[token_idx, top_k_pos, None]
-        final_hidden_states.index_add_(0, token_idx, current_hidden_states.to(final_hidden_states.dtype))
-    return final_hidden_states
+    """transformers' eager experts (one matmul per hit expert for the frozen weights), LoRA on the routed rows.
+
+    The (token, expert) pairs are sorted by expert once, so each expert's rows are a contiguous block: the base
+    matmuls run per expert as in eager, the low-rank terms run grouped over all pairs at once (a per-expert Python
+    loop of tiny rank-r matmuls costs more in dispatch than in arithmetic).
+    """
+    num_tokens, hidden_dim = hidden_states.shape
+    num_top_k = top_k_index.size(-1)
+    expert_ids_sorted, perm = torch.sort(top_k_index.reshape(-1))
+    tokens_per_expert = torch.bincount(expert_ids_sorted, minlength=experts.num_experts)[: experts.num_experts]
+    offsets = torch.cumsum(tokens_per_expert, dim=0, dtype=torch.int32)
+    counts = tokens_per_expert.tolist()
+    hit = [expert_idx for expert_idx, count in enumerate(counts) if count]
+    selected_hidden_states = hidden_states[perm // num_top_k]
+
+    def project(x: torch.Tensor, weight: torch.Tensor, factors: list[LoraFactors]) -> torch.Tensor:
+        # split/unbind (not slicing or indexing per expert): one gradient buffer in backward, not one per expert
+        blocks, weights = x.split(counts), weight.unbind(0)
+        out = torch.cat([_project(blocks[e], weights[e], [], experts.is_transposed) for e in hit])
+        delta = _grouped_low_rank(x, offsets, factors)
+        return out if delta is None else out + delta
+
+    proj_out = experts._apply_gate(project(selected_hidden_states, experts.gate_up_proj, lora["gate_up_proj"]))
+    proj_out = project(proj_out, experts.down_proj, lora["down_proj"])
+    weighted_out = proj_out * top_k_weights.reshape(-1)[perm].unsqueeze(-1)
+    inv_perm = torch.empty_like(perm)
+    inv_perm[perm] = torch.arange(perm.size(0), device=perm.device)
+    final_hidden_states = weighted_out[inv_perm].view(num_tokens, num_top_k, hidden_dim).sum(dim=1)
+    return final_hidden_states.to(hidden_states.dtype)
 
 
-def _grouped_project(
-    x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, factors: list[LoraFactors], is_transposed: bool
-) -> torch.Tensor:
-    """Grouped `x @ W_e^T` over expert-sorted rows plus the grouped low-rank term `(x @ A_e^T) @ B_e^T`."""
-    out = hf_moe._grouped_linear(x, weight, offsets, is_transposed=is_transposed)
+def _grouped_low_rank(x: torch.Tensor, offsets: torch.Tensor, factors: list[LoraFactors]) -> torch.Tensor | None:
+    """`sum(scaling * (x @ A_e^T) @ B_e^T)` over expert-sorted rows `x` (`offsets`: cumulative rows per expert)."""
+    delta = None
     for weight_A, weight_B, scaling in factors:
         if hf_moe._can_use_grouped_mm(x, weight_A, offsets):
             # torch's grouped_mm wants 16-byte aligned strides: zero-pad the rank (the padded products are zero)
@@ -252,8 +249,17 @@ def _grouped_project(
                 weight_B = nn.functional.pad(weight_B, (0, pad))
         low_rank = hf_moe._grouped_mm(x, weight_A.transpose(-2, -1), offsets)  # (S, r)
         low_rank = hf_moe._grouped_mm(low_rank, weight_B.contiguous().transpose(-2, -1), offsets)  # (S, out)
-        out = out.add(low_rank, alpha=scaling)
-    return out
+        delta = low_rank * scaling if delta is None else delta.add(low_rank, alpha=scaling)
+    return delta
+
+
+def _grouped_project(
+    x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, factors: list[LoraFactors], is_transposed: bool
+) -> torch.Tensor:
+    """Grouped `x @ W_e^T` over expert-sorted rows plus the grouped low-rank term `(x @ A_e^T) @ B_e^T`."""
+    out = hf_moe._grouped_linear(x, weight, offsets, is_transposed=is_transposed)
+    delta = _grouped_low_rank(x, offsets, factors)
+    return out if delta is None else out + delta
 
 
 def _grouped_routed_forward(
