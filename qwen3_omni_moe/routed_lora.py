@@ -9,13 +9,15 @@ The wrapper here computes the same function without ever forming `W + dW`:
 
     y_e = x_e @ W_e^T + scaling * (x_e @ A_e^T) @ B_e^T        for the tokens x_e routed to expert e
 
-inside the experts forward (transformers' `eager` loop or its `grouped_mm` path), so the LoRA cost scales with the
-number of routed tokens and the rank, and the frozen expert weights never need a gradient.
+inside the experts forward (transformers' `eager` per-expert matmuls or its `grouped_mm` path, the low-rank terms
+grouped over the expert-sorted (token, expert) pairs), so the LoRA cost scales with the number of routed tokens and
+the rank, and the frozen expert weights never need a gradient. The router's 2-D LoRA keeps PEFT's `W + dW` (it is
+tiny) but skips the per-forward `torch.nn.utils.parametrize` registration.
 
 It is a drop-in subclass of PEFT's wrapper: the adapter weights are the very same `lora_A` / `lora_B` `nn.Linear`
 modules (shapes `(E * r, in)` and `(out, E * r)`), so state-dict keys, `save_pretrained`, `PeftModel.from_pretrained`,
-`merge_and_unload`, `rank_pattern` / `alpha_pattern`, rsLoRA and multiple adapters behave exactly as with PEFT's
-wrapper; only the forward differs. Anything the routed forward does not cover (expert parallelism, experts with bias or
+`merge_and_unload`, `rank_pattern` / `alpha_pattern`, rsLoRA and several active adapters (their terms are summed)
+behave as with PEFT's wrapper; only the forward differs. Anything the routed forward does not cover (expert parallelism, experts with bias or
 a post-expert norm, implementations other than `eager` / `grouped_mm`) falls back to PEFT's own forward.
 """
 
@@ -188,14 +190,9 @@ def apply_routed_lora(model: nn.Module) -> int:
     return converted
 
 
-def _project(
-    x: torch.Tensor, weight: torch.Tensor, factors: list[LoraFactors], is_transposed: bool
-) -> torch.Tensor:
-    """`x @ W^T + sum(scaling * (x @ A^T) @ B^T)` for one expert: `W` (out, in) (or (in, out) if transposed)."""
-    out = x @ weight if is_transposed else nn.functional.linear(x, weight)
-    for weight_A, weight_B, scaling in factors:
-        out = torch.addmm(out, nn.functional.linear(x, weight_A), weight_B.t(), alpha=scaling)
-    return out
+def _expert_linear(x: torch.Tensor, weight: torch.Tensor, is_transposed: bool) -> torch.Tensor:
+    """`x @ W^T` for one expert's frozen weight `W` (out, in), or `x @ W` when the experts store it as (in, out)."""
+    return x @ weight if is_transposed else nn.functional.linear(x, weight)
 
 
 def _eager_routed_forward(
@@ -223,7 +220,7 @@ def _eager_routed_forward(
     def project(x: torch.Tensor, weight: torch.Tensor, factors: list[LoraFactors]) -> torch.Tensor:
         # split/unbind (not slicing or indexing per expert): one gradient buffer in backward, not one per expert
         blocks, weights = x.split(counts), weight.unbind(0)
-        out = torch.cat([_project(blocks[e], weights[e], [], experts.is_transposed) for e in hit])
+        out = torch.cat([_expert_linear(blocks[e], weights[e], experts.is_transposed) for e in hit])
         delta = _grouped_low_rank(x, offsets, factors)
         return out if delta is None else out + delta
 
