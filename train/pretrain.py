@@ -297,7 +297,7 @@ def build_datasets(script_args: PretrainArguments, processor, rows, seed: int):
     return train_dataset, eval_datasets
 
 
-def main(script_args: PretrainArguments, training_args: TrainingArguments):
+def main(script_args: PretrainArguments, training_args: TrainingArguments, callbacks: list | None = None):
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = resolve_checkpoint(training_args)
@@ -332,6 +332,7 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments):
         compute_metrics=compute_metrics if eval_datasets else None,
         preprocess_logits_for_metrics=preprocess_logits if eval_datasets else None,
         optimizer_name=script_args.optimizer,
+        callbacks=callbacks,
     )
     result = trainer.train(resume_from_checkpoint=checkpoint)
     model.config.use_cache = True

@@ -386,7 +386,7 @@ def prepare_dataset(
     try:
         for index, chunk in _iter_chunks(rows, shard_size, first_missing):
             last_index = index
-            if str(index) in done and _shard_dir(output_dir, index).exists():
+            if str(index) in done and (not done[str(index)]["num_kept"] or _shard_dir(output_dir, index).exists()):
                 summary.shards_reused += 1
                 progress.update(done[str(index)]["num_rows"])
                 continue
@@ -399,7 +399,8 @@ def prepare_dataset(
                 else:
                     skipped.append({"id": row["id"], "audio": _audio_label(row["audio"]), "reason": reason})
             records = _encode_shard(kept, feature_extractor)
-            _write_shard(records, _shard_dir(output_dir, index))
+            if records:  # a shard whose rows were all skipped is only recorded in prepare_info.json
+                _write_shard(records, _shard_dir(output_dir, index))
             done[str(index)] = {"num_rows": len(chunk), "num_kept": len(records), "skipped": skipped}
             summary.skipped.extend(skipped)
             summary.shards_encoded += 1
@@ -469,9 +470,7 @@ def _write_shard(records: list[dict], shard_dir: Path) -> None:
             "duration": datasets.Value("float32"),
         }
     )
-    dataset = datasets.Dataset.from_list(records, features=features) if records else datasets.Dataset.from_dict(
-        {name: [] for name in features}, features=features
-    )
+    dataset = datasets.Dataset.from_list(records, features=features)
     tmp_dir = shard_dir.with_name(shard_dir.name + ".tmp")
     dataset.save_to_disk(str(tmp_dir))
     if shard_dir.exists():
@@ -502,8 +501,7 @@ def load_prepared_dataset(path: str | os.PathLike):
     if not is_prepared_dataset(path):
         raise ValueError(f"{path} is not a prepared dataset (no {PREPARE_INFO_NAME}); run train/prepare_data.py first.")
     shards = read_prepare_info(path).get("shards", {})
-    parts = [datasets.load_from_disk(str(_shard_dir(path, int(i)))) for i in sorted(shards, key=int)]
-    parts = [part for part in parts if len(part)]
+    parts = [datasets.load_from_disk(str(_shard_dir(path, int(i)))) for i in sorted(shards, key=int) if shards[i]["num_kept"]]
     if not parts:
         raise ValueError(f"The prepared dataset {path} holds no rows; see {path / SUMMARY_NAME} for what was skipped.")
     return datasets.concatenate_datasets(parts)
