@@ -24,6 +24,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("pretrain_script", REPO_ROOT / "train" / "pretrain.py")
 pretrain = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = pretrain  # dataclasses look their module up
 spec.loader.exec_module(pretrain)
 
 from qwen_omni.training.packing import OmniPackingCollator, build_packed_dataset, build_task_samples, parse_task_ratios  # noqa: E402

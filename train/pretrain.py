@@ -75,7 +75,7 @@ DEMO_TRAINING_DEFAULTS = dict(
     output_dir="runs/omni-pretrain", max_steps=150, per_device_train_batch_size=2, per_device_eval_batch_size=4,
     learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=10, weight_decay=0.0, logging_steps=10,
     save_steps=50, save_total_limit=2, eval_strategy="steps", eval_steps=50, report_to=["tensorboard"], seed=42,
-    remove_unused_columns=False, bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    remove_unused_columns=False, train_sampling_strategy="group_by_length", bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
 )
 
 

@@ -173,8 +173,10 @@ def pack_samples(lengths: Sequence[int], max_length: int) -> list[list[int]]:
 
 def build_packed_dataset(samples: Sequence[dict], max_length: int | None, seed: int = 0):
     """
-    Store samples as a `datasets.Dataset` of rows with `input_ids` (the row's samples concatenated) and
-    `sample_lengths`. With `max_length=None` each sample is its own row (the unpacked, padded baseline).
+    Store samples as a `datasets.Dataset` of rows with `input_ids` (the row's samples concatenated),
+    `sample_lengths` and `length` (tokens in the row, for the Trainer's `train_sampling_strategy="group_by_length"`,
+    which batches rows of similar length so that padding to the batch's longest row stays small). With
+    `max_length=None` each sample is its own row (the unpacked, padded baseline).
     """
     import datasets
 
@@ -185,6 +187,7 @@ def build_packed_dataset(samples: Sequence[dict], max_length: int | None, seed: 
         {
             "input_ids": [[token for i in group for token in samples[i]["input_ids"]] for group in groups],
             "sample_lengths": [[lengths[i] for i in group] for group in groups],
+            "length": [sum(lengths[i] for i in group) for group in groups],
         }
     )
 

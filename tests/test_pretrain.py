@@ -1,0 +1,164 @@
+"""pretrain: packing equals unpacked logits, loss goes down, exact resume, 2-process run, bad input."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from omni_testing import REPO_ROOT
+from qwen_omni import OmniConfig, OmniForCausalLM
+from qwen_omni.feature_extraction_omni import SNACFeatureExtractor
+from qwen_omni.training.data import load_audio_text_rows, prepare_dataset
+from qwen_omni.training.packing import OmniPackingCollator, build_packed_dataset, pack_samples, parse_task_ratios
+
+
+def load_pretrain_script():
+    spec = importlib.util.spec_from_file_location("pretrain_script", REPO_ROOT / "train" / "pretrain.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+pretrain = load_pretrain_script()
+
+
+@pytest.fixture(scope="module")
+def prepared_corpus(tmp_path_factory, snac_24khz_dir):
+    """16 clips of the shipped corpus encoded with the tiny 24 kHz codec."""
+    out = tmp_path_factory.mktemp("prepared")
+    rows = load_audio_text_rows(REPO_ROOT / "data" / "demo_corpus").select(range(16))
+    prepare_dataset(rows, out, SNACFeatureExtractor.from_pretrained(snac_24khz_dir), show_progress=False)
+    return out
+
+
+def tiny_args(prepared, snac_dir, output_dir, *extra):
+    return pretrain.parse_args([
+        "--dataset_name", str(prepared), "--codec", str(snac_dir), "--output_dir", str(output_dir),
+        "--bpe_vocab_size", "300", "--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2",
+        "--num_key_value_heads", "1", "--max_length", "512", "--per_device_train_batch_size", "2",
+        "--logging_steps", "1", "--report_to", "none", "--eval_strategy", "no", "--save_strategy", "no",
+        "--disable_tqdm", "true", "--dataloader_num_workers", "0", *extra,
+    ])
+
+
+def losses(trainer):
+    return {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_packed_row_logits_equal_each_sample_alone(attn_implementation):
+    config = OmniConfig(
+        vocab_size=300 + 7 * 32, audio_token_offset=300, codebook_size=32, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+    )
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(0)
+    model = OmniForCausalLM(config).eval()
+    samples = [{"input_ids": torch.randint(0, 524, (n,)).tolist()} for n in (7, 13, 5, 9, 11)]
+    rows = build_packed_dataset(samples, max_length=24).to_list()
+    assert len(rows) < len(samples)  # some rows really hold several samples
+    batch = OmniPackingCollator(pad_token_id=0)(rows)
+    assert "attention_mask" not in batch
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        for r, row in enumerate(rows):
+            start = 0
+            for n in row["sample_lengths"]:
+                alone = model(input_ids=torch.tensor([row["input_ids"][start : start + n]])).logits[0]
+                torch.testing.assert_close(packed[r, start : start + n], alone, atol=1e-5, rtol=1e-5)
+                # no target crosses into the next sample
+                assert batch["labels"][r, start] == -100
+                start += n
+
+
+def test_packing_fills_rows_and_ratios_parse():
+    # the shipped mix: speech samples of 150-260 tokens and short text-only samples
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(150, 260, (240,), generator=generator).tolist() + torch.randint(8, 30, (60,), generator=generator).tolist()
+    groups = pack_samples(lengths, 1024)
+    assert sorted(i for group in groups for i in group) == list(range(300))
+    assert all(sum(lengths[i] for i in group) <= 1024 for group in groups)
+    assert sum(lengths) / (len(groups) * 1024) >= 0.9
+    # what the model computes on: rows padded to the longest row of each batch of 2 hold >= 95% real tokens
+    rows = build_packed_dataset([{"input_ids": [1] * n} for n in lengths], max_length=1024).to_list()
+    collator = OmniPackingCollator(pad_token_id=0)
+    for start in range(0, len(rows), 2):
+        collator(rows[start : start + 2])
+    assert collator.num_tokens == sum(lengths) and collator.padding_fraction <= 0.05
+    assert parse_task_ratios("tts=2,asr=1,text=1") == {"tts": 0.5, "asr": 0.25, "text": 0.25}
+    with pytest.raises(ValueError, match="unknown tasks: \\['speech'\\]"):
+        parse_task_ratios("speech=1")
+
+
+def test_loss_goes_down_on_the_shipped_corpus(prepared_corpus, snac_24khz_dir, tmp_path):
+    out = tmp_path / "run"
+    trainer, result = pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, out, "--max_steps", "16", "--learning_rate", "1e-2"))
+    history = list(losses(trainer).values())
+    assert sum(history[-3:]) / 3 < 0.8 * sum(history[:3]) / 3, history
+    # packed rows are nearly full on real data
+    # the batches the model trained on (packed rows, grouped by length) held >= 95% real tokens
+    assert trainer.data_collator.num_tokens > 0 and trainer.data_collator.padding_fraction <= 0.05
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    assert model.config.model_type == "omni" and model.config.use_cache
+
+
+class KillAfterCheckpoint(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        raise KeyboardInterrupt(f"killed after checkpoint-{state.global_step}")
+
+
+def test_resume_after_kill_matches_uninterrupted_run(prepared_corpus, snac_24khz_dir, tmp_path):
+    extra = ("--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3", "--seed", "7")
+    full, _ = pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "full", *extra))
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "killed", *extra), callbacks=[KillAfterCheckpoint()])
+    assert (tmp_path / "killed" / "checkpoint-3").is_dir() and not (tmp_path / "killed" / "checkpoint-6").exists()
+    resumed, _ = pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "killed", *extra, "--resume_from_checkpoint", "true"))
+    expected, got = losses(full), losses(resumed)
+    # steps 1-3 come from the checkpoint's trainer_state, 4-6 were trained after the resume
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    for step in got:
+        assert got[step] == pytest.approx(expected[step], rel=1e-5), (step, got, expected)
+
+
+def test_bad_input_fails_before_training(prepared_corpus, snac_24khz_dir, omni_dir, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("max_steps: 3\nnot_an_option: 1\n")
+    with pytest.raises(ValueError, match="not_an_option"):
+        pretrain.parse_args(["--config", str(config)])
+
+    with pytest.raises(ValueError, match=r"from another model \(.*hidden_size: checkpoint 64 vs model 32"):
+        pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "a", "--resume_from_checkpoint", str(omni_dir)))
+
+    with pytest.raises(ValueError, match=r"No training sample is left after filtering.*--max_length"):
+        pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "b", "--max_length", "16", "--max_steps", "1"))
+
+    jsonl = tmp_path / "clips.jsonl"
+    jsonl.write_text('{"wav": "x.flac", "sentence": "hi"}\n')
+    with pytest.raises(ValueError, match=r"columns \['sentence', 'wav'\].*--audio_column"):
+        pretrain.main(*tiny_args(jsonl, snac_24khz_dir, tmp_path / "c", "--max_steps", "1"))
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_complete_and_write_one_checkpoint(prepared_corpus, snac_24khz_dir, tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "train" / "pretrain.py"),
+        "--dataset_name", str(prepared_corpus), "--codec", str(snac_24khz_dir), "--output_dir", str(out),
+        "--bpe_vocab_size", "300", "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2",
+        "--num_key_value_heads", "1", "--max_length", "512", "--per_device_train_batch_size", "1", "--max_steps", "4",
+        "--save_steps", "4", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "1",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoints = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
+    assert checkpoints == ["checkpoint-4"]
+    assert "Done: 4 steps" in result.stderr
+    AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
