@@ -24,6 +24,15 @@ def demo_rows(count):
     return [json.loads(line) for line in (DEMO / "metadata.jsonl").read_text().splitlines()[:count]]
 
 
+def save_audio_dataset(path, clips):
+    """A `datasets` folder with an `Audio` column (`audio`) and a `transcript` column."""
+    import datasets
+
+    dataset = datasets.Dataset.from_dict({"audio": [str(DEMO / r["audio"]) for r in clips], "transcript": [r["text"] for r in clips]})
+    dataset.cast_column("audio", datasets.Audio()).save_to_disk(str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def feature_extractor(snac_24khz_dir):
     return SNACFeatureExtractor.from_pretrained(snac_24khz_dir)
@@ -80,8 +89,6 @@ def test_corrupt_file_is_skipped_and_reported_and_second_run_reuses(tmp_path, fe
 
 
 def test_librispeech_libritts_csv_and_datasets_sources(tmp_path):
-    import datasets
-
     clips = demo_rows(2)
     libri = tmp_path / "LibriSpeech" / "19" / "198"
     libri.mkdir(parents=True)
@@ -106,13 +113,22 @@ def test_librispeech_libritts_csv_and_datasets_sources(tmp_path):
         load_audio_text_rows(csv_file)
 
     # a datasets folder with an Audio column: cast to Audio(decode=False), decoded by soundfile
-    hf = datasets.Dataset.from_dict({"audio": [str(DEMO / r["audio"]) for r in clips], "transcript": [r["text"] for r in clips]})
-    hf.cast_column("audio", datasets.Audio()).save_to_disk(str(tmp_path / "hf"))
+    save_audio_dataset(tmp_path / "hf", clips)
     rows = load_audio_text_rows(tmp_path / "hf", text_column="transcript")
     waveform, rate = read_audio(rows[0]["audio"])
     assert rate == 24000 and waveform.size > 0 and rows[0]["text"] == clips[0]["text"]
     with pytest.raises(ValueError, match=r"has the columns \['audio', 'transcript'\], not \['text'\]"):
         load_audio_text_rows(tmp_path / "hf")
+
+
+def test_streaming_source_prepares_and_resumes(tmp_path, feature_extractor):
+    hf = save_audio_dataset(tmp_path / "hf", demo_rows(2))
+    for run in range(2):
+        rows = load_audio_text_rows(hf, text_column="transcript", streaming=True)
+        assert not hasattr(rows, "__len__")  # an IterableDataset
+        summary = prepare_dataset(rows, tmp_path / "streamed", feature_extractor, shard_size=1, show_progress=False)
+        assert summary.num_kept == 2 and (summary.shards_encoded, summary.shards_reused) == ((2, 0) if run == 0 else (0, 2))
+    assert len(load_prepared_dataset(tmp_path / "streamed")) == 2
 
 
 def test_everything_filtered_is_a_clear_error(tmp_path, feature_extractor):

@@ -376,6 +376,7 @@ def prepare_dataset(
     first_missing = 0
     while str(first_missing) in done:
         first_missing += 1
+    summary.shards_reused += first_missing if not hasattr(rows, "__len__") else 0
     progress = tqdm(total=total, desc="prepare_data", unit="clip", disable=not show_progress)
     pool = None
     if num_proc and num_proc > 1:
@@ -410,6 +411,8 @@ def prepare_dataset(
         progress.close()
         if pool is not None:
             pool.close()
+    # a streamed source is not read again for the finished leading shards: they count as present
+    last_index = max(last_index, first_missing - 1)
     # shards beyond the source's end (a source that shrank) must not be loaded
     info["shards"] = {k: v for k, v in sorted(done.items(), key=lambda kv: int(kv[0])) if int(k) <= last_index}
     info_file.write_text(json.dumps(info, indent=1))
