@@ -346,10 +346,11 @@ def test_omni_checkpoints_are_handed_to_voice_sft(tmp_path, monkeypatch):
     calls = []
     fake = types.ModuleType("qwen_omni.training.voice_sft")
     fake.main = lambda *args: calls.append(args)
+    fake.VoiceSFTArguments = type("VoiceSFTArguments", (), {})
     monkeypatch.setitem(sys.modules, "qwen_omni.training.voice_sft", fake)
     spec = importlib.util.spec_from_file_location("sft_script", os.path.join(REPO, "train", "sft.py"))
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     model_args = types.SimpleNamespace(model_name_or_path=str(tmp_path), model_revision=None)
-    script.main("script_args", "training_args", model_args, "omni_args")
-    assert calls == [("script_args", "training_args", model_args)]
+    script.main("script_args", "training_args", model_args, "omni_args", "voice_args")
+    assert calls == [("script_args", "training_args", model_args, "voice_args")]

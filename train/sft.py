@@ -4,7 +4,8 @@
         --model_name_or_path Qwen/Qwen3-Omni-30B-A3B-Instruct --dataset_name data.jsonl --output_dir out
 
 Every TRL/Trainer flag works (`TrlParser` over `ScriptArguments`, `SFTConfig`, `ModelConfig`). A checkpoint whose
-config has `model_type == "omni"` (the SNAC-token Omni model) is handed to `qwen_omni.training.voice_sft`.
+config has `model_type == "omni"` (the SNAC-token Omni model) is handed to `qwen_omni.training.voice_sft`, with the
+voice recipe's own options (`--speaker`, `--lora_target_embeddings`, `--lora_target_head`, ...).
 """
 
 from transformers import AutoConfig, AutoProcessor
@@ -19,16 +20,17 @@ from qwen_omni.qwen3_omni_moe import (
     load_thinker,
 )
 from qwen_omni.qwen3_omni_moe.configuration import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
+from qwen_omni.training.voice_sft import VoiceSFTArguments
 
 
-def main(script_args, training_args, model_args, omni_args):
+def main(script_args, training_args, model_args, omni_args, voice_args=None):
     config = AutoConfig.from_pretrained(
         model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=True
     )
     if config.model_type == "omni":
         from qwen_omni.training.voice_sft import main as voice_main
 
-        return voice_main(script_args, training_args, model_args)
+        return voice_main(script_args, training_args, model_args, voice_args)
 
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     model = load_thinker(
@@ -88,5 +90,5 @@ def main(script_args, training_args, model_args, omni_args):
 
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, Qwen3OmniSFTConfig, Qwen3OmniModelConfig, Qwen3OmniArguments))
+    parser = TrlParser((ScriptArguments, Qwen3OmniSFTConfig, Qwen3OmniModelConfig, Qwen3OmniArguments, VoiceSFTArguments))
     main(*parser.parse_args_and_config())
