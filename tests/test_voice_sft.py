@@ -79,6 +79,13 @@ def test_clips_without_transcripts_are_refused(tmp_path):
         read_clips(folder)
 
 
+def test_clips_without_audio_files_are_refused(tmp_path):
+    folder = copy_clips(tmp_path / "clips", 3)
+    (folder / "audio" / "nova_002.flac").unlink()
+    with pytest.raises(ValueError, match=r"1 of 3 rows .* no existing audio file .*nova_002\.flac.*'audio'"):
+        read_clips(folder)
+
+
 def test_missing_speaker_needs_a_name(tmp_path):
     def drop_speaker(rows):
         return [{k: v for k, v in row.items() if k != "speaker"} for row in rows]
@@ -98,3 +105,25 @@ def test_one_speaker_at_several_sampling_rates_is_refused(tmp_path):
         check_sampling_rates(clips)
     assert check_sampling_rates(clips, allow_mixed=True) == {"nova": 24000}
     assert VoiceSFTArguments(allow_mixed_sampling_rates=True).allow_mixed_sampling_rates
+
+
+def test_clips_from_a_datasets_folder_match_the_metadata_folder(tmp_path, omni_dir):
+    """A `save_to_disk` folder (Audio column, other column names, no speaker) goes through prepare_data's reader and
+    gives the very same training sequences as the metadata folder it was made from."""
+    import datasets
+
+    folder = copy_clips(tmp_path / "clips", 3)
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    table = datasets.Dataset.from_dict({"clip": [str(folder / r["audio"]) for r in rows], "sentence": [r["text"] for r in rows]})
+    table.cast_column("clip", datasets.Audio()).save_to_disk(str(tmp_path / "hf"))
+    shutil.rmtree(folder / "audio")  # the datasets folder holds the audio bytes itself
+    with pytest.raises(ValueError, match="no speaker name"):
+        read_clips(tmp_path / "hf", audio_column="clip", text_column="sentence", speaker_column=None)
+    clips = read_clips(tmp_path / "hf", speaker="nova", audio_column="clip", text_column="sentence")
+    assert [clip.text for clip in clips] == [r["text"] for r in rows] and isinstance(clips[0].audio, dict)
+    assert check_sampling_rates(clips) == {"nova": 24000}
+
+    copy_clips(tmp_path / "again", 3)
+    processor = OmniProcessor.from_pretrained(omni_dir)
+    expected = build_voice_dataset(read_clips(tmp_path / "again"), processor)
+    assert build_voice_dataset(clips, processor)["input_ids"] == expected["input_ids"]

@@ -46,8 +46,11 @@ PREPARE_FORMAT_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------------------------- reading rows
-def _rows_from_table(path: Path, audio_column: str, text_column: str, speaker_column: str | None) -> list[dict]:
-    """Rows of a JSONL / JSON / CSV / TSV metadata file; relative audio paths are resolved against its folder."""
+def _rows_from_table(
+    path: Path, audio_column: str, text_column: str, speaker_column: str | None, allow_missing_text: bool = False
+) -> list[dict]:
+    """Rows of a JSONL / JSON / CSV / TSV metadata file; relative audio paths are resolved against its folder. A row
+    without `text_column` raises, or gets an empty text when `allow_missing_text`."""
     if path.suffix == ".jsonl":
         with open(path, encoding="utf-8") as handle:
             records = [json.loads(line) for line in handle if line.strip()]
@@ -62,7 +65,7 @@ def _rows_from_table(path: Path, audio_column: str, text_column: str, speaker_co
         raise ValueError(f"{path} is not a .jsonl, .json, .csv or .tsv metadata file.")
     rows = []
     for index, record in enumerate(records):
-        if audio_column not in record or text_column not in record:
+        if audio_column not in record or (text_column not in record and not allow_missing_text):
             raise ValueError(
                 f"{path} row {index} has the columns {sorted(record)}, but the audio column {audio_column!r} and the "
                 f"text column {text_column!r} are required. Pass the right names with --audio_column / --text_column."
@@ -72,7 +75,7 @@ def _rows_from_table(path: Path, audio_column: str, text_column: str, speaker_co
             audio = str(path.parent / audio)
         speaker = record.get(speaker_column) if speaker_column else None
         rows.append(
-            {"id": str(record.get("id", f"{path.stem}-{index}")), "audio": audio, "text": record[text_column],
+            {"id": str(record.get("id", f"{path.stem}-{index}")), "audio": audio, "text": record.get(text_column, ""),
              "speaker": None if speaker is None else str(speaker)}
         )
     return rows
@@ -116,6 +119,7 @@ def load_audio_text_rows(
     split: str = "train",
     dataset_config: str | None = None,
     streaming: bool = False,
+    allow_missing_text: bool = False,
 ):
     """
     Read a speech corpus into rows `{"id", "audio", "text", "speaker"}` without decoding any audio.
@@ -132,25 +136,28 @@ def load_audio_text_rows(
         split (`str`): split of a `datasets` source.
         dataset_config (`str`, *optional*): configuration name of a Hub dataset.
         streaming (`bool`): stream a `datasets` source instead of downloading it whole (an `IterableDataset`).
+        allow_missing_text (`bool`): give a metadata-file row that lacks `text_column` an empty text instead of
+            raising, so that the caller counts and reports it with the other untranscribed rows (voice fine-tuning
+            refuses them all in one error). A `datasets` source still needs the column.
 
     Returns:
         `datasets.Dataset` (or `IterableDataset` when streaming a `datasets` source) with the columns `id`, `audio`
         (path string, or `{"path", "bytes"}`), `text`, `speaker`.
 
     Raises:
-        `ValueError` naming the available columns when `audio_column` or `text_column` is missing, and when the
-        source holds no rows.
+        `ValueError` naming the available columns when `audio_column` or `text_column` is missing (see
+        `allow_missing_text`), and when the source holds no rows.
     """
     import datasets
 
     path = Path(source)
     rows = None
     if path.is_file():
-        rows = _rows_from_table(path, audio_column, text_column, speaker_column)
+        rows = _rows_from_table(path, audio_column, text_column, speaker_column, allow_missing_text)
     elif path.is_dir() and not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
         metadata = next((path / name for name in METADATA_NAMES if (path / name).exists()), None)
         if metadata is not None:
-            rows = _rows_from_table(metadata, audio_column, text_column, speaker_column)
+            rows = _rows_from_table(metadata, audio_column, text_column, speaker_column, allow_missing_text)
         elif any(path.rglob("*.trans.txt")) or any(p.suffix.lower() in AUDIO_EXTENSIONS for p in path.rglob("*")):
             rows = _rows_from_tree(path)
     if rows is not None:
@@ -194,6 +201,24 @@ def load_audio_text_rows(
 
 
 # ---------------------------------------------------------------------------------------------------- decoding audio
+def _soundfile_target(audio: Any):
+    """What soundfile opens for an undecoded audio value: the path, or the bytes as a file object."""
+    target = (io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")) if isinstance(audio, dict) else audio
+    if target is None:
+        raise ValueError("the audio value has neither bytes nor a path")
+    return target
+
+
+def read_sampling_rate(audio: Any) -> int:
+    """The sampling rate of one audio value (as accepted by [`read_audio`]), read from the file header without
+    decoding the samples."""
+    import soundfile
+
+    if isinstance(audio, dict) and audio.get("array") is not None:
+        return int(audio["sampling_rate"])
+    return soundfile.info(_soundfile_target(audio)).samplerate
+
+
 def read_audio(audio: Any) -> tuple[np.ndarray, int]:
     """
     Decode one audio value with soundfile (wav, flac, ogg/vorbis, opus, mp3 through libsndfile >= 1.1; no FFmpeg).
@@ -213,13 +238,7 @@ def read_audio(audio: Any) -> tuple[np.ndarray, int]:
     if isinstance(audio, dict) and audio.get("array") is not None:
         waveform, sampling_rate = np.asarray(audio["array"], dtype=np.float32), int(audio["sampling_rate"])
     else:
-        if isinstance(audio, dict):
-            target = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
-        else:
-            target = audio
-        if target is None:
-            raise ValueError("the audio value has neither bytes nor a path")
-        waveform, sampling_rate = soundfile.read(target, dtype="float32", always_2d=True)
+        waveform, sampling_rate = soundfile.read(_soundfile_target(audio), dtype="float32", always_2d=True)
         waveform = waveform.mean(axis=1)
     if waveform.ndim > 1:
         waveform = waveform.mean(axis=-1 if waveform.shape[-1] < waveform.shape[0] else 0)
@@ -519,4 +538,5 @@ __all__ = [
     "prepare_dataset",
     "read_audio",
     "read_prepare_info",
+    "read_sampling_rate",
 ]

@@ -25,7 +25,8 @@ from transformers.utils import logging
 
 from ..modeling_omni import OmniForCausalLM
 from ..processing_omni import IGNORE_INDEX, OmniProcessor
-from .voice_sft import VoiceClip, load_waveform, read_clips
+from .data import read_audio
+from .voice_sft import VoiceClip, read_clips
 
 
 logger = logging.get_logger(__name__)
@@ -317,7 +318,7 @@ def evaluate_model(
     seed: int = 0,
 ) -> dict:
     """
-    Evaluate `model_dir` on the clips of `dataset` (a folder with metadata.jsonl / .csv, as for voice fine-tuning)
+    Evaluate `model_dir` on the clips of `dataset` (any source voice fine-tuning reads, e.g. a folder with metadata.jsonl)
     and write `output_dir/eval_results.json`, `training_curves.png` (when a `trainer_state.json` is found) and
     `spectrograms.png`.
 
@@ -344,7 +345,7 @@ def evaluate_model(
     clips = all_clips[:max_clips] if max_clips else all_clips
     model, processor = load_model_and_processor(model_dir, device)
     rate = processor.sampling_rate
-    references = [_resample(*load_waveform(clip.audio_path), rate) for clip in clips]
+    references = [_resample(*read_audio(clip.audio), rate) for clip in clips]
     audio_ids = [processor.feature_extractor(w, sampling_rate=rate)["audio_token_ids"][0].tolist() for w in references]
     texts = [clip.text for clip in clips]
 

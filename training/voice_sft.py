@@ -15,14 +15,11 @@ Each clip becomes the text-to-speech sequence
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
@@ -32,6 +29,7 @@ from trl import SFTTrainer
 
 from ..modeling_omni import OmniForCausalLM
 from ..processing_omni import IGNORE_INDEX, OmniProcessor
+from .data import load_audio_text_rows, read_audio, read_sampling_rate
 from .trainer import ModalityWeightedLossMixin
 
 
@@ -39,9 +37,6 @@ logger = logging.get_logger(__name__)
 
 # Attention and MLP projections of the Qwen3 decoder layers.
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-METADATA_FILES = ("metadata.jsonl", "metadata.csv")
-AUDIO_COLUMNS = ("audio", "file_name", "path", "audio_path")
-TEXT_COLUMNS = ("text", "transcript", "transcription", "sentence", "normalized_text")
 
 
 @dataclass
@@ -52,6 +47,9 @@ class VoiceSFTArguments:
         default=None,
         metadata={"help": "Speaker name put in the prompt ('{speaker}: {text}') for clips whose metadata has none."},
     )
+    audio_column: str = field(default="audio", metadata={"help": "Column holding the audio (path or Audio)."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the transcript."})
+    speaker_column: str | None = field(default="speaker", metadata={"help": "Column holding the speaker name."})
     lora_target_embeddings: bool = field(
         default=False, metadata={"help": "Also put LoRA on the token embeddings (embed_tokens)."}
     )
@@ -71,80 +69,77 @@ class VoiceSFTArguments:
 class VoiceClip:
     """One training example: where its audio is, what is said and who says it."""
 
-    audio_path: str
+    audio: str | dict
+    """A file path or a `{"path", "bytes"}` value, decoded by [`~training.data.read_audio`]."""
     text: str
     speaker: str | None
 
 
 # ---------------------------------------------------------------------------------------------------- data
-# TODO(unify): a minimal reader of the metadata formats; to be replaced by training/data.py's readers once they land.
-def _first_key(row: dict, keys: tuple[str, ...]):
-    return next((row[key] for key in keys if key in row and row[key] is not None), None)
+def _audio_label(audio: Any) -> str | None:
+    """The file an audio value names (a path, or the path of a `{"path", "bytes"}` value), or None."""
+    return audio.get("path") if isinstance(audio, dict) else audio
 
 
-def read_clips(dataset: str | os.PathLike, speaker: str | None = None) -> list[VoiceClip]:
+def read_clips(
+    dataset: str | os.PathLike,
+    speaker: str | None = None,
+    audio_column: str = "audio",
+    text_column: str = "text",
+    speaker_column: str | None = "speaker",
+    split: str = "train",
+    dataset_config: str | None = None,
+) -> list[VoiceClip]:
     """
-    Read (audio, transcript, speaker) rows from a folder holding `metadata.jsonl` / `metadata.csv`, or from such a
-    file directly. Audio paths are relative to the metadata file's folder (or absolute).
+    Read a speaker's (audio, transcript) clips from any source that `train/prepare_data.py` reads (see
+    [`~training.data.load_audio_text_rows`]): a folder with `metadata.jsonl` / `.json` / `.csv` / `.tsv` (audio
+    paths relative to it), such a file, a LibriSpeech / LibriTTS tree, a `save_to_disk` folder or a Hub dataset.
+
+    Unlike data preparation, which skips and lists unusable rows, a voice is learned from few clips: any clip without
+    a transcript, audio or speaker name is refused before training.
 
     Args:
-        dataset: the folder or the metadata file.
-        speaker: speaker name for rows without a `speaker` field.
+        dataset: the source.
+        speaker: speaker name for clips without one.
+        audio_column, text_column, speaker_column: the source's column names.
+        split, dataset_config: split and configuration of a `datasets` source.
 
     Raises:
         `ValueError` naming the clips that have no transcript or no audio file, or no speaker name.
     """
-    path = Path(dataset)
-    if path.is_dir():
-        candidates = [path / name for name in METADATA_FILES if (path / name).is_file()]
-        if not candidates:
-            raise ValueError(
-                f"{path} holds no {' or '.join(METADATA_FILES)}; write one row per clip with 'audio' (path relative to "
-                "the folder), 'text' (the transcript) and 'speaker' fields (see data/README.md)."
-            )
-        path = candidates[0]
-    elif not path.is_file():
-        raise ValueError(f"Dataset {dataset!s} is neither a folder nor a metadata file (.jsonl / .csv).")
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as handle:
-            rows = [json.loads(line) for line in handle if line.strip()]
-    elif path.suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    else:
-        raise ValueError(f"Unsupported metadata file {path}: use .jsonl or .csv.")
-
-    root = path.parent
+    rows = load_audio_text_rows(
+        dataset, audio_column, text_column, speaker_column, split=split, dataset_config=dataset_config,
+        allow_missing_text=True,
+    )
     clips, no_text, no_audio = [], [], []
-    for number, row in enumerate(rows, start=1):
-        audio = _first_key(row, AUDIO_COLUMNS)
-        text = _first_key(row, TEXT_COLUMNS)
-        name = audio or f"row {number}"
-        if not audio or not (root / audio).is_file():
+    for row in rows:
+        audio, text = row["audio"], row["text"]
+        name = _audio_label(audio) or row["id"]
+        has_bytes = isinstance(audio, dict) and audio.get("bytes")
+        if not has_bytes and not (name and os.path.isfile(name)):
             no_audio.append(str(name))
             continue
         if not isinstance(text, str) or not text.strip():
-            no_text.append(str(audio))
+            no_text.append(str(name))
             continue
-        clips.append(VoiceClip(str(root / audio), text.strip(), row.get("speaker") or speaker))
+        clips.append(VoiceClip(audio, text.strip(), row["speaker"] or speaker))
     if no_text:
         raise ValueError(
-            f"{len(no_text)} of {len(rows)} clips in {path} have no transcript (e.g. {no_text[:3]}); every clip needs "
-            f"its words in one of the fields {TEXT_COLUMNS}. Transcribe them (e.g. with train/evaluate.py's ASR "
-            "or Whisper) or remove those rows."
+            f"{len(no_text)} of {len(rows)} clips in {dataset} have no transcript (e.g. {no_text[:3]}); every clip "
+            f"needs its words in the column {text_column!r} (name another with VoiceSFTArguments.text_column). "
+            "Transcribe them (e.g. with train/evaluate.py's ASR or Whisper) or remove those rows."
         )
     if no_audio:
         raise ValueError(
-            f"{len(no_audio)} of {len(rows)} rows in {path} name no existing audio file (e.g. {no_audio[:3]}); give "
-            f"each row an audio path (field one of {AUDIO_COLUMNS}) relative to {root}."
+            f"{len(no_audio)} of {len(rows)} rows in {dataset} name no existing audio file (e.g. {no_audio[:3]}); give "
+            f"each row an audio path in the column {audio_column!r}, absolute or relative to the metadata file."
         )
-    if not clips:
-        raise ValueError(f"{path} lists no clips.")
-    unnamed = [clip.audio_path for clip in clips if not clip.speaker]
+    unnamed = [str(_audio_label(clip.audio)) for clip in clips if not clip.speaker]
     if unnamed:
         raise ValueError(
             f"{len(unnamed)} clips have no speaker name (e.g. {unnamed[:2]}); the prompt is '{{speaker}}: {{text}}'. "
-            "Add a 'speaker' field to the metadata or pass a speaker name (VoiceSFTArguments.speaker)."
+            f"Add a {speaker_column or 'speaker'!r} column to the metadata or pass a speaker name "
+            "(VoiceSFTArguments.speaker)."
         )
     return clips
 
@@ -157,14 +152,12 @@ def check_sampling_rates(clips: list[VoiceClip], allow_mixed: bool = False) -> d
     Returns:
         `{speaker: rate}` (the most common rate when mixed rates are allowed).
     """
-    import soundfile
-
     rates: dict[str, Counter] = defaultdict(Counter)
     examples: dict[tuple[str, int], str] = {}
     for clip in clips:
-        rate = soundfile.info(clip.audio_path).samplerate
+        rate = read_sampling_rate(clip.audio)
         rates[clip.speaker][rate] += 1
-        examples.setdefault((clip.speaker, rate), clip.audio_path)
+        examples.setdefault((clip.speaker, rate), str(_audio_label(clip.audio)))
     mixed = {speaker: counts for speaker, counts in rates.items() if len(counts) > 1}
     if mixed and not allow_mixed:
         details = "; ".join(
@@ -183,14 +176,6 @@ def check_sampling_rates(clips: list[VoiceClip], allow_mixed: bool = False) -> d
     return {speaker: counts.most_common(1)[0][0] for speaker, counts in rates.items()}
 
 
-def load_waveform(path: str) -> tuple[np.ndarray, int]:
-    """A mono float32 waveform (channels averaged) and its sampling rate, decoded with soundfile."""
-    import soundfile
-
-    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    return audio.mean(axis=1), rate
-
-
 def build_voice_dataset(clips: list[VoiceClip], processor: OmniProcessor, audio_only_loss: bool = True) -> Dataset:
     """
     Tokenise clips into TTS training sequences: `input_ids`, and `labels` with `-100` on the prompt when
@@ -198,11 +183,11 @@ def build_voice_dataset(clips: list[VoiceClip], processor: OmniProcessor, audio_
     """
     rows = {"input_ids": [], "labels": []}
     for clip in clips:
-        waveform, rate = load_waveform(clip.audio_path)
+        waveform, rate = read_audio(clip.audio)
         audio_ids = processor.feature_extractor(waveform, sampling_rate=rate)["audio_token_ids"][0].tolist()
         if not audio_ids:
             raise ValueError(
-                f"{clip.audio_path} is shorter than one codec frame ({processor.feature_extractor.samples_per_frame} "
+                f"{_audio_label(clip.audio)} is shorter than one codec frame ({processor.feature_extractor.samples_per_frame} "
                 "samples at the codec's rate); remove it."
             )
         prompt_length = len(processor.tts_prompt_ids(clip.text, speaker=clip.speaker))
@@ -293,7 +278,8 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
     Fine-tune an Omni checkpoint on a speaker's clips.
 
     Args:
-        script_args (`trl.ScriptArguments`): `dataset_name` is the clips folder (or metadata file).
+        script_args (`trl.ScriptArguments`): `dataset_name` is the clips' source (see [`read_clips`]);
+            `dataset_train_split` and `dataset_config` apply to a `datasets` source.
         training_args (`trl.SFTConfig`): the trainer settings; `completion_only_loss=False` also trains on the prompt
             text (default: audio tokens only); `max_length` must hold the longest clip (nothing is truncated).
         model_args (`trl.ModelConfig`): `model_name_or_path`, `dtype`, and the LoRA settings (`use_peft`, `lora_r`,
@@ -313,7 +299,11 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
         # checks (code files, clean-process reload) at the end instead
         training_args.push_to_hub = False
     audio_only_loss = training_args.completion_only_loss is not False
-    clips = read_clips(script_args.dataset_name, speaker=voice_args.speaker)
+    clips = read_clips(
+        script_args.dataset_name, speaker=voice_args.speaker, audio_column=voice_args.audio_column,
+        text_column=voice_args.text_column, speaker_column=voice_args.speaker_column,
+        split=script_args.dataset_train_split, dataset_config=script_args.dataset_config,
+    )
     rates = check_sampling_rates(clips, allow_mixed=voice_args.allow_mixed_sampling_rates)
     logger.info(f"{len(clips)} clips of speakers {sorted(rates)} at {rates} Hz.")
 
