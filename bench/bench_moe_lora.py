@@ -18,7 +18,10 @@ For each experts implementation ("eager", "grouped_mm") three variants are timed
             instead of transformers' one-hot loop, so `routed / base_routed_path` is the pure cost of the adapters
             and shows whether part of `routed / base` comes from a different base computation.
 
-A step is forward + `loss.backward()` with `loss = mean(last_hidden_state ** 2)`. The variants are run round-robin
+A step is forward + `loss.backward()` with `loss = mean(last_hidden_state ** 2)`, timed on CPU by this process's CPU
+time with one torch thread (`--clock cpu`, the default there: other jobs on a shared 2-core machine inflate wall
+time by whole multiples but barely touch CPU time; `--clock wall --num_threads 2` measures elapsed time instead) and
+on GPU by wall time after a synchronize. The variants are run round-robin
 (`--repeats` rounds after `--warmup` rounds) so that drift on a shared machine hits them alike; the medians and their
 ratios to `base` are printed. Compare ratios within one run only.
 
@@ -74,7 +77,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--implementations", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default=None,
+        help="cpu: this process's CPU time, which other processes on a shared machine barely disturb (default on CPU, "
+        "with --num_threads 1 so that idle OpenMP threads spinning are not counted); wall: elapsed time (default on GPU)",
+    )
+    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: 1 with --clock cpu)")
     parser.add_argument("--no_memory", action="store_true", help="skip the per-variant peak-memory subprocesses")
     parser.add_argument("--memory_probe", nargs=2, metavar=("IMPLEMENTATION", "VARIANT"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -224,15 +234,16 @@ def bench_implementation(args: argparse.Namespace, implementation: str, argv: li
     routed_grads = {n: p.grad for n, p in models["routed"].named_parameters() if p.requires_grad}
     max_grad_diff = max((peft_grads[n] - routed_grads[n]).abs().max().item() for n in peft_grads)
 
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
     for round_idx in range(args.warmup + args.repeats):
         for variant in VARIANTS:
             synchronize(args.device)
-            start = time.perf_counter()
+            start = clock()
             train_step(models[variant], inputs_embeds)
             synchronize(args.device)
             if round_idx >= args.warmup:
-                times[variant].append(time.perf_counter() - start)
+                times[variant].append(clock() - start)
     medians = {variant: statistics.median(values) for variant, values in times.items()}
 
     saved = {variant: saved_tensor_bytes(models[variant], inputs_embeds) for variant in VARIANTS}
@@ -268,6 +279,8 @@ def bench_implementation(args: argparse.Namespace, implementation: str, argv: li
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    args.clock = args.clock or ("wall" if args.device.startswith("cuda") else "cpu")
+    args.num_threads = args.num_threads or (1 if args.clock == "cpu" else None)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     if args.memory_probe:
@@ -278,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__} on {args.device} ({torch.get_num_threads()} threads); {args.num_layers} MoE layers, "
         f"{args.num_experts} experts top-{args.top_k}, hidden {args.hidden_size}, expert intermediate "
         f"{args.moe_intermediate_size}, {args.batch_size}x{args.seq_len} tokens, LoRA r={args.rank} on q/k/v/o + "
-        f"router + experts; median of {args.repeats} rounds after {args.warmup} warm-up"
+        f"router + experts; median of {args.repeats} rounds after {args.warmup} warm-up; {args.clock} clock"
     )
     for implementation in args.implementations:
         if implementation == "grouped_mm" and (reason := grouped_mm_unsupported_reason(args.device)):
