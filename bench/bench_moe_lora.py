@@ -81,10 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--clock",
         choices=("cpu", "wall"),
         default=None,
-        help="cpu: this process's CPU time, which other processes on a shared machine barely disturb (default on CPU, "
-        "with --num_threads 1 so that idle OpenMP threads spinning are not counted); wall: elapsed time (default on GPU)",
+        help="cpu: this process's CPU time, which other processes on a shared machine barely disturb (default on "
+        "CPU, with --num_threads 1 so that idle OpenMP threads spinning are not counted); wall: elapsed time "
+        "(default on GPU)",
     )
-    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: 1 with --clock cpu)")
+    parser.add_argument("--num_threads", type=int, help="torch CPU threads (default: 1 with --clock cpu)")
     parser.add_argument("--no_memory", action="store_true", help="skip the per-variant peak-memory subprocesses")
     parser.add_argument("--memory_probe", nargs=2, metavar=("IMPLEMENTATION", "VARIANT"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -288,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     probe_argv = [a for a in argv if a != "--no_memory"]
     print(
-        f"torch {torch.__version__} on {args.device} ({torch.get_num_threads()} threads); {args.num_layers} MoE layers, "
+        f"torch {torch.__version__} on {args.device} ({torch.get_num_threads()} threads); "
+        f"{args.num_layers} MoE layers, "
         f"{args.num_experts} experts top-{args.top_k}, hidden {args.hidden_size}, expert intermediate "
         f"{args.moe_intermediate_size}, {args.batch_size}x{args.seq_len} tokens, LoRA r={args.rank} on q/k/v/o + "
         f"router + experts; median of {args.repeats} rounds after {args.warmup} warm-up; {args.clock} clock"

@@ -17,8 +17,9 @@ tiny) but skips the per-forward `torch.nn.utils.parametrize` registration.
 It is a drop-in subclass of PEFT's wrapper: the adapter weights are the very same `lora_A` / `lora_B` `nn.Linear`
 modules (shapes `(E * r, in)` and `(out, E * r)`), so state-dict keys, `save_pretrained`, `PeftModel.from_pretrained`,
 `merge_and_unload`, `rank_pattern` / `alpha_pattern`, rsLoRA and several active adapters (their terms are summed)
-behave as with PEFT's wrapper; only the forward differs. Anything the routed forward does not cover (expert parallelism, experts with bias or
-a post-expert norm, implementations other than `eager` / `grouped_mm`) falls back to PEFT's own forward.
+behave as with PEFT's wrapper; only the forward differs. Anything the routed forward does not cover (expert
+parallelism, experts with bias or a post-expert norm, implementations other than `eager` / `grouped_mm`) falls back to
+PEFT's own forward.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class ParamWrapper(peft_lora_layer.ParamWrapper):
       forward. PEFT nests the wrappers when both are targeted (`mlp.experts` -> `ParamWrapper(down_proj)` ->
       `ParamWrapper(gate_up_proj)` -> experts module); the outermost one, which the MoE block calls, gathers the
       low-rank factors of the whole chain and runs a single routed experts forward with them.
-    - On a 2-D parameter such as the router's `mlp.gate.weight`: the same `W + dW` as PEFT, handed to the module through
-      `torch.func.functional_call` instead of registering and removing a `torch.nn.utils.parametrize`
+    - On a 2-D parameter such as the router's `mlp.gate.weight`: the same `W + dW` as PEFT, handed to the module
+      through `torch.func.functional_call` instead of registering and removing a `torch.nn.utils.parametrize`
       parametrization on every forward (which creates a new module class each time and costs more than the tiny
       router matmul itself).
     - Anything else: PEFT's forward.
@@ -153,8 +154,8 @@ def apply_routed_lora(model: nn.Module) -> int:
     Converts the `lora.ParamWrapper`s on fused MoE experts (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`:
     routed-token LoRA) and on 2-D parameters such as the router's `mlp.gate.weight` (the same `W + dW`, without
     `torch.nn.utils.parametrize`). Only the forward changes: parameters, their `requires_grad`, state-dict keys,
-    `save_pretrained`, `PeftModel.from_pretrained`, `merge_and_unload` and multiple adapters stay PEFT's, and an adapter
-    trained either way loads and runs the other way. Calling it again converts only wrappers added since.
+    `save_pretrained`, `PeftModel.from_pretrained`, `merge_and_unload` and multiple adapters stay PEFT's, and an
+    adapter trained either way loads and runs the other way. Calling it again converts only wrappers added since.
 
     Wiring (`qwen3_omni_moe/lora.py`, option `moe_lora_impl: "routed" | "peft"`, default "routed"):
 
@@ -181,8 +182,11 @@ def apply_routed_lora(model: nn.Module) -> int:
     for module in model.modules():
         if not isinstance(module, peft_lora_layer.ParamWrapper) or type(module) is ParamWrapper:
             continue
-        on_fused_experts = _is_fused_experts(module.get_base_layer()) and module.parameter_name in ROUTED_PARAMETER_NAMES
-        on_plain_2d_parameter = module._param_ndim == 2 and not isinstance(module.base_layer, peft_lora_layer.ParamWrapper)
+        is_nested = isinstance(module.base_layer, peft_lora_layer.ParamWrapper)
+        on_fused_experts = (
+            _is_fused_experts(module.get_base_layer()) and module.parameter_name in ROUTED_PARAMETER_NAMES
+        )
+        on_plain_2d_parameter = module._param_ndim == 2 and not is_nested
         if on_fused_experts or on_plain_2d_parameter:
             # same instance layout: only the forward (and repr) change, PEFT's state stays untouched
             module.__class__ = ParamWrapper

@@ -89,7 +89,8 @@ def test_outputs_and_lora_gradients_equal_peft(experts_implementation):
     assert (peft_hidden - base_hidden).abs().max() > 1e-2  # the adapter matters, so equality below means something
     torch.testing.assert_close(routed_hidden, peft_hidden, rtol=1e-5, atol=1e-5)
     assert routed_grads.keys() == peft_grads.keys()
-    assert any("experts.lora_A" in name for name in routed_grads) and any("gate.lora_B" in name for name in routed_grads)
+    assert any("experts.lora_A" in name for name in routed_grads)
+    assert any("gate.lora_B" in name for name in routed_grads)
     assert all("lora_" in name for name in routed_grads)  # the base stays frozen
     for name in peft_grads:
         torch.testing.assert_close(routed_grads[name], peft_grads[name], rtol=1e-5, atol=1e-5, msg=name)
@@ -159,7 +160,8 @@ def test_merge_and_unload_equals_routed_adapter():
 def test_expert_rank_pattern_and_disabled_adapter():
     # for `target_parameters` PEFT matches the patterns against the parameter's name, not the module's
     rank_pattern = {"mlp.experts.gate_up_proj": 4, "mlp.experts.down_proj": 2}
-    peft_model, routed_model = peft_and_routed("eager", rank_pattern=rank_pattern, alpha_pattern={"mlp.gate.weight": 2})
+    alpha_pattern = {"mlp.gate.weight": 2}
+    peft_model, routed_model = peft_and_routed("eager", rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
     experts = routed_model.base_model.model.layers[1].mlp.experts
     assert experts.lora_A["default"].weight.shape == (2 * NUM_EXPERTS, EXPERT_INTERMEDIATE)
     assert experts.base_layer.lora_B["default"].weight.shape == (2 * EXPERT_INTERMEDIATE, 4 * NUM_EXPERTS)
