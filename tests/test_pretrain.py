@@ -13,7 +13,13 @@ from omni_testing import REPO_ROOT
 from qwen_omni import OmniConfig, OmniForCausalLM
 from qwen_omni.feature_extraction_omni import SNACFeatureExtractor
 from qwen_omni.training.data import load_audio_text_rows, prepare_dataset
-from qwen_omni.training.packing import OmniPackingCollator, build_packed_dataset, pack_samples, parse_task_ratios
+from qwen_omni.training.packing import (
+    OmniPackingCollator,
+    build_packed_dataset,
+    build_task_samples,
+    pack_samples,
+    parse_task_ratios,
+)
 
 
 def load_pretrain_script():
@@ -93,6 +99,57 @@ def test_packing_fills_rows_and_ratios_parse():
     assert parse_task_ratios("tts=2,asr=1,text=1") == {"tts": 0.5, "asr": 0.25, "text": 0.25}
     with pytest.raises(ValueError, match="unknown tasks: \\['speech'\\]"):
         parse_task_ratios("speech=1")
+
+
+@pytest.fixture(scope="module")
+def shipped_corpus(tmp_path_factory, snac_24khz_dir):
+    """All 48 clips of the shipped corpus, prepared as the demo does (the tiny codec has the demo codec's hop and
+    strides, so the same token counts), with the demo's 1024-token BPE: (script_args, processor, rows)."""
+    out = tmp_path_factory.mktemp("shipped")
+    script_args, _ = tiny_args(REPO_ROOT / "data" / "demo_corpus", snac_24khz_dir, out, "--bpe_vocab_size", "1024")
+    _, processor = pretrain.load_or_build_model(script_args, out)
+    return script_args, processor, pretrain.prepared_rows(script_args, processor, out)
+
+
+@pytest.mark.parametrize("max_length", [1024, 512])
+def test_packed_rows_of_the_shipped_corpus_hold_95_percent_real_tokens(shipped_corpus, max_length):
+    script_args, processor, rows = shipped_corpus
+    assert len(rows) == 48
+    samples, _ = build_task_samples(rows, processor, parse_task_ratios(script_args.task_ratios), max_length, seed=42)
+    lengths = [len(sample["input_ids"]) for sample in samples]
+    speech = [n for sample, n in zip(samples, lengths) if sample["task"] != "text"]
+    # Packing alone cannot reach 95% here: the speech samples are 160-246 tokens, so a 1024-token row holds at
+    # most 5 of those longer than 1024 / 6 (a 512-token row 2 of those longer than 512 / 3): at least
+    # `cardinality_bound` rows, while the text-only samples (~9 tokens, 1% of the tokens) cannot fill the ~70 (1024)
+    # or ~130 (512) tokens left per row. Best-fit decreasing stays within 2 rows of that bound (91% and 78% full).
+    per_row = 5 if max_length == 1024 else 2
+    cardinality_bound = -(-sum(n > max_length / (per_row + 1) for n in speech) // per_row)
+    groups = pack_samples(lengths, max_length)
+    assert len(groups) <= cardinality_bound + 2, (len(groups), cardinality_bound)
+    assert sum(lengths) / (len(groups) * max_length) < 0.95
+    # repeated text-only samples fill the rows: >= 95% real tokens over every row, the last one included
+    dataset = build_packed_dataset(samples, max_length, seed=42, fill_task="text")
+    assert len(dataset) == len(groups) and max(dataset["length"]) <= max_length
+    fill = sum(dataset["length"]) / (len(dataset) * max_length)
+    assert fill >= 0.95, fill
+    # every sample is there exactly once, the added ones are copies of text-only samples, rows are their samples
+    by_ids = {}
+    for sample in samples:
+        by_ids.setdefault(tuple(sample["input_ids"]), set()).add(sample["task"])
+    seen = []
+    for row in dataset:
+        assert sum(row["sample_lengths"]) == len(row["input_ids"]) == row["length"]
+        start = 0
+        for n in row["sample_lengths"]:
+            seen.append(tuple(row["input_ids"][start : start + n]))
+            start += n
+    counts = {ids: seen.count(ids) for ids in by_ids}
+    original = {ids: sum(1 for s in samples if tuple(s["input_ids"]) == ids) for ids in by_ids}
+    assert all(counts[ids] == original[ids] for ids in by_ids if by_ids[ids] != {"text"})
+    assert all(counts[ids] >= original[ids] for ids in by_ids)
+    assert len(seen) > len(samples)
+    with pytest.raises(ValueError, match="no 'text' sample"):
+        build_packed_dataset([s for s in samples if s["task"] != "text"], max_length, fill_task="text")
 
 
 def test_loss_goes_down_on_the_shipped_corpus(prepared_corpus, snac_24khz_dir, tmp_path):

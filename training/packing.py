@@ -4,8 +4,9 @@ Pretraining samples: a mix of text-to-speech, speech-to-text and text-only seque
 
 - [`parse_task_ratios`] / [`build_task_samples`] turn prepared speech rows (see `training/data.py`) into Omni
   sequences (the formats of [`OmniProcessor`]) with configurable shares of each task.
-- [`pack_samples`] packs sequences into rows of at most `max_length` tokens (best-fit decreasing: rows come out
-  nearly full), [`build_packed_dataset`] stores the rows as a `datasets.Dataset`.
+- [`pack_samples`] packs sequences of all tasks together into rows of at most `max_length` tokens (best-fit
+  decreasing), [`fill_rows`] optionally fills the space the packing leaves with copies of short samples (text-only),
+  [`build_packed_dataset`] stores the rows as a `datasets.Dataset`.
 - [`OmniPackingCollator`] turns rows into model inputs. A packed row carries `position_ids` that restart at 0 for
   each sample and no `attention_mask`: transformers then builds a block-diagonal causal mask
   (`masking_utils.find_packed_sequence_indices`, the same mechanism as `DataCollatorWithFlattening`, whose
@@ -171,17 +172,80 @@ def pack_samples(lengths: Sequence[int], max_length: int) -> list[list[int]]:
     return rows
 
 
-def build_packed_dataset(samples: Sequence[dict], max_length: int | None, seed: int = 0):
+def fill_rows(
+    rows: list[list[int]], lengths: Sequence[int], max_length: int, fillers: Sequence[int], seed: int = 0
+) -> int:
+    """
+    Fill the free space of packed rows, in place, with copies of the `fillers` samples.
+
+    Bin packing alone cannot fill rows whose samples are a sizeable fraction of `max_length` (speech samples of
+    ~190 tokens leave ~70 free tokens in a 1024-token row, whatever the packing). Short samples (text-only, ~10
+    tokens) fill that space: they are taken in a seeded shuffled cycle, and where the next one does not fit, the
+    longest one that does is used; a row is left once no filler fits. Nothing is truncated.
+
+    Args:
+        rows: sample indices per row (from [`pack_samples`]); filler indices are appended.
+        lengths: length of every sample.
+        max_length: tokens per row.
+        fillers: indices of the samples that may be repeated to fill rows (e.g. the text-only ones).
+        seed: seed of the cycle's order.
+
+    Returns:
+        The number of filler copies added.
+    """
+    if not fillers:
+        return 0
+    order = list(fillers)
+    random.Random(seed).shuffle(order)
+    by_length = sorted((lengths[i], i) for i in fillers)
+    added = cursor = 0
+    for row in rows:
+        free = max_length - sum(lengths[i] for i in row)
+        while free >= by_length[0][0]:
+            index = order[cursor % len(order)]
+            cursor += 1
+            if lengths[index] > free:  # the longest filler that fits
+                index = by_length[bisect.bisect_right(by_length, (free, len(lengths))) - 1][1]
+            row.append(index)
+            free -= lengths[index]
+            added += 1
+    return added
+
+
+def build_packed_dataset(
+    samples: Sequence[dict], max_length: int | None, seed: int = 0, fill_task: str | None = None
+):
     """
     Store samples as a `datasets.Dataset` of rows with `input_ids` (the row's samples concatenated),
     `sample_lengths` and `length` (tokens in the row, for the Trainer's `train_sampling_strategy="group_by_length"`,
     which batches rows of similar length so that padding to the batch's longest row stays small). With
     `max_length=None` each sample is its own row (the unpacked, padded baseline).
+
+    Args:
+        samples: `{"input_ids": list[int], "task": str}` dicts (see [`build_task_samples`]); all tasks share rows.
+        max_length (`int`, *optional*): tokens per packed row; `None` for one sample per row.
+        seed (`int`): seed of the row order (and of the fillers' cycle).
+        fill_task (`str`, *optional*): fill the space left in packed rows with repeated samples of this task (see
+            [`fill_rows`]); `"text"` brings the shipped corpus' 1024-token rows from 91-93% to 99.7% real tokens.
+            The copies add to that task's share of the mix (they are counted in a log line), so use it for training
+            data, not for evaluation sets (a repeated sample would count several times in the metrics).
     """
     import datasets
 
     lengths = [len(sample["input_ids"]) for sample in samples]
     groups = pack_samples(lengths, max_length) if max_length else [[i] for i in range(len(samples))]
+    if fill_task and max_length:
+        fillers = [i for i, sample in enumerate(samples) if sample.get("task") == fill_task]
+        if not fillers:
+            raise ValueError(f"fill_task={fill_task!r} but the samples hold no {fill_task!r} sample to fill rows with.")
+        before = sum(lengths)
+        added = fill_rows(groups, lengths, max_length, fillers, seed=seed)
+        after = sum(lengths[i] for group in groups for i in group)
+        logger.warning(
+            f"Filled the packed rows with {added} repeated {fill_task!r} samples ({after - before} tokens): "
+            f"{before / (len(groups) * max_length):.1%} -> {after / (len(groups) * max_length):.1%} real tokens per "
+            f"{max_length}-token row."
+        )
     random.Random(seed).shuffle(groups)
     return datasets.Dataset.from_dict(
         {
@@ -262,6 +326,7 @@ __all__ = [
     "TASKS",
     "build_packed_dataset",
     "build_task_samples",
+    "fill_rows",
     "pack_samples",
     "parse_task_ratios",
 ]
