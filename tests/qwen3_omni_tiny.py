@@ -172,6 +172,12 @@ def save_tiny_checkpoint(path: str | os.PathLike, seed: int = 0) -> str:
     config = build_config(processor.tokenizer)
     torch.manual_seed(seed)
     model = Qwen3OmniMoeForConditionalGeneration(config)
+    # transformers 5.23's _init_weights skips the talker's fused experts and leaves them as uninitialised memory
+    # (sometimes NaN or 1e11); give them the same init as the thinker's so the checkpoint is deterministic.
+    with torch.no_grad():
+        for name, parameter in model.talker.named_parameters():
+            if ".mlp.experts." in name:
+                parameter.normal_(0.0, config.talker_config.text_config.initializer_range)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return str(path)
