@@ -76,6 +76,11 @@ class Qwen3OmniArguments:
     lora_expert_alpha: int | None = field(
         default=None, metadata={"help": "LoRA alpha of the experts (default lora_alpha * lora_expert_r / lora_r)."}
     )
+    moe_lora_impl: str = field(
+        default="routed",
+        metadata={"help": "Forward of the router/expert LoRA: 'routed' (update applied to the routed tokens only, "
+                  "same adapter files) or 'peft' (PEFT's wrapper, which materialises W + dW for every expert)."},
+    )
     lora_towers: list[str] = field(
         default_factory=list, metadata={"help": "Encoders that get LoRA too: audio and/or vision (frozen otherwise)."}
     )

@@ -5,9 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers.utils import logging
 from trl import SFTTrainer
 
 from .collator import IGNORE_INDEX, STAT_KEYS
+from .routed_lora import apply_routed_lora
+
+
+logger = logging.get_logger(__name__)
+MOE_LORA_IMPLEMENTATIONS = ("routed", "peft")
 
 
 class Qwen3OmniSFTTrainer(SFTTrainer):
@@ -22,19 +28,29 @@ class Qwen3OmniSFTTrainer(SFTTrainer):
     dropped and skipped samples are logged as running totals.
 
     The dataset is not tokenized ahead of time (`skip_prepare_dataset`): the collator does it on the fly.
+
+    With `moe_lora_impl="routed"` (default) the LoRA wrappers on the routers and fused experts get the routed-token
+    forward of [`apply_routed_lora`] (numerically PEFT's, never materialising `W + dW` for every expert); `"peft"`
+    keeps PEFT's own wrapper forward.
     """
 
     # `compute_loss` always divides by the step's weighted token count, so `Trainer` must not divide by the number of
     # accumulation steps again.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, moe_lora_impl: str = "routed", **kwargs):
+        if moe_lora_impl not in MOE_LORA_IMPLEMENTATIONS:
+            raise ValueError(f"moe_lora_impl={moe_lora_impl!r} is not one of {MOE_LORA_IMPLEMENTATIONS}.")
         training_args = kwargs.get("args")
         if training_args is not None:
             # The raw `conversations` column must reach the collator untouched.
             training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
             training_args.remove_unused_columns = False
         super().__init__(*args, **kwargs)
+        if moe_lora_impl == "routed":
+            # Same parameters and adapter files as PEFT's wrapper; the expert update runs on routed tokens only.
+            converted = apply_routed_lora(self.model)
+            logger.info(f"Routed-token LoRA forward on {converted} router/expert parameter wrappers.")
         self._collator_totals = {"train": dict.fromkeys(STAT_KEYS, 0), "eval": dict.fromkeys(STAT_KEYS, 0)}
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:

@@ -354,3 +354,28 @@ def test_omni_checkpoints_are_handed_to_voice_sft(tmp_path, monkeypatch):
     model_args = types.SimpleNamespace(model_name_or_path=str(tmp_path), model_revision=None)
     script.main("script_args", "training_args", model_args, "omni_args", "voice_args")
     assert calls == [("script_args", "training_args", model_args, "voice_args")]
+
+
+@pytest.mark.parametrize("moe_lora_impl", ["routed", "peft"])
+def test_trainer_uses_the_routed_expert_lora_by_default(workdir, processor, tmp_path, moe_lora_impl):
+    from peft.tuners.lora.layer import ParamWrapper as PeftParamWrapper
+
+    from qwen_omni.qwen3_omni_moe.routed_lora import ParamWrapper as RoutedParamWrapper
+
+    dataset = load_conversation_dataset(workdir["data"])
+    args = Qwen3OmniSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    thinker = load_thinker(workdir["base"])
+    trainer = Qwen3OmniSFTTrainer(
+        model=thinker, args=args, data_collator=Qwen3OmniSFTCollator(processor), train_dataset=dataset,
+        processing_class=processor, peft_config=build_lora_config(thinker, r=4, lora_alpha=8),
+        moe_lora_impl=moe_lora_impl,
+    )
+    wrappers = [module for module in trainer.model.modules() if isinstance(module, PeftParamWrapper)]
+    assert len(wrappers) == 3 * 2  # router + gate_up_proj + down_proj in each of the 2 MoE layers
+    routed = [isinstance(module, RoutedParamWrapper) for module in wrappers]
+    assert all(routed) if moe_lora_impl == "routed" else not any(routed)
+
+
+def test_unknown_moe_lora_impl_is_refused(workdir, processor, tmp_path):
+    with pytest.raises(ValueError, match="moe_lora_impl='fast' is not one of"):
+        Qwen3OmniSFTTrainer(model=None, args=None, moe_lora_impl="fast")

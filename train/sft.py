@@ -80,6 +80,7 @@ def main(script_args, training_args, model_args, omni_args, voice_args=None):
         eval_dataset=load(omni_args.eval_dataset_name) if omni_args.eval_dataset_name else None,
         processing_class=processor,
         peft_config=peft_config,
+        moe_lora_impl=omni_args.moe_lora_impl,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
