@@ -127,6 +127,11 @@ class PretrainArguments:
     )
     max_length: int = field(default=1024, metadata={"help": "Tokens per packed row; longer samples are skipped."})
     packing: bool = field(default=True, metadata={"help": "Pack samples into rows (False: one padded sample per row)."})
+    pack_fill_task: str | None = field(
+        default=None,
+        metadata={"help": "Fill the space packing leaves in training rows with repeated samples of this task "
+                  "(e.g. 'text'; the copies are counted in the log). Off by default: it changes the task mix."},
+    )
     eval_fraction: float = field(
         default=0.1, metadata={"help": "Share of clips held out for the per-task evaluation (0: no evaluation)."}
     )
@@ -282,10 +287,11 @@ def build_datasets(script_args: PretrainArguments, processor, rows, seed: int):
             f"No training sample is left after filtering ({len(train_rows)} clips, {stats.too_long} longer than "
             f"max_length={script_args.max_length}); raise --max_length or lower --max_duration."
         )
-    train_dataset = build_packed_dataset(samples, max_length, seed=seed)
+    train_dataset = build_packed_dataset(samples, max_length, seed=seed, fill_task=script_args.pack_fill_task)
+    row_tokens = sum(train_dataset["length"])
     logger.warning(
-        f"Training data: {stats.per_task} samples, {stats.tokens} tokens in {len(train_dataset)} rows of <= "
-        f"{script_args.max_length} tokens ({stats.tokens / (len(train_dataset) * script_args.max_length):.1%} full)."
+        f"Training data: {stats.per_task} samples, {row_tokens} tokens in {len(train_dataset)} rows of <= "
+        f"{script_args.max_length} tokens ({row_tokens / (len(train_dataset) * script_args.max_length):.1%} full)."
     )
     eval_datasets = {}
     for task in TASKS:
