@@ -24,13 +24,17 @@ SNAC_24KHZ = dict(
 )
 
 
+# Process CPU time with one thread: wall time on a shared 2-core machine swings several-fold with other jobs.
+clock = time.process_time
+
+
 def median_time(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -61,13 +65,13 @@ def training_step_ratio(repeats: int) -> None:
 
         return run
 
-    # interleave the two models so drift in machine load hits both alike
+    # interleave the two models (alternating which goes first) so drift in machine load hits both alike
     qwen3_times, omni_times = [], []
     run_qwen3, run_omni = step(qwen3), step(omni)
-    run_qwen3(), run_omni()
-    for _ in range(repeats):
-        qwen3_times.append(median_time(run_qwen3, 1))
-        omni_times.append(median_time(run_omni, 1))
+    for index in range(repeats):
+        order = [(run_qwen3, qwen3_times), (run_omni, omni_times)]
+        for run, times in order if index % 2 else order[::-1]:
+            times.append(median_time(run, 1))
     tokens = batch * length
     qwen3_tps, omni_tps = tokens / statistics.median(qwen3_times), tokens / statistics.median(omni_times)
     print(f"training step, {omni.num_parameters() / 1e6:.1f}M params, batch {batch} x {length} tokens:")
@@ -109,7 +113,11 @@ def encode_ratio(repeats: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU time or wall time")
+    parser.add_argument("--num_threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    torch.set_num_threads(args.num_threads)
+    print(f"torch {torch.__version__}, {args.num_threads} thread(s), {args.clock} clock, median of {args.repeats}")
     training_step_ratio(args.repeats)
     encode_ratio(args.repeats)
