@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -219,3 +220,20 @@ def test_two_cpu_processes_complete_and_write_one_checkpoint(prepared_corpus, sn
     assert checkpoints == ["checkpoint-4"]
     assert "Done: 4 steps" in result.stderr
     AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+
+
+def test_push_to_hub_checks_the_repo_id_first_and_publishes_through_the_checked_path(
+    prepared_corpus, snac_24khz_dir, tmp_path, monkeypatch
+):
+    with pytest.raises(ValueError, match="not of the form 'owner/name'"):
+        pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "bad", "--push_to_hub", "true",
+                                 "--hub_model_id", "no-slash", "--max_steps", "1"))
+    assert not (tmp_path / "bad" / "model.safetensors").exists()  # nothing was trained
+
+    pushed = []
+    monkeypatch.setattr(pretrain, "push_to_hub", lambda folder, repo_id, **kwargs: pushed.append((Path(folder), repo_id)))
+    out = tmp_path / "run"
+    trainer, _ = pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, out, "--push_to_hub", "true",
+                                          "--hub_model_id", "someone/omni-tiny", "--max_steps", "1"))
+    assert pushed == [(out, "someone/omni-tiny")]
+    assert not trainer.args.push_to_hub  # the Trainer itself never uploads checkpoints

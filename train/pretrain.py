@@ -38,6 +38,7 @@ from qwen_omni.training.data import (
     prepare_dataset,
     read_prepare_info,
 )
+from qwen_omni.training.hub import push_to_hub, validate_repo_id
 from qwen_omni.training.init_model import (
     build_omni_from_scratch,
     build_omni_from_text_model,
@@ -306,6 +307,11 @@ def build_datasets(script_args: PretrainArguments, processor, rows, seed: int):
 def main(script_args: PretrainArguments, training_args: TrainingArguments, callbacks: list | None = None):
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    push = training_args.push_to_hub
+    if push:
+        validate_repo_id(training_args.hub_model_id)
+        # the Trainer would upload checkpoints as it goes; publishing waits for hub.push_to_hub's checks at the end
+        training_args.push_to_hub = False
     checkpoint = resolve_checkpoint(training_args)
     with training_args.main_process_first(desc="building the model and preparing the data"):
         model, processor = load_or_build_model(script_args, output_dir)
@@ -349,6 +355,9 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
             f"Done: {result.global_step} steps, final training loss {result.training_loss:.4f}. The checkpoint in "
             f"{output_dir} loads with AutoModelForCausalLM.from_pretrained({str(output_dir)!r}, trust_remote_code=True)."
         )
+        if push:
+            push_to_hub(output_dir, training_args.hub_model_id, private=bool(training_args.hub_private_repo),
+                        datasets=[script_args.dataset_name])
     return trainer, result
 
 
