@@ -26,7 +26,9 @@ def _omni_model(model: torch.nn.Module) -> torch.nn.Module:
 
 class ModalityWeightedLossMixin:
     """
-    Mixin for `transformers.Trainer` subclasses (TRL's `SFTTrainer` included) that train an `OmniForCausalLM`.
+    Mixin for `transformers.Trainer` subclasses that train an `OmniForCausalLM` with the model's own loss. (TRL 1.16's
+    `SFTTrainer.compute_loss` computes its own plain cross-entropy, so with SFTTrainer put this mixin on a subclass
+    that routes to the model's loss, as `voice_sft.VoiceSFTTrainer` does.)
 
     - `num_items_in_batch` becomes the summed modality weight of the targets of the whole accumulated batch (all
       processes), instead of their count, so the weighted loss is exact under gradient accumulation and DDP.
