@@ -275,6 +275,14 @@ class OmniConfig(Qwen3Config):
         """The [`SNACTokenLayout`] these settings describe."""
         return SNACTokenLayout(self.vq_strides, self.codebook_size, self.audio_token_offset)
 
+    def is_audio_target(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Which ids count as audio for the loss weights and per-modality metrics: audio ids and audio-end (the
+        decision to stop speaking belongs to the audio stream); every other id counts as text."""
+        is_audio = self.token_layout.is_audio(token_ids)
+        if self.audio_end_token_id is not None:
+            is_audio |= token_ids == self.audio_end_token_id
+        return is_audio
+
     @property
     def samples_per_frame(self) -> int:
         """Audio samples covered by one frame of `tokens_per_frame` tokens."""

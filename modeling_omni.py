@@ -74,9 +74,7 @@ class OmniForCausalLM(Qwen3ForCausalLM):
         return self._weights_and_audio_mask(targets)[0]
 
     def _weights_and_audio_mask(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        is_audio = self.config.token_layout.is_audio(targets)
-        if self.config.audio_end_token_id is not None:
-            is_audio |= targets == self.config.audio_end_token_id
+        is_audio = self.config.is_audio_target(targets)
         weights = torch.where(is_audio, self.config.audio_loss_weight, self.config.text_loss_weight)
         return weights.masked_fill(targets == IGNORE_INDEX, 0.0).float(), is_audio
 

@@ -173,8 +173,6 @@ def token_metrics_from_logits(model_config) -> tuple:
     next-token predictions, overall and for text and audio targets (audio ids and audio-end count as audio).
     Only four numbers per position are kept from the logits, so evaluation memory does not grow with the vocabulary.
     """
-    layout = model_config.token_layout
-    audio_end = model_config.audio_end_token_id
 
     def preprocess_logits_for_metrics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if isinstance(logits, tuple):
@@ -184,7 +182,7 @@ def token_metrics_from_logits(model_config) -> tuple:
         safe = targets.clamp(min=0)
         log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
         correct = logits.argmax(-1) == safe
-        is_audio = layout.is_audio(safe) | ((safe == audio_end) if audio_end is not None else torch.zeros_like(valid))
+        is_audio = model_config.is_audio_target(safe)
         return torch.stack([valid.float(), (correct & valid).float(), log_probs * valid, is_audio.float()], dim=-1)
 
     def compute_metrics(eval_prediction) -> dict[str, float]:
