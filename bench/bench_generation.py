@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from qwen_omni import OmniConfig, OmniForCausalLM  # noqa: E402
-from qwen_omni.training.init_model import SPEECH_GENERATION_DEFAULTS  # noqa: E402
+from qwen_omni.omni.build import SPEECH_GENERATION_DEFAULTS  # noqa: E402
 
 GPT2_VOCAB = 50257
 NUM_SPECIAL = 8  # pad + the six Omni tokens + one spare, as add_omni_tokens leaves a GPT-2 tokenizer (eos exists)

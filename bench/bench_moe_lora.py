@@ -56,7 +56,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import Qwen3OmniMoeTextConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerTextModel
 
-from qwen_omni.qwen3_omni_moe.routed_lora import apply_routed_lora, routed_lora_experts_forward
+from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora, routed_lora_experts_forward
 
 
 VARIANTS = ("base", "base_routed_path", "peft", "routed")

@@ -41,8 +41,8 @@ pretrain = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = pretrain  # dataclasses look their module up
 spec.loader.exec_module(pretrain)
 
-from qwen_omni.training.packing import OmniPackingCollator, build_packed_dataset, build_task_samples, parse_task_ratios  # noqa: E402
-from qwen_omni.training.trainer import MuonWithAdamW, muon_parameter_groups  # noqa: E402
+from qwen_omni.omni.packing import OmniPackingCollator, build_packed_dataset, build_task_samples, parse_task_ratios  # noqa: E402
+from qwen_omni.omni.trainer import MuonWithAdamW, muon_parameter_groups  # noqa: E402
 
 
 def setup(work_dir: Path, codec: str | None, max_length: int):

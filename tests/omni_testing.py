@@ -43,14 +43,14 @@ def save_snac_checkpoint(config: dict, path, seed: int = 0) -> Path:
 
 
 def tiny_bpe_tokenizer(vocab_size: int = 300):
-    from qwen_omni.training.init_model import train_bpe_tokenizer
+    from qwen_omni.omni.build import train_bpe_tokenizer
 
     return train_bpe_tokenizer(CORPUS_TEXT * 4, vocab_size=vocab_size)
 
 
 def build_tiny_omni(codec_dir, output_dir, hidden_size: int = 64, num_layers: int = 2, seed: int = 0, **kwargs):
     """A tiny random Omni checkpoint around the tiny BPE tokenizer, saved to `output_dir`; returns (model, processor)."""
-    from qwen_omni.training.init_model import build_omni_from_scratch, save_omni_checkpoint
+    from qwen_omni.omni.build import build_omni_from_scratch, save_omni_checkpoint
 
     model, processor = build_omni_from_scratch(
         tiny_bpe_tokenizer(), codec_dir, hidden_size=hidden_size, num_hidden_layers=num_layers,

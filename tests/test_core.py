@@ -11,7 +11,7 @@ import torch
 from omni_testing import REPO_ROOT, TINY_SNAC_24KHZ, TINY_SNAC_32KHZ, run_without_qwen_omni
 
 from qwen_omni import OmniConfig, OmniForCausalLM, OmniProcessor, SNACFeatureExtractor, SNACTokenLayout
-from qwen_omni.training.trainer import OmniTrainer
+from qwen_omni.omni.trainer import OmniTrainer
 
 
 # ---------------------------------------------------------------- token layout
@@ -422,7 +422,7 @@ def test_init_model_rejects_non_qwen3(tmp_path, snac_24khz_dir):
     from transformers import GPT2Config
 
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
-    from qwen_omni.training.init_model import build_omni_from_text_model
+    from qwen_omni.omni.build import build_omni_from_text_model
 
     with pytest.raises(ValueError, match="'gpt2' model; init_model builds Omni models from Qwen3-family"):
         build_omni_from_text_model(tmp_path, snac_24khz_dir)

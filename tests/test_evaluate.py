@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from omni_testing import REPO_ROOT
 
-from qwen_omni.training.evaluation import error_rates, normalize_text, si_sdr
+from qwen_omni.omni.evaluation import error_rates, normalize_text, si_sdr
 
 
 def test_error_rates_on_known_strings():

@@ -10,7 +10,7 @@ import soundfile
 
 from omni_testing import REPO_ROOT
 from qwen_omni import SNACFeatureExtractor
-from qwen_omni.training.data import (
+from qwen_omni.omni.corpus import (
     load_audio_text_rows,
     load_prepared_dataset,
     prepare_dataset,
@@ -50,7 +50,7 @@ def test_read_audio_formats_and_resampling(tmp_path, feature_extractor):
     # a 16 kHz file comes out at the codec's rate with the same duration
     soundfile.write(tmp_path / "clip16k.wav", waveform[::3], 8000)
     rows = [{"id": "a", "audio": str(tmp_path / "clip16k.wav"), "text": "hello", "speaker": None}]
-    from qwen_omni.training.data import _decode_row
+    from qwen_omni.omni.corpus import _decode_row
 
     _, resampled, reason = _decode_row(rows[0], 24000, None)
     assert reason is None and abs(resampled.size - waveform.size) <= 3

@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from omni_testing import REPO_ROOT
 from qwen_omni import OmniConfig, OmniForCausalLM
 from qwen_omni.feature_extraction_omni import SNACFeatureExtractor
-from qwen_omni.training.data import load_audio_text_rows, prepare_dataset
-from qwen_omni.training.packing import (
+from qwen_omni.omni.corpus import load_audio_text_rows, prepare_dataset
+from qwen_omni.omni.packing import (
     OmniPackingCollator,
     build_packed_dataset,
     build_task_samples,

@@ -13,7 +13,7 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoProcessor, Qwen3OmniMoeForConditionalGeneration
 
-from qwen_omni.qwen3_omni_moe import (
+from qwen_omni.qwen3_omni import (
     ModalityLossWeights,
     Qwen3OmniSFTCollator,
     Qwen3OmniSFTTrainer,
@@ -21,8 +21,8 @@ from qwen_omni.qwen3_omni_moe import (
     load_conversation_dataset,
     load_thinker,
 )
-from qwen_omni.qwen3_omni_moe.configuration import Qwen3OmniSFTConfig
-from qwen_omni.qwen3_omni_moe.data import load_video
+from qwen_omni.qwen3_omni.arguments import Qwen3OmniSFTConfig
+from qwen_omni.qwen3_omni.conversations import load_video
 
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -336,31 +336,27 @@ def test_merged_checkpoint_matches_base_plus_adapter(workdir, trained, processor
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_omni_checkpoints_are_handed_to_voice_sft(tmp_path, monkeypatch):
+def test_omni_checkpoints_are_handed_to_voice_sft(tmp_path, workdir):
     import importlib.util
-    import types
 
     from transformers import AutoConfig
 
     AutoConfig.for_model("omni").save_pretrained(tmp_path)  # the Omni config, registered by `import qwen_omni`
-    calls = []
-    fake = types.ModuleType("qwen_omni.training.voice_sft")
-    fake.main = lambda *args: calls.append(args)
-    fake.VoiceSFTArguments = type("VoiceSFTArguments", (), {})
-    monkeypatch.setitem(sys.modules, "qwen_omni.training.voice_sft", fake)
     spec = importlib.util.spec_from_file_location("sft_script", os.path.join(REPO, "train", "sft.py"))
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    model_args = types.SimpleNamespace(model_name_or_path=str(tmp_path), model_revision=None)
-    script.main("script_args", "training_args", model_args, "omni_args", "voice_args")
-    assert calls == [("script_args", "training_args", model_args, "voice_args")]
+    assert script.checkpoint_model_type(["--model_name_or_path", str(tmp_path), "--output_dir", "x"]) == "omni"
+    config_file = tmp_path / "recipe.yaml"
+    config_file.write_text(f"model_name_or_path: {tmp_path}\nlearning_rate: 1.0e-4\n")
+    assert script.checkpoint_model_type(["--config", str(config_file)]) == "omni"
+    assert script.checkpoint_model_type(["--model_name_or_path", str(workdir["base"])]) == "qwen3_omni_moe"
 
 
 @pytest.mark.parametrize("moe_lora_impl", ["routed", "peft"])
 def test_trainer_uses_the_routed_expert_lora_by_default(workdir, processor, tmp_path, moe_lora_impl):
     from peft.tuners.lora.layer import ParamWrapper as PeftParamWrapper
 
-    from qwen_omni.qwen3_omni_moe.routed_lora import ParamWrapper as RoutedParamWrapper
+    from qwen_omni.qwen3_omni.routed_lora import ParamWrapper as RoutedParamWrapper
 
     dataset = load_conversation_dataset(workdir["data"])
     args = Qwen3OmniSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)

@@ -11,8 +11,8 @@ from peft.tuners.lora import layer as peft_lora_layer
 from transformers import Qwen3OmniMoeTextConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerTextModel
 
-from qwen_omni.qwen3_omni_moe import routed_lora
-from qwen_omni.qwen3_omni_moe.routed_lora import apply_routed_lora
+from qwen_omni.qwen3_omni import routed_lora
+from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora
 
 
 NUM_LAYERS, NUM_EXPERTS, HIDDEN, EXPERT_INTERMEDIATE = 2, 8, 32, 16

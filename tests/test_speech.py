@@ -29,7 +29,7 @@ from qwen_omni.generation_omni import (
     crossfade_join,
     split_sentences,
 )
-from qwen_omni.training.init_model import build_omni_from_scratch, save_omni_checkpoint
+from qwen_omni.omni.build import build_omni_from_scratch, save_omni_checkpoint
 
 
 def _random_omni(codec_dir, seed=0):

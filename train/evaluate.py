@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from qwen_omni.training.evaluation import evaluate_model
+from qwen_omni.omni.evaluation import evaluate_model
 
 
 @dataclass

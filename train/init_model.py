@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from qwen_omni.training.init_model import build_omni_from_scratch, build_omni_from_text_model, save_omni_checkpoint
+from qwen_omni.omni.build import build_omni_from_scratch, build_omni_from_text_model, save_omni_checkpoint
 
 
 @dataclass

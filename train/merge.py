@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from qwen_omni.qwen3_omni_moe import merge_adapter
+from qwen_omni.qwen3_omni import merge_adapter
 
 
 @dataclass

@@ -31,28 +31,28 @@ from transformers.utils import logging
 from trl import TrlParser
 
 from qwen_omni.feature_extraction_omni import SNACFeatureExtractor
-from qwen_omni.training.data import (
+from qwen_omni.omni.corpus import (
     is_prepared_dataset,
     load_audio_text_rows,
     load_prepared_dataset,
     prepare_dataset,
     read_prepare_info,
 )
-from qwen_omni.training.hub import push_to_hub, validate_repo_id
-from qwen_omni.training.init_model import (
+from qwen_omni.omni.hub import push_to_hub, validate_repo_id
+from qwen_omni.omni.build import (
     build_omni_from_scratch,
     build_omni_from_text_model,
     save_omni_checkpoint,
     train_bpe_tokenizer,
 )
-from qwen_omni.training.packing import (
+from qwen_omni.omni.packing import (
     TASKS,
     OmniPackingCollator,
     build_packed_dataset,
     build_task_samples,
     parse_task_ratios,
 )
-from qwen_omni.training.trainer import OmniPretrainer, token_metrics_from_logits
+from qwen_omni.omni.trainer import OmniPretrainer, token_metrics_from_logits
 
 
 logger = logging.get_logger("qwen_omni.pretrain")

@@ -4,14 +4,21 @@
         --model_name_or_path Qwen/Qwen3-Omni-30B-A3B-Instruct --dataset_name data.jsonl --output_dir out
 
 Every TRL/Trainer flag works (`TrlParser` over `ScriptArguments`, `SFTConfig`, `ModelConfig`). A checkpoint whose
-config has `model_type == "omni"` (the SNAC-token Omni model) is handed to `qwen_omni.training.voice_sft`, with the
-voice recipe's own options (`--speaker`, `--lora_target_embeddings`, `--lora_target_head`, ...).
+config has `model_type == "omni"` (the SNAC-token Omni model) is handed to `train/omni_voice_sft.py`, the Omni voice
+recipe, with its own options (`--speaker`, `--lora_target_embeddings`, ...).
 """
+
+import argparse
+import os
+import runpy
+import sys
+
+import yaml
 
 from transformers import AutoConfig, AutoProcessor
 from trl import ScriptArguments, TrlParser
 
-from qwen_omni.qwen3_omni_moe import (
+from qwen_omni.qwen3_omni import (
     ModalityLossWeights,
     Qwen3OmniSFTCollator,
     Qwen3OmniSFTTrainer,
@@ -19,19 +26,27 @@ from qwen_omni.qwen3_omni_moe import (
     load_conversation_dataset,
     load_thinker,
 )
-from qwen_omni.qwen3_omni_moe.configuration import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
-from qwen_omni.training.voice_sft import VoiceSFTArguments
+from qwen_omni.qwen3_omni.arguments import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
 
 
-def main(script_args, training_args, model_args, omni_args, voice_args=None):
-    config = AutoConfig.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=True
-    )
-    if config.model_type == "omni":
-        from qwen_omni.training.voice_sft import main as voice_main
+def checkpoint_model_type(argv: list[str]) -> str | None:
+    """`model_type` of the checkpoint named by `--model_name_or_path`, on the command line or in `--config`'s YAML."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--model_name_or_path")
+    peek.add_argument("--model_revision")
+    peek.add_argument("--config")
+    known, _ = peek.parse_known_args(argv)
+    name, revision = known.model_name_or_path, known.model_revision
+    if known.config and name is None:
+        with open(known.config) as f:
+            values = yaml.safe_load(f) or {}
+        name, revision = values.get("model_name_or_path"), values.get("model_revision", revision)
+    if name is None:
+        return None
+    return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=True).model_type
 
-        return voice_main(script_args, training_args, model_args, voice_args)
 
+def main(script_args, training_args, model_args, omni_args):
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     model = load_thinker(
         model_args.model_name_or_path,
@@ -91,5 +106,8 @@ def main(script_args, training_args, model_args, omni_args, voice_args=None):
 
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, Qwen3OmniSFTConfig, Qwen3OmniModelConfig, Qwen3OmniArguments, VoiceSFTArguments))
-    main(*parser.parse_args_and_config())
+    if checkpoint_model_type(sys.argv[1:]) == "omni":
+        runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "omni_voice_sft.py"), run_name="__main__")
+    else:
+        parser = TrlParser((ScriptArguments, Qwen3OmniSFTConfig, Qwen3OmniModelConfig, Qwen3OmniArguments))
+        main(*parser.parse_args_and_config())

@@ -12,7 +12,7 @@ from transformers import (
 )
 from transformers.utils import logging
 
-from .modeling import FULL_MODEL_TYPE, load_thinker
+from .loading import FULL_MODEL_TYPE, load_thinker
 
 
 logger = logging.get_logger(__name__)

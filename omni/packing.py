@@ -2,7 +2,7 @@
 """
 Pretraining samples: a mix of text-to-speech, speech-to-text and text-only sequences, packed into rows.
 
-- [`parse_task_ratios`] / [`build_task_samples`] turn prepared speech rows (see `training/data.py`) into Omni
+- [`parse_task_ratios`] / [`build_task_samples`] turn prepared speech rows (see `omni/corpus.py`) into Omni
   sequences (the formats of [`OmniProcessor`]) with configurable shares of each task.
 - [`pack_samples`] packs sequences of all tasks together into rows of at most `max_length` tokens (best-fit
   decreasing), [`fill_rows`] optionally fills the space the packing leaves with copies of short samples (text-only),

@@ -157,7 +157,7 @@ def apply_routed_lora(model: nn.Module) -> int:
     `save_pretrained`, `PeftModel.from_pretrained`, `merge_and_unload` and multiple adapters stay PEFT's, and an
     adapter trained either way loads and runs the other way. Calling it again converts only wrappers added since.
 
-    Wiring (`qwen3_omni_moe/lora.py`, option `moe_lora_impl: "routed" | "peft"`, default "routed"):
+    Wiring (`qwen3_omni/lora_targets.py`, option `moe_lora_impl: "routed" | "peft"`, default "routed"):
 
         peft_model = get_peft_model(thinker, lora_config)   # or PeftModel.from_pretrained(thinker, adapter_dir)
         if moe_lora_impl == "routed":

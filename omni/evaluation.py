@@ -25,7 +25,7 @@ from transformers.utils import logging
 
 from ..modeling_omni import OmniForCausalLM
 from ..processing_omni import IGNORE_INDEX, OmniProcessor
-from .data import read_audio
+from .corpus import read_audio
 from .voice_sft import VoiceClip, read_clips
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from transformers import ProcessorMixin
 from transformers.utils import logging
 
-from .data import ModalityLossWeights, conversation_modalities, load_audio, load_image, load_video
+from .conversations import ModalityLossWeights, conversation_modalities, load_audio, load_image, load_video
 
 
 logger = logging.get_logger(__name__)

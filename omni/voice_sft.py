@@ -29,7 +29,7 @@ from trl import SFTTrainer
 
 from ..modeling_omni import OmniForCausalLM
 from ..processing_omni import IGNORE_INDEX, OmniProcessor
-from .data import load_audio_text_rows, read_audio, read_sampling_rate
+from .corpus import load_audio_text_rows, read_audio, read_sampling_rate
 from .trainer import ModalityWeightedLossMixin
 
 
@@ -70,7 +70,7 @@ class VoiceClip:
     """One training example: where its audio is, what is said and who says it."""
 
     audio: str | dict
-    """A file path or a `{"path", "bytes"}` value, decoded by [`~training.data.read_audio`]."""
+    """A file path or a `{"path", "bytes"}` value, decoded by [`~omni.corpus.read_audio`]."""
     text: str
     speaker: str | None
 
@@ -92,7 +92,7 @@ def read_clips(
 ) -> list[VoiceClip]:
     """
     Read a speaker's (audio, transcript) clips from any source that `train/prepare_data.py` reads (see
-    [`~training.data.load_audio_text_rows`]): a folder with `metadata.jsonl` / `.json` / `.csv` / `.tsv` (audio
+    [`~omni.corpus.load_audio_text_rows`]): a folder with `metadata.jsonl` / `.json` / `.csv` / `.tsv` (audio
     paths relative to it), such a file, a LibriSpeech / LibriTTS tree, a `save_to_disk` folder or a Hub dataset.
 
     Unlike data preparation, which skips and lists unusable rows, a voice is learned from few clips: any clip without

@@ -1,1 +1,0 @@
-"""Library code behind the `train/` scripts: checkpoint building, data preparation and training for Omni models."""
