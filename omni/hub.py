@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError
+from huggingface_hub.utils import validate_repo_id as hf_validate_repo_id
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import logging
 
 
@@ -26,7 +28,6 @@ logger = logging.get_logger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CARD_TEMPLATE = REPO_ROOT / "model_card.md"
-REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 # Files whose `auto_map` names the remote-code modules of a checkpoint.
 AUTO_MAP_FILES = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
 ADAPTER_FILES = ("adapter_config.json",)
@@ -35,8 +36,14 @@ UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", "runs/**", "eval/*.wav", "*.
 
 
 def validate_repo_id(repo_id: str | None) -> str:
-    """`owner/name` (letters, digits, `-`, `_`, `.`), or a `ValueError` saying what is wrong and the fix."""
-    if not repo_id or not REPO_ID_PATTERN.match(repo_id) or "--" in repo_id or ".." in repo_id:
+    """`owner/name` as the Hub accepts it (`huggingface_hub`'s own check), or a `ValueError` saying what is wrong and
+    the fix. The owner is required, unlike on the Hub, because the model card's usage snippet names the full id."""
+    try:
+        hf_validate_repo_id(repo_id)
+        valid = isinstance(repo_id, str) and repo_id.count("/") == 1
+    except HFValidationError:
+        valid = False
+    if not valid:
         raise ValueError(
             f"repo id {repo_id!r} is not of the form 'owner/name' (a user or organisation, a slash, a model name; "
             "letters, digits, '-', '_' and '.'), e.g. --repo-id your-name/omni-nova."
@@ -67,21 +74,17 @@ def _auto_map_modules(folder: Path) -> dict[str, str]:
 def required_code_files(folder: str | os.PathLike) -> list[str]:
     """
     The Python files a folder needs for `trust_remote_code` loading: the modules its `auto_map` entries name, plus
-    the modules those import relatively (`from .generation_omni import ...`), found in the folder or, for the
-    report of what is missing, in this repository.
+    the modules those import relatively (transformers' own `get_relative_import_files`), read from the folder or, for
+    the report of what is missing, from this repository.
     """
     folder = Path(folder)
-    pending = list(_auto_map_modules(folder))
-    needed: list[str] = []
-    while pending:
-        module = pending.pop()
+    needed: set[str] = set()
+    for module in _auto_map_modules(folder):
         filename = f"{module}.py"
-        if filename in needed:
-            continue
-        needed.append(filename)
+        needed.add(filename)
         source = folder / filename if (folder / filename).is_file() else REPO_ROOT / filename
         if source.is_file():
-            pending += re.findall(r"^\s*from \.(\w+) import", source.read_text(), flags=re.MULTILINE)
+            needed.update(Path(path).name for path in get_relative_import_files(source))
     return sorted(needed)
 
 
@@ -179,9 +182,12 @@ def verify_in_clean_process(folder: str | os.PathLike, timeout: int = 600) -> di
 # ---------------------------------------------------------------------------------------------------- model card
 def _hub_id(value: str | None) -> str | None:
     """A Hub id usable in card metadata: local paths are left out (the Hub rejects them)."""
-    if not value or os.path.exists(value) or not REPO_ID_PATTERN.match(value):
+    if not value or os.path.exists(value):
         return None
-    return value
+    try:
+        return validate_repo_id(value)
+    except ValueError:
+        return None
 
 
 def eval_results_from_report(report: dict, dataset_id: str, dataset_name: str) -> list[EvalResult]:
