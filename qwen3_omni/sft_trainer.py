@@ -51,6 +51,7 @@ class Qwen3OmniSFTTrainer(SFTTrainer):
             # Same parameters and adapter files as PEFT's wrapper; the expert update runs on routed tokens only.
             converted = apply_routed_lora(self.model)
             logger.info(f"Routed-token LoRA forward on {converted} router/expert parameter wrappers.")
+        self._logits_wanted = True
         self._collator_totals = {"train": dict.fromkeys(STAT_KEYS, 0), "eval": dict.fromkeys(STAT_KEYS, 0)}
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
@@ -97,11 +98,19 @@ class Qwen3OmniSFTTrainer(SFTTrainer):
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss / steps
         self._record_metrics(inputs, outputs, mode)
 
-        if return_outputs:
+        if return_outputs and self._logits_wanted:
+            # The fused head gives no logits; `predict` / `compute_metrics` need them, so run the plain head once more.
             with torch.no_grad():
                 outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
-            return loss, outputs
-        return loss
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # `evaluate` without `compute_metrics` asks for the loss alone: then the fused forward is the only one.
+        self._logits_wanted = not prediction_loss_only
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        finally:
+            self._logits_wanted = True
 
     def _record_metrics(self, inputs: dict[str, Any], outputs: Any, mode: str) -> None:
         gather = self.accelerator.gather_for_metrics
