@@ -53,7 +53,6 @@ class VoiceSFTArguments:
     lora_target_embeddings: bool = field(
         default=False, metadata={"help": "Also put LoRA on the token embeddings (embed_tokens)."}
     )
-    lora_target_head: bool = field(default=False, metadata={"help": "Also put LoRA on the output head (lm_head)."})
     allow_mixed_sampling_rates: bool = field(
         default=False,
         metadata={"help": "Accept one speaker's clips at several sampling rates (each is resampled to the codec's)."},
@@ -225,15 +224,13 @@ class VoiceSFTTrainer(ModalityWeightedLossMixin, _OmniLossSFTTrainer):
 
 
 def lora_config(model_args, voice_args: VoiceSFTArguments):
-    """The LoRA config: attention and MLP projections (or `model_args.lora_target_modules`), embeddings / head on
-    request."""
+    """The LoRA config: attention and MLP projections (or `model_args.lora_target_modules`), embeddings on request.
+    No option for LoRA on `lm_head`: TRL's `SFTTrainer` refuses an adapter there (it would never train)."""
     from peft import LoraConfig
 
     targets = list(model_args.lora_target_modules or DEFAULT_LORA_TARGETS)
     if voice_args.lora_target_embeddings and "embed_tokens" not in targets:
         targets.append("embed_tokens")
-    if voice_args.lora_target_head and "lm_head" not in targets:
-        targets.append("lm_head")
     return LoraConfig(
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
