@@ -20,31 +20,76 @@ modules (shapes `(E * r, in)` and `(out, E * r)`), so state-dict keys, `save_pre
 behave as with PEFT's wrapper; only the forward differs. Anything the routed forward does not cover (expert
 parallelism, experts with bias or a post-expert norm, implementations other than `eager` / `grouped_mm`) falls back to
 PEFT's own forward.
+
+Experts stored in 4 bits (`quantized_experts.py`) are dequantized one hit expert at a time (`eager`) or as a transient
+stack (`grouped_mm`), never kept in the autograd graph. `lora_dropout` works here as in PEFT's `lora.Linear`: each
+routed (token, expert) row is dropped out on its way into `A`, and the router's input likewise; PEFT's own wrapper
+cannot do this (it folds the update into the weight) and refuses it.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+
 import torch
+from peft import LoraConfig
 from peft.tuners.lora import layer as peft_lora_layer
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from transformers.integrations import moe as hf_moe
 from transformers.utils import logging
+
+from .quantized_experts import (
+    EXPERT_PARAMETER_NAMES,
+    is_fused_experts,
+    nf4_expert_linear,
+    nf4_grouped_linear,
+    nf4_parametrization,
+)
 
 
 logger = logging.get_logger(__name__)
 
 # The expert parameters this wrapper knows how to apply routed-token LoRA to (a gated MoE's fused projections).
-ROUTED_PARAMETER_NAMES = ("gate_up_proj", "down_proj")
+ROUTED_PARAMETER_NAMES = EXPERT_PARAMETER_NAMES
 # `experts_implementation` values whose computation is reproduced by the routed forward.
 ROUTED_EXPERTS_IMPLEMENTATIONS = ("eager", "grouped_mm")
 
-# (A: (E, r, in), B: (E, out, r), scaling) of one active adapter on one expert parameter.
-LoraFactors = tuple[torch.Tensor, torch.Tensor, float]
+# (A: (E, r, in), B: (E, out, r), scaling, dropout) of one active adapter on one expert parameter.
+LoraFactors = tuple[torch.Tensor, torch.Tensor, float, nn.Module]
 
 
-def _is_fused_experts(module: nn.Module) -> bool:
-    """A transformers `@use_experts_implementation` experts module with fused, gated projections."""
-    return getattr(module, "has_gate", False) and hasattr(module, "gate_up_proj") and hasattr(module, "config")
+def _without_dropout(config: LoraConfig) -> LoraConfig:
+    config = copy.copy(config)
+    config.lora_dropout = 0.0
+    return config
+
+
+def _expert_weight_dtype(experts: nn.Module, name: str) -> torch.dtype:
+    # reading `experts.<name>` of a 4-bit tensor would dequantize the whole stack just to learn its dtype
+    quantization = nf4_parametrization(experts, name)
+    return quantization.dtype if quantization is not None else getattr(experts, name).dtype
+
+
+class _RouterLoraMode(TorchFunctionMode):
+    """Adds `scaling * B(A(dropout(x)))` to the router's `F.linear(x, weight)` while its forward runs (the router's
+    softmax / top-k come after the matmul, so the LoRA term has to join it there)."""
+
+    def __init__(self, weight: torch.Tensor, terms: list[tuple[nn.Linear, nn.Linear, float, nn.Module]]):
+        super().__init__()
+        self.weight, self.terms, self.calls = weight, terms, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is nn.functional.linear and len(args) > 1 and args[1] is self.weight:
+            self.calls += 1
+            out = func(*args, **kwargs)
+            x = args[0]
+            for lora_A, lora_B, scaling, dropout in self.terms:
+                out = out + scaling * lora_B(lora_A(dropout(x.to(lora_A.weight.dtype)))).to(out.dtype)
+            return out
+        return func(*args, **kwargs)
 
 
 class ParamWrapper(peft_lora_layer.ParamWrapper):
@@ -62,8 +107,37 @@ class ParamWrapper(peft_lora_layer.ParamWrapper):
 
     The class keeps PEFT's name on purpose: PEFT 0.21 recognises (and nests) parameter wrappers by
     `__class__.__name__ == "ParamWrapper"` when it injects or adds adapters, and this wrapper must stay one to it.
-    Build it with [`apply_routed_lora`] rather than directly.
+    Build it with [`apply_routed_lora`], or let PEFT build it through [`register_routed_lora`] (needed for
+    `lora_dropout > 0`, which PEFT's own wrapper refuses at construction).
     """
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, parameter_name: str, config: LoraConfig, **kwargs):
+        # PEFT's constructor refuses lora_dropout; build without it, then give each adapter its dropout module
+        super().__init__(base_layer, adapter_name, parameter_name, config=_without_dropout(config), **kwargs)
+        self._set_lora_dropout(adapter_name, config.lora_dropout)
+
+    def update_layer(self, adapter_name: str, r: int, lora_alpha: int, config: LoraConfig, **kwargs) -> None:
+        super().update_layer(adapter_name, r, lora_alpha=lora_alpha, config=_without_dropout(config), **kwargs)
+        self._set_lora_dropout(adapter_name, config.lora_dropout)
+
+    def _set_lora_dropout(self, adapter_name: str, lora_dropout: float) -> None:
+        if lora_dropout > 0:
+            base_layer = self.get_base_layer()
+            on_experts = is_fused_experts(base_layer) and self.parameter_name in ROUTED_PARAMETER_NAMES
+            if not on_experts and self._param_ndim != 2:
+                raise ValueError(
+                    f"lora_dropout={lora_dropout} on {type(base_layer).__name__}.{self.parameter_name}: the routed LoRA "
+                    "applies dropout only on fused MoE experts and 2-D parameters such as the router. Set lora_dropout "
+                    "to 0 or leave this parameter out of target_parameters."
+                )
+        self.lora_dropout[adapter_name] = nn.Dropout(p=lora_dropout) if lora_dropout > 0 else nn.Identity()
+
+    def _has_active_dropout(self) -> bool:
+        return any(
+            self.training and isinstance(wrapper.lora_dropout[name], nn.Dropout)
+            for wrapper in self._wrapper_chain()
+            for name in wrapper._active_adapters_to_apply()
+        )
 
     def _wrapper_chain(self) -> list[peft_lora_layer.ParamWrapper]:
         chain, module = [], self
@@ -101,7 +175,10 @@ class ParamWrapper(peft_lora_layer.ParamWrapper):
             weight_B = self.lora_B[adapter_name].weight  # (out, r * E), rank-major columns
             weight_A = weight_A.reshape(self.num_experts, -1, weight_A.shape[-1])  # (E, r, in)
             weight_B = weight_B.reshape(weight_B.shape[0], -1, self.num_experts).permute(2, 0, 1)  # (E, out, r)
-            factors.append((weight_A.to(weight_dtype), weight_B.to(weight_dtype), self.scaling[adapter_name]))
+            factors.append(
+                (weight_A.to(weight_dtype), weight_B.to(weight_dtype), self.scaling[adapter_name],
+                 self.lora_dropout[adapter_name])
+            )
         return factors
 
     def _routed_experts_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -114,7 +191,7 @@ class ParamWrapper(peft_lora_layer.ParamWrapper):
             return experts(x, *args, **kwargs)
         lora = {name: [] for name in ROUTED_PARAMETER_NAMES}
         for wrapper in chain:
-            weight_dtype = getattr(experts, wrapper.parameter_name).dtype
+            weight_dtype = _expert_weight_dtype(experts, wrapper.parameter_name)
             lora[wrapper.parameter_name].extend(wrapper._active_lora_factors(weight_dtype))
         return routed_lora_experts_forward(experts, x, *args, lora=lora, **kwargs)
 
@@ -124,19 +201,42 @@ class ParamWrapper(peft_lora_layer.ParamWrapper):
         adapter_names = [] if self.disable_adapters else self._active_adapters_to_apply()
         if not adapter_names:
             return self.base_layer(x, *args, **kwargs)
+        if self._has_active_dropout():
+            return self._input_lora_forward(x, *args, adapter_names=adapter_names, **kwargs)
         delta_weight = sum(self.get_delta_weight(adapter_name) for adapter_name in adapter_names)
         # PEFT's own `W + dW` (incl. its low-precision upcast), without the parametrization round trip
         weight = peft_lora_layer._LoraParameterProxy(delta_weight)(self.get_param())
         return torch.func.functional_call(self.base_layer, {self.parameter_name: weight}, (x, *args), kwargs)
 
+    def _input_lora_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:
+        """`F.linear(x, W) + scaling * B(A(dropout(x)))`: LoRA on the input as `lora.Linear` computes it, needed when
+        dropout is on (no weight `W + dW` can express a dropped-out input)."""
+        terms = [
+            (self.lora_A[name], self.lora_B[name], self.scaling[name], self.lora_dropout[name]) for name in adapter_names
+        ]
+        mode = _RouterLoraMode(self.get_param(), terms)
+        with mode:
+            out = self.base_layer(x, *args, **kwargs)
+        if mode.calls != 1:
+            raise RuntimeError(
+                f"LoRA dropout on {type(self.base_layer).__name__}.{self.parameter_name} needs its forward to call "
+                f"F.linear(x, {self.parameter_name}) exactly once; it did {mode.calls} times. Set lora_dropout to 0."
+            )
+        return out
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         base_layer = self.get_base_layer()
-        if _is_fused_experts(base_layer) and self.parameter_name in ROUTED_PARAMETER_NAMES:
+        if is_fused_experts(base_layer) and self.parameter_name in ROUTED_PARAMETER_NAMES:
             reason = self._routed_forward_unsupported_reason(base_layer)
             if reason is None:
                 self._check_forward_args(x, *args, **kwargs)
                 kwargs.pop("adapter_names", None)
                 return self._routed_experts_forward(x, *args, **kwargs)
+            if self._has_active_dropout():
+                raise ValueError(
+                    f"lora_dropout > 0 needs the routed-token LoRA forward, which cannot run here: {reason}. PEFT's "
+                    "ParamWrapper forward has no input to drop out; set lora_dropout to 0."
+                )
             logger.warning_once(f"Routed-token LoRA falls back to PEFT's ParamWrapper forward: {reason}.")
         elif self._param_ndim == 2 and self.base_layer is base_layer:
             self._check_forward_args(x, *args, **kwargs)
@@ -165,8 +265,9 @@ def apply_routed_lora(model: nn.Module) -> int:
 
     The routed forward serves `experts_implementation` "eager" and "grouped_mm" (read at every forward, so
     `set_experts_implementation` may come before or after); with other implementations, expert parallelism or experts
-    with biases the wrapper uses PEFT's forward and logs a warning once. Like PEFT's wrapper it requires
-    `lora_dropout=0`. Ranks: `rank_pattern` / `alpha_pattern` give the experts (or the router) their own rank and
+    with biases the wrapper uses PEFT's forward and logs a warning once. Wrappers PEFT builds have
+    `lora_dropout=0` (its constructor refuses more); for dropout let PEFT build this wrapper directly with
+    [`register_routed_lora`]. Ranks: `rank_pattern` / `alpha_pattern` give the experts (or the router) their own rank and
     alpha as in PEFT; for `target_parameters` PEFT matches the patterns against the *parameter* name, e.g.
     `rank_pattern={"mlp.experts.gate_up_proj": 16, "mlp.experts.down_proj": 16, "mlp.gate.weight": 4}` (a module-name
     key such as `"mlp.experts"` matches nothing and PEFT only warns). PEFT's layout has one rank shared by all experts
@@ -184,7 +285,7 @@ def apply_routed_lora(model: nn.Module) -> int:
             continue
         is_nested = isinstance(module.base_layer, peft_lora_layer.ParamWrapper)
         on_fused_experts = (
-            _is_fused_experts(module.get_base_layer()) and module.parameter_name in ROUTED_PARAMETER_NAMES
+            is_fused_experts(module.get_base_layer()) and module.parameter_name in ROUTED_PARAMETER_NAMES
         )
         on_plain_2d_parameter = module._param_ndim == 2 and not is_nested
         if on_fused_experts or on_plain_2d_parameter:
@@ -194,9 +295,42 @@ def apply_routed_lora(model: nn.Module) -> int:
     return converted
 
 
-def _expert_linear(x: torch.Tensor, weight: torch.Tensor, is_transposed: bool) -> torch.Tensor:
-    """`x @ W^T` for one expert's frozen weight `W` (out, in), or `x @ W` when the experts store it as (in, out)."""
-    return x @ weight if is_transposed else nn.functional.linear(x, weight)
+def register_routed_lora(config: LoraConfig, model: nn.Module) -> LoraConfig:
+    """Have PEFT build the routed [`ParamWrapper`] itself for every parameter `config.target_parameters` names in
+    `model` (PEFT's custom-module dispatch, keyed by the class that owns each parameter), so that `get_peft_model`,
+    `PeftModel.from_pretrained` and TRL's `SFTTrainer` accept `lora_dropout > 0` on the router and the experts.
+
+    Returns:
+        `LoraConfig`: `config`, with the mapping registered (it is not written to `adapter_config.json`: the adapter
+        files stay PEFT's).
+    """
+    owners = {}
+    for name, _ in model.named_parameters():
+        # a 4-bit tensor is named `<module>.parametrizations.<name>.original`
+        name = name.replace(".parametrizations.", ".").removesuffix(".original")
+        if any(name == target or name.endswith("." + target) for target in config.target_parameters or ()):
+            module = model.get_submodule(name.rpartition(".")[0])
+            # parametrize gives each 4-bit experts module a class of its own; key by the class it was built as
+            owners[torch.nn.utils.parametrize.type_before_parametrizations(module)] = ParamWrapper
+    config._register_custom_module(owners)
+    return config
+
+
+ExpertLinear = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def _frozen_expert_linear(experts: nn.Module, name: str) -> ExpertLinear:
+    """`(x, e) -> x @ W_e^T` (or `x @ W_e` for transposed experts) for the frozen tensor `experts.<name>`: a slice of the
+    stored stack, or expert `e` alone dequantized when the experts are stored in 4 bits."""
+    quantization = nf4_parametrization(experts, name)
+    if quantization is not None:
+        scales = quantization.block_scales()
+        return lambda x, expert_idx: nf4_expert_linear(x, experts, name, expert_idx, scales)
+    # split/unbind (not slicing or indexing per expert): one gradient buffer in backward, not one per expert
+    weights = getattr(experts, name).unbind(0)
+    if experts.is_transposed:
+        return lambda x, expert_idx: x @ weights[expert_idx]
+    return lambda x, expert_idx: nn.functional.linear(x, weights[expert_idx])
 
 
 def _eager_routed_forward(
@@ -221,15 +355,14 @@ def _eager_routed_forward(
     hit = [expert_idx for expert_idx, count in enumerate(counts) if count]
     selected_hidden_states = hidden_states[perm // num_top_k]
 
-    def project(x: torch.Tensor, weight: torch.Tensor, factors: list[LoraFactors]) -> torch.Tensor:
-        # split/unbind (not slicing or indexing per expert): one gradient buffer in backward, not one per expert
-        blocks, weights = x.split(counts), weight.unbind(0)
-        out = torch.cat([_expert_linear(blocks[e], weights[e], experts.is_transposed) for e in hit])
-        delta = _grouped_low_rank(x, offsets, factors)
+    def project(x: torch.Tensor, name: str) -> torch.Tensor:
+        expert_linear, blocks = _frozen_expert_linear(experts, name), x.split(counts)
+        out = torch.cat([expert_linear(blocks[e], e) for e in hit])
+        delta = _grouped_low_rank(x, offsets, lora[name])
         return out if delta is None else out + delta
 
-    proj_out = experts._apply_gate(project(selected_hidden_states, experts.gate_up_proj, lora["gate_up_proj"]))
-    proj_out = project(proj_out, experts.down_proj, lora["down_proj"])
+    proj_out = experts._apply_gate(project(selected_hidden_states, "gate_up_proj"))
+    proj_out = project(proj_out, "down_proj")
     weighted_out = proj_out * top_k_weights.reshape(-1)[perm].unsqueeze(-1)
     inv_perm = torch.empty_like(perm)
     inv_perm[perm] = torch.arange(perm.size(0), device=perm.device)
@@ -238,9 +371,10 @@ def _eager_routed_forward(
 
 
 def _grouped_low_rank(x: torch.Tensor, offsets: torch.Tensor, factors: list[LoraFactors]) -> torch.Tensor | None:
-    """`sum(scaling * (x @ A_e^T) @ B_e^T)` over expert-sorted rows `x` (`offsets`: cumulative rows per expert)."""
+    """`sum(scaling * (dropout(x) @ A_e^T) @ B_e^T)` over expert-sorted rows `x` (`offsets`: cumulative rows per
+    expert); the dropout mask is drawn per routed (token, expert) row."""
     delta = None
-    for weight_A, weight_B, scaling in factors:
+    for weight_A, weight_B, scaling, dropout in factors:
         if hf_moe._can_use_grouped_mm(x, weight_A, offsets):
             # torch's grouped_mm wants 16-byte aligned strides: zero-pad the rank (the padded products are zero)
             alignment = max(1, 16 // weight_A.element_size())
@@ -248,17 +382,20 @@ def _grouped_low_rank(x: torch.Tensor, offsets: torch.Tensor, factors: list[Lora
             if pad:
                 weight_A = nn.functional.pad(weight_A, (0, 0, 0, pad))
                 weight_B = nn.functional.pad(weight_B, (0, pad))
-        low_rank = hf_moe._grouped_mm(x, weight_A.transpose(-2, -1), offsets)  # (S, r)
+        low_rank = hf_moe._grouped_mm(dropout(x), weight_A.transpose(-2, -1), offsets)  # (S, r)
         low_rank = hf_moe._grouped_mm(low_rank, weight_B.contiguous().transpose(-2, -1), offsets)  # (S, out)
         delta = low_rank * scaling if delta is None else delta.add(low_rank, alpha=scaling)
     return delta
 
 
 def _grouped_project(
-    x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, factors: list[LoraFactors], is_transposed: bool
+    x: torch.Tensor, experts: nn.Module, name: str, offsets: torch.Tensor, factors: list[LoraFactors]
 ) -> torch.Tensor:
     """Grouped `x @ W_e^T` over expert-sorted rows plus the grouped low-rank term `(x @ A_e^T) @ B_e^T`."""
-    out = hf_moe._grouped_linear(x, weight, offsets, is_transposed=is_transposed)
+    if nf4_parametrization(experts, name) is not None:
+        out = nf4_grouped_linear(x, experts, name, offsets)
+    else:
+        out = hf_moe._grouped_linear(x, getattr(experts, name), offsets, is_transposed=experts.is_transposed)
     delta = _grouped_low_rank(x, offsets, factors)
     return out if delta is None else out + delta
 
@@ -283,11 +420,9 @@ def _grouped_routed_forward(
     tokens_per_expert = torch.histc(histc_input, bins=num_experts, min=0, max=num_experts - 1)
     offsets = torch.cumsum(tokens_per_expert, dim=0, dtype=torch.int32)
 
-    proj_out = _grouped_project(
-        selected_hidden_states, experts.gate_up_proj, offsets, lora["gate_up_proj"], experts.is_transposed
-    )
+    proj_out = _grouped_project(selected_hidden_states, experts, "gate_up_proj", offsets, lora["gate_up_proj"])
     proj_out = experts._apply_gate(proj_out)
-    proj_out = _grouped_project(proj_out, experts.down_proj, offsets, lora["down_proj"], experts.is_transposed)
+    proj_out = _grouped_project(proj_out, experts, "down_proj", offsets, lora["down_proj"])
     weighted_out = proj_out * sample_weights[perm].unsqueeze(-1)
 
     inv_perm = torch.empty_like(perm)
@@ -311,8 +446,9 @@ def routed_lora_experts_forward(
         hidden_states (`torch.Tensor`): (num_tokens, hidden) input of the MoE block.
         top_k_index (`torch.Tensor`): (num_tokens, k) experts chosen by the router.
         top_k_weights (`torch.Tensor`): (num_tokens, k) routing weights.
-        lora (`dict[str, list[LoraFactors]]`): per parameter name, the `(A (E, r, in), B (E, out, r), scaling)` of
-            every adapter to add; empty lists give the plain experts forward.
+        lora (`dict[str, list[LoraFactors]]`): per parameter name, the `(A (E, r, in), B (E, out, r), scaling,
+            dropout)` of every adapter to add; empty lists give the plain experts forward. Experts stored in 4 bits
+            are dequantized per hit expert (`eager`) or as a transient stack (`grouped_mm`).
 
     Returns:
         `torch.Tensor`: (num_tokens, hidden), the same as the experts module's forward with `W + scaling * B_e @ A_e`.
