@@ -1,0 +1,211 @@
+# Copyright 2026 The qwen-omni authors. Licensed under the Apache License, Version 2.0.
+"""
+Launch checks shared by `train/pretrain.py` and `train/sft.py`: every process says which rank of how many it is, and a
+launch that would not run as it claims is refused before any work.
+
+Library code only (`qwen_omni.launching`); the remote-code files at the repository root never import it, so it is not
+part of any checkpoint.
+
+What accelerate 1.15 and torch 2.14 really do (read from their launch code):
+
+- `accelerate launch --cpu --num_processes N` and `distributed_type: MULTI_CPU` without `--mpirun_hostfile` take the
+  single-process launcher: ONE process is started, whatever N says.
+- `torchrun --nproc_per_node N` (and accelerate's multi-GPU launcher, which calls it: `--multi_gpu`, the
+  `MULTI_GPU`/`FSDP` configs) starts N processes. Without a GPU they form a process group only when the script is told
+  to train on CPU (`--use_cpu true`: DDP over gloo); otherwise each one trains the whole model alone and they all
+  write the same output folder.
+- accelerate turns an FSDP plugin on only for GPU-like distributed types: on CPU processes it drops the plugin and the
+  Trainer runs DDP. FSDP2 (`fully_shard`) itself works over gloo, so [`check_launch`] lets accelerate's FSDP2 path
+  (wrapping, sharded checkpoints) run on CPU processes when they were asked for with `--use_cpu true`.
+- DeepSpeed needs CUDA GPUs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from transformers import TrainerCallback, TrainingArguments
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+CPU_LAUNCH = "torchrun --nproc_per_node N <script> ... --use_cpu true"
+# environment variables through which a launcher tells a process the size of its process group
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    return environ.get(name, "false").lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What the launcher asked of this process, read from the environment it started the process with and from the
+    training arguments (`--fsdp`, `--deepspeed`)."""
+
+    num_processes: int
+    """Processes the launcher started (1 when it gave no world size)."""
+    fsdp_version: int | None
+    """FSDP version asked for (`ACCELERATE_USE_FSDP` / `--fsdp`), or None."""
+    deepspeed: bool
+    """DeepSpeed asked for (`ACCELERATE_USE_DEEPSPEED` / `--deepspeed`)."""
+    lost_processes: bool
+    """accelerate's single-process launcher was asked for several processes (it sets `MASTER_ADDR` only then) and
+    started this one alone."""
+
+    @classmethod
+    def from_environment(
+        cls, training_args: TrainingArguments | None = None, environ: Mapping[str, str] | None = None
+    ) -> LaunchRequest:
+        environ = os.environ if environ is None else environ
+        num_processes = next((int(environ[name]) for name in WORLD_SIZE_VARIABLES if environ.get(name)), 1)
+        fsdp_version = None
+        if _flag(environ, "ACCELERATE_USE_FSDP"):
+            fsdp_version = int(environ.get("FSDP_VERSION", "1"))
+        elif training_args is not None and training_args.fsdp:
+            fsdp_version = int((training_args.fsdp_config or {}).get("version", 2))
+        deepspeed = _flag(environ, "ACCELERATE_USE_DEEPSPEED") or bool(training_args is not None and training_args.deepspeed)
+        # accelerate's simple launcher always sets ACCELERATE_USE_CPU; its multi-process launchers never do
+        lost_processes = (
+            "ACCELERATE_USE_CPU" in environ and "MASTER_ADDR" in environ and "LOCAL_RANK" not in environ
+            and num_processes == 1
+        )
+        return cls(num_processes, fsdp_version, deepspeed, lost_processes)
+
+
+def refusal(request: LaunchRequest, *, device_type: str, world_size: int, has_gpu: bool) -> str | None:
+    """Why this launch cannot run as asked (None when it can). `device_type` and `world_size` are what accelerate
+    resolved for this process; `has_gpu` whether a CUDA GPU is visible."""
+    if request.lost_processes:
+        return (
+            "accelerate launch started ONE process although several were asked for: in accelerate 1.15 "
+            "`--cpu --num_processes N` and `distributed_type: MULTI_CPU` without `--mpirun_hostfile` take the "
+            "single-process path. For N processes on CPU (DDP over gloo) run "
+            f"`{CPU_LAUNCH}` or `accelerate launch --config_file train/accelerate/cpu_2proc.yaml <script> ... "
+            "--use_cpu true`."
+        )
+    if request.deepspeed and (device_type == "cpu" or not has_gpu):
+        return (
+            "DeepSpeed was asked for (ACCELERATE_USE_DEEPSPEED / --deepspeed, e.g. train/accelerate/"
+            "deepspeed_zero3.yaml) but there is no CUDA GPU to run it on"
+            + (" (--use_cpu is set)" if has_gpu else "")
+            + f". DeepSpeed ZeRO-3 is GPU-only here; on CPU use DDP (`{CPU_LAUNCH}`) or FSDP2 "
+            "(`accelerate launch --config_file train/accelerate/fsdp2.yaml --num_processes N <script> ... "
+            "--use_cpu true`)."
+        )
+    if request.fsdp_version is not None and device_type == "cpu":
+        if world_size == 1 and request.num_processes > 1:
+            return (
+                f"FSDP was asked for with {request.num_processes} processes, but there is no GPU and --use_cpu is "
+                "not set, so the processes did not join one process group: each would train the whole model and "
+                "write the same output_dir. Add `--use_cpu true` to shard over gloo on CPU (FSDP2 only), or "
+                "launch on GPUs."
+            )
+        if request.fsdp_version != 2:
+            return (
+                f"FSDP version {request.fsdp_version} was asked for on CPU; only FSDP2 (`fully_shard`) runs on "
+                "CPU processes. Use train/accelerate/fsdp2.yaml (fsdp_version: 2) or launch on GPUs."
+            )
+    if request.num_processes > 1 and world_size == 1:
+        return (
+            f"{request.num_processes} processes were started but they did not join one process group (no GPU, and "
+            "--use_cpu is not set): each would train the whole model alone and write the same output_dir. Add "
+            f"`--use_cpu true` for DDP over gloo on CPU (`{CPU_LAUNCH}`), or launch on GPUs."
+        )
+    return None
+
+
+def check_launch(training_args: TrainingArguments, environ: Mapping[str, str] | None = None) -> LaunchRequest:
+    """Refuse a launch that would not run as asked, log this process's rank and the world size, and (FSDP2 on CPU
+    processes) let accelerate's FSDP2 path run over gloo. Call it first in a training script's `main`.
+
+    Raises:
+        ValueError: naming what was asked for, why it cannot run here and the launch that does.
+    """
+    import torch
+
+    request = LaunchRequest.from_environment(training_args, environ)
+    has_gpu = torch.cuda.is_available()
+    # DeepSpeed without a GPU fails inside accelerate's state set-up (or silently becomes DDP under --use_cpu), so it
+    # is refused before the device is resolved
+    if request.deepspeed and (training_args.use_cpu or not has_gpu):
+        raise ValueError(refusal(request, device_type="cpu", world_size=request.num_processes, has_gpu=has_gpu))
+    device_type = training_args.device.type  # resolves accelerate's state: joins the process group, if any
+    reason = refusal(request, device_type=device_type, world_size=training_args.world_size, has_gpu=has_gpu)
+    if reason is not None:
+        raise ValueError(reason)
+    state = training_args.distributed_state
+    if request.fsdp_version == 2 and device_type == "cpu":
+        _let_accelerate_shard_cpu_processes()
+    mode = "FSDP2" if request.fsdp_version == 2 else "DeepSpeed" if request.deepspeed else "DDP"
+    logger.warning(
+        f"Process rank {training_args.process_index} of world size {training_args.world_size} (local rank "
+        f"{training_args.local_process_index}) on {training_args.device}"
+        + (f": {mode} over {state.backend}." if training_args.world_size > 1 else ": a single process.")
+    )
+    return request
+
+
+def _let_accelerate_shard_cpu_processes() -> None:
+    """Have accelerate's `AcceleratorState` honour an FSDP plugin on CPU processes.
+
+    `AcceleratorState.__init__` turns the plugin into `DistributedType.FSDP` only in its branch for GPU-like
+    distributed types and drops it for `MULTI_CPU`. Presenting the CPU process group as that branch's type for the
+    duration of the call makes it take the FSDP path; the process group (gloo) and the device (cpu) stay those that
+    `PartialState` set up, and the state ends as `DistributedType.FSDP`.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    original = AcceleratorState.__init__
+    if getattr(original, "shards_cpu_processes", False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self, *args, fsdp_plugin=None, **kwargs):
+        shared = PartialState._shared_state
+        if fsdp_plugin is not None and shared.get("distributed_type") == DistributedType.MULTI_CPU:
+            shared["distributed_type"] = DistributedType.MULTI_GPU
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+
+    __init__.shards_cpu_processes = True
+    AcceleratorState.__init__ = __init__
+
+
+def keep_present_no_split_modules(model) -> None:
+    """Drop from `model._no_split_modules` the classes `model` does not contain.
+
+    FSDP's `TRANSFORMER_BASED_WRAP` (train/accelerate/fsdp2.yaml) wraps every class named there and fails on one it
+    cannot find; the Qwen3-Omni Thinker loaded alone inherits the Talker's classes from `Qwen3OmniMoePreTrainedModel`.
+    """
+    present = {type(module).__name__ for module in model.modules()}
+    model._no_split_modules = {name for name in model._no_split_modules or () if name in present}
+
+
+class DistributedRunCallback(TrainerCallback):
+    """Logs each process's share of the training data when training starts and, under FSDP, has the final
+    `Trainer.save_model` write the whole model.
+
+    With accelerate's `SHARDED_STATE_DICT` (train/accelerate/fsdp2.yaml, kept for the checkpoints, which every rank
+    writes its shard of) `Trainer.save_model` writes no weights at all; switching to `FULL_STATE_DICT` once training
+    has ended makes it gather the full state dict and save it (an adapter for PEFT models) from the main process.
+    """
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if train_dataloader is None or not hasattr(train_dataloader.dataset, "__len__"):
+            return
+        logger.warning(
+            f"Process rank {args.process_index} of world size {args.world_size}: {len(train_dataloader)} batches of "
+            f"{args.per_device_train_batch_size} rows per epoch, of {len(train_dataloader.dataset)} training rows."
+        )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        from accelerate.state import AcceleratorState
+
+        fsdp_plugin = AcceleratorState._shared_state.get("fsdp_plugin")
+        if fsdp_plugin is not None and "FULL_STATE_DICT" not in str(fsdp_plugin.state_dict_type):
+            fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
