@@ -31,6 +31,7 @@ from transformers.utils import logging
 from trl import TrlParser
 
 from qwen_omni.feature_extraction_omni import SNACFeatureExtractor
+from qwen_omni.launching import DistributedRunCallback, check_launch
 from qwen_omni.omni.corpus import (
     is_prepared_dataset,
     load_audio_text_rows,
@@ -305,6 +306,7 @@ def build_datasets(script_args: PretrainArguments, processor, rows, seed: int):
 
 
 def main(script_args: PretrainArguments, training_args: TrainingArguments, callbacks: list | None = None):
+    check_launch(training_args)
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     push = training_args.push_to_hub
@@ -346,6 +348,7 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
         optimizer_name=script_args.optimizer,
         callbacks=callbacks,
     )
+    trainer.add_callback(DistributedRunCallback())
     result = trainer.train(resume_from_checkpoint=checkpoint)
     model.config.use_cache = True
     trainer.save_model(str(output_dir))

@@ -26,6 +26,7 @@ from qwen_omni.qwen3_omni import (
     load_conversation_dataset,
     load_thinker,
 )
+from qwen_omni.launching import DistributedRunCallback, check_launch, keep_present_no_split_modules
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
 
 
@@ -47,6 +48,7 @@ def checkpoint_model_type(argv: list[str]) -> str | None:
 
 
 def main(script_args, training_args, model_args, omni_args):
+    check_launch(training_args)
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     model = load_thinker(
         model_args.model_name_or_path,
@@ -57,6 +59,7 @@ def main(script_args, training_args, model_args, omni_args):
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
     )
+    keep_present_no_split_modules(model)  # FSDP wraps these classes; the Thinker alone lacks the Talker's
     peft_config = None
     if model_args.use_peft:
         peft_config = build_lora_config(
@@ -97,6 +100,7 @@ def main(script_args, training_args, model_args, omni_args):
         peft_config=peft_config,
         moe_lora_impl=omni_args.moe_lora_impl,
     )
+    trainer.add_callback(DistributedRunCallback())
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card(dataset_name=script_args.dataset_name)
