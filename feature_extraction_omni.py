@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import os
@@ -28,8 +29,57 @@ _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revi
 # one clip with at most this many channels may be given as (samples, channels) or (channels, samples)
 _MAX_CHANNELS = 8
 _NOISE_CHUNK = 4096
+# Longest clip encoded by default: the longest `train/prepare_data.py` keeps by default (about 2.5k audio tokens with
+# the 24 kHz codec), so that a stray hour-long file is refused instead of filling memory inside the codec.
+DEFAULT_MAX_DURATION_SECONDS = 30.0
 
 AudioInput = np.ndarray | torch.Tensor | Sequence[float]
+
+
+def _check_max_duration(max_duration_seconds: float | None) -> float:
+    """The clip-length limit in seconds: `None` is the default, anything else must be a positive number."""
+    if max_duration_seconds is None:
+        return DEFAULT_MAX_DURATION_SECONDS
+    if isinstance(max_duration_seconds, bool) or not isinstance(max_duration_seconds, (int, float, np.number)) or not (
+        max_duration_seconds > 0
+    ):
+        raise ValueError(
+            f"max_duration_seconds={max_duration_seconds!r} must be a positive number of seconds (e.g. 30.0), or "
+            "float('inf') to accept clips of any length."
+        )
+    return float(max_duration_seconds)
+
+
+def check_sampling_rate(sampling_rate, codec_rate: int | None = None) -> int:
+    """A sampling rate in Hz as an `int`, refusing what would be read as another rate (`None`, `True`, `8000.7`)."""
+    is_number = isinstance(sampling_rate, (int, float, np.integer, np.floating)) and not isinstance(
+        sampling_rate, (bool, np.bool_)
+    )
+    if not is_number or not math.isfinite(sampling_rate) or sampling_rate <= 0 or sampling_rate != int(sampling_rate):
+        codec = f"the codec encodes {codec_rate} Hz audio and resamples other rates, so " if codec_rate else ""
+        raise ValueError(
+            f"`sampling_rate` must be a positive number, got {sampling_rate!r}: {codec}pass the whole number of Hz "
+            "your audio was recorded at (e.g. `sampling_rate=16000`, as `soundfile.read` returns it)."
+        )
+    return int(sampling_rate)
+
+
+def pcm_to_float(audio: np.ndarray) -> np.ndarray:
+    """
+    A waveform array as float32: integer PCM (int8 / int16 / int32, and 8-bit unsigned as WAV files hold it) is
+    scaled to [-1, 1] by its full range, as `soundfile.read(..., dtype="float32")` does; float input is kept.
+    """
+    audio = np.asarray(audio)
+    if audio.dtype.kind == "f":
+        return audio.astype(np.float32, copy=False)
+    if audio.dtype in (np.int8, np.int16, np.int32):
+        return (audio.astype(np.float64) / 2 ** (8 * audio.dtype.itemsize - 1)).astype(np.float32)
+    if audio.dtype == np.uint8:
+        return ((audio.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    raise ValueError(
+        f"Cannot read audio of dtype {audio.dtype}: pass float samples in [-1, 1], or integer PCM as int16 / int32 / "
+        "uint8 (e.g. `soundfile.read(path, dtype='float32')`)."
+    )
 
 
 class _PositionLockedNoise(torch.nn.Module):
@@ -109,9 +159,10 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
             Value used to pad waveforms to a whole number of frames.
         codec_name_or_path (`str`, *optional*):
             Where the codec came from, kept for model cards.
-        max_duration_seconds (`float`, *optional*):
-            Longest clip accepted, in seconds; longer clips raise a `ValueError` instead of being encoded (or
-            silently truncated). `None` accepts any length.
+        max_duration_seconds (`float`, *optional*, defaults to 30.0):
+            Longest clip accepted, in seconds; longer clips raise a `ValueError` before anything is encoded (never
+            silently truncated). `None` (as configs saved before this default existed hold) means the default;
+            `float("inf")` accepts any length.
     """
 
     model_input_names = ["audio_token_ids", "audio_token_lengths"]
@@ -143,7 +194,7 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
         self.audio_token_offset = int(audio_token_offset)
         self.encode_batch_size = int(encode_batch_size)
         self.codec_name_or_path = codec_name_or_path
-        self.max_duration_seconds = max_duration_seconds
+        self.max_duration_seconds = _check_max_duration(max_duration_seconds)
         self._codec = None
         self._noise_modules: list[_PositionLockedNoise] = []
         self._device = torch.device("cpu")
@@ -203,8 +254,10 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> SNACFeatureExtractor:
         """
         Load from an Omni checkpoint or processor folder, or from a SNAC codec (`config.json` + `pytorch_model.bin`,
-        local folder or Hub id). Extra keyword arguments that name attributes (e.g. `audio_token_offset`) override
-        the saved values.
+        local folder or Hub id). Extra keyword arguments that name settings (e.g. `audio_token_offset`) override
+        the saved values; others, such as the `dtype` or `device_map` that `AutoProcessor.from_pretrained` and
+        `pipeline` pass to every component, are ignored, as transformers' own feature extractors do (and returned
+        with `return_unused_kwargs=True`).
         """
         path = str(pretrained_model_name_or_path)
         if not os.path.isdir(path) and (os.path.isabs(path) or path.startswith(".") or path.count("/") > 1):
@@ -213,16 +266,18 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
                 "SNAC checkpoint folder (config.json + pytorch_model.bin) or a Hub id such as 'hubertsiuzdak/snac_24khz'."
             )
         hub_kwargs = {key: kwargs.pop(key) for key in _HUB_KWARGS if key in kwargs}
-        for key in ("trust_remote_code", "_from_auto", "_from_pipeline", "return_unused_kwargs", "code_revision"):
-            kwargs.pop(key, None)
+        return_unused_kwargs = kwargs.pop("return_unused_kwargs", False)
         try:
             feature_extractor_dict, _ = cls.get_feature_extractor_dict(path, **hub_kwargs)
         except OSError:
             feature_extractor_dict = None
         if feature_extractor_dict is None or "codec_config" not in feature_extractor_dict:
-            return cls._from_snac_checkpoint(path, hub_kwargs, **kwargs)
-        feature_extractor_dict.update(kwargs)
-        feature_extractor = cls(**{k: v for k, v in feature_extractor_dict.items() if k != "feature_extractor_type"})
+            settings, unused = cls._split_settings(kwargs, saved=())
+            feature_extractor = cls._from_snac_checkpoint(path, hub_kwargs, **settings)
+            return (feature_extractor, unused) if return_unused_kwargs else feature_extractor
+        feature_extractor_dict.pop("feature_extractor_type", None)
+        settings, unused = cls._split_settings(kwargs, saved=feature_extractor_dict)
+        feature_extractor = cls(**{**feature_extractor_dict, **settings})
         weights_file = cached_file(path, CODEC_WEIGHTS_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
         if weights_file is None:
             raise OSError(
@@ -237,7 +292,25 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
         codec = snac.SNAC(**feature_extractor.codec_config)
         codec.load_state_dict(load_file(weights_file))
         feature_extractor.set_codec(codec)
-        return feature_extractor
+        return (feature_extractor, unused) if return_unused_kwargs else feature_extractor
+
+    @classmethod
+    def _split_settings(cls, kwargs: dict, saved) -> tuple[dict, dict]:
+        """
+        Split loader keyword arguments into settings of this feature extractor (the saved keys and the `__init__`
+        parameters of the class and its bases) and the rest, which are not ours (`dtype`, `device_map`,
+        `trust_remote_code`, ...): like `FeatureExtractionMixin.from_dict`, which only overrides known keys.
+        """
+        known = set(saved)
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass):
+                known.update(inspect.signature(klass.__init__).parameters)
+        known -= {"self", "kwargs", "args"}
+        settings = {key: value for key, value in kwargs.items() if key in known}
+        unused = {key: value for key, value in kwargs.items() if key not in known}
+        if unused:
+            logger.debug(f"SNACFeatureExtractor.from_pretrained ignores the keyword arguments {sorted(unused)}.")
+        return settings, unused
 
     @classmethod
     def _from_snac_checkpoint(cls, path: str, hub_kwargs: dict, **kwargs) -> SNACFeatureExtractor:
@@ -297,12 +370,19 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
 
         def as_tensor(audio) -> torch.Tensor:
             if isinstance(audio, torch.Tensor):
-                return audio.detach().to("cpu", torch.float32)
-            return torch.as_tensor(np.asarray(audio, dtype=np.float32))
+                audio = audio.detach().cpu()
+                if audio.is_floating_point():
+                    return audio.to(torch.float32)
+                audio = audio.numpy()
+            elif isinstance(audio, (list, tuple)):
+                return torch.as_tensor(np.asarray(audio, dtype=np.float32))
+            # integer PCM is scaled to [-1, 1]: the codec expects float audio, and int16 read as floats is ~30000x loud
+            return torch.from_numpy(np.array(pcm_to_float(audio)))
 
         def clip_to_mono(clip: torch.Tensor) -> torch.Tensor:
-            if clip.dim() == 1:
-                return clip
+            if clip.dim() == 1 or clip.numel() == 0:
+                # an empty clip (e.g. a 0-sample file read as (channels, 0)) is refused below as empty
+                return clip.reshape(-1) if clip.numel() == 0 else clip
             if clip.dim() == 2:
                 channels_axis = 0 if clip.shape[0] <= clip.shape[1] else 1
                 if clip.shape[channels_axis] > _MAX_CHANNELS:
@@ -351,6 +431,17 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
                 raise ValueError(f"Audio clip {index} contains NaN or infinite samples.")
         return clips
 
+    def check_durations(self, num_samples: Sequence[int], sampling_rate: int) -> None:
+        """Raise a `ValueError` naming the first clip longer than `max_duration_seconds` (before any encoding)."""
+        for index, samples in enumerate(num_samples):
+            duration = samples / sampling_rate
+            if duration > self.max_duration_seconds:
+                raise ValueError(
+                    f"Audio clip {index} lasts {duration:.1f} s, longer than max_duration_seconds="
+                    f"{self.max_duration_seconds}; split it into shorter clips, or raise the limit "
+                    "(`feature_extractor.max_duration_seconds`, float('inf') for none)."
+                )
+
     def _resample(self, clips: list[torch.Tensor], sampling_rate: int) -> list[torch.Tensor]:
         if sampling_rate == self.sampling_rate:
             return clips
@@ -377,22 +468,10 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
             One entry per clip: a list of `num_codebooks` 1-D `LongTensor`s covering `ceil(samples / samples_per_frame)`
             frames (the padding needed by the codec beyond that is trimmed).
         """
-        if sampling_rate is None or not isinstance(sampling_rate, (int, np.integer, float)) or sampling_rate <= 0:
-            raise ValueError(
-                f"`sampling_rate` must be a positive number, got {sampling_rate!r}: the codec encodes "
-                f"{self.sampling_rate} Hz audio and resamples other rates, so pass the rate of your audio "
-                "(e.g. `sampling_rate=16000`)."
-            )
+        sampling_rate = check_sampling_rate(sampling_rate, self.sampling_rate)
         clips = self._to_mono_list(raw_audio)
-        if self.max_duration_seconds is not None:
-            for index, clip in enumerate(clips):
-                duration = clip.numel() / sampling_rate
-                if duration > self.max_duration_seconds:
-                    raise ValueError(
-                        f"Audio clip {index} lasts {duration:.1f} s, longer than max_duration_seconds="
-                        f"{self.max_duration_seconds}; split it, or raise the limit on the feature extractor."
-                    )
-        clips = self._resample(clips, int(sampling_rate))
+        self.check_durations([clip.numel() for clip in clips], sampling_rate)
+        clips = self._resample(clips, sampling_rate)
         codec = self.codec
         order = sorted(range(len(clips)), key=lambda i: clips[i].numel(), reverse=True)
         codes_by_clip: list[list[torch.Tensor] | None] = [None] * len(clips)
@@ -506,10 +585,12 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
         Decode one sequence of audio token ids into a 1-D float32 waveform at `sampling_rate`.
 
         Invalid frames and a trailing partial frame are dropped and counted in a warning (see
-        [`~SNACFeatureExtractor.valid_frames`]); `strict=True` raises a `ValueError` instead.
+        [`~SNACFeatureExtractor.valid_frames`]); `strict=True` raises a `ValueError` instead. With no whole frame
+        left the result is an empty waveform, with a warning.
         """
         token_ids = self.valid_frames(token_ids, strict=strict)
         if token_ids.numel() == 0:
+            logger.warning("No whole audio frame to decode: returning an empty waveform (0 samples).")
             return np.zeros(0, dtype=np.float32)
         return self.decode_codes(self.token_layout.ids_to_codes(token_ids)).numpy()
 

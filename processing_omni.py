@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,10 +13,10 @@ import torch
 from transformers import AutoFeatureExtractor, AutoProcessor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
-from transformers.utils import logging
+from transformers.utils import CONFIG_NAME, cached_file, logging
 
 from .configuration_omni import OmniConfig, SNACTokenLayout
-from .feature_extraction_omni import SNACFeatureExtractor
+from .feature_extraction_omni import _HUB_KWARGS, SNACFeatureExtractor
 
 
 logger = logging.get_logger(__name__)
@@ -33,6 +35,39 @@ SPECIAL_TOKENS = {
 PAD_TOKEN = "<|pad|>"
 
 TASKS = ("tts", "asr", "text")
+# Every control token of the Omni formats and of Qwen tokenizers has this form (`<|audio_start|>`, `<|im_start|>`,
+# `<|endoftext|>`, the `<|reserved_N|>` rows): text holding one is refused whatever the tokenizer, so that a corpus
+# row accepted without a tokenizer (`train/prepare_data.py`) is accepted by training too.
+CONTROL_TOKEN_PATTERN = re.compile(r"<\|[^\s<>|]+\|>")
+
+
+def utterance_problem(text, speaker=None, special_tokens: Sequence[str] = (), what: str = "text") -> str | None:
+    """
+    Why a transcript (or a text to speak) and its speaker cannot go into an Omni sequence, or `None` when they can.
+
+    The one set of checks shared by [`OmniProcessor`] and `train/prepare_data.py`: the text must be a non-empty
+    string of valid Unicode, and neither it nor the speaker may hold a control-token string (one of
+    `special_tokens`, or anything of the `<|...|>` form), which the tokenizer would read as a control token. `what`
+    names the text in the message (e.g. `"transcript"`).
+    """
+    for name, value in ((what, text), ("speaker", speaker)):
+        if value is None and name == "speaker":
+            continue
+        if not isinstance(value, str):
+            return f"{name} must be a string, got {type(value).__name__}"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{name} {value!r} holds bytes that are not valid UTF-8; re-encode the text as UTF-8"
+        found = sorted({*CONTROL_TOKEN_PATTERN.findall(value), *(token for token in special_tokens if token and token in value)})
+        if found:
+            return (
+                f"{name} {value!r} contains the special-token string(s) {found}, which would be read as control "
+                "tokens; remove them"
+            )
+    if not text.strip():
+        return f"{what} {text!r} is empty; give some words"
+    return None
 
 
 class OmniProcessor(ProcessorMixin):
@@ -53,9 +88,21 @@ class OmniProcessor(ProcessorMixin):
         feature_extractor ([`SNACFeatureExtractor`]): the audio tokenizer.
         tokenizer ([`PreTrainedTokenizerBase`]): the text tokenizer, holding the special tokens above.
         chat_template (`str`, *optional*): unused by the Omni formats; kept for `ProcessorMixin` compatibility.
+        model_max_length (`int`, *optional*): the most tokens the model takes (its `max_position_embeddings`);
+            longer prompts and sequences raise a `ValueError` naming their length instead of reaching the model.
+            `from_pretrained` reads it from the checkpoint's `config.json` when the processor config lacks it.
+
+    The tokenizer is set to pad on the left, as the prompts are: callers that pad with the tokenizer's own side
+    (transformers' pipelines batch that way) then keep each prompt's ids next to the tokens generated after them.
     """
 
-    def __init__(self, feature_extractor: SNACFeatureExtractor, tokenizer, chat_template: str | None = None):
+    def __init__(
+        self,
+        feature_extractor: SNACFeatureExtractor,
+        tokenizer,
+        chat_template: str | None = None,
+        model_max_length: int | None = None,
+    ):
         missing = [token for token in SPECIAL_TOKENS.values() if token not in tokenizer.get_vocab()]
         if missing:
             raise ValueError(
@@ -69,11 +116,32 @@ class OmniProcessor(ProcessorMixin):
                 f"tokenizer's length ({len(tokenizer)}): audio ids start right after the text vocabulary. Rebuild the "
                 "checkpoint with `train/init_model.py`."
             )
+        if model_max_length is not None and (isinstance(model_max_length, bool) or not isinstance(model_max_length, int) or model_max_length <= 0):
+            raise ValueError(f"model_max_length={model_max_length!r} must be a positive number of tokens or None.")
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
         for name, token in SPECIAL_TOKENS.items():
             setattr(self, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
         if tokenizer.pad_token_id is None:
             raise ValueError("The tokenizer has no pad token; `train/init_model.py` sets one.")
+        # `init_kwargs` is what `save_pretrained` writes, so saved tokenizers (and the pipeline's copy) pad left too
+        tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"
+        self.model_max_length = model_max_length
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """`ProcessorMixin.from_pretrained`, with `model_max_length` read from the folder's `config.json`
+        (`max_position_embeddings`) when neither the processor config nor the caller gives it."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        processor = loaded[0] if isinstance(loaded, tuple) else loaded
+        if processor.model_max_length is None:
+            hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+            config_file = cached_file(
+                pretrained_model_name_or_path, CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs
+            )
+            if config_file is not None:
+                with open(config_file, encoding="utf-8") as handle:
+                    processor.model_max_length = json.load(handle).get("max_position_embeddings")
+        return loaded
 
     # ------------------------------------------------------------------ layout helpers
     @property
@@ -94,22 +162,17 @@ class OmniProcessor(ProcessorMixin):
     def eos_token_id(self) -> int:
         return self.tokenizer.eos_token_id
 
-    def _text_ids(self, text: str, what: str = "text") -> list[int]:
-        """Token ids of user text, which may never smuggle in control tokens through their strings."""
-        if not isinstance(text, str):
-            raise ValueError(f"{what} must be a string, got {type(text).__name__}.")
-        special_strings = [token for token in self._special_token_strings if token in text]
-        if special_strings:
-            raise ValueError(
-                f"{what} {text!r} contains the special-token string(s) {special_strings}, which would be read as "
-                "control tokens; remove them from the text."
-            )
-        if not text.strip():
-            raise ValueError(f"{what} {text!r} is empty; give some words to {'speak' if what == 'text' else 'use'}.")
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def utterance_problem(self, text: str, speaker: str | None = None, what: str = "text") -> str | None:
+        """Why `text` and `speaker` cannot go into a sequence (see [`utterance_problem`]), with this tokenizer's
+        special tokens; `None` when they can."""
+        return utterance_problem(text, speaker, self._special_token_strings, what=what)
 
-    def _speaker_text(self, text: str, speaker: str | None) -> str:
-        return f"{speaker}: {text}" if speaker else text
+    def _text_ids(self, text: str, what: str = "text", speaker: str | None = None) -> list[int]:
+        """Token ids of user text (`"{speaker}: {text}"` with a speaker), which may never smuggle in control tokens."""
+        problem = self.utterance_problem(text, speaker, what=what)
+        if problem is not None:
+            raise ValueError(f"{problem}.")
+        return self.tokenizer(f"{speaker}: {text}" if speaker else text, add_special_tokens=False)["input_ids"]
 
     def _audio_ids(self, audio, sampling_rate: int | None) -> list[torch.Tensor]:
         return self.feature_extractor(audio, sampling_rate=sampling_rate)["audio_token_ids"]
@@ -127,9 +190,9 @@ class OmniProcessor(ProcessorMixin):
         if voice_prompt_ids is not None:
             if not voice_prompt_text:
                 raise ValueError("A voice prompt needs its transcript: pass `voice_prompt_text`.")
-            ids += [self.text_start_token_id, *self._text_ids(self._speaker_text(voice_prompt_text, speaker), "voice_prompt_text")]
+            ids += [self.text_start_token_id, *self._text_ids(voice_prompt_text, "voice_prompt_text", speaker)]
             ids += [self.text_end_token_id, self.audio_start_token_id, *[int(i) for i in voice_prompt_ids], self.audio_end_token_id]
-        ids += [self.text_start_token_id, *self._text_ids(self._speaker_text(text, speaker))]
+        ids += [self.text_start_token_id, *self._text_ids(text, speaker=speaker)]
         ids += [self.text_end_token_id, self.audio_start_token_id]
         return ids
 
@@ -235,11 +298,14 @@ class OmniProcessor(ProcessorMixin):
                 self.tts_prompt_ids(t, speaker=s, voice_prompt_ids=voice_ids, voice_prompt_text=voice_prompt_text)
                 for t, s in zip(texts, speakers)
             ]
+            self._check_lengths(prompts, "text-to-speech prompt", for_generation=True)
             return self.pad(prompts, padding_side="left", return_tensors=return_tensors)
 
         audio_ids = self._audio_ids(audio, sampling_rate)
         if texts is None:
-            return self.pad([self.asr_prompt_ids(ids) for ids in audio_ids], padding_side="left", return_tensors=return_tensors)
+            prompts = [self.asr_prompt_ids(ids) for ids in audio_ids]
+            self._check_lengths(prompts, "speech-to-text prompt", for_generation=True)
+            return self.pad(prompts, padding_side="left", return_tensors=return_tensors)
         if len(texts) != len(audio_ids):
             raise ValueError(f"Got {len(texts)} texts for {len(audio_ids)} audio clips; pass one text per clip.")
         if task in (None, "tts"):
@@ -248,7 +314,28 @@ class OmniProcessor(ProcessorMixin):
             sequences = [self.asr_sequence_ids(ids, t) for t, ids in zip(texts, audio_ids)]
         else:
             raise ValueError("task='text' takes `text` only.")
+        self._check_lengths(sequences, "training sequence")
         return self.pad(sequences, with_labels=True, return_tensors=return_tensors)
+
+    def _check_lengths(self, sequences: Sequence[Sequence[int]], kind: str, for_generation: bool = False) -> None:
+        """Refuse sequences the model cannot take: longer than `model_max_length`, or for a prompt, leaving no
+        position to generate into."""
+        if self.model_max_length is None:
+            return
+        limit = self.model_max_length - 1 if for_generation else self.model_max_length
+        for row, sequence in enumerate(sequences):
+            if len(sequence) > limit:
+                fix = (
+                    "split the text into sentences (e.g. `qwen_omni.generation_omni.split_sentences`, as `qwen-omni "
+                    "speak` does)"
+                    if kind.startswith("text-to-speech")
+                    else "split the audio into shorter clips"
+                )
+                raise ValueError(
+                    f"The {kind} of row {row} is {len(sequence)} tokens long, but the model takes "
+                    f"{self.model_max_length} positions (model_max_length, its max_position_embeddings)"
+                    f"{' and needs room to generate' if for_generation else ''}: {fix}."
+                )
 
     def apply_transcription_request(
         self, audio, sampling_rate: int | None = None, return_tensors: str | None = "pt", **kwargs
@@ -279,9 +366,24 @@ class OmniProcessor(ProcessorMixin):
         return trimmed
 
     def decode_audio(self, token_ids: Sequence[int] | torch.Tensor) -> np.ndarray | None:
-        """The waveform of the last audio span of a sequence (the generated speech), or None if it has none."""
-        spans = [span for span in self.audio_spans(token_ids) if span.numel()]
-        return self.feature_extractor.decode(spans[-1]) if spans else None
+        """
+        The waveform of a sequence's speech: the audio after its last `<|audio_start|>` (the generated speech; the
+        last run of audio ids when the sequence holds generated ids alone). `None` when the sequence holds no audio
+        id and no audio marker; an empty waveform, with a warning, when the speech has no whole frame.
+        """
+        ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+        markers = (ids == self.audio_start_token_id) | (ids == self.audio_end_token_id)
+        if not bool(self.token_layout.is_audio(ids).any() or markers.any()):
+            return None
+        starts = (ids == self.audio_start_token_id).nonzero().flatten()
+        if len(starts):
+            ids = ids[int(starts[-1]) + 1 :]
+        spans = self.audio_spans(ids)
+        speech = (spans[0] if len(starts) else spans[-1]) if spans else ids[:0]
+        if speech.numel() == 0:
+            logger.warning("No whole audio frame was generated: returning an empty waveform (0 samples).")
+            return np.zeros(0, dtype=np.float32)
+        return self.feature_extractor.decode(speech)
 
     def decode_text(self, token_ids: Sequence[int] | torch.Tensor, **kwargs) -> str:
         """The text of a sequence, audio ids left out."""
@@ -289,18 +391,22 @@ class OmniProcessor(ProcessorMixin):
         ids = ids[ids < self.token_layout.audio_token_offset]
         return self.tokenizer.decode(ids.tolist(), **kwargs)
 
-    def decode(self, token_ids: Sequence[int] | torch.Tensor, **kwargs) -> str | np.ndarray | torch.Tensor:
+    def decode(
+        self, token_ids: Sequence[int] | torch.Tensor, **kwargs
+    ) -> str | np.ndarray | torch.Tensor | list[str | torch.Tensor]:
         """
-        A sequence's speech (1-D float32 waveform at `sampling_rate`) if it holds audio ids, else its text.
+        A sequence's speech (1-D float32 waveform at `sampling_rate`) if it is a text-to-speech sequence (it holds
+        audio ids or audio markers and no transcript), else its text. Speech without a whole frame decodes to an
+        empty waveform, with a warning.
 
-        A `(1, seq_len)` tensor (one `generate` output, as transformers' text-to-audio pipeline passes it) gives the
-        waveform as a 1-D `torch.FloatTensor`, as Dia's and CSM's processors do; more rows need `batch_decode`.
+        A 2-D tensor is `generate` output, as transformers' text-to-audio pipeline passes it: one row gives the
+        waveform as a 1-D `torch.FloatTensor`, as Dia's and CSM's processors do; several rows (e.g.
+        `num_return_sequences=2`) give a list of them, which the pipeline returns as a list of waveforms.
         """
         if isinstance(token_ids, torch.Tensor) and token_ids.dim() == 2:
-            if token_ids.shape[0] != 1:
-                raise ValueError(f"`decode` takes one sequence, got a batch of {token_ids.shape[0]}; use `batch_decode`.")
-            decoded = self.decode(token_ids[0], **kwargs)
-            return torch.from_numpy(decoded) if isinstance(decoded, np.ndarray) else decoded
+            decoded = [self.decode(row, **kwargs) for row in token_ids]
+            decoded = [torch.from_numpy(item) if isinstance(item, np.ndarray) else item for item in decoded]
+            return decoded[0] if len(decoded) == 1 else decoded
         transcript = self._transcript_ids(token_ids)
         if transcript is not None:
             return self.decode_text(transcript, **kwargs)
