@@ -25,11 +25,12 @@ import torch
 from transformers import DataCollatorWithFlattening
 from transformers.utils import logging
 
+from ..modeling_omni import IGNORE_INDEX
+from ..processing_omni import TASKS
+
 
 logger = logging.get_logger(__name__)
 
-IGNORE_INDEX = -100
-TASKS = ("tts", "asr", "text")
 
 
 def parse_task_ratios(spec: str | dict[str, float]) -> dict[str, float]:

@@ -8,6 +8,8 @@ import math
 import torch
 from transformers import Trainer
 
+from ..modeling_omni import IGNORE_INDEX
+
 
 def _omni_model(model: torch.nn.Module) -> torch.nn.Module:
     """The `OmniForCausalLM` inside DDP / accelerate / PEFT wrappers (whatever has `loss_weights`)."""
@@ -177,8 +179,8 @@ def token_metrics_from_logits(model_config) -> tuple:
     def preprocess_logits_for_metrics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if isinstance(logits, tuple):
             logits = logits[0]
-        targets = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
-        valid = targets != -100
+        targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+        valid = targets != IGNORE_INDEX
         safe = targets.clamp(min=0)
         log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
         correct = logits.argmax(-1) == safe
@@ -187,7 +189,7 @@ def token_metrics_from_logits(model_config) -> tuple:
 
     def compute_metrics(eval_prediction) -> dict[str, float]:
         stats = torch.as_tensor(eval_prediction.predictions)
-        valid = stats[..., 0] == 1  # padding between batches is -100
+        valid = stats[..., 0] == 1  # padding between batches is IGNORE_INDEX
         metrics = {}
         for name, mask in (("", valid), ("text_", valid & (stats[..., 3] == 0)), ("audio_", valid & (stats[..., 3] == 1))):
             count = int(mask.sum())
