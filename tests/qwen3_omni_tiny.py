@@ -19,6 +19,8 @@ from transformers import (
     Qwen3OmniMoeConfig,
     Qwen3OmniMoeForConditionalGeneration,
     Qwen3OmniMoeProcessor,
+    MimiConfig,
+    MimiModel,
     WhisperFeatureExtractor,
 )
 
@@ -57,7 +59,15 @@ CORPUS = [
     "Describe the sound in detail. The clip holds a steady tone, then silence.",
     "Think step by step. <think> two plus two is four </think> The answer is four.",
     "the quick brown fox jumps over the lazy dog 0 1 2 3 4 5 6 7 8 9",
+    # The role names after `<|im_start|>` are single tokens in Qwen's vocabulary, and the Talker's prompt layout in
+    # `generate` relies on it (`<|im_start|>assistant\n` is 3 tokens): make them frequent enough to merge whole.
+    "system\nuser\nassistant\n" * 16,
 ]
+
+
+# The tiny codec: 16 codebooks of 32 codes (Qwen3-Omni: 16 of Mimi's 32 codebooks, 2048 codes), 80 samples a frame.
+TINY_NUM_CODEBOOKS = 16
+TINY_CODEBOOK_SIZE = 32
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -126,29 +136,36 @@ def build_config(tokenizer: PreTrainedTokenizerFast, enable_audio_output: bool =
         "vision_start_token_id": ids["vision_bos_token"],
         "user_token_id": word_id("user"),
     }
+    # The talker speaks the codes of a tiny Mimi (see `build_mimi_config`): 16 codebooks of 32 codes, one frame per
+    # 80 samples at 24 kHz. As in the real checkpoint, the talker's vocabulary is the codebook followed by 1024
+    # special ids (`generate` suppresses the last 1024 ids except `codec_eos`), with the specials and speakers at
+    # the real offsets from the codebook size (2048 + 100.. and 2048 + 253.. in Qwen3-Omni-30B-A3B).
+    codebook = TINY_CODEBOOK_SIZE
     talker_config = {
         "text_config": {
-            "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "vocab_size": codebook + 1024, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
             "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "moe_intermediate_size": 8,
             "num_experts": 4, "num_experts_per_tok": 2, "shared_expert_intermediate_size": 16,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2],
                                 "interleaved": True},
         },
         "code_predictor_config": {
-            "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "num_code_groups": 4,
+            "vocab_size": codebook, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "num_code_groups": TINY_NUM_CODEBOOKS,
         },
-        "num_code_groups": 4, "thinker_hidden_size": hidden, "accept_hidden_layer": 1, "spatial_merge_size": 2,
-        "codec_eos_token_id": 60, "codec_nothink_id": 59, "codec_think_bos_id": 58, "codec_think_eos_id": 57,
-        "codec_pad_id": 56, "codec_bos_id": 55,
+        "num_code_groups": TINY_NUM_CODEBOOKS, "thinker_hidden_size": hidden, "accept_hidden_layer": 1,
+        "spatial_merge_size": 2,
+        "codec_pad_id": codebook + 100, "codec_bos_id": codebook + 101, "codec_eos_token_id": codebook + 102,
+        "codec_nothink_id": codebook + 107, "codec_think_bos_id": codebook + 108, "codec_think_eos_id": codebook + 109,
+        "speaker_id": {"chelsie": codebook + 253, "ethan": codebook + 254, "aiden": codebook + 255},
         "audio_token_id": ids["audio_token"], "image_token_id": ids["image_token"],
         "video_token_id": ids["video_token"], "vision_start_token_id": ids["vision_bos_token"],
         "audio_start_token_id": ids["audio_bos_token"],
     }
     code2wav_config = {
-        "codebook_size": 32, "hidden_size": 16, "num_attention_heads": 2, "num_key_value_heads": 2,
-        "intermediate_size": 32, "num_hidden_layers": 1, "num_quantizers": 4, "upsample_rates": [2, 2],
-        "upsampling_ratios": [2], "decoder_dim": 16, "sliding_window": 8,
+        "codebook_size": codebook, "hidden_size": 16, "num_attention_heads": 2, "num_key_value_heads": 2,
+        "intermediate_size": 32, "num_hidden_layers": 1, "num_quantizers": TINY_NUM_CODEBOOKS,
+        "upsample_rates": [4, 5], "upsampling_ratios": [2, 2], "decoder_dim": 16, "sliding_window": 8,
     }
     return Qwen3OmniMoeConfig(
         thinker_config=thinker_config,
@@ -164,6 +181,31 @@ def build_config(tokenizer: PreTrainedTokenizerFast, enable_audio_output: bool =
         user_token_id=word_id("user"),
         assistant_token_id=word_id("assistant"),
     )
+
+
+def build_mimi_config(num_quantizers: int = 32, codebook_size: int = TINY_CODEBOOK_SIZE, **overrides) -> MimiConfig:
+    """A tiny random Mimi matching the tiny talker: 24 kHz, 80 samples (2 * 5 * 4 * 2) per frame like the tiny
+    code2wav's upsampling, `num_quantizers` codebooks (the talker takes the first 16) of `codebook_size` codes."""
+    values = dict(
+        sampling_rate=24000, hidden_size=64, num_filters=8, num_hidden_layers=2, num_attention_heads=4, head_dim=16,
+        num_key_value_heads=4, intermediate_size=128, codebook_dim=32, vector_quantization_hidden_dimension=32,
+        upsample_groups=64, upsampling_ratios=[5, 4, 2], sliding_window=16, max_position_embeddings=512,
+        num_quantizers=num_quantizers, codebook_size=codebook_size,
+    )
+    values.update(overrides)
+    return MimiConfig(**values)
+
+
+def save_tiny_mimi(path: str | os.PathLike, seed: int = 0, **overrides) -> str:
+    """Write a tiny random `MimiModel` (see `build_mimi_config`) to `path`."""
+    torch.manual_seed(seed)
+    model = MimiModel(build_mimi_config(**overrides))
+    # A fresh MimiModel's codebooks are all zeros (every frame would get code 0): give them random centroids.
+    for name, buffer in model.named_buffers():
+        if name.endswith("codebook.embed_sum"):
+            buffer.normal_(0.0, 0.05)
+    model.save_pretrained(path)
+    return str(path)
 
 
 def save_tiny_checkpoint(path: str | os.PathLike, seed: int = 0) -> str:

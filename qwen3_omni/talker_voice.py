@@ -1,0 +1,582 @@
+# Copyright 2026 The qwen-omni authors. Licensed under the Apache License, Version 2.0.
+"""Teach Qwen3-Omni's Talker a voice: LoRA on the Talker and its code predictor, teacher-forced exactly as
+`Qwen3OmniMoeForConditionalGeneration.generate` (transformers 5.23) runs them.
+
+How `generate` feeds the Talker, and how training rebuilds it for a clip (prompt, transcript, Mimi codes `(T, 16)`):
+
+- The Thinker reads the conversation `prompt + transcript + <|im_end|>` (here in one teacher-forced, gradient-free
+  forward: what `generate` sees when the Thinker says exactly the transcript). Its input embeddings (`hidden_states[0]`)
+  and its `accept_hidden_layer` hidden states feed the Talker.
+- The user turn: multimodal positions through `talker.hidden_projection` of the hidden states, text positions through
+  `talker.text_projection` of the embeddings (transformers' `_get_talker_user_parts`).
+- The assistant turn (transformers' `_get_talker_assistant_parts`): `<|im_start|>assistant\\n`, then `tts_pad` x 4 +
+  `tts_bos` + the first text token, added to the codec ids `nothink, think_bos, think_eos, <speaker>, pad, bos`.
+- Codec step `i` (frame `i` of the clip): the sum of the embeddings of frame `i`'s 16 codes (codebook 0 through the
+  Talker's `codec_embedding`, codebook `j` through the code predictor's `codec_embedding[j - 1]`) plus the `i`-th
+  trailing text embedding (text token `i + 1`, then `tts_eos`, then `tts_pad` once the text is spent).
+- The Talker's `codec_head` at the last prompt position predicts codebook 0 of frame 0, at step `i` that of frame
+  `i + 1`, and at the last step `codec_eos`.
+- The code predictor, for frame `i`: inputs `[talker hidden state that predicted frame i, embedding of code 0,
+  code_predictor.codec_embedding[j - 1](code j) for j = 1..14]`; `lm_head[j - 1]` at position `j` predicts code `j`.
+
+The loss is the cross-entropy of both heads, logged separately (`talker_loss`, `code_predictor_loss`). The Thinker is
+frozen and runs without gradients; its outputs can be computed once per clip ([`cache_thinker_outputs`]).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig
+from torch import nn
+from transformers import AutoConfig, PretrainedConfig, Qwen3OmniMoeForConditionalGeneration, Trainer
+from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeTalkerTextExperts
+from transformers.utils import logging
+
+from .lora_targets import ATTENTION_PROJECTIONS, EXPERT_PARAMETERS, ROUTER_PARAMETER
+from .talker_voice_data import EncodedClip
+
+
+logger = logging.get_logger(__name__)
+
+# Written next to the adapter: which speaker the adapter's trained codec-embedding row is, for the merge.
+TALKER_VOICE_CONFIG_NAME = "talker_voice_config.json"
+IGNORE_INDEX = -100
+TALKER_PREFIX = "talker.model."
+CODE_PREDICTOR_PREFIX = "talker.code_predictor.model."
+CODE_PREDICTOR_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CODEC_EMBEDDING = "talker.model.codec_embedding"
+
+
+@dataclass
+class TalkerVoiceArguments:
+    """The Talker voice recipe's own options (TRL's `ScriptArguments` / `SFTConfig` / `ModelConfig` hold the rest)."""
+
+    speaker_name: str | None = field(
+        default=None,
+        metadata={"help": "Name of the new voice: talker_config.speaker_id gains it and a trained codec-embedding "
+                  "row, so that generate(..., speaker=NAME) speaks with it."},
+    )
+    init_speaker: str = field(
+        default="Ethan", metadata={"help": "Existing speaker whose codec-embedding row the new one starts from."}
+    )
+    adapt_speaker: str | None = field(
+        default=None, metadata={"help": "Fine-tune this existing voice (its row trains) instead of adding one."}
+    )
+    codec_name_or_path: str = field(
+        default="kyutai/mimi", metadata={"help": "Mimi codec (Hub id or folder) the clips are encoded with."}
+    )
+    codes_cache_dir: str | None = field(
+        default=None, metadata={"help": "Folder of the cached Mimi codes (default OUTPUT_DIR/mimi_codes)."}
+    )
+    audio_column: str = field(default="audio", metadata={"help": "Column holding the audio (path or Audio)."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the transcript."})
+    prompt_column: str | None = field(
+        default=None, metadata={"help": "Column holding a user prompt per clip (default: user_prompt_template)."}
+    )
+    user_prompt_template: str = field(
+        default="Read this aloud: {text}",
+        metadata={"help": "User turn of clips without a prompt; {text} is the transcript the assistant speaks."},
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "System turn of every conversation."})
+    max_duration: float = field(default=30.0, metadata={"help": "Clips longer than this (seconds) are skipped."})
+    silence_threshold: float = field(
+        default=1e-3, metadata={"help": "Clips whose peak amplitude is below this are skipped as silent."}
+    )
+    allow_mixed_sampling_rates: bool = field(
+        default=False, metadata={"help": "Accept clips at several sampling rates (all are resampled to Mimi's)."}
+    )
+    cache_thinker_outputs: bool = field(
+        default=True,
+        metadata={"help": "Run the frozen Thinker once per clip before training and keep its outputs (False: run "
+                  "it, without gradients, at every step)."},
+    )
+    experts_implementation: str | None = field(
+        default=None, metadata={"help": "MoE experts kernel of the Thinker: eager, grouped_mm, ..."}
+    )
+    lora_target_router: bool = field(default=True, metadata={"help": "LoRA on the Talker's routers."})
+    lora_target_experts: bool = field(default=True, metadata={"help": "LoRA on the Talker's fused experts."})
+    lora_target_code_predictor: bool = field(
+        default=True, metadata={"help": "LoRA on the code predictor's attention and MLP projections."}
+    )
+    lora_expert_r: int | None = field(default=None, metadata={"help": "LoRA rank of each expert (default lora_r)."})
+    moe_lora_impl: str = field(
+        default="routed",
+        metadata={"help": "Forward of the expert LoRA: 'routed' (routed tokens only) or 'peft' (PEFT's wrapper)."},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoint
+def check_has_talker(config: PretrainedConfig, name: str = "the checkpoint") -> None:
+    """Refuse a checkpoint without a Talker (thinker-only, or `enable_audio_output: false` such as the Thinking and
+    Captioner variants)."""
+    if config.model_type != "qwen3_omni_moe" or not getattr(config, "enable_audio_output", False):
+        raise ValueError(
+            f"{name} (model_type={config.model_type!r}, enable_audio_output="
+            f"{getattr(config, 'enable_audio_output', None)}) has no Talker, so it cannot learn a voice: the Thinking "
+            "and Captioner variants of Qwen3-Omni answer in text only. Use a checkpoint that speaks, such as "
+            "Qwen/Qwen3-Omni-30B-A3B-Instruct (train the text of the others with train/sft.py)."
+        )
+
+
+def load_talker_model(model_name_or_path: str, **kwargs) -> Qwen3OmniMoeForConditionalGeneration:
+    """Load a full Qwen3-Omni (Thinker, Talker, code2wav) after checking it has a Talker."""
+    check_has_talker(AutoConfig.from_pretrained(model_name_or_path, revision=kwargs.get("revision")), model_name_or_path)
+    return Qwen3OmniMoeForConditionalGeneration.from_pretrained(model_name_or_path, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- speaker
+def resolve_speaker(
+    config, speaker_name: str | None = None, init_speaker: str = "Ethan", adapt_speaker: str | None = None
+) -> tuple[str, int, int | None]:
+    """The speaker to train: `(name, codec id, codec id to initialise the row from or None)`.
+
+    A new `speaker_name` takes the first free codec id after the existing speakers (an id the Talker never predicts:
+    `generate` suppresses the last 1024 ids but `codec_eos`); `adapt_speaker` trains an existing voice. Names are
+    lower-cased, as `generate(speaker=...)` looks them up.
+
+    Raises:
+        `ValueError` for both or neither option, an unknown speaker, or a new name that already exists.
+    """
+    talker = config.talker_config
+    speakers = dict(talker.speaker_id or {})
+    if bool(speaker_name) == bool(adapt_speaker):
+        raise ValueError(
+            "Pass exactly one of --speaker_name NEW (add a voice) or --adapt_speaker EXISTING (fine-tune one of "
+            f"{sorted(speakers)}); got speaker_name={speaker_name!r}, adapt_speaker={adapt_speaker!r}."
+        )
+    if adapt_speaker:
+        name = adapt_speaker.lower()
+        if name not in speakers:
+            raise ValueError(f"--adapt_speaker {adapt_speaker!r} is not a speaker of this Talker: {sorted(speakers)}.")
+        return name, speakers[name], None
+    name = speaker_name.lower()
+    if name in speakers:
+        raise ValueError(
+            f"The speaker {speaker_name!r} already exists (id {speakers[name]}); pass --adapt_speaker {speaker_name} to "
+            "fine-tune that voice, or choose another --speaker_name."
+        )
+    if init_speaker.lower() not in speakers:
+        raise ValueError(f"--init_speaker {init_speaker!r} is not a speaker of this Talker: {sorted(speakers)}.")
+    vocab_size = talker.text_config.vocab_size
+    reserved = {
+        talker.codec_pad_id, talker.codec_bos_id, talker.codec_eos_token_id, talker.codec_nothink_id,
+        talker.codec_think_bos_id, talker.codec_think_eos_id, *speakers.values(),
+    }
+    codec_id = max(speakers.values()) + 1
+    while codec_id in reserved:
+        codec_id += 1
+    if codec_id >= vocab_size:
+        raise ValueError(f"No free codec id after the speakers {speakers} in the Talker's vocabulary of {vocab_size}.")
+    return name, codec_id, speakers[init_speaker.lower()]
+
+
+def add_speaker(model: Qwen3OmniMoeForConditionalGeneration, name: str, codec_id: int, init_id: int | None) -> None:
+    """Register `name` -> `codec_id` in `talker_config.speaker_id` and copy row `init_id` of the Talker's codec
+    embedding into row `codec_id` (nothing to copy when adapting an existing speaker)."""
+    if init_id is not None:
+        with torch.no_grad():
+            embedding = model.talker.get_input_embeddings().weight
+            embedding[codec_id] = embedding[init_id]
+    speakers = dict(model.config.talker_config.speaker_id or {})
+    speakers[name] = codec_id
+    model.config.talker_config.speaker_id = speakers
+
+
+def write_talker_voice_config(folder: str | os.PathLike, name: str, codec_id: int, init_id: int | None) -> None:
+    with open(os.path.join(folder, TALKER_VOICE_CONFIG_NAME), "w") as handle:
+        json.dump({"speaker_name": name, "speaker_codec_id": codec_id, "init_codec_id": init_id}, handle, indent=1)
+
+
+def read_talker_voice_config(folder: str | os.PathLike) -> dict | None:
+    path = os.path.join(folder, TALKER_VOICE_CONFIG_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
+# ---------------------------------------------------------------------------------------------------- LoRA
+class RoutableTalkerExperts(Qwen3OmniMoeTalkerTextExperts):
+    """The Talker's fused experts with the interface of transformers' `@use_experts_implementation` experts (gated,
+    bias-free, `(E, out, in)` weights, eager), so that `routed_lora.apply_routed_lora` gives their LoRA the routed-token
+    forward as on the Thinker. Parameters, forward and state-dict keys are the Talker's own; only attributes are
+    added ([`make_talker_experts_routable`] swaps the class of the existing modules)."""
+
+    has_gate = True
+    has_bias = False
+    is_transposed = False
+
+    @property
+    def config(self):
+        # The Talker's experts have a single (eager) forward; `_experts_implementation` is what routed_lora reads.
+        return _EagerExpertsConfig
+
+    def _apply_gate(self, gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        return self.act_fn(gate) * up
+
+
+class _EagerExpertsConfig:
+    _experts_implementation = "eager"
+
+
+def make_talker_experts_routable(model: nn.Module) -> int:
+    """Give the Talker's experts modules the [`RoutableTalkerExperts`] class, in place; returns how many."""
+    count = 0
+    for module in model.modules():
+        if type(module) is Qwen3OmniMoeTalkerTextExperts:
+            module.__class__ = RoutableTalkerExperts
+            count += 1
+    return count
+
+
+def build_talker_lora_config(
+    model: Qwen3OmniMoeForConditionalGeneration,
+    trainable_speaker_ids: list[int],
+    *,
+    r: int = 16,
+    lora_alpha: int = 32,
+    expert_r: int | None = None,
+    attention_projections: tuple[str, ...] = ATTENTION_PROJECTIONS,
+    target_router: bool = True,
+    target_experts: bool = True,
+    target_code_predictor: bool = True,
+    use_rslora: bool = False,
+) -> LoraConfig:
+    """The `LoraConfig` of the Talker voice recipe on the full model: LoRA on the Talker's attention, routers and
+    fused experts and on the code predictor's projections, and the speakers' codec-embedding rows trained in full
+    (PEFT's `trainable_token_indices`). Nothing of the Thinker, the projections or code2wav is targeted."""
+    target_modules, target_parameters = [], []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        leaf = name.rpartition(".")[2]
+        if name.startswith(TALKER_PREFIX) and ".self_attn." in name and leaf in attention_projections:
+            target_modules.append(name)
+        elif target_code_predictor and name.startswith(CODE_PREDICTOR_PREFIX) and leaf in CODE_PREDICTOR_PROJECTIONS:
+            target_modules.append(name)
+    wanted = ((ROUTER_PARAMETER,) if target_router else ()) + (EXPERT_PARAMETERS if target_experts else ())
+    for name, _ in model.named_parameters():
+        if name.startswith(TALKER_PREFIX) and wanted and name.endswith(wanted):
+            target_parameters.append(name)
+    if not target_modules and not target_parameters:
+        raise ValueError("No LoRA target found in the Talker: is this a Qwen3-Omni checkpoint with a Talker?")
+    rank_pattern, alpha_pattern = {}, {}
+    if target_experts and expert_r is not None:
+        for name in EXPERT_PARAMETERS:
+            rank_pattern[name], alpha_pattern[name] = expert_r, lora_alpha * expert_r / r
+    return LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=0.0,
+        target_modules=target_modules,
+        target_parameters=target_parameters or None,
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        use_rslora=use_rslora,
+        trainable_token_indices={CODEC_EMBEDDING: list(trainable_speaker_ids)},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+def conversation_ids(
+    processor, text: str, prompt: str | None, user_prompt_template: str, system_prompt: str | None = None
+) -> tuple[list[int], list[int]]:
+    """`(prompt ids ending in '<|im_start|>assistant\\n', transcript ids + <|im_end|>)` of one clip, with the
+    processor's chat template: the prompt is what `generate` receives, the rest what its Thinker would say."""
+    messages = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
+    user_text = prompt if prompt else user_prompt_template.format(text=text)
+    messages.append({"role": "user", "content": [{"type": "text", "text": user_text}]})
+    prompt_text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    tokenizer = processor.tokenizer
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    return prompt_ids, answer_ids
+
+
+@torch.no_grad()
+def thinker_outputs(
+    model: Qwen3OmniMoeForConditionalGeneration, sequence: torch.Tensor, **multimodal_inputs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Thinker's input embeddings and `accept_hidden_layer` hidden states for `sequence` `(1, L)`, teacher-forced,
+    without gradients; both `(1, L - 1, H)`: like `generate`, which never forwards the last generated token."""
+    outputs = model.thinker(input_ids=sequence, output_hidden_states=True, use_cache=False, **multimodal_inputs)
+    layer = model.config.talker_config.accept_hidden_layer
+    return outputs.hidden_states[0][:, :-1], outputs.hidden_states[layer][:, :-1]
+
+
+def talker_prompt_embeds(
+    model: Qwen3OmniMoeForConditionalGeneration,
+    prompt_ids: torch.Tensor,
+    sequence: torch.Tensor,
+    thinker_embed: torch.Tensor,
+    thinker_hidden: torch.Tensor,
+    speaker_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Talker's prompt for one conversation, as `Qwen3OmniMoeForConditionalGeneration.generate` builds it.
+
+    Args:
+        prompt_ids: `(1, P)` the prompt `generate` receives (ending in `<|im_start|>assistant\\n`).
+        sequence: `(1, L)` the prompt followed by the Thinker's answer (ending in `<|im_end|>`).
+        thinker_embed, thinker_hidden: `(1, L - 1, H)` from [`thinker_outputs`].
+        speaker_id: codec id of the speaker.
+
+    Returns:
+        `(inputs_embeds (1, N, D), talker_input_ids (1, N), trailing_text_hidden (1, K, D), tts_pad_embed (1, 1, D))`.
+    """
+    config = model.config
+    sequence_length = prompt_ids.shape[1]
+    # `generate`'s user-turn selection for one unpadded row: positions whose last <|im_start|> opens a user turn
+    positions = torch.arange(sequence_length, device=prompt_ids.device).unsqueeze(0)
+    im_start_positions = torch.where(prompt_ids == config.im_start_token_id, positions, positions.new_full((), -1))
+    previous_im_start = torch.cummax(im_start_positions, dim=-1).values.clamp_min(0)
+    role_token_ids = prompt_ids.gather(1, (previous_im_start + 1).clamp_max(sequence_length - 1))
+    user_mask = role_token_ids == config.user_token_id
+    multimodal_mask = (
+        (sequence == config.thinker_config.audio_token_id)
+        | (sequence == config.thinker_config.image_token_id)
+        | (sequence == config.thinker_config.video_token_id)
+    )
+    user_embeds = model._get_talker_user_parts(0, sequence_length, multimodal_mask, thinker_hidden, thinker_embed)
+    user_embeds, user_ids = user_embeds[user_mask].unsqueeze(0), prompt_ids[user_mask].unsqueeze(0)
+
+    assistant_start_mask = (prompt_ids[:, :-1] == config.im_start_token_id) & (
+        prompt_ids[:, 1:] == config.assistant_token_id
+    )
+    assistant_start_index = torch.nonzero(assistant_start_mask[0], as_tuple=False).flatten()[-1].item()
+    special_tokens = torch.tensor(
+        [[config.tts_bos_token_id, config.tts_eos_token_id, config.tts_pad_token_id]], device=prompt_ids.device
+    )
+    tts_bos_embed, tts_eos_embed, tts_pad_embed = model.talker.text_projection(
+        model.thinker.get_input_embeddings()(special_tokens)
+    ).chunk(3, dim=1)
+    assistant_embeds, assistant_ids, trailing_text_hidden = model._get_talker_assistant_parts(
+        assistant_start_index, sequence.shape[1], speaker_id, thinker_embed, tts_pad_embed, tts_bos_embed, tts_eos_embed
+    )
+    inputs_embeds = torch.cat((user_embeds, assistant_embeds), dim=1)
+    talker_input_ids = torch.cat((user_ids, assistant_ids), dim=1)
+    return inputs_embeds, talker_input_ids, trailing_text_hidden, tts_pad_embed
+
+
+def codec_frame_embeds(talker: nn.Module, codes: torch.Tensor) -> torch.Tensor:
+    """`(T, D)`: per frame, the sum of its codes' embeddings, as the Talker's `prepare_inputs_for_generation` does
+    (codebook 0 by the Talker's `codec_embedding`, codebook `j` by `code_predictor.codec_embedding[j - 1]`)."""
+    predictor_embeddings = talker.code_predictor.get_input_embeddings()
+    parts = [talker.get_input_embeddings()(codes[:, :1])]
+    parts += [predictor_embeddings[j - 1](codes[:, j : j + 1]) for j in range(1, codes.shape[1])]
+    return torch.cat(parts, dim=1).sum(1)
+
+
+@dataclass
+class TalkerSequence:
+    """One clip's teacher-forced Talker input: `inputs_embeds (N + T, D)`, `talker_input_ids (N + T,)`, `labels
+    (N + T,)` (codebook 0 of the next frame, `codec_eos` after the last, -100 elsewhere) and the `codes (T, G)`."""
+
+    inputs_embeds: torch.Tensor
+    talker_input_ids: torch.Tensor
+    labels: torch.Tensor
+    codes: torch.Tensor
+
+
+def build_talker_sequence(
+    model: Qwen3OmniMoeForConditionalGeneration,
+    prompt_ids: torch.Tensor,
+    sequence: torch.Tensor,
+    thinker_embed: torch.Tensor,
+    thinker_hidden: torch.Tensor,
+    speaker_id: int,
+    codes: torch.Tensor,
+) -> TalkerSequence:
+    """The Talker's whole teacher-forced input for one clip: [`talker_prompt_embeds`] followed by one step per codec
+    frame (the frame's code embeddings plus the trailing text embedding the step consumes)."""
+    config = model.config
+    prompt_embeds, prompt_talker_ids, trailing_text_hidden, tts_pad_embed = talker_prompt_embeds(
+        model, prompt_ids, sequence, thinker_embed, thinker_hidden, speaker_id
+    )
+    num_frames = codes.shape[0]
+    text_per_step = trailing_text_hidden[0, :num_frames]
+    if num_frames > text_per_step.shape[0]:
+        padding = tts_pad_embed[0].expand(num_frames - text_per_step.shape[0], -1)
+        text_per_step = torch.cat((text_per_step, padding), dim=0)
+    step_embeds = codec_frame_embeds(model.talker, codes) + text_per_step
+    inputs_embeds = torch.cat((prompt_embeds[0], step_embeds), dim=0)
+    prompt_length = prompt_embeds.shape[1]
+    talker_input_ids = torch.cat(
+        (prompt_talker_ids[0], prompt_talker_ids.new_full((num_frames,), config.tts_pad_token_id))
+    )
+    labels = torch.full_like(talker_input_ids, IGNORE_INDEX)
+    labels[prompt_length - 1 : prompt_length - 1 + num_frames] = codes[:, 0]
+    labels[prompt_length - 1 + num_frames] = config.talker_config.codec_eos_token_id
+    return TalkerSequence(inputs_embeds, talker_input_ids, labels, codes)
+
+
+@dataclass
+class TalkerVoiceOutput:
+    loss: torch.Tensor
+    talker_loss: torch.Tensor
+    code_predictor_loss: torch.Tensor
+    talker_logits: torch.Tensor
+    """`(B, L, vocab)` the Talker's `codec_head` logits at every position."""
+    code_predictor_logits: torch.Tensor
+    """`(num_frames, G - 1, codebook)` the code predictor's logits for codebooks 1..G-1 of every frame (batch-major)."""
+
+
+def talker_voice_forward(
+    model: Qwen3OmniMoeForConditionalGeneration, sequences: list[TalkerSequence]
+) -> TalkerVoiceOutput:
+    """Forward the Talker and the code predictor on a batch of teacher-forced clips (right-padded) and compute both
+    cross-entropies (mean over the predicted codes of the batch)."""
+    talker = model.talker
+    lengths = [len(sequence.labels) for sequence in sequences]
+    max_length = max(lengths)
+    hidden_size = sequences[0].inputs_embeds.shape[-1]
+    device = sequences[0].inputs_embeds.device
+    inputs_embeds = sequences[0].inputs_embeds.new_zeros((len(sequences), max_length, hidden_size))
+    attention_mask = torch.zeros((len(sequences), max_length), dtype=torch.long, device=device)
+    labels = torch.full((len(sequences), max_length), IGNORE_INDEX, dtype=torch.long, device=device)
+    talker_input_ids = torch.full_like(labels, model.config.tts_pad_token_id)
+    for row, (sequence, length) in enumerate(zip(sequences, lengths)):
+        inputs_embeds[row, :length] = sequence.inputs_embeds
+        attention_mask[row, :length] = 1
+        labels[row, :length] = sequence.labels
+        talker_input_ids[row, :length] = sequence.talker_input_ids
+    outputs = talker(
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        talker_input_ids=talker_input_ids,
+        output_hidden_states=True,
+        use_cache=False,
+    )
+    logits = outputs.logits
+    target = labels != IGNORE_INDEX
+    talker_loss = F.cross_entropy(logits[target].float(), labels[target])
+
+    # The hidden state that predicted a frame's codebook 0 conditions the code predictor for that frame: the labelled
+    # positions but the last of each row (which predicts codec_eos).
+    last_hidden = outputs.hidden_states[0][-1]
+    frame_positions = [torch.nonzero(target[row]).flatten()[:-1] for row in range(len(sequences))]
+    frame_hidden = torch.cat([last_hidden[row, positions] for row, positions in enumerate(frame_positions)])
+    codes = torch.cat([sequence.codes for sequence in sequences]).to(device)
+    code_predictor = talker.code_predictor
+    predictor_embeddings = code_predictor.get_input_embeddings()
+    num_groups = codes.shape[1]
+    predictor_inputs = [frame_hidden[:, None], talker.get_input_embeddings()(codes[:, :1])]
+    predictor_inputs += [predictor_embeddings[j - 1](codes[:, j : j + 1]) for j in range(1, num_groups - 1)]
+    predictor_hidden = code_predictor.model(inputs_embeds=torch.cat(predictor_inputs, dim=1)).last_hidden_state
+    predictor_logits = torch.stack(
+        [code_predictor.lm_head[j - 1](predictor_hidden[:, j]) for j in range(1, num_groups)], dim=1
+    )
+    code_predictor_loss = F.cross_entropy(predictor_logits.flatten(0, 1).float(), codes[:, 1:].flatten())
+    return TalkerVoiceOutput(
+        loss=talker_loss + code_predictor_loss,
+        talker_loss=talker_loss,
+        code_predictor_loss=code_predictor_loss,
+        talker_logits=logits,
+        code_predictor_logits=predictor_logits,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- dataset
+@dataclass
+class TalkerVoiceExample:
+    """One training clip: prompt and full conversation ids, target codes and (when cached) the Thinker's outputs."""
+
+    prompt_ids: torch.Tensor
+    sequence: torch.Tensor
+    codes: torch.Tensor
+    thinker_embed: torch.Tensor | None = None
+    thinker_hidden: torch.Tensor | None = None
+
+
+def build_examples(
+    clips: list[EncodedClip],
+    processor,
+    user_prompt_template: str = "Read this aloud: {text}",
+    system_prompt: str | None = None,
+) -> list[TalkerVoiceExample]:
+    """Tokenise the clips' conversations (see [`conversation_ids`])."""
+    examples = []
+    for clip in clips:
+        prompt_ids, answer_ids = conversation_ids(processor, clip.text, clip.prompt, user_prompt_template, system_prompt)
+        examples.append(
+            TalkerVoiceExample(
+                prompt_ids=torch.tensor(prompt_ids), sequence=torch.tensor(prompt_ids + answer_ids), codes=clip.codes
+            )
+        )
+    return examples
+
+
+@torch.no_grad()
+def cache_thinker_outputs(model: Qwen3OmniMoeForConditionalGeneration, examples: list[TalkerVoiceExample]) -> None:
+    """Run the frozen Thinker once per clip and keep its outputs on the examples (on the CPU), in place."""
+    device = model.thinker.device
+    for example in examples:
+        embed, hidden = thinker_outputs(model, example.sequence[None].to(device))
+        example.thinker_embed, example.thinker_hidden = embed[0].cpu(), hidden[0].cpu()
+
+
+def collate_talker_voice(examples: list[TalkerVoiceExample]) -> dict[str, list[TalkerVoiceExample]]:
+    """The Talker input is built inside the loss (it needs the model's embeddings), so batches are lists."""
+    return {"examples": examples}
+
+
+# ---------------------------------------------------------------------------------------------------- trainer
+class TalkerVoiceTrainer(Trainer):
+    """`Trainer` whose loss is [`talker_voice_forward`]'s, with `talker_loss` and `code_predictor_loss` logged
+    separately (averaged over the steps since the last log, on every backend `report_to` names: TensorBoard, ...).
+
+    Args:
+        speaker_codec_id: codec id of the speaker trained.
+        talker_voice_config: what [`write_talker_voice_config`] saves next to every adapter checkpoint.
+    """
+
+    def __init__(self, *args, speaker_codec_id: int, talker_voice_config: dict, **kwargs):
+        kwargs.setdefault("data_collator", collate_talker_voice)
+        super().__init__(*args, **kwargs)
+        self.speaker_codec_id = speaker_codec_id
+        self.talker_voice_config = talker_voice_config
+        self._loss_sums = {"talker_loss": 0.0, "code_predictor_loss": 0.0}
+        self._loss_count = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = getattr(base, "module", base)
+        device = base.talker.device
+        sequences = []
+        for example in inputs["examples"]:
+            sequence = example.sequence[None].to(device)
+            if example.thinker_embed is None:
+                thinker_embed, thinker_hidden = thinker_outputs(base, sequence)
+            else:
+                thinker_embed, thinker_hidden = example.thinker_embed[None], example.thinker_hidden[None]
+            sequences.append(
+                build_talker_sequence(
+                    base, example.prompt_ids[None].to(device), sequence, thinker_embed.to(device),
+                    thinker_hidden.to(device), self.speaker_codec_id, example.codes.to(device),
+                )
+            )
+        outputs = talker_voice_forward(base, sequences)
+        if model.training:
+            self._loss_sums["talker_loss"] += outputs.talker_loss.detach().item()
+            self._loss_sums["code_predictor_loss"] += outputs.code_predictor_loss.detach().item()
+            self._loss_count += 1
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._loss_count and "loss" in logs:
+            for key, total in self._loss_sums.items():
+                logs[key] = round(total / self._loss_count, 4)
+                self._loss_sums[key] = 0.0
+            self._loss_count = 0
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            write_talker_voice_config(output_dir, **self.talker_voice_config)
