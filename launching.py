@@ -176,14 +176,17 @@ def _let_accelerate_shard_cpu_processes() -> None:
     AcceleratorState.__init__ = __init__
 
 
-def keep_present_no_split_modules(model) -> None:
-    """Drop from `model._no_split_modules` the classes `model` does not contain.
+def shard_by_decoder_layer(model, decoder_layers) -> None:
+    """Make FSDP's `TRANSFORMER_BASED_WRAP` (train/accelerate/fsdp2.yaml), which wraps the classes named in
+    `model._no_split_modules`, shard `model` per decoder layer only.
 
-    FSDP's `TRANSFORMER_BASED_WRAP` (train/accelerate/fsdp2.yaml) wraps every class named there and fails on one it
-    cannot find; the Qwen3-Omni Thinker loaded alone inherits the Talker's classes from `Qwen3OmniMoePreTrainedModel`.
+    Every rank must gather the same FSDP units in the same order at each step. A multimodal model's towers run only on
+    the ranks whose batch holds their modality, so wrapping their layers (as Qwen3-Omni's `_no_split_modules` asks,
+    along with Talker classes that the Thinker loaded alone does not even contain) leaves the ranks waiting on
+    different collectives as soon as their batches differ. The towers' weights stay in the root unit, which every rank
+    gathers at each forward.
     """
-    present = {type(module).__name__ for module in model.modules()}
-    model._no_split_modules = {name for name in model._no_split_modules or () if name in present}
+    model._no_split_modules = {type(layer).__name__ for layer in decoder_layers}
 
 
 class DistributedRunCallback(TrainerCallback):

@@ -26,7 +26,7 @@ from qwen_omni.qwen3_omni import (
     load_conversation_dataset,
     load_thinker,
 )
-from qwen_omni.launching import DistributedRunCallback, check_launch, keep_present_no_split_modules
+from qwen_omni.launching import DistributedRunCallback, check_launch, shard_by_decoder_layer
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
 
 
@@ -59,7 +59,7 @@ def main(script_args, training_args, model_args, omni_args):
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
     )
-    keep_present_no_split_modules(model)  # FSDP wraps these classes; the Thinker alone lacks the Talker's
+    shard_by_decoder_layer(model, model.model.language_model.layers)  # FSDP units every rank runs through
     peft_config = None
     if model_args.use_peft:
         peft_config = build_lora_config(
