@@ -1,8 +1,10 @@
 """pretrain: packing equals unpacked logits, loss goes down, exact resume, 2-process run, bad input."""
 
 import importlib.util
+import math
 import os
 from pathlib import Path
+import re
 import subprocess
 import sys
 
@@ -203,22 +205,32 @@ def test_bad_input_fails_before_training(prepared_corpus, snac_24khz_dir, omni_d
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_complete_and_write_one_checkpoint(prepared_corpus, snac_24khz_dir, tmp_path):
+def test_two_cpu_processes_share_the_data_and_write_one_checkpoint(prepared_corpus, snac_24khz_dir, tmp_path):
+    """torchrun's two ranks join one process group over gloo (world size 2 inside the run), each trains on half of the
+    rows, and the checkpoint is written once."""
     out = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "train" / "pretrain.py"),
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(REPO_ROOT / "train" / "pretrain.py"), "--use_cpu", "true",
         "--dataset_name", str(prepared_corpus), "--codec", str(snac_24khz_dir), "--output_dir", str(out),
         "--bpe_vocab_size", "300", "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2",
         "--num_key_value_heads", "1", "--max_length", "512", "--per_device_train_batch_size", "1", "--max_steps", "4",
-        "--save_steps", "4", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "1",
+        "--save_steps", "4", "--eval_strategy", "no", "--eval_fraction", "0", "--report_to", "none",
+        "--logging_steps", "1", "--disable_tqdm", "true",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stderr
+    num_rows = int(re.search(r"Training data: .* tokens in (\d+) rows", log).group(1))
+    for rank in (0, 1):
+        assert f"Process rank {rank} of world size 2 (local rank {rank}) on cpu" in log
+        # one row per batch: each rank is given ceil(rows / 2) of them per epoch (one process would get all)
+        share = re.findall(rf"Process rank {rank} of world size 2: (\d+) batches of 1 rows per epoch, of (\d+)", log)
+        assert share == [(str(math.ceil(num_rows / 2)), str(num_rows))], share
     checkpoints = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
     assert checkpoints == ["checkpoint-4"]
-    assert "Done: 4 steps" in result.stderr
+    assert log.count("Done: 4 steps") == 1  # the main process reports the one checkpoint
     AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
 
 
