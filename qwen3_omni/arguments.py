@@ -61,6 +61,26 @@ class Qwen3OmniArguments:
         default="truncate",
         metadata={"help": "Samples longer than max_length: 'truncate' or 'drop'. Both are counted in the logs."},
     )
+    dataset_format: str = field(
+        default="auto",
+        metadata={"help": "Row format: 'auto' (detected from the first rows, logged), 'native' (typed content parts), "
+                  "'sharegpt' (LLaMA-Factory from/value turns) or 'tagged' (LLaMA-Factory OpenAI / ms-swift messages). "
+                  "In all, <audio>/<image>/<video> tags take the row's audios/images/videos entries in order."},
+    )
+    media_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder relative media paths are resolved against (default: the data file's folder)."},
+    )
+    max_skipped_fraction: float = field(
+        default=0.01,
+        metadata={"help": "Most rows of a dataset that may be refused (placeholder/media count mismatch, missing media, "
+                  "...) before training stops with the summary; 0 refuses any refusal, 1 allows all."},
+    )
+    use_audio_in_video: bool = field(
+        default=False,
+        metadata={"help": "Feed each video's sound track to the model too (Qwen3-Omni's audio-in-video, tokens "
+                  "interleaved by time); rows whose videos have no sound track are refused."},
+    )
     video_fps: float = field(default=2.0, metadata={"help": "Frame rate video files are decoded at."})
     max_video_frames: int = field(default=64, metadata={"help": "Most frames kept per video."})
     experts_implementation: str | None = field(

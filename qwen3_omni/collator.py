@@ -10,12 +10,23 @@ import torch.nn.functional as F
 from transformers import ProcessorMixin
 from transformers.utils import logging
 
-from .conversations import ModalityLossWeights, conversation_modalities, load_audio, load_image, load_video
+from .conversations import (
+    ModalityLossWeights,
+    conversation_modalities,
+    load_audio,
+    load_image,
+    load_video,
+    load_video_audio,
+    template_conversation,
+)
 
 
 logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
+ASSISTANT_HEADER = "<|im_start|>assistant\n"
+# Stands in for an assistant reply while the chat template renders the rest of the conversation.
+REPLY_PLACEHOLDER = "\x00reply-{}\x00"
 # Keys of the collated batch that carry counts for the trainer's logs rather than model inputs.
 STAT_KEYS = ("num_truncated", "num_dropped_too_long", "num_skipped_media")
 
@@ -28,6 +39,11 @@ class Qwen3OmniSFTCollator:
     with ffmpeg), the processor applies the chat template and expands the media placeholders, and the labels are the
     input ids inside the assistant turns (the turn's text and its closing `<|im_end|>`) and -100 everywhere else. The
     rows are then padded on the right and their media tensors concatenated.
+
+    The chat template renders everything but the assistant replies, which are put in verbatim (see `render`): Qwen's
+    templates rewrite replies (Qwen3-Omni's drops `<think>...</think>` from list-form replies), and the labels must be
+    the text the model has to produce. Parts are stripped of keys set to `None` first, so that key-presence templates
+    (`'image' in content`) see the right kind for rows that went through `datasets`.
 
     A row whose media cannot be read is skipped; a row longer than `max_length` is truncated or dropped (see
     `truncation`). The counts travel with the batch (`num_truncated`, `num_dropped_too_long`, `num_skipped_media`) for
@@ -52,6 +68,12 @@ class Qwen3OmniSFTCollator:
             Most frames kept per video.
         processor_kwargs (`dict`, *optional*):
             Extra keyword arguments for the processor call (e.g. `{"videos_kwargs": {"size": ...}}`).
+        use_audio_in_video (`bool`, *optional*, defaults to `False`):
+            Feed each video's sound track too: it is decoded with ffmpeg and given to the processor as the video's
+            audio, which interleaves the video and audio tokens by time inside the video's placeholder; the batch then
+            carries `use_audio_in_video=True` for the model's position ids. A video without a sound track fails its
+            row (skipped and counted; `load_conversation_dataset(use_audio_in_video=True)` refuses such rows before
+            training).
     """
 
     processor: ProcessorMixin
@@ -61,6 +83,7 @@ class Qwen3OmniSFTCollator:
     video_fps: float = 2.0
     max_video_frames: int = 64
     processor_kwargs: dict = field(default_factory=dict)
+    use_audio_in_video: bool = False
 
     def __post_init__(self):
         if self.truncation not in ("truncate", "drop"):
@@ -89,9 +112,11 @@ class Qwen3OmniSFTCollator:
             conversation = example["conversations"] if "conversations" in example else example["messages"]
             try:
                 encoded = self.encode(conversation)
+            except ChatTemplateError:
+                raise
             except Exception as error:  # noqa: BLE001 -- any decoding failure of user media skips the row
                 stats["num_skipped_media"] += 1
-                logger.warning(f"Skipping a conversation whose media could not be read: {error!r}")
+                logger.warning(f"Skipping row {example.get('row_id', '?')}, whose media could not be read: {error!r}")
                 continue
             length = encoded["input_ids"].shape[-1]
             if self.max_length is not None and length > self.max_length:
@@ -104,25 +129,36 @@ class Qwen3OmniSFTCollator:
             samples.append(encoded)
         batch = self._pad(samples) if samples else self._empty_batch()
         batch.update({key: torch.tensor(value) for key, value in stats.items()})
+        if self.use_audio_in_video:
+            batch["use_audio_in_video"] = True
         return batch
 
     def encode(self, conversation: list[dict]) -> dict[str, torch.Tensor]:
         """Process one conversation: media loading, chat template, placeholder expansion and assistant-only labels."""
-        audios, images, videos = [], [], []
+        # `audio_sources[i]` is the index of the video audio slot i comes from (None: a standalone audio), in the
+        # order the audio tokens appear in the text, which is the order the model scatters audio features in.
+        audios, audio_sources, images, videos = [], [], [], []
         for turn in conversation:
-            for part in turn["content"]:
+            for part in [] if isinstance(turn["content"], str) else turn["content"]:
                 if part["type"] == "audio":
                     audios.append(load_audio(part["audio"], self.sampling_rate))
+                    audio_sources.append(None)
                 elif part["type"] == "image":
                     images.append(load_image(part["image"]))
                 elif part["type"] == "video":
                     videos.append(load_video(part["video"], self.video_fps, self.max_video_frames))
-        text = self.processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=False)
+                    if self.use_audio_in_video:
+                        if len(part["video"]) != 1:
+                            raise ValueError(f"A video given as frame images has no sound track: {part['video'][:2]}")
+                        audios.append(load_video_audio(part["video"][0], self.sampling_rate))
+                        audio_sources.append(len(videos) - 1)
         kwargs = dict(self.processor_kwargs)
         if videos:
             kwargs["videos_kwargs"] = {"fps": self.video_fps, "do_sample_frames": False, **kwargs.get("videos_kwargs", {})}
+            if self.use_audio_in_video:
+                kwargs.update(load_audio_from_video=True, audio_from_video_indices=audio_sources)
         encoded = self.processor(
-            text=[text],
+            text=[self.render(conversation)],
             audio=audios or None,
             images=images or None,
             videos=videos or None,
@@ -134,6 +170,35 @@ class Qwen3OmniSFTCollator:
         encoded["attention_mask"] = encoded["attention_mask"][0]
         encoded["labels"] = self.assistant_labels(encoded["input_ids"])
         return encoded
+
+    def render(self, conversation: list[dict]) -> str:
+        """The conversation's text: the chat template's rendering with each assistant reply put in verbatim.
+
+        The template renders the conversation with every reply replaced by a placeholder; then everything between the
+        reply's `<|im_start|>assistant\\n` and its placeholder (e.g. an empty `<think></think>` block the template
+        adds) is replaced by the reply's own text, so `<think>...</think>` in the data stays in the labels whatever
+        the template does with reasoning.
+        """
+        replies, templated = [], []
+        for turn in template_conversation(conversation):
+            if turn["role"] == "assistant":
+                content = turn["content"]
+                templated.append({"role": "assistant", "content": REPLY_PLACEHOLDER.format(len(replies))})
+                replies.append(content if isinstance(content, str) else "".join(part["text"] for part in content))
+            else:
+                templated.append(turn)
+        text = self.processor.apply_chat_template(templated, tokenize=False, add_generation_prompt=False)
+        for index, reply in enumerate(replies):
+            placeholder = REPLY_PLACEHOLDER.format(index)
+            end = text.find(placeholder)
+            start = text.rfind(ASSISTANT_HEADER, 0, end)
+            if end < 0 or start < 0:
+                raise ChatTemplateError(
+                    f"The chat template did not render assistant turn {index} as {ASSISTANT_HEADER!r} followed by its "
+                    "content; this collator needs a ChatML template (<|im_start|>role\\n...<|im_end|>)."
+                )
+            text = text[: start + len(ASSISTANT_HEADER)] + reply + text[end + len(placeholder) :]
+        return text
 
     def assistant_labels(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Labels equal to `input_ids` from after each `<|im_start|>assistant\\n` up to and including its `<|im_end|>`,
@@ -194,3 +259,7 @@ class Qwen3OmniSFTCollator:
             "labels": torch.full((1, 1), IGNORE_INDEX),
             "sample_weight": torch.zeros(1),
         }
+
+
+class ChatTemplateError(ValueError):
+    """The processor's chat template does not render conversations the way this collator needs."""

@@ -49,6 +49,8 @@ def workdir(tmp_path_factory):
         rows.append({"conversations": [AUDIO_TURN, reply("A steady tone, then silence.")]})
         rows.append({"conversations": [IMAGE_TURN, reply("A red square on white.")]})
         rows.append({"messages": [{"role": "user", "content": "Think step by step."}, {"role": "assistant", "content": "two plus two is four"}]})
+    # A row that names an audio it does not give: refused at load time, counted in the run's data report
+    rows.append({"conversations": [{"role": "user", "content": "<audio>What do you hear?"}, reply("A tone.")]})
     with open(root / "data" / "train.jsonl", "w") as f:
         f.write("\n".join(json.dumps(row) for row in rows))
     return {"root": root, "base": checkpoint, "data": str(root / "data" / "train.jsonl")}
@@ -275,6 +277,7 @@ def trained(workdir):
         "--lr_scheduler_type", "constant", "--lora_r", "8", "--lora_alpha", "16", "--lora_expert_r", "4",
         "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "14", "--report_to", "none",
         "--max_length", "256", "--system_prompt", "You are a helpful assistant.", "--dataloader_num_workers", "0",
+        "--max_skipped_fraction", "0.1",
     ]
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -301,6 +304,12 @@ def test_sft_script_lowers_the_loss_and_saves_only_the_adapter(workdir, trained)
             assert any(f"layers.{layer}.{part}" in name for name in trained_b), (layer, part)
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["lora_dropout"] == 0.0 and config["rank_pattern"]["mlp.experts.gate_up_proj"] == 4
+    # The refused row is in the run's summary, in the log and in the output dir
+    report = json.loads((out / "data_report_train.json").read_text())
+    assert (report["num_rows"], report["num_kept"], report["format"]) == (13, 12, "tagged")
+    assert report["refused"]["placeholder_mismatch"]["first_row_ids"] == [12]
+    assert report["skipped_while_training"]["num_skipped_media"] == 0
+    assert "placeholder_mismatch: 1 rows (first ids [12])" in trained["log"]
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import sys
 import yaml
 
 from transformers import AutoConfig, AutoProcessor
+from transformers.utils import logging
 from trl import ScriptArguments, TrlParser
 
 from qwen_omni.qwen3_omni import (
@@ -28,6 +29,10 @@ from qwen_omni.qwen3_omni import (
 )
 from qwen_omni.launching import DistributedRunCallback, check_launch, shard_by_decoder_layer
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
+from qwen_omni.qwen3_omni.conversations import DatasetReport
+
+
+logger = logging.get_logger(__name__)
 
 
 def checkpoint_model_type(argv: list[str]) -> str | None:
@@ -77,11 +82,23 @@ def main(script_args, training_args, model_args, omni_args):
             modules_to_save=model_args.lora_modules_to_save,
         )
 
-    def load(path):
-        return load_conversation_dataset(
-            path, split=script_args.dataset_train_split, config_name=script_args.dataset_config,
-            system_prompt=omni_args.system_prompt,
+    reports = {}
+
+    def load(path, split):
+        # Refused rows are counted per reason; too many stop the run here, before the model sees a step.
+        reports[split] = DatasetReport(name=f"{split} data ({path})")
+        dataset = load_conversation_dataset(
+            path, split=script_args.dataset_train_split if split == "train" else script_args.dataset_test_split,
+            config_name=script_args.dataset_config, system_prompt=omni_args.system_prompt,
+            dataset_format=omni_args.dataset_format, media_dir=omni_args.media_dir,
+            use_audio_in_video=omni_args.use_audio_in_video, report=reports[split],
         )
+        save_data_report(reports[split], split, training_args)
+        reports[split].check(omni_args.max_skipped_fraction)
+        return dataset
+
+    train_dataset = load(script_args.dataset_name, "train")
+    eval_dataset = load(omni_args.eval_dataset_name, "eval") if omni_args.eval_dataset_name else None
 
     trainer = Qwen3OmniSFTTrainer(
         model=model,
@@ -93,20 +110,35 @@ def main(script_args, training_args, model_args, omni_args):
             loss_weights=ModalityLossWeights.from_value(omni_args.loss_weights),
             video_fps=omni_args.video_fps,
             max_video_frames=omni_args.max_video_frames,
+            use_audio_in_video=omni_args.use_audio_in_video,
         ),
-        train_dataset=load(script_args.dataset_name),
-        eval_dataset=load(omni_args.eval_dataset_name) if omni_args.eval_dataset_name else None,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         processing_class=processor,
         peft_config=peft_config,
         moe_lora_impl=omni_args.moe_lora_impl,
     )
     trainer.add_callback(DistributedRunCallback())
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    for split, report in reports.items():
+        # The collator's running counts of rows skipped or cut while training (unreadable media, overlong rows)
+        report.collator_counts = dict(trainer._collator_totals[split])
+        save_data_report(report, split, training_args)
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card(dataset_name=script_args.dataset_name)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     trainer.end()
+
+
+def save_data_report(report: DatasetReport, split: str, training_args) -> None:
+    """Log the data report and write it to `output_dir/data_report_{split}.json` (main process)."""
+    if training_args.process_index != 0:
+        return
+    # A warning so that it shows at the default log level: it names the detected format and every refused row kind.
+    logger.warning(report.summary())
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    report.save(os.path.join(training_args.output_dir, f"data_report_{split}.json"))
 
 
 if __name__ == "__main__":
