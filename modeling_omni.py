@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTextToWaveform
-from transformers.generation import LogitsProcessorList, StoppingCriteriaList
 from transformers.models.qwen3.modeling_qwen3 import Qwen3ForCausalLM
 from transformers.utils import logging
 
 from .configuration_omni import OmniConfig
-from .generation_omni import OmniConstrainedLogitsProcessor, OmniMaxDurationCriteria, omni_sample
+from .generation_omni import OmniGenerationMixin
 
 
 logger = logging.get_logger(__name__)
@@ -41,7 +40,7 @@ class OmniCausalLMOutputWithPast(CausalLMOutputWithPast):
     audio_loss: torch.FloatTensor | None = None
 
 
-class OmniForCausalLM(Qwen3ForCausalLM):
+class OmniForCausalLM(OmniGenerationMixin, Qwen3ForCausalLM):
     r"""
     A Qwen3 causal LM whose vocabulary holds text tokens, special tokens and SNAC audio tokens
     (see [`SNACTokenLayout`]). Parameter names equal Qwen3's, so Qwen3 state dicts load into it unchanged; all of
@@ -50,6 +49,9 @@ class OmniForCausalLM(Qwen3ForCausalLM):
     The loss weighs each target token by its modality (`config.text_loss_weight`, `config.audio_loss_weight`) and
     divides by the summed weight of the non-ignored targets; under gradient accumulation the trainer passes that
     sum for the whole accumulated batch as `num_items_in_batch` (see [`~OmniForCausalLM.loss_weights`]).
+
+    `generate` is transformers' own with speech-aware hooks (see [`OmniGenerationMixin`]): constrained decoding and
+    the fast audio head by default, `max_duration=` in seconds, the standard `streamer=` argument.
     """
 
     config_class = OmniConfig
@@ -152,50 +154,6 @@ class OmniForCausalLM(Qwen3ForCausalLM):
             attentions=outputs.attentions,
             text_loss=text_loss,
             audio_loss=audio_loss,
-        )
-
-    @torch.no_grad()
-    def generate(
-        self,
-        inputs: torch.Tensor | None = None,
-        generation_config=None,
-        logits_processor: LogitsProcessorList | None = None,
-        stopping_criteria: StoppingCriteriaList | None = None,
-        max_duration: float | None = None,
-        constrained: bool = True,
-        fast_audio_head: bool = True,
-        **kwargs,
-    ):
-        r"""
-        transformers' `generate`, with speech-aware defaults. Everything `GenerationMixin.generate` accepts works
-        (sampling settings, `streamer=`, `return_dict_in_generate`, beam search, ...); the defaults live in the
-        checkpoint's `generation_config.json`.
-
-        Args:
-            max_duration (`float`, *optional*):
-                Stop each row's speech after this many seconds (whole frames). A cut row keeps the audio made so far
-                and the cut is logged (see [`OmniMaxDurationCriteria`]).
-            constrained (`bool`, *optional*, defaults to `True`):
-                Add [`OmniConstrainedLogitsProcessor`]: inside an audio span every id lies in its frame position's
-                block and audio-end comes only at a frame boundary; inside a transcript only text ids.
-            fast_audio_head (`bool`, *optional*, defaults to `True`):
-                Decode with [`omni_sample`], which scores only the allowed block of the head inside audio spans
-                (same greedy tokens, same sampling distribution, several times less work per audio token). Needs
-                `constrained=True`; ignored when a `custom_generate` is given.
-        """
-        logits_processor = LogitsProcessorList(logits_processor or [])
-        if constrained and not any(isinstance(p, OmniConstrainedLogitsProcessor) for p in logits_processor):
-            logits_processor.append(OmniConstrainedLogitsProcessor(self.config))
-        stopping_criteria = StoppingCriteriaList(stopping_criteria or [])
-        if max_duration is not None:
-            stopping_criteria.append(OmniMaxDurationCriteria(max_duration, self.config))
-        if constrained and fast_audio_head and kwargs.get("custom_generate") is None:
-            kwargs["custom_generate"] = omni_sample
-            # `generate` hands no `streamer` to a `custom_generate` callable: pass it under omni_sample's own name
-            if kwargs.get("streamer") is not None:
-                kwargs["omni_streamer"] = kwargs.pop("streamer")
-        return super().generate(
-            inputs, generation_config, logits_processor=logits_processor, stopping_criteria=stopping_criteria, **kwargs
         )
 
     def save_pretrained(self, save_directory, *args, **kwargs):

@@ -2,13 +2,16 @@
 Speech generation speed of the Omni model at the qwen-omni seed's shape (d_model 128, 3 layers, 4 heads; GPT-2's
 50257 text ids + the special tokens, then 7 x 4096 audio ids: ~79k ids, ~10.8M parameters), random weights.
 
-Prints, as medians over repetitions inside one run:
+Prints, as medians over interleaved repetitions inside one run (process CPU time, one thread by default: the
+machine is shared), for the checkpoint's sampling defaults and for each further `generate` argument of issue 11
+(`min_new_tokens`, `top_k`, `no_repeat_ngram_size`, `suppress_tokens`, a stronger `repetition_penalty`, greedy, all
+at once):
 - tokens/s of constrained speech generation (the default: constraint + fast block head) over plain unconstrained
   `generate` of the same model with the same settings (target >= 1.5);
-- the constrained full-head path, for reference;
-- real-time factor (24 kHz SNAC speech is 82 tokens/s), with and without the KV cache.
+- the default path's tokens/s as a multiple of real time (24 kHz SNAC speech is 82 tokens/s; target >= 2);
+- the constrained full-head path, for reference.
 
-    python bench/bench_generation.py [--new-tokens 280] [--repeats 5]
+    python bench/bench_generation.py [--new-tokens 140] [--repeats 3] [--only defaults min_new_tokens]
 """
 
 import argparse
@@ -45,15 +48,26 @@ def build_seed_model() -> OmniForCausalLM:
     return model
 
 
-def time_generate(model, prompt, new_tokens, variants: dict, repeats: int) -> dict:
-    """Median tokens/s of each variant; repetitions are interleaved so that load on shared cores hits all alike."""
+def seed_prompt(config: OmniConfig, text_tokens: int = 12) -> torch.Tensor:
+    """A text-to-speech prompt: `<|tts|><|text_start|>` random text ids `<|text_end|><|audio_start|>`."""
+    text = torch.randint(0, GPT2_VOCAB, (1, text_tokens), generator=torch.Generator().manual_seed(0))
+    return torch.cat([
+        torch.tensor([[config.tts_token_id, config.text_start_token_id]]), text,
+        torch.tensor([[config.text_end_token_id, config.audio_start_token_id]]),
+    ], dim=1)
+
+
+def time_generate(model, prompt, new_tokens, variants: dict, repeats: int, clock) -> dict:
+    """Median tokens/s of each variant; repetitions are interleaved (order alternating) so that load on shared cores
+    hits all alike."""
     rates = {name: [] for name in variants}
     for repeat in range(repeats + 1):  # the first round warms up
-        for name, kwargs in variants.items():
+        order = list(variants.items())
+        for name, kwargs in order if repeat % 2 else order[::-1]:
             torch.manual_seed(repeat)
-            start = time.perf_counter()
-            out = model.generate(prompt, max_new_tokens=new_tokens, eos_token_id=None, **kwargs)
-            elapsed = time.perf_counter() - start
+            start = clock()
+            out = model.generate(prompt, max_new_tokens=new_tokens, **kwargs)
+            elapsed = clock() - start
             if repeat:
                 rates[name].append((out.shape[1] - prompt.shape[1]) / elapsed)
     return {name: statistics.median(values) for name, values in rates.items()}
@@ -61,37 +75,48 @@ def time_generate(model, prompt, new_tokens, variants: dict, repeats: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--new-tokens", type=int, default=280, help="tokens per generation (40 frames)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=140, help="tokens per generation (20 frames)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--num_threads", type=int, default=1)
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU time or wall time")
+    parser.add_argument("--only", nargs="*", help="run only these settings (names as printed)")
     args = parser.parse_args()
+    torch.set_num_threads(args.num_threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     model = build_seed_model()
     config = model.config
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, vocab {config.vocab_size}, "
-          f"torch threads {torch.get_num_threads()}")
-    text = torch.randint(0, GPT2_VOCAB, (1, 12))
-    prompt = torch.cat([
-        torch.tensor([[config.tts_token_id, config.text_start_token_id]]), text,
-        torch.tensor([[config.text_end_token_id, config.audio_start_token_id]]),
-    ], dim=1)
-    settings = dict(SPEECH_GENERATION_DEFAULTS)
-    variants = {
-        "plain": dict(constrained=False, **settings),
-        "full_head": dict(fast_audio_head=False, **settings),
-        "fast": dict(settings),
-        "plain_no_cache": dict(constrained=False, use_cache=False, **settings),
-        "fast_no_cache": dict(use_cache=False, **settings),
+          f"torch {torch.__version__}, {args.num_threads} thread(s), {args.clock} clock, median of {args.repeats}")
+    prompt = seed_prompt(config)
+    defaults = dict(SPEECH_GENERATION_DEFAULTS)
+    no_eos = dict(eos_token_id=None)
+    # the checkpoint's defaults (Orpheus' usual settings), then each further `generate` argument of issue 11 on top;
+    # min_new_tokens needs the stop ids, and equals the budget so that no run stops early
+    settings = {
+        "defaults": dict(defaults, **no_eos),
+        "min_new_tokens": dict(defaults, min_new_tokens=args.new_tokens),
+        "top_k": dict(defaults, top_k=50, **no_eos),
+        "no_repeat_ngram_size": dict(defaults, no_repeat_ngram_size=3, **no_eos),
+        "suppress_tokens": dict(defaults, suppress_tokens=[config.audio_token_offset + 1, 7], **no_eos),
+        "repetition_penalty_1.3": dict(defaults, repetition_penalty=1.3, **no_eos),
+        "greedy": dict(do_sample=False, **no_eos),
+        "all": dict(defaults, min_new_tokens=args.new_tokens, top_k=50, no_repeat_ngram_size=3,
+                    suppress_tokens=[config.audio_token_offset + 1, 7]),
     }
+    if args.only:
+        settings = {name: kwargs for name, kwargs in settings.items() if name in args.only}
     with torch.no_grad():
-        rates = time_generate(model, prompt, args.new_tokens, variants, args.repeats)
-    plain, full_head, fast = rates["plain"], rates["full_head"], rates["fast"]
-    plain_no_cache, fast_no_cache = rates["plain_no_cache"], rates["fast_no_cache"]
-    print(f"sampling {settings}, {args.new_tokens} new tokens, median of {args.repeats}")
-    print(f"plain unconstrained generate           : {plain:7.1f} tokens/s ({plain / REAL_TIME_TOKENS_PER_S:.2f}x real time)")
-    print(f"constrained, full head                 : {full_head:7.1f} tokens/s")
-    print(f"constrained, fast block head (default) : {fast:7.1f} tokens/s ({fast / REAL_TIME_TOKENS_PER_S:.2f}x real time)")
-    print(f"without KV cache: plain {plain_no_cache:.1f} tokens/s, constrained fast {fast_no_cache:.1f} tokens/s")
-    print(f"RATIO constrained (default) / plain generate: {fast / plain:.2f}x (target >= 1.5)")
+        for name, kwargs in settings.items():
+            variants = {"plain": dict(constrained=False, **kwargs), "fast": dict(kwargs)}
+            if name == "defaults":
+                variants["full_head"] = dict(fast_audio_head=False, **kwargs)
+            rates = time_generate(model, prompt, args.new_tokens, variants, args.repeats, clock)
+            plain, fast = rates["plain"], rates["fast"]
+            extra = f", constrained full head {rates['full_head']:6.1f}" if "full_head" in rates else ""
+            print(f"{name:24s}: plain generate {plain:6.1f} tokens/s, constrained fast head (default) {fast:6.1f} "
+                  f"tokens/s ({fast / REAL_TIME_TOKENS_PER_S:.2f}x real time){extra}; RATIO fast / plain "
+                  f"{fast / plain:.2f}x (target >= 1.5)", flush=True)
 
 
 if __name__ == "__main__":
