@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 from datasets import Dataset, load_dataset
@@ -150,14 +151,17 @@ class DatasetReport:
     first_messages: dict[str, str] = field(default_factory=dict)
     collator_counts: dict[str, int] = field(default_factory=dict)
 
-    max_listed_ids: int = 10
+    max_listed_ids: ClassVar[int] = 10
 
     def refuse(self, row_id: int, error: RowRefused) -> None:
+        """Count `row_id` under `error.reason`; the first `max_listed_ids` refusals of each reason are logged."""
         ids = self.refused.setdefault(error.reason, [])
         ids.append(row_id)
         self.first_messages.setdefault(error.reason, str(error))
         if len(ids) <= self.max_listed_ids:
             logger.warning(f"{self.name}: refusing row {row_id}: {error}")
+        if len(ids) == self.max_listed_ids:
+            logger.warning(f"{self.name}: further {error.reason} refusals are only counted (see the summary).")
 
     @property
     def num_refused(self) -> int:
@@ -179,7 +183,8 @@ class DatasetReport:
                          "first_message": self.first_messages[reason]}
                 for reason, ids in sorted(self.refused.items())
             },
-            "skipped_while_training": dict(self.collator_counts),
+            # The collator's counts: rows skipped (unreadable media), dropped or truncated (overlong) while training
+            "while_training": dict(self.collator_counts),
         }
 
     def summary(self) -> str:
@@ -312,15 +317,6 @@ def row_to_conversation(
                              "produces text, so media belong in user turns.")
         conversation.append({"role": turn["role"], "content": normalized})
     return conversation
-
-
-def normalize_conversation(
-    conversation: list[dict], base_dir: str | None = None, system_prompt: str | None = None
-) -> list[dict]:
-    """Bring a native conversation to one layout: list content everywhere, each part with its own key only, video as
-    a list of paths (one file or its frames), relative paths resolved against `base_dir`, `system_prompt` prepended
-    when the conversation has no system turn. Raises [`RowRefused`] for rows that cannot be trained as given."""
-    return row_to_conversation({"conversations": conversation}, 0, "native", base_dir, system_prompt)
 
 
 def load_conversation_dataset(

@@ -30,7 +30,6 @@ import qwen3_omni_tiny  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(REPO, "data", "examples")
-FIXTURE_TEMPLATE = os.path.join(os.path.dirname(__file__), "fixtures", "qwen3_omni_chat_template.jinja")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
 # Small video frames, so that a video costs a few dozen tokens
 VIDEO_KWARGS = {"videos_kwargs": {"size": {"shortest_edge": 32 * 32, "longest_edge": 64 * 64}}}
@@ -51,11 +50,7 @@ def make_video(path, with_sound=True):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("qwen3_omni_data")
-    base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")
-    processor = AutoProcessor.from_pretrained(base)
-    with open(FIXTURE_TEMPLATE) as f:
-        processor.chat_template = f.read()
-    processor.save_pretrained(base)
+    base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")  # with tests/fixtures/qwen3_omni_chat_template.jinja
     # The shipped examples, with media made here under the names they use
     data = root / "examples"
     shutil.copytree(EXAMPLES, data, ignore=shutil.ignore_patterns("media"))
@@ -76,7 +71,8 @@ def token_counts(processor, input_ids):
 
 
 def test_fixture_template_has_the_real_traps(processor):
-    """The template the tests use renders a None-filled text part as an image and drops list-form reasoning."""
+    """The template the tiny checkpoints carry renders a None-filled text part as an image and drops list-form
+    reasoning, as the real checkpoints' templates do."""
     none_filled = [{"role": "user", "content": [{"type": "text", "text": "hi", "image": None, "audio": None}]}]
     assert "<|image_pad|>" in processor.apply_chat_template(none_filled, tokenize=False)
     listed = [

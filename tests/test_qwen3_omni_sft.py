@@ -308,7 +308,7 @@ def test_sft_script_lowers_the_loss_and_saves_only_the_adapter(workdir, trained)
     report = json.loads((out / "data_report_train.json").read_text())
     assert (report["num_rows"], report["num_kept"], report["format"]) == (13, 12, "tagged")
     assert report["refused"]["placeholder_mismatch"]["first_row_ids"] == [12]
-    assert report["skipped_while_training"]["num_skipped_media"] == 0
+    assert report["while_training"] == {"num_truncated": 0, "num_dropped_too_long": 0, "num_skipped_media": 0}
     assert "placeholder_mismatch: 1 rows (first ids [12])" in trained["log"]
 
 
