@@ -190,12 +190,16 @@ def shard_by_decoder_layer(model, decoder_layers) -> None:
 
 
 class DistributedRunCallback(TrainerCallback):
-    """Logs each process's share of the training data when training starts and, under FSDP, has the final
-    `Trainer.save_model` write the whole model.
+    """Logs each process's share of the training data when training starts and, under FSDP, makes the final
+    `Trainer.save_model` write the whole model as the model's own class.
 
-    With accelerate's `SHARDED_STATE_DICT` (train/accelerate/fsdp2.yaml, kept for the checkpoints, which every rank
-    writes its shard of) `Trainer.save_model` writes no weights at all; switching to `FULL_STATE_DICT` once training
-    has ended makes it gather the full state dict and save it (an adapter for PEFT models) from the main process.
+    - With accelerate's `SHARDED_STATE_DICT` (train/accelerate/fsdp2.yaml, kept for the checkpoints, which every rank
+      writes its shard of) `Trainer.save_model` writes no weights at all; switching to `FULL_STATE_DICT` once training
+      has ended makes it gather the full state dict and save it (an adapter for PEFT models) from the main process.
+    - FSDP2 turns the model into an instance of a subclass it creates in its own module (`FSDPOmniForCausalLM` in
+      `torch.distributed.fsdp._fully_shard._fsdp_init`); `save_pretrained` of a remote-code model would then copy
+      torch's FSDP files into the checkpoint and point `auto_map` at them. The subclass is given the name and module of
+      the model's class, so the checkpoint gets the model's own code files.
     """
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
@@ -206,9 +210,17 @@ class DistributedRunCallback(TrainerCallback):
             f"{args.per_device_train_batch_size} rows per epoch, of {len(train_dataloader.dataset)} training rows."
         )
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
         from accelerate.state import AcceleratorState
+        from torch.distributed.fsdp import FSDPModule
 
         fsdp_plugin = AcceleratorState._shared_state.get("fsdp_plugin")
-        if fsdp_plugin is not None and "FULL_STATE_DICT" not in str(fsdp_plugin.state_dict_type):
+        if fsdp_plugin is None:
+            return
+        if "FULL_STATE_DICT" not in str(fsdp_plugin.state_dict_type):
             fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        if isinstance(model, FSDPModule):
+            fsdp_class = type(model)
+            model_class = next(cls for cls in fsdp_class.__mro__[1:] if not issubclass(cls, FSDPModule))
+            fsdp_class.__module__, fsdp_class.__name__ = model_class.__module__, model_class.__name__
+            fsdp_class.__qualname__ = model_class.__qualname__

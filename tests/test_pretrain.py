@@ -1,6 +1,7 @@
 """pretrain: packing equals unpacked logits, loss goes down, exact resume, 2-process run, bad input."""
 
 import importlib.util
+import json
 import math
 import os
 from pathlib import Path
@@ -10,12 +11,14 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from omni_testing import REPO_ROOT
 from qwen_omni import OmniConfig, OmniForCausalLM
 from qwen_omni.feature_extraction_omni import SNACFeatureExtractor
 from qwen_omni.omni.corpus import load_audio_text_rows, prepare_dataset
+from qwen_omni.omni.hub import verify_in_clean_process
 from qwen_omni.omni.packing import (
     OmniPackingCollator,
     build_packed_dataset,
@@ -232,6 +235,40 @@ def test_two_cpu_processes_share_the_data_and_write_one_checkpoint(prepared_corp
     assert checkpoints == ["checkpoint-4"]
     assert log.count("Done: 4 steps") == 1  # the main process reports the one checkpoint
     AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_cpu_processes_saves_a_checkpoint_that_loads_anywhere(prepared_corpus, snac_24khz_dir, tmp_path):
+    """train/accelerate/fsdp2.yaml with --use_cpu true: two ranks shard the model (FSDP2 over gloo); the final save is
+    the whole model with the Omni code files (not FSDP's), and it reloads and generates in a clean process."""
+    out = tmp_path / "fsdp2"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(REPO_ROOT / "train" / "accelerate" / "fsdp2.yaml"), "--num_processes", "2", "--main_process_port", "0",
+        str(REPO_ROOT / "train" / "pretrain.py"), "--use_cpu", "true", "--optimizer", "adamw",
+        "--dataset_name", str(prepared_corpus), "--codec", str(snac_24khz_dir), "--output_dir", str(out),
+        "--bpe_vocab_size", "300", "--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2",
+        "--num_key_value_heads", "1", "--max_length", "512", "--per_device_train_batch_size", "1", "--max_steps", "2",
+        "--save_steps", "2", "--eval_strategy", "no", "--eval_fraction", "0", "--report_to", "none",
+        "--logging_steps", "1", "--disable_tqdm", "true",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"Process rank {rank} of world size 2 (local rank {rank}) on cpu:0: FSDP2 over gloo." in result.stderr
+    shards = sorted(p.name for p in (out / "checkpoint-2" / "pytorch_model_fsdp_0").glob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"]
+    assert not list(out.glob("_fsdp*.py"))
+    assert json.loads((out / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == "modeling_omni.OmniForCausalLM"
+    # the whole model: every tensor of the initial checkpoint, same shape, trained
+    initial, trained = load_file(out / "init" / "model.safetensors"), load_file(out / "model.safetensors")
+    # the gathered state dict also holds the tied output embedding (the input one's values; reloading ties them)
+    assert "lm_head.weight" not in initial
+    assert torch.equal(trained.pop("lm_head.weight"), trained["model.embed_tokens.weight"])
+    assert {k: v.shape for k, v in trained.items()} == {k: v.shape for k, v in initial.items()}
+    assert not torch.equal(trained["model.layers.0.self_attn.q_proj.weight"], initial["model.layers.0.self_attn.q_proj.weight"])
+    assert verify_in_clean_process(out)["class"].endswith("modeling_omni.OmniForCausalLM")
 
 
 def test_push_to_hub_checks_the_repo_id_first_and_publishes_through_the_checked_path(
