@@ -5,9 +5,11 @@ Importing the package registers the Omni classes with transformers' Auto classes
 `AutoModelForCausalLM` / `AutoProcessor` even without `trust_remote_code`.
 """
 
-from .configuration_omni import OmniConfig, SNACTokenLayout
+from .configuration_omni import OmniConfig
+from .configuration_snac import SNACConfig, SNACTokenLayout
 from .feature_extraction_omni import SNACFeatureExtractor
 from .modeling_omni import OmniCausalLMOutputWithPast, OmniForCausalLM
+from .modeling_snac import SNACAudioTokenizer
 from .processing_omni import OmniProcessor
 
 
@@ -16,6 +18,8 @@ __all__ = [
     "OmniConfig",
     "OmniForCausalLM",
     "OmniProcessor",
+    "SNACAudioTokenizer",
+    "SNACConfig",
     "SNACFeatureExtractor",
     "SNACTokenLayout",
 ]
