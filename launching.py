@@ -27,6 +27,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import torch
 from transformers import TrainerCallback, TrainingArguments
 from transformers.utils import logging
 
@@ -83,8 +84,9 @@ def refusal(request: LaunchRequest, *, device_type: str, world_size: int, has_gp
     if request.lost_processes:
         return (
             "accelerate launch started ONE process although several were asked for: in accelerate 1.15 "
-            "`--cpu --num_processes N` and `distributed_type: MULTI_CPU` without `--mpirun_hostfile` take the "
-            "single-process path. For N processes on CPU (DDP over gloo) run "
+            "`--num_processes N` with `--cpu` (or without `--multi_gpu` on a machine without GPUs) and "
+            "`distributed_type: MULTI_CPU` without `--mpirun_hostfile` take the single-process path. For N processes "
+            "on CPU (DDP over gloo) run "
             f"`{CPU_LAUNCH}` or `accelerate launch --config_file train/accelerate/cpu_2proc.yaml <script> ... "
             "--use_cpu true`."
         )
@@ -126,8 +128,6 @@ def check_launch(training_args: TrainingArguments, environ: Mapping[str, str] | 
     Raises:
         ValueError: naming what was asked for, why it cannot run here and the launch that does.
     """
-    import torch
-
     request = LaunchRequest.from_environment(training_args, environ)
     has_gpu = torch.cuda.is_available()
     # DeepSpeed without a GPU fails inside accelerate's state set-up (or silently becomes DDP under --use_cpu), so it

@@ -64,6 +64,11 @@ def test_accelerate_cpu_flag_starts_one_process_and_is_refused():
     assert request.lost_processes and request.num_processes == 1
     reason = refusal(request, device_type="cpu", world_size=1, has_gpu=False)
     assert "started ONE process" in reason and "torchrun --nproc_per_node N" in reason and "--use_cpu true" in reason
+    # the same without --cpu on a machine without GPUs
+    if not torch.cuda.is_available():
+        launcher, num_processes, environ = launched("--num_processes", "2")
+        assert (launcher, num_processes) == ("simple", 1)
+        assert LaunchRequest.from_environment(environ=environ).lost_processes
     # one process asked for, one started: nothing to refuse
     launcher, num_processes, environ = launched("--cpu", "--num_processes", "1")
     assert refusal(LaunchRequest.from_environment(environ=environ), device_type="cpu", world_size=1, has_gpu=False) is None
