@@ -499,39 +499,47 @@ class _ConvLayer:
 
 
 class _TransposedConvLayer:
-    """SNAC's upsampling `ConvTranspose1d` (kernel `2 * stride`): raw output block `j` sums what inputs `j - 1` and
-    `j` contribute, so the last input is kept until the next arrives; the full decode's crop (`padding`) is applied
-    at both ends of the stream."""
+    """SNAC's upsampling `ConvTranspose1d` (kernel `2 * stride`) as one matrix product per piece: input step `i`
+    writes a patch of `2 * stride` output steps, whose first half completes output block `i` (with the previous
+    input's second half) and whose second half is carried to the next piece; the full decode's crop (`padding`) is
+    applied at both ends of the stream."""
 
     def __init__(self, conv: torch.nn.ConvTranspose1d):
         self.stride = conv.stride[0]
-        if conv.kernel_size[0] != 2 * self.stride or conv.dilation[0] != 1:
-            raise NotImplementedError(f"only kernel_size == 2 * stride upsampling streams, got {conv}")
-        self.weight = conv.weight.detach()
-        self.bias = None if conv.bias is None else conv.bias.detach()
-        self.groups, self.crop = conv.groups, conv.padding[0]
-        self.last: torch.Tensor | None = None
+        if conv.kernel_size[0] != 2 * self.stride or conv.dilation[0] != 1 or conv.groups != 1:
+            raise NotImplementedError(f"only kernel_size == 2 * stride, ungrouped upsampling streams, got {conv}")
+        weight = conv.weight.detach()  # (in_channels, out_channels, 2 * stride)
+        self.out_channels = weight.shape[1]
+        self.matrix = weight.reshape(weight.shape[0], -1)
+        self.bias = None if conv.bias is None else conv.bias.detach()[:, None]
+        self.crop = conv.padding[0]
+        self.carry: torch.Tensor | None = None  # the last input's second half
         self.inputs = self.raw_position = 0
 
     def __call__(self, x: torch.Tensor, final: bool) -> torch.Tensor:
-        first = self.last is None
-        pieces = [] if first else [self.last]
+        batch, stride = x.shape[0], self.stride
+        blocks = []
         if x.shape[-1]:
-            pieces.append(x)
+            patches = (x.transpose(1, 2) @ self.matrix).view(batch, x.shape[-1], self.out_channels, 2 * stride)
+            first, second = patches[..., :stride], patches[..., stride:]
+            if self.carry is not None:
+                first = first + torch.cat([self.carry[:, None], second[:, :-1]], dim=1)
+            else:
+                first = first + F.pad(second[:, :-1], (0, 0, 0, 0, 1, 0))
+            blocks.append(first)
+            self.carry = second[:, -1]
             self.inputs += x.shape[-1]
-            self.last = x[..., -1:]
-        if final and self.last is not None:  # the last block: the last input's contribution, nothing after it
-            pieces.append(torch.zeros_like(self.last))
-        start_block = 0 if first else 1  # a kept input's first block went out with the previous piece
-        sequence = torch.cat(pieces, dim=-1) if pieces else x
-        if sequence.shape[-1] <= start_block:
-            return x.new_zeros(x.shape[0], self.weight.shape[1] * self.groups, 0)
-        raw = F.conv_transpose1d(sequence, self.weight, self.bias, stride=self.stride, groups=self.groups)
-        raw = raw[..., start_block * self.stride : sequence.shape[-1] * self.stride]
+        if final and self.carry is not None:  # the last block: the last input's second half, nothing after it
+            blocks.append(self.carry[:, None])
+        if not blocks:
+            return x.new_zeros(batch, self.out_channels, 0)
+        raw = torch.cat(blocks, dim=1).permute(0, 2, 1, 3).reshape(batch, self.out_channels, -1)
+        if self.bias is not None:
+            raw = raw + self.bias
         low = max(0, self.crop - self.raw_position)
         high = raw.shape[-1]
         if final:  # the full decode's output is raw[crop : crop + inputs * stride]
-            high = min(high, self.crop + self.inputs * self.stride - self.raw_position)
+            high = min(high, self.crop + self.inputs * stride - self.raw_position)
         self.raw_position += raw.shape[-1]
         return raw[..., low:high]
 
@@ -637,27 +645,54 @@ def _streaming_layers(module: torch.nn.Module) -> list:
     raise NotImplementedError(f"no streaming rule for {type(module).__name__}")
 
 
+class _AudioCodec:
+    """What streaming needs of a processor's codec, whichever object holds it: the processor's `audio_tokenizer`
+    (a `SNACAudioTokenizer`) or, in checkpoints that keep the codec in the feature extractor, the
+    [`SNACFeatureExtractor`] (also accepted directly)."""
+
+    def __init__(self, processor):
+        self.layout = processor.token_layout
+        audio_tokenizer = getattr(processor, "audio_tokenizer", None)
+        self._feature_extractor = None
+        if audio_tokenizer is not None:
+            self.module = audio_tokenizer
+            self.samples_per_frame = audio_tokenizer.config.samples_per_frame
+            self.frames_per_window = audio_tokenizer.config.frames_per_window
+        else:
+            feature_extractor = getattr(processor, "feature_extractor", processor)
+            self.module = feature_extractor.codec
+            self.samples_per_frame = feature_extractor.samples_per_frame
+            self.frames_per_window = feature_extractor.frames_per_window
+            self._feature_extractor = feature_extractor
+        self.device = next(self.module.parameters()).device
+
+    def decode_window(self, codes: list[torch.Tensor], frame_offset: int) -> torch.Tensor:
+        """Decode the codes of a window of frames that starts at absolute frame `frame_offset` (1-D waveform)."""
+        if self._feature_extractor is not None:
+            return self._feature_extractor.decode_codes(codes, frame_offset=frame_offset)
+        with torch.inference_mode():
+            return self.module.decode(codes, frame_offset=frame_offset).audio_values.float().cpu()
+
+
 class SNACStreamingDecoder:
     r"""
     Decodes a stream of SNAC frames piece by piece: every frame is decoded once, each decoder layer keeping the
     little of its past input it still needs, and the joined output equals the full decode of all frames
-    (`SNACFeatureExtractor.decode`, float rounding aside), first and last frame included. Output comes as soon as
-    it no longer depends on frames to come (for SNAC's decoders, a bit more than two frames later).
+    (float rounding aside), first and last frame included. Output comes as soon as it no longer depends on frames to
+    come (`lookahead_frames` later; 3 for the 24 kHz SNAC).
 
     Args:
-        feature_extractor ([`SNACFeatureExtractor`]): gives the codec and the token layout.
+        processor ([`OmniProcessor`] or [`SNACFeatureExtractor`]): gives the codec and the token layout.
 
     Raises:
         `NotImplementedError` for a codec with a layer that has no streaming rule.
     """
 
-    def __init__(self, feature_extractor):
-        self.feature_extractor = feature_extractor
-        self.layout = feature_extractor.token_layout
-        codec = feature_extractor.codec
-        self.quantizer = codec.quantizer
-        self.latent_dim = codec.latent_dim
-        self.layers = _streaming_layers(codec.decoder.model)
+    def __init__(self, processor):
+        self.codec = processor if isinstance(processor, _AudioCodec) else _AudioCodec(processor)
+        self.layout = self.codec.layout
+        self.quantizer = self.codec.module.quantizer
+        self.layers = _streaming_layers(self.codec.module.decoder.model)
         latent_steps, _ = _lookahead(self.layers, 1)
         # frames that must follow a frame before all of its audio is final
         self.lookahead_frames = math.ceil(latent_steps / self.layout.vq_strides[0])
@@ -670,22 +705,20 @@ class SNACStreamingDecoder:
         Returns:
             The waveform samples now final (1-D float32, possibly empty).
         """
-        layout, feature_extractor = self.layout, self.feature_extractor
+        layout, codec = self.layout, self.codec
         self.frames += frame_ids.numel() // layout.tokens_per_frame
         if final:  # as the full decode: code 0 up to whole attention windows, trimmed off below
-            padding = -self.frames % feature_extractor.frames_per_window
+            padding = -self.frames % codec.frames_per_window
             zero_frame = torch.tensor([layout.block_start(p) for p in range(layout.tokens_per_frame)])
             frame_ids = torch.cat([frame_ids.long(), zero_frame.repeat(padding)])
-        device = feature_extractor.device
         with torch.inference_mode():
             if frame_ids.numel():
-                codes = [code[None].to(device) for code in layout.ids_to_codes(frame_ids)]
-                latent = self.quantizer.from_codes(codes)
+                latent = self.quantizer.from_codes([code[None].to(codec.device) for code in layout.ids_to_codes(frame_ids)])
             else:
-                latent = torch.zeros(1, self.latent_dim, 0, device=device)
+                latent = torch.zeros(1, self.quantizer.quantizers[0].out_proj.out_channels, 0, device=codec.device)
             audio = _run_layers(self.layers, latent, final)[0, 0]
         if final:
-            audio = audio[: self.frames * feature_extractor.samples_per_frame - self.samples]
+            audio = audio[: self.frames * codec.samples_per_frame - self.samples]
         self.samples += audio.shape[-1]
         return audio.float().cpu().numpy()
 
@@ -737,8 +770,8 @@ class OmniAudioStreamer(BaseStreamer):
         ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise ValueError(f"{name}={value!r} must be an integer >= {least}.")
-        self.feature_extractor = getattr(processor, "feature_extractor", processor)
-        self.layout = self.feature_extractor.token_layout
+        self.codec = _AudioCodec(processor)
+        self.layout = self.codec.layout
         self.chunk_frames = chunk_frames
         self.on_chunk = on_chunk
         self.timeout = timeout
@@ -747,14 +780,14 @@ class OmniAudioStreamer(BaseStreamer):
         lookahead = None
         if not self.windowed:
             try:
-                lookahead = SNACStreamingDecoder(self.feature_extractor).lookahead_frames
+                lookahead = SNACStreamingDecoder(self.codec).lookahead_frames
             except NotImplementedError as error:
                 logger.warning(
                     f"This codec cannot be decoded layer by layer ({error}); streaming overlapping windows with 4 "
                     "frames of context instead."
                 )
                 self.windowed, right_context_frames = True, 4
-        window = self.feature_extractor.frames_per_window
+        window = self.codec.frames_per_window
         self.window = window
         self.left_context = math.ceil(left_context_frames / window) * window
         # frames of look-ahead before a frame's audio goes out: the decoder's own when streaming its state; for
@@ -808,7 +841,7 @@ class OmniAudioStreamer(BaseStreamer):
         if not final and ready < self.chunk_frames:
             return
         if self._decoder is None:
-            self._decoder = SNACStreamingDecoder(self.feature_extractor)
+            self._decoder = SNACStreamingDecoder(self.codec)
         tokens_per_frame = self.layout.tokens_per_frame
         frame_ids = torch.tensor(self.codes_ids[self.emitted_frames * tokens_per_frame :], dtype=torch.long)
         self.emitted_frames = self.num_frames
@@ -824,8 +857,8 @@ class OmniAudioStreamer(BaseStreamer):
             window_stop = total if final else min(total, stop + self.right_context)
             tokens_per_frame = self.layout.tokens_per_frame
             frame_ids = torch.tensor(self.codes_ids[window_start * tokens_per_frame : window_stop * tokens_per_frame])
-            audio = self.feature_extractor.decode_codes(self.layout.ids_to_codes(frame_ids), frame_offset=window_start)
-            samples_per_frame = self.feature_extractor.samples_per_frame
+            audio = self.codec.decode_window(self.layout.ids_to_codes(frame_ids), window_start)
+            samples_per_frame = self.codec.samples_per_frame
             self.emitted_frames = stop
             self._send(audio[(start - window_start) * samples_per_frame : (stop - window_start) * samples_per_frame].numpy())
 
