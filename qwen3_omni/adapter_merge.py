@@ -26,6 +26,9 @@ def merge_adapter(
 ) -> str:
     """Merge the adapter at `adapter_path` into its base and save the result (and the base's processor) to `output_dir`.
 
+    The base is always read from its original (bf16) checkpoint, also for an adapter trained on 4-bit experts
+    (`--load_in_4bit`): the low-rank update is added to the full-precision weights, never to dequantized 4-bit ones.
+
     A full base (`qwen3_omni_moe`: thinker + talker + code2wav) gives a full checkpoint, loadable with
     `Qwen3OmniMoeForConditionalGeneration`, whose talker and code2wav are the base's; a thinker-only base gives a
     thinker checkpoint (`Qwen3OmniMoeThinkerForConditionalGeneration`).
@@ -57,4 +60,8 @@ def merge_adapter(
 def _merged(
     thinker: Qwen3OmniMoeThinkerForConditionalGeneration, adapter_path: str
 ) -> Qwen3OmniMoeThinkerForConditionalGeneration:
-    return PeftModel.from_pretrained(thinker, adapter_path).merge_and_unload()
+    config = PeftConfig.from_pretrained(adapter_path)
+    if getattr(config, "target_parameters", None) and getattr(config, "lora_dropout", 0.0):
+        # Dropout only acts in training: merging ignores it, and PEFT's parameter wrapper refuses to be built with it
+        config.lora_dropout = 0.0
+    return PeftModel.from_pretrained(thinker, adapter_path, config=config).merge_and_unload()

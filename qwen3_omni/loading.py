@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import AutoConfig, BitsAndBytesConfig, Qwen3OmniMoeThinkerForConditionalGeneration
-from transformers.utils import is_bitsandbytes_available, logging
+from transformers.utils import logging
+
+from .expert_offload import ExpertOffloader
+from .quantized_experts import ExpertQuantizationConfig, quantize_experts_on_load
 
 
 logger = logging.get_logger(__name__)
@@ -37,6 +42,10 @@ def load_thinker(
     experts_implementation: str | None = None,
     attn_implementation: str | None = None,
     load_in_4bit: bool = False,
+    quantize_experts: bool | None = None,
+    bnb_4bit_quant_type: str = "nf4",
+    bnb_4bit_use_double_quant: bool = True,
+    offload_experts: bool = False,
     quantization_config: BitsAndBytesConfig | None = None,
     device_map: str | dict | None = None,
     revision: str | None = None,
@@ -57,12 +66,23 @@ def load_thinker(
         attn_implementation (`str`, *optional*):
             `"sdpa"`, `"eager"`, `"flash_attention_2"`, ...; transformers' default when `None`.
         load_in_4bit (`bool`, *optional*, defaults to `False`):
-            Load a 4-bit NF4 base through bitsandbytes (QLoRA). Needs a CUDA GPU. The fused experts are
-            `nn.Parameter`s, which bitsandbytes leaves in `dtype`; only the `nn.Linear` layers are quantized.
+            Load a 4-bit base (QLoRA): the text model's `nn.Linear` layers through bitsandbytes' `Linear4bit`, and,
+            unless `quantize_experts=False`, the fused experts as well (see `quantized_experts.py`). Works on a CPU
+            and on CUDA.
+        quantize_experts (`bool`, *optional*):
+            Store the fused experts in 4 bits, quantized layer by layer while the checkpoint loads. Defaults to
+            `load_in_4bit`; `True` without `load_in_4bit` quantizes the experts only.
+        bnb_4bit_quant_type (`str`, *optional*, defaults to `"nf4"`):
+            4-bit data type of the `Linear4bit` layers and the experts (`"nf4"` or `"fp4"`).
+        bnb_4bit_use_double_quant (`bool`, *optional*, defaults to `True`):
+            Double quantization (8-bit block scales) for the `Linear4bit` layers and the experts.
+        offload_experts (`bool`, *optional*, defaults to `False`):
+            Keep the 4-bit experts in pinned host memory and copy each layer's to the GPU one layer ahead of use (see
+            `expert_offload.py`). Needs 4-bit experts; on a machine without CUDA it is accepted and does nothing.
         quantization_config (`BitsAndBytesConfig`, *optional*):
-            A ready quantization config (overrides `load_in_4bit`).
+            A ready quantization config for the `nn.Linear` layers (overrides `load_in_4bit` for them).
         device_map (`str` or `dict`, *optional*):
-            Passed to `from_pretrained`; a quantized base defaults to the current CUDA device.
+            Passed to `from_pretrained`; a quantized base defaults to the current CUDA device (the CPU without one).
         revision (`str`, *optional*):
             Hub revision.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
@@ -75,31 +95,48 @@ def load_thinker(
             f"({FULL_MODEL_TYPE!r} or {THINKER_MODEL_TYPE!r}). Pass a Qwen3-Omni model such as "
             "Qwen/Qwen3-Omni-30B-A3B-Instruct."
         )
-    if load_in_4bit and quantization_config is None:
-        quantization_config = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-            # The towers stay frozen and unquantized: they are small and their convolutions are not Linear anyway.
-            llm_int8_skip_modules=["lm_head", "audio_tower", "visual"],
+    quantize_experts = load_in_4bit if quantize_experts is None else quantize_experts
+    if offload_experts and not quantize_experts:
+        raise ValueError(
+            "offload_experts=True streams the 4-bit experts from host memory; it needs quantize_experts (on by default "
+            "with --load_in_4bit). Add --load_in_4bit or --quantize_experts."
         )
-    if quantization_config is not None:
-        if not torch.cuda.is_available():
-            raise ValueError(
-                "load_in_4bit=True (QLoRA) needs a CUDA GPU for the bitsandbytes 4-bit kernels, and none is visible. "
-                "Drop --load_in_4bit to fine-tune the bf16/fp32 base on this machine."
-            )
-        if not is_bitsandbytes_available():
-            raise ImportError("load_in_4bit=True needs bitsandbytes: `pip install bitsandbytes` (or `.[gpu]`).")
-        device_map = device_map or {"": torch.cuda.current_device()}
-    return Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(
-        model_name_or_path,
-        dtype=dtype,
-        experts_implementation=resolve_experts_implementation(experts_implementation),
-        attn_implementation=attn_implementation,
-        quantization_config=quantization_config,
-        device_map=device_map,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
+    if load_in_4bit and quantization_config is None:
+        quantization_config = linear_4bit_config(dtype, bnb_4bit_quant_type, bnb_4bit_use_double_quant)
+    if quantization_config is not None or quantize_experts:
+        device_map = device_map or ({"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu")
+    expert_quantization = ExpertQuantizationConfig(
+        quant_type=bnb_4bit_quant_type, double_quant=bnb_4bit_use_double_quant
+    )
+    with quantize_experts_on_load(expert_quantization) if quantize_experts else contextlib.nullcontext():
+        model = Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(
+            model_name_or_path,
+            dtype=dtype,
+            experts_implementation=resolve_experts_implementation(experts_implementation),
+            attn_implementation=attn_implementation,
+            quantization_config=quantization_config,
+            device_map=device_map,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
+    if offload_experts:
+        if torch.cuda.is_available():
+            model._expert_offloader = ExpertOffloader(model, device=torch.device("cuda", torch.cuda.current_device()))
+        else:
+            logger.info("offload_experts: no CUDA device, the 4-bit experts already live in host memory (no-op).")
+    return model
+
+
+def linear_4bit_config(
+    dtype: str | torch.dtype = "auto", quant_type: str = "nf4", double_quant: bool = True
+) -> BitsAndBytesConfig:
+    """The `BitsAndBytesConfig` for the `nn.Linear` layers of a QLoRA Thinker (the text model's; the towers and the
+    LM head stay unquantized: they are small, and the towers' convolutions are not `Linear` anyway)."""
+    compute_dtype = dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype), torch.bfloat16)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+        llm_int8_skip_modules=["lm_head", "audio_tower", "visual"],
     )

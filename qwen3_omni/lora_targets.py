@@ -13,6 +13,10 @@ from collections.abc import Sequence
 from peft import LoraConfig
 from torch import nn
 
+from .quantized_experts import nf4_parametrization
+from .routed_lora import register_routed_lora
+from .sft_trainer import MOE_LORA_IMPLEMENTATIONS
+
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 ROUTER_PARAMETER = "mlp.gate.weight"
@@ -36,6 +40,7 @@ def build_lora_config(
     towers: Sequence[str] = (),
     use_rslora: bool = False,
     modules_to_save: list[str] | None = None,
+    moe_lora_impl: str = "routed",
 ) -> LoraConfig:
     """Build the `LoraConfig` for a Qwen3-Omni Thinker, with every target spelled out by its full name.
 
@@ -47,8 +52,9 @@ def build_lora_config(
         lora_alpha (`int`, *optional*, defaults to 32):
             LoRA alpha of the attention projections and the router.
         lora_dropout (`float`, *optional*, defaults to 0.0):
-            Must be 0 when the router or the experts are targeted: PEFT's parameter wrapper folds the update into the
-            weight, so there is no input to drop out. A non-zero value raises a `ValueError` here.
+            Dropout on the input of every LoRA. On the router and the experts it needs `moe_lora_impl="routed"` (each
+            routed token's input to `A` is dropped out); PEFT's parameter wrapper folds the update into the weight, so
+            with `moe_lora_impl="peft"` a non-zero value raises a `ValueError` here.
         expert_r (`int`, *optional*):
             Rank of each expert's LoRA (`gate_up_proj` and `down_proj` get `expert_r` per expert, so
             `num_experts * expert_r` in all). Defaults to `r`.
@@ -66,7 +72,12 @@ def build_lora_config(
             Rank-stabilised scaling `alpha / sqrt(r)`.
         modules_to_save (`list[str]`, *optional*):
             Modules trained in full and saved with the adapter.
+        moe_lora_impl (`str`, *optional*, defaults to `"routed"`):
+            `"routed"`: the router / expert wrappers are built as the routed-token LoRA (see `routed_lora.py`), which
+            also carries `lora_dropout`; `"peft"`: PEFT's own wrapper.
     """
+    if moe_lora_impl not in MOE_LORA_IMPLEMENTATIONS:
+        raise ValueError(f"moe_lora_impl={moe_lora_impl!r} is not one of {MOE_LORA_IMPLEMENTATIONS}.")
     unknown_towers = set(towers) - set(TOWER_PREFIXES)
     if unknown_towers:
         raise ValueError(f"towers={sorted(unknown_towers)} is not known; choose among {sorted(TOWER_PREFIXES)}.")
@@ -81,6 +92,8 @@ def build_lora_config(
             target_modules.append(name)
     wanted_parameters = ((ROUTER_PARAMETER,) if target_router else ()) + (EXPERT_PARAMETERS if target_experts else ())
     for name, _ in model.named_parameters():
+        # a 4-bit expert tensor is `<experts>.parametrizations.<name>.original`; PEFT targets it by `<experts>.<name>`
+        name = name.replace(".parametrizations.", ".").removesuffix(".original")
         if name.startswith(TEXT_MODEL_PREFIX) and name.endswith(wanted_parameters):
             target_parameters.append(name)
     if not target_modules and not target_parameters:
@@ -89,14 +102,24 @@ def build_lora_config(
             f"attention_projections={list(projections)}, target_router={target_router}, "
             f"target_experts={target_experts}. Is it a Qwen3-Omni Thinker?"
         )
-    if lora_dropout and target_parameters:
+    if lora_dropout and target_parameters and moe_lora_impl == "peft":
         raise ValueError(
-            f"lora_dropout={lora_dropout} cannot be used with LoRA on the MoE router and experts: PEFT adapts these "
-            "parameters (target_parameters) by adding the low-rank update to the weight, so there is no input to drop "
-            "out. Set lora_dropout to 0 (`--lora_dropout 0`, or `lora_dropout: 0.0` in the YAML config), or keep only "
-            "the attention targets (`--lora_target_router false --lora_target_experts false`)."
+            f"lora_dropout={lora_dropout} cannot be used with LoRA on the MoE router and experts through PEFT's "
+            "wrapper (moe_lora_impl='peft'): it adapts these parameters (target_parameters) by adding the low-rank "
+            "update to the weight, so there is no input to drop out. Use the routed-token LoRA (`--moe_lora_impl "
+            "routed`, the default), which drops out each routed token's input, or set lora_dropout to 0 "
+            "(`--lora_dropout 0`), or keep only the attention targets (`--lora_target_router false "
+            "--lora_target_experts false`)."
         )
 
+    if moe_lora_impl == "peft" and target_experts and any(
+        nf4_parametrization(module, "gate_up_proj") is not None for module in model.modules()
+    ):
+        raise ValueError(
+            "moe_lora_impl='peft' cannot put LoRA on 4-bit experts (--load_in_4bit / --quantize_experts): PEFT's "
+            "wrapper stacks its update on the dequantized stack through torch parametrizations, which fails on the "
+            "uint8 codes. Use the routed-token LoRA (`--moe_lora_impl routed`, the default)."
+        )
     rank_pattern, alpha_pattern = {}, {}
     if target_experts and expert_r is not None:
         expert_alpha = expert_alpha if expert_alpha is not None else lora_alpha * expert_r / r
@@ -107,7 +130,7 @@ def build_lora_config(
     elif target_experts and expert_alpha is not None:
         alpha_pattern = dict.fromkeys(EXPERT_PARAMETERS, expert_alpha)
 
-    return LoraConfig(
+    config = LoraConfig(
         task_type="CAUSAL_LM",
         r=r,
         lora_alpha=lora_alpha,
@@ -120,3 +143,6 @@ def build_lora_config(
         use_rslora=use_rslora,
         modules_to_save=modules_to_save,
     )
+    if moe_lora_impl == "routed" and target_parameters:
+        register_routed_lora(config, model)
+    return config

@@ -279,6 +279,7 @@ def apply_routed_lora(model: nn.Module) -> int:
     Returns:
         `int`: how many wrappers this call converted (0 when there was nothing left to convert).
     """
+    _nest_expert_wrappers_as_on_a_plain_base(model)
     converted = 0
     for module in model.modules():
         if not isinstance(module, peft_lora_layer.ParamWrapper) or type(module) is ParamWrapper:
@@ -293,6 +294,26 @@ def apply_routed_lora(model: nn.Module) -> int:
             module.__class__ = ParamWrapper
             converted += 1
     return converted
+
+
+def _nest_expert_wrappers_as_on_a_plain_base(model: nn.Module) -> None:
+    """PEFT nests the two expert wrappers `down_proj` outside `gate_up_proj` on plain experts (parameter registration
+    order) but the other way round on 4-bit (parametrized) experts (sorted names), and the nesting is in the adapter's
+    state-dict keys (`experts.lora_A` vs `experts.base_layer.lora_A`). Re-nest the latter like the former, so an
+    adapter trained on 4-bit experts loads onto the bf16 base and back."""
+    for name, module in list(model.named_modules()):
+        inner = getattr(module, "base_layer", None)
+        if not (
+            isinstance(module, peft_lora_layer.ParamWrapper) and module.parameter_name == "gate_up_proj"
+            and isinstance(inner, peft_lora_layer.ParamWrapper) and inner.parameter_name == "down_proj"
+            and not isinstance(inner.base_layer, peft_lora_layer.ParamWrapper)
+        ):
+            continue
+        parent_name, _, child_name = name.rpartition(".")
+        experts = inner.base_layer
+        module.base_layer = experts
+        inner.base_layer = module
+        setattr(model.get_submodule(parent_name), child_name, inner)
 
 
 def register_routed_lora(config: LoraConfig, model: nn.Module) -> LoraConfig:

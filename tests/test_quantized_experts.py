@@ -1,0 +1,289 @@
+"""4-bit fused experts (qwen3_omni/quantized_experts.py), their offload, and the routed expert LoRA over them with
+lora_dropout, on tiny random Qwen3-Omni text models (Thinker and Talker MoE blocks)."""
+
+import copy
+import os
+import sys
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch.nn.utils import parametrize
+from transformers import Qwen3OmniMoeTextConfig
+from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
+    Qwen3OmniMoeTalkerTextSparseMoeBlock,
+    Qwen3OmniMoeThinkerTextModel,
+)
+
+from qwen_omni.qwen3_omni import build_lora_config, load_thinker, merge_adapter
+from qwen_omni.qwen3_omni.expert_offload import ExpertOffloader
+from qwen_omni.qwen3_omni.quantized_experts import (
+    ExpertQuantizationConfig,
+    nf4_parametrization,
+    nf4_storage_bytes,
+    quantize_experts,
+    quantized_expert_bytes,
+)
+from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora, register_routed_lora
+
+
+sys.path.insert(0, os.path.dirname(__file__))
+import qwen3_omni_tiny  # noqa: E402
+
+
+HIDDEN, EXPERT_INTERMEDIATE, NUM_EXPERTS = 64, 32, 8
+TARGET_PARAMETERS = ["mlp.gate.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+INPUT_IDS = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def tiny_text_model(num_layers=2, experts_implementation="eager"):
+    config = Qwen3OmniMoeTextConfig(
+        vocab_size=64, hidden_size=HIDDEN, intermediate_size=64, moe_intermediate_size=EXPERT_INTERMEDIATE,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        num_experts=NUM_EXPERTS, num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[],
+    )
+    torch.manual_seed(0)
+    model = Qwen3OmniMoeThinkerTextModel(config)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    model.set_experts_implementation(experts_implementation)
+    return model
+
+
+def dequantized_twin(quantized, twin):
+    """`twin` (the same model built unquantized) with the 4-bit experts of `quantized` dequantized into its experts.
+    (Not a deepcopy: torch's parametrize gives each module a class of its own, which a deepcopy shares.)"""
+    pairs = zip(
+        [m for m in quantized.modules() if nf4_parametrization(m, "gate_up_proj") is not None],
+        [m for m in twin.modules() if hasattr(m, "gate_up_proj") and not parametrize.is_parametrized(m)],
+        strict=True,
+    )
+    with torch.no_grad():
+        for quantized_experts, experts in pairs:
+            for name in ("gate_up_proj", "down_proj"):
+                getattr(experts, name).copy_(getattr(quantized_experts, name))
+    return twin
+
+
+def lora_config(num_layers=2, **overrides):
+    # full names: PEFT matches a parametrized (4-bit) tensor only by its module's full name
+    targets = [f"layers.{layer}.{name}" for layer in range(num_layers) for name in TARGET_PARAMETERS]
+    kwargs = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], target_parameters=targets,
+                  init_lora_weights=False)
+    kwargs.update(overrides)
+    return LoraConfig(**kwargs)
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_expert_tensors_are_stored_in_4_bits(double_quant):
+    model = tiny_text_model()
+    config = ExpertQuantizationConfig(double_quant=double_quant)
+    bf16_bytes = sum(
+        getattr(layer.mlp.experts, name).numel() * 2 for layer in model.layers for name in ("gate_up_proj", "down_proj")
+    )
+    assert quantize_experts(model, config) == 4
+    assert quantize_experts(model, config) == 0
+    expected = sum(
+        nf4_storage_bytes(NUM_EXPERTS * 2 * EXPERT_INTERMEDIATE * HIDDEN, config)
+        + nf4_storage_bytes(NUM_EXPERTS * HIDDEN * EXPERT_INTERMEDIATE, config)
+        for _ in model.layers
+    )
+    assert quantized_expert_bytes(model) == expected
+    # 4 bits per value plus the block scales (32 bits per 64 values, or 8 plus a 1 KiB code book when double-quantized)
+    assert expected < 0.3 * bf16_bytes
+    experts = model.layers[0].mlp.experts
+    codes = experts.parametrizations.gate_up_proj.original
+    assert codes.dtype == torch.uint8 and codes.numel() == NUM_EXPERTS * 2 * EXPERT_INTERMEDIATE * HIDDEN // 2
+    assert not any(p.dtype.is_floating_point for n, p in experts.named_parameters())
+    assert experts.gate_up_proj.shape == (NUM_EXPERTS, 2 * EXPERT_INTERMEDIATE, HIDDEN)
+
+
+@pytest.mark.parametrize("experts_implementation", ["eager", "grouped_mm"])
+def test_routed_forward_over_4bit_experts_equals_the_dequantized_bf16_forward(experts_implementation):
+    model = tiny_text_model(experts_implementation=experts_implementation)
+    quantize_experts(model)
+    reference = dequantized_twin(model, tiny_text_model(experts_implementation=experts_implementation))
+    routed = get_peft_model(model, lora_config())
+    apply_routed_lora(routed)
+    expected = get_peft_model(reference, lora_config())
+    expected.load_state_dict(routed.state_dict(), strict=False)
+    got_hidden = routed(input_ids=INPUT_IDS).last_hidden_state
+    want_hidden = expected(input_ids=INPUT_IDS).last_hidden_state
+    torch.testing.assert_close(got_hidden, want_hidden, atol=1e-5, rtol=1e-5)
+    # the plain experts forward (no LoRA) on 4-bit experts is the dequantized one too
+    with routed.disable_adapter(), expected.disable_adapter():
+        torch.testing.assert_close(
+            routed(input_ids=INPUT_IDS).last_hidden_state, expected(input_ids=INPUT_IDS).last_hidden_state,
+            atol=1e-5, rtol=1e-5,
+        )
+
+
+def test_talker_moe_block_experts_quantize_too():
+    config = Qwen3OmniMoeTextConfig(
+        hidden_size=64, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+        shared_expert_intermediate_size=32,
+    )
+    config._experts_implementation = "eager"
+
+    def talker_block():
+        torch.manual_seed(0)
+        block = Qwen3OmniMoeTalkerTextSparseMoeBlock(config)
+        for parameter in block.parameters():
+            torch.nn.init.normal_(parameter, std=0.2)
+        return block
+
+    block = talker_block()
+    assert quantize_experts(block) == 2
+    reference = dequantized_twin(block, talker_block())
+    model = get_peft_model(block, LoraConfig(r=2, target_parameters=["experts.gate_up_proj", "experts.down_proj"], init_lora_weights=False))
+    apply_routed_lora(model)
+    expected = get_peft_model(reference, LoraConfig(r=2, target_parameters=["experts.gate_up_proj", "experts.down_proj"]))
+    expected.load_state_dict(model.state_dict(), strict=False)
+    x = torch.randn(2, 5, 64)
+    torch.testing.assert_close(model(x), expected(x), atol=1e-5, rtol=1e-5)
+
+
+def test_lora_trains_on_4bit_experts_and_only_lora_gets_gradients():
+    model = tiny_text_model()
+    quantize_experts(model)
+    head = torch.nn.Linear(HIDDEN, 64)
+    head.requires_grad_(False)
+    model = get_peft_model(model, lora_config(init_lora_weights=True))
+    apply_routed_lora(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    inputs, labels = INPUT_IDS[:, :-1], INPUT_IDS[:, 1:]
+    losses = []
+    for _ in range(12):
+        logits = head(model(input_ids=inputs).last_hidden_state)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 64), labels.reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        with_grad = {name for name, p in model.named_parameters() if p.grad is not None}
+        assert with_grad and all(".lora_A." in name or ".lora_B." in name for name in with_grad)
+        assert any(".experts.lora_" in name or "experts.base_layer.lora_" in name for name in with_grad)
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_lora_dropout_on_routed_experts():
+    model = tiny_text_model()
+    config = lora_config(lora_dropout=0.1, target_modules=[])
+    routed = get_peft_model(model, register_routed_lora(config, model))
+    wrapper = routed.base_model.model.layers[0].mlp.experts
+    assert isinstance(wrapper.lora_dropout["default"], torch.nn.Dropout)
+    routed.train()
+    outputs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        outputs.append(routed(input_ids=INPUT_IDS).last_hidden_state)
+    assert (outputs[0] - outputs[1]).abs().max() > 1e-4
+    torch.manual_seed(0)
+    torch.testing.assert_close(routed(input_ids=INPUT_IDS).last_hidden_state, outputs[0])  # same seed, same mask
+
+    # eval mode: no dropout, the same function as PEFT's own wrapper (which cannot be built with dropout)
+    peft_model = get_peft_model(tiny_text_model(), lora_config(target_modules=[]))
+    peft_model.load_state_dict(routed.state_dict())
+    routed.eval()
+    peft_model.eval()
+    torch.testing.assert_close(
+        routed(input_ids=INPUT_IDS).last_hidden_state, peft_model(input_ids=INPUT_IDS).last_hidden_state,
+        atol=1e-5, rtol=1e-5,
+    )
+    with pytest.raises(ValueError, match="does not work with lora_dropout"):
+        get_peft_model(tiny_text_model(), lora_config(lora_dropout=0.1, target_modules=[]))
+
+
+def test_offload_prefetches_one_layer_ahead_on_a_fake_device():
+    model = tiny_text_model(num_layers=4)
+    quantize_experts(model)
+    copies = []
+
+    def fake_copy(tensor):  # a "device" that is host memory, so the forward still runs; each copy is a new tensor
+        copies.append(tensor)
+        return tensor.clone()
+
+    peft_model = get_peft_model(model, lora_config(num_layers=4))
+    apply_routed_lora(peft_model)
+    expected = get_peft_model(dequantized_twin(model, tiny_text_model(num_layers=4)), lora_config(num_layers=4))
+    expected.load_state_dict(peft_model.state_dict(), strict=False)
+    offloader = ExpertOffloader(model, device="cpu", copy_to_device=fake_copy)
+    peft_model.base_model.model.gradient_checkpointing_enable({"use_reentrant": False})
+    peft_model.train()
+    hidden = peft_model(input_ids=INPUT_IDS).last_hidden_state
+    hidden.sum().backward()
+    # forward 0..3 (each use starts the next layer's copy), then the checkpointed backward recomputes 3..0
+    assert offloader.transfers == [0, 1, 2, 3, 1, 0]
+    assert offloader.misses == 1  # only the very first layer was not copied ahead
+    assert len(copies) == len(offloader.transfers) * len(offloader.host[0])
+    expected.eval()
+    peft_model.eval()
+    torch.testing.assert_close(hidden, expected(input_ids=INPUT_IDS).last_hidden_state, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return qwen3_omni_tiny.save_tiny_checkpoint(tmp_path_factory.mktemp("q4") / "base")
+
+
+def test_load_in_4bit_on_cpu_quantizes_experts_while_loading(checkpoint):
+    import bitsandbytes as bnb
+
+    thinker = load_thinker(checkpoint, load_in_4bit=True)
+    bf16 = load_thinker(checkpoint)
+    layers = thinker.model.language_model.layers
+    assert isinstance(layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    for index, layer in enumerate(layers):
+        for name in ("gate_up_proj", "down_proj"):
+            quantization = nf4_parametrization(layer.mlp.experts, name)
+            assert quantization is not None and quantization.config.double_quant
+            original = getattr(bf16.model.language_model.layers[index].mlp.experts, name)
+            assert (getattr(layer.mlp.experts, name) - original).abs().max() < 0.2 * original.abs().max()
+    only_experts = load_thinker(checkpoint, quantize_experts=True)
+    assert isinstance(only_experts.model.language_model.layers[0].self_attn.q_proj, torch.nn.Linear)
+    assert nf4_parametrization(only_experts.model.language_model.layers[0].mlp.experts, "down_proj") is not None
+    with pytest.raises(ValueError, match="offload_experts=True .* needs quantize_experts"):
+        load_thinker(checkpoint, offload_experts=True)
+    assert load_thinker(checkpoint, quantize_experts=True, offload_experts=True) is not None  # CPU: accepted, no-op
+
+
+def test_adapter_trained_on_4bit_experts_merges_onto_the_bf16_base(checkpoint, tmp_path):
+    thinker = load_thinker(checkpoint, quantize_experts=True)
+    config = build_lora_config(thinker, r=4, lora_alpha=8, lora_dropout=0.1)
+    config.init_lora_weights = False  # a random adapter that changes the outputs
+    with pytest.raises(ValueError, match="moe_lora_impl='peft' cannot put LoRA on 4-bit experts"):
+        build_lora_config(thinker, r=4, moe_lora_impl="peft")
+    model = get_peft_model(thinker, config)
+    apply_routed_lora(model)  # as Qwen3OmniSFTTrainer does; it also nests the expert wrappers as on a bf16 base
+    model.save_pretrained(tmp_path / "adapter")
+    merged_dir = merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "merged"), base_model_name_or_path=checkpoint)
+
+    from transformers import Qwen3OmniMoeForConditionalGeneration
+
+    merged = Qwen3OmniMoeForConditionalGeneration.from_pretrained(merged_dir).thinker.eval()
+    bf16_base = load_thinker(checkpoint).eval()
+    q4_base = load_thinker(checkpoint, quantize_experts=True).eval()
+    on_bf16 = PeftModel.from_pretrained(load_thinker(checkpoint), str(tmp_path / "adapter"), config=_no_dropout(
+        tmp_path / "adapter")).eval()
+    ids = torch.randint(0, 300, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        merged_logits, adapted_bf16 = merged(input_ids=ids).logits, on_bf16(input_ids=ids).logits
+        qlora_logits = model.eval()(input_ids=ids).logits
+        quantization_error = (q4_base(input_ids=ids).logits - bf16_base(input_ids=ids).logits).abs().max()
+        adapter_effect = (adapted_bf16 - bf16_base(input_ids=ids).logits).abs().max()
+    # merged onto the bf16 base: exactly bf16 base + adapter (never the dequantized 4-bit weights)
+    torch.testing.assert_close(merged_logits, adapted_bf16, atol=1e-4, rtol=1e-4)
+    assert adapter_effect > 10 * 1e-4
+    # and the 4-bit model with the adapter differs from it only by the experts' quantization error: the adapter's
+    # delta is the same on both bases, so the gap is the base's 4-bit rounding as it propagates (2x for the
+    # interaction of the adapter's changed routing with the rounding)
+    assert quantization_error > 1e-3
+    assert (merged_logits - qlora_logits).abs().max() <= 2 * quantization_error
+
+
+def _no_dropout(adapter_dir):
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(str(adapter_dir))
+    config.lora_dropout = 0.0
+    return config
