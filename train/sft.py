@@ -54,6 +54,24 @@ def checkpoint_model_type(argv: list[str]) -> str | None:
 
 def main(script_args, training_args, model_args, omni_args):
     check_launch(training_args)
+    reports = {}
+
+    def load(path, split):
+        # Refused rows are counted per reason; too many stop the run here, before the model is loaded.
+        reports[split] = DatasetReport(name=f"{split} data ({path})")
+        dataset = load_conversation_dataset(
+            path, split=script_args.dataset_train_split if split == "train" else script_args.dataset_test_split,
+            config_name=script_args.dataset_config, system_prompt=omni_args.system_prompt,
+            dataset_format=omni_args.dataset_format, media_dir=omni_args.media_dir,
+            use_audio_in_video=omni_args.use_audio_in_video, report=reports[split],
+        )
+        save_data_report(reports[split], split, training_args)
+        reports[split].check(omni_args.max_skipped_fraction)
+        return dataset
+
+    train_dataset = load(script_args.dataset_name, "train")
+    eval_dataset = load(omni_args.eval_dataset_name, "eval") if omni_args.eval_dataset_name else None
+
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     model = load_thinker(
         model_args.model_name_or_path,
@@ -81,24 +99,6 @@ def main(script_args, training_args, model_args, omni_args):
             use_rslora=model_args.use_rslora,
             modules_to_save=model_args.lora_modules_to_save,
         )
-
-    reports = {}
-
-    def load(path, split):
-        # Refused rows are counted per reason; too many stop the run here, before the model sees a step.
-        reports[split] = DatasetReport(name=f"{split} data ({path})")
-        dataset = load_conversation_dataset(
-            path, split=script_args.dataset_train_split if split == "train" else script_args.dataset_test_split,
-            config_name=script_args.dataset_config, system_prompt=omni_args.system_prompt,
-            dataset_format=omni_args.dataset_format, media_dir=omni_args.media_dir,
-            use_audio_in_video=omni_args.use_audio_in_video, report=reports[split],
-        )
-        save_data_report(reports[split], split, training_args)
-        reports[split].check(omni_args.max_skipped_fraction)
-        return dataset
-
-    train_dataset = load(script_args.dataset_name, "train")
-    eval_dataset = load(omni_args.eval_dataset_name, "eval") if omni_args.eval_dataset_name else None
 
     trainer = Qwen3OmniSFTTrainer(
         model=model,
