@@ -281,7 +281,8 @@ def row_to_conversation(
             raise RowRefused(
                 "placeholder_mismatch",
                 f"row {row_id}: {tags[kind]} <{kind}> placeholder(s) in the text but {len(media[kind])} "
-                f"{MEDIA_COLUMNS[kind]} given; each <{kind}> tag takes one entry of '{MEDIA_COLUMNS[kind]}', in order.",
+                f"{MEDIA_COLUMNS[kind]} given; each <{kind}> tag takes one entry of '{MEDIA_COLUMNS[kind]}', in "
+                "order.",
             )
 
     def resolve(path: str) -> str:
@@ -369,7 +370,9 @@ def load_conversation_dataset(
     report = report if report is not None else DatasetReport(name=path_or_name)
     if dataset_format == "auto":
         dataset_format = detect_dataset_format(rows)
-        logger.info(f"{path_or_name}: detected the {dataset_format!r} dataset format ({FORMAT_NAMES[dataset_format]}).")
+        logger.info(
+            f"{path_or_name}: detected the {dataset_format!r} dataset format ({FORMAT_NAMES[dataset_format]})."
+        )
     elif dataset_format not in DATASET_FORMATS:
         raise ValueError(f"dataset_format={dataset_format!r} is not one of 'auto', {', '.join(DATASET_FORMATS)}.")
     report.dataset_format, report.num_rows = dataset_format, len(rows)
@@ -379,7 +382,9 @@ def load_conversation_dataset(
         try:
             conversation = row_to_conversation(row, row_id, dataset_format, base_dir, system_prompt)
             if check_media:
-                missing = [path for path in media_paths(conversation) if "://" not in path and not os.path.exists(path)]
+                missing = [
+                    path for path in media_paths(conversation) if "://" not in path and not os.path.exists(path)
+                ]
                 if missing:
                     raise RowRefused("missing_media", f"row {row_id}: media files not found: {missing[:3]}.")
             if use_audio_in_video:

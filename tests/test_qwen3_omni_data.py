@@ -67,7 +67,9 @@ def processor(workdir):
 
 
 def token_counts(processor, input_ids):
-    return {kind: int((input_ids == getattr(processor, f"{kind}_token_id")).sum()) for kind in ("audio", "image", "video")}
+    return {
+        kind: int((input_ids == getattr(processor, f"{kind}_token_id")).sum()) for kind in ("audio", "image", "video")
+    }
 
 
 def test_fixture_template_has_the_real_traps(processor):
@@ -122,12 +124,13 @@ def test_format_is_detected_and_can_be_forced(workdir):
     assert detect_dataset_format(rows) == "tagged"
     sharegpt = json.load(open(workdir["data"] / "llamafactory_sharegpt.json"))
     assert detect_dataset_format(sharegpt) == "sharegpt"
-    with pytest.raises(ValueError, match=r"mix dataset formats: tagged \(row 0\), sharegpt \(row 2\).*--dataset_format"):
+    with pytest.raises(ValueError, match=r"mix dataset formats: tagged \(row 0\), sharegpt \(row 2\).*--dataset_"):
         detect_dataset_format(rows + sharegpt)
-    # Forcing the native format on tagged rows: the tags are still counted against the (absent) media lists
+    # A forced format is used as given (the sharegpt reader finds no from/value turns in ms-swift rows)
     report = DatasetReport(name="forced")
-    dataset = load_conversation_dataset(str(workdir["data"] / "ms_swift.jsonl"), dataset_format="tagged", report=report)
-    assert len(dataset) == 2 and report.dataset_format == "tagged"
+    with pytest.raises(ValueError, match="No trainable row left"):
+        load_conversation_dataset(str(workdir["data"] / "ms_swift.jsonl"), dataset_format="sharegpt", report=report)
+    assert report.dataset_format == "sharegpt" and report.refused == {"unknown_role": [0, 1]}
     with pytest.raises(ValueError, match="dataset_format='alpaca' is not one of"):
         load_conversation_dataset(str(workdir["data"] / "ms_swift.jsonl"), dataset_format="alpaca")
 
@@ -161,8 +164,8 @@ def test_sharegpt_roles_system_column_and_media_dir(workdir, tmp_path):
 def test_placeholder_media_mismatch_is_refused_counted_and_reported(workdir, tmp_path):
     good = {"messages": [{"role": "user", "content": "<audio>Hear?"}, {"role": "assistant", "content": "A tone."}],
             "audios": ["media/tone.wav"]}
-    two_tags = {"messages": [{"role": "user", "content": "<audio><audio>Hear?"}, {"role": "assistant", "content": "x"}],
-                "audios": ["media/tone.wav"]}
+    two_tags = {"messages": [{"role": "user", "content": "<audio><audio>Hear?"},
+                             {"role": "assistant", "content": "x"}], "audios": ["media/tone.wav"]}
     untagged_image = {"messages": [{"role": "user", "content": "See?"}, {"role": "assistant", "content": "x"}],
                       "images": ["media/square.png"]}
     path = workdir["data"] / "mismatch.jsonl"
