@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging
 
+from ..configuration_omni import SNACTokenLayout
 from ..modeling_omni import OmniForCausalLM
 from ..processing_omni import IGNORE_INDEX, OmniProcessor
 from .corpus import read_audio
@@ -89,6 +91,32 @@ def error_rates(references: list[str], predictions: list[str], normalize: bool =
         "num_references": len(pairs),
         "skipped_empty_references": skipped,
     }
+
+
+# ---------------------------------------------------------------------------------------------------- code metrics
+def code_perplexities(codes_by_codebook: Sequence[torch.Tensor], codebook_size: int) -> list[float]:
+    """
+    Perplexity of each codebook's code distribution, `exp(entropy)` of the code histogram (natural log): the number
+    of equally used codes with the same entropy. 1 means one constant code; `codebook_size` means all codes equally.
+    """
+    perplexities = []
+    for codes in codes_by_codebook:
+        counts = torch.bincount(torch.as_tensor(codes).flatten().long(), minlength=codebook_size).double()
+        if counts.sum() == 0:
+            raise ValueError("Cannot measure the code perplexity of a codebook without codes.")
+        probabilities = counts[counts > 0] / counts.sum()
+        perplexities.append(float(torch.exp(-(probabilities * probabilities.log()).sum())))
+    return perplexities
+
+
+def layout_code_perplexities(audio_ids: Iterable[Sequence[int]], layout: SNACTokenLayout) -> list[float]:
+    """[`code_perplexities`] of clips given as audio token ids of `layout` (e.g. prepared rows' `audio_codes` with
+    a layout of `audio_token_offset=0`), one value per codebook, coarsest first."""
+    codes_by_codebook: list[list[torch.Tensor]] = [[] for _ in range(layout.num_codebooks)]
+    for ids in audio_ids:
+        for level, codes in enumerate(layout.ids_to_codes(torch.as_tensor(list(ids), dtype=torch.long))):
+            codes_by_codebook[level].append(codes)
+    return code_perplexities([torch.cat(codes) for codes in codes_by_codebook], layout.codebook_size)
 
 
 # ---------------------------------------------------------------------------------------------------- audio metrics
@@ -189,6 +217,59 @@ def transcribe_with_omni(model, processor: OmniProcessor, waveforms: list[np.nda
         decoded = processor.batch_decode(new, skip_special_tokens=True)[0]
         texts.append(_as_text(processor, decoded, new[0]).strip())
     return texts
+
+
+@torch.no_grad()
+def transcribe_audio_ids(model, processor: OmniProcessor, audio_ids: Sequence[Sequence[int]], max_new_tokens: Sequence[int]) -> list[str]:
+    """Greedy transcripts of clips given as audio token ids (e.g. prepared rows): the ASR prompt, then `generate`."""
+    texts = []
+    for ids, budget in zip(audio_ids, max_new_tokens):
+        input_ids = torch.tensor([processor.asr_prompt_ids(ids)], device=model.device)
+        output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=budget, do_sample=False)
+        new = _new_tokens(output, input_ids.shape[1])
+        texts.append(_as_text(processor, processor.batch_decode(new, skip_special_tokens=True)[0], new[0]).strip())
+    return texts
+
+
+def most_frequent_code_accuracy(train_audio_ids: Iterable[Sequence[int]], eval_audio_ids: Iterable[Sequence[int]], layout: SNACTokenLayout) -> float:
+    """
+    Accuracy on the audio ids of `eval_audio_ids` of always predicting, at each frame position, the id most frequent
+    at that position in `train_audio_ids`: the audio-token accuracy of a model that learned one constant per
+    position. A model's audio-token accuracy means something only above it.
+    """
+    positions = layout.tokens_per_frame
+    counts = torch.zeros(positions, layout.codebook_size, dtype=torch.long)
+    for ids in train_audio_ids:
+        frames = torch.as_tensor(list(ids), dtype=torch.long).reshape(-1, positions) - layout.audio_token_offset
+        codes = frames - torch.arange(positions) * layout.codebook_size
+        counts.scatter_add_(1, codes.T, torch.ones_like(codes.T))
+    constant = counts.argmax(1)
+    correct = total = 0
+    for ids in eval_audio_ids:
+        frames = torch.as_tensor(list(ids), dtype=torch.long).reshape(-1, positions) - layout.audio_token_offset
+        codes = frames - torch.arange(positions) * layout.codebook_size
+        correct += int((codes == constant).sum())
+        total += codes.numel()
+    return correct / total
+
+
+def heldout_metrics(model, processor: OmniProcessor, clips: Sequence[VoiceClip], audio_ids: Sequence[Sequence[int]]) -> dict:
+    """
+    The metrics of the pretraining report on clips the model was not trained on: ASR WER / CER of its greedy
+    transcripts (budget: twice the reference's tokens, plus 4) and the teacher-forced per-modality metrics of
+    [`teacher_forced_metrics`] (audio-token accuracy on the TTS sequences, text-token accuracy on the ASR ones).
+    """
+    was_training = model.training
+    model.eval()
+    budgets = [2 * (len(processor.asr_sequence_ids(ids, clip.text)) - len(processor.asr_prompt_ids(ids))) + 4 for clip, ids in zip(clips, audio_ids)]
+    transcripts = transcribe_audio_ids(model, processor, audio_ids, budgets)
+    texts = [clip.text for clip in clips]
+    report = {
+        "asr": {**error_rates(texts, transcripts), "transcripts": transcripts},
+        "teacher_forced": teacher_forced_metrics(model, processor, list(clips), [list(ids) for ids in audio_ids]),
+    }
+    model.train(was_training)
+    return report
 
 
 class PipelineTranscriber:

@@ -9,11 +9,17 @@ Multimodal pretraining of an Omni model (text-to-speech, speech-to-text and text
 
 Every `transformers.TrainingArguments` flag works, plus [`PretrainArguments`]; a YAML `--config` sets defaults that
 the command line overrides (TRL's `TrlParser`; an unknown key is an error). With no arguments the run is fully
-offline: it trains a BPE tokenizer on the corpus transcripts, builds a *random* SNAC codec of the 24 kHz layout
-(real rates and token layout, small widths; its codes are not real speech units, use `--codec
+offline: it trains a BPE tokenizer on the corpus transcripts, fits a *stand-in* SNAC codec of the 24 kHz layout to
+the corpus audio (real rates and token layout, small widths, codebooks fitted by k-means on a random encoder's
+latents; see `omni/standin_codec.py`: its codes are not learned speech units and its decoder is random, use `--codec
 hubertsiuzdak/snac_24khz` for real work), prepares `data/demo_corpus` (cached in `<output_dir>/prepared`) and trains
 the seed's tiny model (d_model 128, 4 heads, 3 layers) with Muon to a checkpoint in `<output_dir>` that loads with
 `AutoModelForCausalLM.from_pretrained(output_dir, trust_remote_code=True)`.
+
+At the end the run writes `<output_dir>/pretrain_report.json` and logs it: the code perplexity of each codebook on
+the corpus, and held-out metrics (ASR character error rate on clips it did not train on, audio-token accuracy) of the
+trained model against the untrained one and against predicting the most frequent code, so that a run that learned
+nothing (or only a constant) shows as such.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from transformers import AutoModelForCausalLM, AutoProcessor, TrainingArguments
 from transformers.utils import logging
 from trl import TrlParser
 
+from qwen_omni import OmniForCausalLM
 from qwen_omni.feature_extraction_omni import SNACFeatureExtractor
 from qwen_omni.launching import DistributedRunCallback, check_launch
 from qwen_omni.omni.corpus import (
@@ -53,20 +60,17 @@ from qwen_omni.omni.packing import (
     build_task_samples,
     parse_task_ratios,
 )
+from qwen_omni.omni.evaluation import heldout_metrics, layout_code_perplexities, most_frequent_code_accuracy
+from qwen_omni.omni.standin_codec import is_standin_codec, standin_codec
 from qwen_omni.omni.trainer import OmniPretrainer, token_metrics_from_logits
+from qwen_omni.omni.voice_sft import VoiceClip
 
 
 logger = logging.get_logger("qwen_omni.pretrain")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CORPUS = REPO_ROOT / "data" / "demo_corpus"
-# The 24 kHz SNAC's rates and frame layout (hop 512, vq_strides [4, 2, 1]: 7 tokens per 85 ms frame), with small
-# widths and 1024 codes per codebook instead of 4096, so that the offline demo encodes and trains on 2 CPU cores in
-# minutes (a 4096-code vocabulary makes each step ~4x slower there). Random weights: a stand-in, not a speech codec.
-OFFLINE_CODEC_CONFIG = dict(
-    sampling_rate=24000, encoder_dim=16, encoder_rates=[2, 4, 8, 8], decoder_dim=64, decoder_rates=[8, 8, 4, 2],
-    attn_window_size=None, codebook_size=1024, codebook_dim=8, vq_strides=[4, 2, 1], noise=True, depthwise=True,
-)
+REPORT_NAME = "pretrain_report.json"
 # settings that must agree between a checkpoint and the model it resumes
 CHECKPOINT_KEYS = (
     "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -140,6 +144,14 @@ class PretrainArguments:
     optimizer: str = field(
         default="muon", metadata={"help": "'muon' (Muon for hidden matrices + AdamW) or 'adamw' (uses --optim)."}
     )
+    heldout_report: bool = field(
+        default=True,
+        metadata={"help": f"At the end, compare the trained model with the untrained one on held-out clips (ASR CER, "
+                  f"audio-token accuracy; greedy decoding on the main process) and write <output_dir>/{REPORT_NAME}."},
+    )
+    report_max_clips: int = field(
+        default=32, metadata={"help": "Held-out clips the end-of-run report transcribes (the first of the held-out split)."}
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[PretrainArguments, TrainingArguments]:
@@ -183,21 +195,26 @@ def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
     return value
 
 
-def offline_codec(output_dir: Path) -> Path:
-    """Save (once) the random 24 kHz-layout SNAC of the offline demo in SNAC's layout and return its folder."""
-    import snac
+STANDIN_CODEC_NOTE = (
+    "a STAND-IN SNAC codec of the 24 kHz layout: random encoder and decoder, codebooks fitted to this corpus by "
+    "k-means. Its codes are features of a random encoder, not learned speech units, and its decoded audio is not "
+    "speech; pass --codec hubertsiuzdak/snac_24khz for a real model."
+)
 
-    path = output_dir / "random_snac_24khz"
-    if not (path / "pytorch_model.bin").exists():
-        torch.manual_seed(0)
-        codec = snac.SNAC(**OFFLINE_CODEC_CONFIG)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(OFFLINE_CODEC_CONFIG))
-        torch.save(codec.state_dict(), path / "pytorch_model.bin")
-    logger.warning(
-        f"No --codec given: using a RANDOM SNAC codec with the 24 kHz layout ({path}), so that the demo runs offline. "
-        "Its tokens are not real speech units; pass --codec hubertsiuzdak/snac_24khz for a real model."
+
+def offline_codec(script_args: PretrainArguments, output_dir: Path) -> Path:
+    """The stand-in codec of a run without --codec, fitted to the corpus audio (once; cached in output_dir)."""
+    if is_prepared_dataset(script_args.dataset_name):
+        raise ValueError(
+            f"--dataset_name {script_args.dataset_name} is a prepared dataset: its codes were made by the codec it was "
+            "prepared with, so pass that codec with --codec (the offline stand-in codec is fitted on raw audio)."
+        )
+    rows = load_audio_text_rows(
+        script_args.dataset_name, script_args.audio_column, script_args.text_column, script_args.speaker_column,
+        split=script_args.dataset_split, dataset_config=script_args.dataset_config,
     )
+    path = standin_codec(rows, output_dir)
+    logger.warning(f"No --codec given: using {STANDIN_CODEC_NOTE} ({path})")
     return path
 
 
@@ -227,7 +244,7 @@ def load_or_build_model(script_args: PretrainArguments, output_dir: Path):
         from qwen_omni import OmniForCausalLM, OmniProcessor
 
         return OmniForCausalLM.from_pretrained(init_dir), OmniProcessor.from_pretrained(init_dir)
-    codec = script_args.codec or offline_codec(output_dir)
+    codec = script_args.codec or offline_codec(script_args, output_dir)
     weights = dict(text_loss_weight=script_args.text_loss_weight, audio_loss_weight=script_args.audio_loss_weight)
     if script_args.text_model:
         model, processor = build_omni_from_text_model(script_args.text_model, codec, tokenizer=script_args.tokenizer, **weights)
@@ -270,14 +287,22 @@ def prepared_rows(script_args: PretrainArguments, processor, output_dir: Path):
     return load_prepared_dataset(prepared)
 
 
-def build_datasets(script_args: PretrainArguments, processor, rows, seed: int):
-    """Training rows (the task mix, packed) and one evaluation set per task, from held-out clips."""
-    ratios = parse_task_ratios(script_args.task_ratios)
-    indices = list(range(len(rows)))
+def split_heldout(num_rows: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """`(train_indices, heldout_indices)`: a seeded shuffle of the clips, `eval_fraction` of them (at least one, and
+    never all) held out from training for the evaluation sets and the end-of-run report."""
+    indices = list(range(num_rows))
     random.Random(seed).shuffle(indices)
-    num_eval = round(script_args.eval_fraction * len(rows)) if script_args.eval_fraction > 0 and len(rows) > 1 else 0
-    num_eval = min(max(num_eval, 1 if script_args.eval_fraction > 0 and len(rows) > 1 else 0), len(rows) - 1)
-    eval_rows, train_rows = rows.select(indices[:num_eval]), rows.select(indices[num_eval:])
+    num_eval = round(eval_fraction * num_rows) if eval_fraction > 0 and num_rows > 1 else 0
+    num_eval = min(max(num_eval, 1 if eval_fraction > 0 and num_rows > 1 else 0), num_rows - 1)
+    return indices[num_eval:], indices[:num_eval]
+
+
+def build_datasets(script_args: PretrainArguments, processor, rows, seed: int):
+    """Training rows (the task mix, packed) and one evaluation set per task, from held-out clips; also the held-out
+    clips' indices in `rows`."""
+    ratios = parse_task_ratios(script_args.task_ratios)
+    train_indices, heldout_indices = split_heldout(len(rows), script_args.eval_fraction, seed)
+    eval_rows, train_rows = rows.select(heldout_indices), rows.select(train_indices)
     text_rows = Path(script_args.text_file).read_text(encoding="utf-8").splitlines() if script_args.text_file else None
     max_length = script_args.max_length if script_args.packing else None
     samples, stats = build_task_samples(
@@ -302,7 +327,77 @@ def build_datasets(script_args: PretrainArguments, processor, rows, seed: int):
             if task_samples:
                 # "text_only": "eval_text_loss" already names the loss on text targets
                 eval_datasets["text_only" if task == "text" else task] = build_packed_dataset(task_samples, max_length, seed=seed)
-    return train_dataset, eval_datasets
+    return train_dataset, eval_datasets, (train_indices, heldout_indices)
+
+
+def audio_ids_of(rows, processor) -> list[list[int]]:
+    """The model's audio ids of prepared rows (their `audio_codes` plus the audio offset)."""
+    offset = processor.token_layout.audio_token_offset
+    return [[code + offset for code in codes] for codes in rows["audio_codes"]]
+
+
+def evaluate_heldout(model, processor, heldout) -> dict:
+    """[`heldout_metrics`] of `model` on the report's held-out rows."""
+    clips = [VoiceClip(audio=row["id"], text=row["text"], speaker=row["speaker"]) for row in heldout]
+    return heldout_metrics(model, processor, clips, audio_ids_of(heldout, processor))
+
+
+def end_of_run_report(processor, rows, split, codec_name: str | None, untrained: dict | None, trained: dict | None) -> dict:
+    """
+    The report of a finished run: the codec (and whether it is the offline stand-in), the code perplexity of each
+    codebook over the corpus, and the held-out metrics of the untrained and the trained model, with the audio-token
+    accuracy of predicting the most frequent training code at each frame position as the floor to beat.
+    """
+    layout = processor.token_layout
+    corpus_layout = type(layout)(layout.vq_strides, layout.codebook_size, 0)
+    stand_in = codec_name is not None and is_standin_codec(codec_name)
+    report = {
+        "codec": {"name_or_path": codec_name, "stand_in": stand_in, "note": STANDIN_CODEC_NOTE if stand_in else None},
+        "codebook_size": layout.codebook_size,
+        "code_perplexity": layout_code_perplexities(rows["audio_codes"], corpus_layout),
+        "num_corpus_clips": len(rows),
+    }
+    if untrained is None or trained is None:
+        return report
+    train_indices, heldout_indices = split
+    heldout = rows.select(heldout_indices)
+    report["heldout"] = {
+        "clip_ids": list(heldout["id"]),
+        "num_clips": len(heldout),
+        "untrained": untrained,
+        "trained": trained,
+        "most_frequent_code_audio_accuracy": most_frequent_code_accuracy(
+            rows.select(train_indices)["audio_codes"], heldout["audio_codes"], corpus_layout
+        ),
+    }
+    report["heldout"]["references"] = list(heldout["text"])
+    return report
+
+
+def format_report(report: dict, path: Path) -> str:
+    """The report as the lines the run logs."""
+    perplexities = " / ".join(f"{value:.0f}" for value in report["code_perplexity"])
+    lines = [f"End-of-run report ({path}):"]
+    if report["codec"]["stand_in"]:
+        lines.append(f"  codec: {report['codec']['note']}")
+    lines.append(f"  code perplexity per codebook over the corpus: {perplexities} (of {report['codebook_size']} codes)")
+    heldout = report.get("heldout")
+    if heldout is None:
+        lines.append("  no held-out metrics (no held-out clips, or --heldout_report false)")
+        return "\n".join(lines)
+    untrained, trained = heldout["untrained"], heldout["trained"]
+    rows = [
+        ("ASR character error rate", untrained["asr"]["cer"], trained["asr"]["cer"]),
+        ("ASR word error rate", untrained["asr"]["wer"], trained["asr"]["wer"]),
+        ("audio-token accuracy (TTS)", untrained["teacher_forced"]["audio_token_accuracy"], trained["teacher_forced"]["audio_token_accuracy"]),
+        ("text-token accuracy (ASR)", untrained["teacher_forced"]["text_token_accuracy"], trained["teacher_forced"]["text_token_accuracy"]),
+    ]
+    lines.append(f"  on {heldout['num_clips']} held-out clips (never trained on):  untrained -> trained")
+    lines += [f"    {name:<28} {before:.3f} -> {after:.3f}" for name, before, after in rows]
+    lines.append(f"    audio-token accuracy of always predicting the most frequent code: {heldout['most_frequent_code_audio_accuracy']:.3f}")
+    for reference, transcript in list(zip(heldout["references"], trained["asr"]["transcripts"]))[:3]:
+        lines.append(f"    heard {reference!r} -> {transcript!r}")
+    return "\n".join(lines)
 
 
 def main(script_args: PretrainArguments, training_args: TrainingArguments, callbacks: list | None = None):
@@ -320,7 +415,11 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
         if checkpoint:
             check_checkpoint(checkpoint, model)
         rows = prepared_rows(script_args, processor, output_dir)
-    train_dataset, eval_datasets = build_datasets(script_args, processor, rows, training_args.seed)
+    train_dataset, eval_datasets, split = build_datasets(script_args, processor, rows, training_args.seed)
+    report_rows = rows.select(split[1][: script_args.report_max_clips])
+    reporting = script_args.heldout_report and len(report_rows) > 0 and training_args.process_index == 0
+    # the model this run starts from (before the Trainer wraps it), on the clips the report uses
+    untrained = evaluate_heldout(model, processor, report_rows) if reporting else None
     if not eval_datasets and training_args.eval_strategy != "no":
         training_args.eval_strategy = "no"
     logger.warning(
@@ -358,6 +457,12 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
             f"Done: {result.global_step} steps, final training loss {result.training_loss:.4f}. The checkpoint in "
             f"{output_dir} loads with AutoModelForCausalLM.from_pretrained({str(output_dir)!r}, trust_remote_code=True)."
         )
+        # the saved checkpoint, as a user loads it (whatever sharding the Trainer trained it with)
+        trained = evaluate_heldout(OmniForCausalLM.from_pretrained(output_dir), processor, report_rows) if reporting else None
+        codec_name = processor.feature_extractor.codec_name_or_path
+        report = end_of_run_report(processor, rows, (split[0], split[1][: script_args.report_max_clips]), codec_name, untrained, trained)
+        (output_dir / REPORT_NAME).write_text(json.dumps(report, indent=2))
+        logger.warning(format_report(report, output_dir / REPORT_NAME))
         if push:
             push_to_hub(output_dir, training_args.hub_model_id, private=bool(training_args.hub_private_repo),
                         datasets=[script_args.dataset_name])

@@ -1,0 +1,199 @@
+"""The offline stand-in codec (informative codes, deterministic, cached) and pretrain.py's end-of-run report."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from omni_testing import REPO_ROOT, save_snac_checkpoint
+from qwen_omni.configuration_omni import SNACTokenLayout
+from qwen_omni.feature_extraction_omni import SNACFeatureExtractor
+from qwen_omni.omni import evaluation, standin_codec
+from qwen_omni.omni.corpus import load_audio_text_rows, prepare_dataset
+from qwen_omni.omni.evaluation import code_perplexities, layout_code_perplexities, most_frequent_code_accuracy
+from qwen_omni.omni.standin_codec import STANDIN_CODEC_CONFIG, fit_standin_codec, read_fit_waveforms
+from test_pretrain import pretrain, tiny_args
+
+
+DEMO_CORPUS = REPO_ROOT / "data" / "demo_corpus"
+
+
+@pytest.fixture(scope="module")
+def corpus_rows():
+    return load_audio_text_rows(DEMO_CORPUS)
+
+
+@pytest.fixture(scope="module")
+def standin_dir(corpus_rows, tmp_path_factory):
+    """The stand-in codec fitted to the whole shipped corpus, as the offline default run fits it."""
+    return standin_codec.standin_codec(corpus_rows, tmp_path_factory.mktemp("standin"))
+
+
+def corpus_perplexities(codec_dir, rows) -> list[float]:
+    feature_extractor = SNACFeatureExtractor.from_pretrained(codec_dir)
+    waveforms, _ = read_fit_waveforms(rows, feature_extractor.sampling_rate, max_seconds=None)
+    ids = feature_extractor(waveforms, sampling_rate=feature_extractor.sampling_rate)["audio_token_ids"]
+    return layout_code_perplexities(ids, feature_extractor.token_layout)
+
+
+def test_code_perplexity_by_hand():
+    assert code_perplexities([torch.tensor([3, 3, 3, 3])], 8) == [pytest.approx(1.0)]
+    assert code_perplexities([torch.tensor([0, 1, 2, 3])], 8) == [pytest.approx(4.0)]
+    # p = (1/2, 1/4, 1/4): exp(H) = exp(1.5 ln 2) = 2 ** 1.5
+    assert code_perplexities([torch.tensor([5, 5, 1, 2])], 8) == [pytest.approx(2**1.5)]
+    # per codebook through a token layout: strides [2, 1] give 3 ids per frame, c0[i], c1[2i], c1[2i+1]
+    layout = SNACTokenLayout([2, 1], codebook_size=4, audio_token_offset=10)
+    ids = layout.codes_to_ids([torch.tensor([1, 1]), torch.tensor([0, 1, 2, 3])])
+    assert layout_code_perplexities([ids], layout) == [pytest.approx(1.0), pytest.approx(4.0)]
+
+
+def test_most_frequent_code_accuracy_by_hand():
+    layout = SNACTokenLayout([2, 1], codebook_size=4, audio_token_offset=10)
+    train = [layout.codes_to_ids([torch.tensor([1, 1, 2]), torch.tensor([0, 3, 0, 3, 1, 1])]).tolist()]
+    # most frequent per position: c0 -> 1, first c1 -> 0, second c1 -> 3
+    held_out = [layout.codes_to_ids([torch.tensor([1, 2]), torch.tensor([0, 0, 0, 3])]).tolist()]
+    # frame 0: (1, 0, 0) -> 2 of 3 right; frame 1: (2, 0, 3) -> 2 of 3 right
+    assert most_frequent_code_accuracy(train, held_out, layout) == pytest.approx(4 / 6)
+
+
+def test_standin_codec_spreads_codes_where_the_random_one_is_constant(standin_dir, corpus_rows, tmp_path):
+    fitted = corpus_perplexities(standin_dir, corpus_rows)
+    # the codec that the offline default used before: the same config with random weights
+    random_codec = save_snac_checkpoint(STANDIN_CODEC_CONFIG, tmp_path / "random", seed=0)
+    random = corpus_perplexities(random_codec, corpus_rows)
+    size = STANDIN_CODEC_CONFIG["codebook_size"]
+    # measured: fitted ~510 / 650 / 800 of 1024 codes; random ~1.6 per codebook (nearly one constant code)
+    assert all(value > 300 for value in fitted), fitted
+    assert all(value < 5 for value in random), random
+    assert all(value <= size for value in fitted)
+    info = json.loads((standin_dir / standin_codec.STANDIN_INFO_NAME).read_text())
+    assert info["stand_in"] and info["fit_clips"] == 48 and info["clips_not_used"] == 0
+
+
+def test_standin_codec_is_deterministic_and_cached(corpus_rows, tmp_path, monkeypatch):
+    rows = corpus_rows.select(range(6))
+    waveforms, _ = read_fit_waveforms(rows, STANDIN_CODEC_CONFIG["sampling_rate"])
+    first, second = fit_standin_codec(waveforms, seed=0), fit_standin_codec(waveforms, seed=0)
+    other_seed = fit_standin_codec(waveforms, seed=1)
+    for name, tensor in first.state_dict().items():
+        assert torch.equal(tensor, second.state_dict()[name]), name
+    assert not torch.equal(first.quantizer.quantizers[0].codebook.weight, other_seed.quantizer.quantizers[0].codebook.weight)
+
+    path = standin_codec.standin_codec(rows, tmp_path, seed=0)
+    saved = torch.load(path / "pytorch_model.bin", weights_only=True)
+    assert all(torch.equal(tensor, saved[name]) for name, tensor in first.state_dict().items())
+
+    def refit(*args, **kwargs):
+        raise AssertionError("the cached codec was fitted again")
+
+    monkeypatch.setattr(standin_codec, "fit_standin_codec", refit)
+    assert standin_codec.standin_codec(rows, tmp_path, seed=0) == path
+    # another corpus is another codec, never the cached one
+    with pytest.raises(AssertionError, match="fitted again"):
+        standin_codec.standin_codec(corpus_rows.select(range(1, 7)), tmp_path, seed=0)
+
+
+def test_offline_codec_refuses_a_prepared_dataset_without_its_codec(tmp_path, snac_24khz_dir):
+    prepared = tmp_path / "prepared"
+    prepare_dataset(load_audio_text_rows(DEMO_CORPUS).select(range(2)), prepared,
+                    SNACFeatureExtractor.from_pretrained(snac_24khz_dir), show_progress=False)
+    script_args, _ = pretrain.parse_args(["--dataset_name", str(prepared), "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(ValueError, match=r"is a prepared dataset.*pass that codec with --codec"):
+        pretrain.offline_codec(script_args, tmp_path / "out")
+
+
+@pytest.mark.parametrize("num_rows,fraction,seed", [(48, 0.1, 42), (16, 0.125, 0), (5, 0.5, 3), (2, 0.1, 1), (7, 0.0, 0)])
+def test_heldout_split_never_overlaps_training(num_rows, fraction, seed):
+    train, heldout = pretrain.split_heldout(num_rows, fraction, seed)
+    assert not set(train) & set(heldout)
+    assert sorted(train + heldout) == list(range(num_rows))
+    assert len(heldout) == (0 if fraction == 0 else max(1, round(fraction * num_rows)))
+    assert train  # something is always left to train on
+    assert pretrain.split_heldout(num_rows, fraction, seed) == (train, heldout)
+
+
+@pytest.fixture(scope="module")
+def standin_prepared(corpus_rows, standin_dir, tmp_path_factory):
+    """16 clips of the shipped corpus encoded with the stand-in codec (distinct code sequences per clip)."""
+    out = tmp_path_factory.mktemp("prepared_standin")
+    prepare_dataset(corpus_rows.select(range(16)), out, SNACFeatureExtractor.from_pretrained(standin_dir), show_progress=False)
+    return out
+
+
+def contains(sequence: list[int], part: list[int]) -> bool:
+    return any(sequence[i : i + len(part)] == part for i in range(len(sequence) - len(part) + 1))
+
+
+def test_no_training_row_holds_a_heldout_clip(standin_prepared, standin_dir, tmp_path):
+    script_args, _ = tiny_args(standin_prepared, standin_dir, tmp_path, "--eval_fraction", "0.25")
+    _, processor = pretrain.load_or_build_model(script_args, tmp_path)
+    rows = pretrain.prepared_rows(script_args, processor, tmp_path)
+    train_dataset, eval_datasets, (train_indices, heldout_indices) = pretrain.build_datasets(script_args, processor, rows, seed=42)
+    assert len(heldout_indices) == 4 and not set(train_indices) & set(heldout_indices)
+    training_rows = train_dataset["input_ids"]
+    all_ids = pretrain.audio_ids_of(rows, processor)
+    for index in range(len(rows)):
+        audio = all_ids[index]
+        transcript = processor.tokenizer(rows[index]["text"], add_special_tokens=False)["input_ids"]
+        in_training = any(contains(row, audio) for row in training_rows)
+        assert in_training == (index in train_indices), index
+        if index in heldout_indices:
+            assert not any(contains(row, transcript) for row in training_rows), rows[index]["text"]
+            # ...while the evaluation sets are made of exactly the held-out clips
+            assert any(contains(row, audio) for row in eval_datasets["tts"]["input_ids"])
+
+
+def test_report_compares_untrained_and_trained_on_the_heldout_clips(standin_prepared, standin_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    script_args, training_args = tiny_args(standin_prepared, standin_dir, out, "--max_steps", "2", "--eval_fraction", "0.125")
+    rows = load_audio_text_rows(DEMO_CORPUS).select(range(16))
+    _, heldout_indices = pretrain.split_heldout(16, 0.125, training_args.seed)
+    text_of_audio = {}
+
+    # a transcriber with known output: nothing before training, after it the first held-out clip exactly and the
+    # second with one character wrong ("." does not count: Whisper normalisation drops it)
+    calls = []
+
+    def fake_transcribe(model, processor, audio_ids, max_new_tokens):
+        calls.append([text_of_audio[tuple(ids)] for ids in audio_ids])  # KeyError: not a held-out clip
+        if len(calls) == 1:
+            return ["" for _ in audio_ids]
+        texts = calls[-1]
+        return [texts[0], "x" + texts[1][1:]]
+
+    monkeypatch.setattr(evaluation, "transcribe_audio_ids", fake_transcribe)
+    processor_rows = None
+    original_build = pretrain.build_datasets
+
+    def build_and_index(script_args, processor, prepared, seed):
+        nonlocal processor_rows
+        processor_rows = prepared
+        for ids, index in zip(pretrain.audio_ids_of(prepared, processor), range(len(prepared))):
+            if index in heldout_indices:
+                text_of_audio[tuple(ids)] = prepared[index]["text"]
+        return original_build(script_args, processor, prepared, seed)
+
+    monkeypatch.setattr(pretrain, "build_datasets", build_and_index)
+    pretrain.main(script_args, training_args)
+
+    report = json.loads((out / pretrain.REPORT_NAME).read_text())
+    heldout_texts = [rows[i]["text"] for i in heldout_indices]
+    assert calls == [heldout_texts, heldout_texts]
+    assert report["heldout"]["clip_ids"] == [processor_rows[i]["id"] for i in heldout_indices]
+    assert report["heldout"]["references"] == heldout_texts
+    # by hand: normalised references, one substituted character in the second one
+    normalised = [evaluation.normalize_text(text) for text in heldout_texts]
+    assert normalised[1][0] != "x"
+    expected_cer = 1 / sum(len(text) for text in normalised)
+    assert report["heldout"]["trained"]["asr"]["cer"] == pytest.approx(expected_cer)
+    assert report["heldout"]["untrained"]["asr"]["cer"] == pytest.approx(1.0)
+    for model in ("untrained", "trained"):
+        teacher_forced = report["heldout"][model]["teacher_forced"]
+        assert 0 <= teacher_forced["audio_token_accuracy"] <= 1 and teacher_forced["audio_tokens"] > 0
+    assert 0 < report["heldout"]["most_frequent_code_audio_accuracy"] < 1
+    # the codec: the fitted stand-in, named as such, with one perplexity per codebook over all 16 clips
+    assert report["codec"]["stand_in"] and "STAND-IN" in report["codec"]["note"]
+    assert report["num_corpus_clips"] == 16 and len(report["code_perplexity"]) == 3
+    assert all(1 <= value <= 1024 for value in report["code_perplexity"])
+    assert not math.isnan(report["heldout"]["trained"]["teacher_forced"]["audio_loss"])
