@@ -5,7 +5,7 @@ Rows come in one of `DATASET_FORMATS`, detected from the first rows (or forced w
 - `native`: `{"conversations": [turn, ...]}` (or TRL's `{"messages": [...]}`), a turn being
   `{"role": "system" | "user" | "assistant" | "tool", "content": str | [part, ...]}` and a part one of
   `{"type": "text", "text": ...}`, `{"type": "audio", "audio": path}`, `{"type": "image", "image": path}` or
-  `{"type": "video", "video": path or [frame paths]}`.
+  `{"type": "video", "video": path or [frame paths]}`. An assistant turn may carry `reasoning_content`.
 - `sharegpt`: LLaMA-Factory's sharegpt form, `{"conversations": [{"from": "human", "value": "<audio>..."}, ...],
   "system": ..., "audios": [...], "images": [...], "videos": [...]}` with its default tags (roles `human`, `gpt`,
   `system`, `observation`, `function_call`).
@@ -14,7 +14,8 @@ Rows come in one of `DATASET_FORMATS`, detected from the first rows (or forced w
 
 In every format a `<audio>`, `<image>` or `<video>` tag in the text takes the next entry of the row's `audios`,
 `images` or `videos` list, and a row whose tag count differs from its list length is refused (never trained with
-fewer media than it names). Relative paths are resolved against the data file's folder (or `--media_dir`).
+fewer media than it names), as is a row with turn keys the recipe cannot honour (e.g. `tool_calls`). Relative paths
+are resolved against the data file's folder (or `--media_dir`).
 """
 
 from __future__ import annotations
@@ -248,24 +249,38 @@ def row_to_conversation(
     `videos` entries in order; the number of tags of each kind must equal the number of entries given. Relative media
     paths are joined to `base_dir`.
     """
-    if dataset_format == "sharegpt":
-        turns = []
-        for turn in _turns_of(row, row_id):
+    if dataset_format not in DATASET_FORMATS:
+        raise ValueError(f"dataset_format={dataset_format!r} is not one of {DATASET_FORMATS}.")
+    turn_keys = {"from", "value"} if dataset_format == "sharegpt" else {"role", "content", "reasoning_content"}
+    turns = []
+    for turn in _turns_of(row, row_id):
+        unknown = sorted(key for key, value in turn.items() if key not in turn_keys and value is not None)
+        if unknown:
+            # e.g. TRL `tool_calls` or ms-swift's per-turn `loss`: training without them would not be what was asked
+            raise RowRefused("unsupported_turn_key", f"row {row_id}: turn keys {unknown} are not supported by this "
+                             f"recipe ({dataset_format} turns take {sorted(turn_keys)}).")
+        if dataset_format == "sharegpt":
             role = SHAREGPT_ROLES.get(turn.get("from"))
             if role is None:
                 raise RowRefused("unknown_role", f"row {row_id}: sharegpt role {turn.get('from')!r} is not one of "
                                  f"{sorted(SHAREGPT_ROLES)}.")
-            value = turn.get("value") or ""
+            content = turn.get("value") or ""
             if turn.get("from") == "function_call":
                 # Qwen's tool-call layout, as Qwen templates render an assistant `tool_calls` entry
-                value = f"<tool_call>\n{value}\n</tool_call>"
-            turns.append({"role": role, "content": value})
-        if row.get("system") and not (turns and turns[0]["role"] == "system"):
-            turns.insert(0, {"role": "system", "content": row["system"]})
-    elif dataset_format in ("native", "tagged"):
-        turns = [{"role": turn.get("role"), "content": turn.get("content")} for turn in _turns_of(row, row_id)]
-    else:
-        raise ValueError(f"dataset_format={dataset_format!r} is not one of {DATASET_FORMATS}.")
+                content = f"<tool_call>\n{content}\n</tool_call>"
+        else:
+            role, content = turn.get("role"), turn.get("content")
+            if turn.get("reasoning_content"):
+                # Qwen3's layout of a reply with reasoning, as its chat template writes `reasoning_content`
+                if role != "assistant" or not isinstance(content, str):
+                    raise RowRefused("bad_reasoning", f"row {row_id}: reasoning_content needs an assistant turn with "
+                                     "string content.")
+                reasoning = turn["reasoning_content"].strip("\n")
+                content = f"<think>\n{reasoning}\n</think>\n\n" + content.lstrip("\n")
+        turns.append({"role": role, "content": content})
+    if row.get("system") and not (turns and turns[0]["role"] == "system"):
+        # LLaMA-Factory's `system` column (a system turn in the conversation takes precedence)
+        turns.insert(0, {"role": "system", "content": row["system"]})
     if row.get("tools"):
         raise RowRefused("tools", f"row {row_id}: tool descriptions ('tools') are not supported by this recipe; "
                          "drop the column or the row.")

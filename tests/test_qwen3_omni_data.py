@@ -130,7 +130,11 @@ def test_format_is_detected_and_can_be_forced(workdir):
     report = DatasetReport(name="forced")
     with pytest.raises(ValueError, match="No trainable row left"):
         load_conversation_dataset(str(workdir["data"] / "ms_swift.jsonl"), dataset_format="sharegpt", report=report)
-    assert report.dataset_format == "sharegpt" and report.refused == {"unknown_role": [0, 1]}
+    assert report.dataset_format == "sharegpt" and report.refused == {"unsupported_turn_key": [0, 1]}
+    assert report.first_messages["unsupported_turn_key"] == (
+        "row 0: turn keys ['content', 'role'] are not supported by this recipe (sharegpt turns take "
+        "['from', 'value'])."
+    )
     with pytest.raises(ValueError, match="dataset_format='alpaca' is not one of"):
         load_conversation_dataset(str(workdir["data"] / "ms_swift.jsonl"), dataset_format="alpaca")
 
@@ -235,9 +239,33 @@ def test_thinking_replies_keep_their_reasoning_in_the_labels(workdir, processor)
     ]
     batch = Qwen3OmniSFTCollator(processor)([{"conversations": row_to_conversation({"messages": turns}, 0, "native")}])
     labels = batch["labels"][0]
-    assert processor.tokenizer.decode(labels[labels != -100]) == (
+    expected = (
         "<think>\ntwo plus two is four\n</think>\n\nFour.<|im_end|><think>\nfour and one\n</think>\n\nFive.<|im_end|>"
     )
+    assert processor.tokenizer.decode(labels[labels != -100]) == expected
+    # The same replies given as TRL/OpenAI `reasoning_content` train the same tokens
+    turns[1] = {"role": "assistant", "reasoning_content": "two plus two is four", "content": "Four."}
+    turns[3] = {"role": "assistant", "reasoning_content": "\nfour and one\n", "content": "Five."}
+    batch = Qwen3OmniSFTCollator(processor)([{"conversations": row_to_conversation({"messages": turns}, 0, "native")}])
+    labels = batch["labels"][0]
+    assert processor.tokenizer.decode(labels[labels != -100]) == expected
+
+
+def test_turn_keys_the_recipe_cannot_honour_are_refused(workdir):
+    tool_call = {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": {}}}]}
+    rows = [
+        {"messages": [{"role": "user", "content": "Call f."}, tool_call]},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", "loss": False}]},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+         "tools": '[{"name": "f"}]'},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+    ]
+    path = workdir["data"] / "turn_keys.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    report = DatasetReport(name="turn keys")
+    assert load_conversation_dataset(str(path), report=report)["row_id"] == [3]
+    assert report.refused == {"unsupported_turn_key": [0, 1], "tools": [2]}
+    assert "row 0: turn keys ['tool_calls'] are not supported" in report.first_messages["unsupported_turn_key"]
 
 
 def test_use_audio_in_video_feeds_the_sound_track_interleaved(workdir, processor):
