@@ -25,17 +25,40 @@ class Qwen3OmniSFTConfig(SFTConfig):
 
 @dataclass
 class Qwen3OmniModelConfig(ModelConfig):
-    """`ModelConfig` with LoRA on by default and `lora_dropout=0`, which LoRA on the router and experts requires. A
+    """`ModelConfig` with LoRA on by default, plus 4-bit experts, expert offload and the memory estimate. A
     `bfloat16` dtype falls back to `float32` with a warning where bf16 training is not available."""
 
     use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (False: full fine-tuning)."})
     lora_dropout: float = field(
-        default=0.0, metadata={"help": "LoRA dropout; must be 0 when the router or the experts are targeted."}
+        default=0.0,
+        metadata={"help": "LoRA dropout. On the router and experts it needs the routed LoRA (--moe_lora_impl routed, "
+                  "the default), which drops out each routed token's input."},
+    )
+    use_bnb_nested_quant: bool = field(
+        default=True, metadata={"help": "Double quantization (8-bit block scales) of the 4-bit weights and experts."}
+    )
+    quantize_experts: bool | None = field(
+        default=None,
+        metadata={"help": "Store the fused MoE experts in 4 bits (NF4, quantized layer by layer while loading). "
+                  "Default: on with --load_in_4bit; true alone quantizes the experts only."},
+    )
+    offload_experts: bool = field(
+        default=False,
+        metadata={"help": "Keep the 4-bit experts in pinned host memory and copy each layer's to the GPU one layer "
+                  "ahead of use (train with gradient checkpointing). A no-op without CUDA."},
+    )
+    estimate_memory: bool = field(
+        default=False,
+        metadata={"help": "Print the training memory of this configuration (weights, adapter, gradients, optimizer "
+                  "state, activations) from the checkpoint's config alone, built on the meta device, and exit."},
     )
 
     def __post_init__(self):
         super().__post_init__()
-        if self.dtype == "bfloat16" and not bf16_available():
+        if self.quantize_experts is None:
+            self.quantize_experts = self.load_in_4bit
+        # the estimate is for the machine the run is meant for, not for this one
+        if self.dtype == "bfloat16" and not bf16_available() and not self.estimate_memory:
             logger.warning("bf16 is not supported on this machine: loading the model in float32 instead.")
             self.dtype = "float32"
 

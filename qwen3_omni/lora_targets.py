@@ -146,3 +146,27 @@ def build_lora_config(
     if moe_lora_impl == "routed" and target_parameters:
         register_routed_lora(config, model)
     return config
+
+
+def lora_config_kwargs(model_args, omni_args) -> dict:
+    """Keyword arguments of [`build_lora_config`] from `train/sft.py`'s parsed `Qwen3OmniModelConfig` and
+    `Qwen3OmniArguments` (shared by the training run and its `--estimate_memory`)."""
+    return dict(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        expert_r=omni_args.lora_expert_r,
+        expert_alpha=omni_args.lora_expert_alpha,
+        # None: the attention projections; [] (YAML): none; TRL turns a one-item list into a string
+        attention_projections=(
+            ATTENTION_PROJECTIONS if model_args.lora_target_modules is None
+            else [model_args.lora_target_modules] if isinstance(model_args.lora_target_modules, str)
+            else model_args.lora_target_modules
+        ),
+        target_router=omni_args.lora_target_router,
+        target_experts=omni_args.lora_target_experts,
+        towers=omni_args.lora_towers,
+        use_rslora=model_args.use_rslora,
+        modules_to_save=model_args.lora_modules_to_save,
+        moe_lora_impl=omni_args.moe_lora_impl,
+    )

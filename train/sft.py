@@ -30,6 +30,8 @@ from qwen_omni.qwen3_omni import (
 from qwen_omni.launching import DistributedRunCallback, check_launch, shard_by_decoder_layer
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
 from qwen_omni.qwen3_omni.conversations import DatasetReport
+from qwen_omni.qwen3_omni.lora_targets import lora_config_kwargs
+from qwen_omni.qwen3_omni.memory_estimate import estimate_for_run
 
 
 logger = logging.get_logger(__name__)
@@ -53,6 +55,10 @@ def checkpoint_model_type(argv: list[str]) -> str | None:
 
 
 def main(script_args, training_args, model_args, omni_args):
+    if model_args.estimate_memory:
+        # from the checkpoint's config only: no weights, data or launch needed
+        print(estimate_for_run(model_args, training_args, omni_args).format())
+        return
     check_launch(training_args)
     reports = {}
 
@@ -79,26 +85,17 @@ def main(script_args, training_args, model_args, omni_args):
         experts_implementation=omni_args.experts_implementation,
         attn_implementation=model_args.attn_implementation,
         load_in_4bit=model_args.load_in_4bit,
+        quantize_experts=model_args.quantize_experts,
+        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+        offload_experts=model_args.offload_experts,
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
     )
     shard_by_decoder_layer(model, model.model.language_model.layers)  # FSDP units every rank runs through
     peft_config = None
     if model_args.use_peft:
-        peft_config = build_lora_config(
-            model,
-            r=model_args.lora_r,
-            lora_alpha=model_args.lora_alpha,
-            lora_dropout=model_args.lora_dropout,
-            expert_r=omni_args.lora_expert_r,
-            expert_alpha=omni_args.lora_expert_alpha,
-            attention_projections=model_args.lora_target_modules or ("q_proj", "k_proj", "v_proj", "o_proj"),
-            target_router=omni_args.lora_target_router,
-            target_experts=omni_args.lora_target_experts,
-            towers=omni_args.lora_towers,
-            use_rslora=model_args.use_rslora,
-            modules_to_save=model_args.lora_modules_to_save,
-        )
+        peft_config = build_lora_config(model, **lora_config_kwargs(model_args, omni_args))
 
     trainer = Qwen3OmniSFTTrainer(
         model=model,
