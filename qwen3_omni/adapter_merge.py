@@ -65,3 +65,44 @@ def _merged(
         # Dropout only acts in training: merging ignores it, and PEFT's parameter wrapper refuses to be built with it
         config.lora_dropout = 0.0
     return PeftModel.from_pretrained(thinker, adapter_path, config=config).merge_and_unload()
+
+
+def merge_talker_voice_adapter(
+    adapter_path: str,
+    output_dir: str,
+    base_model_name_or_path: str | None = None,
+    dtype: str | torch.dtype = "auto",
+) -> str:
+    """Merge a Talker voice adapter (`train/talker_voice_sft.py`) into its full Qwen3-Omni base and save the result.
+
+    The adapter's LoRA (Talker attention, routers, experts, code predictor) and its trained codec-embedding row are
+    folded into the Talker, and `talker_config.speaker_id` gains the adapter's speaker (from
+    `talker_voice_config.json`), so that `generate(..., speaker=NAME)` on the result speaks with the voice. The
+    Thinker and code2wav are the base's tensors, written unchanged.
+
+    Args:
+        adapter_path (`str`): local folder of the adapter (with `talker_voice_config.json`).
+        output_dir (`str`): where the merged checkpoint is written.
+        base_model_name_or_path (`str`, *optional*): the base; defaults to the adapter config's.
+        dtype (`str` or `torch.dtype`, *optional*, defaults to `"auto"`): dtype the base is loaded and saved in.
+    """
+    from .talker_voice import TALKER_VOICE_CONFIG_NAME, load_talker_model, read_talker_voice_config
+
+    voice = read_talker_voice_config(adapter_path)
+    if voice is None:
+        raise ValueError(
+            f"{adapter_path} has no {TALKER_VOICE_CONFIG_NAME}: it is not a Talker voice adapter of "
+            "train/talker_voice_sft.py. Merge Thinker adapters with merge_adapter."
+        )
+    base = base_model_name_or_path or PeftConfig.from_pretrained(adapter_path).base_model_name_or_path
+    model = load_talker_model(base, dtype=dtype)
+    model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
+    speakers = dict(model.config.talker_config.speaker_id or {})
+    speakers[voice["speaker_name"]] = voice["speaker_codec_id"]
+    model.config.talker_config.speaker_id = speakers
+    model.save_pretrained(output_dir)
+    try:
+        AutoProcessor.from_pretrained(base).save_pretrained(output_dir)
+    except (OSError, ValueError) as error:
+        logger.warning(f"The base {base!r} has no loadable processor, so none is saved with the merge: {error}")
+    return output_dir

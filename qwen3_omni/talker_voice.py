@@ -48,7 +48,11 @@ TALKER_VOICE_CONFIG_NAME = "talker_voice_config.json"
 IGNORE_INDEX = -100
 TALKER_PREFIX = "talker.model."
 CODE_PREDICTOR_PREFIX = "talker.code_predictor.model."
-CODE_PREDICTOR_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CODE_PREDICTOR_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# The code predictor's dense MLP is adapted through its weights (`target_parameters`): PEFT 0.21 reads a
+# `target_modules` entry ending in `gate_proj` / `up_proj` / `down_proj` on a `qwen3_omni_moe` model as a transformers-4
+# expert name and re-targets it to every fused `mlp.experts` of the model, the Thinker's included.
+CODE_PREDICTOR_MLP_WEIGHTS = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
 CODEC_EMBEDDING = "talker.model.codec_embedding"
 
 
@@ -249,7 +253,7 @@ def build_talker_lora_config(
     use_rslora: bool = False,
 ) -> LoraConfig:
     """The `LoraConfig` of the Talker voice recipe on the full model: LoRA on the Talker's attention, routers and
-    fused experts and on the code predictor's projections, and the speakers' codec-embedding rows trained in full
+    fused experts and on the code predictor's attention and MLP, and the speakers' codec-embedding rows trained in full
     (PEFT's `trainable_token_indices`). Nothing of the Thinker, the projections or code2wav is targeted."""
     target_modules, target_parameters = [], []
     for name, module in model.named_modules():
@@ -263,6 +267,8 @@ def build_talker_lora_config(
     wanted = ((ROUTER_PARAMETER,) if target_router else ()) + (EXPERT_PARAMETERS if target_experts else ())
     for name, _ in model.named_parameters():
         if name.startswith(TALKER_PREFIX) and wanted and name.endswith(wanted):
+            target_parameters.append(name)
+        elif target_code_predictor and name.startswith(CODE_PREDICTOR_PREFIX) and name.endswith(CODE_PREDICTOR_MLP_WEIGHTS):
             target_parameters.append(name)
     if not target_modules and not target_parameters:
         raise ValueError("No LoRA target found in the Talker: is this a Qwen3-Omni checkpoint with a Talker?")

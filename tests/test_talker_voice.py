@@ -1,7 +1,9 @@
 """Talker voice fine-tuning of a tiny random Qwen3-Omni (Thinker, Talker, code predictor, code2wav) with a tiny random
 Mimi: teacher forcing equals `generate`, the voice is learned, data, merge and bad input."""
 
+import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -20,20 +22,57 @@ sys.path.insert(0, os.path.dirname(__file__))
 import qwen3_omni_tiny  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("talker_voice")
-    base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")
-    # At the 0.02 init the Talker's text projection outputs ~1e-4: give the text a weight in the Talker's input
-    # comparable to the codec embeddings' (as in the trained model), so that the logits depend on it measurably.
-    model = load_model(base)
+TEXTS = ["the quick brown fox", "a red square on white", "the lazy dog barks twice"]
+FRAMES_PER_CLIP = 6
+
+
+def give_trained_scales(model):
+    """At the 0.02 init of a random tiny model, the Talker's text projection outputs ~1e-4 and its heads' logits stay
+    within +-0.3 of each other (the hidden state is RMS-normalised), so neither the text nor any training shows in
+    the codes. Give them the scales of a trained model: text comparable to the codec embeddings, heads whose logits
+    can separate, and the 1024 special codec ids (which `generate` suppresses) small."""
+    talker_config = model.config.talker_config
     with torch.no_grad():
         for projection in (model.talker.text_projection, model.talker.hidden_projection):
             for linear in (projection.linear_fc1, projection.linear_fc2):
                 linear.weight.normal_(0.0, 1.0 / linear.in_features**0.5)
         model.thinker.get_input_embeddings().weight.normal_(0.0, 1.0)
+        for head in [model.talker.codec_head, *model.talker.code_predictor.lm_head]:
+            head.weight.normal_(0.0, 0.5)
+        special = torch.ones(talker_config.text_config.vocab_size, dtype=torch.bool)
+        special[: talker_config.code_predictor_config.vocab_size] = False
+        special[talker_config.codec_eos_token_id] = False
+        model.talker.codec_head.weight[special] *= 0.04
+
+
+def write_clips(folder, texts=TEXTS, rate=16000, seed=0):
+    """A metadata folder (metadata.jsonl + wav files) of noise clips of FRAMES_PER_CLIP Mimi frames at `rate`."""
+    import numpy as np
+    import soundfile as sf
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    samples = FRAMES_PER_CLIP * rate // 300  # the tiny Mimi: 300 frames a second
+    with open(os.path.join(folder, "metadata.jsonl"), "w") as handle:
+        for index, text in enumerate(texts):
+            sf.write(os.path.join(folder, f"clip{index}.wav"), (0.3 * rng.standard_normal(samples)).astype("float32"), rate)
+            handle.write(json.dumps({"audio": f"clip{index}.wav", "text": text}) + "\n")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("talker_voice")
+    base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")
+    model = load_model(base)
+    give_trained_scales(model)
     model.save_pretrained(base)
-    return {"root": root, "base": base, "mimi": qwen3_omni_tiny.save_tiny_mimi(root / "mimi")}
+    return {
+        "root": root,
+        "base": base,
+        "mimi": qwen3_omni_tiny.save_tiny_mimi(root / "mimi"),
+        "data": write_clips(root / "data"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +178,148 @@ def test_teacher_forcing_detects_drift(workdir, processor):
     assert (output.talker_logits[0, clip.labels != -100][1:] - talker_logits[1:]).abs().max() > 1e-2
     # and the untouched prefix still matches
     torch.testing.assert_close(output.talker_logits[0, clip.labels != -100][0], talker_logits[0], atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------- training
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+
+
+def run_script(name, *args, check=True):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train", name), *map(str, args)],
+        env=ENV, capture_output=True, text=True, timeout=900,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def train_flags(workdir, output_dir, *extra):
+    return [
+        "--model_name_or_path", workdir["base"], "--dataset_name", workdir["data"],
+        "--codec_name_or_path", workdir["mimi"], "--output_dir", output_dir, "--use_cpu", "--dtype", "float32",
+        "--per_device_train_batch_size", 3, "--lora_r", 16, "--lora_alpha", 32, "--learning_rate", 1e-2,
+        "--lr_scheduler_type", "constant", "--gradient_checkpointing", "false", "--save_strategy", "no",
+        "--disable_tqdm", "true", "--seed", 0, *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(workdir):
+    """`train/talker_voice_sft.py --speaker_name nova` (400 steps on the 3 clips), then `train/merge.py`."""
+    output_dir = workdir["root"] / "nova"
+    run_script(
+        "talker_voice_sft.py",
+        *train_flags(workdir, output_dir, "--speaker_name", "nova", "--init_speaker", "Ethan", "--max_steps", 400,
+                     "--logging_steps", 50, "--report_to", "tensorboard"),
+    )
+    merged = workdir["root"] / "nova_merged"
+    run_script("merge.py", "--adapter", output_dir, "--output_dir", merged)
+    return {"adapter": output_dir, "merged": str(merged)}
+
+
+def generate_codes(model, processor, text, speaker):
+    """Greedy `generate(speaker=...)` with the (tiny, random) Thinker forced to say `text`: the Talker's 16-codebook
+    codes `(T, 16)` and the waveform."""
+    prompt_ids, answer_ids = conversation_ids(processor, text, None, "Read this aloud: {text}")
+    thinker = ForcedHead(model.thinker.lm_head, answer_ids)
+    talker_results, talker_generate = [], model.talker.generate
+
+    def recording_generate(*args, **kwargs):
+        talker_results.append(talker_generate(*args, **kwargs))
+        return talker_results[-1]
+
+    model.talker.generate = recording_generate
+    try:
+        _, wav = model.generate(
+            input_ids=torch.tensor([prompt_ids]), speaker=speaker, thinker_max_new_tokens=len(answer_ids) + 4,
+            thinker_eos_token_id=answer_ids[-1], talker_do_sample=False, talker_max_new_tokens=4 * FRAMES_PER_CLIP,
+        )
+    finally:
+        del model.talker.generate
+        thinker.handle.remove()
+    # the codes generate hands to code2wav, gathered as it does
+    hidden_states = talker_results[0].hidden_states
+    codes = torch.stack([hid[-1] for hid in hidden_states if hid[-1] is not None], dim=1)[0]
+    return codes, wav
+
+
+def test_it_learns_the_voice(workdir, trained, processor):
+    """After training, greedy generation with speaker="nova" on the merged checkpoint speaks a training clip's exact
+    16-codebook Mimi codes from its transcript, and code2wav turns them into the matching waveform; the base Talker
+    speaking as Ethan (whose row nova's started from) does not."""
+    from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
+    from qwen_omni.omni.voice_sft import read_clips
+
+    merged = load_model(trained["merged"])
+    assert merged.config.talker_config.speaker_id["nova"] not in {
+        code for name, code in merged.config.talker_config.speaker_id.items() if name != "nova"
+    }
+    clips = read_clips(workdir["data"], speaker="nova", speaker_column=None)
+    codec = MimiCodec.from_pretrained(workdir["mimi"], merged.config)
+    encoded, summary = encode_clips(clips, codec, trained["adapter"] / "mimi_codes")
+    assert summary.num_reused == len(TEXTS) and summary.num_encoded == 0  # the training run's cache
+    reproduced = []
+    for clip in encoded:
+        codes, wav = generate_codes(merged, processor, clip.text, "nova")
+        if torch.equal(codes, clip.codes):
+            reproduced.append(clip.text)
+            expected = merged.code2wav.chunked_decode(clip.codes.T[None], chunk_size=300, left_context_size=25)
+            assert wav.shape == expected.shape and wav.shape[-1] == FRAMES_PER_CLIP * merged.code2wav.total_upsample - 25
+            torch.testing.assert_close(wav, expected.float())
+    assert reproduced, "no training clip was reproduced exactly"
+    base = load_model(workdir["base"])
+    for clip in encoded:
+        assert not torch.equal(generate_codes(base, processor, clip.text, "ethan")[0], clip.codes)
+
+
+def test_tensorboard_logs_both_losses(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (run,) = [os.path.join(root, "") for root, _, files in os.walk(trained["adapter"] / "runs") if any("tfevents" in f for f in files)]
+    events = EventAccumulator(run)
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/talker_loss", "train/code_predictor_loss", "train/loss"} <= set(tags), tags
+    talker, predictor, total = (events.Scalars(f"train/{key}") for key in ("talker_loss", "code_predictor_loss", "loss"))
+    assert len(talker) == len(predictor) == 8
+    assert talker[-1].value < talker[0].value and predictor[-1].value < predictor[0].value
+    assert total[0].value == pytest.approx(talker[0].value + predictor[0].value, abs=2e-3)
+
+
+def test_only_lora_and_speaker_row_change(workdir, trained, processor):
+    """The adapter holds Talker tensors only; the merged checkpoint reloads with no missing or unexpected key, in the
+    Hub's per-expert layout; its Thinker and code2wav are bit-identical to the base (same Thinker logits), and of the
+    Talker only LoRA-targeted weights and the new speaker's codec-embedding row changed."""
+    from safetensors.torch import load_file
+
+    adapter = load_file(trained["adapter"] / "adapter_model.safetensors")
+    assert adapter and all(".talker." in key for key in adapter), [k for k in adapter if ".talker." not in k]
+    assert any("codec_embedding.token_adapter.trainable_tokens_delta" in key for key in adapter)
+    voice = json.loads((trained["adapter"] / "talker_voice_config.json").read_text())
+    speakers = json.loads((workdir["root"] / "base" / "config.json").read_text())["talker_config"]["speaker_id"]
+    assert voice == {"speaker_name": "nova", "speaker_codec_id": max(speakers.values()) + 1,
+                     "init_codec_id": speakers["ethan"]}
+
+    merged_model, info = Qwen3OmniMoeForConditionalGeneration.from_pretrained(trained["merged"], output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert merged_model.config.talker_config.speaker_id == {**speakers, "nova": voice["speaker_codec_id"]}
+    base_tensors = load_file(os.path.join(workdir["base"], "model.safetensors"))
+    merged_tensors = load_file(os.path.join(trained["merged"], "model.safetensors"))
+    assert base_tensors.keys() == merged_tensors.keys()
+    assert "talker.model.layers.0.mlp.experts.0.gate_proj.weight" in merged_tensors  # the Hub's per-expert names
+    changed = {key for key in base_tensors if not torch.equal(base_tensors[key], merged_tensors[key])}
+    assert not any(key.startswith(("thinker.", "code2wav.")) for key in changed)
+    lora_targets = (".self_attn.q_proj.", ".self_attn.k_proj.", ".self_attn.v_proj.", ".self_attn.o_proj.",
+                    ".mlp.gate.weight", ".mlp.experts.", "code_predictor.model.layers.0.mlp.")
+    assert all(any(target in key for target in lora_targets) or key == "talker.model.codec_embedding.weight" for key in changed), changed
+    assert any(".mlp.experts." in key for key in changed) and any("code_predictor" in key for key in changed)
+    rows_changed = (base_tensors["talker.model.codec_embedding.weight"] != merged_tensors["talker.model.codec_embedding.weight"]).any(-1)
+    assert torch.nonzero(rows_changed).flatten().tolist() == [voice["speaker_codec_id"]]
+
+    base_model = load_model(workdir["base"])
+    prompt_ids, answer_ids = conversation_ids(processor, "the quick brown fox", None, "Read this aloud: {text}")
+    with torch.no_grad():
+        sequence = torch.tensor([prompt_ids + answer_ids])
+        assert torch.equal(base_model.thinker(input_ids=sequence).logits, merged_model.eval().thinker(input_ids=sequence).logits)

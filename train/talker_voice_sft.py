@@ -1,0 +1,130 @@
+"""Teach Qwen3-Omni a voice: LoRA on the Talker (attention, MoE router and experts) and its code predictor, from one
+speaker's clips and transcripts, teacher-forced as `generate` runs the Talker.
+
+    accelerate launch train/talker_voice_sft.py --config train/configs/talker_voice.yaml \
+        --model_name_or_path Qwen/Qwen3-Omni-30B-A3B-Instruct --dataset_name DIR --speaker_name nova --output_dir out
+    python train/merge.py --adapter out --output_dir out/merged
+    # then: model.generate(**inputs, speaker="nova") on out/merged
+
+The clips are read in every form the Omni voice recipe reads (metadata folder, JSONL/CSV, LibriTTS tree, `datasets`
+folder or Hub id) and encoded once with Mimi (`--codec_name_or_path kyutai/mimi`) into OUTPUT_DIR/mimi_codes (or
+`--codes_cache_dir`). Every TRL/Trainer flag works (`TrlParser` over `ScriptArguments`, `SFTConfig`, `ModelConfig`,
+plus `TalkerVoiceArguments`); `talker_loss` and `code_predictor_loss` are logged separately (`--report_to tensorboard`).
+"""
+
+import os
+
+from peft import get_peft_model
+from transformers import AutoConfig, AutoProcessor
+from trl import ScriptArguments, TrlParser
+
+from qwen_omni.omni.corpus import load_audio_text_rows
+from qwen_omni.omni.hub import push_to_hub, validate_repo_id
+from qwen_omni.omni.voice_sft import read_clips
+from qwen_omni.qwen3_omni.arguments import Qwen3OmniModelConfig, Qwen3OmniSFTConfig
+from qwen_omni.qwen3_omni.loading import resolve_experts_implementation
+from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora
+from qwen_omni.qwen3_omni.talker_voice import (
+    TalkerVoiceArguments,
+    TalkerVoiceTrainer,
+    add_speaker,
+    build_examples,
+    build_talker_lora_config,
+    cache_thinker_outputs,
+    check_has_talker,
+    load_talker_model,
+    make_talker_experts_routable,
+    resolve_speaker,
+)
+from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
+
+
+def main(script_args, training_args, model_args, voice_args):
+    name_or_path, revision = model_args.model_name_or_path, model_args.model_revision
+    check_has_talker(AutoConfig.from_pretrained(name_or_path, revision=revision), name_or_path)
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        raise ValueError(
+            "The Talker voice recipe does not load a quantized base (--load_in_4bit / --load_in_8bit): the frozen "
+            "Thinker and the Talker are loaded in --dtype. Drop the flag."
+        )
+    if not model_args.use_peft:
+        raise ValueError("The Talker voice recipe trains a LoRA adapter: drop --use_peft false.")
+    if voice_args.moe_lora_impl not in ("routed", "peft"):
+        raise ValueError(f"--moe_lora_impl must be 'routed' or 'peft', got {voice_args.moe_lora_impl!r}.")
+    push, repo_id = training_args.push_to_hub, training_args.hub_model_id
+    if push:
+        validate_repo_id(repo_id)  # before training, not after it
+        # the Trainer would upload checkpoints as it goes; publishing waits for hub.push_to_hub's checks at the end
+        training_args.push_to_hub = False
+
+    model = load_talker_model(
+        name_or_path,
+        revision=revision,
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
+        experts_implementation=resolve_experts_implementation(voice_args.experts_implementation),
+    )
+    processor = AutoProcessor.from_pretrained(name_or_path, revision=revision)
+    speaker, codec_id, init_id = resolve_speaker(
+        model.config, voice_args.speaker_name, voice_args.init_speaker, voice_args.adapt_speaker
+    )
+
+    clips = read_clips(
+        script_args.dataset_name, speaker=speaker, audio_column=voice_args.audio_column,
+        text_column=voice_args.text_column, speaker_column=None, split=script_args.dataset_train_split,
+        dataset_config=script_args.dataset_config,
+    )
+    prompts = None
+    if voice_args.prompt_column:
+        rows = load_audio_text_rows(
+            script_args.dataset_name, voice_args.audio_column, voice_args.prompt_column, None,
+            split=script_args.dataset_train_split, dataset_config=script_args.dataset_config, allow_missing_text=True,
+        )
+        prompts = [row["text"] or None for row in rows]
+    codec = MimiCodec.from_pretrained(voice_args.codec_name_or_path, model.config)
+    encoded, _ = encode_clips(
+        clips, codec, voice_args.codes_cache_dir or os.path.join(training_args.output_dir, "mimi_codes"),
+        prompts=prompts, max_duration=voice_args.max_duration, silence_threshold=voice_args.silence_threshold,
+        allow_mixed_sampling_rates=voice_args.allow_mixed_sampling_rates,
+    )
+    examples = build_examples(encoded, processor, voice_args.user_prompt_template, voice_args.system_prompt)
+    if voice_args.cache_thinker_outputs:
+        cache_thinker_outputs(model, examples)
+
+    add_speaker(model, speaker, codec_id, init_id)
+    model.requires_grad_(False)
+    make_talker_experts_routable(model)
+    peft_model = get_peft_model(
+        model,
+        build_talker_lora_config(
+            model, [codec_id], r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
+            expert_r=voice_args.lora_expert_r, target_router=voice_args.lora_target_router,
+            target_experts=voice_args.lora_target_experts,
+            target_code_predictor=voice_args.lora_target_code_predictor, use_rslora=model_args.use_rslora,
+        ),
+    )
+    if voice_args.moe_lora_impl == "routed":
+        apply_routed_lora(peft_model)
+    peft_model.print_trainable_parameters()
+
+    trainer = TalkerVoiceTrainer(
+        model=peft_model,
+        args=training_args,
+        train_dataset=examples,
+        processing_class=processor,
+        speaker_codec_id=codec_id,
+        talker_voice_config={"name": speaker, "codec_id": codec_id, "init_id": init_id},
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if push:
+        push_to_hub(
+            training_args.output_dir, repo_id, private=bool(training_args.hub_private_repo),
+            token=training_args.hub_token, base_model=name_or_path, verify=False,
+            datasets=[script_args.dataset_name], commit_message=f"Talker voice adapter: speaker {speaker!r}",
+        )
+
+
+if __name__ == "__main__":
+    parser = TrlParser((ScriptArguments, Qwen3OmniSFTConfig, Qwen3OmniModelConfig, TalkerVoiceArguments))
+    main(*parser.parse_args_and_config())
