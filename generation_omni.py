@@ -976,35 +976,77 @@ def generate_speech(
     max_chars: int = 200,
     batch_size: int = 8,
     crossfade_ms: float = 30.0,
+    on_chunk: Callable[[np.ndarray], None] | None = None,
     **generate_kwargs,
 ) -> np.ndarray | list[np.ndarray]:
     r"""
-    Speak texts of any length: each text is split into sentences ([`split_sentences`]), the pieces of all texts are
-    generated as left-padded batches of `batch_size`, and each text's pieces are joined with crossfades.
+    Speak texts of any length: each text is split into pieces at sentence ends ([`split_sentences`]), the pieces are
+    generated, and each text's pieces are joined with crossfades ([`CrossfadeJoiner`]).
+
+    - Without `on_chunk`, the pieces of all texts are generated as left-padded batches of `batch_size`.
+    - With `on_chunk` (one text), the pieces are generated one after another through an [`OmniAudioStreamer`], and
+      each part of the joined waveform is handed to `on_chunk` as soon as it is final (what `qwen-omni speak` does
+      to write a file while speaking). The parts joined equal the returned waveform.
+
+    A piece for which the model makes no audio is skipped with a warning.
 
     Args:
         model ([`OmniForCausalLM`]), processor ([`OmniProcessor`]).
         text (`str` or `list[str]`): the text(s) to speak. speaker (`str`, *optional*): speaker name prefix.
-        generate_kwargs: passed to `model.generate` (e.g. `max_duration`, `do_sample`, `voice_prompt_*` go to the
-            processor: see [`OmniProcessor.__call__`]).
+        max_chars (`int`, *optional*, defaults to 200): longest piece generated at once.
+        batch_size (`int`, *optional*, defaults to 8): pieces per `generate` call (without `on_chunk`).
+        crossfade_ms (`float`, *optional*, defaults to 30): overlap of consecutive pieces.
+        on_chunk (`Callable[[np.ndarray], None]`, *optional*): stream the speech of one text to this callback.
+        generate_kwargs: passed to `model.generate` (e.g. `max_duration`, `do_sample`); `voice_prompt_*` go to the
+            processor (see [`OmniProcessor.__call__`]).
 
     Returns:
         One 1-D float32 waveform per text (a single one for a `str`).
     """
     texts = [text] if isinstance(text, str) else list(text)
+    if on_chunk is not None and len(texts) != 1:
+        raise ValueError(f"generate_speech streams one text at a time (on_chunk); got {len(texts)} texts.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
     processor_kwargs = {k: generate_kwargs.pop(k) for k in list(generate_kwargs) if k.startswith("voice_prompt")}
     pieces = [(index, piece) for index, t in enumerate(texts) for piece in split_sentences(t, max_chars)]
     if not pieces:
         raise ValueError(f"Nothing to speak: the text {text!r} is empty.")
+
+    def prompt(batch: list[str]):
+        return processor(text=batch, speaker=speaker, return_tensors="pt", **processor_kwargs).to(model.device)
+
+    def no_audio(index: int, piece: str) -> None:
+        logger.warning(f"The model produced no audio for the piece {piece!r} of text {index}; it is skipped.")
+
+    if on_chunk is not None:
+        joiner = CrossfadeJoiner(processor.sampling_rate, crossfade_ms)
+        parts = []
+
+        def emit(audio: np.ndarray) -> None:
+            if audio.size:
+                parts.append(audio)
+                on_chunk(audio)
+
+        for number, (index, piece) in enumerate(pieces, start=1):
+            logger.info(f"[{number}/{len(pieces)}] {piece}")
+            joiner.new_segment()
+            streamer = OmniAudioStreamer(processor, on_chunk=lambda chunk: emit(joiner.push(chunk)))
+            model.generate(**prompt([piece]), streamer=streamer, **generate_kwargs)
+            if not streamer.samples_emitted:
+                no_audio(index, piece)
+        emit(joiner.finish())
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
     waveforms_by_text: list[list[np.ndarray]] = [[] for _ in texts]
     for start in range(0, len(pieces), batch_size):
         batch = pieces[start : start + batch_size]
-        inputs = processor(text=[p for _, p in batch], speaker=speaker, return_tensors="pt", **processor_kwargs).to(model.device)
+        inputs = prompt([piece for _, piece in batch])
         sequences = model.generate(**inputs, **generate_kwargs)
-        for (index, _), sequence in zip(batch, sequences):
+        for (index, piece), sequence in zip(batch, sequences):
             waveform = processor.decode_audio(sequence[inputs["input_ids"].shape[1] :])
-            if waveform is None:
-                logger.warning(f"The model produced no audio for a piece of text {index}; it is skipped.")
+            if waveform is None or not waveform.size:
+                no_audio(index, piece)
                 continue
             waveforms_by_text[index].append(waveform)
     joined = [crossfade_join(w, processor.sampling_rate, crossfade_ms) for w in waveforms_by_text]
