@@ -1,0 +1,98 @@
+"""`train/sft.py --estimate_memory` (qwen3_omni/memory_estimate.py): exact against measured parameter and optimizer
+bytes on a tiny Qwen3-Omni, and the README's figures on the real Qwen3-Omni-30B-A3B config (built on the meta device)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import get_peft_model
+
+from qwen_omni.qwen3_omni import build_lora_config
+from qwen_omni.qwen3_omni.memory_estimate import estimate_training_memory
+from qwen_omni.qwen3_omni.quantized_experts import quantize_experts
+from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
+
+
+sys.path.insert(0, os.path.dirname(__file__))
+import qwen3_omni_tiny  # noqa: E402
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REAL_CONFIG = os.path.join(REPO, "tests", "fixtures", "qwen3-omni-30b-a3b-instruct.config.json")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+LORA = dict(r=4, lora_alpha=8, expert_r=2)
+
+
+def tensor_bytes(tensors):
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_estimate_matches_measured_parameter_and_optimizer_bytes_on_a_tiny_model(quantized):
+    config = qwen3_omni_tiny.build_config(qwen3_omni_tiny.build_tokenizer())
+    torch.manual_seed(0)
+    thinker = Qwen3OmniMoeThinkerForConditionalGeneration._from_config(config.thinker_config, dtype=torch.float32)
+    if quantized:
+        assert quantize_experts(thinker) == 4
+    model = get_peft_model(thinker, build_lora_config(thinker, **LORA))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    for p in trainable:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    measured_optimizer = tensor_bytes(t for state in optimizer.state.values() for t in state.values())
+
+    estimate = estimate_training_memory(
+        config, dtype=torch.float32, quantize_experts=quantized, lora_kwargs=LORA, sequence_lengths=(64,)
+    )
+    assert estimate.weights == tensor_bytes(frozen) + tensor_bytes(model.buffers())
+    assert estimate.adapter == tensor_bytes(trainable)
+    assert estimate.gradients == tensor_bytes(p.grad for p in trainable)
+    assert estimate.optimizer == measured_optimizer
+    assert estimate.static_total == estimate.weights + estimate.adapter + estimate.gradients + estimate.optimizer
+    assert estimate.trainable_parameters == sum(p.numel() for p in trainable)
+
+
+def readme_rows():
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    rows = {}
+    for line in text.splitlines():
+        match = re.match(r"\| `([^`]+)`[^|]*\|" + r"([^|]+)\|" * 7, line)
+        if match and match.group(1).split()[0].endswith(".yaml"):
+            rows[match.group(1)] = [cell.strip() for cell in match.groups()[1:]]
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "recipe", ["instruct.yaml", "instruct.yaml --load_in_4bit", "qlora.yaml --offload_experts"]
+)
+def test_estimate_memory_prints_the_readme_figures_for_the_real_30b_a3b_shape(recipe, tmp_path):
+    os.makedirs(tmp_path / "model")
+    with open(REAL_CONFIG) as f, open(tmp_path / "model" / "config.json", "w") as out:
+        out.write(f.read())
+    config_file, *flags = recipe.split()
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train", "sft.py"), "--config", f"train/configs/{config_file}",
+         "--model_name_or_path", str(tmp_path / "model"), "--output_dir", str(tmp_path / "out"), "--estimate_memory",
+         *flags],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"static total: \d+\.\d\d GB", lines[-1])
+    printed = dict(line.rsplit(": ", 1) for line in lines)
+    weights, host, adapter, gradients, optimizer, total, activations = readme_rows()[recipe]
+    assert printed["weights"] == f"{weights} GB"
+    assert printed.get("experts offloaded to host memory", "- GB") == f"{host} GB"
+    assert printed["adapter"] == f"{adapter} GB"
+    assert printed["gradients"] == f"{gradients} GB"
+    assert printed["optimizer state"] == f"{optimizer} GB"
+    assert printed["static total"] == f"{total} GB"
+    assert printed["activations at sequence length 4096 (estimate)"] == f"{activations} GB"
+    assert not os.path.exists(tmp_path / "out")  # nothing was trained or written
