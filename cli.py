@@ -4,28 +4,91 @@ The `qwen-omni` command line.
 
     qwen-omni speak --model DIR --text "Hello there." --out out.wav   # streams to the file as it is generated
     qwen-omni transcribe --model DIR a.wav b.flac                      # prints one transcript per file
+
+Errors in what the user gave (a missing folder or file, text the model cannot take, a bad option value) are one
+line on stderr naming it and the fix, with exit status 2. `speak` writes into a temporary WAV beside `--out`, whose
+header is valid after every chunk, and renames it to `--out` only when all the speech is written, so an existing
+file is never lost. `transcribe` reports each file it cannot use and transcribes the rest, in input order.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 import sys
+import tempfile
 import time
+import wave
 from collections.abc import Sequence
+
+import numpy as np
+
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+class CommandLineError(Exception):
+    """A problem with what the user gave, reported as one line (no traceback)."""
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived while speech was being written."""
+
+
+def _positive(kind: type, name: str):
+    """An argparse type: a positive, finite `kind` (`int` or `float`)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive {kind.__name__}, got {text!r}") from None
+        if not (0 < value < math.inf):
+            raise argparse.ArgumentTypeError(f"{name} must be a positive, finite {kind.__name__}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _load(model_dir: str, device: str):
-    from transformers import AutoModelForCausalLM, AutoProcessor
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
     import qwen_omni  # noqa: F401  (registers the Omni auto classes)
 
+    looks_like_hub_id = model_dir.count("/") == 1 and not model_dir.startswith((".", "/", "~"))
+    if not os.path.isdir(model_dir) and (os.path.exists(model_dir) or not looks_like_hub_id):
+        raise CommandLineError(
+            f"--model {model_dir}: no such folder. Pass an Omni checkpoint folder (written by train/init_model.py or "
+            "train/pretrain.py) or a Hub id such as owner/name."
+        )
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CommandLineError(f"--model {model_dir}: cannot read an Omni config from it ({reason}).") from None
+    if config.model_type != "omni":
+        raise CommandLineError(
+            f"--model {model_dir} is a {config.model_type!r} model, not an Omni checkpoint: build one from it with "
+            f"`python train/init_model.py --text_model {model_dir} --output_dir DIR`."
+        )
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
     processor.feature_extractor.to(device)
     return model, processor
+
+
+def _read_audio_file(path: str) -> tuple[np.ndarray, int]:
+    """A mono waveform and its rate, or a `CommandLineError` naming the file and what is wrong with it."""
+    from qwen_omni.omni.corpus import read_audio
+
+    if not os.path.isfile(path):
+        raise CommandLineError(f"{path}: no such file.")
+    try:
+        return read_audio(path)
+    except Exception as error:  # noqa: BLE001 - soundfile raises several types; each is reported for this file
+        raise CommandLineError(f"{path}: cannot read it as audio ({error}).") from None
 
 
 def _generate_kwargs(args: argparse.Namespace) -> dict:
@@ -38,77 +101,185 @@ def _generate_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
+def _read_text(args: argparse.Namespace) -> str:
+    if args.text is not None:
+        text = args.text
+        where = "--text"
+    else:
+        raw = sys.stdin.buffer.read()
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise CommandLineError(
+                f"the text read from stdin is not valid UTF-8 (byte {raw[error.start]:#04x} at offset {error.start}); "
+                "re-encode it as UTF-8 (e.g. `iconv -t UTF-8`)."
+            ) from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # argv bytes that are not UTF-8 reach Python as lone surrogates
+        raise CommandLineError(
+            f"{where} is not valid UTF-8 text; pass UTF-8 (e.g. convert it with `iconv -t UTF-8`)."
+        ) from None
+    return text
+
+
+class StreamingWav:
+    """
+    A 16-bit mono WAV written chunk by chunk into a temporary file beside `path`, its header rewritten after every
+    chunk so that the file is valid (and playable) at any moment; `commit` renames it to `path`, `discard` removes it.
+    """
+
+    def __init__(self, path: str, sampling_rate: int):
+        self.path = os.path.abspath(path)
+        folder, name = os.path.split(self.path)
+        descriptor, self.partial_path = tempfile.mkstemp(prefix=f"{name}.", suffix=".partial.wav", dir=folder)
+        # mkstemp makes the file private: give it the mode the replaced file had, or a new file's usual mode
+        if os.path.exists(self.path):
+            mode = os.stat(self.path).st_mode & 0o777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(self.partial_path, mode)
+        self._file = os.fdopen(descriptor, "wb")
+        self._wav = wave.open(self._file, "wb")
+        self._wav.setnchannels(1)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(sampling_rate)
+        self._wav.writeframes(b"")
+        self._file.flush()
+        self.samples = 0
+
+    def write(self, audio: np.ndarray) -> None:
+        pcm = (np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0) * 32767.0).round().astype("<i2")
+        self._wav.writeframes(pcm.tobytes())  # the wave module patches the header's sizes when they change
+        self._file.flush()
+        self.samples += pcm.size
+
+    def close(self) -> None:
+        """Close the temporary file, keeping it (a valid WAV of what was written)."""
+        if not self._file.closed:
+            self._wav.close()
+            self._file.close()
+
+    def commit(self) -> None:
+        self.close()
+        os.replace(self.partial_path, self.path)
+
+    def discard(self) -> None:
+        self.close()
+        os.remove(self.partial_path)
+
+
 def speak(args: argparse.Namespace) -> int:
-    import soundfile
     import torch
 
     from qwen_omni.generation_omni import CrossfadeJoiner, OmniAudioStreamer, split_sentences
 
-    text = args.text if args.text is not None else sys.stdin.read()
+    text = _read_text(args)
     pieces = split_sentences(text, max_chars=args.max_chars)
     if not pieces:
-        raise SystemExit(f"qwen-omni speak: nothing to say: --text {text!r} is empty.")
-    model, processor = _load(args.model, args.device)
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
+        raise CommandLineError(f"nothing to say: the text {text!r} is empty.")
+    out_folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_folder):
+        raise CommandLineError(f"--out {args.out}: the folder {out_folder} does not exist; create it first.")
     voice = {}
     if args.voice_prompt:
         if not args.voice_prompt_text:
-            raise SystemExit("qwen-omni speak: --voice-prompt needs --voice-prompt-text (its transcript).")
-        audio, rate = soundfile.read(args.voice_prompt, dtype="float32", always_2d=False)
+            raise CommandLineError("--voice-prompt needs --voice-prompt-text (its transcript).")
+        audio, rate = _read_audio_file(args.voice_prompt)
         voice = {"voice_prompt_audio": [audio], "voice_prompt_text": args.voice_prompt_text, "voice_prompt_sampling_rate": rate}
+    model, processor = _load(args.model, args.device)
+    # every prompt is built (and so checked) before --out is touched
+    prompts = []
+    for index, piece in enumerate(pieces):
+        try:
+            prompts.append(processor(text=piece, speaker=args.speaker, return_tensors="pt", **voice))
+        except ValueError as error:
+            where = f"piece {index + 1} of the text ({piece!r}): " if len(pieces) > 1 else ""
+            raise CommandLineError(f"{where}{error}") from None
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
 
     rate = processor.sampling_rate
     joiner = CrossfadeJoiner(rate, args.crossfade_ms)
-    written = 0
+    output = StreamingWav(args.out, rate)
     started = time.perf_counter()
-    with soundfile.SoundFile(args.out, "w", samplerate=rate, channels=1, subtype="PCM_16") as out_file:
 
-        def write(chunk):
-            nonlocal written
-            audio = joiner.push(chunk)
-            out_file.write(audio)
-            out_file.flush()
-            written += audio.size
-            elapsed = time.perf_counter() - started
-            print(f"\r{written / rate:6.2f} s of audio written in {elapsed:6.2f} s", end="", file=sys.stderr, flush=True)
+    def write(chunk):
+        output.write(joiner.push(chunk))
+        elapsed = time.perf_counter() - started
+        print(f"\r{output.samples / rate:6.2f} s of audio written in {elapsed:6.2f} s", end="", file=sys.stderr, flush=True)
 
-        for index, piece in enumerate(pieces):
+    def interrupt(signum, frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous_handlers = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for index, (piece, inputs) in enumerate(zip(pieces, prompts)):
             print(f"\n[{index + 1}/{len(pieces)}] {piece}", file=sys.stderr)
             joiner.new_segment()
-            inputs = processor(text=piece, speaker=args.speaker, return_tensors="pt", **voice).to(model.device)
             streamer = OmniAudioStreamer(processor, on_chunk=write)
-            model.generate(**inputs, streamer=streamer, max_duration=args.max_duration, **_generate_kwargs(args))
-        tail = joiner.finish()
-        out_file.write(tail)
-        written += tail.size
-    print(f"\nWrote {written / rate:.2f} s of speech to {args.out}", file=sys.stderr)
+            model.generate(**inputs.to(model.device), streamer=streamer, max_duration=args.max_duration, **_generate_kwargs(args))
+        output.write(joiner.finish())
+        output.commit()
+    except Interrupted as signal_name:
+        output.close()
+        print(file=sys.stderr)
+        raise CommandLineError(
+            f"interrupted by {signal_name} after {output.samples / rate:.2f} s of speech: {args.out} is left as it was; "
+            f"the speech so far is in {output.partial_path}."
+        ) from None
+    except BaseException:
+        output.discard()
+        raise
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+    print(f"\nWrote {output.samples / rate:.2f} s of speech to {args.out}", file=sys.stderr)
     return 0
 
 
 def transcribe(args: argparse.Namespace) -> int:
-    import soundfile
+    """Transcribe every readable file, in input order; each file that cannot be used is reported and skipped."""
+    failures = 0
 
-    clips, rates = [], []
-    for path in args.audio:
-        audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-        clips.append(audio.T)  # (channels, samples); the feature extractor down-mixes
-        rates.append(rate)
+    def report(message: str) -> None:
+        nonlocal failures
+        failures += 1
+        print(f"qwen-omni transcribe: error: {message}", file=sys.stderr, flush=True)
+
+    clips: list[tuple[int, np.ndarray, int]] = []
+    for index, path in enumerate(args.audio):
+        try:
+            audio, rate = _read_audio_file(path)
+        except CommandLineError as error:
+            report(str(error))
+            continue
+        clips.append((index, audio, rate))
+    if not clips:
+        return 2
     model, processor = _load(args.model, args.device)
+    # each clip's prompt is built alone, so that a clip the model cannot take is reported by name
+    prompts: list[tuple[int, list[int]]] = []
+    for index, audio, rate in clips:
+        try:
+            ids = processor.apply_transcription_request(audio, sampling_rate=rate, return_tensors=None)["input_ids"][0]
+        except ValueError as error:
+            report(f"{args.audio[index]}: {error}")
+            continue
+        prompts.append((index, ids))
     kwargs = {"do_sample": False, **_generate_kwargs(args)}
-    for start in range(0, len(clips), args.batch_size):
-        # clips of one sampling rate are generated as one left-padded batch
-        batch = list(range(start, min(start + args.batch_size, len(clips))))
-        by_rate: dict[int, list[int]] = {}
-        for i in batch:
-            by_rate.setdefault(rates[i], []).append(i)
-        for rate, indices in by_rate.items():
-            inputs = processor.apply_transcription_request([clips[i] for i in indices], sampling_rate=rate).to(model.device)
-            outputs = model.generate(**inputs, **kwargs)
-            texts = processor.batch_decode(outputs[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            for i, text in zip(indices, texts):
-                print(f"{args.audio[i]}\t{text.strip()}" if len(args.audio) > 1 else text.strip(), flush=True)
-    return 0
+    for start in range(0, len(prompts), args.batch_size):
+        batch = prompts[start : start + args.batch_size]
+        inputs = processor.pad([ids for _, ids in batch], padding_side="left").to(model.device)
+        outputs = model.generate(**inputs, **kwargs)
+        # whole sequences: `decode` reads the transcript after the prompt's `<|text_start|>`, text ids only
+        texts = processor.batch_decode(outputs, skip_special_tokens=True)
+        for (index, _), text in zip(batch, texts):
+            print(f"{args.audio[index]}\t{text.strip()}" if len(args.audio) > 1 else text.strip(), flush=True)
+    return 1 if failures else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,20 +290,24 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", required=True, help="Omni checkpoint folder (or Hub id)")
         sub.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
         sub.add_argument("--greedy", action="store_true", help="greedy decoding instead of the saved sampling defaults")
-        sub.add_argument("--temperature", type=float)
-        sub.add_argument("--top-p", dest="top_p", type=float)
-        sub.add_argument("--repetition-penalty", dest="repetition_penalty", type=float)
-        sub.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
+        sub.add_argument("--temperature", type=_positive(float, "--temperature"))
+        sub.add_argument("--top-p", dest="top_p", type=_positive(float, "--top-p"))
+        sub.add_argument("--repetition-penalty", dest="repetition_penalty", type=_positive(float, "--repetition-penalty"))
+        sub.add_argument("--max-new-tokens", dest="max_new_tokens", type=_positive(int, "--max-new-tokens"))
 
     speak_parser = commands.add_parser("speak", help="text to speech, streamed into a WAV file")
     common(speak_parser)
     speak_parser.add_argument("--text", help="the text to speak (read from stdin when left out)")
-    speak_parser.add_argument("--out", required=True, help="output WAV file")
+    speak_parser.add_argument("--out", required=True, help="output WAV file (replaced only once all speech is written)")
     speak_parser.add_argument("--speaker", help="speaker name, as in 'tara: text'")
     speak_parser.add_argument("--voice-prompt", help="reference audio file of the voice to continue")
     speak_parser.add_argument("--voice-prompt-text", help="transcript of --voice-prompt")
-    speak_parser.add_argument("--max-duration", type=float, default=30.0, help="seconds per sentence before cutting")
-    speak_parser.add_argument("--max-chars", type=int, default=200, help="longest piece of text generated at once")
+    speak_parser.add_argument(
+        "--max-duration", type=_positive(float, "--max-duration"), default=30.0, help="seconds per sentence before cutting"
+    )
+    speak_parser.add_argument(
+        "--max-chars", type=_positive(int, "--max-chars"), default=200, help="longest piece of text generated at once"
+    )
     speak_parser.add_argument("--crossfade-ms", type=float, default=30.0, help="crossfade between pieces")
     speak_parser.add_argument("--seed", type=int, help="random seed for sampling")
     speak_parser.set_defaults(func=speak)
@@ -140,14 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe_parser = commands.add_parser("transcribe", help="speech to text, one line per file")
     common(transcribe_parser)
     transcribe_parser.add_argument("audio", nargs="+", help="audio files (any format soundfile reads)")
-    transcribe_parser.add_argument("--batch-size", type=int, default=8)
+    transcribe_parser.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=8)
     transcribe_parser.set_defaults(func=transcribe)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CommandLineError as error:
+        print(f"qwen-omni {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ EOS_TOKEN = "<|endoftext|>"
 # Sampling defaults for speech: Orpheus' users found repetition_penalty >= 1.1 necessary against loops.
 SPEECH_GENERATION_DEFAULTS = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "repetition_penalty": 1.1}
 SUPPORTED_TEXT_MODEL_TYPES = ("qwen3", "omni")
+# positions the default `max_new_tokens` leaves for the prompt (a sentence of text-to-speech is well under this)
+PROMPT_RESERVE_TOKENS = 256
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
@@ -77,12 +79,18 @@ def _omni_fields(tokenizer, feature_extractor: SNACFeatureExtractor, text_loss_w
 
 
 def build_generation_config(config: OmniConfig) -> GenerationConfig:
-    """Speech-friendly generation defaults: stop at audio-end, text-end or EOS; sampling as Orpheus recommends."""
+    """
+    Speech-friendly generation defaults: stop at audio-end, text-end or EOS; sampling as Orpheus recommends; at most
+    600 frames (51 s with the 24 kHz codec) and never more whole frames than fit in the model's positions after a
+    prompt of `PROMPT_RESERVE_TOKENS`.
+    """
+    tokens_per_frame = config.token_layout.tokens_per_frame
+    max_frames = min(600, (config.max_position_embeddings - PROMPT_RESERVE_TOKENS) // tokens_per_frame)
     return GenerationConfig(
         eos_token_id=[config.audio_end_token_id, config.text_end_token_id, config.eos_token_id],
         pad_token_id=config.pad_token_id,
         bos_token_id=config.bos_token_id,
-        max_new_tokens=config.token_layout.tokens_per_frame * 600,
+        max_new_tokens=tokens_per_frame * max(1, max_frames),
         **SPEECH_GENERATION_DEFAULTS,
     )
 
@@ -141,7 +149,8 @@ def build_omni_from_text_model(
     model.load_state_dict(text_lm.state_dict(), assign=True, strict=True)
     model.tie_weights()
     model.generation_config = build_generation_config(config)
-    return model, OmniProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+    processor = OmniProcessor(feature_extractor, tokenizer, model_max_length=config.max_position_embeddings)
+    return model, processor
 
 
 def build_omni_from_scratch(
@@ -186,7 +195,8 @@ def build_omni_from_scratch(
     torch.manual_seed(seed)
     model = OmniForCausalLM(config)
     model.generation_config = build_generation_config(config)
-    return model, OmniProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+    processor = OmniProcessor(feature_extractor, tokenizer, model_max_length=config.max_position_embeddings)
+    return model, processor
 
 
 def save_omni_checkpoint(model: OmniForCausalLM, processor: OmniProcessor, output_dir: str | os.PathLike) -> None:

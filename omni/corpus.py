@@ -19,11 +19,14 @@ Prepared rows hold `audio_codes`: the SNAC codes in the frame order of [`SNACTok
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
 import json
+import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +36,8 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
+from ..processing_omni import PAD_TOKEN, SPECIAL_TOKENS, utterance_problem
+
 
 logger = logging.get_logger(__name__)
 
@@ -41,8 +46,11 @@ METADATA_NAMES = ("metadata.jsonl", "metadata.json", "metadata.csv", "metadata.t
 PREPARE_INFO_NAME = "prepare_info.json"
 SUMMARY_NAME = "summary.json"
 SHARDS_DIR = "shards"
-# bump when the layout of prepared rows changes, so that old shards are not reused
-PREPARE_FORMAT_VERSION = 1
+# bump when the layout of prepared rows or the rules for keeping them change, so that old shards are not reused
+# (2: rows whose text or speaker holds a control-token string are skipped)
+PREPARE_FORMAT_VERSION = 2
+# the control tokens every Omni tokenizer has; `utterance_problem` also refuses anything of the `<|...|>` form
+CONTROL_TOKEN_STRINGS = (*SPECIAL_TOKENS.values(), PAD_TOKEN)
 
 
 # ---------------------------------------------------------------------------------------------------- reading rows
@@ -52,8 +60,24 @@ def _rows_from_table(
     """Rows of a JSONL / JSON / CSV / TSV metadata file; relative audio paths are resolved against its folder. A row
     without `text_column` raises, or gets an empty text when `allow_missing_text`."""
     if path.suffix == ".jsonl":
+        records = []
         with open(path, encoding="utf-8") as handle:
-            records = [json.loads(line) for line in handle if line.strip()]
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line.rstrip("\r\n"))
+                except json.JSONDecodeError as error:
+                    raise ValueError(
+                        f"{path} line {line_number} is not valid JSON ({error.msg} column {error.colno}): fix or "
+                        "remove that line; each line must be one JSON object."
+                    ) from None
+                if not isinstance(record, dict):
+                    raise ValueError(
+                        f"{path} line {line_number} holds a JSON {type(record).__name__}, not an object with the "
+                        "audio and text columns."
+                    )
+                records.append(record)
     elif path.suffix == ".json":
         records = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(records, dict):
@@ -219,6 +243,25 @@ def read_sampling_rate(audio: Any) -> int:
     return soundfile.info(_soundfile_target(audio)).samplerate
 
 
+# libsndfile's log line for a data chunk whose header size disagrees with the bytes present, e.g.
+# "data : 96000 (should be 47978)"
+_DATA_SIZE_MISMATCH = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# sizes that streaming writers put in a header whose length they do not know yet: not a sign of truncation
+_UNKNOWN_SIZES = (0, 0x7FFFFFFF, 0xFFFFFFFF)
+
+
+def _missing_data(extra_info: str) -> str | None:
+    """What a WAV / AIFF file lacks when its header promises more audio bytes than it holds (a truncated copy or
+    download), from libsndfile's log of the file; `None` when the file is whole."""
+    match = _DATA_SIZE_MISMATCH.search(extra_info)
+    if match is None:
+        return None
+    declared, present = int(match.group(1)), int(match.group(2))
+    if declared in _UNKNOWN_SIZES or declared <= present:
+        return None
+    return f"its header promises {declared} bytes of audio but it holds {present}"
+
+
 def read_audio(audio: Any) -> tuple[np.ndarray, int]:
     """
     Decode one audio value with soundfile (wav, flac, ogg/vorbis, opus, mp3 through libsndfile >= 1.1; no FFmpeg).
@@ -231,15 +274,21 @@ def read_audio(audio: Any) -> tuple[np.ndarray, int]:
         `(waveform, sampling_rate)`: a mono float32 array (channels averaged) and its rate.
 
     Raises:
-        Whatever soundfile raises for an unreadable file (`soundfile.LibsndfileError`, `FileNotFoundError`, ...).
+        `ValueError` for a file with 0 samples, NaN or infinite samples, or fewer audio bytes than its header
+        promises (truncated or corrupt); whatever soundfile raises for an unreadable file
+        (`soundfile.LibsndfileError`, `FileNotFoundError`, ...).
     """
     import soundfile
 
     if isinstance(audio, dict) and audio.get("array") is not None:
         waveform, sampling_rate = np.asarray(audio["array"], dtype=np.float32), int(audio["sampling_rate"])
     else:
-        waveform, sampling_rate = soundfile.read(_soundfile_target(audio), dtype="float32", always_2d=True)
-        waveform = waveform.mean(axis=1)
+        with soundfile.SoundFile(_soundfile_target(audio)) as audio_file:
+            missing = _missing_data(audio_file.extra_info)
+            if missing is not None:
+                raise ValueError(f"the file is truncated or corrupt: {missing}")
+            sampling_rate = audio_file.samplerate
+            waveform = audio_file.read(dtype="float32", always_2d=True).mean(axis=1)
     if waveform.ndim > 1:
         waveform = waveform.mean(axis=-1 if waveform.shape[-1] < waveform.shape[0] else 0)
     if waveform.size == 0:
@@ -254,6 +303,9 @@ def _decode_row(row: dict, sampling_rate: int, max_duration: float | None) -> tu
     text = (row.get("text") or "").strip()
     if not text:
         return row, None, "empty transcript"
+    problem = utterance_problem(text, row.get("speaker") or None, CONTROL_TOKEN_STRINGS, what="transcript")
+    if problem is not None:
+        return row, None, f"unusable text: {problem}"
     try:
         waveform, rate = read_audio(row["audio"])
     except Exception as error:  # noqa: BLE001 - any decoding failure skips the row, with its reason listed
@@ -362,10 +414,16 @@ def prepare_dataset(
     """
     from tqdm.auto import tqdm
 
+    if max_duration is not None and (isinstance(max_duration, bool) or not max_duration > 0):
+        raise ValueError(f"max_duration={max_duration!r} must be a positive number of seconds (or None for no limit).")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     feature_extractor.to(device)
+    # rows are held to `max_duration` here (longer ones skipped and listed): the encoder's own default limit, meant
+    # for model inputs, must not refuse them (the copy shares the codec)
+    encoder = copy.deepcopy(feature_extractor)
+    encoder.max_duration_seconds = math.inf
     layout = feature_extractor.token_layout
     info = {
         "format_version": PREPARE_FORMAT_VERSION,
@@ -418,7 +476,7 @@ def prepare_dataset(
                     kept.append((row, waveform))
                 else:
                     skipped.append({"id": row["id"], "audio": _audio_label(row["audio"]), "reason": reason})
-            records = _encode_shard(kept, feature_extractor)
+            records = _encode_shard(kept, encoder)
             if records:  # a shard whose rows were all skipped is only recorded in prepare_info.json
                 _write_shard(records, _shard_dir(output_dir, index))
             done[str(index)] = {"num_rows": len(chunk), "num_kept": len(records), "skipped": skipped}
@@ -502,6 +560,26 @@ def _write_shard(records: list[dict], shard_dir: Path) -> None:
     tmp_dir.rename(shard_dir)
 
 
+def check_prepared_rows(rows, processor, source: str | os.PathLike) -> None:
+    """
+    Refuse prepared rows whose text or speaker `processor` cannot put into a sequence (see
+    [`~OmniProcessor.utterance_problem`]), naming them, before training builds any sample. `prepare_dataset` skips
+    such rows already; this catches folders prepared by an older version, and tokenizers whose special tokens are
+    not of the `<|...|>` form.
+    """
+    unusable = []
+    for row in rows.select_columns(["id", "text", "speaker"]) if hasattr(rows, "select_columns") else rows:
+        problem = processor.utterance_problem(row["text"], row.get("speaker") or None, what="transcript")
+        if problem is not None:
+            unusable.append(f"row {row['id']!r}: {problem}")
+    if unusable:
+        listed = "; ".join(unusable[:5]) + ("; ..." if len(unusable) > 5 else "")
+        raise ValueError(
+            f"{len(unusable)} prepared rows of {source} cannot be used for training: {listed}. Prepare the corpus again "
+            "with train/prepare_data.py (it skips such rows and lists them in summary.json), or fix their text."
+        )
+
+
 def is_prepared_dataset(path: str | os.PathLike) -> bool:
     """Whether `path` is a folder written by [`prepare_dataset`]."""
     return (Path(path) / PREPARE_INFO_NAME).exists()
@@ -531,6 +609,7 @@ def load_prepared_dataset(path: str | os.PathLike):
 
 __all__ = [
     "PrepareSummary",
+    "check_prepared_rows",
     "codec_fingerprint",
     "is_prepared_dataset",
     "load_audio_text_rows",
