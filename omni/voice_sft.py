@@ -27,6 +27,7 @@ from transformers import Trainer
 from transformers.utils import logging
 from trl import SFTTrainer
 
+from ..launching import DistributedRunCallback, check_launch
 from ..modeling_omni import OmniForCausalLM
 from ..processing_omni import IGNORE_INDEX, OmniProcessor
 from .corpus import load_audio_text_rows, read_audio, read_sampling_rate
@@ -287,6 +288,7 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
         The trainer, after training and saving.
     """
     voice_args = voice_args or VoiceSFTArguments()
+    check_launch(training_args)
     push = training_args.push_to_hub
     if push:
         from .hub import validate_repo_id
@@ -324,6 +326,7 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
         processing_class=processor,
         peft_config=lora_config(model_args, voice_args) if model_args.use_peft else None,
     )
+    trainer.add_callback(DistributedRunCallback())
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:  # the training curves of train/evaluate.py
