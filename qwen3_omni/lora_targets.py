@@ -73,8 +73,8 @@ def build_lora_config(
         modules_to_save (`list[str]`, *optional*):
             Modules trained in full and saved with the adapter.
         moe_lora_impl (`str`, *optional*, defaults to `"routed"`):
-            `"routed"`: the router / expert wrappers are built as the routed-token LoRA (see `routed_lora.py`), which
-            also carries `lora_dropout`; `"peft"`: PEFT's own wrapper.
+            `"routed"`: the routed-token LoRA (see `routed_lora.py`), which also carries `lora_dropout` (the wrappers
+            are then built as routed ones by PEFT); `"peft"`: PEFT's own wrapper.
     """
     if moe_lora_impl not in MOE_LORA_IMPLEMENTATIONS:
         raise ValueError(f"moe_lora_impl={moe_lora_impl!r} is not one of {MOE_LORA_IMPLEMENTATIONS}.")
@@ -143,7 +143,9 @@ def build_lora_config(
         use_rslora=use_rslora,
         modules_to_save=modules_to_save,
     )
-    if moe_lora_impl == "routed" and target_parameters:
+    if moe_lora_impl == "routed" and target_parameters and lora_dropout:
+        # PEFT's own wrapper refuses dropout at construction: let PEFT build the routed one directly (without dropout,
+        # PEFT's wrappers are converted by `apply_routed_lora`, as `Qwen3OmniSFTTrainer` does)
         register_routed_lora(config, model)
     return config
 
