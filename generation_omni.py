@@ -346,15 +346,15 @@ class OmniGenerationMixin(GenerationMixin):
         if input_ids_length >= positions:
             raise ValueError(
                 f"The prompt holds {input_ids_length} tokens, but the model has {positions} positions "
-                "(max_position_embeddings): nothing can be generated. Shorten the prompt (split long text into "
-                "sentences, e.g. with `generate_speech`) or use a shorter voice prompt."
+                "(max_position_embeddings): nothing can be generated. Shorten the prompt (speak long text sentence "
+                "by sentence, as `generate_speech` in generation_omni.py does) or use a shorter voice prompt."
             )
         if getattr(generation_config, "_omni_length_given", False):
             raise ValueError(
                 f"The prompt ({input_ids_length} tokens) + max_new_tokens={new_tokens} = {generation_config.max_length} "
                 f"tokens exceeds the model's {positions} positions (max_position_embeddings). Set max_new_tokens <= "
-                f"{positions - input_ids_length}, or shorten the prompt (split long text into sentences, e.g. with "
-                "`generate_speech`)."
+                f"{positions - input_ids_length} (or a max_duration in seconds), or shorten the prompt (speak long text "
+                "sentence by sentence, as `generate_speech` in generation_omni.py does)."
             )
         logger.warning(
             f"The default max_new_tokens={new_tokens} + the prompt's {input_ids_length} tokens exceed the model's "
