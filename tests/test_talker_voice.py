@@ -323,3 +323,167 @@ def test_only_lora_and_speaker_row_change(workdir, trained, processor):
     with torch.no_grad():
         sequence = torch.tensor([prompt_ids + answer_ids])
         assert torch.equal(base_model.thinker(input_ids=sequence).logits, merged_model.eval().thinker(input_ids=sequence).logits)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def test_codes_equal_mimi_encode_and_cache_is_reused(workdir, tmp_path):
+    """The data step's codes are `MimiModel.encode(resampled clip, num_quantizers=16)`; unusable clips are skipped,
+    counted by reason and named; a second run reads everything from the cache."""
+    import numpy as np
+    import soundfile as sf
+    import torchaudio.functional
+    from transformers import MimiModel
+
+    from qwen_omni.omni.voice_sft import read_clips
+    from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
+
+    folder = tmp_path / "clips"
+    write_clips(folder, texts=["the quick brown fox"])
+    rng = np.random.default_rng(1)
+    sf.write(folder / "silent.wav", np.zeros(800, dtype=np.float32), 16000)
+    sf.write(folder / "short.wav", (0.3 * rng.standard_normal(20)).astype(np.float32), 16000)  # < 80 samples at 24 kHz
+    sf.write(folder / "long.wav", (0.3 * rng.standard_normal(16000 * 3)).astype(np.float32), 16000)
+    (folder / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really a wav file")
+    with open(folder / "metadata.jsonl", "a") as handle:
+        for name in ("silent", "short", "long", "broken"):
+            handle.write(json.dumps({"audio": f"{name}.wav", "text": f"a {name} clip"}) + "\n")
+    model = load_model(workdir["base"])
+    clips = read_clips(folder, speaker="nova", speaker_column=None)
+    codec = MimiCodec.from_pretrained(workdir["mimi"], model.config)
+    encoded, summary = encode_clips(clips, codec, tmp_path / "cache", max_duration=2.0)
+
+    assert [clip.text for clip in encoded] == ["the quick brown fox"]
+    assert (summary.num_clips, summary.num_kept, summary.num_skipped) == (5, 1, 4)
+    assert summary.skipped_by_reason == {
+        "silent": 1, "shorter than one codec frame": 1, "longer than the limit": 1, "unreadable audio": 1
+    }
+    assert sorted(os.path.basename(entry["audio"]) for entry in summary.skipped) == [
+        "broken.wav", "long.wav", "short.wav", "silent.wav"
+    ]
+    assert json.loads((tmp_path / "cache" / "summary.json").read_text())["num_skipped"] == 4
+
+    waveform, rate = sf.read(folder / "clip0.wav", dtype="float32")
+    resampled = torchaudio.functional.resample(torch.from_numpy(waveform), rate, 24000)
+    mimi = MimiModel.from_pretrained(workdir["mimi"]).eval()
+    with torch.no_grad():
+        direct = mimi.encode(resampled.reshape(1, 1, -1), num_quantizers=16).audio_codes[0].T
+    assert encoded[0].codes.shape == (FRAMES_PER_CLIP, 16)
+    assert torch.equal(encoded[0].codes, direct)
+
+    again, summary = encode_clips(clips, codec, tmp_path / "cache", max_duration=2.0)
+    assert (summary.num_encoded, summary.num_reused, summary.num_skipped) == (0, 4, 4)  # broken.wav: no key to cache
+    assert torch.equal(again[0].codes, encoded[0].codes)
+    # another setting is another cache: nothing is reused
+    _, summary = encode_clips(clips, codec, tmp_path / "cache", max_duration=5.0)
+    assert summary.num_reused == 0 and summary.skipped_by_reason.get("longer than the limit") is None
+
+
+def test_mixed_rates_and_missing_transcripts_are_refused(workdir, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from qwen_omni.omni.voice_sft import read_clips
+    from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
+
+    folder = write_clips(tmp_path / "mixed", texts=["the quick brown fox", "the lazy dog"])
+    sf.write(os.path.join(folder, "clip1.wav"), (0.3 * np.random.default_rng(0).standard_normal(480)).astype(np.float32), 24000)
+    codec = MimiCodec.from_pretrained(workdir["mimi"], load_model(workdir["base"]).config)
+    clips = read_clips(folder, speaker="nova", speaker_column=None)
+    with pytest.raises(ValueError, match="several sampling rates.*16000 Hz.*24000 Hz|several sampling rates.*24000 Hz.*16000 Hz"):
+        encode_clips(clips, codec, tmp_path / "cache")
+    encoded, _ = encode_clips(clips, codec, tmp_path / "cache", allow_mixed_sampling_rates=True)
+    assert [clip.codes.shape[0] for clip in encoded] == [FRAMES_PER_CLIP, FRAMES_PER_CLIP]
+
+    with open(os.path.join(folder, "metadata.jsonl"), "a") as handle:
+        handle.write(json.dumps({"audio": "clip0.wav", "text": "  "}) + "\n")
+    with pytest.raises(ValueError, match="1 of 3 clips .* have no transcript"):
+        read_clips(folder, speaker="nova", speaker_column=None)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"codebook_size": 64}, r"codebook size 64 != the Talker's 32"),
+        ({"num_quantizers": 8, "num_semantic_quantizers": 1}, r"8 codebooks < the Talker's num_code_groups=16"),
+        ({"upsampling_ratios": [5, 4, 4]}, r"frame rate 150 Hz \(160 samples at 24000 Hz\) != the Talker's 300 Hz"),
+        ({"sampling_rate": 16000}, r"frame rate 200 Hz .* != the Talker's 300 Hz"),
+    ],
+)
+def test_codec_must_match_the_talker(workdir, tmp_path, override, message):
+    from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec
+
+    path = qwen3_omni_tiny.save_tiny_mimi(tmp_path / "other_mimi", **override)
+    with pytest.raises(ValueError, match=message + r".*does not match|does not match.*" + message):
+        MimiCodec.from_pretrained(path, load_model(workdir["base"]).config)
+
+
+def test_speaker_options(workdir):
+    from qwen_omni.qwen3_omni.talker_voice import resolve_speaker
+
+    config = load_model(workdir["base"]).config
+    speakers = config.talker_config.speaker_id
+    assert resolve_speaker(config, "Nova", "Chelsie") == ("nova", max(speakers.values()) + 1, speakers["chelsie"])
+    assert resolve_speaker(config, adapt_speaker="Ethan") == ("ethan", speakers["ethan"], None)
+    with pytest.raises(ValueError, match="'Ethan' already exists .* --adapt_speaker Ethan"):
+        resolve_speaker(config, "Ethan")
+    with pytest.raises(ValueError, match="exactly one of --speaker_name"):
+        resolve_speaker(config, "nova", adapt_speaker="Ethan")
+    with pytest.raises(ValueError, match="--adapt_speaker 'Nova' is not a speaker"):
+        resolve_speaker(config, adapt_speaker="Nova")
+    with pytest.raises(ValueError, match="--init_speaker 'Bob' is not a speaker"):
+        resolve_speaker(config, "nova", "Bob")
+
+
+def test_checkpoint_without_talker_is_refused(workdir, tmp_path):
+    processor = qwen3_omni_tiny.build_processor()
+    config = qwen3_omni_tiny.build_config(processor.tokenizer, enable_audio_output=False)
+    Qwen3OmniMoeForConditionalGeneration(config).save_pretrained(tmp_path / "captioner")
+    processor.save_pretrained(tmp_path / "captioner")
+    result = run_script(
+        "talker_voice_sft.py", *train_flags({**workdir, "base": tmp_path / "captioner"}, tmp_path / "out",
+                                            "--speaker_name", "nova", "--max_steps", 1),
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "enable_audio_output=False) has no Talker" in result.stderr and "Thinking" in result.stderr
+    assert not (tmp_path / "out" / "mimi_codes").exists()
+
+
+def test_routed_and_peft_expert_lora_agree_on_the_talker(workdir, processor):
+    """apply_routed_lora reaches the Talker's experts and computes what PEFT's wrapper computes (loss and gradients)."""
+    from peft import get_peft_model
+
+    from qwen_omni.qwen3_omni.routed_lora import ParamWrapper as RoutedParamWrapper, apply_routed_lora
+    from qwen_omni.qwen3_omni.talker_voice import (
+        build_talker_lora_config,
+        make_talker_experts_routable,
+    )
+
+    results = []
+    for impl in ("routed", "peft"):
+        model = load_model(workdir["base"])
+        model.requires_grad_(False)
+        make_talker_experts_routable(model)
+        torch.manual_seed(0)
+        peft_model = get_peft_model(model, build_talker_lora_config(model, [model.config.talker_config.speaker_id["ethan"]], r=4, lora_alpha=8))
+        with torch.no_grad():  # non-zero B so that the LoRA terms count
+            for name, parameter in peft_model.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(0.0, 0.1)
+        if impl == "routed":
+            # router, gate_up_proj, down_proj of the Talker's MoE layer; gate/up/down_proj weights of the code predictor's MLP
+            assert apply_routed_lora(peft_model) == 6
+            experts = peft_model.get_base_model().talker.model.layers[0].mlp.experts
+            assert type(experts) is RoutedParamWrapper
+        torch.manual_seed(1)
+        codes = torch.randint(0, qwen3_omni_tiny.TINY_CODEBOOK_SIZE, (5, qwen3_omni_tiny.TINY_NUM_CODEBOOKS))
+        base = peft_model.get_base_model()
+        _, _, clip = teacher_forced(base, processor, "the lazy dog", codes, model.config.talker_config.speaker_id["ethan"])
+        output = talker_voice_forward(base, [clip])
+        output.loss.backward()
+        grads = {name: p.grad.clone() for name, p in peft_model.named_parameters() if p.requires_grad and ".experts." in name}
+        results.append((output.loss.detach(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    assert results[0][1].keys() == results[1][1].keys() and results[0][1]
+    for name in results[0][1]:
+        torch.testing.assert_close(results[0][1][name], results[1][1][name], atol=1e-5, rtol=1e-4)
