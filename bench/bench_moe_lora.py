@@ -13,6 +13,9 @@ For each experts implementation ("eager", "grouped_mm") three variants are timed
 - `peft`:   PEFT 0.21 LoRA via `target_modules` (q/k/v/o_proj) + `target_parameters` (`mlp.gate.weight`,
             `mlp.experts.gate_up_proj`, `mlp.experts.down_proj`), i.e. PEFT's `ParamWrapper` on the experts.
 - `routed`: the same adapter after `apply_routed_lora` (qwen3_omni_moe/routed_lora.py): LoRA on the routed tokens.
+- `routed_4bit`: the same adapter and routed forward over the same experts stored in NF4 (double-quantized,
+            `quantized_experts.py`), dequantized per hit expert (eager) or as a transient stack (grouped_mm);
+            `routed_4bit / routed` is the step-time cost of 4-bit experts.
 - `base_routed_path`: the frozen model, no LoRA, with its experts run by the routed forward's own code path
             (`routed_lora_experts_forward` without factors). The routed eager path sorts the (token, expert) pairs
             instead of transformers' one-hot loop, so `routed / base_routed_path` is the pure cost of the adapters
@@ -56,10 +59,11 @@ from peft import LoraConfig, get_peft_model
 from transformers import Qwen3OmniMoeTextConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerTextModel
 
+from qwen_omni.qwen3_omni.quantized_experts import quantize_experts
 from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora, routed_lora_experts_forward
 
 
-VARIANTS = ("base", "base_routed_path", "peft", "routed")
+VARIANTS = ("base", "base_routed_path", "peft", "routed", "routed_4bit")
 IMPLEMENTATIONS = ("eager", "grouped_mm")
 
 
@@ -138,11 +142,24 @@ def build_variants(args: argparse.Namespace, implementation: str) -> dict[str, t
     # per layer: router weight, experts gate_up_proj and down_proj
     if apply_routed_lora(routed_model) != 3 * args.num_layers:
         raise RuntimeError("apply_routed_lora did not convert the router and experts wrappers of every layer")
+    quantized = copy.deepcopy(base)
+    quantize_experts(quantized)
+    # PEFT matches a parametrized (4-bit) tensor by its module's full name only
+    quantized_config = copy.copy(lora_config)
+    quantized_config.target_parameters = [
+        f"layers.{layer}.{name}" for layer in range(args.num_layers) for name in lora_config.target_parameters
+    ]
+    routed_4bit = get_peft_model(quantized, quantized_config)
+    apply_routed_lora(routed_4bit)
+    routed_4bit.load_state_dict(routed_model.state_dict(), strict=False)  # the same adapter weights
     base_routed_path = copy.deepcopy(base)
     no_lora = {"gate_up_proj": [], "down_proj": []}
     for layer in base_routed_path.layers:
         layer.mlp.experts.forward = functools.partial(routed_lora_experts_forward, layer.mlp.experts, lora=no_lora)
-    return {"base": base, "base_routed_path": base_routed_path, "peft": peft_model, "routed": routed_model}
+    return {
+        "base": base, "base_routed_path": base_routed_path, "peft": peft_model, "routed": routed_model,
+        "routed_4bit": routed_4bit,
+    }
 
 
 def make_inputs(args: argparse.Namespace) -> torch.Tensor:
@@ -275,6 +292,7 @@ def bench_implementation(args: argparse.Namespace, implementation: str, argv: li
         f"adapter cost on the same experts code path: routed / base_routed_path = "
         f"{medians['routed'] / medians['base_routed_path']:.2f}x step time"
     )
+    print(f"4-bit experts: routed_4bit / routed = {medians['routed_4bit'] / medians['routed']:.2f}x step time")
 
 
 def main(argv: list[str] | None = None) -> None:
