@@ -123,6 +123,27 @@ def test_fast_head_serves_standard_generate_arguments(omni, kwargs):
         assert not torch.isin(generated, torch.tensor(kwargs["suppress_tokens"])).any()
 
 
+def test_other_decoding_modes_keep_the_constraint(omni):
+    """Requests the fast head cannot serve (per-step scores, beam search) run transformers' loops with the
+    constraint rebuilding the span state from the ids: same greedy tokens, valid audio."""
+    model, processor = omni
+    layout = model.config.token_layout
+    inputs = processor(text="hello there.", return_tensors="pt")
+    prompt_length = inputs["input_ids"].shape[1]
+    fast = model.generate(**inputs, do_sample=False, max_new_tokens=14)
+    with_scores = model.generate(**inputs, do_sample=False, max_new_tokens=14, return_dict_in_generate=True,
+                                 output_scores=True)
+    assert torch.equal(with_scores.sequences, fast)
+    assert len(with_scores.scores) == fast.shape[1] - prompt_length
+    assert with_scores.scores[0].shape[-1] == model.config.vocab_size
+    beams = model.generate(**inputs, do_sample=False, num_beams=2, max_new_tokens=14)
+    for position, token in enumerate(beams[0, prompt_length:].tolist()):
+        if token == model.config.audio_end_token_id:
+            assert position % layout.tokens_per_frame == 0 and position > 0
+            break
+        assert layout.block_start(position % 7) <= token < layout.block_start(position % 7) + layout.codebook_size
+
+
 def test_sampling_with_min_new_tokens_keeps_structure_and_length(omni):
     model, processor = omni
     config = model.config
