@@ -526,6 +526,28 @@ def cache_thinker_outputs(model: Qwen3OmniMoeForConditionalGeneration, examples:
         example.thinker_embed, example.thinker_hidden = embed[0].cpu(), hidden[0].cpu()
 
 
+def talker_voice_examples_forward(
+    model: Qwen3OmniMoeForConditionalGeneration, examples: list[TalkerVoiceExample], speaker_codec_id: int
+) -> TalkerVoiceOutput:
+    """[`talker_voice_forward`] on a batch of examples: the Thinker's outputs are the cached ones, or are computed
+    here (frozen, without gradients) for examples that have none."""
+    device = model.talker.device
+    sequences = []
+    for example in examples:
+        sequence = example.sequence[None].to(device)
+        if example.thinker_embed is None:
+            thinker_embed, thinker_hidden = thinker_outputs(model, sequence)
+        else:
+            thinker_embed, thinker_hidden = example.thinker_embed[None], example.thinker_hidden[None]
+        sequences.append(
+            build_talker_sequence(
+                model, example.prompt_ids[None].to(device), sequence, thinker_embed.to(device),
+                thinker_hidden.to(device), speaker_codec_id, example.codes.to(device),
+            )
+        )
+    return talker_voice_forward(model, sequences)
+
+
 def collate_talker_voice(examples: list[TalkerVoiceExample]) -> dict[str, list[TalkerVoiceExample]]:
     """The Talker input is built inside the loss (it needs the model's embeddings), so batches are lists."""
     return {"examples": examples}
@@ -550,23 +572,9 @@ class TalkerVoiceTrainer(Trainer):
         self._loss_count = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        model = getattr(model, "module", model)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        base = getattr(base, "module", base)
-        device = base.talker.device
-        sequences = []
-        for example in inputs["examples"]:
-            sequence = example.sequence[None].to(device)
-            if example.thinker_embed is None:
-                thinker_embed, thinker_hidden = thinker_outputs(base, sequence)
-            else:
-                thinker_embed, thinker_hidden = example.thinker_embed[None], example.thinker_hidden[None]
-            sequences.append(
-                build_talker_sequence(
-                    base, example.prompt_ids[None].to(device), sequence, thinker_embed.to(device),
-                    thinker_hidden.to(device), self.speaker_codec_id, example.codes.to(device),
-                )
-            )
-        outputs = talker_voice_forward(base, sequences)
+        outputs = talker_voice_examples_forward(base, inputs["examples"], self.speaker_codec_id)
         if model.training:
             self._loss_sums["talker_loss"] += outputs.talker_loss.detach().item()
             self._loss_sums["code_predictor_loss"] += outputs.code_predictor_loss.detach().item()
