@@ -232,6 +232,11 @@ class ParamWrapper(peft_lora_layer.ParamWrapper):
                 self._check_forward_args(x, *args, **kwargs)
                 kwargs.pop("adapter_names", None)
                 return self._routed_experts_forward(x, *args, **kwargs)
+            if nf4_parametrization(base_layer, self.parameter_name) is not None:
+                raise ValueError(
+                    f"The experts are stored in 4 bits, which only the routed-token LoRA forward computes, and it "
+                    f"cannot run here: {reason}. Use experts_implementation 'eager' or 'grouped_mm'."
+                )
             if self._has_active_dropout():
                 raise ValueError(
                     f"lora_dropout > 0 needs the routed-token LoRA forward, which cannot run here: {reason}. PEFT's "

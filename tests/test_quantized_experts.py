@@ -247,6 +247,33 @@ def test_load_in_4bit_on_cpu_quantizes_experts_while_loading(checkpoint):
     assert load_thinker(checkpoint, quantize_experts=True, offload_experts=True) is not None  # CPU: accepted, no-op
 
 
+def test_no_full_precision_expert_tensor_is_ever_assigned_while_loading(checkpoint):
+    # registered inside the loading context, this hook runs after the quantizing one: it sees what the model keeps
+    arrivals = []
+
+    def spy(module, name, param):
+        if name in ("gate_up_proj", "down_proj") and param is not None and param.device.type != "meta":
+            arrivals.append((param.dtype, param.numel()))
+
+    from qwen_omni.qwen3_omni.quantized_experts import quantize_experts_on_load
+
+    with quantize_experts_on_load() as quantized_modules:
+        handle = torch.nn.modules.module.register_module_parameter_registration_hook(spy)
+        try:
+            from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
+
+            thinker = Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(checkpoint)
+        finally:
+            handle.remove()
+    # each of the 2 layers x 2 tensors arrived as 4-bit codes (8 experts of 32 x 32 / 16 x 32 values, 2 per byte): the
+    # full-precision tensor was dropped as soon as it was built, one at a time, never kept by the model
+    assert sorted((dtype, numel) for dtype, numel in arrivals) == sorted(
+        [(torch.uint8, 8 * 32 * 32 // 2), (torch.uint8, 8 * 32 * 16 // 2)] * 2
+    )
+    assert len(quantized_modules) == 2
+    assert all(nf4_parametrization(layer.mlp.experts, "gate_up_proj") for layer in thinker.model.language_model.layers)
+
+
 def test_adapter_trained_on_4bit_experts_merges_onto_the_bf16_base(checkpoint, tmp_path):
     thinker = load_thinker(checkpoint, quantize_experts=True)
     config = build_lora_config(thinker, r=4, lora_alpha=8, lora_dropout=0.1)
