@@ -487,3 +487,52 @@ def test_routed_and_peft_expert_lora_agree_on_the_talker(workdir, processor):
     assert results[0][1].keys() == results[1][1].keys() and results[0][1]
     for name in results[0][1]:
         torch.testing.assert_close(results[0][1][name], results[1][1][name], atol=1e-5, rtol=1e-4)
+
+
+def test_adapt_speaker_prompts_and_push_to_hub(workdir, tmp_path, monkeypatch):
+    """`--adapt_speaker Ethan` trains Ethan's own row (no new speaker); a per-clip prompt column is the user turn;
+    `--push_to_hub` checks the repo id before training and uploads the adapter through hub.push_to_hub at the end."""
+    import importlib.util
+
+    from huggingface_hub import HfApi
+    from safetensors.torch import load_file
+    from trl import TrlParser
+
+    spec = importlib.util.spec_from_file_location("talker_voice_sft", os.path.join(REPO, "train", "talker_voice_sft.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    parser = TrlParser(
+        (script.ScriptArguments, script.Qwen3OmniSFTConfig, script.Qwen3OmniModelConfig, script.TalkerVoiceArguments)
+    )
+    data = tmp_path / "data"
+    write_clips(data, texts=["the quick brown fox", "the lazy dog"])
+    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+    rows[0]["prompt"] = "Say the fox line."
+    (data / "metadata.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    flags = [*train_flags({**workdir, "data": data}, tmp_path / "out", "--adapt_speaker", "Ethan", "--max_steps", 2,
+                          "--prompt_column", "prompt", "--report_to", "none", "--push_to_hub", "true")]
+
+    uploads = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: None)
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: uploads.append(kw) or "https://hf.co/commit/1")
+    with pytest.raises(ValueError, match="owner/name"):
+        script.main(*parser.parse_args_and_config([str(f) for f in flags] + ["--hub_model_id", "no-slash"]))
+    assert not (tmp_path / "out" / "mimi_codes").exists()  # refused before any work
+
+    trainer = script.main(*parser.parse_args_and_config([str(f) for f in flags] + ["--hub_model_id", "someone/ethan-v2"]))
+    assert not trainer.args.push_to_hub  # the Trainer itself uploads no checkpoint
+    assert [(upload["repo_id"], upload["folder_path"]) for upload in uploads] == [("someone/ethan-v2", str(tmp_path / "out"))]
+    tokenizer = trainer.processing_class.tokenizer
+    first, second = (tokenizer.decode(example.prompt_ids) for example in trainer.train_dataset)
+    assert "Say the fox line." in first and "Read this aloud: the lazy dog" in second
+    speakers = json.loads((workdir["root"] / "base" / "config.json").read_text())["talker_config"]["speaker_id"]
+    voice = json.loads((tmp_path / "out" / "talker_voice_config.json").read_text())
+    assert voice == {"speaker_name": "ethan", "speaker_codec_id": speakers["ethan"], "init_codec_id": None}
+    delta = [key for key in load_file(tmp_path / "out" / "adapter_model.safetensors") if "trainable_tokens_delta" in key]
+    assert len(delta) == 1
+
+    run_script("merge.py", "--adapter", tmp_path / "out", "--output_dir", tmp_path / "merged")
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["talker_config"]["speaker_id"] == speakers
+    base = load_file(os.path.join(workdir["base"], "model.safetensors"))["talker.model.codec_embedding.weight"]
+    merged = load_file(tmp_path / "merged" / "model.safetensors")["talker.model.codec_embedding.weight"]
+    assert torch.nonzero((base != merged).any(-1)).flatten().tolist() == [speakers["ethan"]]

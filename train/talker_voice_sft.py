@@ -123,6 +123,7 @@ def main(script_args, training_args, model_args, voice_args):
             token=training_args.hub_token, base_model=name_or_path, verify=False,
             datasets=[script_args.dataset_name], commit_message=f"Talker voice adapter: speaker {speaker!r}",
         )
+    return trainer
 
 
 if __name__ == "__main__":
