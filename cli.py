@@ -79,14 +79,25 @@ def _load(model_dir: str, device: str):
     return model, processor
 
 
-def _read_audio_file(path: str) -> tuple[np.ndarray, int]:
-    """A mono waveform and its rate, or a `CommandLineError` naming the file and what is wrong with it."""
+def _read_audio_file(path: str, feature_extractor=None) -> tuple[np.ndarray, int]:
+    """
+    A mono waveform and its rate, or a `CommandLineError` naming the file and what is wrong with it. With
+    `feature_extractor`, a file longer than its `max_duration_seconds` is refused from its header, before reading.
+    """
+    import soundfile
+
     from qwen_omni.omni.corpus import read_audio
 
     if not os.path.isfile(path):
         raise CommandLineError(f"{path}: no such file.")
     try:
+        if feature_extractor is not None:
+            info = soundfile.info(path)
+            feature_extractor.check_durations([info.frames], info.samplerate, names=[path])
         return read_audio(path)
+    except ValueError as error:
+        message = str(error)
+        raise CommandLineError(message if message.startswith(path) else f"{path}: {message}") from None
     except Exception as error:  # noqa: BLE001 - soundfile raises several types; each is reported for this file
         raise CommandLineError(f"{path}: cannot read it as audio ({error}).") from None
 
@@ -175,7 +186,7 @@ class StreamingWav:
 def speak(args: argparse.Namespace) -> int:
     import torch
 
-    from qwen_omni.generation_omni import CrossfadeJoiner, OmniAudioStreamer, split_sentences
+    from qwen_omni.generation_omni import generate_speech, split_sentences
 
     text = _read_text(args)
     pieces = split_sentences(text, max_chars=args.max_chars)
@@ -192,10 +203,9 @@ def speak(args: argparse.Namespace) -> int:
         voice = {"voice_prompt_audio": [audio], "voice_prompt_text": args.voice_prompt_text, "voice_prompt_sampling_rate": rate}
     model, processor = _load(args.model, args.device)
     # every prompt is built (and so checked) before --out is touched
-    prompts = []
     for index, piece in enumerate(pieces):
         try:
-            prompts.append(processor(text=piece, speaker=args.speaker, return_tensors="pt", **voice))
+            processor(text=piece, speaker=args.speaker, return_tensors="pt", **voice)
         except ValueError as error:
             where = f"piece {index + 1} of the text ({piece!r}): " if len(pieces) > 1 else ""
             raise CommandLineError(f"{where}{error}") from None
@@ -203,12 +213,11 @@ def speak(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
 
     rate = processor.sampling_rate
-    joiner = CrossfadeJoiner(rate, args.crossfade_ms)
     output = StreamingWav(args.out, rate)
     started = time.perf_counter()
 
-    def write(chunk):
-        output.write(joiner.push(chunk))
+    def write(audio):
+        output.write(audio)
         elapsed = time.perf_counter() - started
         print(f"\r{output.samples / rate:6.2f} s of audio written in {elapsed:6.2f} s", end="", file=sys.stderr, flush=True)
 
@@ -217,12 +226,11 @@ def speak(args: argparse.Namespace) -> int:
 
     previous_handlers = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for index, (piece, inputs) in enumerate(zip(pieces, prompts)):
-            print(f"\n[{index + 1}/{len(pieces)}] {piece}", file=sys.stderr)
-            joiner.new_segment()
-            streamer = OmniAudioStreamer(processor, on_chunk=write)
-            model.generate(**inputs.to(model.device), streamer=streamer, max_duration=args.max_duration, **_generate_kwargs(args))
-        output.write(joiner.finish())
+        # the library's long-text path: the same pieces, streamed one after another and crossfaded
+        generate_speech(
+            model, processor, text, speaker=args.speaker, max_chars=args.max_chars, crossfade_ms=args.crossfade_ms,
+            on_chunk=write, max_duration=args.max_duration, **voice, **_generate_kwargs(args),
+        )
         output.commit()
     except Interrupted as signal_name:
         output.close()
@@ -250,26 +258,23 @@ def transcribe(args: argparse.Namespace) -> int:
         failures += 1
         print(f"qwen-omni transcribe: error: {message}", file=sys.stderr, flush=True)
 
-    clips: list[tuple[int, np.ndarray, int]] = []
+    model, processor = _load(args.model, args.device)
+    # each clip is read, checked and turned into a prompt alone, so that a clip that cannot be used is reported by name
+    prompts: list[tuple[int, list[int]]] = []
     for index, path in enumerate(args.audio):
         try:
-            audio, rate = _read_audio_file(path)
+            audio, rate = _read_audio_file(path, processor.feature_extractor)
         except CommandLineError as error:
             report(str(error))
             continue
-        clips.append((index, audio, rate))
-    if not clips:
-        return 2
-    model, processor = _load(args.model, args.device)
-    # each clip's prompt is built alone, so that a clip the model cannot take is reported by name
-    prompts: list[tuple[int, list[int]]] = []
-    for index, audio, rate in clips:
         try:
             ids = processor.apply_transcription_request(audio, sampling_rate=rate, return_tensors=None)["input_ids"][0]
         except ValueError as error:
             report(f"{args.audio[index]}: {error}")
             continue
         prompts.append((index, ids))
+    if not prompts:
+        return 2
     kwargs = {"do_sample": False, **_generate_kwargs(args)}
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start : start + args.batch_size]

@@ -431,13 +431,15 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
                 raise ValueError(f"Audio clip {index} contains NaN or infinite samples.")
         return clips
 
-    def check_durations(self, num_samples: Sequence[int], sampling_rate: int) -> None:
-        """Raise a `ValueError` naming the first clip longer than `max_duration_seconds` (before any encoding)."""
+    def check_durations(self, num_samples: Sequence[int], sampling_rate: int, names: Sequence[str] | None = None) -> None:
+        """Raise a `ValueError` naming the first clip longer than `max_duration_seconds` (before any encoding); clips
+        are named by `names` (e.g. file names), or by their position in the batch."""
         for index, samples in enumerate(num_samples):
             duration = samples / sampling_rate
             if duration > self.max_duration_seconds:
+                name = names[index] if names is not None else f"Audio clip {index}"
                 raise ValueError(
-                    f"Audio clip {index} lasts {duration:.1f} s, longer than max_duration_seconds="
+                    f"{name} lasts {duration:.1f} s, longer than max_duration_seconds="
                     f"{self.max_duration_seconds}; split it into shorter clips, or raise the limit "
                     "(`feature_extractor.max_duration_seconds`, float('inf') for none)."
                 )

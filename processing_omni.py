@@ -92,8 +92,9 @@ class OmniProcessor(ProcessorMixin):
             longer prompts and sequences raise a `ValueError` naming their length instead of reaching the model.
             `from_pretrained` reads it from the checkpoint's `config.json` when the processor config lacks it.
 
-    The tokenizer is set to pad on the left, as the prompts are: callers that pad with the tokenizer's own side
-    (transformers' pipelines batch that way) then keep each prompt's ids next to the tokens generated after them.
+    The tokenizer and the feature extractor are set to pad on the left, as the prompts are: callers that pad with
+    their own side (transformers' pipelines batch that way) then keep each prompt's ids next to the tokens generated
+    after them.
     """
 
     def __init__(
@@ -123,8 +124,11 @@ class OmniProcessor(ProcessorMixin):
             setattr(self, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
         if tokenizer.pad_token_id is None:
             raise ValueError("The tokenizer has no pad token; `train/init_model.py` sets one.")
-        # `init_kwargs` is what `save_pretrained` writes, so saved tokenizers (and the pipeline's copy) pad left too
+        # Callers that pad with the components' own side pad as the prompts are: transformers' pipelines use the
+        # tokenizer's (loaded on its own from the saved config: `init_kwargs` is what `save_pretrained` writes), or
+        # in processor-only mode the feature extractor's, and refuse two sides that disagree.
         tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"
+        feature_extractor.padding_side = "left"
         self.model_max_length = model_max_length
 
     @classmethod

@@ -19,7 +19,7 @@ from transformers.utils import logging
 
 from omni_testing import REPO_ROOT
 from qwen_omni import SNACFeatureExtractor, cli
-from qwen_omni.omni.corpus import check_prepared_rows, load_audio_text_rows, load_prepared_dataset, prepare_dataset
+from qwen_omni.omni.corpus import load_audio_text_rows, load_prepared_dataset, prepare_dataset
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 OLD_CHECKPOINT = FIXTURES / "omni_checkpoint_v0"
@@ -83,7 +83,8 @@ def test_old_checkpoint_gets_left_padding_and_the_new_defaults():
     import qwen_omni  # noqa: F401  (the fixture ships no code files: the registered classes load it)
 
     processor = AutoProcessor.from_pretrained(OLD_CHECKPOINT)
-    assert processor.tokenizer.padding_side == "left"
+    # both sides a pipeline may pad with (its feature extractor's, saved as "right", in processor-only mode)
+    assert processor.tokenizer.padding_side == processor.feature_extractor.padding_side == "left"
     assert processor.feature_extractor.max_duration_seconds == 30.0  # saved as null
     config = json.loads((OLD_CHECKPOINT / "config.json").read_text())
     assert processor.model_max_length == config["max_position_embeddings"]
@@ -155,6 +156,8 @@ def test_speak_replaces_the_output_only_when_done(omni_dir, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------- 4. shared row checks
 def test_prepare_data_and_training_accept_the_same_rows(omni_dir, processor, tmp_path):
     import datasets
+
+    from qwen_omni.omni.corpus import check_prepared_rows
 
     clip = write_wav(tmp_path / "clip.wav", noise(0.5))
     rows = [
@@ -306,9 +309,9 @@ def test_transcribe_reports_bad_files_and_keeps_input_order(omni_dir, tmp_path, 
     errors = error_lines(stderr)
     assert len(errors) == 4
     assert f"{tmp_path / 'missing.wav'}: no such file" in stderr
-    assert f"{truncated}: cannot read it as audio (the file is truncated or corrupt: its header promises" in stderr
-    assert f"{tmp_path / 'empty.wav'}: cannot read it as audio (the audio has 0 samples)" in stderr
-    assert f"{tmp_path / 'long.wav'}: Audio clip 0 lasts 31.0 s, longer than max_duration_seconds=30.0" in stderr
+    assert f"{truncated}: the file is truncated or corrupt: its header promises 19200 bytes of audio but it holds 4956" in stderr
+    assert f"{tmp_path / 'empty.wav'}: the audio has 0 samples" in stderr
+    assert f"{tmp_path / 'long.wav'} lasts 31.0 s, longer than max_duration_seconds=30.0; split it" in stderr
 
 
 def test_cli_errors_are_one_line(omni_dir, qwen3_lm_dir, tmp_path, capsys):
