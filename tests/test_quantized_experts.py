@@ -314,3 +314,47 @@ def _no_dropout(adapter_dir):
     config = PeftConfig.from_pretrained(str(adapter_dir))
     config.lora_dropout = 0.0
     return config
+
+
+@pytest.mark.slow
+def test_sft_script_trains_the_seed_recipe_on_4bit_experts_and_merges(checkpoint, tmp_path):
+    import json
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+    rows = [
+        {"messages": [{"role": "user", "content": "Think step by step."},
+                      {"role": "assistant", "content": "two plus two is four"}]},
+        {"messages": [{"role": "user", "content": "What do you see?"},
+                      {"role": "assistant", "content": "A red square on white."}]},
+    ] * 4
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, os.path.join(repo, "train", "sft.py"),
+         "--config", os.path.join(repo, "train", "configs", "seed_recipe.yaml"), "--load_in_4bit",
+         "--model_name_or_path", checkpoint, "--dataset_name", str(tmp_path / "train.jsonl"), "--output_dir", str(out),
+         "--dtype", "float32", "--max_steps", "8", "--per_device_train_batch_size", "4",
+         "--gradient_accumulation_steps", "1", "--learning_rate", "2e-2", "--warmup_steps", "0",
+         "--lr_scheduler_type", "constant", "--lora_r", "8", "--lora_alpha", "16", "--logging_steps", "1",
+         "--save_strategy", "no", "--report_to", "none", "--max_length", "128", "--dataloader_num_workers", "0"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    losses = [float(value) for value in __import__("re").findall(r"'loss': '([0-9.]+)'", result.stdout + result.stderr)]
+    assert len(losses) == 8 and losses[-1] < losses[0] - 0.2, losses
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["lora_dropout"] == 0.1 and config["target_modules"] == [] and len(config["target_parameters"]) == 6
+    weights = load_file(out / "adapter_model.safetensors")
+    assert weights and all(".mlp.gate." in name or ".mlp.experts." in name for name in weights)
+
+    merged = tmp_path / "merged"
+    result = subprocess.run(
+        [sys.executable, os.path.join(repo, "train", "merge.py"), "--adapter", str(out), "--output_dir", str(merged),
+         "--base_model", checkpoint], env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (merged / "model.safetensors").exists()
