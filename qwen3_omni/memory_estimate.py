@@ -158,6 +158,7 @@ def estimate_training_memory(
     """
     quantize_experts = load_in_4bit if quantize_experts is None else quantize_experts
     expert_quantization = expert_quantization or ExpertQuantizationConfig()
+    lora_kwargs = lora_kwargs or {}
     if offload_experts and not quantize_experts:
         raise ValueError("offload_experts needs quantize_experts (4-bit experts), as in load_thinker.")
     model = thinker_on_meta(config, dtype)
@@ -185,7 +186,7 @@ def estimate_training_memory(
 
     if use_peft:
         with torch.device("meta"):
-            peft_model = get_peft_model(model, build_lora_config(model, **(lora_kwargs or {})))
+            peft_model = get_peft_model(model, build_lora_config(model, **lora_kwargs))
         # PEFT keeps the adapter in fp32 on a bf16 base (autocast_adapter_dtype), as TRL's SFTTrainer leaves it
         trainable = [
             torch.empty(p.shape, dtype=torch.float32, device="meta")
@@ -200,7 +201,7 @@ def estimate_training_memory(
         host = experts
         weights -= experts - 2 * largest_layer_experts
     text_config = getattr(getattr(config, "thinker_config", config), "text_config")
-    expert_rank = (lora_kwargs or {}).get("expert_r") or (lora_kwargs or {}).get("r", 0) if use_peft else 0
+    expert_rank = (lora_kwargs.get("expert_r") or lora_kwargs.get("r", 0)) if use_peft else 0
     return MemoryEstimate(
         weights=weights,
         adapter=adapter,

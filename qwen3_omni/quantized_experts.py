@@ -31,6 +31,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import bitsandbytes.functional as bnb_functional
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -141,8 +142,6 @@ class NF4Experts(nn.Module):
 
 def quantize_tensor(tensor: torch.Tensor, config: ExpertQuantizationConfig) -> tuple[torch.Tensor, NF4Experts]:
     """Quantize a fused (E, out, in) expert tensor: its packed codes (E, out * in / 2) and the parametrization."""
-    import bitsandbytes.functional as bnb_functional
-
     if tensor.ndim != 3:
         raise ValueError(f"Fused experts are 3-D (experts, out, in); got a tensor of shape {tuple(tensor.shape)}.")
     num_experts, per_expert = tensor.shape[0], tensor.shape[1:].numel()
