@@ -116,9 +116,10 @@ def build_lora_config(
         nf4_parametrization(module, "gate_up_proj") is not None for module in model.modules()
     ):
         raise ValueError(
-            "moe_lora_impl='peft' cannot put LoRA on 4-bit experts (--load_in_4bit / --quantize_experts): PEFT's "
-            "wrapper stacks its update on the dequantized stack through torch parametrizations, which fails on the "
-            "uint8 codes. Use the routed-token LoRA (`--moe_lora_impl routed`, the default)."
+            "moe_lora_impl='peft' cannot put LoRA on 4-bit experts (--load_in_4bit / --quantize_experts): PEFT 0.21's "
+            "wrapper stacks its `W + dW` parametrization on the 4-bit one and then fails to remove it (it looks for a "
+            "`_LoraParameterProxy`, but registered a `_LoraFactorsProxy`), so the update would pile up at every "
+            "forward. Use the routed-token LoRA (`--moe_lora_impl routed`, the default)."
         )
     rank_pattern, alpha_pattern = {}, {}
     if target_experts and expert_r is not None:
