@@ -195,13 +195,13 @@ def speak(args: argparse.Namespace) -> int:
     out_folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_folder):
         raise CommandLineError(f"--out {args.out}: the folder {out_folder} does not exist; create it first.")
+    if args.voice_prompt and not args.voice_prompt_text:
+        raise CommandLineError("--voice-prompt needs --voice-prompt-text (its transcript).")
+    model, processor = _load(args.model, args.device)
     voice = {}
     if args.voice_prompt:
-        if not args.voice_prompt_text:
-            raise CommandLineError("--voice-prompt needs --voice-prompt-text (its transcript).")
-        audio, rate = _read_audio_file(args.voice_prompt)
+        audio, rate = _read_audio_file(args.voice_prompt, processor.feature_extractor)
         voice = {"voice_prompt_audio": [audio], "voice_prompt_text": args.voice_prompt_text, "voice_prompt_sampling_rate": rate}
-    model, processor = _load(args.model, args.device)
     # every prompt is built (and so checked) before --out is touched
     for index, piece in enumerate(pieces):
         try:

@@ -325,6 +325,8 @@ def test_cli_errors_are_one_line(omni_dir, qwen3_lm_dir, tmp_path, capsys):
          "--max-duration must be a positive, finite float"),
         (["speak", "--model", str(omni_dir), "--text", "hi", "--out", str(tmp_path / "no" / "x.wav")], "does not exist"),
         (["speak", "--model", str(omni_dir), "--text", "bad \udcff", "--out", str(tmp_path / "x.wav")], "not valid UTF-8"),
+        (["speak", "--model", str(omni_dir), "--text", "hi", "--out", str(tmp_path / "x.wav"), "--voice-prompt",
+          write_wav(tmp_path / "ref.wav", np.zeros(31 * 24000)), "--voice-prompt-text", "hi"], "ref.wav lasts 31.0 s"),
     ]
     for argv, message in cases:
         status, _, stderr = run_in_process(capsys, *argv)
