@@ -795,13 +795,13 @@ class OmniAudioStreamer(BaseStreamer):
         self.right_context = lookahead if lookahead is not None else max(right_context_frames, 2 * window if window > 1 else 0)
         self._decoder: SNACStreamingDecoder | None = None
         self._seen_prompt = False
+        self.samples_emitted = 0  # by this streamer, all spans together
         self._reset()
 
     def _reset(self) -> None:
         self.codes_ids: list[int] = []  # audio ids of whole frames so far
         self.pending: list[int] = []  # ids of the frame being built
         self.emitted_frames = 0
-        self.samples_emitted = 0
         self._decoder = None
 
     @property

@@ -254,7 +254,9 @@ def test_generate_speech_batches_and_streams_the_same_pieces(omni):
     with CaptureLogger(generation_omni.logger) as captured:
         batched = generate_speech(model, processor, text, batch_size=1, **kwargs)
     chunks = []
-    streamed = generate_speech(model, processor, text, on_chunk=chunks.append, **kwargs)
+    with CaptureLogger(generation_omni.logger) as streaming_log:
+        streamed = generate_speech(model, processor, text, on_chunk=chunks.append, **kwargs)
+    assert "produced no audio" not in captured.out + streaming_log.out
     pieces = generation_omni.split_sentences(text, max_chars=20)
     assert len(pieces) == 3
     frames = int(0.2 * config.codec_sampling_rate // config.samples_per_frame)
