@@ -49,9 +49,11 @@ IGNORE_INDEX = -100
 TALKER_PREFIX = "talker.model."
 CODE_PREDICTOR_PREFIX = "talker.code_predictor.model."
 CODE_PREDICTOR_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-# The code predictor's dense MLP is adapted through its weights (`target_parameters`): PEFT 0.21 reads a
-# `target_modules` entry ending in `gate_proj` / `up_proj` / `down_proj` on a `qwen3_omni_moe` model as a transformers-4
-# expert name and re-targets it to every fused `mlp.experts` of the model, the Thinker's included.
+# The code predictor's dense MLP can only be adapted through its weights (`target_parameters`, opt-in): PEFT 0.21 reads
+# a `target_modules` entry ending in `gate_proj` / `up_proj` / `down_proj` on a `qwen3_omni_moe` model as a
+# transformers-4 expert name and re-targets it to every fused `mlp.experts` of the model, the Thinker's included. A
+# weight-level LoRA computes `W + dW` and a full-size weight gradient at every step, which costs ~0.25x of a frozen step
+# (bench/bench_talker_lora.py), so by default only the code predictor's attention is adapted.
 CODE_PREDICTOR_MLP_WEIGHTS = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
 CODEC_EMBEDDING = "talker.model.codec_embedding"
 
@@ -105,7 +107,11 @@ class TalkerVoiceArguments:
     lora_target_router: bool = field(default=True, metadata={"help": "LoRA on the Talker's routers."})
     lora_target_experts: bool = field(default=True, metadata={"help": "LoRA on the Talker's fused experts."})
     lora_target_code_predictor: bool = field(
-        default=True, metadata={"help": "LoRA on the code predictor's attention and MLP projections."}
+        default=True, metadata={"help": "LoRA on the code predictor's attention projections."}
+    )
+    lora_target_code_predictor_mlp: bool = field(
+        default=False,
+        metadata={"help": "Also LoRA on the code predictor's MLP weights (W + dW: ~0.25x slower steps, more capacity)."},
     )
     lora_expert_r: int | None = field(default=None, metadata={"help": "LoRA rank of each expert (default lora_r)."})
     moe_lora_impl: str = field(
@@ -250,10 +256,11 @@ def build_talker_lora_config(
     target_router: bool = True,
     target_experts: bool = True,
     target_code_predictor: bool = True,
+    target_code_predictor_mlp: bool = False,
     use_rslora: bool = False,
 ) -> LoraConfig:
     """The `LoraConfig` of the Talker voice recipe on the full model: LoRA on the Talker's attention, routers and
-    fused experts and on the code predictor's attention and MLP, and the speakers' codec-embedding rows trained in full
+    fused experts and on the code predictor's attention (and MLP weights if asked), and the speakers' codec-embedding rows trained in full
     (PEFT's `trainable_token_indices`). Nothing of the Thinker, the projections or code2wav is targeted."""
     target_modules, target_parameters = [], []
     for name, module in model.named_modules():
@@ -268,7 +275,7 @@ def build_talker_lora_config(
     for name, _ in model.named_parameters():
         if name.startswith(TALKER_PREFIX) and wanted and name.endswith(wanted):
             target_parameters.append(name)
-        elif target_code_predictor and name.startswith(CODE_PREDICTOR_PREFIX) and name.endswith(CODE_PREDICTOR_MLP_WEIGHTS):
+        elif target_code_predictor_mlp and name.startswith(CODE_PREDICTOR_PREFIX) and name.endswith(CODE_PREDICTOR_MLP_WEIGHTS):
             target_parameters.append(name)
     if not target_modules and not target_parameters:
         raise ValueError("No LoRA target found in the Talker: is this a Qwen3-Omni checkpoint with a Talker?")

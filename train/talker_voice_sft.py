@@ -100,7 +100,8 @@ def main(script_args, training_args, model_args, voice_args):
             model, [codec_id], r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
             expert_r=voice_args.lora_expert_r, target_router=voice_args.lora_target_router,
             target_experts=voice_args.lora_target_experts,
-            target_code_predictor=voice_args.lora_target_code_predictor, use_rslora=model_args.use_rslora,
+            target_code_predictor=voice_args.lora_target_code_predictor,
+            target_code_predictor_mlp=voice_args.lora_target_code_predictor_mlp, use_rslora=model_args.use_rslora,
         ),
     )
     if voice_args.moe_lora_impl == "routed":
