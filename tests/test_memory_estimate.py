@@ -68,23 +68,39 @@ def readme_rows():
     return rows
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "recipe", ["instruct.yaml", "instruct.yaml --load_in_4bit", "qlora.yaml --offload_experts"]
-)
-def test_estimate_memory_prints_the_readme_figures_for_the_real_30b_a3b_shape(recipe, tmp_path):
-    os.makedirs(tmp_path / "model")
-    with open(REAL_CONFIG) as f, open(tmp_path / "model" / "config.json", "w") as out:
-        out.write(f.read())
+def sft_estimate_output(recipe, model_dir, output_dir, in_process):
+    """What `train/sft.py --config train/configs/<recipe> --estimate_memory` prints, through the script itself or its
+    parser and `estimate_for_run` in this process (the same code path, without a 10 s interpreter start)."""
     config_file, *flags = recipe.split()
+    argv = ["--config", os.path.join(REPO, "train", "configs", config_file), "--model_name_or_path", str(model_dir),
+            "--output_dir", str(output_dir), "--estimate_memory", *flags]
+    if in_process:
+        from trl import ScriptArguments, TrlParser
+
+        from qwen_omni.qwen3_omni.arguments import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
+        from qwen_omni.qwen3_omni.memory_estimate import estimate_for_run
+
+        parser = TrlParser((ScriptArguments, Qwen3OmniSFTConfig, Qwen3OmniModelConfig, Qwen3OmniArguments))
+        _, training_args, model_args, omni_args = parser.parse_args_and_config(argv)
+        return estimate_for_run(model_args, training_args, omni_args).format()
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train", "sft.py"), "--config", f"train/configs/{config_file}",
-         "--model_name_or_path", str(tmp_path / "model"), "--output_dir", str(tmp_path / "out"), "--estimate_memory",
-         *flags],
+        [sys.executable, os.path.join(REPO, "train", "sft.py"), *argv],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
+    return result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "recipe, in_process",
+    [("instruct.yaml", True), ("instruct.yaml --load_in_4bit", True), ("qlora.yaml --offload_experts", False)],
+)
+def test_estimate_memory_prints_the_readme_figures_for_the_real_30b_a3b_shape(recipe, in_process, tmp_path):
+    os.makedirs(tmp_path / "model")
+    with open(REAL_CONFIG) as f, open(tmp_path / "model" / "config.json", "w") as out:
+        out.write(f.read())
+    lines = sft_estimate_output(recipe, tmp_path / "model", tmp_path / "out", in_process).strip().splitlines()
     assert re.fullmatch(r"static total: \d+\.\d\d GB", lines[-1])
     printed = dict(line.rsplit(": ", 1) for line in lines)
     weights, host, adapter, gradients, optimizer, total, activations = readme_rows()[recipe]
