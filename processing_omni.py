@@ -371,17 +371,20 @@ class OmniProcessor(ProcessorMixin):
 
     def decode_audio(self, token_ids: Sequence[int] | torch.Tensor) -> np.ndarray | None:
         """
-        The waveform of a sequence's speech: the audio after its last `<|audio_start|>` (the generated speech; the
-        last run of audio ids when the sequence holds generated ids alone). `None` when the sequence holds no audio
-        id and no audio marker; an empty waveform, with a warning, when the speech has no whole frame.
+        The waveform of a sequence's speech: the audio after its last `<|audio_start|>` (the generated speech), or
+        for generated ids alone (no `<|audio_start|>`) their last run of audio ids. `None` when the sequence is not
+        speech: no `<|audio_start|>`, no audio id, and words or no `<|audio_end|>`. An empty waveform, with a
+        warning, when the speech has no whole frame.
         """
         ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
-        markers = (ids == self.audio_start_token_id) | (ids == self.audio_end_token_id)
-        if not bool(self.token_layout.is_audio(ids).any() or markers.any()):
-            return None
         starts = (ids == self.audio_start_token_id).nonzero().flatten()
         if len(starts):
             ids = ids[int(starts[-1]) + 1 :]
+        elif not bool(self.token_layout.is_audio(ids).any()):
+            # generated ids without audio: speech that ended before its first frame, or text that ended on audio-end
+            ends_speech = bool((ids == self.audio_end_token_id).any())
+            if not ends_speech or self.decode_text(ids, skip_special_tokens=True).strip():
+                return None
         spans = self.audio_spans(ids)
         speech = (spans[0] if len(starts) else spans[-1]) if spans else ids[:0]
         if speech.numel() == 0:
@@ -399,8 +402,8 @@ class OmniProcessor(ProcessorMixin):
         self, token_ids: Sequence[int] | torch.Tensor, **kwargs
     ) -> str | np.ndarray | torch.Tensor | list[str | torch.Tensor]:
         """
-        A sequence's speech (1-D float32 waveform at `sampling_rate`) if it is a text-to-speech sequence (it holds
-        audio ids or audio markers and no transcript), else its text. Speech without a whole frame decodes to an
+        A sequence's transcript if it ends in one, else its speech (1-D float32 waveform at `sampling_rate`, see
+        [`~OmniProcessor.decode_audio`]) if it is speech, else its text. Speech without a whole frame decodes to an
         empty waveform, with a warning.
 
         A 2-D tensor is `generate` output, as transformers' text-to-audio pipeline passes it: one row gives the

@@ -251,6 +251,10 @@ def test_decode_without_a_whole_frame_is_an_empty_waveform(processor, tmp_path):
     assert "No whole audio frame was generated" in captured.out
     assert [w.size for w in processor.batch_decode([no_frame, prompt])] == [0, 0]
     assert processor.decode(torch.tensor([no_frame])).numel() == 0  # the pipeline's (1, length) form
+    # generated ids alone: speech cut before its first frame, but words that end on audio-end stay text
+    assert processor.decode([processor.audio_end_token_id]).size == 0
+    words = processor.tokenizer("hello there", add_special_tokens=False)["input_ids"]
+    assert processor.decode([*words, processor.audio_end_token_id], skip_special_tokens=True) == "hello there"
     processor.save_audio(waveform, tmp_path / "empty.wav")
     assert soundfile.info(tmp_path / "empty.wav").frames == 0
     # with a voice prompt, speech without a frame is empty, not the voice prompt's audio
