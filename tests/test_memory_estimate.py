@@ -30,24 +30,38 @@ def tensor_bytes(tensors):
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-@pytest.mark.parametrize("quantized", [False, True])
-def test_estimate_matches_measured_parameter_and_optimizer_bytes_on_a_tiny_model(quantized):
+@pytest.mark.parametrize(
+    "quantized, optim, lora",
+    # expert rank 32: the experts' A and B reach bitsandbytes' 4096-value minimum for 8-bit states, the rest stay 32-bit
+    [(False, "adamw_torch", LORA), (True, "adamw_torch", LORA), (True, "adamw_bnb_8bit", {**LORA, "expert_r": 32})],
+)
+def test_estimate_matches_measured_parameter_and_optimizer_bytes_on_a_tiny_model(quantized, optim, lora):
     config = qwen3_omni_tiny.build_config(qwen3_omni_tiny.build_tokenizer())
     torch.manual_seed(0)
     thinker = Qwen3OmniMoeThinkerForConditionalGeneration._from_config(config.thinker_config, dtype=torch.float32)
     if quantized:
         assert quantize_experts(thinker) == 4
-    model = get_peft_model(thinker, build_lora_config(thinker, **LORA))
+    model = get_peft_model(thinker, build_lora_config(thinker, **lora))
     trainable = [p for p in model.parameters() if p.requires_grad]
     frozen = [p for p in model.parameters() if not p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    if optim == "adamw_bnb_8bit":  # what `Trainer` builds for it: bitsandbytes' AdamW with 8-bit states
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW(trainable, lr=1e-3, optim_bits=8)
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=1e-3)
     for p in trainable:
         p.grad = torch.ones_like(p)
     optimizer.step()
-    measured_optimizer = tensor_bytes(t for state in optimizer.state.values() for t in state.values())
+    # bitsandbytes' quantization code books (`qmap1`, `qmap2`) are one pair shared by every parameter
+    measured_optimizer = tensor_bytes(
+        t for state in optimizer.state.values() for key, t in state.items() if torch.is_tensor(t) and "qmap" not in key
+    )
+    assert optim != "adamw_bnb_8bit" or any(t.dtype == torch.uint8 for s in optimizer.state.values() for t in s.values()
+                                           if torch.is_tensor(t))
 
     estimate = estimate_training_memory(
-        config, dtype=torch.float32, quantize_experts=quantized, lora_kwargs=LORA, sequence_lengths=(64,)
+        config, dtype=torch.float32, quantize_experts=quantized, lora_kwargs=lora, optim=optim, sequence_lengths=(64,)
     )
     assert estimate.weights == tensor_bytes(frozen) + tensor_bytes(model.buffers())
     assert estimate.adapter == tensor_bytes(trainable)
