@@ -275,13 +275,17 @@ def test_no_full_precision_expert_tensor_is_ever_assigned_while_loading(checkpoi
 
 
 def test_adapter_trained_on_4bit_experts_merges_onto_the_bf16_base(checkpoint, tmp_path):
+    torch.manual_seed(0)
     thinker = load_thinker(checkpoint, quantize_experts=True)
     config = build_lora_config(thinker, r=4, lora_alpha=8, lora_dropout=0.1)
-    config.init_lora_weights = False  # a random adapter that changes the outputs
     with pytest.raises(ValueError, match="moe_lora_impl='peft' cannot put LoRA on 4-bit experts"):
         build_lora_config(thinker, r=4, moe_lora_impl="peft")
     model = get_peft_model(thinker, config)
     apply_routed_lora(model)  # as Qwen3OmniSFTTrainer does; it also nests the expert wrappers as on a bf16 base
+    with torch.no_grad():  # an adapter the size of a briefly trained one (B starts at zero)
+        for name, parameter in model.named_parameters():
+            if ".lora_B." in name:
+                parameter.normal_(0.0, 0.02)
     model.save_pretrained(tmp_path / "adapter")
     merged_dir = merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "merged"), base_model_name_or_path=checkpoint)
 
@@ -301,9 +305,11 @@ def test_adapter_trained_on_4bit_experts_merges_onto_the_bf16_base(checkpoint, t
     # merged onto the bf16 base: exactly bf16 base + adapter (never the dequantized 4-bit weights)
     torch.testing.assert_close(merged_logits, adapted_bf16, atol=1e-4, rtol=1e-4)
     assert adapter_effect > 10 * 1e-4
-    # and the 4-bit model with the adapter differs from it only by the experts' quantization error: the adapter's
-    # delta is the same on both bases, so the gap is the base's 4-bit rounding as it propagates (2x for the
-    # interaction of the adapter's changed routing with the rounding)
+    # The 4-bit model with the adapter differs from it only by the experts' 4-bit rounding: the adapter's update is the
+    # same on both bases, so the gap is the base's quantization error (here 1.7e-3 on the logits) as it propagates
+    # through the adapted model. Tolerance 2x that error: an adapter of this size (it moves the logits by ~0.25, 100x
+    # the error) gives 1.4-1.6x over seeds 0-3; a much larger random one flips top-k routing near ties, where any
+    # weight perturbation shows in full (5-20x at B ~ N(0, 0.1)).
     assert quantization_error > 1e-3
     assert (merged_logits - qlora_logits).abs().max() <= 2 * quantization_error
 
