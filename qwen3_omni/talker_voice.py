@@ -573,6 +573,13 @@ class TalkerVoiceTrainer(Trainer):
     def __init__(self, *args, speaker_codec_id: int, talker_voice_config: dict, **kwargs):
         kwargs.setdefault("data_collator", collate_talker_voice)
         super().__init__(*args, **kwargs)
+        if self.args.world_size > 1:
+            # the loss calls the Talker's modules directly, outside the DDP / FSDP wrapper's forward, whose gradient
+            # synchronisation and parameter gathering would then not run
+            raise ValueError(
+                f"The Talker voice recipe runs in one process (this run has {self.args.world_size}): launch it without "
+                "--num_processes / torchrun, on one GPU (or with device_map across several)."
+            )
         self.speaker_codec_id = speaker_codec_id
         self.talker_voice_config = talker_voice_config
         self._loss_sums = {"talker_loss": 0.0, "code_predictor_loss": 0.0}
