@@ -219,7 +219,8 @@ def speak(args: argparse.Namespace) -> int:
     def write(audio):
         output.write(audio)
         elapsed = time.perf_counter() - started
-        print(f"\r{output.samples / rate:6.2f} s of audio written in {elapsed:6.2f} s", end="", file=sys.stderr, flush=True)
+        progress = f"\r{output.samples / rate:6.2f} s of audio written in {elapsed:6.2f} s"
+        print(progress, end="", file=sys.stderr, flush=True)
 
     def interrupt(signum, frame):
         raise Interrupted(signal.Signals(signum).name)
@@ -236,8 +237,8 @@ def speak(args: argparse.Namespace) -> int:
         output.close()
         print(file=sys.stderr)
         raise CommandLineError(
-            f"interrupted by {signal_name} after {output.samples / rate:.2f} s of speech: {args.out} is left as it was; "
-            f"the speech so far is in {output.partial_path}."
+            f"interrupted by {signal_name} after {output.samples / rate:.2f} s of speech: {args.out} is left as it "
+            f"was; the speech so far is in {output.partial_path}."
         ) from None
     except BaseException:
         output.discard()
@@ -297,18 +298,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--greedy", action="store_true", help="greedy decoding instead of the saved sampling defaults")
         sub.add_argument("--temperature", type=_positive(float, "--temperature"))
         sub.add_argument("--top-p", dest="top_p", type=_positive(float, "--top-p"))
-        sub.add_argument("--repetition-penalty", dest="repetition_penalty", type=_positive(float, "--repetition-penalty"))
+        sub.add_argument(
+            "--repetition-penalty", dest="repetition_penalty", type=_positive(float, "--repetition-penalty")
+        )
         sub.add_argument("--max-new-tokens", dest="max_new_tokens", type=_positive(int, "--max-new-tokens"))
 
     speak_parser = commands.add_parser("speak", help="text to speech, streamed into a WAV file")
     common(speak_parser)
     speak_parser.add_argument("--text", help="the text to speak (read from stdin when left out)")
-    speak_parser.add_argument("--out", required=True, help="output WAV file (replaced only once all speech is written)")
+    speak_parser.add_argument(
+        "--out", required=True, help="output WAV file (replaced only once all the speech is written)"
+    )
     speak_parser.add_argument("--speaker", help="speaker name, as in 'tara: text'")
     speak_parser.add_argument("--voice-prompt", help="reference audio file of the voice to continue")
     speak_parser.add_argument("--voice-prompt-text", help="transcript of --voice-prompt")
     speak_parser.add_argument(
-        "--max-duration", type=_positive(float, "--max-duration"), default=30.0, help="seconds per sentence before cutting"
+        "--max-duration", type=_positive(float, "--max-duration"), default=30.0,
+        help="seconds per sentence before cutting",
     )
     speak_parser.add_argument(
         "--max-chars", type=_positive(int, "--max-chars"), default=200, help="longest piece of text generated at once"

@@ -431,7 +431,9 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
                 raise ValueError(f"Audio clip {index} contains NaN or infinite samples.")
         return clips
 
-    def check_durations(self, num_samples: Sequence[int], sampling_rate: int, names: Sequence[str] | None = None) -> None:
+    def check_durations(
+        self, num_samples: Sequence[int], sampling_rate: int, names: Sequence[str] | None = None
+    ) -> None:
         """Raise a `ValueError` naming the first clip longer than `max_duration_seconds` (before any encoding); clips
         are named by `names` (e.g. file names), or by their position in the batch."""
         for index, samples in enumerate(num_samples):

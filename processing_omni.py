@@ -59,7 +59,8 @@ def utterance_problem(text, speaker=None, special_tokens: Sequence[str] = (), wh
             value.encode("utf-8")
         except UnicodeEncodeError:
             return f"{name} {value!r} holds bytes that are not valid UTF-8; re-encode the text as UTF-8"
-        found = sorted({*CONTROL_TOKEN_PATTERN.findall(value), *(token for token in special_tokens if token and token in value)})
+        found = {*CONTROL_TOKEN_PATTERN.findall(value), *(token for token in special_tokens if token and token in value)}
+        found = sorted(found)
         if found:
             return (
                 f"{name} {value!r} contains the special-token string(s) {found}, which would be read as control "
@@ -117,7 +118,9 @@ class OmniProcessor(ProcessorMixin):
                 f"tokenizer's length ({len(tokenizer)}): audio ids start right after the text vocabulary. Rebuild the "
                 "checkpoint with `train/init_model.py`."
             )
-        if model_max_length is not None and (isinstance(model_max_length, bool) or not isinstance(model_max_length, int) or model_max_length <= 0):
+        if model_max_length is not None and (
+            isinstance(model_max_length, bool) or not isinstance(model_max_length, int) or model_max_length <= 0
+        ):
             raise ValueError(f"model_max_length={model_max_length!r} must be a positive number of tokens or None.")
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
         for name, token in SPECIAL_TOKENS.items():

@@ -575,8 +575,8 @@ def check_prepared_rows(rows, processor, source: str | os.PathLike) -> None:
     if unusable:
         listed = "; ".join(unusable[:5]) + ("; ..." if len(unusable) > 5 else "")
         raise ValueError(
-            f"{len(unusable)} prepared rows of {source} cannot be used for training: {listed}. Prepare the corpus again "
-            "with train/prepare_data.py (it skips such rows and lists them in summary.json), or fix their text."
+            f"{len(unusable)} prepared rows of {source} cannot be used for training: {listed}. Prepare the corpus "
+            "again with train/prepare_data.py (it skips such rows and lists them in summary.json), or fix their text."
         )
 
 

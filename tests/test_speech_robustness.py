@@ -108,7 +108,9 @@ def test_speak_refuses_bad_text_and_keeps_the_existing_file(omni_dir, tmp_path, 
     )
     stderr = result.stderr.decode(errors="replace")
     assert result.returncode == 2 and "Traceback" not in stderr, stderr
-    assert error_lines(stderr) == ["qwen-omni speak: error: --text is not valid UTF-8 text; pass UTF-8 (e.g. convert it with `iconv -t UTF-8`)."]
+    assert error_lines(stderr) == [
+        "qwen-omni speak: error: --text is not valid UTF-8 text; pass UTF-8 (e.g. convert it with `iconv -t UTF-8`)."
+    ]
     assert Path(out).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.wav"]
 
@@ -135,7 +137,8 @@ def test_speak_streams_a_valid_file_and_sigterm_leaves_the_output_unchanged(omni
             super().__init__(processor, on_chunk=on_chunk_then_check, **kwargs)
 
     monkeypatch.setattr(generation_omni, "OmniAudioStreamer", TerminatedStreamer)
-    status = cli.main(["speak", "--model", str(omni_dir), "--text", SHORT, "--out", out, "--max-new-tokens", "200"])
+    argv = ["speak", "--model", str(omni_dir), "--text", SHORT, "--out", out, "--max-new-tokens", "200", "--greedy"]
+    status = cli.main(argv)
     stderr = capsys.readouterr().err
     assert status == 2 and "interrupted by SIGTERM" in stderr
     assert len(seen) == 2 and all(frames == data for frames, data in seen) and seen[1][0] > 0
@@ -147,7 +150,8 @@ def test_speak_streams_a_valid_file_and_sigterm_leaves_the_output_unchanged(omni
 
 def test_speak_replaces_the_output_only_when_done(omni_dir, tmp_path, capsys):
     out = write_wav(tmp_path / "keep.wav", noise(2.2))
-    assert cli.main(["speak", "--model", str(omni_dir), "--text", SHORT, "--out", out, "--max-new-tokens", "29"]) == 0
+    argv = ["speak", "--model", str(omni_dir), "--text", SHORT, "--out", out, "--max-new-tokens", "29", "--greedy"]
+    assert cli.main(argv) == 0
     audio, rate = soundfile.read(out)
     assert rate == 24000 and 0 < audio.size < 2.2 * rate
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.wav"]
@@ -176,7 +180,8 @@ def test_prepare_data_and_training_accept_the_same_rows(omni_dir, processor, tmp
     assert kept["id"] == ["good"]
     check_prepared_rows(kept, processor, tmp_path / "prepared")  # training takes every kept row
     # a folder prepared before the check: training names the row instead of failing inside the packing
-    with pytest.raises(ValueError, match=r"1 prepared rows of .* row 'pad-in-text': transcript 'hello <\|pad\|> there' contains"):
+    message = r"1 prepared rows of .* row 'pad-in-text': transcript 'hello <\|pad\|> there' contains"
+    with pytest.raises(ValueError, match=message):
         check_prepared_rows(datasets.Dataset.from_list([rows[0], rows[1]]), processor, "old-folder")
 
 
@@ -264,7 +269,9 @@ def test_decode_without_a_whole_frame_is_an_empty_waveform(processor, tmp_path):
 
 
 def test_pipeline_num_return_sequences_gives_one_waveform_each(tts):
-    out = tts(SHORT, generate_kwargs={"do_sample": True, "max_new_tokens": 29, "num_return_sequences": 2})
+    audio_end = tts.processor.audio_end_token_id  # sampled rows then both hold 4 whole frames
+    generate_kwargs = {"do_sample": True, "max_new_tokens": 29, "num_return_sequences": 2, "suppress_tokens": [audio_end]}
+    out = tts(SHORT, generate_kwargs=generate_kwargs)
     assert isinstance(out["audio"], list) and [a.shape for a in out["audio"]] == [(4 * 2048,), (4 * 2048,)]
 
 
@@ -313,7 +320,9 @@ def test_transcribe_reports_bad_files_and_keeps_input_order(omni_dir, tmp_path, 
     errors = error_lines(stderr)
     assert len(errors) == 4
     assert f"{tmp_path / 'missing.wav'}: no such file" in stderr
-    assert f"{truncated}: the file is truncated or corrupt: its header promises 19200 bytes of audio but it holds 4956" in stderr
+    assert f"{truncated}: the file is truncated or corrupt: its header promises 19200 bytes of audio but it holds 4956" in (
+        stderr
+    )
     assert f"{tmp_path / 'empty.wav'}: the audio has 0 samples" in stderr
     assert f"{tmp_path / 'long.wav'} lasts 31.0 s, longer than max_duration_seconds=30.0; split it" in stderr
 
@@ -350,7 +359,7 @@ def test_prepare_data_names_the_bad_json_line_and_skips_truncated_wavs(processor
     assert summary.num_kept == 1 and summary.skipped_by_reason == {"unreadable audio": 1}
     assert "truncated or corrupt: its header promises 24000 bytes of audio but it holds 3956" in summary.skipped[0]["reason"]
     metadata.write_text("\n".join([*lines, '{"audio": "good.wav", "text": "broken}']) + "\n")
-    with pytest.raises(ValueError, match=r"metadata.jsonl line 4 is not valid JSON \(Unterminated string starting at column 31\)"):
+    with pytest.raises(ValueError, match=r"metadata.jsonl line 4 is not valid JSON \(Unterminated string starting at column 31"):
         load_audio_text_rows(metadata)
     with pytest.raises(ValueError, match=r"max_duration=nan must be a positive number"):
         prepare_dataset([], tmp_path / "out2", processor.feature_extractor, max_duration=float("nan"))
