@@ -233,6 +233,9 @@ def speak(args: argparse.Namespace) -> int:
             on_chunk=write, max_duration=args.max_duration, **voice, **_generate_kwargs(args),
         )
         output.commit()
+    except ValueError as error:  # settings `generate` refuses (e.g. --max-new-tokens beyond the model's positions)
+        output.discard()
+        raise CommandLineError(str(error)) from None
     except Interrupted as signal_name:
         output.close()
         print(file=sys.stderr)
@@ -280,7 +283,10 @@ def transcribe(args: argparse.Namespace) -> int:
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start : start + args.batch_size]
         inputs = processor.pad([ids for _, ids in batch], padding_side="left").to(model.device)
-        outputs = model.generate(**inputs, **kwargs)
+        try:
+            outputs = model.generate(**inputs, **kwargs)
+        except ValueError as error:  # settings `generate` refuses, the same for every batch
+            raise CommandLineError(str(error)) from None
         # whole sequences: `decode` reads the transcript after the prompt's `<|text_start|>`, text ids only
         texts = processor.batch_decode(outputs, skip_special_tokens=True)
         for (index, _), text in zip(batch, texts):

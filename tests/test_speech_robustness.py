@@ -338,6 +338,8 @@ def test_cli_errors_are_one_line(omni_dir, qwen3_lm_dir, tmp_path, capsys):
          "--max-duration must be a positive, finite float"),
         (["speak", "--model", str(omni_dir), "--text", "hi", "--out", str(tmp_path / "no" / "x.wav")], "does not exist"),
         (["speak", "--model", str(omni_dir), "--text", "bad \udcff", "--out", str(tmp_path / "x.wav")], "not valid UTF-8"),
+        (["speak", "--model", str(omni_dir), "--text", "hi", "--out", str(tmp_path / "x.wav"), "--max-new-tokens",
+          "100000"], "100000"),
         (["speak", "--model", str(omni_dir), "--text", "hi", "--out", str(tmp_path / "x.wav"), "--voice-prompt",
           write_wav(tmp_path / "ref.wav", np.zeros(31 * 24000)), "--voice-prompt-text", "hi"], "ref.wav lasts 31.0 s"),
     ]
@@ -346,6 +348,14 @@ def test_cli_errors_are_one_line(omni_dir, qwen3_lm_dir, tmp_path, capsys):
         assert status == 2 and "Traceback" not in stderr, (argv, stderr)
         assert len(error_lines(stderr)) == 1 and message in error_lines(stderr)[0], (argv, stderr)
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_prepare_data_keeps_clips_up_to_its_own_max_duration(processor, tmp_path):
+    import datasets
+
+    rows = datasets.Dataset.from_list([{"id": "long", "audio": write_wav(tmp_path / "long.wav", noise(31)), "text": "hi"}])
+    summary = prepare_dataset(rows, tmp_path / "out", processor.feature_extractor, max_duration=60, show_progress=False)
+    assert summary.num_kept == 1 and processor.feature_extractor.max_duration_seconds == 30.0
 
 
 def test_prepare_data_names_the_bad_json_line_and_skips_truncated_wavs(processor, tmp_path):
