@@ -61,7 +61,9 @@ from qwen_omni.qwen3_omni.talker_voice import (  # noqa: E402
 )
 
 
-TIMED_VARIANTS = ("frozen_forward", "frozen_step", "peft", "routed", "routed_thinker_recomputed", "routed_predictor_mlp")
+TIMED_VARIANTS = (
+    "frozen_forward", "frozen_step", "peft", "routed", "routed_thinker_recomputed", "routed_predictor_mlp"
+)
 MEMORY_VARIANTS = ("cached", "recomputed")
 
 
@@ -95,7 +97,8 @@ def build_model(args: argparse.Namespace) -> Qwen3OmniMoeForConditionalGeneratio
     text.num_attention_heads, text.num_key_value_heads, text.head_dim = 8, 4, 64
     text.moe_intermediate_size, text.num_experts, text.num_experts_per_tok = 256, 32, 4
     text.rope_parameters["mrope_section"] = [8, 12, 12]
-    config.thinker_config.audio_config.output_dim = config.thinker_config.vision_config.out_hidden_size = args.thinker_hidden
+    config.thinker_config.audio_config.output_dim = args.thinker_hidden
+    config.thinker_config.vision_config.out_hidden_size = args.thinker_hidden
     talker = config.talker_config
     talker.thinker_hidden_size, talker.accept_hidden_layer = args.thinker_hidden, args.thinker_layers // 2
     talker_text = talker.text_config
@@ -113,7 +116,8 @@ def build_model(args: argparse.Namespace) -> Qwen3OmniMoeForConditionalGeneratio
     talker.speaker_id = {name: value + offset for name, value in talker.speaker_id.items()}
     predictor = talker.code_predictor_config
     predictor.hidden_size, predictor.num_hidden_layers, predictor.intermediate_size = args.talker_hidden, 5, 512
-    predictor.num_attention_heads, predictor.num_key_value_heads, predictor.head_dim, predictor.vocab_size = 4, 2, 64, 2048
+    predictor.num_attention_heads, predictor.num_key_value_heads, predictor.head_dim = 4, 2, 64
+    predictor.vocab_size = 2048
     config.code2wav_config.codebook_size = 2048
     for sub_config in (text, talker_text, predictor):  # derived per-layer lists follow the new depths
         if getattr(sub_config, "layer_types", None):

@@ -5,8 +5,8 @@
 How `generate` feeds the Talker, and how training rebuilds it for a clip (prompt, transcript, Mimi codes `(T, 16)`):
 
 - The Thinker reads the conversation `prompt + transcript + <|im_end|>` (here in one teacher-forced, gradient-free
-  forward: what `generate` sees when the Thinker says exactly the transcript). Its input embeddings (`hidden_states[0]`)
-  and its `accept_hidden_layer` hidden states feed the Talker.
+  forward: what `generate` sees when the Thinker says exactly the transcript). Its input embeddings
+  (`hidden_states[0]`) and its `accept_hidden_layer` hidden states feed the Talker.
 - The user turn: multimodal positions through `talker.hidden_projection` of the hidden states, text positions through
   `talker.text_projection` of the embeddings (transformers' `_get_talker_user_parts`).
 - The assistant turn (transformers' `_get_talker_assistant_parts`): `<|im_start|>assistant\\n`, then `tts_pad` x 4 +
@@ -52,8 +52,8 @@ CODE_PREDICTOR_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 # The code predictor's dense MLP can only be adapted through its weights (`target_parameters`, opt-in): PEFT 0.21 reads
 # a `target_modules` entry ending in `gate_proj` / `up_proj` / `down_proj` on a `qwen3_omni_moe` model as a
 # transformers-4 expert name and re-targets it to every fused `mlp.experts` of the model, the Thinker's included. A
-# weight-level LoRA computes `W + dW` and a full-size weight gradient at every step, which costs ~0.25x of a frozen step
-# (bench/bench_talker_lora.py), so by default only the code predictor's attention is adapted.
+# weight-level LoRA computes `W + dW` and a full-size weight gradient at every step, which costs ~0.25x of a frozen
+# step (bench/bench_talker_lora.py), so by default only the code predictor's attention is adapted.
 CODE_PREDICTOR_MLP_WEIGHTS = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
 CODEC_EMBEDDING = "talker.model.codec_embedding"
 
@@ -111,7 +111,8 @@ class TalkerVoiceArguments:
     )
     lora_target_code_predictor_mlp: bool = field(
         default=False,
-        metadata={"help": "Also LoRA on the code predictor's MLP weights (W + dW: ~0.25x slower steps, more capacity)."},
+        metadata={"help": "Also LoRA on the code predictor's MLP weights (W + dW: ~0.25x slower steps, more "
+                  "capacity)."},
     )
     lora_expert_r: int | None = field(default=None, metadata={"help": "LoRA rank of each expert (default lora_r)."})
     moe_lora_impl: str = field(
@@ -135,7 +136,8 @@ def check_has_talker(config: PretrainedConfig, name: str = "the checkpoint") -> 
 
 def load_talker_model(model_name_or_path: str, **kwargs) -> Qwen3OmniMoeForConditionalGeneration:
     """Load a full Qwen3-Omni (Thinker, Talker, code2wav) after checking it has a Talker."""
-    check_has_talker(AutoConfig.from_pretrained(model_name_or_path, revision=kwargs.get("revision")), model_name_or_path)
+    config = AutoConfig.from_pretrained(model_name_or_path, revision=kwargs.get("revision"))
+    check_has_talker(config, model_name_or_path)
     return Qwen3OmniMoeForConditionalGeneration.from_pretrained(model_name_or_path, **kwargs)
 
 
@@ -167,8 +169,8 @@ def resolve_speaker(
     name = speaker_name.lower()
     if name in speakers:
         raise ValueError(
-            f"The speaker {speaker_name!r} already exists (id {speakers[name]}); pass --adapt_speaker {speaker_name} to "
-            "fine-tune that voice, or choose another --speaker_name."
+            f"The speaker {speaker_name!r} already exists (id {speakers[name]}); pass --adapt_speaker {speaker_name} "
+            "to fine-tune that voice, or choose another --speaker_name."
         )
     if init_speaker.lower() not in speakers:
         raise ValueError(f"--init_speaker {init_speaker!r} is not a speaker of this Talker: {sorted(speakers)}.")
@@ -213,9 +215,9 @@ def read_talker_voice_config(folder: str | os.PathLike) -> dict | None:
 # ---------------------------------------------------------------------------------------------------- LoRA
 class RoutableTalkerExperts(Qwen3OmniMoeTalkerTextExperts):
     """The Talker's fused experts with the interface of transformers' `@use_experts_implementation` experts (gated,
-    bias-free, `(E, out, in)` weights, eager), so that `routed_lora.apply_routed_lora` gives their LoRA the routed-token
-    forward as on the Thinker. Parameters, forward and state-dict keys are the Talker's own; only attributes are
-    added ([`make_talker_experts_routable`] swaps the class of the existing modules)."""
+    bias-free, `(E, out, in)` weights, eager), so that `routed_lora.apply_routed_lora` gives their LoRA the
+    routed-token forward as on the Thinker. Parameters, forward and state-dict keys are the Talker's own; only
+    attributes are added ([`make_talker_experts_routable`] swaps the class of the existing modules)."""
 
     has_gate = True
     has_bias = False
@@ -260,8 +262,9 @@ def build_talker_lora_config(
     use_rslora: bool = False,
 ) -> LoraConfig:
     """The `LoraConfig` of the Talker voice recipe on the full model: LoRA on the Talker's attention, routers and
-    fused experts and on the code predictor's attention (and MLP weights if asked), and the speakers' codec-embedding rows trained in full
-    (PEFT's `trainable_token_indices`). Nothing of the Thinker, the projections or code2wav is targeted."""
+    fused experts and on the code predictor's attention (and MLP weights if asked), and the speakers' codec-embedding
+    rows trained in full (PEFT's `trainable_token_indices`). Nothing of the Thinker, the projections or code2wav is
+    targeted."""
     target_modules, target_parameters = [], []
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear):
@@ -275,7 +278,11 @@ def build_talker_lora_config(
     for name, _ in model.named_parameters():
         if name.startswith(TALKER_PREFIX) and wanted and name.endswith(wanted):
             target_parameters.append(name)
-        elif target_code_predictor_mlp and name.startswith(CODE_PREDICTOR_PREFIX) and name.endswith(CODE_PREDICTOR_MLP_WEIGHTS):
+        elif (
+            target_code_predictor_mlp
+            and name.startswith(CODE_PREDICTOR_PREFIX)
+            and name.endswith(CODE_PREDICTOR_MLP_WEIGHTS)
+        ):
             target_parameters.append(name)
     if not target_modules and not target_parameters:
         raise ValueError("No LoRA target found in the Talker: is this a Qwen3-Omni checkpoint with a Talker?")
@@ -308,7 +315,8 @@ def conversation_ids(
     prompt_text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     tokenizer = processor.tokenizer
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    answer_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    answer_ids.append(tokenizer.convert_tokens_to_ids("<|im_end|>"))
     return prompt_ids, answer_ids
 
 
@@ -369,7 +377,8 @@ def talker_prompt_embeds(
         model.thinker.get_input_embeddings()(special_tokens)
     ).chunk(3, dim=1)
     assistant_embeds, assistant_ids, trailing_text_hidden = model._get_talker_assistant_parts(
-        assistant_start_index, sequence.shape[1], speaker_id, thinker_embed, tts_pad_embed, tts_bos_embed, tts_eos_embed
+        assistant_start_index, sequence.shape[1], speaker_id, thinker_embed,
+        tts_pad_embed, tts_bos_embed, tts_eos_embed,
     )
     inputs_embeds = torch.cat((user_embeds, assistant_embeds), dim=1)
     talker_input_ids = torch.cat((user_ids, assistant_ids), dim=1)
@@ -436,7 +445,7 @@ class TalkerVoiceOutput:
     talker_logits: torch.Tensor
     """`(B, L, vocab)` the Talker's `codec_head` logits at every position."""
     code_predictor_logits: torch.Tensor
-    """`(num_frames, G - 1, codebook)` the code predictor's logits for codebooks 1..G-1 of every frame (batch-major)."""
+    """`(num_frames, G - 1, codebook)` the code predictor's logits for codebooks 1..G-1 of every frame, batch-major."""
 
 
 def talker_voice_forward(
@@ -515,7 +524,9 @@ def build_examples(
     """Tokenise the clips' conversations (see [`conversation_ids`])."""
     examples = []
     for clip in clips:
-        prompt_ids, answer_ids = conversation_ids(processor, clip.text, clip.prompt, user_prompt_template, system_prompt)
+        prompt_ids, answer_ids = conversation_ids(
+            processor, clip.text, clip.prompt, user_prompt_template, system_prompt
+        )
         examples.append(
             TalkerVoiceExample(
                 prompt_ids=torch.tensor(prompt_ids), sequence=torch.tensor(prompt_ids + answer_ids), codes=clip.codes
@@ -577,8 +588,8 @@ class TalkerVoiceTrainer(Trainer):
             # the loss calls the Talker's modules directly, outside the DDP / FSDP wrapper's forward, whose gradient
             # synchronisation and parameter gathering would then not run
             raise ValueError(
-                f"The Talker voice recipe runs in one process (this run has {self.args.world_size}): launch it without "
-                "--num_processes / torchrun, on one GPU (or with device_map across several)."
+                f"The Talker voice recipe runs in one process (this run has {self.args.world_size}): launch it "
+                "without --num_processes / torchrun, on one GPU (or with device_map across several)."
             )
         self.speaker_codec_id = speaker_codec_id
         self.talker_voice_config = talker_voice_config

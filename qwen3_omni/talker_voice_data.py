@@ -220,9 +220,8 @@ def encode_clips(
         try:
             read_sampling_rate(clip.audio)
         except Exception as error:  # noqa: BLE001 - unreadable files are skipped and listed
-            summary.skipped.append(
-                {"audio": str(_audio_label(clip.audio)), "reason": f"unreadable audio: {type(error).__name__}: {error}"}
-            )
+            reason = f"unreadable audio: {type(error).__name__}: {error}"
+            summary.skipped.append({"audio": str(_audio_label(clip.audio)), "reason": reason})
             continue
         readable.append(clip)
         readable_prompts.append(prompt)

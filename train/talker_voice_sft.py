@@ -9,7 +9,8 @@ speaker's clips and transcripts, teacher-forced as `generate` runs the Talker.
 The clips are read in every form the Omni voice recipe reads (metadata folder, JSONL/CSV, LibriTTS tree, `datasets`
 folder or Hub id) and encoded once with Mimi (`--codec_name_or_path kyutai/mimi`) into OUTPUT_DIR/mimi_codes (or
 `--codes_cache_dir`). Every TRL/Trainer flag works (`TrlParser` over `ScriptArguments`, `SFTConfig`, `ModelConfig`,
-plus `TalkerVoiceArguments`); `talker_loss` and `code_predictor_loss` are logged separately (`--report_to tensorboard`).
+plus `TalkerVoiceArguments`); `talker_loss` and `code_predictor_loss` are logged separately
+(`--report_to tensorboard`).
 """
 
 import os
