@@ -2,19 +2,30 @@
 """Static training memory of the real Qwen3-Omni-30B-A3B shape per recipe, as ratios, in one run.
 
     HF_HUB_OFFLINE=1 python bench/bench_memory.py [--config tests/fixtures/qwen3-omni-30b-a3b-instruct.config.json]
+    HF_HUB_OFFLINE=1 python bench/bench_memory.py --loading_peak     # also measure host memory while loading
 
 Each recipe is what `train/sft.py --config <yaml> [flags] --estimate_memory` prints (the same parser and
 `memory_estimate.estimate_for_run`): the Thinker built on the meta device from the checkpoint's config, the recipe's
 LoRA applied with PEFT, weights / adapter / gradients / optimizer state priced as training stores them. Reported:
 the static total (no activations) per recipe, QLoRA with 4-bit experts / bf16 LoRA on `instruct.yaml` (target
 <= 0.40), and whether `qlora.yaml` fits 24 GB, each also with `--offload_experts`.
+
+`--loading_peak` measures what `load_thinker(..., quantize_experts=True)` costs in host memory on a synthetic
+bf16 checkpoint with larger experts (6 MoE layers of 64 experts, 50 MB of bf16 experts per layer), each load in a
+fresh process: the peak anonymous resident memory above the level before loading (sampled every millisecond; the
+memory-mapped checkpoint's page cache is not counted), next to the growth the loaded model keeps, and one layer's bf16
+experts. Quantizing on load should keep `peak - kept` near one layer; loading in bf16 and
+quantizing afterwards would need the whole bf16 stack first.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 from trl import ScriptArguments, TrlParser
@@ -42,12 +53,84 @@ def estimate(config_dir: str, recipe: list[str]):
     return estimate_for_run(model_args, training_args, omni_args)
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def loading_probe(checkpoint: str, quantize: bool) -> None:
+    """In a fresh process: resident memory before, kept after, and peak while loading (printed as JSON)."""
+    import gc
+
+    import torch
+
+    from qwen_omni.qwen3_omni import load_thinker
+
+    import threading
+
+    # anonymous memory only: the safetensors file is memory-mapped, and its page cache would count in VmRSS / VmHWM
+    # (there is no high-water mark of RssAnon, so a thread samples it every millisecond)
+    before, peak, done = _status_kib("RssAnon"), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _status_kib("RssAnon"))
+            done.wait(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    model = load_thinker(checkpoint, dtype=torch.bfloat16, quantize_experts=quantize)
+    done.set()
+    sampler.join()
+    gc.collect()
+    print(json.dumps({"peak": (peak[0] - before) * 1024, "kept": (_status_kib("RssAnon") - before) * 1024,
+                      "params": sum(p.numel() for p in model.parameters())}))
+
+
+def loading_peak() -> None:
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import qwen3_omni_tiny
+    import torch
+    from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
+
+    config = qwen3_omni_tiny.build_config(qwen3_omni_tiny.build_tokenizer()).thinker_config
+    text = config.text_config
+    text.hidden_size, text.moe_intermediate_size, text.num_experts, text.num_hidden_layers = 512, 256, 64, 6
+    text.num_attention_heads, text.num_key_value_heads, text.head_dim = 8, 4, 64
+    config.audio_config.output_dim = config.vision_config.out_hidden_size = 512
+    layer_bytes = text.num_experts * 3 * text.moe_intermediate_size * text.hidden_size * 2
+    with tempfile.TemporaryDirectory() as folder:
+        torch.manual_seed(0)
+        Qwen3OmniMoeThinkerForConditionalGeneration._from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
+        qwen3_omni_tiny.build_processor().save_pretrained(folder)
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="16384", MALLOC_TRIM_THRESHOLD_="0", HF_HUB_OFFLINE="1")
+        print(f"\nloading a bf16 checkpoint with {text.num_hidden_layers} MoE layers of {layer_bytes / 2**20:.0f} MiB "
+              "bf16 experts each (host memory, MiB above the level before loading):")
+        for quantize in (False, True):
+            result = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--loading_probe", folder, str(quantize)],
+                env=env, capture_output=True, text=True,
+            )
+            if result.returncode != 0:
+                print(f"  probe failed:\n{result.stderr[-2000:]}")
+                continue
+            figures = json.loads(result.stdout.strip().splitlines()[-1])
+            print(f"  {'4-bit experts (quantize_experts)' if quantize else 'bf16':<34} peak {figures['peak'] / 2**20:7.1f}"
+                  f"  kept {figures['kept'] / 2**20:7.1f}  peak - kept {(figures['peak'] - figures['kept']) / 2**20:6.1f}"
+                  f"  = {(figures['peak'] - figures['kept']) / layer_bytes:.2f} layers of bf16 experts")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--config", default=os.path.join(REPO, "tests", "fixtures", "qwen3-omni-30b-a3b-instruct.config.json")
     )
+    parser.add_argument("--loading_peak", action="store_true", help="also measure host memory while loading")
+    parser.add_argument("--loading_probe", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.loading_probe:
+        loading_probe(args.loading_probe[0], args.loading_probe[1] == "True")
+        return
     with tempfile.TemporaryDirectory() as config_dir:
         shutil.copy(args.config, os.path.join(config_dir, "config.json"))
         totals = {}
@@ -65,6 +148,8 @@ def main() -> None:
     print(f"  with offload_experts: {totals[names[2]] / totals[names[0]]:.3f}")
     print(f"qlora.yaml static total: {totals[names[3]] / GB:.2f} GB (target <= 24 GB: "
           f"{'met' if totals[names[3]] <= 24 * GB else 'not met'}); with offload_experts: {totals[names[4]] / GB:.2f} GB")
+    if args.loading_peak:
+        loading_peak()
 
 
 if __name__ == "__main__":

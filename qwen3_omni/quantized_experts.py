@@ -151,15 +151,25 @@ def quantize_tensor(tensor: torch.Tensor, config: ExpertQuantizationConfig) -> t
             f"{config.blocksize}-value blocks, so its blocks would straddle the next expert; pick a blocksize that "
             f"divides {per_expert}."
         )
-    packed, state = bnb_functional.quantize_4bit(
-        tensor.detach(), blocksize=config.blocksize, compress_statistics=config.double_quant,
-        quant_type=config.quant_type,
-    )
+    # One expert at a time: the same codes and scales as the whole tensor at once (no block crosses an expert), but
+    # the quantizer's fp32 temporaries (several times the input on CPU) stay the size of one expert
+    packed, absmax = [], []
+    for expert in tensor.detach():
+        expert_packed, expert_state = bnb_functional.quantize_4bit(
+            expert, blocksize=config.blocksize, quant_type=config.quant_type
+        )
+        packed.append(expert_packed.reshape(-1))
+        absmax.append(expert_state.absmax)
+    absmax = torch.cat(absmax)
     nested = {}
     if config.double_quant:
-        nested = {"nested_absmax": state.state2.absmax, "nested_code": state.state2.code, "offset": state.offset}
-    parametrization = NF4Experts(tensor.shape, tensor.dtype, config, state.absmax, **nested)
-    return packed.reshape(num_experts, per_expert // 2), parametrization
+        # bitsandbytes' double quantization (`quantize_4bit(compress_statistics=True)`): the block scales, centred on
+        # their mean, in 8-bit blocks of 256
+        offset = absmax.mean()
+        absmax, nested_state = bnb_functional.quantize_blockwise(absmax - offset, blocksize=NESTED_BLOCKSIZE)
+        nested = {"nested_absmax": nested_state.absmax, "nested_code": nested_state.code, "offset": offset}
+    parametrization = NF4Experts(tensor.shape, tensor.dtype, config, absmax, **nested)
+    return torch.stack(packed), parametrization
 
 
 def _enter_dequantization_cache(module: nn.Module, args) -> None:

@@ -77,6 +77,7 @@ def lora_config(num_layers=2, **overrides):
 @pytest.mark.parametrize("double_quant", [False, True])
 def test_expert_tensors_are_stored_in_4_bits(double_quant):
     model = tiny_text_model()
+    original = model.layers[0].mlp.experts.gate_up_proj.detach().clone()
     config = ExpertQuantizationConfig(double_quant=double_quant)
     bf16_bytes = sum(
         getattr(layer.mlp.experts, name).numel() * 2 for layer in model.layers for name in ("gate_up_proj", "down_proj")
@@ -92,6 +93,12 @@ def test_expert_tensors_are_stored_in_4_bits(double_quant):
     # 4 bits per value plus the block scales (32 bits per 64 values, or 8 plus a 1 KiB code book when double-quantized)
     assert expected < 0.3 * bf16_bytes
     experts = model.layers[0].mlp.experts
+    # quantized expert by expert, yet exactly bitsandbytes' quantization of the whole tensor (blocks never cross experts)
+    import bitsandbytes.functional as bnb_functional
+
+    codes, state = bnb_functional.quantize_4bit(original, blocksize=64, compress_statistics=double_quant, quant_type="nf4")
+    assert torch.equal(experts.parametrizations.gate_up_proj.original.reshape(-1), codes.reshape(-1))
+    torch.testing.assert_close(experts.gate_up_proj, bnb_functional.dequantize_4bit(codes, state), atol=0, rtol=0)
     codes = experts.parametrizations.gate_up_proj.original
     assert codes.dtype == torch.uint8 and codes.numel() == NUM_EXPERTS * 2 * EXPERT_INTERMEDIATE * HIDDEN // 2
     assert not any(p.dtype.is_floating_point for n, p in experts.named_parameters())
