@@ -156,12 +156,11 @@ def _resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 def codec_reconstruction(processor: OmniProcessor, references: list[np.ndarray]) -> dict:
     """Mel distance and SI-SDR of the codec's encode -> decode of each reference (at the codec's rate)."""
-    fe = processor.feature_extractor
+    rate = processor.sampling_rate
     mels, sdrs = [], []
     for waveform in references:
-        ids = fe(waveform, sampling_rate=fe.sampling_rate)["audio_token_ids"][0]
-        decoded = fe.decode(ids)
-        mels.append(mel_distance(waveform, decoded, fe.sampling_rate))
+        decoded = processor.ids_to_audio(processor.audio_to_ids(waveform, sampling_rate=rate)[0])
+        mels.append(mel_distance(waveform, decoded, rate))
         sdrs.append(si_sdr(waveform, decoded))
     return {"mel_distance": float(np.mean(mels)), "si_sdr": float(np.mean(sdrs)), "num_clips": len(references)}
 
@@ -251,6 +250,17 @@ def most_frequent_code_accuracy(train_audio_ids: Iterable[Sequence[int]], eval_a
         correct += int((codes == constant).sum())
         total += codes.numel()
     return correct / total
+
+
+def best_constant_transcript_cer(candidates: Iterable[str], references: Sequence[str]) -> float | None:
+    """
+    The lowest corpus CER on `references` of answering every clip with one same text, the best of `candidates`
+    (e.g. the training transcripts): what a speech-to-text model that ignores the audio can score at best. None when
+    no reference has characters to err on.
+    """
+    scores = [error_rates(list(references), [candidate] * len(references))["cer"] for candidate in dict.fromkeys(candidates)]
+    scores = [score for score in scores if score is not None]
+    return min(scores) if scores else None
 
 
 def heldout_metrics(model, processor: OmniProcessor, clips: Sequence[VoiceClip], audio_ids: Sequence[Sequence[int]]) -> dict:
@@ -381,7 +391,7 @@ def load_model_and_processor(model_dir: str | os.PathLike, device: str = "cpu") 
         model = OmniForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         processor_dir = model_dir
     processor = OmniProcessor.from_pretrained(processor_dir)
-    processor.feature_extractor.to(device)
+    processor.audio_tokenizer.to(device)
     return model.to(device).eval(), processor
 
 
@@ -427,7 +437,7 @@ def evaluate_model(
     model, processor = load_model_and_processor(model_dir, device)
     rate = processor.sampling_rate
     references = [_resample(*read_audio(clip.audio), rate) for clip in clips]
-    audio_ids = [processor.feature_extractor(w, sampling_rate=rate)["audio_token_ids"][0].tolist() for w in references]
+    audio_ids = [processor.audio_to_ids(w, sampling_rate=rate)[0].tolist() for w in references]
     texts = [clip.text for clip in clips]
 
     report: dict = {

@@ -89,8 +89,9 @@ def _spherical_kmeans(vectors: torch.Tensor, num_codes: int, iterations: int, ge
         jitter = torch.randn(extra.shape, generator=generator) * vectors.std(0) * 0.1
         centroids = torch.cat([vectors, extra + jitter])
     for _ in range(iterations):
-        similarity = unit @ F.normalize(centroids, dim=-1).T
-        best, assignment = similarity.max(dim=1)
+        directions = F.normalize(centroids, dim=-1).T
+        # in chunks: the whole (vectors x codes) similarity matrix of a large corpus would not fit in memory
+        best, assignment = (torch.cat(parts) for parts in zip(*((chunk @ directions).max(dim=1) for chunk in unit.split(4096))))
         counts = torch.bincount(assignment, minlength=num_codes)
         sums = torch.zeros_like(centroids).index_add_(0, assignment, vectors)
         used = counts > 0
@@ -139,9 +140,9 @@ def _fit_latents(codec, waveforms: Sequence[np.ndarray]) -> list[torch.Tensor]:
     with torch.inference_mode():
         for waveform in waveforms:
             frames = -(-len(waveform) // samples_per_frame)
-            padded = torch.zeros(1, 1, codec.preprocess(torch.zeros(1, 1, frames * samples_per_frame)).shape[-1])
-            padded[0, 0, : len(waveform)] = torch.as_tensor(waveform, dtype=torch.float32)
-            latents.append(codec.encoder(padded)[0, :, : frames * codec.vq_strides[0]].clone())
+            clip = torch.zeros(1, 1, frames * samples_per_frame)
+            clip[0, 0, : len(waveform)] = torch.as_tensor(waveform, dtype=torch.float32)
+            latents.append(codec.encoder(codec.preprocess(clip))[0, :, : frames * codec.vq_strides[0]].clone())
     return latents
 
 

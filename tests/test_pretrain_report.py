@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from omni_testing import REPO_ROOT, save_snac_checkpoint
+from omni_testing import REPO_ROOT, save_snac_checkpoint, tiny_processor
 from qwen_omni.configuration_omni import SNACTokenLayout
-from qwen_omni.feature_extraction_omni import SNACFeatureExtractor
+from qwen_omni.modeling_snac import SNACAudioTokenizer
 from qwen_omni.omni import evaluation, standin_codec
 from qwen_omni.omni.corpus import load_audio_text_rows, prepare_dataset
 from qwen_omni.omni.evaluation import code_perplexities, layout_code_perplexities, most_frequent_code_accuracy
@@ -30,11 +30,14 @@ def standin_dir(corpus_rows, tmp_path_factory):
     return standin_codec.standin_codec(corpus_rows, tmp_path_factory.mktemp("standin"))
 
 
-def corpus_perplexities(codec_dir, rows) -> list[float]:
-    feature_extractor = SNACFeatureExtractor.from_pretrained(codec_dir)
-    waveforms, _ = read_fit_waveforms(rows, feature_extractor.sampling_rate, max_seconds=None)
-    ids = feature_extractor(waveforms, sampling_rate=feature_extractor.sampling_rate)["audio_token_ids"]
-    return layout_code_perplexities(ids, feature_extractor.token_layout)
+def corpus_codes(codec_dir, rows) -> tuple[list[float], float]:
+    """Code perplexity per codebook over `rows`, and the audio-token accuracy on the last 4 clips of predicting the
+    most frequent code of the others."""
+    processor = tiny_processor(codec_dir)
+    waveforms, _ = read_fit_waveforms(rows, processor.sampling_rate, max_seconds=None)
+    ids = processor.audio_to_ids(waveforms, sampling_rate=processor.sampling_rate)
+    layout = processor.token_layout
+    return layout_code_perplexities(ids, layout), most_frequent_code_accuracy(ids[:-4], ids[-4:], layout)
 
 
 def test_code_perplexity_by_hand():
@@ -58,46 +61,48 @@ def test_most_frequent_code_accuracy_by_hand():
 
 
 def test_standin_codec_spreads_codes_where_the_random_one_is_constant(standin_dir, corpus_rows, tmp_path):
-    fitted = corpus_perplexities(standin_dir, corpus_rows)
+    fitted, fitted_floor = corpus_codes(standin_dir, corpus_rows)
     # the codec that the offline default used before: the same config with random weights
     random_codec = save_snac_checkpoint(STANDIN_CODEC_CONFIG, tmp_path / "random", seed=0)
-    random = corpus_perplexities(random_codec, corpus_rows)
+    random, random_floor = corpus_codes(random_codec, corpus_rows.select(range(12)))
     size = STANDIN_CODEC_CONFIG["codebook_size"]
     # measured: fitted ~510 / 650 / 800 of 1024 codes; random ~1.6 per codebook (nearly one constant code)
     assert all(value > 300 for value in fitted), fitted
     assert all(value < 5 for value in random), random
     assert all(value <= size for value in fitted)
+    # why the old default looked trained: one code per frame position was right ~99% of the time
+    assert random_floor > 0.9 and fitted_floor < 0.1, (random_floor, fitted_floor)
     info = json.loads((standin_dir / standin_codec.STANDIN_INFO_NAME).read_text())
     assert info["stand_in"] and info["fit_clips"] == 48 and info["clips_not_used"] == 0
 
 
 def test_standin_codec_is_deterministic_and_cached(corpus_rows, tmp_path, monkeypatch):
-    rows = corpus_rows.select(range(6))
+    rows = corpus_rows.select(range(4))
     waveforms, _ = read_fit_waveforms(rows, STANDIN_CODEC_CONFIG["sampling_rate"])
-    first, second = fit_standin_codec(waveforms, seed=0), fit_standin_codec(waveforms, seed=0)
-    other_seed = fit_standin_codec(waveforms, seed=1)
-    for name, tensor in first.state_dict().items():
-        assert torch.equal(tensor, second.state_dict()[name]), name
-    assert not torch.equal(first.quantizer.quantizers[0].codebook.weight, other_seed.quantizer.quantizers[0].codebook.weight)
-
+    # the cached folder's weights equal a separate fit of the same clips with the same seed, tensor for tensor
     path = standin_codec.standin_codec(rows, tmp_path, seed=0)
     saved = torch.load(path / "pytorch_model.bin", weights_only=True)
-    assert all(torch.equal(tensor, saved[name]) for name, tensor in first.state_dict().items())
+    refitted = fit_standin_codec(waveforms, seed=0).state_dict()
+    assert saved.keys() == refitted.keys()
+    for name, tensor in refitted.items():
+        assert torch.equal(tensor, saved[name]), name
 
     def refit(*args, **kwargs):
         raise AssertionError("the cached codec was fitted again")
 
     monkeypatch.setattr(standin_codec, "fit_standin_codec", refit)
     assert standin_codec.standin_codec(rows, tmp_path, seed=0) == path
-    # another corpus is another codec, never the cached one
+    # another corpus or another seed is another codec, never the cached one
     with pytest.raises(AssertionError, match="fitted again"):
-        standin_codec.standin_codec(corpus_rows.select(range(1, 7)), tmp_path, seed=0)
+        standin_codec.standin_codec(corpus_rows.select(range(1, 5)), tmp_path, seed=0)
+    with pytest.raises(AssertionError, match="fitted again"):
+        standin_codec.standin_codec(rows, tmp_path, seed=1)
 
 
 def test_offline_codec_refuses_a_prepared_dataset_without_its_codec(tmp_path, snac_24khz_dir):
     prepared = tmp_path / "prepared"
     prepare_dataset(load_audio_text_rows(DEMO_CORPUS).select(range(2)), prepared,
-                    SNACFeatureExtractor.from_pretrained(snac_24khz_dir), show_progress=False)
+                    SNACAudioTokenizer.from_pretrained(snac_24khz_dir), show_progress=False)
     script_args, _ = pretrain.parse_args(["--dataset_name", str(prepared), "--output_dir", str(tmp_path / "out")])
     with pytest.raises(ValueError, match=r"is a prepared dataset.*pass that codec with --codec"):
         pretrain.offline_codec(script_args, tmp_path / "out")
@@ -117,7 +122,7 @@ def test_heldout_split_never_overlaps_training(num_rows, fraction, seed):
 def standin_prepared(corpus_rows, standin_dir, tmp_path_factory):
     """16 clips of the shipped corpus encoded with the stand-in codec (distinct code sequences per clip)."""
     out = tmp_path_factory.mktemp("prepared_standin")
-    prepare_dataset(corpus_rows.select(range(16)), out, SNACFeatureExtractor.from_pretrained(standin_dir), show_progress=False)
+    prepare_dataset(corpus_rows.select(range(16)), out, SNACAudioTokenizer.from_pretrained(standin_dir), show_progress=False)
     return out
 
 
@@ -197,3 +202,45 @@ def test_report_compares_untrained_and_trained_on_the_heldout_clips(standin_prep
     assert report["num_corpus_clips"] == 16 and len(report["code_perplexity"]) == 3
     assert all(1 <= value <= 1024 for value in report["code_perplexity"])
     assert not math.isnan(report["heldout"]["trained"]["teacher_forced"]["audio_loss"])
+    # by hand, too: the best of the 14 training transcripts given for both held-out clips
+    training_texts = [rows[i]["text"] for i in range(16) if i not in heldout_indices]
+    best = min(
+        sum(edit_distance(normalised_ref, evaluation.normalize_text(text)) for normalised_ref in normalised)
+        / sum(len(text) for text in normalised)
+        for text in training_texts
+    )
+    assert report["heldout"]["best_constant_transcript_cer"] == pytest.approx(best)
+    checks = report["heldout"]["checks"]
+    assert checks["asr_cer_below_untrained"] and checks["asr_cer_below_best_constant_transcript"]
+    assert set(checks) == {"audio_accuracy_above_most_frequent_code", "audio_accuracy_above_untrained",
+                           "asr_cer_below_untrained", "asr_cer_below_best_constant_transcript"}
+
+
+def edit_distance(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1]
+
+
+def test_checks_flag_a_model_that_learned_one_constant_code():
+    # the old offline default: 0.99 audio-token accuracy, but so does predicting the most frequent code
+    def heldout(cer, audio, floor, constant_cer):
+        return {"untrained": {"asr": {"cer": 1.8}, "teacher_forced": {"audio_token_accuracy": 0.0}},
+                "trained": {"asr": {"cer": cer}, "teacher_forced": {"audio_token_accuracy": audio}},
+                "most_frequent_code_audio_accuracy": floor, "best_constant_transcript_cer": constant_cer}
+
+    checks = pretrain.heldout_checks(heldout(cer=0.9, audio=0.99, floor=0.99, constant_cer=0.75))
+    assert not checks["audio_accuracy_above_most_frequent_code"] and not checks["asr_cer_below_best_constant_transcript"]
+    assert checks["audio_accuracy_above_untrained"] and checks["asr_cer_below_untrained"]
+    assert all(pretrain.heldout_checks(heldout(cer=0.4, audio=0.08, floor=0.03, constant_cer=0.75)).values())
+    assert not any(pretrain.heldout_checks(heldout(cer=None, audio=0.0, floor=0.03, constant_cer=None)).values())
+
+
+def test_best_constant_transcript_cer_by_hand():
+    # "ab" for both: 0 + 2 edits over 4 characters; "cd": 2 + 0; "abcd": 2 + 2 (insertions)
+    assert evaluation.best_constant_transcript_cer(["cd", "ab", "abcd"], ["ab", "cd"]) == pytest.approx(0.5)
+    assert evaluation.best_constant_transcript_cer(["ab"], ["..."]) is None

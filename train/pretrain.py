@@ -25,6 +25,7 @@ nothing (or only a constant) shows as such.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -37,10 +38,8 @@ from transformers.utils import logging
 from trl import TrlParser
 
 from qwen_omni import OmniForCausalLM
-from qwen_omni.feature_extraction_omni import SNACFeatureExtractor
 from qwen_omni.launching import DistributedRunCallback, check_launch
 from qwen_omni.omni.corpus import (
-    check_prepared_rows,
     is_prepared_dataset,
     load_audio_text_rows,
     load_prepared_dataset,
@@ -61,7 +60,12 @@ from qwen_omni.omni.packing import (
     build_task_samples,
     parse_task_ratios,
 )
-from qwen_omni.omni.evaluation import heldout_metrics, layout_code_perplexities, most_frequent_code_accuracy
+from qwen_omni.omni.evaluation import (
+    best_constant_transcript_cer,
+    heldout_metrics,
+    layout_code_perplexities,
+    most_frequent_code_accuracy,
+)
 from qwen_omni.omni.standin_codec import is_standin_codec, standin_codec
 from qwen_omni.omni.trainer import OmniPretrainer, token_metrics_from_logits
 from qwen_omni.omni.voice_sft import VoiceClip
@@ -274,7 +278,7 @@ def prepared_rows(script_args: PretrainArguments, processor, output_dir: Path):
             split=script_args.dataset_split, dataset_config=script_args.dataset_config, streaming=script_args.streaming,
         )
         prepare_dataset(
-            rows, prepared, processor.feature_extractor, max_duration=script_args.max_duration,
+            rows, prepared, processor.audio_tokenizer, max_duration=script_args.max_duration,
             num_proc=script_args.num_proc, source_name=script_args.dataset_name,
         )
     info = read_prepare_info(prepared)
@@ -285,9 +289,7 @@ def prepared_rows(script_args: PretrainArguments, processor, output_dir: Path):
             f"{info['codebook_size']}, but the model's layout has vq_strides={layout.vq_strides}, codebook_size="
             f"{layout.codebook_size}. Prepare the data with the model's codec (--codec of prepare_data.py)."
         )
-    rows = load_prepared_dataset(prepared)
-    check_prepared_rows(rows, processor, prepared)
-    return rows
+    return load_prepared_dataset(prepared)
 
 
 def split_heldout(num_rows: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -374,7 +376,26 @@ def end_of_run_report(processor, rows, split, codec_name: str | None, untrained:
         ),
     }
     report["heldout"]["references"] = list(heldout["text"])
+    report["heldout"]["best_constant_transcript_cer"] = best_constant_transcript_cer(
+        rows.select(train_indices)["text"], report["heldout"]["references"]
+    )
+    report["heldout"]["checks"] = heldout_checks(report["heldout"])
     return report
+
+
+def heldout_checks(heldout: dict) -> dict:
+    """What the held-out numbers say, as yes/no: a run that learned nothing, or only one constant code per frame
+    position, fails the audio checks; a model that answers without listening (one training transcript for every
+    clip, at best) fails the last ASR check."""
+    untrained, trained = heldout["untrained"], heldout["trained"]
+    audio = trained["teacher_forced"]["audio_token_accuracy"]
+    cer, untrained_cer, constant_cer = trained["asr"]["cer"], untrained["asr"]["cer"], heldout["best_constant_transcript_cer"]
+    return {
+        "audio_accuracy_above_most_frequent_code": audio > heldout["most_frequent_code_audio_accuracy"],
+        "audio_accuracy_above_untrained": audio > untrained["teacher_forced"]["audio_token_accuracy"],
+        "asr_cer_below_untrained": cer is not None and untrained_cer is not None and cer < untrained_cer,
+        "asr_cer_below_best_constant_transcript": cer is not None and constant_cer is not None and cer < constant_cer,
+    }
 
 
 def format_report(report: dict, path: Path) -> str:
@@ -390,14 +411,18 @@ def format_report(report: dict, path: Path) -> str:
         return "\n".join(lines)
     untrained, trained = heldout["untrained"], heldout["trained"]
     rows = [
-        ("ASR character error rate", untrained["asr"]["cer"], trained["asr"]["cer"]),
-        ("ASR word error rate", untrained["asr"]["wer"], trained["asr"]["wer"]),
+        # None: no reference had words to err on
+        *((f"ASR {name} error rate", *(math.nan if m["asr"][key] is None else m["asr"][key] for m in (untrained, trained)))
+          for name, key in (("character", "cer"), ("word", "wer"))),
         ("audio-token accuracy (TTS)", untrained["teacher_forced"]["audio_token_accuracy"], trained["teacher_forced"]["audio_token_accuracy"]),
         ("text-token accuracy (ASR)", untrained["teacher_forced"]["text_token_accuracy"], trained["teacher_forced"]["text_token_accuracy"]),
     ]
     lines.append(f"  on {heldout['num_clips']} held-out clips (never trained on):  untrained -> trained")
     lines += [f"    {name:<28} {before:.3f} -> {after:.3f}" for name, before, after in rows]
     lines.append(f"    audio-token accuracy of always predicting the most frequent code: {heldout['most_frequent_code_audio_accuracy']:.3f}")
+    constant_cer = heldout["best_constant_transcript_cer"]
+    lines.append(f"    ASR CER of the best single training transcript given for every clip: {math.nan if constant_cer is None else constant_cer:.3f}")
+    lines += [f"  {name.replace('_', ' ')}: {'yes' if passed else 'NO'}" for name, passed in heldout["checks"].items()]
     for reference, transcript in list(zip(heldout["references"], trained["asr"]["transcripts"]))[:3]:
         lines.append(f"    heard {reference!r} -> {transcript!r}")
     return "\n".join(lines)
@@ -462,7 +487,7 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
         )
         # the saved checkpoint, as a user loads it (whatever sharding the Trainer trained it with)
         trained = evaluate_heldout(OmniForCausalLM.from_pretrained(output_dir), processor, report_rows) if reporting else None
-        codec_name = processor.feature_extractor.codec_name_or_path
+        codec_name = processor.codec_name_or_path
         report = end_of_run_report(processor, rows, (split[0], split[1][: script_args.report_max_clips]), codec_name, untrained, trained)
         (output_dir / REPORT_NAME).write_text(json.dumps(report, indent=2))
         logger.warning(format_report(report, output_dir / REPORT_NAME))
