@@ -22,7 +22,7 @@ import torch
 from transformers import MimiModel, Qwen3OmniMoeConfig
 from transformers.utils import logging
 
-from ..omni.corpus import codec_fingerprint, read_audio, read_sampling_rate
+from ..omni.corpus import read_audio, read_sampling_rate
 from ..omni.voice_sft import VoiceClip, _audio_label, check_sampling_rates
 
 
@@ -56,8 +56,16 @@ class MimiCodec:
         self.sampling_rate = model.config.sampling_rate
         self.samples_per_frame = model.config.frame_size
         self.frame_rate = model.config.frame_rate
-        # what `omni.corpus.codec_fingerprint` hashes besides the weights: the config, and how many codebooks
-        self.codec_config = {**model.config.to_dict(), "num_quantizers_kept": num_quantizers}
+
+    def fingerprint(self) -> str:
+        """A hash of the codec's config, weights and number of codebooks kept: cached codes are reused only with the
+        very same codec."""
+        digest = hashlib.sha256(json.dumps(self.codec.config.to_dict(), sort_keys=True, default=str).encode())
+        digest.update(str(self.num_quantizers).encode())
+        for name, tensor in sorted(self.codec.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, config: Qwen3OmniMoeConfig, **kwargs) -> MimiCodec:
@@ -183,8 +191,8 @@ def encode_clips(
 ) -> tuple[list[EncodedClip], EncodeSummary]:
     """Encode the clips' audio into Mimi codes, once: each clip's codes (or the reason it is skipped) are written to
     `cache_dir/clips/<key>.json` as soon as they are computed, so an interrupted run resumes and a second run reads
-    everything back. The cache is keyed by the codec's config and weights ([`~omni.corpus.codec_fingerprint`]) and
-    the settings; another codec or setting starts it afresh.
+    everything back. The cache is keyed by the codec's config and weights and
+    the settings ([`MimiCodec.fingerprint`]); another codec or setting starts it afresh.
 
     Unusable clips are skipped, counted by reason and named in the log and in `cache_dir/summary.json`: unreadable
     audio, longer than `max_duration` seconds, silent (peak amplitude below `silence_threshold`), shorter than one
@@ -202,7 +210,7 @@ def encode_clips(
     prompts = prompts if prompts is not None else [None] * len(clips)
     info = {
         "format_version": CODES_CACHE_FORMAT_VERSION,
-        "codec_fingerprint": codec_fingerprint(codec),
+        "codec_fingerprint": codec.fingerprint(),
         "num_quantizers": codec.num_quantizers,
         "max_duration": max_duration,
         "silence_threshold": silence_threshold,

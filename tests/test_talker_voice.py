@@ -55,7 +55,8 @@ def write_clips(folder, texts=TEXTS, rate=16000, seed=0):
     samples = FRAMES_PER_CLIP * rate // 300  # the tiny Mimi: 300 frames a second
     with open(os.path.join(folder, "metadata.jsonl"), "w") as handle:
         for index, text in enumerate(texts):
-            sf.write(os.path.join(folder, f"clip{index}.wav"), (0.3 * rng.standard_normal(samples)).astype("float32"), rate)
+            waveform = (0.3 * rng.standard_normal(samples)).astype("float32")
+            sf.write(os.path.join(folder, f"clip{index}.wav"), waveform, rate)
             handle.write(json.dumps({"audio": f"clip{index}.wav", "text": text}) + "\n")
     return str(folder)
 
@@ -153,12 +154,15 @@ def test_teacher_forcing_equals_generate(workdir, processor, num_frames):
     training_logits = output.talker_logits[0, clip.labels != -100]
 
     talker_logits, predictor_logits, wav = forced_generate(model, processor, prompt_ids, answer_ids, codes, "Ethan")
-    assert talker_logits.shape == training_logits.shape == (num_frames + 1, model.config.talker_config.text_config.vocab_size)
+    vocab_size = model.config.talker_config.text_config.vocab_size
+    assert talker_logits.shape == training_logits.shape == (num_frames + 1, vocab_size)
     torch.testing.assert_close(training_logits, talker_logits, atol=1e-4, rtol=0)
-    assert predictor_logits.shape == output.code_predictor_logits.shape == (num_frames, 15, qwen3_omni_tiny.TINY_CODEBOOK_SIZE)
+    expected_shape = (num_frames, 15, qwen3_omni_tiny.TINY_CODEBOOK_SIZE)
+    assert predictor_logits.shape == output.code_predictor_logits.shape == expected_shape
     torch.testing.assert_close(output.code_predictor_logits, predictor_logits, atol=1e-4, rtol=0)
     # the waveform generate returns is code2wav of exactly these codes
-    torch.testing.assert_close(wav, model.code2wav.chunked_decode(codes.T[None], chunk_size=300, left_context_size=25).float())
+    expected_wav = model.code2wav.chunked_decode(codes.T[None], chunk_size=300, left_context_size=25)
+    torch.testing.assert_close(wav, expected_wav.float())
 
 
 def test_teacher_forcing_detects_drift(workdir, processor):
@@ -182,7 +186,10 @@ def test_teacher_forcing_detects_drift(workdir, processor):
 
 # ---------------------------------------------------------------------------------------------------- training
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+ENV = {
+    **os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 def run_script(name, *args, check=True):
@@ -268,7 +275,8 @@ def test_it_learns_the_voice(workdir, trained, processor):
         if torch.equal(codes, clip.codes):
             reproduced.append(clip.text)
             expected = merged.code2wav.chunked_decode(clip.codes.T[None], chunk_size=300, left_context_size=25)
-            assert wav.shape == expected.shape and wav.shape[-1] == FRAMES_PER_CLIP * merged.code2wav.total_upsample - 25
+            assert wav.shape == expected.shape
+            assert wav.shape[-1] == FRAMES_PER_CLIP * merged.code2wav.total_upsample - 25
             torch.testing.assert_close(wav, expected.float())
     assert reproduced, "no training clip was reproduced exactly"
     base = load_model(workdir["base"])
@@ -279,12 +287,16 @@ def test_it_learns_the_voice(workdir, trained, processor):
 def test_tensorboard_logs_both_losses(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (run,) = [os.path.join(root, "") for root, _, files in os.walk(trained["adapter"] / "runs") if any("tfevents" in f for f in files)]
+    (run,) = [
+        root for root, _, files in os.walk(trained["adapter"] / "runs") if any("tfevents" in name for name in files)
+    ]
     events = EventAccumulator(run)
     events.Reload()
     tags = events.Tags()["scalars"]
     assert {"train/talker_loss", "train/code_predictor_loss", "train/loss"} <= set(tags), tags
-    talker, predictor, total = (events.Scalars(f"train/{key}") for key in ("talker_loss", "code_predictor_loss", "loss"))
+    talker, predictor, total = (
+        events.Scalars(f"train/{key}") for key in ("talker_loss", "code_predictor_loss", "loss")
+    )
     assert len(talker) == len(predictor) == 8
     assert talker[-1].value < talker[0].value and predictor[-1].value < predictor[0].value
     assert total[0].value == pytest.approx(talker[0].value + predictor[0].value, abs=2e-3)
@@ -304,7 +316,9 @@ def test_only_lora_and_speaker_row_change(workdir, trained, processor):
     assert voice == {"speaker_name": "nova", "speaker_codec_id": max(speakers.values()) + 1,
                      "init_codec_id": speakers["ethan"]}
 
-    merged_model, info = Qwen3OmniMoeForConditionalGeneration.from_pretrained(trained["merged"], output_loading_info=True)
+    merged_model, info = Qwen3OmniMoeForConditionalGeneration.from_pretrained(
+        trained["merged"], output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert merged_model.config.talker_config.speaker_id == {**speakers, "nova": voice["speaker_codec_id"]}
     base_tensors = load_file(os.path.join(workdir["base"], "model.safetensors"))
@@ -315,16 +329,18 @@ def test_only_lora_and_speaker_row_change(workdir, trained, processor):
     assert not any(key.startswith(("thinker.", "code2wav.")) for key in changed)
     lora_targets = (".self_attn.q_proj.", ".self_attn.k_proj.", ".self_attn.v_proj.", ".self_attn.o_proj.",
                     ".mlp.gate.weight", ".mlp.experts.", "code_predictor.model.layers.0.mlp.")
-    assert all(any(target in key for target in lora_targets) or key == "talker.model.codec_embedding.weight" for key in changed), changed
+    embedding = "talker.model.codec_embedding.weight"
+    assert all(any(target in key for target in lora_targets) or key == embedding for key in changed), changed
     assert any(".mlp.experts." in key for key in changed) and any("code_predictor" in key for key in changed)
-    rows_changed = (base_tensors["talker.model.codec_embedding.weight"] != merged_tensors["talker.model.codec_embedding.weight"]).any(-1)
+    rows_changed = (base_tensors[embedding] != merged_tensors[embedding]).any(-1)
     assert torch.nonzero(rows_changed).flatten().tolist() == [voice["speaker_codec_id"]]
 
     base_model = load_model(workdir["base"])
     prompt_ids, answer_ids = conversation_ids(processor, "the quick brown fox", None, "Read this aloud: {text}")
     with torch.no_grad():
         sequence = torch.tensor([prompt_ids + answer_ids])
-        assert torch.equal(base_model.thinker(input_ids=sequence).logits, merged_model.eval().thinker(input_ids=sequence).logits)
+        base_logits = base_model.thinker(input_ids=sequence).logits
+        assert torch.equal(base_logits, merged_model.eval().thinker(input_ids=sequence).logits)
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -388,10 +404,11 @@ def test_mixed_rates_and_missing_transcripts_are_refused(workdir, tmp_path):
     from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
 
     folder = write_clips(tmp_path / "mixed", texts=["the quick brown fox", "the lazy dog"])
-    sf.write(os.path.join(folder, "clip1.wav"), (0.3 * np.random.default_rng(0).standard_normal(480)).astype(np.float32), 24000)
+    waveform = (0.3 * np.random.default_rng(0).standard_normal(480)).astype(np.float32)
+    sf.write(os.path.join(folder, "clip1.wav"), waveform, 24000)
     codec = MimiCodec.from_pretrained(workdir["mimi"], load_model(workdir["base"]).config)
     clips = read_clips(folder, speaker="nova", speaker_column=None)
-    with pytest.raises(ValueError, match="several sampling rates.*16000 Hz.*24000 Hz|several sampling rates.*24000 Hz.*16000 Hz"):
+    with pytest.raises(ValueError, match="several sampling rates.*(16000 Hz.*24000 Hz|24000 Hz.*16000 Hz)"):
         encode_clips(clips, codec, tmp_path / "cache")
     encoded, _ = encode_clips(clips, codec, tmp_path / "cache", allow_mixed_sampling_rates=True)
     assert [clip.codes.shape[0] for clip in encoded] == [FRAMES_PER_CLIP, FRAMES_PER_CLIP]
@@ -452,7 +469,7 @@ def test_checkpoint_without_talker_is_refused(workdir, tmp_path):
 
 
 def test_routed_and_peft_expert_lora_agree_on_the_talker(workdir, processor):
-    """apply_routed_lora reaches the Talker's experts and computes what PEFT's wrapper computes (loss and gradients)."""
+    """apply_routed_lora reaches the Talker's experts and computes what PEFT's wrapper computes (loss, gradients)."""
     from peft import get_peft_model
 
     from qwen_omni.qwen3_omni.routed_lora import ParamWrapper as RoutedParamWrapper, apply_routed_lora
@@ -467,7 +484,8 @@ def test_routed_and_peft_expert_lora_agree_on_the_talker(workdir, processor):
         model.requires_grad_(False)
         make_talker_experts_routable(model)
         torch.manual_seed(0)
-        peft_model = get_peft_model(model, build_talker_lora_config(model, [model.config.talker_config.speaker_id["ethan"]], r=4, lora_alpha=8))
+        ethan = model.config.talker_config.speaker_id["ethan"]
+        peft_model = get_peft_model(model, build_talker_lora_config(model, [ethan], r=4, lora_alpha=8))
         with torch.no_grad():  # non-zero B so that the LoRA terms count
             for name, parameter in peft_model.named_parameters():
                 if "lora_B" in name:
@@ -479,10 +497,14 @@ def test_routed_and_peft_expert_lora_agree_on_the_talker(workdir, processor):
         torch.manual_seed(1)
         codes = torch.randint(0, qwen3_omni_tiny.TINY_CODEBOOK_SIZE, (5, qwen3_omni_tiny.TINY_NUM_CODEBOOKS))
         base = peft_model.get_base_model()
-        _, _, clip = teacher_forced(base, processor, "the lazy dog", codes, model.config.talker_config.speaker_id["ethan"])
+        _, _, clip = teacher_forced(base, processor, "the lazy dog", codes, ethan)
         output = talker_voice_forward(base, [clip])
         output.loss.backward()
-        grads = {name: p.grad.clone() for name, p in peft_model.named_parameters() if p.requires_grad and ".experts." in name}
+        grads = {
+            name: parameter.grad.clone()
+            for name, parameter in peft_model.named_parameters()
+            if parameter.requires_grad and ".experts." in name
+        }
         results.append((output.loss.detach(), grads))
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
     assert results[0][1].keys() == results[1][1].keys() and results[0][1]
@@ -499,7 +521,8 @@ def test_adapt_speaker_prompts_and_push_to_hub(workdir, tmp_path, monkeypatch):
     from safetensors.torch import load_file
     from trl import TrlParser
 
-    spec = importlib.util.spec_from_file_location("talker_voice_sft", os.path.join(REPO, "train", "talker_voice_sft.py"))
+    path = os.path.join(REPO, "train", "talker_voice_sft.py")
+    spec = importlib.util.spec_from_file_location("talker_voice_sft", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     parser = TrlParser(
@@ -520,16 +543,19 @@ def test_adapt_speaker_prompts_and_push_to_hub(workdir, tmp_path, monkeypatch):
         script.main(*parser.parse_args_and_config([str(f) for f in flags] + ["--hub_model_id", "no-slash"]))
     assert not (tmp_path / "out" / "mimi_codes").exists()  # refused before any work
 
-    trainer = script.main(*parser.parse_args_and_config([str(f) for f in flags] + ["--hub_model_id", "someone/ethan-v2"]))
+    flags = [str(flag) for flag in flags] + ["--hub_model_id", "someone/ethan-v2"]
+    trainer = script.main(*parser.parse_args_and_config(flags))
     assert not trainer.args.push_to_hub  # the Trainer itself uploads no checkpoint
-    assert [(upload["repo_id"], upload["folder_path"]) for upload in uploads] == [("someone/ethan-v2", str(tmp_path / "out"))]
+    uploaded = [(upload["repo_id"], upload["folder_path"]) for upload in uploads]
+    assert uploaded == [("someone/ethan-v2", str(tmp_path / "out"))]
     tokenizer = trainer.processing_class.tokenizer
     first, second = (tokenizer.decode(example.prompt_ids) for example in trainer.train_dataset)
     assert "Say the fox line." in first and "Read this aloud: the lazy dog" in second
     speakers = json.loads((workdir["root"] / "base" / "config.json").read_text())["talker_config"]["speaker_id"]
     voice = json.loads((tmp_path / "out" / "talker_voice_config.json").read_text())
     assert voice == {"speaker_name": "ethan", "speaker_codec_id": speakers["ethan"], "init_codec_id": None}
-    delta = [key for key in load_file(tmp_path / "out" / "adapter_model.safetensors") if "trainable_tokens_delta" in key]
+    adapter = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    delta = [key for key in adapter if "trainable_tokens_delta" in key]
     assert len(delta) == 1
 
     run_script("merge.py", "--adapter", tmp_path / "out", "--output_dir", tmp_path / "merged")
