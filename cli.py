@@ -75,7 +75,7 @@ def _load(model_dir: str, device: str):
         )
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
-    processor.feature_extractor.to(device)
+    processor.audio_tokenizer.to(device)
     return model, processor
 
 

@@ -1,10 +1,12 @@
 # Copyright 2026 The qwen-omni authors. Licensed under the Apache License, Version 2.0.
-"""Processor of the Omni model: a text tokenizer plus the SNAC feature extractor, and the task formats."""
+"""Processor of the Omni model: a text tokenizer, the SNAC waveform front end and the SNAC audio tokenizer (codec), and
+the task formats."""
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 from collections.abc import Sequence
 
@@ -12,11 +14,14 @@ import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, AutoProcessor
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.modeling_utils import PreTrainedAudioTokenizerBase
 from transformers.processing_utils import ProcessorMixin
-from transformers.utils import CONFIG_NAME, cached_file, logging
+from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, cached_file, logging
 
-from .configuration_omni import OmniConfig, SNACTokenLayout
-from .feature_extraction_omni import _HUB_KWARGS, SNACFeatureExtractor
+from .configuration_omni import OmniConfig
+from .configuration_snac import SNACConfig, SNACTokenLayout
+from .feature_extraction_omni import _HUB_KWARGS, AudioInput, SNACFeatureExtractor
+from .modeling_snac import SNACAudioTokenizer
 
 
 logger = logging.get_logger(__name__)
@@ -39,6 +44,110 @@ TASKS = ("tts", "asr", "text")
 # `<|endoftext|>`, the `<|reserved_N|>` rows): text holding one is refused whatever the tokenizer, so that a corpus
 # row accepted without a tokenizer (`train/prepare_data.py`) is accepted by training too.
 CONTROL_TOKEN_PATTERN = re.compile(r"<\|[^\s<>|]+\|>")
+
+# `OmniProcessor.save_pretrained` writes its audio tokenizer (config.json + model.safetensors) to this subfolder.
+AUDIO_TOKENIZER_SUBFOLDER = "audio_tokenizer"
+# Checkpoints of the first release kept the codec in the feature extractor: its settings under `codec_config` in
+# processor_config.json, its weights in this file beside it.
+FIRST_RELEASE_CODEC_WEIGHTS_NAME = "snac_codec.safetensors"
+
+
+def load_audio_tokenizer(
+    pretrained_model_name_or_path: str | os.PathLike, feature_extractor_dict: dict | None = None, **hub_kwargs
+) -> SNACAudioTokenizer:
+    """
+    The SNAC codec of an Omni checkpoint or of a codec repository (local folder or Hub id), as a
+    [`SNACAudioTokenizer`]:
+
+    - an Omni checkpoint: its `audio_tokenizer/` subfolder, written by [`OmniProcessor.save_pretrained`];
+    - an Omni checkpoint of the first release: the `codec_config` of its feature extractor (in processor_config.json,
+      or given as `feature_extractor_dict`) and the weights in `snac_codec.safetensors`;
+    - a codec in SNAC's own layout (`config.json` + `pytorch_model.bin`, e.g. `hubertsiuzdak/snac_24khz`) or a
+      saved [`SNACAudioTokenizer`].
+
+    `hub_kwargs` are `cached_file`'s (`revision`, `subfolder`, `cache_dir`, `token`, ...).
+    """
+    path = str(pretrained_model_name_or_path)
+    if not os.path.isdir(path) and (os.path.isabs(path) or path.startswith(".") or path.count("/") > 1):
+        raise OSError(
+            f"Cannot load a SNAC codec from {path!r}: no such folder. Pass an Omni checkpoint, a SNAC codec folder "
+            "(config.json + pytorch_model.bin) or a Hub id such as 'hubertsiuzdak/snac_24khz'."
+        )
+    hub_kwargs = {key: value for key, value in hub_kwargs.items() if key in _HUB_KWARGS}
+    subfolder = hub_kwargs.pop("subfolder", None) or ""
+
+    def find(filename: str, folder: str = subfolder) -> str | None:
+        return cached_file(path, filename, subfolder=folder, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+
+    nested = posixpath.join(subfolder, AUDIO_TOKENIZER_SUBFOLDER) if subfolder else AUDIO_TOKENIZER_SUBFOLDER
+    if find(CONFIG_NAME, nested) is not None:
+        return SNACAudioTokenizer.from_pretrained(path, subfolder=nested, **hub_kwargs)
+    if feature_extractor_dict is None and (processor_file := find(PROCESSOR_NAME)) is not None:
+        with open(processor_file, encoding="utf-8") as handle:
+            feature_extractor_dict = json.load(handle).get("feature_extractor")
+    codec_config = (feature_extractor_dict or {}).get("codec_config")
+    if codec_config is not None:
+        weights_file = find(FIRST_RELEASE_CODEC_WEIGHTS_NAME)
+        if weights_file is None:
+            raise OSError(
+                f"{path} has a first-release processor config (the codec settings in its feature extractor) but no "
+                f"codec weights ({FIRST_RELEASE_CODEC_WEIGHTS_NAME}): copy that file from where the checkpoint was "
+                "saved, or rebuild the checkpoint's processor around its SNAC codec."
+            )
+        from safetensors.torch import load_file
+
+        logger.warning_once(
+            f"{path} was saved by the first release of the Omni processor (codec inside the feature extractor); it "
+            f"loads as before. `processor.save_pretrained` writes the current layout (the codec in "
+            f"{AUDIO_TOKENIZER_SUBFOLDER}/)."
+        )
+        audio_tokenizer = SNACAudioTokenizer(SNACConfig(**codec_config))
+        audio_tokenizer.load_state_dict(load_file(weights_file))
+        return audio_tokenizer.eval()
+    config_file = find(CONFIG_NAME)
+    if config_file is not None:
+        with open(config_file, encoding="utf-8") as handle:
+            model_type = json.load(handle).get("model_type", SNACConfig.model_type)
+        if model_type == SNACConfig.model_type:
+            return SNACAudioTokenizer.from_pretrained(path, subfolder=subfolder, **hub_kwargs)
+    raise OSError(
+        f"Found no codec weights in {path!r}: no {AUDIO_TOKENIZER_SUBFOLDER}/ folder (Omni checkpoint), no codec_config "
+        f"+ {FIRST_RELEASE_CODEC_WEIGHTS_NAME} (first-release checkpoint) and no SNAC checkpoint (config.json + "
+        "pytorch_model.bin). Pass an Omni checkpoint or a SNAC codec such as 'hubertsiuzdak/snac_24khz'."
+    )
+
+
+def encode_audio(
+    feature_extractor: SNACFeatureExtractor,
+    audio_tokenizer: SNACAudioTokenizer,
+    audio: AudioInput | Sequence[AudioInput],
+    sampling_rate: int | None = None,
+    batch_size: int = 8,
+) -> list[list[torch.Tensor]]:
+    """
+    SNAC codes of each clip: prepared by `feature_extractor` (checked, mono, resampled), then encoded by
+    `audio_tokenizer` under `torch.inference_mode`, `batch_size` clips per call, longest first (so that batches
+    carry little padding).
+
+    Returns:
+        One entry per clip: a list of `num_codebooks` 1-D `LongTensor`s (on the CPU) covering
+        `ceil(samples / samples_per_frame)` frames.
+    """
+    clips = feature_extractor.prepare_clips(audio, sampling_rate)
+    codes_per_frame = audio_tokenizer.token_layout.codes_per_frame
+    order = sorted(range(len(clips)), key=lambda i: clips[i].numel(), reverse=True)
+    codes_by_clip: list[list[torch.Tensor] | None] = [None] * len(clips)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            inputs = feature_extractor([clips[i] for i in indices], sampling_rate=feature_extractor.sampling_rate)
+            output = audio_tokenizer.encode(inputs["input_values"], padding_mask=inputs["padding_mask"])
+            for row, i in enumerate(indices):
+                frames = int(output.num_frames[row])
+                codes_by_clip[i] = [
+                    code[row, : frames * per_frame].cpu() for code, per_frame in zip(output.audio_codes, codes_per_frame)
+                ]
+    return codes_by_clip
 
 
 def utterance_problem(text, speaker=None, special_tokens: Sequence[str] = (), what: str = "text") -> str | None:
@@ -85,13 +194,23 @@ class OmniProcessor(ProcessorMixin):
     Prompts (for `generate`) stop where the model takes over and are left-padded; training sequences hold the
     whole format, are right-padded, and carry `labels` (`-100` on padding).
 
+    Audio goes through the waveform front end (`feature_extractor`) and the SNAC codec (`audio_tokenizer`, as Dia's
+    processor holds its DAC codec); the codec's codes take the ids right after the tokenizer's
+    (`audio_token_offset = len(tokenizer)`), placed by [`SNACTokenLayout`].
+
     Args:
-        feature_extractor ([`SNACFeatureExtractor`]): the audio tokenizer.
+        feature_extractor ([`SNACFeatureExtractor`]): the waveform front end (mono, resampling, padding).
         tokenizer ([`PreTrainedTokenizerBase`]): the text tokenizer, holding the special tokens above.
+        audio_tokenizer ([`SNACAudioTokenizer`]): the SNAC codec. `save_pretrained` writes it to the
+            `audio_tokenizer/` subfolder and `from_pretrained` loads it from there (checkpoints of the first release,
+            which kept the codec in the feature extractor, load too); move it with `processor.audio_tokenizer.to(device)`.
         chat_template (`str`, *optional*): unused by the Omni formats; kept for `ProcessorMixin` compatibility.
         model_max_length (`int`, *optional*): the most tokens the model takes (its `max_position_embeddings`);
             longer prompts and sequences raise a `ValueError` naming their length instead of reaching the model.
             `from_pretrained` reads it from the checkpoint's `config.json` when the processor config lacks it.
+        encode_batch_size (`int`, *optional*, defaults to 8): clips encoded per codec call.
+        codec_name_or_path (`str`, *optional*): where the codec came from (e.g. `hubertsiuzdak/snac_24khz`), kept for
+            model cards and reports.
 
     The tokenizer and the feature extractor are set to pad on the left, as the prompts are: callers that pad with
     their own side (transformers' pipelines batch that way) then keep each prompt's ids next to the tokens generated
@@ -102,8 +221,11 @@ class OmniProcessor(ProcessorMixin):
         self,
         feature_extractor: SNACFeatureExtractor,
         tokenizer,
+        audio_tokenizer: SNACAudioTokenizer,
         chat_template: str | None = None,
         model_max_length: int | None = None,
+        encode_batch_size: int = 8,
+        codec_name_or_path: str | None = None,
     ):
         missing = [token for token in SPECIAL_TOKENS.values() if token not in tokenizer.get_vocab()]
         if missing:
@@ -112,17 +234,23 @@ class OmniProcessor(ProcessorMixin):
                 "`train/init_model.py`, which adds them, or call `tokenizer.add_special_tokens("
                 "{'additional_special_tokens': [...]})` and resize the model."
             )
-        if feature_extractor.audio_token_offset != len(tokenizer):
+        if feature_extractor.sampling_rate != audio_tokenizer.config.sampling_rate:
             raise ValueError(
-                f"The feature extractor's audio_token_offset ({feature_extractor.audio_token_offset}) must equal the "
-                f"tokenizer's length ({len(tokenizer)}): audio ids start right after the text vocabulary. Rebuild the "
-                "checkpoint with `train/init_model.py`."
+                f"The feature extractor resamples to {feature_extractor.sampling_rate} Hz but the audio tokenizer's "
+                f"codec encodes {audio_tokenizer.config.sampling_rate} Hz audio: build the feature extractor with "
+                f"`SNACFeatureExtractor(sampling_rate={audio_tokenizer.config.sampling_rate})`."
             )
+        if isinstance(encode_batch_size, bool) or not isinstance(encode_batch_size, int) or encode_batch_size < 1:
+            raise ValueError(f"encode_batch_size={encode_batch_size!r} must be a positive number of clips.")
         if model_max_length is not None and (
             isinstance(model_max_length, bool) or not isinstance(model_max_length, int) or model_max_length <= 0
         ):
             raise ValueError(f"model_max_length={model_max_length!r} must be a positive number of tokens or None.")
-        super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
+        super().__init__(feature_extractor, tokenizer, audio_tokenizer=audio_tokenizer, chat_template=chat_template)
+        self.encode_batch_size = encode_batch_size
+        self.codec_name_or_path = codec_name_or_path
+        # audio ids start right after the tokenizer's ids
+        self._token_layout = audio_tokenizer.config.token_layout(len(tokenizer))
         for name, token in SPECIAL_TOKENS.items():
             setattr(self, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
         if tokenizer.pad_token_id is None:
@@ -150,10 +278,40 @@ class OmniProcessor(ProcessorMixin):
                     processor.model_max_length = json.load(handle).get("max_position_embeddings")
         return loaded
 
+    @classmethod
+    def get_processor_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> tuple[dict, dict]:
+        """
+        `ProcessorMixin.get_processor_dict`, plus the audio tokenizer: ProcessorMixin would load it as a repository
+        of its own (`audio_tokenizer_name_or_path`), while an Omni checkpoint holds it (see [`load_audio_tokenizer`]).
+        It is loaded in float32 whatever `dtype` the caller gives for the model: SNAC's attention runs in float32.
+        """
+        processor_dict, unused_kwargs = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
+        if "audio_tokenizer" not in processor_dict:
+            hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+            feature_extractor_dict = processor_dict.get("feature_extractor") or {}
+            processor_dict["audio_tokenizer"] = load_audio_tokenizer(
+                pretrained_model_name_or_path, feature_extractor_dict, **hub_kwargs
+            )
+            # first-release checkpoints kept these in the feature extractor
+            for key in ("codec_name_or_path", "encode_batch_size"):
+                if key in feature_extractor_dict:
+                    processor_dict.setdefault(key, feature_extractor_dict[key])
+        return processor_dict, unused_kwargs
+
+    def check_argument_for_proper_class(self, argument_name: str, argument):
+        # ProcessorMixin knows only the audio tokenizers of transformers' own models (DacModel, ...). The check is by
+        # config type, not class: the remote-code copy of SNACAudioTokenizer is another class object than the package's.
+        if argument_name == "audio_tokenizer":
+            if not isinstance(argument, PreTrainedAudioTokenizerBase) or argument.config.model_type != SNACConfig.model_type:
+                raise TypeError(f"audio_tokenizer must be a SNACAudioTokenizer, got {type(argument).__name__}.")
+            return type(argument)
+        return super().check_argument_for_proper_class(argument_name, argument)
+
     # ------------------------------------------------------------------ layout helpers
     @property
     def token_layout(self) -> SNACTokenLayout:
-        return self.feature_extractor.token_layout
+        """Where the codec's codes live in the vocabulary: from the audio tokenizer, after the tokenizer's ids."""
+        return self._token_layout
 
     @property
     def sampling_rate(self) -> int:
@@ -181,8 +339,60 @@ class OmniProcessor(ProcessorMixin):
             raise ValueError(f"{problem}.")
         return self.tokenizer(f"{speaker}: {text}" if speaker else text, add_special_tokens=False)["input_ids"]
 
-    def _audio_ids(self, audio, sampling_rate: int | None) -> list[torch.Tensor]:
-        return self.feature_extractor(audio, sampling_rate=sampling_rate)["audio_token_ids"]
+    # ------------------------------------------------------------------ audio <-> ids
+    def encode_audio(
+        self, audio: AudioInput | Sequence[AudioInput], sampling_rate: int | None = None
+    ) -> list[list[torch.Tensor]]:
+        """SNAC codes of one clip or a batch (see [`encode_audio`] and [`SNACFeatureExtractor.prepare_clips`])."""
+        return encode_audio(self.feature_extractor, self.audio_tokenizer, audio, sampling_rate, self.encode_batch_size)
+
+    def audio_to_ids(self, audio: AudioInput | Sequence[AudioInput], sampling_rate: int | None = None) -> list[torch.Tensor]:
+        """The audio token ids of one clip or a batch: one 1-D `LongTensor` per clip, whole frames. `sampling_rate`
+        (of `audio`) is required; it defaults to `None` only so that its absence is refused with an explanation."""
+        return [self.token_layout.codes_to_ids(codes) for codes in self.encode_audio(audio, sampling_rate)]
+
+    def valid_frames(self, token_ids: torch.Tensor | Sequence[int], strict: bool = False) -> torch.Tensor:
+        """
+        The whole, valid frames of a sequence of audio ids, as a 1-D tensor.
+
+        A trailing partial frame, and every frame holding an id outside its position's block (a text id, or an
+        audio id of another position), are dropped with a warning that counts them; with `strict=True` they raise
+        a `ValueError` instead.
+        """
+        layout = self.token_layout
+        token_ids = torch.as_tensor(token_ids, dtype=torch.long)
+        if token_ids.dim() != 1:
+            raise ValueError(f"Expected one 1-D sequence of ids, got shape {tuple(token_ids.shape)}; decode rows one by one.")
+        if strict:
+            layout.ids_to_codes(token_ids)
+            return token_ids
+        partial = token_ids.numel() % layout.tokens_per_frame
+        frames = token_ids[: token_ids.numel() - partial].view(-1, layout.tokens_per_frame)
+        starts = torch.tensor([layout.block_start(p) for p in range(layout.tokens_per_frame)])
+        valid = ((frames >= starts) & (frames < starts + layout.codebook_size)).all(dim=1)
+        dropped_frames = int((~valid).sum())
+        if partial or dropped_frames:
+            logger.warning(
+                f"Decoding {int(valid.sum())} frames: dropped {dropped_frames} frames holding ids outside their "
+                f"audio block and {partial} trailing tokens of an incomplete frame."
+            )
+        return frames[valid].flatten()
+
+    def ids_to_audio(self, token_ids: torch.Tensor | Sequence[int], strict: bool = False) -> np.ndarray:
+        """
+        Decode one sequence of audio token ids into a 1-D float32 waveform at `sampling_rate`.
+
+        Invalid frames and a trailing partial frame are dropped and counted in a warning (see
+        [`~OmniProcessor.valid_frames`]); `strict=True` raises a `ValueError` instead. With no whole frame left the
+        result is an empty waveform, with a warning.
+        """
+        token_ids = self.valid_frames(token_ids, strict=strict)
+        if token_ids.numel() == 0:
+            logger.warning("No whole audio frame to decode: returning an empty waveform (0 samples).")
+            return np.zeros(0, dtype=np.float32)
+        with torch.inference_mode():
+            audio = self.audio_tokenizer.decode(self.token_layout.ids_to_codes(token_ids)).audio_values
+        return audio.cpu().numpy()
 
     # ------------------------------------------------------------------ task formats (lists of ids)
     def tts_prompt_ids(
@@ -270,7 +480,7 @@ class OmniProcessor(ProcessorMixin):
 
         Args:
             text (`str` or `list[str]`): the text to speak, or the transcripts of `audio`.
-            audio: one waveform or a batch (see [`SNACFeatureExtractor.encode`]).
+            audio: one waveform or a batch (see [`SNACFeatureExtractor.prepare_clips`]).
             sampling_rate (`int`): the sampling rate of `audio`; required with audio.
             task (`str`, *optional*): `"tts"`, `"asr"` or `"text"`.
             speaker (`str` or `list[str]`, *optional*): speaker names for text-to-speech, as in `"tara: text"`.
@@ -295,7 +505,7 @@ class OmniProcessor(ProcessorMixin):
                 raise ValueError("task='asr' needs `audio` (with its `sampling_rate`).")
             voice_ids = None
             if voice_prompt_audio is not None:
-                voice_ids = self._audio_ids(voice_prompt_audio, voice_prompt_sampling_rate)
+                voice_ids = self.audio_to_ids(voice_prompt_audio, voice_prompt_sampling_rate)
                 if len(voice_ids) != 1:
                     raise ValueError(f"voice_prompt_audio must be one clip, got a batch of {len(voice_ids)}.")
                 voice_ids = voice_ids[0].tolist()
@@ -308,7 +518,7 @@ class OmniProcessor(ProcessorMixin):
             self._check_lengths(prompts, "text-to-speech prompt", for_generation=True)
             return self.pad(prompts, padding_side="left", return_tensors=return_tensors)
 
-        audio_ids = self._audio_ids(audio, sampling_rate)
+        audio_ids = self.audio_to_ids(audio, sampling_rate)
         if texts is None:
             prompts = [self.asr_prompt_ids(ids) for ids in audio_ids]
             self._check_lengths(prompts, "speech-to-text prompt", for_generation=True)
@@ -393,7 +603,7 @@ class OmniProcessor(ProcessorMixin):
         if speech.numel() == 0:
             logger.warning("No whole audio frame was generated: returning an empty waveform (0 samples).")
             return np.zeros(0, dtype=np.float32)
-        return self.feature_extractor.decode(speech)
+        return self.ids_to_audio(speech)
 
     def decode_text(self, token_ids: Sequence[int] | torch.Tensor, **kwargs) -> str:
         """The text of a sequence, audio ids left out."""
@@ -457,10 +667,21 @@ class OmniProcessor(ProcessorMixin):
     # ------------------------------------------------------------------ serialisation
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
         files = super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
-        files.append(self.feature_extractor.save_codec_weights(save_directory))
+        audio_tokenizer_directory = os.path.join(save_directory, AUDIO_TOKENIZER_SUBFOLDER)
+        self.audio_tokenizer.save_pretrained(audio_tokenizer_directory)
+        files.append(audio_tokenizer_directory)
         if push_to_hub:
             self.push_to_hub(kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory))), **kwargs)
         return files
+
+    def to_dict(self) -> dict:
+        """`ProcessorMixin.to_dict` without the audio tokenizer, which `save_pretrained` saves as a model of its own
+        (ProcessorMixin would record it as a repository to load, and deep-copy its weights to do so)."""
+        audio_tokenizer = self.__dict__.pop("audio_tokenizer")
+        try:
+            return super().to_dict()
+        finally:
+            self.audio_tokenizer = audio_tokenizer
 
     @property
     def model_input_names(self) -> list[str]:

@@ -16,6 +16,7 @@ import os
 import statistics
 import sys
 import time
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +26,7 @@ import torch  # noqa: E402
 
 from bench_core import SNAC_24KHZ  # noqa: E402
 from bench_generation import build_seed_model, seed_prompt  # noqa: E402
-from qwen_omni import SNACFeatureExtractor  # noqa: E402
+from qwen_omni import SNACAudioTokenizer, SNACConfig  # noqa: E402
 from qwen_omni.generation_omni import OmniAudioStreamer  # noqa: E402
 from qwen_omni.omni.build import SPEECH_GENERATION_DEFAULTS  # noqa: E402
 
@@ -40,13 +41,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.num_threads)
 
-    import snac
-
     model = build_seed_model()
     config = model.config
     torch.manual_seed(0)
-    feature_extractor = SNACFeatureExtractor(codec_config=SNAC_24KHZ, audio_token_offset=config.audio_token_offset)
-    feature_extractor.set_codec(snac.SNAC(**SNAC_24KHZ))
+    audio_tokenizer = SNACAudioTokenizer(SNACConfig(**SNAC_24KHZ)).eval()
+    # what the streamer reads of a processor, the token layout and the codec (the seed model has no tokenizer)
+    codec = SimpleNamespace(token_layout=config.token_layout, audio_tokenizer=audio_tokenizer)
     prompt = seed_prompt(config)
     new_tokens = args.frames * config.token_layout.tokens_per_frame
     streamer_kwargs = {
@@ -60,13 +60,15 @@ def main() -> None:
         torch.manual_seed(seed)
         start = clock()
         sequence = model.generate(prompt, max_new_tokens=new_tokens, eos_token_id=None, **SPEECH_GENERATION_DEFAULTS)
-        audio = feature_extractor.decode(sequence[0, prompt.shape[1] :])
+        with torch.inference_mode():
+            codes = config.token_layout.ids_to_codes(sequence[0, prompt.shape[1] :])
+            audio = audio_tokenizer.decode(codes).audio_values.numpy()
         return clock() - start, audio, None
 
     def generate_streaming(seed: int):
         torch.manual_seed(seed)
         chunks, frames_at_first_chunk = [], []
-        streamer = OmniAudioStreamer(feature_extractor, on_chunk=chunks.append, **streamer_kwargs)
+        streamer = OmniAudioStreamer(codec, on_chunk=chunks.append, **streamer_kwargs)
 
         def on_chunk(chunk):
             if not frames_at_first_chunk:
@@ -98,7 +100,7 @@ def main() -> None:
             first_chunk_frames.append(results["stream"][2])
 
     full, stream = statistics.median(times["full"]), statistics.median(times["stream"])
-    seconds = args.frames * feature_extractor.samples_per_frame / feature_extractor.sampling_rate
+    seconds = args.frames * audio_tokenizer.config.samples_per_frame / audio_tokenizer.config.sampling_rate
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), process CPU time, median of {args.repeats}")
     print(f"{args.frames} frames ({seconds:.2f} s of audio), streamer options {streamer_kwargs or 'default'}")
     print(f"generate + one decode : {full:6.2f} s CPU")

@@ -10,10 +10,12 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
 from transformers.utils import logging
 
-from ..configuration_omni import OmniConfig, SNACTokenLayout
+from ..configuration_omni import OmniConfig
+from ..configuration_snac import SNACTokenLayout
 from ..feature_extraction_omni import SNACFeatureExtractor
 from ..modeling_omni import OmniForCausalLM
-from ..processing_omni import PAD_TOKEN, SPECIAL_TOKENS, OmniProcessor
+from ..modeling_snac import SNACAudioTokenizer
+from ..processing_omni import PAD_TOKEN, SPECIAL_TOKENS, OmniProcessor, load_audio_tokenizer
 
 
 logger = logging.get_logger(__name__)
@@ -56,14 +58,26 @@ def _vocab_size(layout: SNACTokenLayout, pad_to_multiple_of: int | None) -> int:
     return -(-layout.vocab_end // pad_to_multiple_of) * pad_to_multiple_of
 
 
-def _omni_fields(tokenizer, feature_extractor: SNACFeatureExtractor, text_loss_weight: float, audio_loss_weight: float) -> dict:
+def _codec_processor(tokenizer, codec: str | os.PathLike, model_max_length: int | None = None) -> OmniProcessor:
+    """The processor of a new checkpoint: `tokenizer` (Omni tokens added) and the SNAC codec at `codec`."""
+    audio_tokenizer = load_audio_tokenizer(codec)
+    feature_extractor = SNACFeatureExtractor(sampling_rate=audio_tokenizer.config.sampling_rate)
+    return OmniProcessor(
+        feature_extractor, tokenizer, audio_tokenizer, model_max_length=model_max_length, codec_name_or_path=str(codec)
+    )
+
+
+def _omni_fields(tokenizer, audio_tokenizer: SNACAudioTokenizer, text_loss_weight: float, audio_loss_weight: float) -> dict:
+    """The OmniConfig fields that describe the vocabulary and the codec (the layout: codec settings, and audio ids
+    after the tokenizer's)."""
     ids = {f"{name}_id": tokenizer.convert_tokens_to_ids(token) for name, token in SPECIAL_TOKENS.items()}
+    codec = audio_tokenizer.config
     return {
-        "audio_token_offset": feature_extractor.audio_token_offset,
-        "codebook_size": feature_extractor.token_layout.codebook_size,
-        "vq_strides": feature_extractor.vq_strides,
-        "codec_sampling_rate": feature_extractor.sampling_rate,
-        "codec_hop_length": feature_extractor.hop_length,
+        "audio_token_offset": len(tokenizer),
+        "codebook_size": codec.codebook_size,
+        "vq_strides": list(codec.vq_strides),
+        "codec_sampling_rate": codec.sampling_rate,
+        "codec_hop_length": codec.hop_length,
         "tts_token_id": ids["tts_token_id"],
         "asr_token_id": ids["asr_token_id"],
         "text_start_token_id": ids["text_start_token_id"],
@@ -134,14 +148,14 @@ def build_omni_from_text_model(
         # audio ids start right after the tokenizer, as everywhere else.
         reserved = [f"<|reserved_{i}|>" for i in range(source_config.vocab_size - len(tokenizer))]
         tokenizer.add_tokens(reserved, special_tokens=True)
-    feature_extractor = SNACFeatureExtractor.from_pretrained(codec, audio_token_offset=len(tokenizer))
+    processor = _codec_processor(tokenizer, codec, model_max_length=source_config.max_position_embeddings)
 
     text_lm = AutoModelForCausalLM.from_pretrained(text_model, dtype=torch_dtype)
-    vocab_size = _vocab_size(feature_extractor.token_layout, pad_vocab_to_multiple_of)
+    vocab_size = _vocab_size(processor.token_layout, pad_vocab_to_multiple_of)
     text_lm.resize_token_embeddings(vocab_size, mean_resizing=True)
 
     config_fields = {key: value for key, value in text_lm.config.to_dict().items() if key in OmniConfig.__dataclass_fields__}
-    config_fields.update(_omni_fields(tokenizer, feature_extractor, text_loss_weight, audio_loss_weight))
+    config_fields.update(_omni_fields(tokenizer, processor.audio_tokenizer, text_loss_weight, audio_loss_weight))
     config_fields["vocab_size"] = vocab_size
     config = OmniConfig(**config_fields)
     with torch.device("meta"):
@@ -149,7 +163,6 @@ def build_omni_from_text_model(
     model.load_state_dict(text_lm.state_dict(), assign=True, strict=True)
     model.tie_weights()
     model.generation_config = build_generation_config(config)
-    processor = OmniProcessor(feature_extractor, tokenizer, model_max_length=config.max_position_embeddings)
     return model, processor
 
 
@@ -176,12 +189,12 @@ def build_omni_from_scratch(
     if not isinstance(tokenizer, PreTrainedTokenizerFast) and not hasattr(tokenizer, "get_vocab"):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     add_omni_tokens(tokenizer)
-    feature_extractor = SNACFeatureExtractor.from_pretrained(codec, audio_token_offset=len(tokenizer))
+    processor = _codec_processor(tokenizer, codec, model_max_length=max_position_embeddings)
     if hidden_size % num_attention_heads:
         raise ValueError(f"hidden_size={hidden_size} is not a multiple of num_attention_heads={num_attention_heads}.")
-    fields = _omni_fields(tokenizer, feature_extractor, text_loss_weight, audio_loss_weight)
+    fields = _omni_fields(tokenizer, processor.audio_tokenizer, text_loss_weight, audio_loss_weight)
     config = OmniConfig(
-        vocab_size=_vocab_size(feature_extractor.token_layout, pad_vocab_to_multiple_of),
+        vocab_size=_vocab_size(processor.token_layout, pad_vocab_to_multiple_of),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or 4 * hidden_size,
         num_hidden_layers=num_hidden_layers,
@@ -195,12 +208,12 @@ def build_omni_from_scratch(
     torch.manual_seed(seed)
     model = OmniForCausalLM(config)
     model.generation_config = build_generation_config(config)
-    processor = OmniProcessor(feature_extractor, tokenizer, model_max_length=config.max_position_embeddings)
     return model, processor
 
 
 def save_omni_checkpoint(model: OmniForCausalLM, processor: OmniProcessor, output_dir: str | os.PathLike) -> None:
-    """Save model, generation config, processor (tokenizer + codec weights) and the remote-code files."""
+    """Save model, generation config, processor (tokenizer, feature extractor, audio tokenizer) and the remote-code
+    files."""
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     logger.info(f"Omni checkpoint written to {output_dir}")

@@ -7,7 +7,7 @@ Speech corpora -> SNAC token datasets, done once.
   folder, including `save_to_disk` folders), a JSONL / JSON / CSV / TSV file of audio paths and transcripts, a folder
   with such a metadata file, or a LibriSpeech / LibriTTS folder tree.
 - [`read_audio`] decodes one audio value (wav / flac / ogg / mp3) with soundfile: no FFmpeg, no torchcodec.
-- [`prepare_dataset`] decodes, resamples and encodes the rows with a [`SNACFeatureExtractor`] in length-sorted
+- [`prepare_dataset`] decodes, resamples and encodes the rows with a [`SNACAudioTokenizer`] in length-sorted
   batches and writes the codes as an Arrow dataset, shard by shard, so that a second run skips finished shards.
   Rows it cannot use are skipped, counted and listed in `summary.json`.
 - [`load_prepared_dataset`] opens what `prepare_dataset` wrote.
@@ -19,7 +19,6 @@ Prepared rows hold `audio_codes`: the SNAC codes in the frame order of [`SNACTok
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import io
@@ -36,7 +35,9 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
-from ..processing_omni import PAD_TOKEN, SPECIAL_TOKENS, utterance_problem
+from ..feature_extraction_omni import SNACFeatureExtractor
+from ..modeling_snac import SNACAudioTokenizer
+from ..processing_omni import PAD_TOKEN, SPECIAL_TOKENS, encode_audio, utterance_problem
 
 
 logger = logging.get_logger(__name__)
@@ -345,10 +346,10 @@ class PrepareSummary:
         return dict(self.__dict__)
 
 
-def codec_fingerprint(feature_extractor) -> str:
+def codec_fingerprint(audio_tokenizer: SNACAudioTokenizer) -> str:
     """A hash of the codec config and weights: prepared shards are reused only with the very same codec."""
-    digest = hashlib.sha256(json.dumps(feature_extractor.codec_config, sort_keys=True).encode())
-    for name, tensor in sorted(feature_extractor.codec.state_dict().items()):
+    digest = hashlib.sha256(json.dumps(audio_tokenizer.config.snac_kwargs, sort_keys=True).encode())
+    for name, tensor in sorted(audio_tokenizer.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -379,32 +380,34 @@ def _iter_chunks(rows, shard_size: int, first_shard: int) -> Iterator[tuple[int,
 def prepare_dataset(
     rows,
     output_dir: str | os.PathLike,
-    feature_extractor,
+    audio_tokenizer: SNACAudioTokenizer,
     max_duration: float | None = 30.0,
     shard_size: int = 512,
     num_proc: int | None = None,
     device: str | torch.device | None = None,
     source_name: str | None = None,
     show_progress: bool = True,
+    encode_batch_size: int = 8,
 ) -> PrepareSummary:
     """
     Encode speech rows into SNAC codes and write them as an Arrow dataset (see [`load_prepared_dataset`]).
 
     Rows are processed in shards of `shard_size`: each shard's audio is decoded and resampled (in `num_proc`
-    worker processes), encoded by `feature_extractor` in length-sorted batches of its `encode_batch_size`, and saved
+    worker processes), encoded by `audio_tokenizer` in length-sorted batches of `encode_batch_size`, and saved
     under `output_dir/shards/`. A run that finds a shard written with the same source, settings and codec weights
     skips it, so an interrupted or repeated run only does the missing work. `summary.json` lists every skipped row.
 
     Args:
         rows: output of [`load_audio_text_rows`] (`Dataset` or streaming `IterableDataset`).
         output_dir: folder to write to.
-        feature_extractor ([`SNACFeatureExtractor`]): the codec.
+        audio_tokenizer ([`SNACAudioTokenizer`]): the codec (e.g. `processor.audio_tokenizer`).
         max_duration (`float`, *optional*): rows longer than this many seconds are skipped (and listed).
         shard_size (`int`): rows per shard (and per unit of resumable work).
         num_proc (`int`, *optional*): processes decoding and resampling audio in parallel.
         device: where the codec runs; defaults to CUDA when available.
         source_name (`str`, *optional*): name of the source, recorded in `prepare_info.json` and in the fingerprint.
         show_progress (`bool`): show a progress bar over rows.
+        encode_batch_size (`int`): clips per codec call.
 
     Returns:
         [`PrepareSummary`]; it is also written to `output_dir/summary.json`.
@@ -419,19 +422,18 @@ def prepare_dataset(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    feature_extractor.to(device)
-    # rows are held to `max_duration` here (longer ones skipped and listed): the encoder's own default limit, meant
-    # for model inputs, must not refuse them (the copy shares the codec)
-    encoder = copy.deepcopy(feature_extractor)
-    encoder.max_duration_seconds = math.inf
-    layout = feature_extractor.token_layout
+    audio_tokenizer.to(device)
+    # rows are held to `max_duration` here (longer ones skipped and listed): the front end's default limit, meant
+    # for model inputs, must not refuse them
+    feature_extractor = SNACFeatureExtractor(sampling_rate=audio_tokenizer.config.sampling_rate, max_duration_seconds=math.inf)
+    layout = audio_tokenizer.token_layout
     info = {
         "format_version": PREPARE_FORMAT_VERSION,
         "source": source_name,
         "max_duration": max_duration,
         "shard_size": shard_size,
-        "codec_fingerprint": codec_fingerprint(feature_extractor),
-        "codec_config": feature_extractor.codec_config,
+        "codec_fingerprint": codec_fingerprint(audio_tokenizer),
+        "codec_config": audio_tokenizer.config.snac_kwargs,
         "sampling_rate": feature_extractor.sampling_rate,
         "vq_strides": layout.vq_strides,
         "codebook_size": layout.codebook_size,
@@ -476,7 +478,7 @@ def prepare_dataset(
                     kept.append((row, waveform))
                 else:
                     skipped.append({"id": row["id"], "audio": _audio_label(row["audio"]), "reason": reason})
-            records = _encode_shard(kept, encoder)
+            records = _encode_shard(kept, feature_extractor, audio_tokenizer, encode_batch_size)
             if records:  # a shard whose rows were all skipped is only recorded in prepare_info.json
                 _write_shard(records, _shard_dir(output_dir, index))
             done[str(index)] = {"num_rows": len(chunk), "num_kept": len(records), "skipped": skipped}
@@ -518,12 +520,16 @@ def prepare_dataset(
     return summary
 
 
-def _encode_shard(kept: list[tuple[dict, np.ndarray]], feature_extractor) -> list[dict]:
+def _encode_shard(
+    kept: list[tuple[dict, np.ndarray]], feature_extractor: SNACFeatureExtractor, audio_tokenizer: SNACAudioTokenizer,
+    batch_size: int,
+) -> list[dict]:
     if not kept:
         return []
-    layout = feature_extractor.token_layout
-    relative = type(layout)(layout.vq_strides, layout.codebook_size, 0)
-    codes = feature_extractor.encode([torch.from_numpy(w) for _, w in kept], sampling_rate=feature_extractor.sampling_rate)
+    # prepared rows hold layout ids with offset 0 (the codec's own numbering); the vocabulary offset is added later
+    relative = audio_tokenizer.token_layout
+    waveforms = [torch.from_numpy(w) for _, w in kept]
+    codes = encode_audio(feature_extractor, audio_tokenizer, waveforms, feature_extractor.sampling_rate, batch_size)
     records = []
     for (row, waveform), clip_codes in zip(kept, codes):
         records.append(

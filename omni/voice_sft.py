@@ -184,10 +184,10 @@ def build_voice_dataset(clips: list[VoiceClip], processor: OmniProcessor, audio_
     rows = {"input_ids": [], "labels": []}
     for clip in clips:
         waveform, rate = read_audio(clip.audio)
-        audio_ids = processor.feature_extractor(waveform, sampling_rate=rate)["audio_token_ids"][0].tolist()
+        audio_ids = processor.audio_to_ids(waveform, sampling_rate=rate)[0].tolist()
         if not audio_ids:
             raise ValueError(
-                f"{_audio_label(clip.audio)} is shorter than one codec frame ({processor.feature_extractor.samples_per_frame} "
+                f"{_audio_label(clip.audio)} is shorter than one codec frame ({processor.audio_tokenizer.config.samples_per_frame} "
                 "samples at the codec's rate); remove it."
             )
         prompt_length = len(processor.tts_prompt_ids(clip.text, speaker=clip.speaker))

@@ -68,3 +68,15 @@ def run_without_qwen_omni(code: str, cwd, timeout: int = 300) -> subprocess.Comp
     return subprocess.run(
         [sys.executable, "-c", prelude + code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def tiny_processor(codec_dir, **feature_extractor_kwargs):
+    """An OmniProcessor around the tiny BPE tokenizer (Omni tokens added) and the SNAC codec saved in `codec_dir`."""
+    from qwen_omni import OmniProcessor, SNACAudioTokenizer, SNACFeatureExtractor
+    from qwen_omni.omni.build import add_omni_tokens
+
+    tokenizer = tiny_bpe_tokenizer()
+    add_omni_tokens(tokenizer)
+    audio_tokenizer = SNACAudioTokenizer.from_pretrained(codec_dir)
+    feature_extractor = SNACFeatureExtractor(sampling_rate=audio_tokenizer.config.sampling_rate, **feature_extractor_kwargs)
+    return OmniProcessor(feature_extractor, tokenizer, audio_tokenizer)

@@ -109,7 +109,7 @@ def test_save_pretrained_round_trip_through_transformers(snac_24khz_dir, tmp_pat
     assert (tmp_path / "model.safetensors").is_file()
     reloaded = SNACAudioTokenizer.from_pretrained(tmp_path)
     auto = AutoModelForAudioTokenization.from_pretrained(tmp_path)
-    assert type(auto) is SNACAudioTokenizer
+    assert type(auto).__name__ == "SNACAudioTokenizer" and isinstance(auto, PreTrainedAudioTokenizerBase)
     assert reloaded.config.snac_kwargs == audio_tokenizer.config.snac_kwargs == {"latent_dim": None, **TINY_SNAC_24KHZ}
     for model in (reloaded, auto):
         for name, tensor in audio_tokenizer.state_dict().items():
@@ -145,3 +145,22 @@ def test_config_and_layout_import_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["7", "False", "True", "3"]
+
+
+def test_processor_saves_the_codec_in_its_subfolder_and_loads_it_from_any_folder(snac_24khz_dir, tmp_path):
+    from omni_testing import tiny_processor
+
+    from qwen_omni import OmniProcessor
+
+    processor = tiny_processor(snac_24khz_dir)
+    processor.save_pretrained(tmp_path / "checkpoint" / "processor")
+    saved = tmp_path / "checkpoint" / "processor"
+    assert (saved / "audio_tokenizer" / "config.json").is_file() and (saved / "audio_tokenizer" / "model.safetensors").is_file()
+    assert not (saved / "snac_codec.safetensors").exists()
+    # as `from_pretrained(repo_id, subfolder=...)` finds it on the Hub: the codec is looked up inside that subfolder
+    for loaded in (OmniProcessor.from_pretrained(saved), OmniProcessor.from_pretrained(tmp_path / "checkpoint", subfolder="processor")):
+        assert type(loaded.audio_tokenizer).__name__ == "SNACAudioTokenizer" and loaded.token_layout == processor.token_layout
+        for name, tensor in processor.audio_tokenizer.state_dict().items():
+            torch.testing.assert_close(loaded.audio_tokenizer.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    # a bf16 `dtype` for the model (as pipelines pass it to every component) leaves the codec in float32
+    assert OmniProcessor.from_pretrained(saved, dtype=torch.bfloat16).audio_tokenizer.dtype == torch.float32

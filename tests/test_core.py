@@ -1,16 +1,21 @@
-"""The Omni foundation: token layout, feature extractor, model loss, processor formats, init_model, remote code."""
+"""The Omni foundation: token layout, feature extractor and audio tokenizer through the processor, model loss,
+processor formats, init_model, remote code."""
 
 import json
 import logging
+import math
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omni_testing import REPO_ROOT, TINY_SNAC_24KHZ, TINY_SNAC_32KHZ, run_without_qwen_omni
+from omni_testing import REPO_ROOT, TINY_SNAC_24KHZ, TINY_SNAC_32KHZ, run_without_qwen_omni, tiny_processor
 
-from qwen_omni import OmniConfig, OmniForCausalLM, OmniProcessor, SNACFeatureExtractor, SNACTokenLayout
+from qwen_omni import OmniConfig, OmniForCausalLM, OmniProcessor, SNACTokenLayout
+from qwen_omni.processing_omni import load_audio_tokenizer
 from qwen_omni.omni.trainer import OmniTrainer
 
 
@@ -89,10 +94,15 @@ def test_config_validates_vocabulary_and_round_trips(tmp_path):
     assert loaded.audio_loss_weight == 0.5
 
 
-# ---------------------------------------------------------------- feature extractor
+# ---------------------------------------------------------------- feature extractor and audio tokenizer
 @pytest.fixture(scope="module")
 def fe24(snac_24khz_dir):
-    return SNACFeatureExtractor.from_pretrained(snac_24khz_dir, audio_token_offset=300)
+    """A processor around the 24 kHz codec: its feature extractor, audio tokenizer and token layout."""
+    return tiny_processor(snac_24khz_dir)
+
+
+def num_frames(processor, num_samples: int) -> int:
+    return max(1, math.ceil(num_samples / processor.audio_tokenizer.config.samples_per_frame))
 
 
 def speech_like(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
@@ -104,78 +114,85 @@ def speech_like(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
 def test_feature_extractor_loads_snac_layout_and_encodes(fe24, snac_24khz_dir):
     import snac
 
-    assert fe24.sampling_rate == 24000 and fe24.samples_per_frame == 2048
+    assert fe24.sampling_rate == 24000 and fe24.audio_tokenizer.config.samples_per_frame == 2048
     audio = speech_like(1.0, 24000)
-    out = fe24(audio, sampling_rate=24000, return_codes=True)
-    frames = fe24.num_frames(audio.size)
+    codes = fe24.encode_audio(audio, sampling_rate=24000)
+    frames = num_frames(fe24, audio.size)
     assert frames == 12
-    ids = out["audio_token_ids"][0]
-    assert ids.numel() == frames * 7 == int(out["audio_token_lengths"][0])
+    ids = fe24.audio_to_ids(audio, sampling_rate=24000)[0]
+    assert ids.numel() == frames * 7
     # the same codes as calling snac directly on the zero-padded clip
     codec = snac.SNAC.from_pretrained(str(snac_24khz_dir))
     padded = torch.zeros(1, 1, frames * 2048)
     padded[0, 0, : audio.size] = torch.from_numpy(audio)
     with torch.inference_mode():
         direct = codec.encode(padded)
-    for mine, theirs in zip(out["audio_codes"][0], direct):
+    for mine, theirs in zip(codes[0], direct):
         assert torch.equal(mine, theirs[0])
     # ids -> codes -> ids through the layout is exact
     assert torch.equal(fe24.token_layout.codes_to_ids(fe24.token_layout.ids_to_codes(ids)), ids)
-    waveform = fe24.decode(ids)
+    waveform = fe24.ids_to_audio(ids)
     assert waveform.dtype == np.float32 and waveform.shape == (frames * 2048,)
-    assert np.array_equal(waveform, fe24.decode(ids)), "decoding must be deterministic"
+    assert np.array_equal(waveform, fe24.ids_to_audio(ids)), "decoding must be deterministic"
+    # the feature extractor alone is the waveform front end: mono float32, padded, no codec
+    inputs = fe24.feature_extractor([audio, audio[:1000]], sampling_rate=24000)
+    assert inputs["input_values"].shape == (2, 1, audio.size) and inputs["padding_mask"].sum(-1).tolist() == [audio.size, 1000]
 
 
 def test_feature_extractor_resamples_downmixes_and_batches(fe24):
     mono = speech_like(0.5, 16000, seed=1)
     stereo_channels_last = np.stack([mono, mono], axis=1)
-    base = fe24(mono, sampling_rate=16000)["audio_token_ids"][0]
-    assert fe24([stereo_channels_last], sampling_rate=16000)["audio_token_ids"][0].equal(base)
-    assert fe24([torch.from_numpy(stereo_channels_last.T)], sampling_rate=16000)["audio_token_ids"][0].equal(base)
+    base = fe24.audio_to_ids(mono, sampling_rate=16000)[0]
+    assert fe24.audio_to_ids([stereo_channels_last], sampling_rate=16000)[0].equal(base)
+    assert fe24.audio_to_ids([torch.from_numpy(stereo_channels_last.T)], sampling_rate=16000)[0].equal(base)
     # a batch of equal-length clips gives each clip's own codes
     other = speech_like(0.5, 16000, seed=2)
-    batch = fe24(np.stack([mono, other]), sampling_rate=16000, return_tensors="pt")
-    assert batch["audio_token_ids"].shape == (2, base.numel())
-    assert batch["audio_token_ids"][0].equal(base)
-    assert batch["audio_token_ids"][1].equal(fe24(other, sampling_rate=16000)["audio_token_ids"][0])
+    batch = fe24.audio_to_ids(np.stack([mono, other]), sampling_rate=16000)
+    assert [ids.numel() for ids in batch] == [base.numel()] * 2
+    assert batch[0].equal(base)
+    assert batch[1].equal(fe24.audio_to_ids(other, sampling_rate=16000)[0])
 
 
 def test_feature_extractor_save_and_reload(fe24, tmp_path):
     fe24.save_pretrained(tmp_path)
-    assert (tmp_path / "snac_codec.safetensors").exists()
-    reloaded = SNACFeatureExtractor.from_pretrained(tmp_path)
+    assert (tmp_path / "audio_tokenizer" / "model.safetensors").exists()
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert "codec_config" not in saved["feature_extractor"] and "audio_tokenizer" not in saved
+    reloaded = OmniProcessor.from_pretrained(tmp_path)
     audio = speech_like(0.7, 24000, seed=4)
-    assert reloaded.audio_token_offset == 300
-    assert reloaded(audio, sampling_rate=24000)["audio_token_ids"][0].equal(fe24(audio, sampling_rate=24000)["audio_token_ids"][0])
-    assert np.array_equal(reloaded.decode(fe24(audio, sampling_rate=24000)["audio_token_ids"][0]),
-                          fe24.decode(fe24(audio, sampling_rate=24000)["audio_token_ids"][0]))
+    assert reloaded.token_layout == fe24.token_layout
+    assert reloaded.audio_to_ids(audio, sampling_rate=24000)[0].equal(fe24.audio_to_ids(audio, sampling_rate=24000)[0])
+    assert np.array_equal(reloaded.ids_to_audio(fe24.audio_to_ids(audio, sampling_rate=24000)[0]),
+                          fe24.ids_to_audio(fe24.audio_to_ids(audio, sampling_rate=24000)[0]))
 
 
 def test_four_codebook_codec_round_trip(snac_32khz_dir):
-    fe = SNACFeatureExtractor.from_pretrained(snac_32khz_dir, audio_token_offset=50)
+    fe = tiny_processor(snac_32khz_dir)
     assert fe.token_layout.tokens_per_frame == 15
     audio = speech_like(0.9, 32000)
-    out = fe(audio, sampling_rate=32000, return_codes=True)
-    ids = out["audio_token_ids"][0]
-    assert ids.numel() == fe.num_frames(audio.size) * 15
+    original_codes = fe.encode_audio(audio, sampling_rate=32000)[0]
+    ids = fe.audio_to_ids(audio, sampling_rate=32000)[0]
+    assert ids.numel() == num_frames(fe, audio.size) * 15
     codes = fe.token_layout.ids_to_codes(ids)
-    for original, restored in zip(out["audio_codes"][0], codes):
+    for original, restored in zip(original_codes, codes):
         assert torch.equal(original, restored)
     # frames not filling a whole attention window still decode to exactly frames * samples_per_frame
-    assert fe.decode(ids).shape == (fe.num_frames(audio.size) * fe.samples_per_frame,)
+    assert fe.ids_to_audio(ids).shape == (num_frames(fe, audio.size) * fe.audio_tokenizer.config.samples_per_frame,)
 
 
 def test_streaming_window_decode_matches_full_decode(fe24):
     """Decoder noise is locked to absolute position: a window decoded with its offset equals the full decode there."""
-    ids = fe24(speech_like(1.0, 24000), sampling_rate=24000)["audio_token_ids"][0]
+    ids = fe24.audio_to_ids(speech_like(1.0, 24000), sampling_rate=24000)[0]
     codes = fe24.token_layout.ids_to_codes(ids)
-    full = fe24.decode_codes(codes)
+    with torch.inference_mode():
+        full = fe24.audio_tokenizer.decode(codes).audio_values
     # frames 5..7 with 3 frames of context on each side: the decoder's receptive field fits inside
-    start, stop, context, spf = 5, 7, 3, fe24.samples_per_frame
-    window = fe24.decode_codes(
-        [c[(start - context) * n : (stop + context) * n] for c, n in zip(codes, fe24.token_layout.codes_per_frame)],
-        frame_offset=start - context,
-    )
+    start, stop, context, spf = 5, 7, 3, fe24.audio_tokenizer.config.samples_per_frame
+    with torch.inference_mode():
+        window = fe24.audio_tokenizer.decode(
+            [c[(start - context) * n : (stop + context) * n] for c, n in zip(codes, fe24.token_layout.codes_per_frame)],
+            frame_offset=start - context,
+        ).audio_values
     inner = window[context * spf : (context + stop - start) * spf]
     torch.testing.assert_close(inner, full[start * spf : stop * spf], atol=1e-5, rtol=0)
 
@@ -194,17 +211,19 @@ def test_streaming_window_decode_matches_full_decode(fe24):
 )
 def test_feature_extractor_bad_audio(fe24, audio, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        fe24(audio, **kwargs)
+        fe24.feature_extractor(audio, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        fe24.audio_to_ids(audio, **kwargs)
 
 
 def test_feature_extractor_rejects_too_long_audio(snac_24khz_dir):
-    fe = SNACFeatureExtractor.from_pretrained(snac_24khz_dir, max_duration_seconds=1.0)
+    fe = tiny_processor(snac_24khz_dir, max_duration_seconds=1.0)
     with pytest.raises(ValueError, match=r"lasts 2.0 s, longer than max_duration_seconds=1.0"):
-        fe(np.zeros(48000, np.float32), sampling_rate=24000)
+        fe.audio_to_ids(np.zeros(48000, np.float32), sampling_rate=24000)
 
 
 def test_decode_drops_and_counts_invalid_frames(fe24, caplog):
-    ids = fe24(speech_like(0.5, 24000), sampling_rate=24000)["audio_token_ids"][0]  # 6 frames
+    ids = fe24.audio_to_ids(speech_like(0.5, 24000), sampling_rate=24000)[0]  # 6 frames
     corrupted = ids.clone()
     corrupted[7 + 2] = 5  # a text id inside frame 1
     sequence = torch.cat([corrupted, ids[:3]])  # and a partial frame at the end
@@ -212,18 +231,23 @@ def test_decode_drops_and_counts_invalid_frames(fe24, caplog):
         kept = fe24.valid_frames(sequence)
     assert "dropped 1 frames" in caplog.text and "3 trailing tokens" in caplog.text
     assert torch.equal(kept, torch.cat([ids[:7], ids[14:]]))
-    assert fe24.decode(sequence).shape == (5 * fe24.samples_per_frame,)
+    assert fe24.ids_to_audio(sequence).shape == (5 * fe24.audio_tokenizer.config.samples_per_frame,)
     with pytest.raises(ValueError, match="not a whole number of frames"):
-        fe24.decode(sequence, strict=True)
+        fe24.ids_to_audio(sequence, strict=True)
 
 
 def test_missing_codec_weights_is_a_clear_error(fe24, tmp_path):
-    fe24.save_pretrained(tmp_path)
-    (tmp_path / "snac_codec.safetensors").unlink()
+    fe24.save_pretrained(tmp_path / "current")
+    shutil.rmtree(tmp_path / "current" / "audio_tokenizer")
+    with pytest.raises(OSError, match="no codec weights .*: no audio_tokenizer/ folder"):
+        OmniProcessor.from_pretrained(tmp_path / "current")
+    # a first-release checkpoint (codec settings in the feature extractor) without its weights file
+    first_release = Path(__file__).parent / "fixtures" / "omni_checkpoint_v0"
+    shutil.copytree(first_release, tmp_path / "v0", ignore=shutil.ignore_patterns("snac_codec.safetensors"))
     with pytest.raises(OSError, match="no codec weights"):
-        SNACFeatureExtractor.from_pretrained(tmp_path)
+        OmniProcessor.from_pretrained(tmp_path / "v0")
     with pytest.raises(OSError, match="no such folder"):
-        SNACFeatureExtractor.from_pretrained(tmp_path / "nowhere")
+        load_audio_tokenizer(tmp_path / "nowhere")
 
 
 # ---------------------------------------------------------------- model loss
@@ -331,14 +355,14 @@ def test_processor_formats_and_bad_text(omni_dir):
     audio = speech_like(0.4, 24000)
     train = processor(text=["hello there"], audio=[audio], sampling_rate=24000, task="asr")
     seq = train["input_ids"][0].tolist()
-    n_audio = processor.feature_extractor.num_frames(audio.size) * 7
+    n_audio = num_frames(processor, audio.size) * 7
     assert seq[:2] == [processor.asr_token_id, processor.audio_start_token_id]
     assert seq[2 + n_audio : 4 + n_audio] == [processor.audio_end_token_id, processor.text_start_token_id]
     assert seq[-1] == processor.text_end_token_id and train["labels"][0].tolist() == seq
     assert processor.decode_text(seq, skip_special_tokens=True) == "hello there"
     assert processor.decode(seq, skip_special_tokens=True) == "hello there"  # a speech-to-text output is its transcript
     waveform = processor.decode_audio(seq)
-    assert isinstance(waveform, np.ndarray) and waveform.size == n_audio // 7 * processor.feature_extractor.samples_per_frame
+    assert isinstance(waveform, np.ndarray) and waveform.size == n_audio // 7 * processor.audio_tokenizer.config.samples_per_frame
 
     with pytest.raises(ValueError, match="special-token string"):
         processor(text="<|audio_start|><|audio_end|>")
@@ -385,6 +409,7 @@ model = AutoModelForCausalLM.from_pretrained({str(out_dir)!r}, trust_remote_code
 processor = AutoProcessor.from_pretrained({str(out_dir)!r}, trust_remote_code=True)
 assert type(model).__name__ == "OmniForCausalLM" and "transformers_modules" in type(model).__module__
 assert type(processor.feature_extractor).__name__ == "SNACFeatureExtractor"
+assert type(processor.audio_tokenizer).__name__ == "SNACAudioTokenizer" and "transformers_modules" in type(processor.audio_tokenizer).__module__
 with torch.no_grad():
     logits = model(torch.tensor({text_ids})).logits[0]
 reference = np.load({str(tmp_path / 'reference.npy')!r})

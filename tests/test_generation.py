@@ -5,6 +5,7 @@ text. Tiny models built here; no network."""
 import numpy as np
 import pytest
 import torch
+from omni_testing import tiny_processor
 from transformers.generation import (
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
@@ -179,19 +180,17 @@ def test_length_beyond_the_model_positions_is_refused_or_lowered(omni):
 @pytest.mark.parametrize("codec", ["snac_24khz_dir", "snac_32khz_dir"])
 @pytest.mark.parametrize("chunk_frames", [1, 3])
 def test_streaming_decoder_decodes_each_frame_once_and_equals_the_full_decode(codec, chunk_frames, request):
-    from qwen_omni import SNACFeatureExtractor
-
-    feature_extractor = SNACFeatureExtractor.from_pretrained(request.getfixturevalue(codec), audio_token_offset=100)
-    layout = feature_extractor.token_layout
+    processor = tiny_processor(request.getfixturevalue(codec))
+    layout = processor.token_layout
     frames = 11
     ids = torch.tensor(_random_audio_ids(layout, frames))
     decoded_frames = []
-    quantizer = feature_extractor.codec.quantizer
+    quantizer = processor.audio_tokenizer.quantizer
     original = quantizer.from_codes
     quantizer.from_codes = lambda codes: decoded_frames.append(codes[0].shape[-1] // layout.codes_per_frame[0]) or original(codes)
     try:
         chunks = []
-        streamer = OmniAudioStreamer(feature_extractor, chunk_frames=chunk_frames, on_chunk=chunks.append)
+        streamer = OmniAudioStreamer(processor, chunk_frames=chunk_frames, on_chunk=chunks.append)
         streamer.put(torch.tensor([[1, 2, 3]]))
         first_chunk_after = None
         for index, token in enumerate(ids):
@@ -201,27 +200,25 @@ def test_streaming_decoder_decodes_each_frame_once_and_equals_the_full_decode(co
         streamer.end()
     finally:
         del quantizer.from_codes
-    full = feature_extractor.decode(ids)
+    full = processor.ids_to_audio(ids)
     streamed = np.concatenate(chunks)
     assert streamed.shape == full.shape
     assert np.abs(streamed - full).max() <= 1e-5 * np.abs(full).max()
     # each frame through the codec once (plus the full decode's padding to whole attention windows)
-    assert sum(decoded_frames) == -(-frames // feature_extractor.frames_per_window) * feature_extractor.frames_per_window
+    assert sum(decoded_frames) == -(-frames // processor.audio_tokenizer.config.frames_per_window) * processor.audio_tokenizer.config.frames_per_window
     assert first_chunk_after <= streamer.right_context + chunk_frames
     if codec == "snac_24khz_dir":  # the real 24 kHz codec's decoder (only widths differ): audio after 3 frames
         assert streamer.right_context == 3
 
 
 def test_windowed_streaming_trades_right_context_for_error(snac_24khz_dir):
-    from qwen_omni import SNACFeatureExtractor
-
-    feature_extractor = SNACFeatureExtractor.from_pretrained(snac_24khz_dir, audio_token_offset=100)
-    ids = torch.tensor(_random_audio_ids(feature_extractor.token_layout, 12))
-    full = feature_extractor.decode(ids)
+    processor = tiny_processor(snac_24khz_dir)
+    ids = torch.tensor(_random_audio_ids(processor.token_layout, 12))
+    full = processor.ids_to_audio(ids)
     errors = {}
     for right_context in (0, 4):
         chunks = []
-        streamer = OmniAudioStreamer(feature_extractor, right_context_frames=right_context, chunk_frames=2,
+        streamer = OmniAudioStreamer(processor, right_context_frames=right_context, chunk_frames=2,
                                      on_chunk=chunks.append)
         streamer.put(torch.tensor([[1]]))
         streamer.put(ids)
@@ -233,16 +230,14 @@ def test_windowed_streaming_trades_right_context_for_error(snac_24khz_dir):
 
 
 def test_streaming_decoder_reports_its_lookahead(snac_24khz_dir):
-    from qwen_omni import SNACFeatureExtractor
-
-    feature_extractor = SNACFeatureExtractor.from_pretrained(snac_24khz_dir, audio_token_offset=100)
-    decoder = SNACStreamingDecoder(feature_extractor)
-    ids = torch.tensor(_random_audio_ids(feature_extractor.token_layout, 8))
-    tokens_per_frame = feature_extractor.token_layout.tokens_per_frame
+    processor = tiny_processor(snac_24khz_dir)
+    decoder = SNACStreamingDecoder(processor)
+    ids = torch.tensor(_random_audio_ids(processor.token_layout, 8))
+    tokens_per_frame = processor.token_layout.tokens_per_frame
     out = [decoder.push(ids[i * tokens_per_frame : (i + 1) * tokens_per_frame]).size for i in range(8)]
     # output for frame 0 is final once `lookahead_frames` more frames have come, not before
     first = next(i for i, size in enumerate(out) if size)
-    assert first <= decoder.lookahead_frames and sum(out) < 8 * feature_extractor.samples_per_frame
+    assert first <= decoder.lookahead_frames and sum(out) < 8 * processor.audio_tokenizer.config.samples_per_frame
 
 
 # ---------------------------------------------------------------------------------------------- long text

@@ -40,7 +40,7 @@ def test_push_checks_then_uploads(model_folder, monkeypatch):
     assert upload["repo_id"] == "someone/omni-nova" and upload["folder_path"] == str(model_folder)
     uploaded = {p.name for p in model_folder.iterdir()}
     assert set(CODE_FILES) <= uploaded and set(required_code_files(model_folder)) <= uploaded
-    assert {"config.json", "model.safetensors", "snac_codec.safetensors", "README.md"} <= uploaded
+    assert {"config.json", "model.safetensors", "audio_tokenizer", "README.md"} <= uploaded
 
     card = (model_folder / "README.md").read_text()
     meta = front_matter(card)

@@ -9,7 +9,8 @@ import pytest
 import soundfile
 
 from omni_testing import REPO_ROOT
-from qwen_omni import SNACFeatureExtractor
+from qwen_omni import SNACAudioTokenizer, SNACFeatureExtractor
+from qwen_omni.processing_omni import encode_audio
 from qwen_omni.omni.corpus import (
     load_audio_text_rows,
     load_prepared_dataset,
@@ -35,7 +36,8 @@ def save_audio_dataset(path, clips):
 
 @pytest.fixture(scope="module")
 def feature_extractor(snac_24khz_dir):
-    return SNACFeatureExtractor.from_pretrained(snac_24khz_dir)
+    """The codec prepare_dataset encodes with (the fixture keeps its first name)."""
+    return SNACAudioTokenizer.from_pretrained(snac_24khz_dir)
 
 
 def test_read_audio_formats_and_resampling(tmp_path, feature_extractor):
@@ -80,7 +82,8 @@ def test_corrupt_file_is_skipped_and_reported_and_second_run_reuses(tmp_path, fe
     assert len(prepared) == 3 and set(prepared.column_names) >= {"audio_codes", "text", "speaker", "duration"}
     # the codes are exactly what the feature extractor gives (offset 0), whole frames
     waveform, rate = soundfile.read(corpus / records[0]["audio"], dtype="float32")
-    expected = feature_extractor(waveform, sampling_rate=rate)["audio_token_ids"][0].tolist()
+    front_end = SNACFeatureExtractor(sampling_rate=feature_extractor.config.sampling_rate)
+    expected = feature_extractor.token_layout.codes_to_ids(encode_audio(front_end, feature_extractor, waveform, rate)[0]).tolist()
     by_text = {row["text"]: row["audio_codes"] for row in prepared}
     assert by_text[records[0]["text"]] == expected
 

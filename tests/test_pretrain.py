@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from omni_testing import REPO_ROOT
 from qwen_omni import OmniConfig, OmniForCausalLM
-from qwen_omni.feature_extraction_omni import SNACFeatureExtractor
+from qwen_omni.modeling_snac import SNACAudioTokenizer
 from qwen_omni.omni.corpus import load_audio_text_rows, prepare_dataset
 from qwen_omni.omni.hub import verify_in_clean_process
 from qwen_omni.omni.packing import (
@@ -44,7 +44,7 @@ def prepared_corpus(tmp_path_factory, snac_24khz_dir):
     """16 clips of the shipped corpus encoded with the tiny 24 kHz codec."""
     out = tmp_path_factory.mktemp("prepared")
     rows = load_audio_text_rows(REPO_ROOT / "data" / "demo_corpus").select(range(16))
-    prepare_dataset(rows, out, SNACFeatureExtractor.from_pretrained(snac_24khz_dir), show_progress=False)
+    prepare_dataset(rows, out, SNACAudioTokenizer.from_pretrained(snac_24khz_dir), show_progress=False)
     return out
 
 

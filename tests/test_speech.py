@@ -19,7 +19,7 @@ from transformers.generation import (
 )
 from transformers.testing_utils import CaptureLogger
 
-from omni_testing import CORPUS_TEXT, REPO_ROOT, run_without_qwen_omni, tiny_bpe_tokenizer
+from omni_testing import CORPUS_TEXT, REPO_ROOT, run_without_qwen_omni, tiny_bpe_tokenizer, tiny_processor
 from qwen_omni import generation_omni
 from qwen_omni.generation_omni import (
     OmniAudioStreamer,
@@ -73,7 +73,7 @@ def trained(snac_24khz_dir):
     # noise of different seeds: the tiny random codec maps them to clearly different codes
     clips = [(0.5 * np.random.default_rng(k).standard_normal(rate // 4)).astype(np.float32) for k in range(4)]
     texts = CORPUS_TEXT[:4]
-    audio_ids = processor.feature_extractor(clips, sampling_rate=rate)["audio_token_ids"]
+    audio_ids = processor.audio_to_ids(clips, sampling_rate=rate)
     assert len({tuple(ids.tolist()) for ids in audio_ids}) == 4, "the four clips must have different tokens"
     tts = processor(text=texts, audio=clips, sampling_rate=rate, task="tts")
     asr = processor(text=texts, audio=clips, sampling_rate=rate, task="asr")
@@ -106,7 +106,7 @@ def test_trained_model_speaks_the_learned_audio_tokens(trained):
         assert int(row[n]) == model.config.audio_end_token_id
     waveforms = processor.batch_decode(sequences)
     for waveform, expected in zip(waveforms, audio_ids):
-        np.testing.assert_array_equal(waveform, processor.feature_extractor.decode(expected))
+        np.testing.assert_array_equal(waveform, processor.ids_to_audio(expected))
     # the fast audio head gives exactly the tokens of the constrained full-head path
     full_head = model.generate(**inputs, do_sample=False, max_new_tokens=40, fast_audio_head=False)
     assert torch.equal(sequences, full_head)
@@ -195,10 +195,8 @@ def test_fast_audio_head_scores_the_same_distribution(omni_dir):
 # ---------------------------------------------------------------------------------------------- streaming
 @pytest.mark.parametrize("codec", ["snac_24khz_dir", "snac_32khz_dir"])
 def test_streamed_audio_matches_the_full_decode(codec, request):
-    from qwen_omni import SNACFeatureExtractor
-
-    feature_extractor = SNACFeatureExtractor.from_pretrained(request.getfixturevalue(codec), audio_token_offset=100)
-    layout = feature_extractor.token_layout
+    processor = tiny_processor(request.getfixturevalue(codec))
+    layout = processor.token_layout
     torch.manual_seed(0)
     frames = 13
     codes = torch.randint(0, layout.codebook_size, (frames * layout.tokens_per_frame,))
@@ -206,7 +204,7 @@ def test_streamed_audio_matches_the_full_decode(codec, request):
     codes[-layout.tokens_per_frame :] = 0
     ids = torch.tensor([layout.block_start(i % layout.tokens_per_frame) + int(c) for i, c in enumerate(codes)])
     chunks = []
-    streamer = OmniAudioStreamer(feature_extractor, on_chunk=chunks.append)
+    streamer = OmniAudioStreamer(processor, on_chunk=chunks.append)
     streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt
     first_chunk_after = None
     for index, token in enumerate(ids):
@@ -217,8 +215,8 @@ def test_streamed_audio_matches_the_full_decode(codec, request):
     streamer.end()
     assert list(streamer) == chunks  # the iterator yields the same chunks
     streamed = np.concatenate(chunks)
-    full = feature_extractor.decode(ids)
-    assert streamed.shape == full.shape == (frames * feature_extractor.samples_per_frame,)
+    full = processor.ids_to_audio(ids)
+    assert streamed.shape == full.shape == (frames * processor.audio_tokenizer.config.samples_per_frame,)
     assert np.abs(streamed - full).max() <= 1e-5 * np.abs(full).max()
     # the first chunk comes a few frames after the audio starts
     assert first_chunk_after <= (1 + streamer.right_context) * layout.tokens_per_frame
@@ -263,7 +261,7 @@ def test_duration_limit_returns_audio_so_far_and_says_so(omni_dir):
     assert "max_duration=0.3s" in captured.out and "cut" in captured.out
     generated = sequences[:, inputs["input_ids"].shape[1] :]
     assert generated.shape[1] == frames * model.config.token_layout.tokens_per_frame
-    assert [w.shape[0] for w in processor.batch_decode(sequences)] == [frames * processor.feature_extractor.samples_per_frame] * 2
+    assert [w.shape[0] for w in processor.batch_decode(sequences)] == [frames * processor.audio_tokenizer.config.samples_per_frame] * 2
 
 
 # ---------------------------------------------------------------------------------------------- pipeline and CLI
@@ -328,6 +326,6 @@ def test_bad_inputs_give_clear_errors(omni_dir, tmp_path):
 
     no_codec = tmp_path / "no_codec"
     shutil.copytree(omni_dir, no_codec)
-    (no_codec / "snac_codec.safetensors").unlink()
+    shutil.rmtree(no_codec / "audio_tokenizer")
     with pytest.raises(OSError, match="no codec weights"):
         OmniProcessor.from_pretrained(no_codec)

@@ -18,7 +18,7 @@ from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
 from omni_testing import REPO_ROOT
-from qwen_omni import SNACFeatureExtractor, cli
+from qwen_omni import OmniProcessor, SNACFeatureExtractor, cli
 from qwen_omni.omni.corpus import load_audio_text_rows, load_prepared_dataset, prepare_dataset
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
@@ -53,16 +53,19 @@ def test_processor_loads_with_loader_dtype_and_ignores_it(omni_dir, dtype):
     assert "dtype" not in processor.feature_extractor.to_dict()
     json.loads(processor.feature_extractor.to_json_string())  # was: "Object of type dtype is not JSON serializable"
     feature_extractor, unused = SNACFeatureExtractor.from_pretrained(
-        omni_dir, dtype=dtype, device_map="cpu", encode_batch_size=3, return_unused_kwargs=True
+        omni_dir, dtype=dtype, device_map="cpu", max_duration_seconds=3, return_unused_kwargs=True
     )
-    assert unused == {"dtype": dtype, "device_map": "cpu"} and feature_extractor.encode_batch_size == 3
+    assert unused == {"dtype": dtype, "device_map": "cpu"} and feature_extractor.max_duration_seconds == 3
+    # the batch size of the codec is the processor's; the codec itself stays in float32 (SNAC's attention needs it)
+    processor = OmniProcessor.from_pretrained(omni_dir, dtype=dtype, device_map="cpu", encode_batch_size=3)
+    assert processor.encode_batch_size == 3 and processor.audio_tokenizer.dtype == torch.float32
 
 
 def test_bf16_pipeline_returns_a_waveform_not_token_ids(omni_dir):
     tts = pipeline("text-to-speech", model=str(omni_dir), trust_remote_code=True, dtype=torch.bfloat16)
     assert tts.processor is not None
     out = tts(SHORT, generate_kwargs=GREEDY)
-    samples_per_frame = tts.processor.feature_extractor.samples_per_frame
+    samples_per_frame = tts.processor.audio_tokenizer.config.samples_per_frame
     assert out["sampling_rate"] == 24000
     assert out["audio"].dtype == np.float32 and out["audio"].size == 4 * samples_per_frame  # 29 tokens: 4 frames
 
@@ -171,7 +174,7 @@ def test_prepare_data_and_training_accept_the_same_rows(omni_dir, processor, tmp
         {"id": "eos-in-text", "audio": clip, "text": "hello<|endoftext|>", "speaker": None},
     ]
     summary = prepare_dataset(
-        datasets.Dataset.from_list(rows), tmp_path / "prepared", processor.feature_extractor, show_progress=False
+        datasets.Dataset.from_list(rows), tmp_path / "prepared", processor.audio_tokenizer, show_progress=False
     )
     skipped = {entry["id"]: entry["reason"] for entry in summary.skipped}
     assert sorted(skipped) == ["eos-in-text", "pad-in-text", "qwen-token-in-speaker"]
@@ -195,7 +198,7 @@ def test_pretrain_checks_the_prepared_rows(omni_dir, processor, tmp_path):
     clip = write_wav(tmp_path / "clip.wav", noise(0.5))
     prepared = tmp_path / "prepared"
     rows = [{"id": "good", "audio": clip, "text": "hello there", "speaker": None}]
-    prepare_dataset(datasets.Dataset.from_list(rows), prepared, processor.feature_extractor, show_progress=False)
+    prepare_dataset(datasets.Dataset.from_list(rows), prepared, processor.audio_tokenizer, show_progress=False)
     record = load_prepared_dataset(prepared).to_list()[0]
     corpus._write_shard([record, {**record, "id": "old-row", "text": "hi <|audio_end|>"}], corpus._shard_dir(prepared, 0))
     script_args, _ = tiny_args(prepared, omni_dir, tmp_path / "out")
@@ -210,7 +213,7 @@ def test_feature_extractor_duration_default_and_limits(omni_dir):
     with pytest.raises(ValueError, match=r"Audio clip 1 lasts 31.0 s, longer than max_duration_seconds=30.0"):
         feature_extractor([np.zeros(100, np.float32), np.zeros(31 * 24000, np.float32)], sampling_rate=24000)
     feature_extractor.max_duration_seconds = float("inf")
-    assert feature_extractor(np.zeros(31 * 24000, np.float32), sampling_rate=24000)["audio_token_lengths"].item() > 0
+    assert feature_extractor(np.zeros(31 * 24000, np.float32), sampling_rate=24000)["padding_mask"].sum().item() == 31 * 24000
     for bad in (float("nan"), -1.0, 0, True, "30"):
         with pytest.raises(ValueError, match="max_duration_seconds=.* must be a positive number"):
             SNACFeatureExtractor.from_pretrained(omni_dir, max_duration_seconds=bad)
@@ -283,12 +286,12 @@ def test_feature_extractor_audio_checks(processor):
     for rate in (True, 8000.7, float("nan"), None):
         with pytest.raises(ValueError, match=rf"`sampling_rate` must be a positive number, got {rate!r}"):
             feature_extractor(np.zeros(100, np.float32), sampling_rate=rate)
-    assert feature_extractor(np.zeros(100, np.float32), sampling_rate=16000.0)["audio_token_lengths"].item() == 7
+    assert processor.audio_to_ids(np.zeros(100, np.float32), sampling_rate=16000.0)[0].numel() == 7
     pcm = (noise(0.5) * 32767).astype(np.int16)
-    as_int = feature_extractor(pcm, sampling_rate=24000)["audio_token_ids"][0]
-    as_float = feature_extractor(pcm.astype(np.float32) / 32768, sampling_rate=24000)["audio_token_ids"][0]
+    as_int = processor.audio_to_ids(pcm, sampling_rate=24000)[0]
+    as_float = processor.audio_to_ids(pcm.astype(np.float32) / 32768, sampling_rate=24000)[0]
     assert torch.equal(as_int, as_float)
-    assert torch.equal(feature_extractor(torch.from_numpy(pcm), sampling_rate=24000)["audio_token_ids"][0], as_float)
+    assert torch.equal(processor.audio_to_ids(torch.from_numpy(pcm), sampling_rate=24000)[0], as_float)
 
 
 def run_in_process(capsys, *argv):
@@ -354,7 +357,7 @@ def test_prepare_data_keeps_clips_up_to_its_own_max_duration(processor, tmp_path
     import datasets
 
     rows = datasets.Dataset.from_list([{"id": "long", "audio": write_wav(tmp_path / "long.wav", noise(31)), "text": "hi"}])
-    summary = prepare_dataset(rows, tmp_path / "out", processor.feature_extractor, max_duration=60, show_progress=False)
+    summary = prepare_dataset(rows, tmp_path / "out", processor.audio_tokenizer, max_duration=60, show_progress=False)
     assert summary.num_kept == 1 and processor.feature_extractor.max_duration_seconds == 30.0
 
 
@@ -365,11 +368,11 @@ def test_prepare_data_names_the_bad_json_line_and_skips_truncated_wavs(processor
     lines = [json.dumps({"audio": "good.wav", "text": "hello"}), "", json.dumps({"audio": "truncated.wav", "text": "hi"})]
     metadata = tmp_path / "metadata.jsonl"
     metadata.write_text("\n".join(lines) + "\n")
-    summary = prepare_dataset(load_audio_text_rows(metadata), tmp_path / "out", processor.feature_extractor, show_progress=False)
+    summary = prepare_dataset(load_audio_text_rows(metadata), tmp_path / "out", processor.audio_tokenizer, show_progress=False)
     assert summary.num_kept == 1 and summary.skipped_by_reason == {"unreadable audio": 1}
     assert "truncated or corrupt: its header promises 24000 bytes of audio but it holds 3956" in summary.skipped[0]["reason"]
     metadata.write_text("\n".join([*lines, '{"audio": "good.wav", "text": "broken}']) + "\n")
     with pytest.raises(ValueError, match=r"metadata.jsonl line 4 is not valid JSON \(Unterminated string starting at column 31"):
         load_audio_text_rows(metadata)
     with pytest.raises(ValueError, match=r"max_duration=nan must be a positive number"):
-        prepare_dataset([], tmp_path / "out2", processor.feature_extractor, max_duration=float("nan"))
+        prepare_dataset([], tmp_path / "out2", processor.audio_tokenizer, max_duration=float("nan"))

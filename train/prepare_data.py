@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
-from qwen_omni.feature_extraction_omni import SNACFeatureExtractor
 from qwen_omni.omni.corpus import load_audio_text_rows, prepare_dataset
+from qwen_omni.processing_omni import load_audio_tokenizer
 
 
 @dataclass
@@ -45,14 +45,14 @@ class PrepareArguments:
 
 
 def main(args: PrepareArguments):
-    feature_extractor = SNACFeatureExtractor.from_pretrained(args.codec, encode_batch_size=args.encode_batch_size)
+    audio_tokenizer = load_audio_tokenizer(args.codec)
     rows = load_audio_text_rows(
         args.dataset_name, args.audio_column, args.text_column, args.speaker_column, split=args.dataset_split,
         dataset_config=args.dataset_config, streaming=args.streaming,
     )
     return prepare_dataset(
-        rows, args.output_dir, feature_extractor, max_duration=args.max_duration, shard_size=args.shard_size,
-        num_proc=args.num_proc, device=args.device, source_name=args.dataset_name,
+        rows, args.output_dir, audio_tokenizer, max_duration=args.max_duration, shard_size=args.shard_size,
+        num_proc=args.num_proc, device=args.device, source_name=args.dataset_name, encode_batch_size=args.encode_batch_size,
     )
 
 
