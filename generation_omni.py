@@ -646,30 +646,17 @@ def _streaming_layers(module: torch.nn.Module) -> list:
 
 
 class _AudioCodec:
-    """What streaming needs of a processor's codec, whichever object holds it: the processor's `audio_tokenizer`
-    (a `SNACAudioTokenizer`) or, in checkpoints that keep the codec in the feature extractor, the
-    [`SNACFeatureExtractor`] (also accepted directly)."""
+    """What streaming needs of a processor's codec: its `audio_tokenizer` (a `SNACAudioTokenizer`) and token layout."""
 
     def __init__(self, processor):
         self.layout = processor.token_layout
-        audio_tokenizer = getattr(processor, "audio_tokenizer", None)
-        self._feature_extractor = None
-        if audio_tokenizer is not None:
-            self.module = audio_tokenizer
-            self.samples_per_frame = audio_tokenizer.config.samples_per_frame
-            self.frames_per_window = audio_tokenizer.config.frames_per_window
-        else:
-            feature_extractor = getattr(processor, "feature_extractor", processor)
-            self.module = feature_extractor.codec
-            self.samples_per_frame = feature_extractor.samples_per_frame
-            self.frames_per_window = feature_extractor.frames_per_window
-            self._feature_extractor = feature_extractor
-        self.device = next(self.module.parameters()).device
+        self.module = processor.audio_tokenizer
+        self.samples_per_frame = self.module.config.samples_per_frame
+        self.frames_per_window = self.module.config.frames_per_window
+        self.device = self.module.device
 
     def decode_window(self, codes: list[torch.Tensor], frame_offset: int) -> torch.Tensor:
         """Decode the codes of a window of frames that starts at absolute frame `frame_offset` (1-D waveform)."""
-        if self._feature_extractor is not None:
-            return self._feature_extractor.decode_codes(codes, frame_offset=frame_offset)
         with torch.inference_mode():
             return self.module.decode(codes, frame_offset=frame_offset).audio_values.float().cpu()
 
@@ -682,7 +669,7 @@ class SNACStreamingDecoder:
     come (`lookahead_frames` later; 3 for the 24 kHz SNAC).
 
     Args:
-        processor ([`OmniProcessor`] or [`SNACFeatureExtractor`]): gives the codec and the token layout.
+        processor ([`OmniProcessor`]): gives the codec (its `audio_tokenizer`) and the token layout.
 
     Raises:
         `NotImplementedError` for a codec with a layer that has no streaming rule.
@@ -744,7 +731,7 @@ class OmniAudioStreamer(BaseStreamer):
     1 only (as transformers' streamers).
 
     Args:
-        processor ([`OmniProcessor`] or [`SNACFeatureExtractor`]): gives the codec and the token layout.
+        processor ([`OmniProcessor`]): gives the codec (its `audio_tokenizer`) and the token layout.
         chunk_frames (`int`, *optional*, defaults to 1): frames decoded per codec call; more frames per call cost
             less per frame (fewer, larger calls) and add `chunk_frames - 1` frames of latency.
         right_context_frames (`int`, *optional*): decode overlapping windows with this look-ahead instead of
