@@ -40,6 +40,7 @@ from trl import TrlParser
 from qwen_omni import OmniForCausalLM
 from qwen_omni.launching import DistributedRunCallback, check_launch
 from qwen_omni.omni.corpus import (
+    check_prepared_rows,
     is_prepared_dataset,
     load_audio_text_rows,
     load_prepared_dataset,
@@ -289,7 +290,9 @@ def prepared_rows(script_args: PretrainArguments, processor, output_dir: Path):
             f"{info['codebook_size']}, but the model's layout has vq_strides={layout.vq_strides}, codebook_size="
             f"{layout.codebook_size}. Prepare the data with the model's codec (--codec of prepare_data.py)."
         )
-    return load_prepared_dataset(prepared)
+    rows = load_prepared_dataset(prepared)
+    check_prepared_rows(rows, processor, prepared)
+    return rows
 
 
 def split_heldout(num_rows: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
