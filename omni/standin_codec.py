@@ -54,10 +54,9 @@ STANDIN_INFO_NAME = "standin_codec.json"
 DEFAULT_MAX_FIT_SECONDS = 600.0
 
 
-def _pooled_frames(residuals: list[torch.Tensor], stride: int) -> torch.Tensor:
-    """`(frames, dim)`: each residual `(dim, time)` average-pooled by `stride`, frames of all clips stacked."""
-    pooled = [F.avg_pool1d(r[None], stride, stride)[0] if stride > 1 else r for r in residuals]
-    return torch.cat(pooled, dim=-1).T
+def _pooled_frames(residual: torch.Tensor, stride: int) -> torch.Tensor:
+    """`(frames, dim)`: the residual `(1, dim, time)` average-pooled by `stride`."""
+    return (F.avg_pool1d(residual, stride, stride) if stride > 1 else residual)[0].T
 
 
 def _whitening_pca(frames: torch.Tensor, num_components: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -112,14 +111,17 @@ def fit_quantizer(codec, latents: Sequence[torch.Tensor], seed: int = 0, kmeans_
     """
     generator = torch.Generator().manual_seed(seed)
     coarsest = codec.vq_strides[0]
-    residuals = []
+    segments = []
     for latent in latents:
         for shift in range(coarsest):
             usable = (latent.shape[-1] - shift) // coarsest * coarsest
             if usable > 0:
-                residuals.append(latent[:, shift : shift + usable].float())
+                segments.append(latent[:, shift : shift + usable].float())
+    # Every segment is a whole number of coarsest frames, so no pooling window of any level straddles two segments:
+    # quantizing the segments end to end is quantizing each alone, in one call per level.
+    residual = torch.cat(segments, dim=-1)[None]
     for quantizer in codec.quantizer.quantizers:
-        frames = _pooled_frames(residuals, quantizer.stride)
+        frames = _pooled_frames(residual, quantizer.stride)
         mean, projection, scales = _whitening_pca(frames, quantizer.codebook_dim)
         in_weight = projection.T / scales[:, None]
         quantizer.in_proj.weight = in_weight[..., None]  # weight_norm's right_inverse sets g and v
@@ -130,7 +132,7 @@ def fit_quantizer(codec, latents: Sequence[torch.Tensor], seed: int = 0, kmeans_
         quantizer.codebook.weight.copy_(
             _spherical_kmeans(projected, quantizer.codebook_size, kmeans_iterations, generator)
         )
-        residuals = [r - quantizer(r[None])[0][0] for r in residuals]
+        residual = residual - quantizer(residual)[0]
 
 
 def _fit_latents(codec, waveforms: Sequence[np.ndarray]) -> list[torch.Tensor]:
