@@ -20,7 +20,7 @@ The decoder stays random: decoded audio is not speech, and the codes are feature
 speech units. It is a stand-in that lets the offline demo show whether the pipeline learns, nothing more.
 
 [`standin_codec`] fits once and caches the codec (SNAC's `config.json` + `pytorch_model.bin`, loadable by
-`snac.SNAC.from_pretrained` and [`SNACFeatureExtractor.from_pretrained`]) under a folder named after a fingerprint of
+`snac.SNAC.from_pretrained` and [`SNACAudioTokenizer.from_pretrained`]) under a folder named after a fingerprint of
 the fitting clips, the config and the seed.
 """
 
