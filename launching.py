@@ -1,7 +1,7 @@
 # Copyright 2026 The qwen-omni authors. Licensed under the Apache License, Version 2.0.
 """
-Launch checks shared by `train/pretrain.py` and `train/sft.py`: every process says which rank of how many it is, and a
-launch that would not run as it claims is refused before any work.
+Launch checks shared by the training scripts: every process says which rank of how many it is, a launch that would not
+run as it claims is refused before any work, and progress is logged at INFO on the main process only.
 
 Library code only (`qwen_omni.launching`); the remote-code files at the repository root never import it, so it is not
 part of any checkpoint.
@@ -23,6 +23,7 @@ What accelerate 1.15 and torch 2.14 really do (read from their launch code):
 from __future__ import annotations
 
 import functools
+import logging as std_logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -121,9 +122,34 @@ def refusal(request: LaunchRequest, *, device_type: str, world_size: int, has_gp
     return None
 
 
+def configure_logging(level: int) -> None:
+    """Show this package's and the running script's log records from `level` up, in transformers' format. (They are
+    not under transformers' root logger, so without a handler Python would print warnings only.)"""
+    for name in ("qwen_omni", "__main__"):
+        named = std_logging.getLogger(name)
+        named.setLevel(level)
+        if not any(getattr(handler, "_qwen_omni", False) for handler in named.handlers):
+            handler = std_logging.StreamHandler()
+            handler.setFormatter(std_logging.Formatter("[%(levelname)s|%(filename)s:%(lineno)d] %(asctime)s >> %(message)s"))
+            handler._qwen_omni = True
+            named.addHandler(handler)
+
+
+def configure_process_logging(training_args: TrainingArguments) -> None:
+    """Progress at INFO on the main process and warnings only on the others; `--log_level` / `--log_level_replica`
+    set transformers' own verbosity as in the Trainer (and ours too, when given)."""
+    process_level = training_args.get_process_log_level()
+    logging.set_verbosity(process_level)
+    passive_main = training_args.should_log and training_args.log_level == "passive"
+    configure_logging(std_logging.INFO if passive_main else process_level)
+    # every process states its rank, world size and data share once: what a multi-process run is debugged from
+    std_logging.getLogger(__name__).setLevel(min(std_logging.getLogger("qwen_omni").level, std_logging.INFO))
+
+
 def check_launch(training_args: TrainingArguments, environ: Mapping[str, str] | None = None) -> LaunchRequest:
-    """Refuse a launch that would not run as asked, log this process's rank and the world size, and (FSDP2 on CPU
-    processes) let accelerate's FSDP2 path run over gloo. Call it first in a training script's `main`.
+    """Set up logging per process ([`configure_process_logging`]), refuse a launch that would not run as asked, log
+    this process's rank and the world size, and (FSDP2 on CPU processes) let accelerate's FSDP2 path run over gloo.
+    Call it first in a training script's `main`.
 
     Raises:
         ValueError: naming what was asked for, why it cannot run here and the launch that does.
@@ -135,6 +161,7 @@ def check_launch(training_args: TrainingArguments, environ: Mapping[str, str] | 
     if request.deepspeed and (training_args.use_cpu or not has_gpu):
         raise ValueError(refusal(request, device_type="cpu", world_size=request.num_processes, has_gpu=has_gpu))
     device_type = training_args.device.type  # resolves accelerate's state: joins the process group, if any
+    configure_process_logging(training_args)
     reason = refusal(request, device_type=device_type, world_size=training_args.world_size, has_gpu=has_gpu)
     if reason is not None:
         raise ValueError(reason)
@@ -142,7 +169,7 @@ def check_launch(training_args: TrainingArguments, environ: Mapping[str, str] | 
     if request.fsdp_version == 2 and device_type == "cpu":
         _let_accelerate_shard_cpu_processes()
     mode = "FSDP2" if request.fsdp_version == 2 else "DeepSpeed" if request.deepspeed else "DDP"
-    logger.warning(
+    logger.info(
         f"Process rank {training_args.process_index} of world size {training_args.world_size} (local rank "
         f"{training_args.local_process_index}) on {training_args.device}"
         + (f": {mode} over {state.backend}." if training_args.world_size > 1 else ": a single process.")
@@ -205,7 +232,7 @@ class DistributedRunCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         if train_dataloader is None or not hasattr(train_dataloader.dataset, "__len__"):
             return
-        logger.warning(
+        logger.info(
             f"Process rank {args.process_index} of world size {args.world_size}: {len(train_dataloader)} batches of "
             f"{args.per_device_train_batch_size} rows per epoch, of {len(train_dataloader.dataset)} training rows."
         )

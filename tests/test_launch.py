@@ -113,7 +113,7 @@ def test_gpu_configs_without_a_gpu_are_refused():
 
 
 def test_single_process_is_logged_with_its_rank(tmp_path, caplog):
-    with caplog.at_level("WARNING", logger="qwen_omni.launching"):
+    with caplog.at_level("INFO", logger="qwen_omni.launching"):
         request = check_launch(TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"), environ={})
     assert request == LaunchRequest(num_processes=1, fsdp_version=None, deepspeed=False, lost_processes=False)
     assert "Process rank 0 of world size 1 (local rank 0) on cpu: a single process." in caplog.text

@@ -14,12 +14,13 @@ The output folder is a resumable set of Arrow shards: a second run skips finishe
 and listed in `<output_dir>/summary.json`. Pass the folder to `train/pretrain.py --dataset_name`.
 """
 
+import logging as std_logging
 import sys
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
-from transformers.utils import logging
 
+from qwen_omni.launching import configure_logging
 from qwen_omni.omni.corpus import load_audio_text_rows, prepare_dataset
 from qwen_omni.processing_omni import load_audio_tokenizer
 
@@ -57,6 +58,6 @@ def main(args: PrepareArguments):
 
 
 if __name__ == "__main__":
-    logging.set_verbosity_warning()
+    configure_logging(std_logging.INFO)
     (prepare_args,) = HfArgumentParser(PrepareArguments).parse_args_into_dataclasses(args=sys.argv[1:])
     main(prepare_args)

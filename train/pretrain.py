@@ -324,7 +324,7 @@ def build_datasets(script_args: PretrainArguments, processor, rows, seed: int):
         )
     train_dataset = build_packed_dataset(samples, max_length, seed=seed, fill_task=script_args.pack_fill_task)
     row_tokens = sum(train_dataset["length"])
-    logger.warning(
+    logger.info(
         f"Training data: {stats.per_task} samples, {row_tokens} tokens in {len(train_dataset)} rows of <= "
         f"{script_args.max_length} tokens ({row_tokens / (len(train_dataset) * script_args.max_length):.1%} full)."
     )
@@ -453,7 +453,7 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
     untrained = evaluate_heldout(model, processor, report_rows) if reporting else None
     if not eval_datasets and training_args.eval_strategy != "no":
         training_args.eval_strategy = "no"
-    logger.warning(
+    logger.info(
         f"Model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, vocabulary {model.config.vocab_size} "
         f"(audio from {model.config.audio_token_offset}), optimizer {script_args.optimizer}, loss weights text "
         f"{model.config.text_loss_weight} / audio {model.config.audio_loss_weight}."
@@ -484,7 +484,7 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         model.generation_config.save_pretrained(output_dir)
-        logger.warning(
+        logger.info(
             f"Done: {result.global_step} steps, final training loss {result.training_loss:.4f}. The checkpoint in "
             f"{output_dir} loads with AutoModelForCausalLM.from_pretrained({str(output_dir)!r}, trust_remote_code=True)."
         )
@@ -493,7 +493,7 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
         codec_name = processor.codec_name_or_path
         report = end_of_run_report(processor, rows, (split[0], split[1][: script_args.report_max_clips]), codec_name, untrained, trained)
         (output_dir / REPORT_NAME).write_text(json.dumps(report, indent=2))
-        logger.warning(format_report(report, output_dir / REPORT_NAME))
+        logger.info(format_report(report, output_dir / REPORT_NAME))
         if push:
             push_to_hub(output_dir, training_args.hub_model_id, private=bool(training_args.hub_private_repo),
                         datasets=[script_args.dataset_name])
@@ -501,5 +501,4 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
 
 
 if __name__ == "__main__":
-    logging.set_verbosity_warning()
     main(*parse_args(sys.argv[1:]))

@@ -132,8 +132,7 @@ def save_data_report(report: DatasetReport, split: str, training_args) -> None:
     """Log the data report and write it to `output_dir/data_report_{split}.json` (main process)."""
     if training_args.process_index != 0:
         return
-    # A warning so that it shows at the default log level: it names the detected format and every refused row kind.
-    logger.warning(report.summary())
+    (logger.warning if report.num_refused else logger.info)(report.summary())
     os.makedirs(training_args.output_dir, exist_ok=True)
     report.save(os.path.join(training_args.output_dir, f"data_report_{split}.json"))
 
