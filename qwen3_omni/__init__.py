@@ -1,14 +1,22 @@
-"""The Qwen3-Omni wing: LoRA fine-tuning of Qwen3-Omni's Thinker (attention, MoE router and fused experts) with TRL.
+"""The Qwen3-Omni wing: LoRA fine-tuning of Qwen3-Omni-30B-A3B with TRL: the Thinker (attention, MoE router and fused
+experts) on conversations with audio, image and video, and the Talker for a new voice.
 
 One concern per module:
 
-- `arguments`: the recipes' argument dataclasses (TRL's `SFTConfig` / `ModelConfig` plus the recipe's own).
+- `arguments`: the Thinker recipes' argument dataclasses (TRL's `SFTConfig` / `ModelConfig` plus the recipe's own).
 - `loading`: load the Thinker out of a full or thinker-only checkpoint, pick the experts implementation, 4-bit base.
+- `quantized_experts`: NF4 storage of the fused expert tensors (bitsandbytes, per-expert blocks), quantized on load.
+- `expert_offload`: frozen 4-bit experts in pinned host memory, prefetched one layer ahead of use.
+- `memory_estimate`: weights / adapter / gradients / optimizer bytes on the meta device (`--estimate_memory`).
 - `lora_targets`: the PEFT `LoraConfig` for the text model's attention, router and experts.
-- `conversations`: the conversation dataset (`{"conversations": [...]}` or TRL `messages`) and its media.
+- `routed_lora`: the router / expert LoRA forward run on the routed tokens only (PEFT's adapter files), with dropout.
+- `conversations`: conversation files in the native, LLaMA-Factory (sharegpt, OpenAI) and ms-swift forms, checked
+  row by row against their media, with a report of what was refused.
 - `collator`: the processor-based collator (media loading, chat template, assistant-only labels, loss weights).
 - `sft_trainer`: the `SFTTrainer` subclass whose loss honours per-sample weights under gradient accumulation.
-- `adapter_merge`: fold an adapter into the base and write a full checkpoint.
+- `adapter_merge`: fold an adapter (Thinker, or Talker with its new speaker) into the bf16 base, a full checkpoint.
+- `talker_voice_data` / `talker_voice`: Mimi codes of a speaker's clips (cached), the Talker's teacher-forced input
+  built as `generate` builds it, its two losses, the new speaker's row, and the Talker voice trainer.
 """
 
 from .collator import Qwen3OmniSFTCollator
