@@ -12,6 +12,10 @@ from transformers.utils import logging
 from .configuration_snac import SNACConfig, SNACTokenLayout
 
 
+# Targets with this label carry no loss (the label convention of transformers' losses), in the model and the processor.
+IGNORE_INDEX = -100
+
+
 logger = logging.get_logger(__name__)
 
 

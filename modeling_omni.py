@@ -12,13 +12,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTextToWav
 from transformers.models.qwen3.modeling_qwen3 import Qwen3ForCausalLM
 from transformers.utils import logging
 
-from .configuration_omni import OmniConfig
+from .configuration_omni import IGNORE_INDEX, OmniConfig
 from .generation_omni import OmniGenerationMixin
 
 
 logger = logging.get_logger(__name__)
-
-IGNORE_INDEX = -100
 
 
 @dataclass

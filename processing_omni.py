@@ -18,15 +18,13 @@ from transformers.modeling_utils import PreTrainedAudioTokenizerBase
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, cached_file, logging
 
-from .configuration_omni import OmniConfig
+from .configuration_omni import IGNORE_INDEX, OmniConfig
 from .configuration_snac import SNACConfig, SNACTokenLayout
 from .feature_extraction_omni import _HUB_KWARGS, AudioInput, SNACFeatureExtractor
 from .modeling_snac import SNACAudioTokenizer
 
 
 logger = logging.get_logger(__name__)
-
-IGNORE_INDEX = -100
 
 # The special tokens the Omni formats use; `train/init_model.py` adds them to the tokenizer.
 SPECIAL_TOKENS = {

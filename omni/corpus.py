@@ -506,7 +506,7 @@ def prepare_dataset(
     if summary.num_kept:
         summary.audio_seconds = float(sum(load_prepared_dataset(output_dir)["duration"]))
     (output_dir / SUMMARY_NAME).write_text(json.dumps(summary.to_dict(), indent=1))
-    logger.warning(
+    (logger.warning if summary.num_skipped else logger.info)(
         f"prepare_data: {summary.num_kept} of {summary.num_rows} rows kept ({summary.audio_seconds:.1f} s of audio), "
         f"{summary.num_skipped} skipped {summary.skipped_by_reason or ''}; {summary.shards_encoded} shards encoded, "
         f"{summary.shards_reused} reused. Skipped rows are listed in {output_dir / SUMMARY_NAME}."

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging
 
-from ..configuration_omni import SNACTokenLayout
+from ..configuration_omni import IGNORE_INDEX, SNACTokenLayout
 from ..modeling_omni import OmniForCausalLM
-from ..processing_omni import IGNORE_INDEX, OmniProcessor
+from ..processing_omni import OmniProcessor
 from .corpus import read_audio
 from .voice_sft import VoiceClip, read_clips
 

@@ -25,7 +25,7 @@ import torch
 from transformers import DataCollatorWithFlattening
 from transformers.utils import logging
 
-from ..modeling_omni import IGNORE_INDEX
+from ..configuration_omni import IGNORE_INDEX
 from ..processing_omni import TASKS
 
 

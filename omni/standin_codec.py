@@ -236,7 +236,7 @@ def standin_codec(
         logger.info(f"Reusing the stand-in codec in {path}.")
         return path
     seconds = sum(len(w) for w in waveforms) / config["sampling_rate"]
-    logger.warning(
+    logger.info(
         f"Fitting the stand-in codec's codebooks to {len(waveforms)} clips ({seconds:.1f} s"
         + (f"; {unused} clips not used" if unused else "")
         + f") -> {path}."

@@ -8,7 +8,7 @@ import math
 import torch
 from transformers import Trainer
 
-from ..modeling_omni import IGNORE_INDEX
+from ..configuration_omni import IGNORE_INDEX
 
 
 def _omni_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -27,9 +27,10 @@ from transformers import Trainer
 from transformers.utils import logging
 from trl import SFTTrainer
 
+from ..configuration_omni import IGNORE_INDEX
 from ..launching import DistributedRunCallback, check_launch
 from ..modeling_omni import OmniForCausalLM
-from ..processing_omni import IGNORE_INDEX, OmniProcessor
+from ..processing_omni import OmniProcessor
 from .corpus import load_audio_text_rows, read_audio, read_sampling_rate
 from .trainer import ModalityWeightedLossMixin
 

@@ -37,6 +37,7 @@ from transformers import AutoConfig, PretrainedConfig, Qwen3OmniMoeForConditiona
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeTalkerTextExperts
 from transformers.utils import logging
 
+from .collator import IGNORE_INDEX
 from .lora_targets import ATTENTION_PROJECTIONS, EXPERT_PARAMETERS, ROUTER_PARAMETER
 from .talker_voice_data import EncodedClip
 
@@ -45,7 +46,6 @@ logger = logging.get_logger(__name__)
 
 # Written next to the adapter: which speaker the adapter's trained codec-embedding row is, for the merge.
 TALKER_VOICE_CONFIG_NAME = "talker_voice_config.json"
-IGNORE_INDEX = -100
 TALKER_PREFIX = "talker.model."
 CODE_PREDICTOR_PREFIX = "talker.code_predictor.model."
 CODE_PREDICTOR_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
