@@ -263,6 +263,15 @@ def _missing_data(extra_info: str) -> str | None:
     return f"its header promises {declared} bytes of audio but it holds {present}"
 
 
+def resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """`waveform` (float32, mono) at `rate` Hz resampled to `target` Hz with torchaudio (returned as is if equal)."""
+    if rate == target:
+        return waveform
+    import torchaudio.functional
+
+    return torchaudio.functional.resample(torch.from_numpy(waveform), rate, target).numpy()
+
+
 def read_audio(audio: Any) -> tuple[np.ndarray, int]:
     """
     Decode one audio value with soundfile (wav, flac, ogg/vorbis, opus, mp3 through libsndfile >= 1.1; no FFmpeg).
@@ -314,11 +323,7 @@ def _decode_row(row: dict, sampling_rate: int, max_duration: float | None) -> tu
     duration = waveform.size / rate
     if max_duration is not None and duration > max_duration:
         return row, None, f"longer than the limit: {duration:.2f} s > max_duration {max_duration} s"
-    if rate != sampling_rate:
-        import torchaudio.functional
-
-        waveform = torchaudio.functional.resample(torch.from_numpy(waveform), rate, sampling_rate).numpy()
-    return row, waveform, None
+    return row, resample(waveform, rate, sampling_rate), None
 
 
 def _audio_label(audio: Any) -> str:

@@ -27,7 +27,7 @@ from transformers.utils import logging
 from ..configuration_omni import IGNORE_INDEX, SNACTokenLayout
 from ..modeling_omni import OmniForCausalLM
 from ..processing_omni import OmniProcessor
-from .corpus import read_audio
+from .corpus import read_audio, resample
 from .voice_sft import VoiceClip, read_clips
 
 
@@ -144,14 +144,6 @@ def mel_distance(reference: np.ndarray, estimate: np.ndarray, sampling_rate: int
     ref, est = log_mel(reference, sampling_rate), log_mel(estimate, sampling_rate)
     frames = min(ref.shape[-1], est.shape[-1])
     return float((ref[:, :frames] - est[:, :frames]).abs().mean())
-
-
-def _resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
-    if rate == target:
-        return waveform
-    import torchaudio
-
-    return torchaudio.functional.resample(torch.as_tensor(waveform), rate, target).numpy()
 
 
 def codec_reconstruction(processor: OmniProcessor, references: list[np.ndarray]) -> dict:
@@ -436,7 +428,7 @@ def evaluate_model(
     clips = all_clips[:max_clips] if max_clips else all_clips
     model, processor = load_model_and_processor(model_dir, device)
     rate = processor.sampling_rate
-    references = [_resample(*read_audio(clip.audio), rate) for clip in clips]
+    references = [resample(*read_audio(clip.audio), rate) for clip in clips]
     audio_ids = [processor.audio_to_ids(w, sampling_rate=rate)[0].tolist() for w in references]
     texts = [clip.text for clip in clips]
 

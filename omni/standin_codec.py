@@ -190,7 +190,7 @@ def read_fit_waveforms(
     Decode (and resample to `sampling_rate`) the audio of corpus rows in their order until `max_seconds` of audio
     are read; returns `(waveforms, number of rows not used)`, the rows past the limit and unreadable ones.
     """
-    from .corpus import read_audio
+    from .corpus import read_audio, resample
 
     waveforms, total, unused = [], 0.0, 0
     for row in rows:
@@ -203,11 +203,7 @@ def read_fit_waveforms(
             logger.warning(f"Stand-in codec: skipping unreadable audio {row.get('id', row['audio'])!r} ({error}).")
             unused += 1
             continue
-        if rate != sampling_rate:
-            import torchaudio.functional
-
-            waveform = torchaudio.functional.resample(torch.from_numpy(waveform), rate, sampling_rate).numpy()
-        waveforms.append(waveform)
+        waveforms.append(resample(waveform, rate, sampling_rate))
         total += len(waveform) / sampling_rate
     return waveforms, unused
 

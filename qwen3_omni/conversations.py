@@ -32,6 +32,8 @@ import numpy as np
 from datasets import Dataset, load_dataset
 from transformers.utils import logging
 
+from ..omni.corpus import read_audio, resample
+
 
 logger = logging.get_logger(__name__)
 
@@ -524,17 +526,10 @@ def _require_ffmpeg(path: str) -> None:
 
 
 def load_audio(path: str, sampling_rate: int) -> np.ndarray:
-    """Decode an audio file with soundfile to mono float32 at `sampling_rate` (resampled with torchaudio if needed)."""
-    import soundfile as sf
-
-    audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if rate != sampling_rate:
-        import torch
-        import torchaudio.functional as AF
-
-        audio = AF.resample(torch.from_numpy(audio), rate, sampling_rate).numpy()
-    return audio
+    """Decode an audio file with soundfile to mono float32 at `sampling_rate` (the Omni wing's reader: empty,
+    non-finite and truncated files raise)."""
+    waveform, rate = read_audio(path)
+    return resample(waveform, rate, sampling_rate)
 
 
 def load_image(path: str):

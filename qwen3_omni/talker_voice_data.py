@@ -22,7 +22,7 @@ import torch
 from transformers import MimiModel, Qwen3OmniMoeConfig
 from transformers.utils import logging
 
-from ..omni.corpus import read_audio, read_sampling_rate
+from ..omni.corpus import read_audio, read_sampling_rate, resample
 from ..omni.voice_sft import VoiceClip, _audio_label, check_sampling_rates
 
 
@@ -168,10 +168,7 @@ def _encode_one(audio, codec: MimiCodec, max_duration: float, silence_threshold:
     peak = float(np.abs(waveform).max())
     if peak < silence_threshold:
         return None, f"silent: peak amplitude {peak:.2e} < silence_threshold {silence_threshold:g}"
-    if rate != codec.sampling_rate:
-        import torchaudio.functional
-
-        waveform = torchaudio.functional.resample(torch.from_numpy(waveform), rate, codec.sampling_rate).numpy()
+    waveform = resample(waveform, rate, codec.sampling_rate)
     if waveform.size < codec.samples_per_frame:
         return None, (
             f"shorter than one codec frame: {waveform.size} samples < {codec.samples_per_frame} at "
