@@ -14,20 +14,19 @@ WER and CER use jiwer directly, after Whisper's English text normalisation (see 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers.utils import logging
 
 from ..configuration_omni import IGNORE_INDEX, SNACTokenLayout
 from ..modeling_omni import OmniForCausalLM
 from ..processing_omni import OmniProcessor
 from .corpus import read_audio, resample
+from .trainer import modality_token_metrics, next_token_statistics
 from .voice_sft import VoiceClip, read_clips
 
 
@@ -162,29 +161,21 @@ def codec_reconstruction(processor: OmniProcessor, references: list[np.ndarray])
 def teacher_forced_metrics(model: OmniForCausalLM, processor: OmniProcessor, clips: list[VoiceClip], audio_ids: list[list[int]]) -> dict:
     """
     Loss, top-1 token accuracy and perplexity of each modality's targets on the clips' sequences: the audio tokens
-    (and audio end) of the TTS sequences, the transcript tokens (and text end) of the ASR sequences.
+    (and audio end) of the TTS sequences, the transcript tokens (and text end) of the ASR sequences (the statistics of
+    the Trainer's evaluation metrics, [`~omni.trainer.next_token_statistics`]).
     """
-    sums = {"audio": [0.0, 0, 0], "text": [0.0, 0, 0]}  # summed NLL, correct, count
+    statistics = []
     for clip, ids in zip(clips, audio_ids):
-        for task, sequence, prompt_length in (
-            ("audio", processor.tts_sequence_ids(clip.text, ids, speaker=clip.speaker), len(processor.tts_prompt_ids(clip.text, speaker=clip.speaker))),
-            ("text", processor.asr_sequence_ids(ids, clip.text), len(processor.asr_prompt_ids(ids))),
+        for sequence, prompt_length in (
+            (processor.tts_sequence_ids(clip.text, ids, speaker=clip.speaker), len(processor.tts_prompt_ids(clip.text, speaker=clip.speaker))),
+            (processor.asr_sequence_ids(ids, clip.text), len(processor.asr_prompt_ids(ids))),
         ):
             input_ids = torch.tensor([sequence], device=model.device)
-            logits = model(input_ids=input_ids).logits[0, prompt_length - 1 : -1].float()
-            targets = input_ids[0, prompt_length:]
-            nll = F.cross_entropy(logits, targets, reduction="sum")
-            sums[task][0] += float(nll)
-            sums[task][1] += int((logits.argmax(-1) == targets).sum())
-            sums[task][2] += targets.numel()
-    report = {}
-    for name, (nll, correct, count) in sums.items():
-        loss = nll / count
-        report[f"{name}_loss"] = loss
-        report[f"{name}_token_accuracy"] = correct / count
-        report[f"{name}_perplexity"] = math.exp(min(loss, 50.0))
-        report[f"{name}_tokens"] = count
-    return report
+            labels = input_ids.masked_fill(torch.arange(input_ids.shape[1], device=model.device) < prompt_length, IGNORE_INDEX)
+            logits = model(input_ids=input_ids).logits
+            statistics.append(next_token_statistics(logits, labels, model.config).reshape(-1, 4).cpu())
+    metrics = modality_token_metrics(torch.cat(statistics))
+    return {f"{name}_{key}": value for name in ("audio", "text") for key, value in metrics[name].items()}
 
 
 # ---------------------------------------------------------------------------------------------------- generation

@@ -169,6 +169,44 @@ def muon_parameter_groups(model: torch.nn.Module) -> tuple[list, list, list]:
     return muon, adamw, no_decay
 
 
+def next_token_statistics(logits: torch.Tensor, labels: torch.Tensor, model_config) -> torch.Tensor:
+    """
+    Four numbers per position of the next-token predictions: whether the next label is a target, whether the top-1
+    prediction is right, the target's log-probability (0 where there is no target), and whether the target is audio
+    (`OmniConfig.is_audio_target`). Labels are unshifted, as the model takes them.
+    """
+    targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    valid = targets != IGNORE_INDEX
+    safe = targets.clamp(min=0)
+    log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    correct = logits.argmax(-1) == safe
+    is_audio = model_config.is_audio_target(safe)
+    return torch.stack([valid.float(), (correct & valid).float(), log_probs * valid, is_audio.float()], dim=-1)
+
+
+def modality_token_metrics(statistics: torch.Tensor) -> dict[str, dict[str, float]]:
+    """
+    `{"all" | "text" | "audio": {"tokens", "loss", "token_accuracy", "perplexity"}}` over the targets of
+    [`next_token_statistics`] rows (padding rows whose first number is not 1 are ignored); a modality without targets
+    is left out.
+    """
+    statistics = torch.as_tensor(statistics)
+    valid = statistics[..., 0] == 1
+    is_audio = statistics[..., 3] == 1
+    metrics = {}
+    for name, mask in (("all", valid), ("text", valid & ~is_audio), ("audio", valid & is_audio)):
+        count = int(mask.sum())
+        if count:
+            loss = -float(statistics[..., 2][mask].sum()) / count
+            metrics[name] = {
+                "tokens": count,
+                "loss": loss,
+                "token_accuracy": float(statistics[..., 1][mask].sum()) / count,
+                "perplexity": math.exp(min(loss, 50.0)),
+            }
+    return metrics
+
+
 def token_metrics_from_logits(model_config) -> tuple:
     """
     `(preprocess_logits_for_metrics, compute_metrics)` for the Trainer: token accuracy and perplexity of the
@@ -177,27 +215,14 @@ def token_metrics_from_logits(model_config) -> tuple:
     """
 
     def preprocess_logits_for_metrics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if isinstance(logits, tuple):
-            logits = logits[0]
-        targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-        valid = targets != IGNORE_INDEX
-        safe = targets.clamp(min=0)
-        log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-        correct = logits.argmax(-1) == safe
-        is_audio = model_config.is_audio_target(safe)
-        return torch.stack([valid.float(), (correct & valid).float(), log_probs * valid, is_audio.float()], dim=-1)
+        return next_token_statistics(logits[0] if isinstance(logits, tuple) else logits, labels, model_config)
 
     def compute_metrics(eval_prediction) -> dict[str, float]:
-        stats = torch.as_tensor(eval_prediction.predictions)
-        valid = stats[..., 0] == 1  # padding between batches is IGNORE_INDEX
-        metrics = {}
-        for name, mask in (("", valid), ("text_", valid & (stats[..., 3] == 0)), ("audio_", valid & (stats[..., 3] == 1))):
-            count = int(mask.sum())
-            if not count:
-                continue
-            metrics[f"{name}token_accuracy"] = float(stats[..., 1][mask].sum()) / count
-            metrics[f"{name}perplexity"] = math.exp(min(-float(stats[..., 2][mask].sum()) / count, 50.0))
-        return metrics
+        return {
+            f"{'' if name == 'all' else name + '_'}{key}": values[key]
+            for name, values in modality_token_metrics(eval_prediction.predictions).items()
+            for key in ("token_accuracy", "perplexity")
+        }
 
     return preprocess_logits_for_metrics, compute_metrics
 

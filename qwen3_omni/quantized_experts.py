@@ -144,7 +144,7 @@ def quantize_tensor(tensor: torch.Tensor, config: ExpertQuantizationConfig) -> t
     """Quantize a fused (E, out, in) expert tensor: its packed codes (E, out * in / 2) and the parametrization."""
     if tensor.ndim != 3:
         raise ValueError(f"Fused experts are 3-D (experts, out, in); got a tensor of shape {tuple(tensor.shape)}.")
-    num_experts, per_expert = tensor.shape[0], tensor.shape[1:].numel()
+    per_expert = tensor.shape[1:].numel()
     if per_expert % config.blocksize:
         raise ValueError(
             f"An expert of shape {tuple(tensor.shape[1:])} ({per_expert} values) is not a whole number of "
