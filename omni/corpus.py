@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,6 +352,12 @@ class PrepareSummary:
         return dict(self.__dict__)
 
 
+def count_skip_reasons(skipped: list[dict]) -> dict[str, int]:
+    """How many skipped entries each reason has; a reason is the text of an entry's `reason` before its first ':'
+    (the rest names the particular value)."""
+    return dict(Counter(entry["reason"].split(":")[0] for entry in skipped))
+
+
 def codec_fingerprint(audio_tokenizer: SNACAudioTokenizer) -> str:
     """A hash of the codec config and weights: prepared shards are reused only with the very same codec."""
     digest = hashlib.sha256(json.dumps(audio_tokenizer.config.snac_kwargs, sort_keys=True).encode())
@@ -505,9 +512,7 @@ def prepare_dataset(
     summary.num_kept = sum(shard["num_kept"] for shard in info["shards"].values())
     summary.skipped = [s for shard in info["shards"].values() for s in shard["skipped"]]
     summary.num_skipped = len(summary.skipped)
-    for entry in summary.skipped:
-        reason = entry["reason"].split(":")[0]
-        summary.skipped_by_reason[reason] = summary.skipped_by_reason.get(reason, 0) + 1
+    summary.skipped_by_reason = count_skip_reasons(summary.skipped)
     if summary.num_kept:
         summary.audio_seconds = float(sum(load_prepared_dataset(output_dir)["duration"]))
     (output_dir / SUMMARY_NAME).write_text(json.dumps(summary.to_dict(), indent=1))

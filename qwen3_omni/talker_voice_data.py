@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from transformers import MimiModel, Qwen3OmniMoeConfig
 from transformers.utils import logging
 
-from ..omni.corpus import read_audio, read_sampling_rate, resample
+from ..omni.corpus import count_skip_reasons, read_audio, read_sampling_rate, resample
 from ..omni.voice_sft import VoiceClip, _audio_label, check_sampling_rates
 
 
@@ -255,7 +254,7 @@ def encode_clips(
 
     summary.num_kept = len(encoded)
     summary.num_skipped = len(summary.skipped)
-    summary.skipped_by_reason = dict(Counter(entry["reason"].split(":")[0] for entry in summary.skipped))
+    summary.skipped_by_reason = count_skip_reasons(summary.skipped)
     (cache_dir / CACHE_SUMMARY_NAME).write_text(json.dumps(summary.__dict__, indent=1))
     logger.warning(
         f"Talker voice data: {summary.num_kept} of {summary.num_clips} clips kept ({summary.audio_seconds:.1f} s of "
