@@ -19,6 +19,7 @@ from peft import get_peft_model
 from transformers import AutoConfig, AutoProcessor
 from trl import ScriptArguments, TrlParser
 
+from qwen_omni.launching import check_launch
 from qwen_omni.omni.corpus import load_audio_text_rows
 from qwen_omni.omni.hub import push_to_hub, validate_repo_id
 from qwen_omni.omni.voice_sft import read_clips
@@ -41,6 +42,7 @@ from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
 
 
 def main(script_args, training_args, model_args, voice_args):
+    check_launch(training_args)
     name_or_path, revision = model_args.model_name_or_path, model_args.model_revision
     check_has_talker(AutoConfig.from_pretrained(name_or_path, revision=revision), name_or_path)
     if model_args.load_in_4bit or model_args.load_in_8bit:
