@@ -79,6 +79,8 @@ def main(script_args, training_args, model_args, omni_args):
     eval_dataset = load(omni_args.eval_dataset_name, "eval") if omni_args.eval_dataset_name else None
 
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    # not trl.get_quantization_config: its BitsAndBytesConfig reaches nn.Linear only (and would quantize the towers);
+    # load_thinker adds NF4 fused experts and keeps the towers and LM head unquantized
     model = load_thinker(
         model_args.model_name_or_path,
         dtype=model_args.dtype,
@@ -95,6 +97,8 @@ def main(script_args, training_args, model_args, omni_args):
     shard_by_decoder_layer(model, model.model.language_model.layers)  # FSDP units every rank runs through
     peft_config = None
     if model_args.use_peft:
+        # not trl.get_peft_config: routers and fused experts are parameter targets named in full (PEFT matches 4-bit
+        # expert tensors by full name only), with their own rank, which ModelConfig's flags cannot express
         peft_config = build_lora_config(model, **lora_config_kwargs(model_args, omni_args))
 
     trainer = Qwen3OmniSFTTrainer(
