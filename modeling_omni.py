@@ -19,6 +19,11 @@ from .generation_omni import OmniGenerationMixin
 logger = logging.get_logger(__name__)
 
 
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The target of each position: the next label (labels shifted left by one, `IGNORE_INDEX` at the end)."""
+    return F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+
+
 @dataclass
 class OmniCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
@@ -70,7 +75,7 @@ class OmniForCausalLM(OmniGenerationMixin, Qwen3ForCausalLM):
             `torch.FloatTensor` of the same shape as the targets. Its sum over an accumulated batch is the
             `num_items_in_batch` that makes the loss exact under gradient accumulation.
         """
-        targets = shift_labels if shift_labels is not None else F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+        targets = shift_labels if shift_labels is not None else next_token_targets(labels)
         return self._weights_and_audio_mask(targets)[0]
 
     def _weights_and_audio_mask(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +90,7 @@ class OmniForCausalLM(OmniGenerationMixin, Qwen3ForCausalLM):
         shift_labels: torch.Tensor | None,
         num_items_in_batch: torch.Tensor | int | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        targets = shift_labels if shift_labels is not None else F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+        targets = shift_labels if shift_labels is not None else next_token_targets(labels)
         targets = targets.to(logits.device)
         token_loss = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"

@@ -9,6 +9,7 @@ import torch
 from transformers import Trainer
 
 from ..configuration_omni import IGNORE_INDEX
+from ..modeling_omni import next_token_targets
 
 
 def _omni_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -175,7 +176,7 @@ def next_token_statistics(logits: torch.Tensor, labels: torch.Tensor, model_conf
     prediction is right, the target's log-probability (0 where there is no target), and whether the target is audio
     (`OmniConfig.is_audio_target`). Labels are unshifted, as the model takes them.
     """
-    targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    targets = next_token_targets(labels)
     valid = targets != IGNORE_INDEX
     safe = targets.clamp(min=0)
     log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)

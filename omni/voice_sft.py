@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
 from transformers import Trainer
 from transformers.utils import logging
@@ -29,7 +28,7 @@ from trl import SFTTrainer
 
 from ..configuration_omni import IGNORE_INDEX
 from ..launching import DistributedRunCallback, check_launch
-from ..modeling_omni import OmniForCausalLM
+from ..modeling_omni import OmniForCausalLM, next_token_targets
 from ..processing_omni import OmniProcessor
 from .corpus import load_audio_text_rows, read_audio, read_sampling_rate
 from .trainer import ModalityWeightedLossMixin
@@ -210,7 +209,7 @@ class _OmniLossSFTTrainer(SFTTrainer):
         inputs["use_cache"] = False
         loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         with torch.no_grad():
-            targets = F.pad(inputs["labels"], (0, 1), value=IGNORE_INDEX)[..., 1:]
+            targets = next_token_targets(inputs["labels"])
             valid = targets != IGNORE_INDEX
             correct = (outputs.logits.argmax(-1) == targets) & valid
             num_valid = self.accelerator.gather_for_metrics(valid.sum()).sum()
