@@ -228,9 +228,8 @@ class OmniProcessor(ProcessorMixin):
         missing = [token for token in SPECIAL_TOKENS.values() if token not in tokenizer.get_vocab()]
         if missing:
             raise ValueError(
-                f"The tokenizer lacks the Omni special tokens {missing}. Build checkpoints with "
-                "`train/init_model.py`, which adds them, or call `tokenizer.add_special_tokens("
-                "{'additional_special_tokens': [...]})` and resize the model."
+                f"The tokenizer lacks the Omni special tokens {missing}: add them with `tokenizer.add_special_tokens("
+                "{'additional_special_tokens': [...]})` and resize the model's embeddings to the new length."
             )
         if feature_extractor.sampling_rate != audio_tokenizer.config.sampling_rate:
             raise ValueError(
@@ -252,7 +251,10 @@ class OmniProcessor(ProcessorMixin):
         for name, token in SPECIAL_TOKENS.items():
             setattr(self, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
         if tokenizer.pad_token_id is None:
-            raise ValueError("The tokenizer has no pad token; `train/init_model.py` sets one.")
+            raise ValueError(
+                f"The tokenizer has no pad token: add {PAD_TOKEN!r} as its pad token "
+                "(`tokenizer.pad_token = ...`) before building the processor."
+            )
         # Callers that pad with the components' own side pad as the prompts are: transformers' pipelines use the
         # tokenizer's (loaded on its own from the saved config: `init_kwargs` is what `save_pretrained` writes), or
         # in processor-only mode the feature extractor's, and refuse two sides that disagree.
@@ -541,8 +543,8 @@ class OmniProcessor(ProcessorMixin):
         for row, sequence in enumerate(sequences):
             if len(sequence) > limit:
                 fix = (
-                    "split the text into sentences (e.g. `qwen_omni.generation_omni.split_sentences`, as `qwen-omni "
-                    "speak` does)"
+                    "split the text into sentences and speak them one by one (`generate_speech` in this checkpoint's "
+                    "generation_omni.py does)"
                     if kind.startswith("text-to-speech")
                     else "split the audio into shorter clips"
                 )
