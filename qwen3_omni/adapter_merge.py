@@ -49,12 +49,17 @@ def merge_adapter(
         model.thinker = _merged(model.thinker, adapter_path)
     else:
         model = _merged(load_thinker(base, dtype=dtype), adapter_path)
+    _save_with_base_processor(model, base, output_dir)
+    return output_dir
+
+
+def _save_with_base_processor(model, base: str, output_dir: str) -> None:
+    """Save the merged model and, when the base has one, its processor (a merge keeps the base's inputs)."""
     model.save_pretrained(output_dir)
     try:
         AutoProcessor.from_pretrained(base).save_pretrained(output_dir)
     except (OSError, ValueError) as error:
         logger.warning(f"The base {base!r} has no loadable processor, so none is saved with the merge: {error}")
-    return output_dir
 
 
 def _merged(
@@ -100,9 +105,5 @@ def merge_talker_voice_adapter(
     speakers = dict(model.config.talker_config.speaker_id or {})
     speakers[voice["speaker_name"]] = voice["speaker_codec_id"]
     model.config.talker_config.speaker_id = speakers
-    model.save_pretrained(output_dir)
-    try:
-        AutoProcessor.from_pretrained(base).save_pretrained(output_dir)
-    except (OSError, ValueError) as error:
-        logger.warning(f"The base {base!r} has no loadable processor, so none is saved with the merge: {error}")
+    _save_with_base_processor(model, base, output_dir)
     return output_dir
