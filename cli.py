@@ -202,13 +202,12 @@ def speak(args: argparse.Namespace) -> int:
     if args.voice_prompt:
         audio, rate = _read_audio_file(args.voice_prompt, processor.feature_extractor)
         voice = {"voice_prompt_audio": [audio], "voice_prompt_text": args.voice_prompt_text, "voice_prompt_sampling_rate": rate}
-    # every prompt is built (and so checked) before --out is touched
-    for index, piece in enumerate(pieces):
-        try:
-            processor(text=piece, speaker=args.speaker, return_tensors="pt", **voice)
-        except ValueError as error:
-            where = f"piece {index + 1} of the text ({piece!r}): " if len(pieces) > 1 else ""
-            raise CommandLineError(f"{where}{error}") from None
+    # every prompt is built (and so checked) before --out is touched: one call, so the voice prompt is encoded once
+    try:
+        processor(text=pieces, speaker=args.speaker, return_tensors="pt", **voice)
+    except ValueError as error:
+        where = f"the text split into {len(pieces)} pieces (row = piece, from 0): " if len(pieces) > 1 else ""
+        raise CommandLineError(f"{where}{error}") from None
     if args.seed is not None:
         torch.manual_seed(args.seed)
 
