@@ -96,6 +96,8 @@ class Qwen3OmniSFTTrainer(SFTTrainer):
             # A per-micro-batch mean: averaged over the accumulation steps, like in `SFTTrainer`
             steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss / steps
+        if self.is_fsdp_enabled:
+            loss = loss + 0.0 * sum(parameter.sum() for parameter in self._tower_trainable_parameters(model))
         self._record_metrics(inputs, outputs, mode)
 
         if return_outputs and self._logits_wanted:
@@ -103,6 +105,26 @@ class Qwen3OmniSFTTrainer(SFTTrainer):
             with torch.no_grad():
                 outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
         return (loss, outputs) if return_outputs else loss
+
+    @staticmethod
+    def _tower_trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        """The trainable parameters of the audio and vision towers (`--lora_towers`), which `compute_loss` adds to the
+        loss with weight 0 under FSDP.
+
+        A tower runs only on the ranks whose batch holds its modality, but every rank must reduce-scatter the same
+        gradients of the FSDP unit that holds the towers (the root unit, see `qwen_omni.launching.
+        shard_by_decoder_layer`): a rank whose tower did not run would send fewer and the collective would fail
+        ("Received data size doesn't match expected size") or hang. The zero term gives such a rank the zero gradients
+        its loss has. The parameters are read from the model at each step: FSDP2 keeps the root unit's parameters
+        gathered from the forward to the backward, so these are whole tensors.
+        """
+        from .lora_targets import TOWER_PREFIXES  # lora_targets imports this module
+
+        prefixes = tuple(f".{prefix}" for prefix in TOWER_PREFIXES.values())
+        return [
+            parameter for name, parameter in model.named_parameters()
+            if parameter.requires_grad and any(prefix in f".{name}" for prefix in prefixes)
+        ]
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # `evaluate` without `compute_metrics` asks for the loss alone: then the fused forward is the only one.
