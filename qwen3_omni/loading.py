@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 
+import bitsandbytes as bnb
 import torch
 from transformers import AutoConfig, BitsAndBytesConfig, Qwen3OmniMoeThinkerForConditionalGeneration
 from transformers.utils import logging
 
 from .expert_offload import ExpertOffloader
+from .lora_targets import TOWER_PREFIXES
 from .quantized_experts import ExpertQuantizationConfig, quantize_experts_on_load
 
 
@@ -17,8 +19,6 @@ logger = logging.get_logger(__name__)
 # `model_type` of a full checkpoint (thinker + talker + code2wav) and of a thinker-only one.
 FULL_MODEL_TYPE = "qwen3_omni_moe"
 THINKER_MODEL_TYPE = "qwen3_omni_moe_thinker"
-
-
 def resolve_experts_implementation(requested: str | None = None) -> str:
     """The experts implementation to load the MoE layers with.
 
@@ -43,6 +43,7 @@ def load_thinker(
     attn_implementation: str | None = None,
     load_in_4bit: bool = False,
     quantize_experts: bool | None = None,
+    quantize_towers: bool = True,
     bnb_4bit_quant_type: str = "nf4",
     bnb_4bit_use_double_quant: bool = True,
     offload_experts: bool = False,
@@ -66,12 +67,17 @@ def load_thinker(
         attn_implementation (`str`, *optional*):
             `"sdpa"`, `"eager"`, `"flash_attention_2"`, ...; transformers' default when `None`.
         load_in_4bit (`bool`, *optional*, defaults to `False`):
-            Load a 4-bit base (QLoRA): the text model's `nn.Linear` layers through bitsandbytes' `Linear4bit`, and,
-            unless `quantize_experts=False`, the fused experts as well (see `quantized_experts.py`). Works on a CPU
-            and on CUDA.
+            Load a 4-bit base (QLoRA): every `nn.Linear` layer but the LM head through bitsandbytes' `Linear4bit`
+            (the audio and vision encoders' too, unless `quantize_towers=False`), and, unless
+            `quantize_experts=False`, the fused experts as well (see `quantized_experts.py`). Works on a CPU and on
+            CUDA.
         quantize_experts (`bool`, *optional*):
             Store the fused experts in 4 bits, quantized layer by layer while the checkpoint loads. Defaults to
             `load_in_4bit`; `True` without `load_in_4bit` quantizes the experts only.
+        quantize_towers (`bool`, *optional*, defaults to `True`):
+            With `load_in_4bit`, store the audio and vision encoders' `nn.Linear` layers in 4 bits as well, as
+            transformers' and TRL's own QLoRA config does; `False` keeps them in `dtype` (about 1.7 GB more on
+            30B-A3B).
         bnb_4bit_quant_type (`str`, *optional*, defaults to `"nf4"`):
             4-bit data type of the `Linear4bit` layers and the experts (`"nf4"` or `"fp4"`).
         bnb_4bit_use_double_quant (`bool`, *optional*, defaults to `True`):
@@ -102,7 +108,9 @@ def load_thinker(
             "with --load_in_4bit). Add --load_in_4bit or --quantize_experts."
         )
     if load_in_4bit and quantization_config is None:
-        quantization_config = linear_4bit_config(dtype, bnb_4bit_quant_type, bnb_4bit_use_double_quant)
+        quantization_config = linear_4bit_config(
+            dtype, bnb_4bit_quant_type, bnb_4bit_use_double_quant, quantize_towers=quantize_towers
+        )
     if quantization_config is not None or quantize_experts:
         device_map = device_map or ({"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu")
     expert_quantization = ExpertQuantizationConfig(
@@ -119,6 +127,8 @@ def load_thinker(
             revision=revision,
             trust_remote_code=trust_remote_code,
         )
+    if quantization_config is not None:
+        _keep_4bit_layers_off_the_cpu_inference_kernel(model)
     if offload_experts:
         if torch.cuda.is_available():
             model._expert_offloader = ExpertOffloader(model, device=torch.device("cuda", torch.cuda.current_device()))
@@ -127,16 +137,29 @@ def load_thinker(
     return model
 
 
+def _keep_4bit_layers_off_the_cpu_inference_kernel(model: torch.nn.Module) -> None:
+    """bitsandbytes 0.50 repacks a `Linear4bit` weight for its AVX512-BF16 CPU kernel at the first forward in eval mode
+    without gradients. The repacking is one-way (a training forward after an evaluation then fails on the bias add) and
+    fails outright unless `out_features` is a multiple of 32 and `in_features` of the block size (Qwen3-Omni's vision
+    MLP is 1152 -> 4304 -> 1152). A model loaded for training keeps bitsandbytes' generic 4-bit path on the CPU."""
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
 def linear_4bit_config(
-    dtype: str | torch.dtype = "auto", quant_type: str = "nf4", double_quant: bool = True
+    dtype: str | torch.dtype = "auto", quant_type: str = "nf4", double_quant: bool = True, quantize_towers: bool = True
 ) -> BitsAndBytesConfig:
-    """The `BitsAndBytesConfig` for the `nn.Linear` layers of a QLoRA Thinker (the text model's; the towers and the
-    LM head stay unquantized: they are small, and the towers' convolutions are not `Linear` anyway)."""
+    """The `BitsAndBytesConfig` for the `nn.Linear` layers of a QLoRA Thinker: all but the LM head (as transformers
+    keeps the output embedding), and without the audio and vision encoders' when `quantize_towers=False`. The towers'
+    convolutions are not `Linear` and stay in `dtype` either way."""
     compute_dtype = dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype), torch.bfloat16)
+    # transformers matches the skipped names as module-name prefixes
+    skipped_towers = [] if quantize_towers else [prefix.rstrip(".") for prefix in TOWER_PREFIXES.values()]
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant_type,
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
-        llm_int8_skip_modules=["lm_head", "audio_tower", "visual"],
+        llm_int8_skip_modules=["lm_head", *skipped_towers],
     )

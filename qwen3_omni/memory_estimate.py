@@ -5,8 +5,8 @@ The Thinker is built on the meta device (no weight is read or allocated), the sa
 PEFT (also on the meta device), and every tensor is priced the way training stores it:
 
 - weights: the checkpoint dtype; under `quantize_experts` the fused experts at [`nf4_storage_bytes`] (the exact bytes
-  `quantized_experts.py` keeps); under `load_in_4bit` the text model's `nn.Linear` layers (bitsandbytes'
-  `Linear4bit`) at the same NF4 price; with `offload_experts` the experts leave the device except for two layers' worth
+  `quantized_experts.py` keeps); under `load_in_4bit` every `nn.Linear` layer but the LM head (bitsandbytes'
+  `Linear4bit`; the towers' only with `quantize_towers`) at the same NF4 price; with `offload_experts` the experts leave the device except for two layers' worth
   (the layer computing and the one being prefetched), and are reported as host memory;
 - adapter: the LoRA parameters in fp32 (PEFT's `autocast_adapter_dtype`, TRL's default);
 - gradients: one fp32 gradient per adapter parameter;
@@ -26,7 +26,7 @@ from peft import get_peft_model
 from torch import nn
 from transformers import PretrainedConfig, Qwen3OmniMoeThinkerForConditionalGeneration
 
-from .lora_targets import TEXT_MODEL_PREFIX, build_lora_config
+from .lora_targets import TEXT_MODEL_PREFIX, TOWER_PREFIXES, build_lora_config
 from .quantized_experts import EXPERT_PARAMETER_NAMES, ExpertQuantizationConfig, is_fused_experts, nf4_storage_bytes
 
 
@@ -34,6 +34,8 @@ GB = 1e9
 # bitsandbytes' 8-bit optimizers: blockwise scales of 256 values, and 32-bit state below this many values
 BNB_8BIT_BLOCKSIZE = 256
 BNB_8BIT_MIN_SIZE = 4096
+# bitsandbytes' `Linear4bit` keeps a 16-value fp32 code book of its own in each layer's quantization state
+LINEAR_4BIT_CODE_BYTES = 16 * 4
 EIGHT_BIT_OPTIMIZERS = ("adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "adamw_torch_8bit")
 
 
@@ -130,6 +132,7 @@ def estimate_training_memory(
     dtype: torch.dtype = torch.bfloat16,
     load_in_4bit: bool = False,
     quantize_experts: bool | None = None,
+    quantize_towers: bool = True,
     expert_quantization: ExpertQuantizationConfig | None = None,
     offload_experts: bool = False,
     use_peft: bool = True,
@@ -144,8 +147,9 @@ def estimate_training_memory(
     Args:
         config (`PretrainedConfig`): a `qwen3_omni_moe` config or a thinker-only one.
         dtype (`torch.dtype`): dtype of the unquantized weights.
-        load_in_4bit (`bool`): bitsandbytes `Linear4bit` for the text model's `nn.Linear` layers.
+        load_in_4bit (`bool`): bitsandbytes `Linear4bit` for every `nn.Linear` layer but the LM head.
         quantize_experts (`bool`, *optional*): 4-bit fused experts (default: `load_in_4bit`).
+        quantize_towers (`bool`): with `load_in_4bit`, the audio and vision encoders' `nn.Linear` layers too.
         expert_quantization (`ExpertQuantizationConfig`, *optional*): block size and double quantization.
         offload_experts (`bool`): 4-bit experts in host memory, two layers' worth on the device.
         use_peft (`bool`): LoRA (otherwise full fine-tuning: every parameter trains).
@@ -162,11 +166,12 @@ def estimate_training_memory(
     if offload_experts and not quantize_experts:
         raise ValueError("offload_experts needs quantize_experts (4-bit experts), as in load_thinker.")
     model = thinker_on_meta(config, dtype)
+    quantized_prefixes = (TEXT_MODEL_PREFIX, *(TOWER_PREFIXES.values() if quantize_towers else ()))
     weights = experts = largest_layer_experts = 0
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
         quantize_linear = (
-            load_in_4bit and isinstance(module, nn.Linear) and prefix.startswith(TEXT_MODEL_PREFIX)
+            load_in_4bit and isinstance(module, nn.Linear) and prefix.startswith(quantized_prefixes)
         )
         layer_experts = 0
         for name, parameter in module.named_parameters(recurse=False):
@@ -175,7 +180,7 @@ def estimate_training_memory(
                 experts += size
                 layer_experts += size
             elif quantize_linear and name == "weight":
-                size = nf4_storage_bytes(parameter.numel(), expert_quantization)
+                size = nf4_storage_bytes(parameter.numel(), expert_quantization) + LINEAR_4BIT_CODE_BYTES
             else:
                 size = parameter.numel() * parameter.element_size()
             weights += size
@@ -237,6 +242,7 @@ def estimate_for_run(model_args, training_args, omni_args) -> MemoryEstimate:
         dtype=getattr(torch, dtype),
         load_in_4bit=model_args.load_in_4bit,
         quantize_experts=model_args.quantize_experts,
+        quantize_towers=model_args.quantize_towers,
         expert_quantization=ExpertQuantizationConfig(
             quant_type=model_args.bnb_4bit_quant_type, double_quant=model_args.use_bnb_nested_quant
         ),

@@ -71,6 +71,32 @@ def test_estimate_matches_measured_parameter_and_optimizer_bytes_on_a_tiny_model
     assert estimate.trainable_parameters == sum(p.numel() for p in trainable)
 
 
+@pytest.mark.parametrize("quantize_towers", [True, False])
+def test_estimate_matches_a_thinker_loaded_in_4bit_byte_for_byte(quantize_towers, tmp_path):
+    import bitsandbytes as bnb
+
+    from qwen_omni.qwen3_omni import load_thinker
+
+    checkpoint = qwen3_omni_tiny.save_tiny_checkpoint(tmp_path / "base")
+    thinker = load_thinker(checkpoint, load_in_4bit=True, quantize_towers=quantize_towers, dtype="float32")
+    model = get_peft_model(thinker, build_lora_config(thinker, **LORA))
+    # a Linear4bit keeps its block scales (and their nested scales and code books) in its quantization state
+    quantization_states = [
+        tensor
+        for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)
+        for state in (module.weight.quant_state, module.weight.quant_state.state2)
+        for tensor in (state.absmax, state.code, getattr(state, "offset", None)) if tensor is not None
+    ]
+    measured = (tensor_bytes(p for p in model.parameters() if not p.requires_grad) + tensor_bytes(model.buffers())
+                + tensor_bytes(quantization_states))
+    estimate = estimate_training_memory(
+        thinker.config, dtype=torch.float32, load_in_4bit=True, quantize_towers=quantize_towers, lora_kwargs=LORA,
+        sequence_lengths=(64,),
+    )
+    assert estimate.weights == measured
+    assert estimate.adapter == tensor_bytes(p for p in model.parameters() if p.requires_grad)
+
+
 def readme_rows():
     with open(os.path.join(REPO, "README.md")) as f:
         text = f.read()
@@ -108,7 +134,8 @@ def sft_estimate_output(recipe, model_dir, output_dir, in_process):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "recipe, in_process",
-    [("instruct.yaml", True), ("instruct.yaml --load_in_4bit", True), ("qlora.yaml --offload_experts", False)],
+    [("instruct.yaml", True), ("instruct.yaml --load_in_4bit", True),
+     ("instruct.yaml --load_in_4bit --quantize_towers false", True), ("qlora.yaml --offload_experts", False)],
 )
 def test_estimate_memory_prints_the_readme_figures_for_the_real_30b_a3b_shape(recipe, in_process, tmp_path):
     os.makedirs(tmp_path / "model")

@@ -254,6 +254,59 @@ def test_load_in_4bit_on_cpu_quantizes_experts_while_loading(checkpoint):
     assert load_thinker(checkpoint, quantize_experts=True, offload_experts=True) is not None  # CPU: accepted, no-op
 
 
+def test_load_in_4bit_quantizes_the_towers_unless_told_not_to_and_tower_lora_trains_on_them(checkpoint, tmp_path):
+    import bitsandbytes as bnb
+    from transformers import AutoProcessor
+
+    from qwen_omni.qwen3_omni import Qwen3OmniSFTCollator
+
+    media = qwen3_omni_tiny.write_media(tmp_path)
+    conversation = [
+        {"role": "user", "content": [{"type": "audio", "audio": media["audio"]}, {"type": "image", "image": media["image"]},
+                                     {"type": "text", "text": "What is this?"}]},
+        {"role": "assistant", "content": "A tone and a red square."},
+    ]
+    batch = Qwen3OmniSFTCollator(AutoProcessor.from_pretrained(checkpoint))([{"conversations": conversation}])
+    base = load_thinker(checkpoint, dtype="float32")
+    quantized = load_thinker(checkpoint, load_in_4bit=True, dtype="float32")
+    towers_kept = load_thinker(checkpoint, load_in_4bit=True, quantize_towers=False, dtype="float32")
+
+    def linear_kinds(model, prefix):
+        return {type(module).__name__ for name, module in model.named_modules()
+                if name.startswith(prefix) and isinstance(module, torch.nn.Linear)}
+
+    for prefix in ("model.audio_tower.", "model.visual."):
+        assert linear_kinds(quantized, prefix) == {"Linear4bit"}
+        assert linear_kinds(towers_kept, prefix) == {"Linear"}
+    assert linear_kinds(towers_kept, "model.language_model.") == {"Linear4bit"}
+    assert type(quantized.lm_head) is type(towers_kept.lm_head) is torch.nn.Linear
+
+    def tower_features(model):
+        with torch.no_grad():
+            audio = model.get_audio_features(batch["input_features"], batch["feature_attention_mask"])
+            image = model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
+        return [output.pooler_output if hasattr(output, "pooler_output") else output for output in (audio, image)]
+
+    # the 4-bit towers compute from the NF4 weights: close to the fp32 towers, not equal; kept towers are exact
+    for exact, kept, quantized_output in zip(tower_features(base), tower_features(towers_kept), tower_features(quantized)):
+        exact, kept, quantized_output = (torch.cat(list(t)) if isinstance(t, (list, tuple)) else t
+                                         for t in (exact, kept, quantized_output))
+        assert torch.equal(kept, exact)
+        error = (quantized_output - exact).norm() / exact.norm()
+        assert 0 < error < 0.25, error
+
+    model = get_peft_model(quantized, build_lora_config(quantized, r=4, lora_alpha=8, towers=["audio", "vision"]))
+    model(**{key: value for key, value in batch.items() if key in (
+        "input_ids", "attention_mask", "labels", "input_features", "feature_attention_mask", "pixel_values",
+        "image_grid_thw")}).loss.backward()
+    # lora_B starts at zero, so it is the factor with a gradient at the first step
+    tower_lora = {name: p.grad for name, p in model.named_parameters() if "lora_B" in name and (
+        ".audio_tower." in name or ".visual." in name)}
+    assert tower_lora and all(grad is not None and grad.abs().sum() > 0 for grad in tower_lora.values())
+    assert isinstance(model.base_model.model.model.audio_tower.layers[0].self_attn.q_proj.base_layer,
+                      bnb.nn.Linear4bit)
+
+
 def test_no_full_precision_expert_tensor_is_ever_assigned_while_loading(checkpoint):
     # registered inside the loading context, this hook runs after the quantizing one: it sees what the model keeps
     arrivals = []

@@ -79,8 +79,8 @@ def main(script_args, training_args, model_args, omni_args):
     eval_dataset = load(omni_args.eval_dataset_name, "eval") if omni_args.eval_dataset_name else None
 
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-    # not trl.get_quantization_config: its BitsAndBytesConfig reaches nn.Linear only (and would quantize the towers);
-    # load_thinker adds NF4 fused experts and keeps the towers and LM head unquantized
+    # not trl.get_quantization_config: its BitsAndBytesConfig reaches nn.Linear only; load_thinker adds the NF4 fused
+    # experts (and --quantize_towers false)
     model = load_thinker(
         model_args.model_name_or_path,
         dtype=model_args.dtype,
@@ -88,6 +88,7 @@ def main(script_args, training_args, model_args, omni_args):
         attn_implementation=model_args.attn_implementation,
         load_in_4bit=model_args.load_in_4bit,
         quantize_experts=model_args.quantize_experts,
+        quantize_towers=model_args.quantize_towers,
         bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
         offload_experts=model_args.offload_experts,
