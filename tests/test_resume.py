@@ -120,6 +120,7 @@ def fsdp2_run(sft_workdir):  # noqa: F811
     assert result.returncode == 0, result.stderr[-4000:]
     assert_two_ranks_shared_the_data(result.stderr, "FSDP2")
     assert checkpoints(output_dir) == [f"checkpoint-{SAVE_STEPS}", f"checkpoint-{MAX_STEPS}"]
+    assert len(logged_losses(result.stdout)) == MAX_STEPS
     return output_dir, result.stdout
 
 
