@@ -9,6 +9,7 @@ One concern per module:
 - `expert_offload`: frozen 4-bit experts in pinned host memory, prefetched one layer ahead of use.
 - `memory_estimate`: weights / adapter / gradients / optimizer bytes on the meta device (`--estimate_memory`).
 - `lora_targets`: the PEFT `LoraConfig` for the text model's attention, router and experts.
+- `peft_lora`: PEFT's own router / expert LoRA wrapper, made safe on 4-bit experts (`--moe_lora_impl peft`).
 - `routed_lora`: the router / expert LoRA forward run on the routed tokens only (PEFT's adapter files), with dropout.
 - `conversations`: conversation files in the native, LLaMA-Factory (sharegpt, OpenAI) and ms-swift forms, checked
   row by row against their media, with a report of what was refused.

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from peft import LoraConfig
 from torch import nn
 
-from .quantized_experts import nf4_parametrization
 from .routed_lora import register_routed_lora
 from .sft_trainer import MOE_LORA_IMPLEMENTATIONS
 
@@ -112,15 +111,6 @@ def build_lora_config(
             "--lora_target_experts false`)."
         )
 
-    if moe_lora_impl == "peft" and target_experts and any(
-        nf4_parametrization(module, "gate_up_proj") is not None for module in model.modules()
-    ):
-        raise ValueError(
-            "moe_lora_impl='peft' cannot put LoRA on 4-bit experts (--load_in_4bit / --quantize_experts): PEFT 0.21's "
-            "wrapper stacks its `W + dW` parametrization on the 4-bit one and then fails to remove it (it looks for a "
-            "`_LoraParameterProxy`, but registered a `_LoraFactorsProxy`), so the update would pile up at every "
-            "forward. Use the routed-token LoRA (`--moe_lora_impl routed`, the default)."
-        )
     rank_pattern, alpha_pattern = {}, {}
     if target_experts and expert_r is not None:
         expert_alpha = expert_alpha if expert_alpha is not None else lora_alpha * expert_r / r

@@ -40,6 +40,8 @@ from torch.overrides import TorchFunctionMode
 from transformers.integrations import moe as hf_moe
 from transformers.utils import logging
 
+from .peft_lora import ParamWrapper as PeftParamWrapper
+from .peft_lora import nest_expert_wrappers_as_on_a_plain_base
 from .quantized_experts import (
     EXPERT_PARAMETER_NAMES,
     is_fused_experts,
@@ -92,8 +94,9 @@ class _RouterLoraMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class ParamWrapper(peft_lora_layer.ParamWrapper):
-    """PEFT's `lora.ParamWrapper` with forwards that never parametrize the wrapped parameter.
+class ParamWrapper(PeftParamWrapper):
+    """PEFT's `lora.ParamWrapper` with forwards that never parametrize the wrapped parameter (and, from
+    `peft_lora.ParamWrapper`, no merging into 4-bit tensors).
 
     - On fused experts (`gate_up_proj` / `down_proj` of a `@use_experts_implementation` module): the routed-token
       forward. PEFT nests the wrappers when both are targeted (`mlp.experts` -> `ParamWrapper(down_proj)` ->
@@ -284,7 +287,7 @@ def apply_routed_lora(model: nn.Module) -> int:
     Returns:
         `int`: how many wrappers this call converted (0 when there was nothing left to convert).
     """
-    _nest_expert_wrappers_as_on_a_plain_base(model)
+    nest_expert_wrappers_as_on_a_plain_base(model)
     converted = 0
     for module in model.modules():
         if not isinstance(module, peft_lora_layer.ParamWrapper) or type(module) is ParamWrapper:
@@ -299,26 +302,6 @@ def apply_routed_lora(model: nn.Module) -> int:
             module.__class__ = ParamWrapper
             converted += 1
     return converted
-
-
-def _nest_expert_wrappers_as_on_a_plain_base(model: nn.Module) -> None:
-    """PEFT nests the two expert wrappers `down_proj` outside `gate_up_proj` on plain experts (parameter registration
-    order) but the other way round on 4-bit (parametrized) experts (sorted names), and the nesting is in the adapter's
-    state-dict keys (`experts.lora_A` vs `experts.base_layer.lora_A`). Re-nest the latter like the former, so an
-    adapter trained on 4-bit experts loads onto the bf16 base and back."""
-    for name, module in list(model.named_modules()):
-        inner = getattr(module, "base_layer", None)
-        if not (
-            isinstance(module, peft_lora_layer.ParamWrapper) and module.parameter_name == "gate_up_proj"
-            and isinstance(inner, peft_lora_layer.ParamWrapper) and inner.parameter_name == "down_proj"
-            and not isinstance(inner.base_layer, peft_lora_layer.ParamWrapper)
-        ):
-            continue
-        parent_name, _, child_name = name.rpartition(".")
-        experts = inner.base_layer
-        module.base_layer = experts
-        inner.base_layer = module
-        setattr(model.get_submodule(parent_name), child_name, inner)
 
 
 def register_routed_lora(config: LoraConfig, model: nn.Module) -> LoraConfig:

@@ -9,6 +9,7 @@ from transformers.utils import logging
 from trl import SFTTrainer
 
 from .collator import IGNORE_INDEX, STAT_KEYS
+from .peft_lora import apply_peft_lora
 from .routed_lora import apply_routed_lora
 
 
@@ -31,7 +32,7 @@ class Qwen3OmniSFTTrainer(SFTTrainer):
 
     With `moe_lora_impl="routed"` (default) the LoRA wrappers on the routers and fused experts get the routed-token
     forward of [`apply_routed_lora`] (numerically PEFT's, never materialising `W + dW` for every expert); `"peft"`
-    keeps PEFT's own wrapper forward.
+    keeps PEFT's own wrapper forward ([`apply_peft_lora`], which makes it safe on 4-bit experts).
     """
 
     # `compute_loss` always divides by the step's weighted token count, so `Trainer` must not divide by the number of
@@ -51,6 +52,9 @@ class Qwen3OmniSFTTrainer(SFTTrainer):
             # Same parameters and adapter files as PEFT's wrapper; the expert update runs on routed tokens only.
             converted = apply_routed_lora(self.model)
             logger.info(f"Routed-token LoRA forward on {converted} router/expert parameter wrappers.")
+        else:
+            converted = apply_peft_lora(self.model)
+            logger.info(f"PEFT's LoRA forward on {converted} router/expert parameter wrappers.")
         self._logits_wanted = True
         self._collator_totals = {"train": dict.fromkeys(STAT_KEYS, 0), "eval": dict.fromkeys(STAT_KEYS, 0)}
 

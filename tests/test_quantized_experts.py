@@ -4,6 +4,7 @@ lora_dropout, on tiny random Qwen3-Omni text models (Thinker and Talker MoE bloc
 import copy
 import os
 import sys
+import warnings
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from qwen_omni.qwen3_omni.quantized_experts import (
     quantize_experts,
     quantized_expert_bytes,
 )
+from qwen_omni.qwen3_omni.peft_lora import apply_peft_lora
 from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora, register_routed_lora
 
 
@@ -150,13 +152,14 @@ def test_talker_moe_block_experts_quantize_too():
     torch.testing.assert_close(model(x), expected(x), atol=1e-5, rtol=1e-5)
 
 
-def test_lora_trains_on_4bit_experts_and_only_lora_gets_gradients():
+@pytest.mark.parametrize("apply_lora_impl", [apply_routed_lora, apply_peft_lora], ids=["routed", "peft"])
+def test_lora_trains_on_4bit_experts_and_only_lora_gets_gradients(apply_lora_impl):
     model = tiny_text_model()
     quantize_experts(model)
     head = torch.nn.Linear(HIDDEN, 64)
     head.requires_grad_(False)
     model = get_peft_model(model, lora_config(init_lora_weights=True))
-    apply_routed_lora(model)
+    assert apply_lora_impl(model) == 3 * 2  # router, gate_up_proj and down_proj of 2 layers
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
     inputs, labels = INPUT_IDS[:, :-1], INPUT_IDS[:, 1:]
     losses = []
@@ -171,6 +174,45 @@ def test_lora_trains_on_4bit_experts_and_only_lora_gets_gradients():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_peft_wrapper_on_4bit_experts_equals_peft_on_the_dequantized_experts_at_every_forward():
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    quantized = tiny_text_model()
+    quantize_experts(quantized)
+    twin = dequantized_twin(quantized, tiny_text_model())
+    on_4bit = get_peft_model(quantized, lora_config())
+    assert apply_peft_lora(on_4bit) == 3 * 2
+    on_bf16 = get_peft_model(twin, lora_config())
+    # the expert wrappers are nested as on the plain base, so the adapter's keys are the same on both
+    result = set_peft_model_state_dict(on_bf16, get_peft_model_state_dict(on_4bit))
+    assert not result.unexpected_keys
+    experts = on_4bit.base_model.model.layers[0].mlp.experts.get_base_layer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PEFT 0.21 warns "Could not find any LoRA parametrization" and keeps it
+        with torch.no_grad():
+            outputs = [on_4bit(input_ids=INPUT_IDS).last_hidden_state for _ in range(3)]
+            expected = on_bf16(input_ids=INPUT_IDS).last_hidden_state
+    # the LoRA parametrization is gone after each forward; only the 4-bit one is left
+    assert [type(p).__name__ for p in experts.parametrizations["gate_up_proj"]] == ["NF4Experts"]
+    for output in outputs:  # no update piling up from one forward to the next
+        torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+    routed = get_peft_model(dequantized_twin(quantized, tiny_text_model()), lora_config())
+    set_peft_model_state_dict(routed, get_peft_model_state_dict(on_4bit))
+    apply_routed_lora(routed)
+    with torch.no_grad():
+        torch.testing.assert_close(routed(input_ids=INPUT_IDS).last_hidden_state, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("apply_lora_impl", [apply_routed_lora, apply_peft_lora], ids=["routed", "peft"])
+def test_merging_into_4bit_experts_is_refused_instead_of_dropping_the_update(apply_lora_impl):
+    quantized = tiny_text_model()
+    quantize_experts(quantized)
+    model = get_peft_model(quantized, lora_config())
+    apply_lora_impl(model)
+    with pytest.raises(ValueError, match=r"Cannot merge LoRA into \w+Experts\.(gate_up|down)_proj: it is stored in 4 bits.*train/merge\.py"):
+        model.merge_and_unload()
 
 
 def test_lora_dropout_on_routed_experts():
@@ -338,8 +380,6 @@ def test_adapter_trained_on_4bit_experts_merges_onto_the_bf16_base(checkpoint, t
     torch.manual_seed(0)
     thinker = load_thinker(checkpoint, quantize_experts=True)
     config = build_lora_config(thinker, r=4, lora_alpha=8, lora_dropout=0.1)
-    with pytest.raises(ValueError, match="moe_lora_impl='peft' cannot put LoRA on 4-bit experts"):
-        build_lora_config(thinker, r=4, moe_lora_impl="peft")
     model = get_peft_model(thinker, config)
     apply_routed_lora(model)  # as Qwen3OmniSFTTrainer does; it also nests the expert wrappers as on a bf16 base
     with torch.no_grad():  # an adapter the size of a briefly trained one (B starts at zero)

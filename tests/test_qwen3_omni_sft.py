@@ -357,15 +357,16 @@ def test_omni_checkpoints_are_handed_to_voice_sft(tmp_path, workdir):
     assert script.checkpoint_model_type(["--model_name_or_path", str(workdir["base"])]) == "qwen3_omni_moe"
 
 
-@pytest.mark.parametrize("moe_lora_impl", ["routed", "peft"])
-def test_trainer_uses_the_routed_expert_lora_by_default(workdir, processor, tmp_path, moe_lora_impl):
+@pytest.mark.parametrize("moe_lora_impl, load_in_4bit", [("routed", False), ("peft", False), ("peft", True)])
+def test_trainer_uses_the_routed_expert_lora_by_default(workdir, processor, tmp_path, moe_lora_impl, load_in_4bit):
     from peft.tuners.lora.layer import ParamWrapper as PeftParamWrapper
 
+    from qwen_omni.qwen3_omni.peft_lora import ParamWrapper as SafePeftParamWrapper
     from qwen_omni.qwen3_omni.routed_lora import ParamWrapper as RoutedParamWrapper
 
     dataset = load_conversation_dataset(workdir["data"])
     args = Qwen3OmniSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    thinker = load_thinker(workdir["base"])
+    thinker = load_thinker(workdir["base"], load_in_4bit=load_in_4bit)
     trainer = Qwen3OmniSFTTrainer(
         model=thinker, args=args, data_collator=Qwen3OmniSFTCollator(processor), train_dataset=dataset,
         processing_class=processor, peft_config=build_lora_config(thinker, r=4, lora_alpha=8),
@@ -375,6 +376,8 @@ def test_trainer_uses_the_routed_expert_lora_by_default(workdir, processor, tmp_
     assert len(wrappers) == 3 * 2  # router + gate_up_proj + down_proj in each of the 2 MoE layers
     routed = [isinstance(module, RoutedParamWrapper) for module in wrappers]
     assert all(routed) if moe_lora_impl == "routed" else not any(routed)
+    # PEFT's own forward, in the wrapper that is safe on 4-bit experts (tests/test_quantized_experts.py)
+    assert all(isinstance(module, SafePeftParamWrapper) for module in wrappers)
 
 
 def test_unknown_moe_lora_impl_is_refused(workdir, processor, tmp_path):
