@@ -16,6 +16,8 @@ For each experts implementation ("eager", "grouped_mm") three variants are timed
 - `routed_4bit`: the same adapter and routed forward over the same experts stored in NF4 (double-quantized,
             `quantized_experts.py`), dequantized per hit expert (eager) or as a transient stack (grouped_mm);
             `routed_4bit / routed` is the step-time cost of 4-bit experts.
+- `peft_4bit`: PEFT's own wrapper over the same 4-bit experts (`apply_peft_lora`, `qwen3_omni/peft_lora.py`), which
+            dequantizes the whole stack and adds `dW` at every forward; `peft_4bit / peft` is its cost of 4-bit.
 - `base_routed_path`: the frozen model, no LoRA, with its experts run by the routed forward's own code path
             (`routed_lora_experts_forward` without factors). The routed eager path sorts the (token, expert) pairs
             instead of transformers' one-hot loop, so `routed / base_routed_path` is the pure cost of the adapters
@@ -60,10 +62,11 @@ from transformers import Qwen3OmniMoeTextConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerTextModel
 
 from qwen_omni.qwen3_omni.quantized_experts import quantize_experts
+from qwen_omni.qwen3_omni.peft_lora import apply_peft_lora
 from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora, routed_lora_experts_forward
 
 
-VARIANTS = ("base", "base_routed_path", "peft", "routed", "routed_4bit")
+VARIANTS = ("base", "base_routed_path", "peft", "routed", "routed_4bit", "peft_4bit")
 IMPLEMENTATIONS = ("eager", "grouped_mm")
 
 
@@ -149,16 +152,20 @@ def build_variants(args: argparse.Namespace, implementation: str) -> dict[str, t
     quantized_config.target_parameters = [
         f"layers.{layer}.{name}" for layer in range(args.num_layers) for name in lora_config.target_parameters
     ]
+    quantized_for_peft = copy.deepcopy(quantized)
     routed_4bit = get_peft_model(quantized, quantized_config)
     apply_routed_lora(routed_4bit)
     routed_4bit.load_state_dict(routed_model.state_dict(), strict=False)  # the same adapter weights
+    peft_4bit = get_peft_model(quantized_for_peft, quantized_config)
+    apply_peft_lora(peft_4bit)
+    peft_4bit.load_state_dict(routed_model.state_dict(), strict=False)
     base_routed_path = copy.deepcopy(base)
     no_lora = {"gate_up_proj": [], "down_proj": []}
     for layer in base_routed_path.layers:
         layer.mlp.experts.forward = functools.partial(routed_lora_experts_forward, layer.mlp.experts, lora=no_lora)
     return {
         "base": base, "base_routed_path": base_routed_path, "peft": peft_model, "routed": routed_model,
-        "routed_4bit": routed_4bit,
+        "routed_4bit": routed_4bit, "peft_4bit": peft_4bit,
     }
 
 
@@ -292,7 +299,8 @@ def bench_implementation(args: argparse.Namespace, implementation: str, argv: li
         f"adapter cost on the same experts code path: routed / base_routed_path = "
         f"{medians['routed'] / medians['base_routed_path']:.2f}x step time"
     )
-    print(f"4-bit experts: routed_4bit / routed = {medians['routed_4bit'] / medians['routed']:.2f}x step time")
+    print(f"4-bit experts: routed_4bit / routed = {medians['routed_4bit'] / medians['routed']:.2f}x step time; "
+          f"peft_4bit / peft = {medians['peft_4bit'] / medians['peft']:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> None:
