@@ -1,7 +1,8 @@
 # Copyright 2026 The qwen-omni authors. Licensed under the Apache License, Version 2.0.
 """
 Launch checks shared by the training scripts: every process says which rank of how many it is, a launch that would not
-run as it claims is refused before any work, and progress is logged at INFO on the main process only.
+run as it claims is refused before any work, progress is logged at INFO on the main process only, and
+`--resume_from_checkpoint true` means the last checkpoint of the output folder in every script.
 
 Library code only (`qwen_omni.launching`); the remote-code files at the repository root never import it, so it is not
 part of any checkpoint.
@@ -251,3 +252,24 @@ class DistributedRunCallback(TrainerCallback):
             model_class = next(cls for cls in fsdp_class.__mro__[1:] if not issubclass(cls, FSDPModule))
             fsdp_class.__module__, fsdp_class.__name__ = model_class.__module__, model_class.__name__
             fsdp_class.__qualname__ = model_class.__qualname__
+
+
+def resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
+    """The checkpoint folder `--resume_from_checkpoint` names: `true` (or `last`, `latest`) is the last `checkpoint-*`
+    of `output_dir`, as in the `transformers` examples; `Trainer` itself would take `true` for a folder name."""
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("false", "none", ""):
+        return None
+    if str(value).lower() in ("true", "last", "latest"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is None:
+            raise ValueError(
+                f"--resume_from_checkpoint {value}: {training_args.output_dir} holds no checkpoint-* folder. Name a "
+                "checkpoint folder, or start without --resume_from_checkpoint."
+            )
+        return last
+    if not os.path.isdir(value):
+        raise ValueError(f"--resume_from_checkpoint {value} does not exist; name a checkpoint-* folder or `true`.")
+    return value

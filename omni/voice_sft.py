@@ -27,7 +27,7 @@ from transformers.utils import logging
 from trl import SFTTrainer
 
 from ..configuration_omni import IGNORE_INDEX
-from ..launching import DistributedRunCallback, check_launch
+from ..launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint
 from ..modeling_omni import OmniForCausalLM, next_token_targets
 from ..processing_omni import OmniProcessor
 from .corpus import load_audio_text_rows, read_audio, read_sampling_rate
@@ -327,7 +327,7 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
         peft_config=lora_config(model_args, voice_args) if model_args.use_peft else None,
     )
     trainer.add_callback(DistributedRunCallback())
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:  # the training curves of train/evaluate.py
         trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))

@@ -18,7 +18,7 @@ from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu
 from safetensors.torch import load_file
 from transformers import TrainingArguments
 
-from qwen_omni.launching import LaunchRequest, check_launch, refusal
+from qwen_omni.launching import LaunchRequest, check_launch, refusal, resolve_resume_checkpoint
 
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -110,6 +110,21 @@ def test_gpu_configs_without_a_gpu_are_refused():
     assert "DeepSpeed ZeRO-3 is GPU-only" in refusal(request, device_type="cpu", world_size=8, has_gpu=False)
     assert "(--use_cpu is set)" in refusal(request, device_type="cpu", world_size=8, has_gpu=True)
     assert refusal(request, device_type="cuda", world_size=8, has_gpu=True) is None
+
+
+def test_resume_from_checkpoint_true_is_the_last_checkpoint(tmp_path):
+    def resolved(value):
+        return resolve_resume_checkpoint(TrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint=value))
+
+    with pytest.raises(ValueError, match=r"--resume_from_checkpoint true: .* holds no checkpoint-\* folder"):
+        resolved("true")
+    for step in (2, 10, 4):
+        os.makedirs(tmp_path / f"checkpoint-{step}")
+    assert resolved("true") == resolved("last") == str(tmp_path / "checkpoint-10")  # by step, not by name
+    assert resolved(str(tmp_path / "checkpoint-2")) == str(tmp_path / "checkpoint-2")
+    assert resolved(None) is None and resolved("false") is None
+    with pytest.raises(ValueError, match="--resume_from_checkpoint .*checkpoint-3 does not exist"):
+        resolved(str(tmp_path / "checkpoint-3"))
 
 
 def test_single_process_is_logged_with_its_rank(tmp_path, caplog):

@@ -1,7 +1,6 @@
 """4-bit fused experts (qwen3_omni/quantized_experts.py), their offload, and the routed expert LoRA over them with
 lora_dropout, on tiny random Qwen3-Omni text models (Thinker and Talker MoE blocks)."""
 
-import copy
 import os
 import sys
 import warnings

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from transformers.utils import logging
 from trl import TrlParser
 
 from qwen_omni import OmniForCausalLM
-from qwen_omni.launching import DistributedRunCallback, check_launch
+from qwen_omni.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint
 from qwen_omni.omni.corpus import (
     check_prepared_rows,
     is_prepared_dataset,
@@ -182,23 +181,6 @@ def check_checkpoint(checkpoint: str, model) -> None:
             "trained with (same --output_dir / --model_name_or_path / size flags), or start without "
             "--resume_from_checkpoint."
         )
-
-
-def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
-    """The checkpoint folder to resume from (`--resume_from_checkpoint true` means the last one in output_dir)."""
-    value = training_args.resume_from_checkpoint
-    if value is None or str(value).lower() in ("false", "none", ""):
-        return None
-    if str(value).lower() in ("true", "last", "latest"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if last is None:
-            raise ValueError(f"--resume_from_checkpoint {value}: {training_args.output_dir} holds no checkpoint-* folder.")
-        return last
-    if not os.path.isdir(value):
-        raise ValueError(f"--resume_from_checkpoint {value} does not exist.")
-    return value
 
 
 STANDIN_CODEC_NOTE = (
@@ -440,7 +422,7 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
         validate_repo_id(training_args.hub_model_id)
         # the Trainer would upload checkpoints as it goes; publishing waits for hub.push_to_hub's checks at the end
         training_args.push_to_hub = False
-    checkpoint = resolve_checkpoint(training_args)
+    checkpoint = resolve_resume_checkpoint(training_args)
     with training_args.main_process_first(desc="building the model and preparing the data"):
         model, processor = load_or_build_model(script_args, output_dir)
         if checkpoint:

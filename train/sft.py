@@ -27,7 +27,7 @@ from qwen_omni.qwen3_omni import (
     load_conversation_dataset,
     load_thinker,
 )
-from qwen_omni.launching import DistributedRunCallback, check_launch, shard_by_decoder_layer
+from qwen_omni.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint, shard_by_decoder_layer
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
 from qwen_omni.qwen3_omni.conversations import DatasetReport
 from qwen_omni.qwen3_omni.lora_targets import lora_config_kwargs
@@ -121,7 +121,7 @@ def main(script_args, training_args, model_args, omni_args):
         moe_lora_impl=omni_args.moe_lora_impl,
     )
     trainer.add_callback(DistributedRunCallback())
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
     for split, report in reports.items():
         # The collator's running counts of rows skipped or cut while training (unreadable media, overlong rows)
         report.collator_counts = dict(trainer._collator_totals[split])

@@ -19,7 +19,7 @@ from peft import get_peft_model
 from transformers import AutoConfig, AutoProcessor
 from trl import ScriptArguments, TrlParser
 
-from qwen_omni.launching import check_launch
+from qwen_omni.launching import check_launch, resolve_resume_checkpoint
 from qwen_omni.omni.corpus import load_audio_text_rows
 from qwen_omni.omni.hub import push_to_hub, validate_repo_id
 from qwen_omni.omni.voice_sft import read_clips
@@ -119,7 +119,7 @@ def main(script_args, training_args, model_args, voice_args):
         speaker_codec_id=codec_id,
         talker_voice_config={"name": speaker, "codec_id": codec_id, "init_id": init_id},
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
     trainer.save_model(training_args.output_dir)
     if push:
         push_to_hub(
