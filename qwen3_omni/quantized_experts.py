@@ -277,11 +277,14 @@ def packed_codes(module: nn.Module, name: str) -> torch.Tensor:
 
 
 class _NF4ExpertLinear(torch.autograd.Function):
-    """`x @ W_e^T` for one 4-bit expert; the backward dequantizes `W_e` again rather than saving it."""
+    """`x @ W_e^T` for one 4-bit expert; the backward dequantizes `W_e` again rather than saving it.
+
+    The weight is used in the dtype of what it multiplies: the activations may be bf16 while the experts were stored
+    from fp32 (FSDP2's bf16 parameter policy, or CPU autocast, whose forward casts but whose backward does not)."""
 
     @staticmethod
     def forward(ctx, x, packed, scales, quantization: NF4Experts, shape, is_transposed):
-        weight = quantization.dequantize(packed, scales, shape)
+        weight = quantization.dequantize(packed, scales, shape).to(x.dtype)
         ctx.save_for_backward(packed, scales)
         ctx.quantization, ctx.shape, ctx.is_transposed = quantization, shape, is_transposed
         return x @ weight if is_transposed else nn.functional.linear(x, weight)
@@ -289,17 +292,18 @@ class _NF4ExpertLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         packed, scales = ctx.saved_tensors
-        weight = ctx.quantization.dequantize(packed, scales, ctx.shape)
+        weight = ctx.quantization.dequantize(packed, scales, ctx.shape).to(grad_output.dtype)
         grad_input = grad_output @ weight.T if ctx.is_transposed else grad_output @ weight
         return grad_input, None, None, None, None, None
 
 
 class _NF4GroupedLinear(torch.autograd.Function):
-    """Grouped `x @ W_e^T` over expert-sorted rows with the whole 4-bit stack dequantized transiently."""
+    """Grouped `x @ W_e^T` over expert-sorted rows with the whole 4-bit stack dequantized transiently (in the dtype of
+    what it multiplies, as in [`_NF4ExpertLinear`])."""
 
     @staticmethod
     def forward(ctx, x, offsets, packed, scales, quantization: NF4Experts, is_transposed):
-        weight = quantization.dequantize(packed, scales, tuple(quantization.shape))
+        weight = quantization.dequantize(packed, scales, tuple(quantization.shape)).to(x.dtype)
         ctx.save_for_backward(offsets, packed, scales)
         ctx.quantization, ctx.is_transposed = quantization, is_transposed
         return hf_moe._grouped_linear(x, weight, offsets, is_transposed=is_transposed)
@@ -307,7 +311,7 @@ class _NF4GroupedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         offsets, packed, scales = ctx.saved_tensors
-        weight = ctx.quantization.dequantize(packed, scales, tuple(ctx.quantization.shape))
+        weight = ctx.quantization.dequantize(packed, scales, tuple(ctx.quantization.shape)).to(grad_output.dtype)
         grad_input = hf_moe._grouped_linear(grad_output, weight, offsets, is_transposed=not ctx.is_transposed)
         return grad_input, None, None, None, None, None
 

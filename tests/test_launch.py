@@ -270,6 +270,22 @@ def test_sft_fsdp2_on_two_cpu_processes_saves_the_single_process_adapter_format(
     assert all(value.abs().sum() > 0 for name, value in weights.items() if ".lora_B." in name)
 
 
+@pytest.mark.slow
+def test_qlora_fsdp2_on_two_cpu_processes_in_bf16_saves_the_bf16_base_adapter_format(sft_workdir, single_process_adapter):
+    # 4-bit experts, attention and towers, stored from the fp32 checkpoint, trained with --bf16 (TRL's default, kept
+    # with --use_cpu): FSDP2 hands the 4-bit experts bf16 activations
+    output_dir = sft_workdir["root"] / "qlora_fsdp2"
+    result = launch(["--config_file", str(CONFIGS / "fsdp2.yaml"), "--num_processes", "2"], sft_workdir, output_dir,
+                    "--use_cpu", "true", "--load_in_4bit")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert_two_ranks_shared_the_data(result.stderr, "FSDP2")
+    shapes, config, weights = adapter_format(output_dir)
+    reference_shapes, reference_config, _ = adapter_format(single_process_adapter)
+    # the expert wrappers are nested as on the fp32 base: the same keys, so the adapter merges onto it
+    assert shapes == reference_shapes and config == reference_config
+    assert all(value.abs().sum() > 0 for name, value in weights.items() if ".lora_B." in name)
+
+
 @NO_GPU
 @pytest.mark.slow
 def test_fsdp2_config_without_gpu_or_use_cpu_stops_with_a_clear_error(sft_workdir):

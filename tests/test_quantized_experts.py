@@ -175,6 +175,22 @@ def test_lora_trains_on_4bit_experts_and_only_lora_gets_gradients(apply_lora_imp
     assert losses[-1] < losses[0] - 0.5, losses
 
 
+@pytest.mark.parametrize("apply_lora_impl", [apply_routed_lora, apply_peft_lora], ids=["routed", "peft"])
+def test_lora_over_4bit_experts_stored_from_fp32_trains_under_bf16_autocast(apply_lora_impl):
+    # what `Trainer` does with --bf16 on an fp32 model (and FSDP2's bf16 parameter policy does with the activations):
+    # the forward runs in bf16, the custom backward outside autocast
+    model = tiny_text_model()
+    quantize_experts(model)
+    model = get_peft_model(model, lora_config(init_lora_weights=True))
+    apply_lora_impl(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = model(input_ids=INPUT_IDS).last_hidden_state
+    hidden.float().pow(2).mean().backward()
+    expert_grads = [p.grad for name, p in model.named_parameters() if ".experts." in name and ".lora_B." in name]
+    assert expert_grads and all(grad is not None and grad.dtype == torch.float32 and grad.abs().sum() > 0
+                                for grad in expert_grads)
+
+
 def test_peft_wrapper_on_4bit_experts_equals_peft_on_the_dequantized_experts_at_every_forward():
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
