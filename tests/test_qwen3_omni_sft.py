@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -80,7 +81,10 @@ def test_thinker_loads_from_full_and_thinker_only_checkpoints(workdir, tmp_path)
 def test_lora_lands_on_attention_router_and_experts_only(workdir):
     thinker = load_thinker(workdir["base"])
     config = build_lora_config(thinker, r=4, lora_alpha=8, expert_r=2)
-    model = get_peft_model(thinker, config)
+    with warnings.catch_warnings(record=True) as caught:
+        model = get_peft_model(thinker, config)
+    # PEFT 0.21 would report the experts' rank_pattern as ignored (it checks module names only); it is applied below
+    assert not [w for w in caught if "did not match any targeted module" in str(w.message)]
     trainable = {name for name, param in model.named_parameters() if param.requires_grad}
     assert trainable and all(".lora_A." in name or ".lora_B." in name for name in trainable)
     adapted = {name.split(".lora_")[0].replace(".base_layer", "") for name in trainable}
