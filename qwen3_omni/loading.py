@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import bitsandbytes as bnb
 import torch
-from transformers import AutoConfig, BitsAndBytesConfig, Qwen3OmniMoeThinkerForConditionalGeneration
+from transformers import AutoConfig, BitsAndBytesConfig, PreTrainedModel, Qwen3OmniMoeThinkerForConditionalGeneration
 from transformers.utils import logging
 
 from .expert_offload import ExpertOffloader
@@ -111,29 +112,51 @@ def load_thinker(
         quantization_config = linear_4bit_config(
             dtype, bnb_4bit_quant_type, bnb_4bit_use_double_quant, quantize_towers=quantize_towers
         )
-    if quantization_config is not None or quantize_experts:
-        device_map = device_map or ({"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu")
-    expert_quantization = ExpertQuantizationConfig(
-        quant_type=bnb_4bit_quant_type, double_quant=bnb_4bit_use_double_quant
+    model = from_pretrained_quantized(
+        Qwen3OmniMoeThinkerForConditionalGeneration,
+        model_name_or_path,
+        quantization_config=quantization_config,
+        expert_quantization=(
+            ExpertQuantizationConfig(quant_type=bnb_4bit_quant_type, double_quant=bnb_4bit_use_double_quant)
+            if quantize_experts else None
+        ),
+        dtype=dtype,
+        experts_implementation=resolve_experts_implementation(experts_implementation),
+        attn_implementation=attn_implementation,
+        device_map=device_map,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
     )
-    with quantize_experts_on_load(expert_quantization) if quantize_experts else contextlib.nullcontext():
-        model = Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(
-            model_name_or_path,
-            dtype=dtype,
-            experts_implementation=resolve_experts_implementation(experts_implementation),
-            attn_implementation=attn_implementation,
-            quantization_config=quantization_config,
-            device_map=device_map,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-        )
-    if quantization_config is not None:
-        _keep_4bit_layers_off_the_cpu_inference_kernel(model)
     if offload_experts:
         if torch.cuda.is_available():
             model._expert_offloader = ExpertOffloader(model, device=torch.device("cuda", torch.cuda.current_device()))
         else:
             logger.info("offload_experts: no CUDA device, the 4-bit experts already live in host memory (no-op).")
+    return model
+
+
+def from_pretrained_quantized(
+    model_class: type[PreTrainedModel],
+    model_name_or_path: str,
+    *,
+    quantization_config: BitsAndBytesConfig | None = None,
+    expert_quantization: ExpertQuantizationConfig | None = None,
+    device_map: str | dict | None = None,
+    **kwargs,
+) -> PreTrainedModel:
+    """`model_class.from_pretrained` for training on a 4-bit base: the `nn.Linear` layers under `quantization_config`
+    (bitsandbytes) and, with `expert_quantization`, every fused expert tensor stored in NF4 as it loads
+    (`quantized_experts.quantize_experts_on_load`). A quantized base defaults to the current CUDA device (the CPU
+    without one)."""
+    if quantization_config is not None or expert_quantization is not None:
+        device_map = device_map or ({"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu")
+    loading = quantize_experts_on_load(expert_quantization) if expert_quantization else contextlib.nullcontext()
+    with loading:
+        model = model_class.from_pretrained(
+            model_name_or_path, quantization_config=quantization_config, device_map=device_map, **kwargs
+        )
+    if quantization_config is not None:
+        _keep_4bit_layers_off_the_cpu_inference_kernel(model)
     return model
 
 
@@ -148,18 +171,24 @@ def _keep_4bit_layers_off_the_cpu_inference_kernel(model: torch.nn.Module) -> No
 
 
 def linear_4bit_config(
-    dtype: str | torch.dtype = "auto", quant_type: str = "nf4", double_quant: bool = True, quantize_towers: bool = True
+    dtype: str | torch.dtype = "auto",
+    quant_type: str = "nf4",
+    double_quant: bool = True,
+    quantize_towers: bool = True,
+    thinker_prefix: str = "",
+    keep_unquantized: Sequence[str] = (),
 ) -> BitsAndBytesConfig:
     """The `BitsAndBytesConfig` for the `nn.Linear` layers of a QLoRA Thinker: all but the LM head (as transformers
     keeps the output embedding), and without the audio and vision encoders' when `quantize_towers=False`. The towers'
-    convolutions are not `Linear` and stay in `dtype` either way."""
+    convolutions are not `Linear` and stay in `dtype` either way. For a full model, `thinker_prefix` is where the
+    Thinker sits (`"thinker."`) and `keep_unquantized` names further modules to keep in `dtype`."""
     compute_dtype = dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype), torch.bfloat16)
-    # transformers matches the skipped names as module-name prefixes
-    skipped_towers = [] if quantize_towers else [prefix.rstrip(".") for prefix in TOWER_PREFIXES.values()]
+    # transformers matches the skipped names as module-name prefixes (or suffixes, which "lm_head" relies on)
+    skipped_towers = [] if quantize_towers else [thinker_prefix + p.rstrip(".") for p in TOWER_PREFIXES.values()]
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant_type,
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
-        llm_int8_skip_modules=["lm_head", *skipped_towers],
+        llm_int8_skip_modules=["lm_head", *skipped_towers, *keep_unquantized],
     )

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from peft import LoraConfig
 from torch import nn
 
+from .quantized_experts import target_parameter_names
 from .routed_lora import register_routed_lora
 from .sft_trainer import MOE_LORA_IMPLEMENTATIONS
 
@@ -102,9 +103,7 @@ def build_lora_config(
         elif any(name.startswith(TOWER_PREFIXES[tower]) for tower in towers):
             target_modules.append(name)
     wanted_parameters = ((ROUTER_PARAMETER,) if target_router else ()) + (EXPERT_PARAMETERS if target_experts else ())
-    for name, _ in model.named_parameters():
-        # a 4-bit expert tensor is `<experts>.parametrizations.<name>.original`; PEFT targets it by `<experts>.<name>`
-        name = name.replace(".parametrizations.", ".").removesuffix(".original")
+    for name in target_parameter_names(model):
         if name.startswith(TEXT_MODEL_PREFIX) and name.endswith(wanted_parameters):
             target_parameters.append(name)
     if not target_modules and not target_parameters:

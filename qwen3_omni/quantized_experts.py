@@ -264,6 +264,13 @@ def quantize_experts_on_load(config: ExpertQuantizationConfig | None = None) -> 
         quantized_modules.append(module)
 
 
+def target_parameter_names(model: nn.Module) -> Iterator[str]:
+    """The names of `model`'s parameters as PEFT's `target_parameters` name them: a 4-bit tensor, registered as
+    `<module>.parametrizations.<name>.original`, is targeted as `<module>.<name>`."""
+    for name, _ in model.named_parameters():
+        yield name.replace(".parametrizations.", ".").removesuffix(".original")
+
+
 def nf4_parametrization(module: nn.Module, name: str) -> NF4Experts | None:
     """The [`NF4Experts`] parametrization of `module.<name>`, or `None` when that tensor is not stored in 4 bits."""
     if not parametrize.is_parametrized(module, name):

@@ -48,6 +48,7 @@ from .quantized_experts import (
     nf4_expert_linear,
     nf4_grouped_linear,
     nf4_parametrization,
+    target_parameter_names,
 )
 
 
@@ -314,9 +315,7 @@ def register_routed_lora(config: LoraConfig, model: nn.Module) -> LoraConfig:
         files stay PEFT's).
     """
     owners = {}
-    for name, _ in model.named_parameters():
-        # a 4-bit tensor is named `<module>.parametrizations.<name>.original`
-        name = name.replace(".parametrizations.", ".").removesuffix(".original")
+    for name in target_parameter_names(model):
         if any(name == target or name.endswith("." + target) for target in config.target_parameters or ()):
             module = model.get_submodule(name.rpartition(".")[0])
             # parametrize gives each 4-bit experts module a class of its own; key by the class it was built as

@@ -33,12 +33,15 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig
 from torch import nn
+from torch.nn.utils import parametrize
 from transformers import AutoConfig, PretrainedConfig, Qwen3OmniMoeForConditionalGeneration, Trainer
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeTalkerTextExperts
 from transformers.utils import logging
 
 from .collator import IGNORE_INDEX
+from .loading import from_pretrained_quantized, linear_4bit_config
 from .lora_targets import ATTENTION_PROJECTIONS, EXPERT_PARAMETERS, ROUTER_PARAMETER
+from .quantized_experts import ExpertQuantizationConfig, target_parameter_names
 from .talker_voice_data import EncodedClip
 
 
@@ -134,11 +137,47 @@ def check_has_talker(config: PretrainedConfig, name: str = "the checkpoint") -> 
         )
 
 
-def load_talker_model(model_name_or_path: str, **kwargs) -> Qwen3OmniMoeForConditionalGeneration:
-    """Load a full Qwen3-Omni (Thinker, Talker, code2wav) after checking it has a Talker."""
+# Kept in the compute dtype on a 4-bit base: the Talker's codec head, the code predictor (small, and its MLP weights
+# can be LoRA parameter targets, which a bitsandbytes weight cannot be) and the vocoder.
+UNQUANTIZED_MODULES = ("talker.codec_head", "talker.code_predictor", "code2wav")
+
+
+def load_talker_model(
+    model_name_or_path: str,
+    *,
+    load_in_4bit: bool = False,
+    quantize_experts: bool | None = None,
+    quantize_towers: bool = True,
+    bnb_4bit_quant_type: str = "nf4",
+    bnb_4bit_use_double_quant: bool = True,
+    **kwargs,
+) -> Qwen3OmniMoeForConditionalGeneration:
+    """Load a full Qwen3-Omni (Thinker, Talker, code2wav) after checking it has a Talker, with the Talker's experts
+    made routable ([`make_talker_experts_routable`]).
+
+    With `load_in_4bit` the base is a QLoRA one: every fused expert tensor (the Thinker's and the Talker's) in NF4 as
+    it loads, unless `quantize_experts=False` (`quantize_experts=True` alone quantizes the experts only), and the
+    `nn.Linear` layers through bitsandbytes, except the Thinker's LM head, the Talker's codec head, the code
+    predictor, code2wav and, with `quantize_towers=False`, the Thinker's encoders. Other keyword arguments go
+    to `from_pretrained`.
+    """
     config = AutoConfig.from_pretrained(model_name_or_path, revision=kwargs.get("revision"))
     check_has_talker(config, model_name_or_path)
-    return Qwen3OmniMoeForConditionalGeneration.from_pretrained(model_name_or_path, **kwargs)
+    quantize_experts = load_in_4bit if quantize_experts is None else quantize_experts
+    model = from_pretrained_quantized(
+        Qwen3OmniMoeForConditionalGeneration,
+        model_name_or_path,
+        quantization_config=linear_4bit_config(
+            kwargs.get("dtype", "auto"), bnb_4bit_quant_type, bnb_4bit_use_double_quant,
+            quantize_towers=quantize_towers, thinker_prefix="thinker.", keep_unquantized=UNQUANTIZED_MODULES,
+        ) if load_in_4bit else None,
+        expert_quantization=ExpertQuantizationConfig(
+            quant_type=bnb_4bit_quant_type, double_quant=bnb_4bit_use_double_quant
+        ) if quantize_experts else None,
+        **kwargs,
+    )
+    make_talker_experts_routable(model)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------- speaker
@@ -238,12 +277,20 @@ class _EagerExpertsConfig:
 
 
 def make_talker_experts_routable(model: nn.Module) -> int:
-    """Give the Talker's experts modules the [`RoutableTalkerExperts`] class, in place; returns how many."""
+    """Give the Talker's experts modules the [`RoutableTalkerExperts`] class, in place; returns how many (0 when they
+    already have it)."""
     count = 0
     for module in model.modules():
-        if type(module) is Qwen3OmniMoeTalkerTextExperts:
+        if parametrize.type_before_parametrizations(module) is not Qwen3OmniMoeTalkerTextExperts:
+            continue
+        if parametrize.is_parametrized(module):
+            # 4-bit experts: parametrize gave the module a class of its own, subclassing the Talker's and holding the
+            # 4-bit tensors' properties; rebuild it on the routable class
+            parametrized = type(module)
+            module.__class__ = type(parametrized.__name__, (RoutableTalkerExperts,), dict(vars(parametrized)))
+        else:
             module.__class__ = RoutableTalkerExperts
-            count += 1
+        count += 1
     return count
 
 
@@ -275,7 +322,7 @@ def build_talker_lora_config(
         elif target_code_predictor and name.startswith(CODE_PREDICTOR_PREFIX) and leaf in CODE_PREDICTOR_PROJECTIONS:
             target_modules.append(name)
     wanted = ((ROUTER_PARAMETER,) if target_router else ()) + (EXPERT_PARAMETERS if target_experts else ())
-    for name, _ in model.named_parameters():
+    for name in target_parameter_names(model):
         if name.startswith(TALKER_PREFIX) and wanted and name.endswith(wanted):
             target_parameters.append(name)
         elif (

@@ -3,6 +3,7 @@ Mimi: teacher forcing equals `generate`, the voice is learned, data, merge and b
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -302,6 +303,34 @@ def test_tensorboard_logs_both_losses(trained):
     assert total[0].value == pytest.approx(talker[0].value + predictor[0].value, abs=2e-3)
 
 
+@pytest.mark.slow
+def test_voice_trains_on_a_4bit_base_and_merges_onto_the_checkpoint(workdir, trained):
+    """`--load_in_4bit`: the Thinker's and Talker's experts in NF4 and the Linear layers in 4 bits; the voice trains
+    (both losses fall), and the adapter has the keys and shapes of the one trained on the checkpoint's weights, so
+    `train/merge.py` folds it into the checkpoint (never into the 4-bit weights)."""
+    from safetensors.torch import load_file
+
+    output_dir = workdir["root"] / "nova_4bit"
+    result = run_script(
+        "talker_voice_sft.py",
+        *train_flags(workdir, output_dir, "--speaker_name", "nova", "--init_speaker", "Ethan", "--max_steps", 30,
+                     "--lora_target_code_predictor_mlp", "true", "--logging_steps", 10, "--load_in_4bit"),
+    )
+    logged = [json.loads(line.replace("'", '"')) for line in re.findall(r"\{'loss'.*?\}", result.stdout)]
+    assert len(logged) == 3, result.stdout[-2000:]
+    for key in ("talker_loss", "code_predictor_loss"):
+        assert float(logged[-1][key]) < float(logged[0][key]), logged
+    adapter = load_file(output_dir / "adapter_model.safetensors")
+    reference = load_file(trained["adapter"] / "adapter_model.safetensors")
+    assert {key: value.shape for key, value in adapter.items()} == {key: value.shape for key, value in reference.items()}
+    merged = workdir["root"] / "nova_4bit_merged"
+    run_script("merge.py", "--adapter", output_dir, "--output_dir", merged)
+    model, info = Qwen3OmniMoeForConditionalGeneration.from_pretrained(merged, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.talker_config.speaker_id["nova"] == json.loads(
+        (output_dir / "talker_voice_config.json").read_text())["speaker_codec_id"]
+
+
 def test_only_lora_and_speaker_row_change(workdir, trained, processor):
     """The adapter holds Talker tensors only; the merged checkpoint reloads with no missing or unexpected key, in the
     Hub's per-expert layout; its Thinker and code2wav are bit-identical to the base (same Thinker logits), and of the
@@ -453,6 +482,22 @@ def test_speaker_options(workdir):
         resolve_speaker(config, "nova", "Bob")
 
 
+@pytest.mark.parametrize("flag", ["--load_in_8bit", "--offload_experts"])
+def test_quantization_options_the_recipe_cannot_honour_are_refused(workdir, tmp_path, flag):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("talker_voice_sft_script", os.path.join(REPO, "train", "talker_voice_sft.py"))
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script  # dataclasses look their module up
+    spec.loader.exec_module(script)
+    parser = script.TrlParser((script.ScriptArguments, script.Qwen3OmniSFTConfig, script.Qwen3OmniModelConfig,
+                               script.TalkerVoiceArguments))
+    flags = [str(value) for value in train_flags(workdir, tmp_path / "out", "--speaker_name", "nova", flag)]
+    with pytest.raises(ValueError, match=r"does not take --load_in_8bit or --offload_experts.*--load_in_4bit"):
+        script.main(*parser.parse_args_and_config(args=flags))
+    assert not (tmp_path / "out").exists()
+
+
 def test_checkpoint_without_talker_is_refused(workdir, tmp_path):
     processor = qwen3_omni_tiny.build_processor()
     config = qwen3_omni_tiny.build_config(processor.tokenizer, enable_audio_output=False)
@@ -468,21 +513,25 @@ def test_checkpoint_without_talker_is_refused(workdir, tmp_path):
     assert not (tmp_path / "out" / "mimi_codes").exists()
 
 
-def test_routed_and_peft_expert_lora_agree_on_the_talker(workdir, processor):
-    """apply_routed_lora reaches the Talker's experts and computes what PEFT's wrapper computes (loss, gradients)."""
+@pytest.mark.parametrize("load_in_4bit", [False, True], ids=["bf16_base", "4bit_base"])
+def test_routed_and_peft_expert_lora_agree_on_the_talker(workdir, processor, load_in_4bit):
+    """apply_routed_lora reaches the Talker's experts and computes what PEFT's wrapper computes (loss, gradients), on
+    the checkpoint's weights and on a 4-bit base (the Thinker's and the Talker's experts in NF4)."""
     from peft import get_peft_model
 
+    from qwen_omni.qwen3_omni.peft_lora import apply_peft_lora
+    from qwen_omni.qwen3_omni.quantized_experts import nf4_parametrization
     from qwen_omni.qwen3_omni.routed_lora import ParamWrapper as RoutedParamWrapper, apply_routed_lora
-    from qwen_omni.qwen3_omni.talker_voice import (
-        build_talker_lora_config,
-        make_talker_experts_routable,
-    )
+    from qwen_omni.qwen3_omni.talker_voice import RoutableTalkerExperts, build_talker_lora_config, load_talker_model
 
     results = []
     for impl in ("routed", "peft"):
-        model = load_model(workdir["base"])
+        model = load_talker_model(workdir["base"], load_in_4bit=load_in_4bit, dtype=torch.float32).eval()
         model.requires_grad_(False)
-        make_talker_experts_routable(model)
+        talker_experts = model.talker.model.layers[0].mlp.experts
+        assert isinstance(talker_experts, RoutableTalkerExperts)
+        for experts in (talker_experts, model.thinker.model.language_model.layers[0].mlp.experts):
+            assert (nf4_parametrization(experts, "gate_up_proj") is not None) == load_in_4bit
         torch.manual_seed(0)
         ethan = model.config.talker_config.speaker_id["ethan"]
         peft_model = get_peft_model(model, build_talker_lora_config(model, [ethan], r=4, lora_alpha=8))
@@ -494,6 +543,8 @@ def test_routed_and_peft_expert_lora_agree_on_the_talker(workdir, processor):
             assert apply_routed_lora(peft_model) == 3  # router, gate_up_proj, down_proj of the Talker's MoE layer
             experts = peft_model.get_base_model().talker.model.layers[0].mlp.experts
             assert type(experts) is RoutedParamWrapper
+        else:
+            apply_peft_lora(peft_model)
         torch.manual_seed(1)
         codes = torch.randint(0, qwen3_omni_tiny.TINY_CODEBOOK_SIZE, (5, qwen3_omni_tiny.TINY_NUM_CODEBOOKS))
         base = peft_model.get_base_model()

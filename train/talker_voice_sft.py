@@ -25,6 +25,7 @@ from qwen_omni.omni.hub import push_to_hub, validate_repo_id
 from qwen_omni.omni.voice_sft import read_clips
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniModelConfig, Qwen3OmniSFTConfig
 from qwen_omni.qwen3_omni.loading import resolve_experts_implementation
+from qwen_omni.qwen3_omni.peft_lora import apply_peft_lora
 from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora
 from qwen_omni.qwen3_omni.talker_voice import (
     TalkerVoiceArguments,
@@ -35,7 +36,6 @@ from qwen_omni.qwen3_omni.talker_voice import (
     cache_thinker_outputs,
     check_has_talker,
     load_talker_model,
-    make_talker_experts_routable,
     resolve_speaker,
 )
 from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
@@ -45,10 +45,10 @@ def main(script_args, training_args, model_args, voice_args):
     check_launch(training_args)
     name_or_path, revision = model_args.model_name_or_path, model_args.model_revision
     check_has_talker(AutoConfig.from_pretrained(name_or_path, revision=revision), name_or_path)
-    if model_args.load_in_4bit or model_args.load_in_8bit:
+    if model_args.load_in_8bit or model_args.offload_experts:
         raise ValueError(
-            "The Talker voice recipe does not load a quantized base (--load_in_4bit / --load_in_8bit): the frozen "
-            "Thinker and the Talker are loaded in --dtype. Drop the flag."
+            "The Talker voice recipe does not take --load_in_8bit or --offload_experts. For a smaller base use "
+            "--load_in_4bit (4-bit experts and Linear layers of the Thinker and the Talker)."
         )
     if not model_args.use_peft:
         raise ValueError("The Talker voice recipe trains a LoRA adapter: drop --use_peft false.")
@@ -62,6 +62,11 @@ def main(script_args, training_args, model_args, voice_args):
 
     model = load_talker_model(
         name_or_path,
+        load_in_4bit=model_args.load_in_4bit,
+        quantize_experts=model_args.quantize_experts,
+        quantize_towers=model_args.quantize_towers,
+        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
         revision=revision,
         dtype=model_args.dtype,
         attn_implementation=model_args.attn_implementation,
@@ -96,7 +101,6 @@ def main(script_args, training_args, model_args, voice_args):
 
     add_speaker(model, speaker, codec_id, init_id)
     model.requires_grad_(False)
-    make_talker_experts_routable(model)
     peft_model = get_peft_model(
         model,
         build_talker_lora_config(
@@ -109,6 +113,8 @@ def main(script_args, training_args, model_args, voice_args):
     )
     if voice_args.moe_lora_impl == "routed":
         apply_routed_lora(peft_model)
+    else:
+        apply_peft_lora(peft_model)
     peft_model.print_trainable_parameters()
 
     trainer = TalkerVoiceTrainer(
