@@ -226,11 +226,42 @@ def _eval_table(report: dict | None) -> str:
     return "\n".join(lines)
 
 
-def _usage(repo_id: str, adapter: bool, base_model: str | None) -> str:
-    if adapter:
+def _usage(repo_id: str, kind: str, base_model: str | None, folder: Path) -> str:
+    base = base_model or "BASE_MODEL"
+    if kind == "talker_voice_adapter":
+        from qwen_omni.qwen3_omni.talker_voice import read_talker_voice_config
+
+        voice = read_talker_voice_config(folder)
+        return (
+            "from peft import PeftModel\nfrom transformers import Qwen3OmniMoeForConditionalGeneration\n\n"
+            f'base = Qwen3OmniMoeForConditionalGeneration.from_pretrained("{base}", dtype="auto")\n'
+            f'model = PeftModel.from_pretrained(base, "{repo_id}").merge_and_unload()\n'
+            "# the new speaker's codec id (talker_voice_config.json), looked up by generate(speaker=...)\n"
+            f'model.config.talker_config.speaker_id["{voice["speaker_name"]}"] = {voice["speaker_codec_id"]}\n'
+            f'# text_ids, audio = model.generate(**inputs, speaker="{voice["speaker_name"]}")  # 24 kHz'
+        )
+    if kind == "qwen3_omni_adapter":
+        adapter_config = json.loads((folder / "adapter_config.json").read_text())
+        lines = [
+            "from peft import PeftConfig, PeftModel",
+            "from transformers import AutoProcessor, Qwen3OmniMoeThinkerForConditionalGeneration",
+            "",
+            f'base = Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained("{base}", dtype="auto")',
+        ]
+        if adapter_config.get("lora_dropout") and adapter_config.get("target_parameters"):
+            lines += [
+                f'config = PeftConfig.from_pretrained("{repo_id}")',
+                "config.lora_dropout = 0.0  # dropout only acts in training; PEFT's parameter wrapper refuses it",
+                f'model = PeftModel.from_pretrained(base, "{repo_id}", config=config)',
+            ]
+        else:
+            lines.append(f'model = PeftModel.from_pretrained(base, "{repo_id}")')
+        lines.append(f'processor = AutoProcessor.from_pretrained("{base}")')
+        return "\n".join(lines)
+    if kind == "omni_adapter":
         return (
             "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoProcessor\n\n"
-            f'base = AutoModelForCausalLM.from_pretrained("{base_model or "BASE_MODEL"}", trust_remote_code=True)\n'
+            f'base = AutoModelForCausalLM.from_pretrained("{base}", trust_remote_code=True)\n'
             f'model = PeftModel.from_pretrained(base, "{repo_id}")\n'
             f'processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)'
         )
@@ -279,9 +310,24 @@ def build_model_card(
     if (folder / "config.json").is_file():
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     omni = model_type == "omni" or (folder / "processor_config.json").is_file() and "snac" in (folder / "processor_config.json").read_text().lower()
+    if omni:
+        kind = "omni_adapter" if adapter else "omni"
+    elif adapter:
+        kind = "talker_voice_adapter" if (folder / "talker_voice_config.json").is_file() else "qwen3_omni_adapter"
+    else:
+        raise ValueError(
+            f"{folder} is neither an Omni model nor a LoRA adapter: build_model_card writes cards for Omni models and "
+            "for adapters (Omni, Qwen3-Omni Thinker, Qwen3-Omni Talker voice)."
+        )
+    speech_out = kind in ("omni", "omni_adapter", "talker_voice_adapter")
     datasets = [str(d) for d in (datasets or [])]
     hub_datasets = [d for d in (_hub_id(d) for d in datasets) if d]
-    card_tags = ["custom_code", "text-to-speech", "speech", "snac", "qwen3", "qwen-omni"] if omni else ["qwen3-omni", "lora"]
+    card_tags = {
+        "omni": ["custom_code", "text-to-speech", "speech", "snac", "qwen3", "qwen-omni"],
+        "omni_adapter": ["custom_code", "text-to-speech", "speech", "snac", "qwen3", "qwen-omni"],
+        "qwen3_omni_adapter": ["qwen3-omni"],
+        "talker_voice_adapter": ["qwen3-omni", "text-to-speech", "speech", "talker", "voice"],
+    }[kind]
     if adapter:
         card_tags += [tag for tag in ("peft", "lora") if tag not in card_tags]
     card_tags += [tag for tag in (tags or []) if tag not in card_tags]
@@ -290,37 +336,52 @@ def build_model_card(
         language=["en"],
         license=license,
         library_name="peft" if adapter else "transformers",
-        pipeline_tag=pipeline_tag or ("text-to-speech" if omni else None),
+        pipeline_tag=pipeline_tag or ("text-to-speech" if speech_out else None),
         tags=card_tags,
         base_model=_hub_id(base_model),
         datasets=hub_datasets or None,
         model_name=model_name,
         eval_results=eval_results_from_report(eval_report, (hub_datasets or [model_name + "-eval"])[0], Path(str(eval_report.get("dataset", "eval"))).name) if eval_report else None,
     )
-    code_files = required_code_files(folder) if not adapter else sorted(p.name for p in folder.glob("*.py"))
+    if omni:
+        code_files = required_code_files(folder) if not adapter else sorted(p.name for p in folder.glob("*.py"))
+        loading_text = (
+            f"The model's code (`{'`, `'.join(code_files) or 'none'}`) ships in this repository, so it loads with "
+            "`trust_remote_code=True` and needs no package beyond `transformers`, `snac`"
+            + (", `peft`." if adapter else ".")
+        )
+    else:
+        loading_text = "transformers has the Qwen3-Omni classes: the adapter needs `peft` and no remote code."
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path),
         model_name=model_name,
-        description=(
-            "A LoRA adapter" + (" for an Omni text/speech model" if omni else " for Qwen3-Omni")
-            if adapter
-            else "An Omni model: a Qwen3 decoder that speaks and listens through SNAC audio tokens (text to speech "
-            "with named speakers, speech to text)."
-        ),
+        description={
+            "omni": "An Omni model: a Qwen3 decoder that speaks and listens through SNAC audio tokens (text to speech "
+            "with named speakers, speech to text).",
+            "omni_adapter": "A LoRA adapter for an Omni text/speech model.",
+            "qwen3_omni_adapter": "A LoRA adapter for the Thinker of Qwen3-Omni.",
+            "talker_voice_adapter": "A LoRA adapter that gives the Talker of Qwen3-Omni a new voice.",
+        }[kind],
         model_type=("LoRA adapter (PEFT)" if adapter else f"causal LM, `model_type: {model_type}`"),
         base_model_text=f"`{base_model}`" if base_model else "trained from scratch",
         datasets_text=", ".join(f"`{d}`" for d in datasets) or "not recorded",
         license=license,
-        usage=_usage(repo_id, adapter, _hub_id(base_model)),
+        usage=_usage(repo_id, kind, _hub_id(base_model), folder),
         eval_table=_eval_table(eval_report),
-        training_text=(
-            "Fine-tuned with TRL's `SFTTrainer` and a PEFT LoRA adapter on (audio, transcript) pairs in the format "
-            "`<|tts|><|text_start|>{speaker}: {text}<|text_end|><|audio_start|> AUDIO <|audio_end|>`, loss on the "
-            "audio tokens (`train/sft.py`)." if omni else "Fine-tuned with TRL's `SFTTrainer` (`train/sft.py`)."
-        ),
-        code_files="`, `".join(code_files) or "none",
-        extra_requirements=", `snac`" if omni else ", `peft`",
+        training_text={
+            "omni": "Trained with qwen-omni's recipes: `train/pretrain.py` on text and SNAC audio-token sequences and, "
+            "for a voice, `train/omni_voice_sft.py` with its LoRA adapter merged by `train/merge.py`.",
+            "omni_adapter": "Fine-tuned with TRL's `SFTTrainer` and a PEFT LoRA adapter on (audio, transcript) pairs "
+            "in the format `<|tts|><|text_start|>{speaker}: {text}<|text_end|><|audio_start|> AUDIO <|audio_end|>`, "
+            "loss on the audio tokens (`train/omni_voice_sft.py`).",
+            "qwen3_omni_adapter": "Fine-tuned with TRL's `SFTTrainer` (`train/sft.py`): LoRA on the Thinker's "
+            "attention, MoE routers and fused experts.",
+            "talker_voice_adapter": "LoRA on the Talker's attention, MoE routers and experts and on the code "
+            "predictor, plus the new speaker's codec-embedding row, teacher-forced on (clip, transcript) pairs whose "
+            "audio is encoded with Mimi (`train/talker_voice_sft.py`).",
+        }[kind],
+        loading_text=loading_text,
     )
 
 

@@ -80,3 +80,16 @@ def tiny_processor(codec_dir, **feature_extractor_kwargs):
     audio_tokenizer = SNACAudioTokenizer.from_pretrained(codec_dir)
     feature_extractor = SNACFeatureExtractor(sampling_rate=audio_tokenizer.config.sampling_rate, **feature_extractor_kwargs)
     return OmniProcessor(feature_extractor, tokenizer, audio_tokenizer)
+
+
+def front_matter(card: str) -> dict:
+    """The YAML metadata of a model card."""
+    import yaml
+
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def usage_code(card: str) -> str:
+    """The Python code block of a model card's Usage section."""
+    return card.split("## Usage")[1].split("```python\n")[1].split("```")[0]

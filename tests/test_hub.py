@@ -4,20 +4,15 @@ import json
 import shutil
 
 import pytest
-import yaml
 from huggingface_hub import HfApi
 
+from omni_testing import front_matter, usage_code
 from qwen_omni.omni.hub import build_model_card, check_folder, push_to_hub, required_code_files, validate_repo_id
 
 CODE_FILES = ["configuration_omni.py", "feature_extraction_omni.py", "modeling_omni.py", "processing_omni.py"]
 REPORT = {"dataset": "data/voice_clips", "num_clips": 2, "asr": {"wer": 0.5, "cer": 0.25},
           "tts_intelligibility": {"wer": 0.75, "cer": 0.5, "transcriber": "self"},
           "codec": {"mel_distance": 0.3, "si_sdr": 4.0}, "teacher_forced": {"audio_perplexity": 12.0}}
-
-
-def front_matter(text):
-    assert text.startswith("---\n")
-    return yaml.safe_load(text.split("---\n")[1])
 
 
 @pytest.fixture
@@ -82,8 +77,23 @@ def test_adapter_card(tmp_path):
     (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "Qwen/Qwen3-Omni-30B-A3B-Instruct", "peft_type": "LORA"}))
     (folder / "adapter_model.safetensors").write_bytes(b"")
     check_folder(folder)
-    meta = front_matter(str(build_model_card(folder, "someone/omni-lora")))
+    card = str(build_model_card(folder, "someone/omni-lora"))
+    meta = front_matter(card)
     assert meta["library_name"] == "peft" and meta["base_model"] == "Qwen/Qwen3-Omni-30B-A3B-Instruct"
+    # a Qwen3-Omni Thinker adapter loads onto transformers' own class, without remote code
+    usage = usage_code(card)
+    assert "Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(\"Qwen/Qwen3-Omni-30B-A3B-Instruct\"" in usage
+    assert "trust_remote_code" not in card and "lora_dropout" not in usage
+    # an adapter trained with dropout on the router / experts: PEFT's wrapper refuses it at load, the snippet sets it 0
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "base_model_name_or_path": "Qwen/Qwen3-Omni-30B-A3B-Instruct", "peft_type": "LORA", "lora_dropout": 0.1,
+        "target_parameters": ["model.language_model.layers.0.mlp.gate.weight"]}))
+    assert "config.lora_dropout = 0.0" in usage_code(str(build_model_card(folder, "someone/omni-lora")))
+    not_ours = tmp_path / "plain"
+    not_ours.mkdir()
+    (not_ours / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="neither an Omni model nor a LoRA adapter"):
+        build_model_card(not_ours, "someone/plain")
     (folder / "adapter_model.safetensors").unlink()
     with pytest.raises(ValueError, match="no adapter_model.safetensors"):
         check_folder(folder)

@@ -428,6 +428,17 @@ def test_adapter_trained_on_4bit_experts_merges_onto_the_bf16_base(checkpoint, t
     assert quantization_error > 1e-3
     assert (merged_logits - qlora_logits).abs().max() <= 2 * quantization_error
 
+    # the usage code of the adapter's model card (train/push_to_hub.py), run as a Hub user would: PEFT alone, and the
+    # dropout the adapter was trained with (which PEFT's parameter wrapper refuses at load) set to 0
+    from omni_testing import usage_code
+    from qwen_omni.omni.hub import build_model_card
+
+    code = usage_code(str(build_model_card(tmp_path / "adapter", "someone/thinker-lora")))
+    namespace = {}
+    exec(code.replace("someone/thinker-lora", str(tmp_path / "adapter")).replace("BASE_MODEL", checkpoint), namespace)
+    with torch.no_grad():
+        torch.testing.assert_close(namespace["model"].eval()(input_ids=ids).logits, adapted_bf16)
+
 
 def _no_dropout(adapter_dir):
     from peft import PeftConfig

@@ -482,6 +482,27 @@ def test_speaker_options(workdir):
         resolve_speaker(config, "nova", "Bob")
 
 
+def test_the_model_card_usage_snippet_gives_the_merged_voice(workdir, trained):
+    """The card `--push_to_hub` writes for a Talker voice adapter: its usage code, run as a user would (with the Hub
+    ids pointing at the local folders), gives the model `train/merge.py` gives, speaker included."""
+    from qwen_omni.omni.hub import build_model_card
+    from omni_testing import front_matter, usage_code
+
+    card = str(build_model_card(trained["adapter"], "someone/qwen3-omni-nova", datasets=[workdir["data"]]))
+    meta = front_matter(card)
+    assert meta["pipeline_tag"] == "text-to-speech" and meta["library_name"] == "peft"
+    assert "trust_remote_code" not in card and "talker_voice_sft.py" in card
+    code = usage_code(card).replace("someone/qwen3-omni-nova", str(trained["adapter"]))
+    namespace = {}
+    exec(code.replace("BASE_MODEL", workdir["base"]), namespace)
+    model = namespace["model"]
+    merged = Qwen3OmniMoeForConditionalGeneration.from_pretrained(trained["merged"], dtype=model.dtype)
+    assert model.config.talker_config.speaker_id == merged.config.talker_config.speaker_id
+    reference = merged.state_dict()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, reference[name], atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("flag", ["--load_in_8bit", "--offload_experts"])
 def test_quantization_options_the_recipe_cannot_honour_are_refused(workdir, tmp_path, flag):
     import importlib.util

@@ -28,6 +28,7 @@ from qwen_omni.qwen3_omni import (
     load_thinker,
 )
 from qwen_omni.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint, shard_by_decoder_layer
+from qwen_omni.omni.hub import push_to_hub, validate_repo_id
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
 from qwen_omni.qwen3_omni.conversations import DatasetReport
 from qwen_omni.qwen3_omni.lora_targets import lora_config_kwargs
@@ -60,6 +61,12 @@ def main(script_args, training_args, model_args, omni_args):
         print(estimate_for_run(model_args, training_args, omni_args).format())
         return
     check_launch(training_args)
+    publish_adapter, repo_id = training_args.push_to_hub and model_args.use_peft, training_args.hub_model_id
+    if publish_adapter:
+        validate_repo_id(repo_id)  # before any work
+        # the Trainer would upload checkpoints (and TRL's card, whose usage code does not load this adapter) as it
+        # goes; the adapter is published at the end by hub.push_to_hub, with a card whose usage code is tested
+        training_args.push_to_hub = False
     reports = {}
 
     def load(path, split):
@@ -128,8 +135,14 @@ def main(script_args, training_args, model_args, omni_args):
         save_data_report(report, split, training_args)
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card(dataset_name=script_args.dataset_name)
-    if training_args.push_to_hub:
+    if training_args.push_to_hub:  # full fine-tuning: a plain transformers Thinker, uploaded by TRL
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    if publish_adapter and trainer.accelerator.is_main_process:
+        push_to_hub(
+            training_args.output_dir, repo_id, private=bool(training_args.hub_private_repo),
+            token=training_args.hub_token, base_model=model_args.model_name_or_path, verify=False,
+            datasets=[script_args.dataset_name], commit_message="Qwen3-Omni Thinker LoRA adapter",
+        )
     trainer.end()
 
 
