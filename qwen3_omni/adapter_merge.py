@@ -13,6 +13,7 @@ from transformers import (
 from transformers.utils import logging
 
 from .loading import FULL_MODEL_TYPE, load_thinker
+from .peft_lora import silence_false_expert_rank_warning
 
 
 logger = logging.get_logger(__name__)
@@ -69,7 +70,8 @@ def _merged(
     if getattr(config, "target_parameters", None) and getattr(config, "lora_dropout", 0.0):
         # Dropout only acts in training: merging ignores it, and PEFT's parameter wrapper refuses to be built with it
         config.lora_dropout = 0.0
-    return PeftModel.from_pretrained(thinker, adapter_path, config=config).merge_and_unload()
+    with silence_false_expert_rank_warning():
+        return PeftModel.from_pretrained(thinker, adapter_path, config=config).merge_and_unload()
 
 
 def merge_talker_voice_adapter(
@@ -101,7 +103,8 @@ def merge_talker_voice_adapter(
         )
     base = base_model_name_or_path or PeftConfig.from_pretrained(adapter_path).base_model_name_or_path
     model = load_talker_model(base, dtype=dtype)
-    model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
+    with silence_false_expert_rank_warning():
+        model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
     speakers = dict(model.config.talker_config.speaker_id or {})
     speakers[voice["speaker_name"]] = voice["speaker_codec_id"]
     model.config.talker_config.speaker_id = speakers

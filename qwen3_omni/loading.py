@@ -20,6 +20,8 @@ logger = logging.get_logger(__name__)
 # `model_type` of a full checkpoint (thinker + talker + code2wav) and of a thinker-only one.
 FULL_MODEL_TYPE = "qwen3_omni_moe"
 THINKER_MODEL_TYPE = "qwen3_omni_moe_thinker"
+
+
 def resolve_experts_implementation(requested: str | None = None) -> str:
     """The experts implementation to load the MoE layers with.
 

@@ -8,8 +8,6 @@ or vision tower (`q_proj`, `k_proj`, ...) never puts LoRA on the towers by accid
 
 from __future__ import annotations
 
-import re
-import warnings
 from collections.abc import Sequence
 
 from peft import LoraConfig
@@ -27,15 +25,6 @@ EXPERT_PARAMETERS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 TEXT_MODEL_PREFIX = "model.language_model."
 TOWER_PREFIXES = {"audio": "model.audio_tower.", "vision": "model.visual."}
 
-# PEFT 0.21 checks `rank_pattern` / `alpha_pattern` keys against the targeted *module* names only, so the experts' own
-# rank (keyed by parameter name, which is how PEFT applies it to `target_parameters`) is reported as "ignored" although
-# it is applied (tests/test_qwen3_omni_sft.py checks the experts' ranks). Only that exact false report is silenced.
-warnings.filterwarnings(
-    "ignore",
-    message=r"The following (rank|alpha)_pattern keys did not match any targeted module and were ignored: "
-    + re.escape(str(sorted(EXPERT_PARAMETERS))),
-    category=RuntimeWarning,
-)
 
 
 def build_lora_config(

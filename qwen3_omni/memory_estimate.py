@@ -27,6 +27,7 @@ from torch import nn
 from transformers import PretrainedConfig, Qwen3OmniMoeThinkerForConditionalGeneration
 
 from .lora_targets import TEXT_MODEL_PREFIX, TOWER_PREFIXES, build_lora_config
+from .peft_lora import silence_false_expert_rank_warning
 from .quantized_experts import EXPERT_PARAMETER_NAMES, ExpertQuantizationConfig, is_fused_experts, nf4_storage_bytes
 
 
@@ -190,7 +191,7 @@ def estimate_training_memory(
     parameters = sum(parameter.numel() for parameter in model.parameters())
 
     if use_peft:
-        with torch.device("meta"):
+        with torch.device("meta"), silence_false_expert_rank_warning():
             peft_model = get_peft_model(model, build_lora_config(model, **lora_kwargs))
         # PEFT keeps the adapter in fp32 on a bf16 base (autocast_adapter_dtype), as TRL's SFTTrainer leaves it
         trainable = [

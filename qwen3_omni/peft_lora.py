@@ -3,7 +3,7 @@
 
 PEFT 0.21's `lora.ParamWrapper` adds its update by registering a `torch.nn.utils.parametrize` parametrization on the
 wrapped parameter for one forward and removing it afterwards. A 4-bit expert tensor (`quantized_experts.py`) already
-is a parametrization, so the LoRA one is stacked on top of it, and two things go wrong:
+is a parametrization, so the LoRA one is stacked on top of it, and three things go wrong:
 
 - Removal: from a stack PEFT removes only a `_LoraParameterProxy`, but for a single adapter on stacked experts it
   registers a `_LoraFactorsProxy`, which it then cannot find: it warns and leaves it, so the update piles up at every
@@ -16,6 +16,8 @@ is a parametrization, so the LoRA one is stacked on top of it, and two things go
 - Merging: `merge` adds `dW` to what `experts.gate_up_proj` returns, which on 4-bit experts is a freshly dequantized
   copy: the update is dropped without a word and `merge_and_unload` returns the base.
 
+[`silence_false_expert_rank_warning`] drops one false PEFT 0.21 warning about the experts' own rank.
+
 [`ParamWrapper`] is PEFT's wrapper with the removal fixed, the stale cache entry dropped, a 4-bit tensor's dtype
 and device read without dequantizing it, and merging onto 4-bit weights refused (merge onto the bf16
 base instead, as `adapter_merge.merge_adapter` does); its forward, parameters, state-dict keys and adapter files are
@@ -27,6 +29,7 @@ has the keys of one trained on the bf16 base.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -37,13 +40,20 @@ from torch.nn.utils import parametrize
 from .quantized_experts import nf4_parametrization
 
 
+# PEFT 0.21's report of `rank_pattern` / `alpha_pattern` keys it found no targeted module for, when every key is a
+# fused expert parameter's name.
+FALSE_EXPERT_RANK_WARNING = (
+    r"The following (rank|alpha)_pattern keys did not match any targeted module and were ignored: "
+    r"\[('[\w.]*experts\.(gate_up|down)_proj'(, )?)+\]"
+)
 # The parametrizations PEFT's wrapper registers for one forward.
 LORA_PROXIES = (peft_lora_layer._LoraParameterProxy, peft_lora_layer._LoraFactorsProxy)
 
 
 class ParamWrapper(peft_lora_layer.ParamWrapper):
-    """PEFT's `lora.ParamWrapper`, which removes its own update from a stack of parametrizations and refuses to merge
-    into a 4-bit tensor (see the module docstring).
+    """PEFT's `lora.ParamWrapper`, which removes its own update from a stack of parametrizations, never computes the
+    forward from a stale cached tensor, reads a 4-bit tensor's dtype and device without dequantizing it, and refuses to
+    merge into a 4-bit tensor (see the module docstring).
 
     The class keeps PEFT's name on purpose: PEFT 0.21 recognises (and nests) parameter wrappers by
     `__class__.__name__ == "ParamWrapper"` when it injects or adds adapters, and this wrapper must stay one to it.
@@ -85,6 +95,17 @@ class ParamWrapper(peft_lora_layer.ParamWrapper):
                 "(`qwen_omni.qwen3_omni.merge_adapter`), which loads the original checkpoint unquantized."
             )
         super().merge(safe_merge=safe_merge, adapter_names=adapter_names)
+
+
+@contextlib.contextmanager
+def silence_false_expert_rank_warning() -> Iterator[None]:
+    """While PEFT injects an adapter: PEFT 0.21 checks `rank_pattern` / `alpha_pattern` keys against the targeted
+    *module* names only, so the experts' own rank, keyed by parameter name (which is how PEFT applies it to
+    `target_parameters`), is reported as "ignored" although it is applied (tests/test_qwen3_omni_sft.py checks the
+    ranks). Only that report is silenced; any other pattern key PEFT finds no target for is still reported."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=FALSE_EXPERT_RANK_WARNING, category=RuntimeWarning)
+        yield
 
 
 def apply_peft_lora(model: nn.Module) -> int:

@@ -9,7 +9,7 @@ from transformers.utils import logging
 from trl import SFTTrainer
 
 from .collator import IGNORE_INDEX, STAT_KEYS
-from .peft_lora import apply_peft_lora
+from .peft_lora import apply_peft_lora, silence_false_expert_rank_warning
 from .routed_lora import apply_routed_lora
 
 
@@ -47,7 +47,8 @@ class Qwen3OmniSFTTrainer(SFTTrainer):
             # The raw `conversations` column must reach the collator untouched.
             training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
             training_args.remove_unused_columns = False
-        super().__init__(*args, **kwargs)
+        with silence_false_expert_rank_warning():
+            super().__init__(*args, **kwargs)
         if moe_lora_impl == "routed":
             # Same parameters and adapter files as PEFT's wrapper; the expert update runs on routed tokens only.
             converted = apply_routed_lora(self.model)

@@ -25,7 +25,7 @@ from qwen_omni.omni.hub import push_to_hub, validate_repo_id
 from qwen_omni.omni.voice_sft import read_clips
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniModelConfig, Qwen3OmniSFTConfig
 from qwen_omni.qwen3_omni.loading import resolve_experts_implementation
-from qwen_omni.qwen3_omni.peft_lora import apply_peft_lora
+from qwen_omni.qwen3_omni.peft_lora import apply_peft_lora, silence_false_expert_rank_warning
 from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora
 from qwen_omni.qwen3_omni.talker_voice import (
     TalkerVoiceArguments,
@@ -101,16 +101,15 @@ def main(script_args, training_args, model_args, voice_args):
 
     add_speaker(model, speaker, codec_id, init_id)
     model.requires_grad_(False)
-    peft_model = get_peft_model(
-        model,
-        build_talker_lora_config(
-            model, [codec_id], r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
-            expert_r=voice_args.lora_expert_r, target_router=voice_args.lora_target_router,
-            target_experts=voice_args.lora_target_experts,
-            target_code_predictor=voice_args.lora_target_code_predictor,
-            target_code_predictor_mlp=voice_args.lora_target_code_predictor_mlp, use_rslora=model_args.use_rslora,
-        ),
+    lora_config = build_talker_lora_config(
+        model, [codec_id], r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
+        expert_r=voice_args.lora_expert_r, target_router=voice_args.lora_target_router,
+        target_experts=voice_args.lora_target_experts,
+        target_code_predictor=voice_args.lora_target_code_predictor,
+        target_code_predictor_mlp=voice_args.lora_target_code_predictor_mlp, use_rslora=model_args.use_rslora,
     )
+    with silence_false_expert_rank_warning():
+        peft_model = get_peft_model(model, lora_config)
     if voice_args.moe_lora_impl == "routed":
         apply_routed_lora(peft_model)
     else:
