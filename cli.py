@@ -201,8 +201,11 @@ def speak(args: argparse.Namespace) -> int:
     voice = {}
     if args.voice_prompt:
         audio, rate = _read_audio_file(args.voice_prompt, processor.feature_extractor)
-        voice = {"voice_prompt_audio": [audio], "voice_prompt_text": args.voice_prompt_text, "voice_prompt_sampling_rate": rate}
-    # every prompt is built (and so checked) before --out is touched: one call, so the voice prompt is encoded once
+        try:  # encoded once, for the check below and for every piece
+            voice = {"voice_prompt_ids": processor.encode_voice_prompt([audio], rate), "voice_prompt_text": args.voice_prompt_text}
+        except ValueError as error:
+            raise CommandLineError(f"--voice-prompt {args.voice_prompt}: {error}") from None
+    # every prompt is built (and so checked) before --out is touched
     try:
         processor(text=pieces, speaker=args.speaker, return_tensors="pt", **voice)
     except ValueError as error:

@@ -996,6 +996,11 @@ def generate_speech(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
     processor_kwargs = {k: generate_kwargs.pop(k) for k in list(generate_kwargs) if k.startswith("voice_prompt")}
+    if processor_kwargs.get("voice_prompt_audio") is not None and processor_kwargs.get("voice_prompt_ids") is None:
+        # encoded once here, not again for every piece
+        processor_kwargs["voice_prompt_ids"] = processor.encode_voice_prompt(
+            processor_kwargs.pop("voice_prompt_audio"), processor_kwargs.pop("voice_prompt_sampling_rate", None)
+        )
     pieces = [(index, piece) for index, t in enumerate(texts) for piece in split_sentences(t, max_chars)]
     if not pieces:
         raise ValueError(f"Nothing to speak: the text {text!r} is empty.")

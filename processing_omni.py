@@ -351,6 +351,14 @@ class OmniProcessor(ProcessorMixin):
         (of `audio`) is required; it defaults to `None` only so that its absence is refused with an explanation."""
         return [self.token_layout.codes_to_ids(codes) for codes in self.encode_audio(audio, sampling_rate)]
 
+    def encode_voice_prompt(self, audio: AudioInput | Sequence[AudioInput], sampling_rate: int | None = None) -> list[int]:
+        """The audio token ids of one reference clip for text-to-speech prompts, to pass as `voice_prompt_ids` (one
+        voice prompt, many calls: encoded once)."""
+        clips = self.audio_to_ids(audio, sampling_rate)
+        if len(clips) != 1:
+            raise ValueError(f"voice_prompt_audio must be one clip, got a batch of {len(clips)}.")
+        return clips[0].tolist()
+
     def valid_frames(self, token_ids: torch.Tensor | Sequence[int], strict: bool = False) -> torch.Tensor:
         """
         The whole, valid frames of a sequence of audio ids, as a 1-D tensor.
@@ -468,6 +476,7 @@ class OmniProcessor(ProcessorMixin):
         voice_prompt_audio=None,
         voice_prompt_text: str | None = None,
         voice_prompt_sampling_rate: int | None = None,
+        voice_prompt_ids: Sequence[int] | None = None,
         **kwargs,
     ) -> BatchFeature:
         """
@@ -488,6 +497,8 @@ class OmniProcessor(ProcessorMixin):
                 transcript `voice_prompt_text`, before each text, so the model continues in that voice.
             voice_prompt_text (`str`, *optional*): the transcript of `voice_prompt_audio` (required with it).
             voice_prompt_sampling_rate (`int`, *optional*): the sampling rate of `voice_prompt_audio` (required with it).
+            voice_prompt_ids (`list[int]`, *optional*): the voice prompt already encoded ([`encode_voice_prompt`]),
+                instead of `voice_prompt_audio`, to use one voice prompt in many calls without encoding it each time.
         """
         if task is not None and task not in TASKS:
             raise ValueError(f"task={task!r} is not one of {TASKS}.")
@@ -503,16 +514,14 @@ class OmniProcessor(ProcessorMixin):
                 return self.pad([self.text_sequence_ids(t) for t in texts], with_labels=True, return_tensors=return_tensors)
             if task == "asr":
                 raise ValueError("task='asr' needs `audio` (with its `sampling_rate`).")
-            voice_ids = None
             if voice_prompt_audio is not None:
-                voice_ids = self.audio_to_ids(voice_prompt_audio, voice_prompt_sampling_rate)
-                if len(voice_ids) != 1:
-                    raise ValueError(f"voice_prompt_audio must be one clip, got a batch of {len(voice_ids)}.")
-                voice_ids = voice_ids[0].tolist()
-            elif voice_prompt_text is not None:
+                if voice_prompt_ids is not None:
+                    raise ValueError("Give voice_prompt_audio or voice_prompt_ids (the same clip encoded), not both.")
+                voice_prompt_ids = self.encode_voice_prompt(voice_prompt_audio, voice_prompt_sampling_rate)
+            elif voice_prompt_text is not None and voice_prompt_ids is None:
                 raise ValueError("voice_prompt_text was given without voice_prompt_audio; pass both or neither.")
             prompts = [
-                self.tts_prompt_ids(t, speaker=s, voice_prompt_ids=voice_ids, voice_prompt_text=voice_prompt_text)
+                self.tts_prompt_ids(t, speaker=s, voice_prompt_ids=voice_prompt_ids, voice_prompt_text=voice_prompt_text)
                 for t, s in zip(texts, speakers)
             ]
             self._check_lengths(prompts, "text-to-speech prompt", for_generation=True)

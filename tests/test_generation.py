@@ -265,3 +265,27 @@ def test_generate_speech_batches_and_streams_the_same_pieces(omni):
     assert len(both) == 2 and both[0].shape == batched.shape and both[1].shape == (frames * config.samples_per_frame,)
     with pytest.raises(ValueError, match="one text at a time"):
         generate_speech(model, processor, [text, "Bye."], on_chunk=chunks.append, **kwargs)
+
+
+def test_generate_speech_encodes_a_voice_prompt_once_for_every_piece(omni, monkeypatch):
+    model, processor = omni
+    text = "Hello there. How are you today? Fine, thanks."
+    clip = np.random.default_rng(0).standard_normal(12000).astype(np.float32) * 0.1
+    kwargs = dict(max_chars=20, do_sample=False, max_duration=0.2, voice_prompt_text="a voice",
+                  suppress_tokens=[model.config.audio_end_token_id])
+    encoded = processor.encode_voice_prompt(clip, 24000)
+    calls = []
+    audio_to_ids = processor.audio_to_ids
+    monkeypatch.setattr(processor, "audio_to_ids", lambda *a, **k: calls.append(1) or audio_to_ids(*a, **k))
+    from_audio = generate_speech(model, processor, text, voice_prompt_audio=clip, voice_prompt_sampling_rate=24000,
+                                 **kwargs)
+    assert len(calls) == 1  # three pieces, one encoding of the voice prompt
+    np.testing.assert_array_equal(generate_speech(model, processor, text, voice_prompt_ids=encoded, **kwargs), from_audio)
+    assert len(calls) == 1
+    # the prompt holds the voice prompt's ids, as the processor builds it from the clip
+    assert processor(text="Hi.", voice_prompt_ids=encoded, voice_prompt_text="a voice")["input_ids"].tolist() == processor(
+        text="Hi.", voice_prompt_audio=clip, voice_prompt_sampling_rate=24000, voice_prompt_text="a voice")["input_ids"].tolist()
+    with pytest.raises(ValueError, match="voice_prompt_audio or voice_prompt_ids"):
+        processor(text="Hi.", voice_prompt_audio=clip, voice_prompt_sampling_rate=24000, voice_prompt_ids=encoded,
+                  voice_prompt_text="a voice")
+
