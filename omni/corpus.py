@@ -227,6 +227,37 @@ def load_audio_text_rows(
 
 
 # ---------------------------------------------------------------------------------------------------- decoding audio
+def read_text_documents(path: str | os.PathLike) -> list[str]:
+    """The documents of a text-only corpus file, one per line, checked line by line: blank lines are skipped, and so
+    is a line that could not go into a sequence (a control-token string, see [`utterance_problem`]), both counted in
+    one log line that names the first refused lines. A file that is not UTF-8 is refused with the line it fails on."""
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ValueError(f"--text_file {path}: line {line} is not valid UTF-8 ({error.reason}); re-encode the file as UTF-8.") from None
+    documents, blank, refused = [], 0, {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            blank += 1
+            continue
+        problem = utterance_problem(line, special_tokens=CONTROL_TOKEN_STRINGS, what=f"line {number}")
+        if problem is not None:
+            refused[number] = problem
+            continue
+        documents.append(line)
+    message = f"--text_file {path}: {len(documents)} documents, {blank} blank lines skipped, {len(refused)} refused"
+    if refused:
+        first = list(refused.items())[:3]
+        logger.warning(f"{message} (first: {'; '.join(problem for _, problem in first)}).")
+    else:
+        logger.info(f"{message}.")
+    if not documents:
+        raise ValueError(f"{message}: no document is left; give one text document per line.")
+    return documents
+
+
 def _soundfile_target(audio: Any):
     """What soundfile opens for an undecoded audio value: the path, or the bytes as a file object."""
     target = (io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")) if isinstance(audio, dict) else audio

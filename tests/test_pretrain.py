@@ -201,6 +201,11 @@ def test_bad_input_fails_before_training(prepared_corpus, snac_24khz_dir, omni_d
     with pytest.raises(ValueError, match=r"No training sample is left after filtering.*--max_length"):
         pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "b", "--max_length", "16", "--max_steps", "1"))
 
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("first line\ncaf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"--text_file .*latin1.txt: line 2 is not valid UTF-8"):
+        pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "d", "--text_file", str(latin1)))
+
     jsonl = tmp_path / "clips.jsonl"
     jsonl.write_text('{"wav": "x.flac", "sentence": "hi"}\n')
     with pytest.raises(ValueError, match=r"columns \['sentence', 'wav'\].*--audio_column"):
@@ -286,3 +291,21 @@ def test_push_to_hub_checks_the_repo_id_first_and_publishes_through_the_checked_
                                           "--hub_model_id", "someone/omni-tiny", "--max_steps", "1"))
     assert pushed == [(out, "someone/omni-tiny")]
     assert not trainer.args.push_to_hub  # the Trainer itself never uploads checkpoints
+
+
+def test_text_file_is_read_line_by_line_and_what_is_left_out_is_counted(tmp_path):
+    from transformers.testing_utils import CaptureLogger
+
+    from qwen_omni.omni import corpus
+
+    path = tmp_path / "docs.txt"
+    path.write_text("A first document.\n\n   \nSay <|audio_start|> now.\nA second one.\nspeaker <|tts|> here\n")
+    with CaptureLogger(corpus.logger) as captured:
+        documents = corpus.read_text_documents(path)
+    assert documents == ["A first document.", "A second one."]
+    assert "2 documents, 2 blank lines skipped, 2 refused" in captured.out
+    assert "line 4 'Say <|audio_start|> now.' contains the special-token string(s) ['<|audio_start|>']" in captured.out
+    path.write_text("\n\n")
+    with pytest.raises(ValueError, match="0 documents, 2 blank lines skipped, 0 refused: no document is left"):
+        corpus.read_text_documents(path)
+

@@ -45,6 +45,7 @@ from qwen_omni.omni.corpus import (
     load_prepared_dataset,
     prepare_dataset,
     read_prepare_info,
+    read_text_documents,
 )
 from qwen_omni.omni.hub import push_to_hub, validate_repo_id
 from qwen_omni.omni.build import (
@@ -293,7 +294,7 @@ def build_datasets(script_args: PretrainArguments, processor, rows, seed: int):
     ratios = parse_task_ratios(script_args.task_ratios)
     train_indices, heldout_indices = split_heldout(len(rows), script_args.eval_fraction, seed)
     eval_rows, train_rows = rows.select(heldout_indices), rows.select(train_indices)
-    text_rows = Path(script_args.text_file).read_text(encoding="utf-8").splitlines() if script_args.text_file else None
+    text_rows = read_text_documents(script_args.text_file) if script_args.text_file else None
     max_length = script_args.max_length if script_args.packing else None
     samples, stats = build_task_samples(
         train_rows, processor, ratios, script_args.max_length, num_samples=script_args.num_samples,
