@@ -595,21 +595,26 @@ def talker_voice_examples_forward(
     model: Qwen3OmniMoeForConditionalGeneration, examples: list[TalkerVoiceExample], speaker_codec_id: int
 ) -> TalkerVoiceOutput:
     """[`talker_voice_forward`] on a batch of examples: the Thinker's outputs are the cached ones, or are computed
-    here (frozen, without gradients) for examples that have none."""
+    here (frozen, without gradients) for examples that have none.
+
+    The Talker's input is built in the weights' dtype even under mixed precision (transformers'
+    `_get_talker_user_parts` writes the projected text into a buffer of the Thinker outputs' dtype, which autocast
+    would break); the Talker and the code predictor then run under whatever autocast the caller set."""
     device = model.talker.device
     sequences = []
-    for example in examples:
-        sequence = example.sequence[None].to(device)
-        if example.thinker_embed is None:
-            thinker_embed, thinker_hidden = thinker_outputs(model, sequence)
-        else:
-            thinker_embed, thinker_hidden = example.thinker_embed[None], example.thinker_hidden[None]
-        sequences.append(
-            build_talker_sequence(
-                model, example.prompt_ids[None].to(device), sequence, thinker_embed.to(device),
-                thinker_hidden.to(device), speaker_codec_id, example.codes.to(device),
+    with torch.autocast(device.type, enabled=False):
+        for example in examples:
+            sequence = example.sequence[None].to(device)
+            if example.thinker_embed is None:
+                thinker_embed, thinker_hidden = thinker_outputs(model, sequence)
+            else:
+                thinker_embed, thinker_hidden = example.thinker_embed[None], example.thinker_hidden[None]
+            sequences.append(
+                build_talker_sequence(
+                    model, example.prompt_ids[None].to(device), sequence, thinker_embed.to(device),
+                    thinker_hidden.to(device), speaker_codec_id, example.codes.to(device),
+                )
             )
-        )
     return talker_voice_forward(model, sequences)
 
 
@@ -619,6 +624,21 @@ def collate_talker_voice(examples: list[TalkerVoiceExample]) -> dict[str, list[T
 
 
 # ---------------------------------------------------------------------------------------------------- trainer
+class TalkerVoiceModel(Qwen3OmniMoeForConditionalGeneration):
+    """The full model with one more way to call it: `model(examples=..., speaker_codec_id=...)` is
+    [`talker_voice_examples_forward`], so that the voice loss runs through the model's own call, inside whatever
+    wraps it (PEFT, and DDP, whose gradient synchronisation its forward sets up). Every other call is the model's own
+    forward. [`TalkerVoiceTrainer`] gives the model it trains this class (parameters, state-dict keys and saving are
+    unchanged)."""
+
+    def forward(
+        self, *args, examples: list[TalkerVoiceExample] | None = None, speaker_codec_id: int | None = None, **kwargs
+    ):
+        if examples is None:
+            return super().forward(*args, **kwargs)
+        return talker_voice_examples_forward(self, examples, speaker_codec_id)
+
+
 class TalkerVoiceTrainer(Trainer):
     """`Trainer` whose loss is [`talker_voice_forward`]'s, with `talker_loss` and `code_predictor_loss` logged
     separately (averaged over the steps since the last log, on every backend `report_to` names: TensorBoard, ...).
@@ -631,22 +651,17 @@ class TalkerVoiceTrainer(Trainer):
     def __init__(self, *args, speaker_codec_id: int, talker_voice_config: dict, **kwargs):
         kwargs.setdefault("data_collator", collate_talker_voice)
         super().__init__(*args, **kwargs)
-        if self.args.world_size > 1:
-            # the loss calls the Talker's modules directly, outside the DDP / FSDP wrapper's forward, whose gradient
-            # synchronisation and parameter gathering would then not run
-            raise ValueError(
-                f"The Talker voice recipe runs in one process (this run has {self.args.world_size}): launch it "
-                "without --num_processes / torchrun, on one GPU (or with device_map across several)."
-            )
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        if not isinstance(base, TalkerVoiceModel):
+            base.__class__ = TalkerVoiceModel
         self.speaker_codec_id = speaker_codec_id
         self.talker_voice_config = talker_voice_config
         self._loss_sums = {"talker_loss": 0.0, "code_predictor_loss": 0.0}
         self._loss_count = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        model = getattr(model, "module", model)
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        outputs = talker_voice_examples_forward(base, inputs["examples"], self.speaker_codec_id)
+        # through the (DDP-wrapped) model's call, so that DDP synchronises the gradients
+        outputs = model(examples=inputs["examples"], speaker_codec_id=self.speaker_codec_id)
         if model.training:
             self._loss_sums["talker_loss"] += outputs.talker_loss.detach().item()
             self._loss_sums["code_predictor_loss"] += outputs.code_predictor_loss.detach().item()

@@ -503,6 +503,38 @@ def test_the_model_card_usage_snippet_gives_the_merged_voice(workdir, trained):
         torch.testing.assert_close(value, reference[name], atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.slow
+def test_voice_trains_as_ddp_on_two_cpu_processes(workdir, trained, tmp_path):
+    """`accelerate launch --config_file train/accelerate/cpu_2proc.yaml train/talker_voice_sft.py ... --use_cpu true`:
+    two ranks over gloo (world size asserted in the run), each trains on its half of the clips, the loss goes
+    through the DDP-wrapped model (so gradients are synchronised), the main process alone encodes the clips and
+    writes the adapter, in the single-process run's format."""
+    from safetensors.torch import load_file
+
+    output_dir = tmp_path / "ddp"
+    flags = train_flags(workdir, output_dir, "--speaker_name", "nova", "--init_speaker", "Ethan", "--max_steps", 4,
+                        "--lora_target_code_predictor_mlp", "true", "--per_device_train_batch_size", 1,
+                        "--logging_steps", 1, "--use_cpu", "true")
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", "0", "--config_file",
+         os.path.join(REPO, "train", "accelerate", "cpu_2proc.yaml"), os.path.join(REPO, "train", "talker_voice_sft.py"),
+         *map(str, flags)],
+        env=ENV, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    log = result.stdout + result.stderr
+    for rank in (0, 1):
+        assert re.search(rf"Process rank {rank} of world size 2 \(local rank {rank}\) on cpu(:0)?: DDP over gloo\.", log)
+        # 3 clips over 2 ranks, one clip per step: 2 batches each per epoch
+        assert f"Process rank {rank} of world size 2: 2 batches of 1 rows per epoch, of 3 training rows" in log
+    assert len(re.findall(r"'talker_loss'", log)) == 4
+    adapter = load_file(output_dir / "adapter_model.safetensors")
+    reference = load_file(trained["adapter"] / "adapter_model.safetensors")
+    assert {key: value.shape for key, value in adapter.items()} == {key: value.shape for key, value in reference.items()}
+    assert all(value.abs().sum() > 0 for key, value in adapter.items() if ".lora_B." in key)
+    assert json.loads((output_dir / "talker_voice_config.json").read_text())["speaker_name"] == "nova"
+
+
 @pytest.mark.parametrize("flag", ["--load_in_8bit", "--offload_experts"])
 def test_quantization_options_the_recipe_cannot_honour_are_refused(workdir, tmp_path, flag):
     import importlib.util

@@ -19,7 +19,7 @@ from peft import get_peft_model
 from transformers import AutoConfig, AutoProcessor
 from trl import ScriptArguments, TrlParser
 
-from qwen_omni.launching import check_launch, resolve_resume_checkpoint
+from qwen_omni.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint
 from qwen_omni.omni.corpus import load_audio_text_rows
 from qwen_omni.omni.hub import push_to_hub, validate_repo_id
 from qwen_omni.omni.voice_sft import read_clips
@@ -42,7 +42,13 @@ from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
 
 
 def main(script_args, training_args, model_args, voice_args):
-    check_launch(training_args)
+    launch = check_launch(training_args)
+    if launch.fsdp_version is not None or launch.deepspeed:
+        raise ValueError(
+            "The Talker voice recipe runs in one process or as DDP (`torchrun --nproc_per_node N`, "
+            "train/accelerate/multi_gpu.yaml, or train/accelerate/cpu_2proc.yaml with --use_cpu true): the Talker is "
+            "small next to the frozen Thinker, and it is not sharded. Launch it without the FSDP / DeepSpeed config."
+        )
     name_or_path, revision = model_args.model_name_or_path, model_args.model_revision
     check_has_talker(AutoConfig.from_pretrained(name_or_path, revision=revision), name_or_path)
     if model_args.load_in_8bit or model_args.offload_experts:
@@ -54,6 +60,9 @@ def main(script_args, training_args, model_args, voice_args):
         raise ValueError("The Talker voice recipe trains a LoRA adapter: drop --use_peft false.")
     if voice_args.moe_lora_impl not in ("routed", "peft"):
         raise ValueError(f"--moe_lora_impl must be 'routed' or 'peft', got {voice_args.moe_lora_impl!r}.")
+    if training_args.ddp_find_unused_parameters is None:
+        # every trainable tensor (LoRA factors, the speaker's row) takes part in every step: DDP need not search
+        training_args.ddp_find_unused_parameters = False
     push, repo_id = training_args.push_to_hub, training_args.hub_model_id
     if push:
         validate_repo_id(repo_id)  # before training, not after it
@@ -90,11 +99,13 @@ def main(script_args, training_args, model_args, voice_args):
         )
         prompts = [row["text"] or None for row in rows]
     codec = MimiCodec.from_pretrained(voice_args.codec_name_or_path, model.config)
-    encoded, _ = encode_clips(
-        clips, codec, voice_args.codes_cache_dir or os.path.join(training_args.output_dir, "mimi_codes"),
-        prompts=prompts, max_duration=voice_args.max_duration, silence_threshold=voice_args.silence_threshold,
-        allow_mixed_sampling_rates=voice_args.allow_mixed_sampling_rates,
-    )
+    # the main process encodes and caches the clips; the other processes then read its cache
+    with training_args.main_process_first(desc="Mimi codes of the clips"):
+        encoded, _ = encode_clips(
+            clips, codec, voice_args.codes_cache_dir or os.path.join(training_args.output_dir, "mimi_codes"),
+            prompts=prompts, max_duration=voice_args.max_duration, silence_threshold=voice_args.silence_threshold,
+            allow_mixed_sampling_rates=voice_args.allow_mixed_sampling_rates,
+        )
     examples = build_examples(encoded, processor, voice_args.user_prompt_template, voice_args.system_prompt)
     if voice_args.cache_thinker_outputs:
         cache_thinker_outputs(model, examples)
@@ -124,9 +135,10 @@ def main(script_args, training_args, model_args, voice_args):
         speaker_codec_id=codec_id,
         talker_voice_config={"name": speaker, "codec_id": codec_id, "init_id": init_id},
     )
+    trainer.add_callback(DistributedRunCallback())
     trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
     trainer.save_model(training_args.output_dir)
-    if push:
+    if push and trainer.accelerator.is_main_process:
         push_to_hub(
             training_args.output_dir, repo_id, private=bool(training_args.hub_private_repo),
             token=training_args.hub_token, base_model=name_or_path, verify=False,
