@@ -27,6 +27,7 @@ from qwen_omni.qwen3_omni.arguments import Qwen3OmniModelConfig, Qwen3OmniSFTCon
 from qwen_omni.qwen3_omni.loading import resolve_experts_implementation
 from qwen_omni.qwen3_omni.peft_lora import apply_peft_lora, silence_false_expert_rank_warning
 from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora
+from qwen_omni.qwen3_omni.sft_trainer import MOE_LORA_IMPLEMENTATIONS
 from qwen_omni.qwen3_omni.talker_voice import (
     TalkerVoiceArguments,
     TalkerVoiceTrainer,
@@ -58,8 +59,8 @@ def main(script_args, training_args, model_args, voice_args):
         )
     if not model_args.use_peft:
         raise ValueError("The Talker voice recipe trains a LoRA adapter: drop --use_peft false.")
-    if voice_args.moe_lora_impl not in ("routed", "peft"):
-        raise ValueError(f"--moe_lora_impl must be 'routed' or 'peft', got {voice_args.moe_lora_impl!r}.")
+    if voice_args.moe_lora_impl not in MOE_LORA_IMPLEMENTATIONS:
+        raise ValueError(f"--moe_lora_impl must be one of {MOE_LORA_IMPLEMENTATIONS}, got {voice_args.moe_lora_impl!r}.")
     if training_args.ddp_find_unused_parameters is None:
         # every trainable tensor (LoRA factors, the speaker's row) takes part in every step: DDP need not search
         training_args.ddp_find_unused_parameters = False
