@@ -59,6 +59,16 @@ class Qwen3OmniModelConfig(ModelConfig):
                   "state, activations) from the checkpoint's config alone, built on the meta device, and exit."},
     )
 
+    def quantization_kwargs(self) -> dict:
+        """The 4-bit options as `load_thinker` and `load_talker_model` take them."""
+        return dict(
+            load_in_4bit=self.load_in_4bit,
+            quantize_experts=self.quantize_experts,
+            quantize_towers=self.quantize_towers,
+            bnb_4bit_quant_type=self.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=self.use_bnb_nested_quant,
+        )
+
     def __post_init__(self):
         super().__post_init__()
         if self.quantize_experts is None:

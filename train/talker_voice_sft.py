@@ -72,11 +72,7 @@ def main(script_args, training_args, model_args, voice_args):
 
     model = load_talker_model(
         name_or_path,
-        load_in_4bit=model_args.load_in_4bit,
-        quantize_experts=model_args.quantize_experts,
-        quantize_towers=model_args.quantize_towers,
-        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
-        bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+        **model_args.quantization_kwargs(),
         revision=revision,
         dtype=model_args.dtype,
         attn_implementation=model_args.attn_implementation,
