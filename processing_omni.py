@@ -552,8 +552,8 @@ class OmniProcessor(ProcessorMixin):
         for row, sequence in enumerate(sequences):
             if len(sequence) > limit:
                 fix = (
-                    "split the text into sentences and speak them one by one (`generate_speech` in this checkpoint's "
-                    "generation_omni.py does)"
+                    "split the text into sentences and speak them one by one (as `qwen-omni speak` and "
+                    "`qwen_omni.omni.speech.generate_speech` do)"
                     if kind.startswith("text-to-speech")
                     else "split the audio into shorter clips"
                 )

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from bench_core import SNAC_24KHZ  # noqa: E402
 from bench_generation import build_seed_model, seed_prompt  # noqa: E402
 from qwen_omni import SNACAudioTokenizer, SNACConfig  # noqa: E402
-from qwen_omni.generation_omni import OmniAudioStreamer  # noqa: E402
+from qwen_omni.modeling_snac import OmniAudioStreamer  # noqa: E402
 from qwen_omni.omni.build import SPEECH_GENERATION_DEFAULTS  # noqa: E402
 
 

@@ -19,14 +19,10 @@ Prepared rows hold `audio_codes`: the SNAC codes in the frame order of [`SNACTok
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
 import os
-import re
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +32,8 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
+from ..common.audio import read_audio, resample
+from ..common.clips import count_skip_reasons, load_audio_text_rows
 from ..feature_extraction_omni import SNACFeatureExtractor
 from ..modeling_snac import SNACAudioTokenizer
 from ..processing_omni import PAD_TOKEN, SPECIAL_TOKENS, encode_audio, utterance_problem
@@ -43,8 +41,6 @@ from ..processing_omni import PAD_TOKEN, SPECIAL_TOKENS, encode_audio, utterance
 
 logger = logging.get_logger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
-METADATA_NAMES = ("metadata.jsonl", "metadata.json", "metadata.csv", "metadata.tsv")
 PREPARE_INFO_NAME = "prepare_info.json"
 SUMMARY_NAME = "summary.json"
 SHARDS_DIR = "shards"
@@ -56,175 +52,6 @@ CONTROL_TOKEN_STRINGS = (*SPECIAL_TOKENS.values(), PAD_TOKEN)
 
 
 # ---------------------------------------------------------------------------------------------------- reading rows
-def _rows_from_table(
-    path: Path, audio_column: str, text_column: str, speaker_column: str | None, allow_missing_text: bool = False
-) -> list[dict]:
-    """Rows of a JSONL / JSON / CSV / TSV metadata file; relative audio paths are resolved against its folder. A row
-    without `text_column` raises, or gets an empty text when `allow_missing_text`."""
-    if path.suffix == ".jsonl":
-        records = []
-        with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line.rstrip("\r\n"))
-                except json.JSONDecodeError as error:
-                    raise ValueError(
-                        f"{path} line {line_number} is not valid JSON ({error.msg} column {error.colno}): fix or "
-                        "remove that line; each line must be one JSON object."
-                    ) from None
-                if not isinstance(record, dict):
-                    raise ValueError(
-                        f"{path} line {line_number} holds a JSON {type(record).__name__}, not an object with the "
-                        "audio and text columns."
-                    )
-                records.append(record)
-    elif path.suffix == ".json":
-        records = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(records, dict):
-            records = records.get("data", records.get("rows", []))
-    elif path.suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", newline="") as handle:
-            records = list(csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ","))
-    else:
-        raise ValueError(f"{path} is not a .jsonl, .json, .csv or .tsv metadata file.")
-    rows = []
-    for index, record in enumerate(records):
-        if audio_column not in record or (text_column not in record and not allow_missing_text):
-            raise ValueError(
-                f"{path} row {index} has the columns {sorted(record)}, but the audio column {audio_column!r} and the "
-                f"text column {text_column!r} are required. Pass the right names with --audio_column / --text_column."
-            )
-        audio = record[audio_column]
-        if isinstance(audio, str) and not os.path.isabs(audio):
-            audio = str(path.parent / audio)
-        speaker = record.get(speaker_column) if speaker_column else None
-        rows.append(
-            {"id": str(record.get("id", f"{path.stem}-{index}")), "audio": audio, "text": record.get(text_column, ""),
-             "speaker": None if speaker is None else str(speaker)}
-        )
-    return rows
-
-
-def _rows_from_tree(root: Path) -> list[dict]:
-    """
-    Rows of a LibriSpeech tree (`<speaker>/<chapter>/<speaker>-<chapter>.trans.txt` with `<id> <TEXT>` lines beside
-    the flac files) or a LibriTTS-style tree (each `<id>.wav` beside `<id>.normalized.txt`, `<id>.original.txt`,
-    `<id>.txt` or `<id>.lab`). The speaker is the first part of the id (LibriSpeech, LibriTTS) or the parent folder.
-    """
-    rows = []
-    for transcript_file in sorted(root.rglob("*.trans.txt")):
-        for line in transcript_file.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            utterance, _, text = line.partition(" ")
-            audio = next((transcript_file.parent / f"{utterance}{ext}" for ext in AUDIO_EXTENSIONS
-                          if (transcript_file.parent / f"{utterance}{ext}").exists()), transcript_file.parent / f"{utterance}.flac")
-            rows.append({"id": utterance, "audio": str(audio), "text": text, "speaker": utterance.split("-")[0]})
-    if rows:
-        return rows
-    for audio in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS):
-        stem = audio.with_suffix("")
-        transcript = next((Path(f"{stem}{ext}") for ext in (".normalized.txt", ".original.txt", ".txt", ".lab")
-                           if Path(f"{stem}{ext}").exists()), None)
-        # an audio file without a transcript is a row with an empty text: skipped and listed, not ignored
-        text = transcript.read_text(encoding="utf-8").strip() if transcript else ""
-        speaker = audio.stem.split("_")[0] if "_" in audio.stem and audio.parent == root else audio.parent.name
-        if audio.parent != root and audio.parent.parent != root:
-            speaker = audio.relative_to(root).parts[0]
-        rows.append({"id": audio.stem, "audio": str(audio), "text": text, "speaker": speaker})
-    return rows
-
-
-def load_audio_text_rows(
-    source: str | os.PathLike,
-    audio_column: str = "audio",
-    text_column: str = "text",
-    speaker_column: str | None = "speaker",
-    split: str = "train",
-    dataset_config: str | None = None,
-    streaming: bool = False,
-    allow_missing_text: bool = False,
-):
-    """
-    Read a speech corpus into rows `{"id", "audio", "text", "speaker"}` without decoding any audio.
-
-    Args:
-        source (`str` or `os.PathLike`):
-            One of: a JSONL / JSON / CSV / TSV file of audio paths (relative to the file) and transcripts; a folder
-            holding `metadata.jsonl` (or `.json` / `.csv` / `.tsv`); a LibriSpeech or LibriTTS folder tree; a folder
-            written by `datasets.Dataset.save_to_disk`; a folder of data files or a Hub id that
-            `datasets.load_dataset` reads (its audio column is cast to `Audio(decode=False)`, so audio stays bytes
-            or paths and is decoded by [`read_audio`], without FFmpeg).
-        audio_column, text_column (`str`): names of the audio and transcript columns.
-        speaker_column (`str`, *optional*): name of the speaker column; rows get `speaker=None` if it is absent.
-        split (`str`): split of a `datasets` source.
-        dataset_config (`str`, *optional*): configuration name of a Hub dataset.
-        streaming (`bool`): stream a `datasets` source instead of downloading it whole (an `IterableDataset`).
-        allow_missing_text (`bool`): give a metadata-file row that lacks `text_column` an empty text instead of
-            raising, so that the caller counts and reports it with the other untranscribed rows (voice fine-tuning
-            refuses them all in one error). A `datasets` source still needs the column.
-
-    Returns:
-        `datasets.Dataset` (or `IterableDataset` when streaming a `datasets` source) with the columns `id`, `audio`
-        (path string, or `{"path", "bytes"}`), `text`, `speaker`.
-
-    Raises:
-        `ValueError` naming the available columns when `audio_column` or `text_column` is missing (see
-        `allow_missing_text`), and when the source holds no rows.
-    """
-    import datasets
-
-    path = Path(source)
-    rows = None
-    if path.is_file():
-        rows = _rows_from_table(path, audio_column, text_column, speaker_column, allow_missing_text)
-    elif path.is_dir() and not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
-        metadata = next((path / name for name in METADATA_NAMES if (path / name).exists()), None)
-        if metadata is not None:
-            rows = _rows_from_table(metadata, audio_column, text_column, speaker_column, allow_missing_text)
-        elif any(path.rglob("*.trans.txt")) or any(p.suffix.lower() in AUDIO_EXTENSIONS for p in path.rglob("*")):
-            rows = _rows_from_tree(path)
-    if rows is not None:
-        if not rows:
-            raise ValueError(f"{source} holds no audio rows.")
-        return datasets.Dataset.from_list(rows)
-
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
-        dataset = datasets.load_from_disk(str(path))
-        if isinstance(dataset, datasets.DatasetDict):
-            if split not in dataset:
-                raise ValueError(f"{source} has the splits {list(dataset)}, not {split!r}; pass --dataset_split.")
-            dataset = dataset[split]
-        if streaming:
-            dataset = dataset.to_iterable_dataset()
-    else:
-        dataset = datasets.load_dataset(str(source), dataset_config, split=split, streaming=streaming)
-    columns = list(dataset.column_names or dataset.features or [])
-    missing = [name for name in (audio_column, text_column) if name not in columns]
-    if missing:
-        raise ValueError(
-            f"The dataset {source} (split {split!r}) has the columns {columns}, not {missing}. Name its audio and "
-            "transcript columns with --audio_column / --text_column."
-        )
-    if isinstance(dataset.features.get(audio_column) if dataset.features else None, datasets.Audio):
-        dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
-    has_speaker = speaker_column is not None and speaker_column in columns
-    has_id = "id" in columns
-
-    def to_row(example: dict, index: int) -> dict:
-        speaker = example[speaker_column] if has_speaker else None
-        return {
-            "id": str(example["id"]) if has_id else f"row-{index}",
-            "audio": example[audio_column],
-            "text": example[text_column],
-            "speaker": None if speaker is None else str(speaker),
-        }
-
-    # the original columns are dropped before the new ones are written, so overlapping names are fine
-    return dataset.map(to_row, with_indices=True, remove_columns=columns)
-
 
 # ---------------------------------------------------------------------------------------------------- decoding audio
 def read_text_documents(path: str | os.PathLike) -> list[str]:
@@ -257,87 +84,6 @@ def read_text_documents(path: str | os.PathLike) -> list[str]:
         raise ValueError(f"{message}: no document is left; give one text document per line.")
     return documents
 
-
-def _soundfile_target(audio: Any):
-    """What soundfile opens for an undecoded audio value: the path, or the bytes as a file object."""
-    target = (io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")) if isinstance(audio, dict) else audio
-    if target is None:
-        raise ValueError("the audio value has neither bytes nor a path")
-    return target
-
-
-def read_sampling_rate(audio: Any) -> int:
-    """The sampling rate of one audio value (as accepted by [`read_audio`]), read from the file header without
-    decoding the samples."""
-    import soundfile
-
-    if isinstance(audio, dict) and audio.get("array") is not None:
-        return int(audio["sampling_rate"])
-    return soundfile.info(_soundfile_target(audio)).samplerate
-
-
-# libsndfile's log line for a data chunk whose header size disagrees with the bytes present, e.g.
-# "data : 96000 (should be 47978)"
-_DATA_SIZE_MISMATCH = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
-# sizes that streaming writers put in a header whose length they do not know yet: not a sign of truncation
-_UNKNOWN_SIZES = (0, 0x7FFFFFFF, 0xFFFFFFFF)
-
-
-def _missing_data(extra_info: str) -> str | None:
-    """What a WAV / AIFF file lacks when its header promises more audio bytes than it holds (a truncated copy or
-    download), from libsndfile's log of the file; `None` when the file is whole."""
-    match = _DATA_SIZE_MISMATCH.search(extra_info)
-    if match is None:
-        return None
-    declared, present = int(match.group(1)), int(match.group(2))
-    if declared in _UNKNOWN_SIZES or declared <= present:
-        return None
-    return f"its header promises {declared} bytes of audio but it holds {present}"
-
-
-def resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """`waveform` (float32, mono) at `rate` Hz resampled to `target` Hz with torchaudio (returned as is if equal)."""
-    if rate == target:
-        return waveform
-    import torchaudio.functional
-
-    return torchaudio.functional.resample(torch.from_numpy(waveform), rate, target).numpy()
-
-
-def read_audio(audio: Any) -> tuple[np.ndarray, int]:
-    """
-    Decode one audio value with soundfile (wav, flac, ogg/vorbis, opus, mp3 through libsndfile >= 1.1; no FFmpeg).
-
-    Args:
-        audio: a file path, a `{"path", "bytes"}` dict (`datasets.Audio(decode=False)`), or a decoded
-            `{"array", "sampling_rate"}` dict.
-
-    Returns:
-        `(waveform, sampling_rate)`: a mono float32 array (channels averaged) and its rate.
-
-    Raises:
-        `ValueError` for a file with 0 samples, NaN or infinite samples, or fewer audio bytes than its header
-        promises (truncated or corrupt); whatever soundfile raises for an unreadable file
-        (`soundfile.LibsndfileError`, `FileNotFoundError`, ...).
-    """
-    import soundfile
-
-    if isinstance(audio, dict) and audio.get("array") is not None:
-        waveform, sampling_rate = np.asarray(audio["array"], dtype=np.float32), int(audio["sampling_rate"])
-    else:
-        with soundfile.SoundFile(_soundfile_target(audio)) as audio_file:
-            missing = _missing_data(audio_file.extra_info)
-            if missing is not None:
-                raise ValueError(f"the file is truncated or corrupt: {missing}")
-            sampling_rate = audio_file.samplerate
-            waveform = audio_file.read(dtype="float32", always_2d=True).mean(axis=1)
-    if waveform.ndim > 1:
-        waveform = waveform.mean(axis=-1 if waveform.shape[-1] < waveform.shape[0] else 0)
-    if waveform.size == 0:
-        raise ValueError("the audio has 0 samples")
-    if not np.isfinite(waveform).all():
-        raise ValueError("the audio holds NaN or infinite samples")
-    return waveform, sampling_rate
 
 
 def _decode_row(row: dict, sampling_rate: int, max_duration: float | None) -> tuple[dict, np.ndarray | None, str | None]:
@@ -382,11 +128,6 @@ class PrepareSummary:
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
-
-def count_skip_reasons(skipped: list[dict]) -> dict[str, int]:
-    """How many skipped entries each reason has; a reason is the text of an entry's `reason` before its first ':'
-    (the rest names the particular value)."""
-    return dict(Counter(entry["reason"].split(":")[0] for entry in skipped))
 
 
 def codec_fingerprint(audio_tokenizer: SNACAudioTokenizer) -> str:

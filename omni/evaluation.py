@@ -25,9 +25,9 @@ from transformers.utils import logging
 from ..configuration_omni import IGNORE_INDEX, SNACTokenLayout
 from ..modeling_omni import OmniForCausalLM
 from ..processing_omni import OmniProcessor
-from .corpus import read_audio, resample
+from ..common.audio import read_audio, resample
 from .trainer import modality_token_metrics, next_token_statistics
-from .voice_sft import VoiceClip, read_clips
+from ..common.clips import VoiceClip, read_clips
 
 
 logger = logging.get_logger(__name__)

@@ -190,7 +190,7 @@ def read_fit_waveforms(
     Decode (and resample to `sampling_rate`) the audio of corpus rows in their order until `max_seconds` of audio
     are read; returns `(waveforms, number of rows not used)`, the rows past the limit and unreadable ones.
     """
-    from .corpus import read_audio, resample
+    from ..common.audio import read_audio, resample
 
     waveforms, total, unused = [], 0.0, 0
     for row in rows:

@@ -16,9 +16,7 @@ Each clip becomes the text-to-speech sequence
 from __future__ import annotations
 
 import os
-from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from datasets import Dataset
@@ -26,11 +24,12 @@ from transformers import Trainer
 from transformers.utils import logging
 from trl import SFTTrainer
 
+from ..common.audio import audio_path, read_audio
+from ..common.clips import VoiceClip, check_sampling_rates, read_clips
 from ..configuration_omni import IGNORE_INDEX
-from ..launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint
+from ..common.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint
 from ..modeling_omni import OmniForCausalLM, next_token_targets
 from ..processing_omni import OmniProcessor
-from .corpus import load_audio_text_rows, read_audio, read_sampling_rate
 from .trainer import ModalityWeightedLossMixin
 
 
@@ -65,115 +64,7 @@ class VoiceSFTArguments:
     )
 
 
-@dataclass
-class VoiceClip:
-    """One training example: where its audio is, what is said and who says it."""
-
-    audio: str | dict
-    """A file path or a `{"path", "bytes"}` value, decoded by [`~omni.corpus.read_audio`]."""
-    text: str
-    speaker: str | None
-
-
 # ---------------------------------------------------------------------------------------------------- data
-def _audio_label(audio: Any) -> str | None:
-    """The file an audio value names (a path, or the path of a `{"path", "bytes"}` value), or None."""
-    return audio.get("path") if isinstance(audio, dict) else audio
-
-
-def read_clips(
-    dataset: str | os.PathLike,
-    speaker: str | None = None,
-    audio_column: str = "audio",
-    text_column: str = "text",
-    speaker_column: str | None = "speaker",
-    split: str = "train",
-    dataset_config: str | None = None,
-) -> list[VoiceClip]:
-    """
-    Read a speaker's (audio, transcript) clips from any source that `train/prepare_data.py` reads (see
-    [`~omni.corpus.load_audio_text_rows`]): a folder with `metadata.jsonl` / `.json` / `.csv` / `.tsv` (audio
-    paths relative to it), such a file, a LibriSpeech / LibriTTS tree, a `save_to_disk` folder or a Hub dataset.
-
-    Unlike data preparation, which skips and lists unusable rows, a voice is learned from few clips: any clip without
-    a transcript, audio or speaker name is refused before training.
-
-    Args:
-        dataset: the source.
-        speaker: speaker name for clips without one.
-        audio_column, text_column, speaker_column: the source's column names.
-        split, dataset_config: split and configuration of a `datasets` source.
-
-    Raises:
-        `ValueError` naming the clips that have no transcript or no audio file, or no speaker name.
-    """
-    rows = load_audio_text_rows(
-        dataset, audio_column, text_column, speaker_column, split=split, dataset_config=dataset_config,
-        allow_missing_text=True,
-    )
-    clips, no_text, no_audio = [], [], []
-    for row in rows:
-        audio, text = row["audio"], row["text"]
-        name = _audio_label(audio) or row["id"]
-        has_bytes = isinstance(audio, dict) and audio.get("bytes")
-        if not has_bytes and not (name and os.path.isfile(name)):
-            no_audio.append(str(name))
-            continue
-        if not isinstance(text, str) or not text.strip():
-            no_text.append(str(name))
-            continue
-        clips.append(VoiceClip(audio, text.strip(), row["speaker"] or speaker))
-    if no_text:
-        raise ValueError(
-            f"{len(no_text)} of {len(rows)} clips in {dataset} have no transcript (e.g. {no_text[:3]}); every clip "
-            f"needs its words in the column {text_column!r} (name another with VoiceSFTArguments.text_column). "
-            "Transcribe them (e.g. with train/evaluate.py's ASR or Whisper) or remove those rows."
-        )
-    if no_audio:
-        raise ValueError(
-            f"{len(no_audio)} of {len(rows)} rows in {dataset} name no existing audio file (e.g. {no_audio[:3]}); give "
-            f"each row an audio path in the column {audio_column!r}, absolute or relative to the metadata file."
-        )
-    unnamed = [str(_audio_label(clip.audio)) for clip in clips if not clip.speaker]
-    if unnamed:
-        raise ValueError(
-            f"{len(unnamed)} clips have no speaker name (e.g. {unnamed[:2]}); the prompt is '{{speaker}}: {{text}}'. "
-            f"Add a {speaker_column or 'speaker'!r} column to the metadata or pass a speaker name "
-            "(VoiceSFTArguments.speaker)."
-        )
-    return clips
-
-
-def check_sampling_rates(clips: list[VoiceClip], allow_mixed: bool = False) -> dict[str, int]:
-    """
-    The sampling rate of each speaker's clips. One speaker's clips at several rates usually come from different
-    recording chains, and the voice learned would be a mixture of them: refused unless `allow_mixed`.
-
-    Returns:
-        `{speaker: rate}` (the most common rate when mixed rates are allowed).
-    """
-    rates: dict[str, Counter] = defaultdict(Counter)
-    examples: dict[tuple[str, int], str] = {}
-    for clip in clips:
-        rate = read_sampling_rate(clip.audio)
-        rates[clip.speaker][rate] += 1
-        examples.setdefault((clip.speaker, rate), str(_audio_label(clip.audio)))
-    mixed = {speaker: counts for speaker, counts in rates.items() if len(counts) > 1}
-    if mixed and not allow_mixed:
-        details = "; ".join(
-            f"{speaker!r}: " + ", ".join(f"{count} clips at {rate} Hz (e.g. {examples[(speaker, rate)]})" for rate, count in counts.most_common())
-            for speaker, counts in mixed.items()
-        )
-        target = max(next(iter(mixed.values())))
-        raise ValueError(
-            f"One speaker's clips come at several sampling rates: {details}. Mixed rates usually mean mixed recording "
-            f"setups, which blur the voice. Resample them to one rate first (e.g. `sox in.flac -r {target} out.flac`), "
-            "or accept the mixture with VoiceSFTArguments.allow_mixed_sampling_rates=True (each clip is then resampled "
-            "to the codec's rate)."
-        )
-    for speaker, counts in mixed.items():
-        logger.warning(f"Speaker {speaker!r} has clips at {dict(counts)} Hz; all are resampled to the codec's rate.")
-    return {speaker: counts.most_common(1)[0][0] for speaker, counts in rates.items()}
 
 
 def build_voice_dataset(clips: list[VoiceClip], processor: OmniProcessor, audio_only_loss: bool = True) -> Dataset:
@@ -187,7 +78,7 @@ def build_voice_dataset(clips: list[VoiceClip], processor: OmniProcessor, audio_
         audio_ids = processor.audio_to_ids(waveform, sampling_rate=rate)[0].tolist()
         if not audio_ids:
             raise ValueError(
-                f"{_audio_label(clip.audio)} is shorter than one codec frame ({processor.audio_tokenizer.config.samples_per_frame} "
+                f"{audio_path(clip.audio)} is shorter than one codec frame ({processor.audio_tokenizer.config.samples_per_frame} "
                 "samples at the codec's rate); remove it."
             )
         prompt_length = len(processor.tts_prompt_ids(clip.text, speaker=clip.speaker))
@@ -291,7 +182,7 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
     check_launch(training_args)
     push = training_args.push_to_hub
     if push:
-        from .hub import validate_repo_id
+        from ..common.hub import validate_repo_id
 
         validate_repo_id(training_args.hub_model_id)
         # the Trainer would create the repo and upload checkpoints as it goes; publishing waits for hub.push_to_hub's
@@ -335,7 +226,7 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
     if model_args.use_peft and voice_args.save_merged and trainer.accelerator.is_main_process:
         folder = save_merged_model(model_args.model_name_or_path, training_args.output_dir, processor)
     if push and trainer.accelerator.is_main_process:
-        from .hub import push_to_hub
+        from ..common.hub import push_to_hub
 
         push_to_hub(folder, training_args.hub_model_id, private=bool(training_args.hub_private_repo), datasets=[script_args.dataset_name])
     return trainer

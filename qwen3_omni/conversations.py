@@ -32,7 +32,7 @@ import numpy as np
 from datasets import Dataset, load_dataset
 from transformers.utils import logging
 
-from ..omni.corpus import read_audio, resample
+from ..common.audio import read_audio, resample
 
 
 logger = logging.get_logger(__name__)

@@ -117,7 +117,7 @@ class Qwen3OmniSFTTrainer(SFTTrainer):
         loss with weight 0 under FSDP.
 
         A tower runs only on the ranks whose batch holds its modality, but every rank must reduce-scatter the same
-        gradients of the FSDP unit that holds the towers (the root unit, see `qwen_omni.launching.
+        gradients of the FSDP unit that holds the towers (the root unit, see `qwen_omni.common.launching.
         shard_by_decoder_layer`): a rank whose tower did not run would send fewer and the collective would fail
         ("Received data size doesn't match expected size") or hang. The zero term gives such a rank the zero gradients
         its loss has. The parameters are read from the model at each step: FSDP2 keeps the root unit's parameters

@@ -38,6 +38,7 @@ from transformers import AutoConfig, PretrainedConfig, Qwen3OmniMoeForConditiona
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeTalkerTextExperts
 from transformers.utils import logging
 
+from ..common.hub import TALKER_VOICE_CONFIG_NAME
 from .collator import IGNORE_INDEX
 from .loading import from_pretrained_quantized, linear_4bit_config
 from .lora_targets import ATTENTION_PROJECTIONS, EXPERT_PARAMETERS, ROUTER_PARAMETER
@@ -47,8 +48,6 @@ from .talker_voice_data import EncodedClip
 
 logger = logging.get_logger(__name__)
 
-# Written next to the adapter: which speaker the adapter's trained codec-embedding row is, for the merge.
-TALKER_VOICE_CONFIG_NAME = "talker_voice_config.json"
 TALKER_PREFIX = "talker.model."
 CODE_PREDICTOR_PREFIX = "talker.code_predictor.model."
 CODE_PREDICTOR_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")

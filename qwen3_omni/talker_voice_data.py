@@ -21,8 +21,8 @@ import torch
 from transformers import MimiModel, Qwen3OmniMoeConfig
 from transformers.utils import logging
 
-from ..omni.corpus import count_skip_reasons, read_audio, read_sampling_rate, resample
-from ..omni.voice_sft import VoiceClip, _audio_label, check_sampling_rates
+from ..common.audio import audio_path, read_audio, read_sampling_rate, resample
+from ..common.clips import VoiceClip, check_sampling_rates, count_skip_reasons
 
 
 logger = logging.get_logger(__name__)
@@ -149,7 +149,7 @@ def _clip_key(audio) -> str:
     if isinstance(audio, dict) and audio.get("bytes"):
         digest.update(audio["bytes"])
     else:
-        path = os.path.abspath(_audio_label(audio))
+        path = os.path.abspath(audio_path(audio))
         stat = os.stat(path)
         digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:32]
@@ -225,7 +225,7 @@ def encode_clips(
             read_sampling_rate(clip.audio)
         except Exception as error:  # noqa: BLE001 - unreadable files are skipped and listed
             reason = f"unreadable audio: {type(error).__name__}: {error}"
-            summary.skipped.append({"audio": str(_audio_label(clip.audio)), "reason": reason})
+            summary.skipped.append({"audio": str(audio_path(clip.audio)), "reason": reason})
             continue
         readable.append(clip)
         readable_prompts.append(prompt)
@@ -240,16 +240,16 @@ def encode_clips(
             summary.num_reused += 1
         else:
             codes, reason = _encode_one(clip.audio, codec, max_duration, silence_threshold)
-            entry = {"audio": str(_audio_label(clip.audio)), "codes": codes, "reason": reason}
+            entry = {"audio": str(audio_path(clip.audio)), "codes": codes, "reason": reason}
             tmp_file = entry_file.with_suffix(".tmp")
             tmp_file.write_text(json.dumps(entry))
             tmp_file.rename(entry_file)
             summary.num_encoded += 1
         if entry["codes"] is None:
-            summary.skipped.append({"audio": str(_audio_label(clip.audio)), "reason": entry["reason"]})
+            summary.skipped.append({"audio": str(audio_path(clip.audio)), "reason": entry["reason"]})
             continue
         codes = torch.tensor(entry["codes"], dtype=torch.long)
-        encoded.append(EncodedClip(text=clip.text, codes=codes, prompt=prompt, audio=str(_audio_label(clip.audio))))
+        encoded.append(EncodedClip(text=clip.text, codes=codes, prompt=prompt, audio=str(audio_path(clip.audio))))
         summary.audio_seconds += codes.shape[0] / codec.frame_rate
 
     summary.num_kept = len(encoded)

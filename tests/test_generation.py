@@ -19,14 +19,10 @@ from transformers.generation import (
 from transformers.testing_utils import CaptureLogger
 
 from qwen_omni import generation_omni
-from qwen_omni.generation_omni import (
-    OmniAudioStreamer,
-    OmniConstrainedLogitsProcessor,
-    OmniSpanState,
-    SNACStreamingDecoder,
-    audio_block_scores,
-    generate_speech,
-)
+from qwen_omni.generation_omni import OmniConstrainedLogitsProcessor, OmniSpanState, audio_block_scores
+from qwen_omni.modeling_snac import OmniAudioStreamer, SNACStreamingDecoder
+from qwen_omni.omni import speech
+from qwen_omni.omni.speech import generate_speech
 
 
 @pytest.fixture(scope="module")
@@ -246,13 +242,13 @@ def test_generate_speech_batches_and_streams_the_same_pieces(omni):
     config = model.config
     text = "Hello there. How are you today? Fine, thanks."
     kwargs = dict(max_chars=20, do_sample=False, max_duration=0.2, suppress_tokens=[config.audio_end_token_id])
-    with CaptureLogger(generation_omni.logger) as captured:
+    with CaptureLogger(speech.logger) as captured:
         batched = generate_speech(model, processor, text, batch_size=1, **kwargs)
     chunks = []
-    with CaptureLogger(generation_omni.logger) as streaming_log:
+    with CaptureLogger(speech.logger) as streaming_log:
         streamed = generate_speech(model, processor, text, on_chunk=chunks.append, **kwargs)
     assert "produced no audio" not in captured.out + streaming_log.out
-    pieces = generation_omni.split_sentences(text, max_chars=20)
+    pieces = speech.split_sentences(text, max_chars=20)
     assert len(pieces) == 3
     frames = int(0.2 * config.codec_sampling_rate // config.samples_per_frame)
     overlap = int(round(processor.sampling_rate * 30 / 1000))

@@ -7,7 +7,7 @@ import pytest
 from huggingface_hub import HfApi
 
 from omni_testing import front_matter, usage_code
-from qwen_omni.omni.hub import build_model_card, check_folder, push_to_hub, required_code_files, validate_repo_id
+from qwen_omni.common.hub import build_model_card, check_folder, push_to_hub, required_code_files, validate_repo_id
 
 CODE_FILES = ["configuration_omni.py", "feature_extraction_omni.py", "modeling_omni.py", "processing_omni.py"]
 REPORT = {"dataset": "data/voice_clips", "num_clips": 2, "asr": {"wer": 0.5, "cer": 0.25},

@@ -18,7 +18,7 @@ from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu
 from safetensors.torch import load_file
 from transformers import TrainingArguments
 
-from qwen_omni.launching import LaunchRequest, check_launch, refusal, resolve_resume_checkpoint
+from qwen_omni.common.launching import LaunchRequest, check_launch, refusal, resolve_resume_checkpoint
 
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -128,7 +128,7 @@ def test_resume_from_checkpoint_true_is_the_last_checkpoint(tmp_path):
 
 
 def test_single_process_is_logged_with_its_rank(tmp_path, caplog):
-    with caplog.at_level("INFO", logger="qwen_omni.launching"):
+    with caplog.at_level("INFO", logger="qwen_omni.common.launching"):
         request = check_launch(TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"), environ={})
     assert request == LaunchRequest(num_processes=1, fsdp_version=None, deepspeed=False, lost_processes=False)
     assert "Process rank 0 of world size 1 (local rank 0) on cpu: a single process." in caplog.text

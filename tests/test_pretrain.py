@@ -17,8 +17,9 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from omni_testing import REPO_ROOT
 from qwen_omni import OmniConfig, OmniForCausalLM
 from qwen_omni.modeling_snac import SNACAudioTokenizer
-from qwen_omni.omni.corpus import load_audio_text_rows, prepare_dataset
-from qwen_omni.omni.hub import verify_in_clean_process
+from qwen_omni.common.clips import load_audio_text_rows
+from qwen_omni.omni.corpus import prepare_dataset
+from qwen_omni.common.hub import verify_in_clean_process
 from qwen_omni.omni.packing import (
     OmniPackingCollator,
     build_packed_dataset,

@@ -10,7 +10,8 @@ from omni_testing import REPO_ROOT, save_snac_checkpoint, tiny_processor
 from qwen_omni.configuration_omni import SNACTokenLayout
 from qwen_omni.modeling_snac import SNACAudioTokenizer
 from qwen_omni.omni import evaluation, standin_codec
-from qwen_omni.omni.corpus import load_audio_text_rows, prepare_dataset
+from qwen_omni.common.clips import load_audio_text_rows
+from qwen_omni.omni.corpus import prepare_dataset
 from qwen_omni.omni.evaluation import code_perplexities, layout_code_perplexities, most_frequent_code_accuracy
 from qwen_omni.omni.standin_codec import STANDIN_CODEC_CONFIG, fit_standin_codec, read_fit_waveforms
 from test_pretrain import pretrain, tiny_args

@@ -431,7 +431,7 @@ def test_adapter_trained_on_4bit_experts_merges_onto_the_bf16_base(checkpoint, t
     # the usage code of the adapter's model card (train/push_to_hub.py), run as a Hub user would: PEFT alone, and the
     # dropout the adapter was trained with (which PEFT's parameter wrapper refuses at load) set to 0
     from omni_testing import usage_code
-    from qwen_omni.omni.hub import build_model_card
+    from qwen_omni.common.hub import build_model_card
 
     code = usage_code(str(build_model_card(tmp_path / "adapter", "someone/thinker-lora")))
     namespace = {}

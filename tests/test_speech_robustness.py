@@ -18,8 +18,10 @@ from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
 from omni_testing import REPO_ROOT
-from qwen_omni import OmniProcessor, SNACFeatureExtractor, cli
-from qwen_omni.omni.corpus import load_audio_text_rows, load_prepared_dataset, prepare_dataset
+from qwen_omni import OmniProcessor, SNACFeatureExtractor
+from qwen_omni.entrypoints import cli
+from qwen_omni.common.clips import load_audio_text_rows
+from qwen_omni.omni.corpus import load_prepared_dataset, prepare_dataset
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 OLD_CHECKPOINT = FIXTURES / "omni_checkpoint_v0"
@@ -83,7 +85,9 @@ def test_pipeline_equals_generate_and_batches_padded_left(omni_dir, tts, process
 
 
 def test_old_checkpoint_gets_left_padding_and_the_new_defaults():
-    import qwen_omni  # noqa: F401  (the fixture ships no code files: the registered classes load it)
+    import qwen_omni
+
+    qwen_omni.register_auto_classes()  # the fixture ships no code files: the registered classes load it
 
     processor = AutoProcessor.from_pretrained(OLD_CHECKPOINT)
     # both sides a pipeline may pad with (its feature extractor's, saved as "right", in processor-only mode)
@@ -105,7 +109,7 @@ def test_speak_refuses_bad_text_and_keeps_the_existing_file(omni_dir, tmp_path, 
     assert status == 2 and len(error_lines(stderr)) == 1 and "contains the special-token string(s) ['<|pad|>']" in stderr
     # non-UTF-8 bytes on a real command line
     result = subprocess.run(
-        [sys.executable, "-m", "qwen_omni.cli", "speak", "--model", str(omni_dir), "--text", os.fsdecode(b"bad \xff\xfe"),
+        [sys.executable, "-m", "qwen_omni.entrypoints.cli", "speak", "--model", str(omni_dir), "--text", os.fsdecode(b"bad \xff\xfe"),
          "--out", out],
         capture_output=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
@@ -119,13 +123,13 @@ def test_speak_refuses_bad_text_and_keeps_the_existing_file(omni_dir, tmp_path, 
 
 
 def test_speak_streams_a_valid_file_and_sigterm_leaves_the_output_unchanged(omni_dir, tmp_path, monkeypatch, capsys):
-    from qwen_omni import generation_omni
+    from qwen_omni.omni import speech
 
     out = write_wav(tmp_path / "keep.wav", noise(2.2))
     before = Path(out).read_bytes()
     seen = []
 
-    class TerminatedStreamer(generation_omni.OmniAudioStreamer):
+    class TerminatedStreamer(speech.OmniAudioStreamer):
         """Checks the partial file after each chunk, and sends SIGTERM after the second."""
 
         def __init__(self, processor, on_chunk=None, **kwargs):
@@ -139,7 +143,7 @@ def test_speak_streams_a_valid_file_and_sigterm_leaves_the_output_unchanged(omni
 
             super().__init__(processor, on_chunk=on_chunk_then_check, **kwargs)
 
-    monkeypatch.setattr(generation_omni, "OmniAudioStreamer", TerminatedStreamer)
+    monkeypatch.setattr(speech, "OmniAudioStreamer", TerminatedStreamer)
     argv = ["speak", "--model", str(omni_dir), "--text", SHORT, "--out", out, "--max-new-tokens", "200", "--greedy"]
     status = cli.main(argv)
     stderr = capsys.readouterr().err

@@ -260,7 +260,7 @@ def test_it_learns_the_voice(workdir, trained, processor):
     16-codebook Mimi codes from its transcript, and code2wav turns them into the matching waveform; the base Talker
     speaking as Ethan (whose row nova's started from) does not."""
     from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
-    from qwen_omni.omni.voice_sft import read_clips
+    from qwen_omni.common.clips import read_clips
 
     merged = load_model(trained["merged"])
     assert merged.config.talker_config.speaker_id["nova"] not in {
@@ -381,7 +381,7 @@ def test_codes_equal_mimi_encode_and_cache_is_reused(workdir, tmp_path):
     import torchaudio.functional
     from transformers import MimiModel
 
-    from qwen_omni.omni.voice_sft import read_clips
+    from qwen_omni.common.clips import read_clips
     from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
 
     folder = tmp_path / "clips"
@@ -429,7 +429,7 @@ def test_mixed_rates_and_missing_transcripts_are_refused(workdir, tmp_path):
     import numpy as np
     import soundfile as sf
 
-    from qwen_omni.omni.voice_sft import read_clips
+    from qwen_omni.common.clips import read_clips
     from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
 
     folder = write_clips(tmp_path / "mixed", texts=["the quick brown fox", "the lazy dog"])
@@ -485,7 +485,7 @@ def test_speaker_options(workdir):
 def test_the_model_card_usage_snippet_gives_the_merged_voice(workdir, trained):
     """The card `--push_to_hub` writes for a Talker voice adapter: its usage code, run as a user would (with the Hub
     ids pointing at the local folders), gives the model `train/merge.py` gives, speaker included."""
-    from qwen_omni.omni.hub import build_model_card
+    from qwen_omni.common.hub import build_model_card
     from omni_testing import front_matter, usage_code
 
     card = str(build_model_card(trained["adapter"], "someone/qwen3-omni-nova", datasets=[workdir["data"]]))

@@ -11,7 +11,8 @@ import torch
 from omni_testing import REPO_ROOT, build_tiny_omni
 
 from qwen_omni import OmniForCausalLM, OmniProcessor
-from qwen_omni.omni.voice_sft import VoiceSFTArguments, build_voice_dataset, check_sampling_rates, main, read_clips
+from qwen_omni.common.clips import check_sampling_rates, read_clips
+from qwen_omni.omni.voice_sft import VoiceSFTArguments, build_voice_dataset, main
 
 VOICE_CLIPS = REPO_ROOT / "data" / "voice_clips"
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from qwen_omni.launching import configure_logging
-from qwen_omni.omni.corpus import load_audio_text_rows, prepare_dataset
+from qwen_omni.common.launching import configure_logging
+from qwen_omni.common.clips import load_audio_text_rows
+from qwen_omni.omni.corpus import prepare_dataset
 from qwen_omni.processing_omni import load_audio_tokenizer
 
 

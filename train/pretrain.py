@@ -37,7 +37,7 @@ from transformers.utils import logging
 from trl import TrlParser
 
 from qwen_omni import OmniForCausalLM
-from qwen_omni.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint
+from qwen_omni.common.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint
 from qwen_omni.omni.corpus import (
     check_prepared_rows,
     is_prepared_dataset,
@@ -47,7 +47,7 @@ from qwen_omni.omni.corpus import (
     read_prepare_info,
     read_text_documents,
 )
-from qwen_omni.omni.hub import push_to_hub, validate_repo_id
+from qwen_omni.common.hub import push_to_hub, validate_repo_id
 from qwen_omni.omni.build import (
     build_omni_from_scratch,
     build_omni_from_text_model,
@@ -69,7 +69,7 @@ from qwen_omni.omni.evaluation import (
 )
 from qwen_omni.omni.standin_codec import is_standin_codec, standin_codec
 from qwen_omni.omni.trainer import OmniPretrainer, token_metrics_from_logits
-from qwen_omni.omni.voice_sft import VoiceClip
+from qwen_omni.common.clips import VoiceClip
 
 
 logger = logging.get_logger("qwen_omni.pretrain")

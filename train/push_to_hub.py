@@ -10,7 +10,7 @@ of eval_results.json when there is one) and only then uploads. --dry-run stops b
 
 import argparse
 
-from qwen_omni.omni.hub import push_to_hub
+from qwen_omni.common.hub import push_to_hub
 
 
 def main(argv=None) -> str | None:

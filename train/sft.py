@@ -27,8 +27,8 @@ from qwen_omni.qwen3_omni import (
     load_conversation_dataset,
     load_thinker,
 )
-from qwen_omni.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint, shard_by_decoder_layer
-from qwen_omni.omni.hub import push_to_hub, validate_repo_id
+from qwen_omni.common.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint, shard_by_decoder_layer
+from qwen_omni.common.hub import push_to_hub, validate_repo_id
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
 from qwen_omni.qwen3_omni.conversations import DatasetReport
 from qwen_omni.qwen3_omni.lora_targets import lora_config_kwargs

@@ -19,10 +19,9 @@ from peft import get_peft_model
 from transformers import AutoConfig, AutoProcessor
 from trl import ScriptArguments, TrlParser
 
-from qwen_omni.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint
-from qwen_omni.omni.corpus import load_audio_text_rows
-from qwen_omni.omni.hub import push_to_hub, validate_repo_id
-from qwen_omni.omni.voice_sft import read_clips
+from qwen_omni.common.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint
+from qwen_omni.common.clips import load_audio_text_rows, read_clips
+from qwen_omni.common.hub import push_to_hub, validate_repo_id
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniModelConfig, Qwen3OmniSFTConfig
 from qwen_omni.qwen3_omni.loading import resolve_experts_implementation
 from qwen_omni.qwen3_omni.peft_lora import apply_peft_lora, silence_false_expert_rank_warning

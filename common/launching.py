@@ -4,7 +4,7 @@ Launch checks shared by the training scripts: every process says which rank of h
 run as it claims is refused before any work, progress is logged at INFO on the main process only, and
 `--resume_from_checkpoint true` means the last checkpoint of the output folder in every script.
 
-Library code only (`qwen_omni.launching`); the remote-code files at the repository root never import it, so it is not
+Library code only (`qwen_omni.common.launching`); the remote-code files at the repository root never import it, so it is not
 part of any checkpoint.
 
 What accelerate 1.15 and torch 2.14 really do (read from their launch code):

@@ -26,8 +26,11 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
+# The package root, which holds the remote-code files a checkpoint ships.
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_CARD_TEMPLATE = REPO_ROOT / "model_card.md"
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
+# Written by the Talker voice recipe beside its adapter: the new speaker's name and codec id.
+TALKER_VOICE_CONFIG_NAME = "talker_voice_config.json"
 # Files whose `auto_map` names the remote-code modules of a checkpoint.
 AUTO_MAP_FILES = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
 ADAPTER_FILES = ("adapter_config.json",)
@@ -229,9 +232,7 @@ def _eval_table(report: dict | None) -> str:
 def _usage(repo_id: str, kind: str, base_model: str | None, folder: Path) -> str:
     base = base_model or "BASE_MODEL"
     if kind == "talker_voice_adapter":
-        from qwen_omni.qwen3_omni.talker_voice import read_talker_voice_config
-
-        voice = read_talker_voice_config(folder)
+        voice = json.loads((folder / TALKER_VOICE_CONFIG_NAME).read_text())
         return (
             "from peft import PeftModel\nfrom transformers import Qwen3OmniMoeForConditionalGeneration\n\n"
             f'base = Qwen3OmniMoeForConditionalGeneration.from_pretrained("{base}", dtype="auto")\n'
@@ -313,7 +314,7 @@ def build_model_card(
     if omni:
         kind = "omni_adapter" if adapter else "omni"
     elif adapter:
-        kind = "talker_voice_adapter" if (folder / "talker_voice_config.json").is_file() else "qwen3_omni_adapter"
+        kind = "talker_voice_adapter" if (folder / TALKER_VOICE_CONFIG_NAME).is_file() else "qwen3_omni_adapter"
     else:
         raise ValueError(
             f"{folder} is neither an Omni model nor a LoRA adapter: build_model_card writes cards for Omni models and "

@@ -86,7 +86,7 @@ def _read_audio_file(path: str, feature_extractor=None) -> tuple[np.ndarray, int
     """
     import soundfile
 
-    from qwen_omni.omni.corpus import read_audio
+    from qwen_omni.common.audio import read_audio
 
     if not os.path.isfile(path):
         raise CommandLineError(f"{path}: no such file.")
@@ -186,7 +186,7 @@ class StreamingWav:
 def speak(args: argparse.Namespace) -> int:
     import torch
 
-    from qwen_omni.generation_omni import generate_speech, split_sentences
+    from qwen_omni.omni.speech import generate_speech, split_sentences
 
     text = _read_text(args)
     pieces = split_sentences(text, max_chars=args.max_chars)
