@@ -1,5 +1,5 @@
 """`train/sft.py --estimate_memory` (qwen3_omni/memory_estimate.py): exact against measured parameter and optimizer
-bytes on a tiny Qwen3-Omni, and the README's figures on the real Qwen3-Omni-30B-A3B config (built on the meta device)."""
+bytes on a tiny Qwen3-Omni, and the figures of docs/launching_and_memory.md on the real Qwen3-Omni-30B-A3B config (built on the meta device)."""
 
 import os
 import re
@@ -98,7 +98,7 @@ def test_estimate_matches_a_thinker_loaded_in_4bit_byte_for_byte(quantize_towers
 
 
 def readme_rows():
-    with open(os.path.join(REPO, "README.md")) as f:
+    with open(os.path.join(REPO, "docs", "launching_and_memory.md")) as f:
         text = f.read()
     rows = {}
     for line in text.splitlines():
