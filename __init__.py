@@ -9,13 +9,19 @@ without `trust_remote_code` ([`register_auto_classes`] does all of it at once). 
 """
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import AutoConfig
 
 from .configuration_omni import OmniConfig
 from .configuration_snac import SNACConfig, SNACTokenLayout
 
+
+if TYPE_CHECKING:
+    from .feature_extraction_omni import SNACFeatureExtractor
+    from .modeling_omni import OmniCausalLMOutputWithPast, OmniForCausalLM
+    from .modeling_snac import SNACAudioTokenizer
+    from .processing_omni import OmniProcessor
 
 AutoConfig.register(OmniConfig.model_type, OmniConfig, exist_ok=True)
 AutoConfig.register(SNACConfig.model_type, SNACConfig, exist_ok=True)
@@ -44,4 +50,14 @@ def register_auto_classes() -> None:
         importlib.import_module(f".{module}", __name__)
 
 
-__all__ = ["OmniConfig", "SNACConfig", "SNACTokenLayout", "register_auto_classes", *_LAZY_ATTRIBUTES]
+__all__ = [
+    "OmniCausalLMOutputWithPast",
+    "OmniConfig",
+    "OmniForCausalLM",
+    "OmniProcessor",
+    "SNACAudioTokenizer",
+    "SNACConfig",
+    "SNACFeatureExtractor",
+    "SNACTokenLayout",
+    "register_auto_classes",
+]

@@ -463,3 +463,12 @@ class OmniGenerationMixin(GenerationMixin):
         if generation_config.return_dict_in_generate:
             return GenerateDecoderOnlyOutput(sequences=input_ids, past_key_values=model_kwargs.get("past_key_values"))
         return input_ids
+
+
+__all__ = [
+    "OmniConstrainedLogitsProcessor",
+    "OmniGenerationMixin",
+    "OmniMaxDurationCriteria",
+    "OmniSpanState",
+    "audio_block_scores",
+]

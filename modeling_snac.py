@@ -232,7 +232,6 @@ class SNACAudioTokenizer(PreTrainedAudioTokenizerBase):
 AutoConfig.register("snac", SNACConfig, exist_ok=True)
 AutoModelForAudioTokenization.register(SNACConfig, SNACAudioTokenizer, exist_ok=True)
 
-__all__ = ["SNACAudioTokenizer", "SNACDecoderOutput", "SNACEncoderOutput"]
 
 
 # ---------------------------------------------------------------------------------------------- streaming
@@ -637,3 +636,12 @@ class OmniAudioStreamer(BaseStreamer):
             if chunk is None:
                 return
             yield chunk
+
+
+__all__ = [
+    "OmniAudioStreamer",
+    "SNACAudioTokenizer",
+    "SNACDecoderOutput",
+    "SNACEncoderOutput",
+    "SNACStreamingDecoder",
+]

@@ -33,7 +33,7 @@ import torch
 from transformers.utils import logging
 
 from ..common.audio import read_audio, resample
-from ..common.clips import count_skip_reasons, load_audio_text_rows
+from ..common.clips import count_skip_reasons
 from ..feature_extraction_omni import SNACFeatureExtractor
 from ..modeling_snac import SNACAudioTokenizer
 from ..processing_omni import PAD_TOKEN, SPECIAL_TOKENS, encode_audio, utterance_problem
@@ -400,10 +400,7 @@ __all__ = [
     "check_prepared_rows",
     "codec_fingerprint",
     "is_prepared_dataset",
-    "load_audio_text_rows",
     "load_prepared_dataset",
     "prepare_dataset",
-    "read_audio",
     "read_prepare_info",
-    "read_sampling_rate",
 ]

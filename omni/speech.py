@@ -186,16 +186,4 @@ def generate_speech(
     return joined[0] if isinstance(text, str) else joined
 
 
-__all__ = [
-    "CrossfadeJoiner",
-    "OmniAudioStreamer",
-    "OmniConstrainedLogitsProcessor",
-    "OmniGenerationMixin",
-    "OmniMaxDurationCriteria",
-    "OmniSpanState",
-    "SNACStreamingDecoder",
-    "audio_block_scores",
-    "crossfade_join",
-    "generate_speech",
-    "split_sentences",
-]
+__all__ = ["CrossfadeJoiner", "crossfade_join", "generate_speech", "split_sentences"]

@@ -1,7 +1,6 @@
 """Shared fixtures: tiny SNAC codecs, a tiny BPE tokenizer, a tiny Qwen3 LM and a tiny Omni checkpoint, all built
 here (no network)."""
 
-import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omni_testing import REPO_ROOT, TINY_SNAC_24KHZ, TINY_SNAC_32KHZ, run_without_qwen_omni, tiny_processor
+from omni_testing import REPO_ROOT, run_without_qwen_omni, tiny_processor
 
 from qwen_omni import OmniConfig, OmniForCausalLM, OmniProcessor, SNACTokenLayout
 from qwen_omni.processing_omni import load_audio_tokenizer

@@ -19,12 +19,12 @@ from transformers.generation import (
 )
 from transformers.testing_utils import CaptureLogger
 
-from omni_testing import CORPUS_TEXT, REPO_ROOT, run_without_qwen_omni, tiny_bpe_tokenizer, tiny_processor
+from omni_testing import CORPUS_TEXT, run_without_qwen_omni, tiny_bpe_tokenizer, tiny_processor
 from qwen_omni import generation_omni
 from qwen_omni.generation_omni import OmniConstrainedLogitsProcessor, OmniSpanState, audio_block_scores
 from qwen_omni.modeling_snac import OmniAudioStreamer
 from qwen_omni.omni.speech import crossfade_join, split_sentences
-from qwen_omni.omni.build import build_omni_from_scratch, save_omni_checkpoint
+from qwen_omni.omni.build import build_omni_from_scratch
 
 
 def _random_omni(codec_dir, seed=0):
