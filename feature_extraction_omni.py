@@ -235,7 +235,8 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
         """
         clips = self.prepare_clips(raw_audio, sampling_rate)
         # always on the right, whatever `padding_side` says (OmniProcessor sets it to "left" for the pipelines that
-        # pad prompts with it): the codec's frames start at each clip's first sample
+        # pad prompts with it): the codec's frames start at each clip's first sample. `SequenceFeatureExtractor.pad`
+        # only pads on `self.padding_side`, so it cannot serve here.
         length = max(clip.numel() for clip in clips)
         input_values = np.full((len(clips), 1, length), self.padding_value, dtype=np.float32)
         padding_mask = np.zeros((len(clips), length), dtype=np.int64)

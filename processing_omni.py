@@ -445,25 +445,24 @@ class OmniProcessor(ProcessorMixin):
         with_labels: bool = False,
         return_tensors: str | None = "pt",
     ) -> BatchFeature:
-        """Pad id lists into `input_ids` + `attention_mask` (+ `labels` with `-100` on padding)."""
+        """Pad id lists into `input_ids` + `attention_mask` (+ `labels` with `-100` on padding) with the tokenizer's
+        own `pad`; `return_tensors=None` gives the lists unpadded."""
         if return_tensors not in ("pt", None):
             raise ValueError(f"return_tensors={return_tensors!r} is not supported; use 'pt' or None.")
-        if return_tensors is None:
-            data = {"input_ids": [list(s) for s in sequences], "attention_mask": [[1] * len(s) for s in sequences]}
-            if with_labels:
-                data["labels"] = [list(s) for s in sequences]
-            return BatchFeature(data)
-        length = max(len(s) for s in sequences)
-        input_ids = torch.full((len(sequences), length), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            span = slice(length - len(sequence), length) if padding_side == "left" else slice(0, len(sequence))
-            input_ids[row, span] = torch.as_tensor(list(sequence), dtype=torch.long)
-            attention_mask[row, span] = 1
-        data = {"input_ids": input_ids, "attention_mask": attention_mask}
+        data = self.tokenizer.pad(
+            {"input_ids": [list(s) for s in sequences]},
+            padding=return_tensors is not None,
+            padding_side=padding_side,
+            return_attention_mask=True,
+            return_tensors=return_tensors,
+        ).data
         if with_labels:
-            data["labels"] = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
-        return BatchFeature(data, tensor_type="pt")
+            input_ids, attention_mask = data["input_ids"], data["attention_mask"]
+            data["labels"] = (
+                [list(s) for s in input_ids] if return_tensors is None
+                else input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+            )
+        return BatchFeature(data, tensor_type=return_tensors)
 
     def __call__(
         self,

@@ -8,23 +8,9 @@ import math
 import torch
 from transformers import Trainer
 
+from ..common.loss import items_in_batch_over_processes
 from ..configuration_omni import IGNORE_INDEX
 from ..modeling_omni import next_token_targets
-
-
-def _omni_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The `OmniForCausalLM` inside DDP / accelerate / PEFT wrappers (whatever has `loss_weights`)."""
-    seen = set()
-    while not hasattr(model, "loss_weights") and id(model) not in seen:
-        seen.add(id(model))
-        for attribute in ("module", "base_model", "model"):
-            inner = getattr(model, attribute, None)
-            if isinstance(inner, torch.nn.Module):
-                model = inner
-                break
-    if not hasattr(model, "loss_weights"):
-        raise TypeError(f"{type(model).__name__} is not an Omni model (it has no `loss_weights`).")
-    return model
 
 
 class ModalityWeightedLossMixin:
@@ -42,13 +28,13 @@ class ModalityWeightedLossMixin:
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         if not batch_samples or not any(key in batch_samples[0] for key in ("labels", "shift_labels")):
             return super()._get_num_items_in_batch(batch_samples, device)
-        model = _omni_model(self.model)
+        model = self.accelerator.unwrap_model(self.model)  # a PeftModel forwards `loss_weights` to the Omni model
+        if not hasattr(model, "loss_weights"):
+            raise TypeError(f"{type(model).__name__} is not an Omni model (it has no `loss_weights`).")
         weights = sum(
             model.loss_weights(batch.get("labels"), shift_labels=batch.get("shift_labels")).sum() for batch in batch_samples
         ).to(device)
-        if self.args.average_tokens_across_devices and self.args.world_size > 1:
-            weights = self.accelerator.gather(weights).sum()
-        return weights
+        return items_in_batch_over_processes(self, weights)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)

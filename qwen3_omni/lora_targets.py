@@ -15,7 +15,7 @@ from torch import nn
 
 from .quantized_experts import target_parameter_names
 from .routed_lora import register_routed_lora
-from .sft_trainer import MOE_LORA_IMPLEMENTATIONS
+from .expert_lora import check_moe_lora_impl
 
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -77,8 +77,7 @@ def build_lora_config(
             `"routed"`: the routed-token LoRA (see `routed_lora.py`), which also carries `lora_dropout` (the wrappers
             are then built as routed ones by PEFT); `"peft"`: PEFT's own wrapper.
     """
-    if moe_lora_impl not in MOE_LORA_IMPLEMENTATIONS:
-        raise ValueError(f"moe_lora_impl={moe_lora_impl!r} is not one of {MOE_LORA_IMPLEMENTATIONS}.")
+    check_moe_lora_impl(moe_lora_impl)
     unknown_towers = set(towers) - set(TOWER_PREFIXES)
     if unknown_towers:
         raise ValueError(f"towers={sorted(unknown_towers)} is not known; choose among {sorted(TOWER_PREFIXES)}.")

@@ -8,13 +8,14 @@ import torch
 from transformers.utils import logging
 from trl import SFTTrainer
 
+from ..common.loss import items_in_batch_over_processes
 from .collator import IGNORE_INDEX, STAT_KEYS
-from .peft_lora import apply_peft_lora, silence_false_expert_rank_warning
-from .routed_lora import apply_routed_lora
+from .expert_lora import apply_expert_lora, check_moe_lora_impl
+from .lora_targets import TOWER_PREFIXES
+from .peft_lora import silence_false_expert_rank_warning
 
 
 logger = logging.get_logger(__name__)
-MOE_LORA_IMPLEMENTATIONS = ("routed", "peft")
 
 
 class Qwen3OmniSFTTrainer(SFTTrainer):
@@ -40,8 +41,7 @@ class Qwen3OmniSFTTrainer(SFTTrainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, moe_lora_impl: str = "routed", **kwargs):
-        if moe_lora_impl not in MOE_LORA_IMPLEMENTATIONS:
-            raise ValueError(f"moe_lora_impl={moe_lora_impl!r} is not one of {MOE_LORA_IMPLEMENTATIONS}.")
+        check_moe_lora_impl(moe_lora_impl)
         training_args = kwargs.get("args")
         if training_args is not None:
             # The raw `conversations` column must reach the collator untouched.
@@ -49,13 +49,7 @@ class Qwen3OmniSFTTrainer(SFTTrainer):
             training_args.remove_unused_columns = False
         with silence_false_expert_rank_warning():
             super().__init__(*args, **kwargs)
-        if moe_lora_impl == "routed":
-            # Same parameters and adapter files as PEFT's wrapper; the expert update runs on routed tokens only.
-            converted = apply_routed_lora(self.model)
-            logger.info(f"Routed-token LoRA forward on {converted} router/expert parameter wrappers.")
-        else:
-            converted = apply_peft_lora(self.model)
-            logger.info(f"PEFT's LoRA forward on {converted} router/expert parameter wrappers.")
+        apply_expert_lora(self.model, moe_lora_impl)
         self._logits_wanted = True
         self._collator_totals = {"train": dict.fromkeys(STAT_KEYS, 0), "eval": dict.fromkeys(STAT_KEYS, 0)}
 
@@ -67,9 +61,7 @@ class Qwen3OmniSFTTrainer(SFTTrainer):
             ((batch["labels"][..., 1:] != IGNORE_INDEX).sum(-1).float() * batch["sample_weight"].float()).sum()
             for batch in batch_samples
         ).to(device)
-        if self.args.average_tokens_across_devices and self.args.world_size > 1:
-            weighted_count = self.accelerator.gather(weighted_count).sum()
-        return weighted_count
+        return items_in_batch_over_processes(self, weighted_count)
 
     def compute_loss(
         self,
@@ -123,8 +115,6 @@ class Qwen3OmniSFTTrainer(SFTTrainer):
         its loss has. The parameters are read from the model at each step: FSDP2 keeps the root unit's parameters
         gathered from the forward to the backward, so these are whole tensors.
         """
-        from .lora_targets import TOWER_PREFIXES  # lora_targets imports this module
-
         prefixes = tuple(f".{prefix}" for prefix in TOWER_PREFIXES.values())
         return [
             parameter for name, parameter in model.named_parameters()

@@ -242,7 +242,7 @@ def test_generate_speech_batches_and_streams_the_same_pieces(omni):
     config = model.config
     text = "Hello there. How are you today? Fine, thanks."
     kwargs = dict(max_chars=20, do_sample=False, max_duration=0.2, suppress_tokens=[config.audio_end_token_id])
-    with CaptureLogger(speech.logger) as captured:
+    with CaptureLogger(speech.logger) as captured, CaptureLogger(generation_omni.logger) as generation_log:
         batched = generate_speech(model, processor, text, batch_size=1, **kwargs)
     chunks = []
     with CaptureLogger(speech.logger) as streaming_log:
@@ -256,7 +256,7 @@ def test_generate_speech_batches_and_streams_the_same_pieces(omni):
     assert batched.shape == streamed.shape == (expected,)
     np.testing.assert_allclose(streamed, batched, atol=1e-5 * np.abs(batched).max())
     np.testing.assert_array_equal(np.concatenate(chunks), streamed)
-    assert "max_duration=0.2s" in captured.out
+    assert "max_duration=0.2s" in generation_log.out
     both = generate_speech(model, processor, [text, "Bye."], batch_size=4, **kwargs)
     assert len(both) == 2 and both[0].shape == batched.shape and both[1].shape == (frames * config.samples_per_frame,)
     with pytest.raises(ValueError, match="one text at a time"):
