@@ -30,6 +30,7 @@ def _rows_from_table(
 ) -> list[dict]:
     """Rows of a JSONL / JSON / CSV / TSV metadata file; relative audio paths are resolved against its folder. A row
     without `text_column` raises, or gets an empty text when `allow_missing_text`."""
+    # Read here rather than with load_dataset("json" / "csv"): its errors name neither the file's line nor the fix.
     if path.suffix == ".jsonl":
         records = []
         with open(path, encoding="utf-8") as handle:
