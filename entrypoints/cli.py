@@ -55,7 +55,9 @@ def _positive(kind: type, name: str):
 def _load(model_dir: str, device: str):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
-    import qwen_omni  # noqa: F401  (registers the Omni auto classes)
+    from qwen_omni import register_auto_classes
+
+    register_auto_classes()  # checkpoints load with this package's classes, without trust_remote_code
 
     looks_like_hub_id = model_dir.count("/") == 1 and not model_dir.startswith((".", "/", "~"))
     if not os.path.isdir(model_dir) and (os.path.exists(model_dir) or not looks_like_hub_id):

@@ -41,12 +41,12 @@ from qwen_omni.common.launching import DistributedRunCallback, check_launch, res
 from qwen_omni.omni.corpus import (
     check_prepared_rows,
     is_prepared_dataset,
-    load_audio_text_rows,
     load_prepared_dataset,
     prepare_dataset,
     read_prepare_info,
     read_text_documents,
 )
+from qwen_omni.common.clips import load_audio_text_rows
 from qwen_omni.common.hub import push_to_hub, validate_repo_id
 from qwen_omni.omni.build import (
     build_omni_from_scratch,
