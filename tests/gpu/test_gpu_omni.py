@@ -8,12 +8,11 @@ import time
 import pytest
 import torch
 from datasets import Dataset
-from transformers import TrainerCallback, TrainingArguments
-
 from gpu_testing import REPO_ROOT, cuda_device, require_package
 from qwen_omni import OmniConfig, OmniForCausalLM
 from qwen_omni.omni.build import SPEECH_GENERATION_DEFAULTS
 from qwen_omni.omni.trainer import OmniTrainer
+from transformers import TrainerCallback, TrainingArguments
 
 pytestmark = pytest.mark.gpu
 
