@@ -25,6 +25,8 @@ import tomllib
 from packaging.requirements import Requirement
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# how a test of the tier skips where it needs CUDA (tests/gpu/gpu_testing.py, which needs torch: not imported here)
+NO_CUDA_REASON = "needs CUDA from here on"
 # the stack the tier depends on, pinned in pyproject.toml
 PINNED = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "snac", "bitsandbytes")
 OPTIONAL = ("flash-attn", "deepspeed")
@@ -137,7 +139,12 @@ def markdown(report: dict) -> str:
     if report["setup"]:
         lines += ["", "Set-up:", *[f"- {note}" for note in report["setup"]]]
     counts = ", ".join(f"{count} {outcome}" for outcome, count in report["counts"].items() if count)
-    lines += ["", f"## Tests ({counts})", "", "| test | outcome | s | figures / message |", "|---|---|---|---|"]
+    lines += ["", f"## Tests ({counts})", ""]
+    if not gpu.get("name"):
+        reached = sum(test["message"].startswith(NO_CUDA_REASON) for test in report["tests"])
+        lines += [f"No GPU: {reached} of {len(report['tests'])} tests ran their CPU preparation and stopped where they "
+                  "need CUDA.", ""]
+    lines += ["| test | outcome | s | figures / message |", "|---|---|---|---|"]
     for test in report["tests"]:
         figures = "; ".join(f"{name} {value['value']}{(' ' + value['unit']) if value['unit'] else ''}"
                             for name, value in test["figures"].items() if name != "memory_recipe")

@@ -128,7 +128,7 @@ def test_bf16_training_step_runs_under_autocast_and_lowers_the_loss(tmp_path, re
     start = time.perf_counter()
     trainer.train()
     record_figure("steps_per_second", 10 / (time.perf_counter() - start), "steps/s")
-    assert trainer.args.device.type == device.type and next(model.parameters()).device.type == "cuda"
+    assert trainer.args.device.type == device.type and next(model.parameters()).device.type == device.type
     assert next(model.parameters()).dtype == torch.float32  # fp32 master weights, bf16 compute
     assert linear_output_dtypes == {torch.bfloat16}
     record_figure("first_loss", recorder.losses[0])
