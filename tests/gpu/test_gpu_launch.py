@@ -59,14 +59,14 @@ def test_sft_with_one_process_on_one_gpu_under_the_shipped_config(config_file, w
     parser = sft.TrlParser((sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig,
                             sft.Qwen3OmniArguments))
     parser.parse_args_and_config(args=sft_args(workdir, output_dir))  # the flags as the script reads them
-    cuda_device(f"{config_file} launches on GPUs")
+    device = cuda_device(f"{config_file} launches on GPUs")
     if config_file == "deepspeed_zero3.yaml":
         require_package("deepspeed", "DeepSpeed ZeRO-3")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", "0", *launch_args,
                str(REPO_ROOT / "train" / "sft.py"), *sft_args(workdir, output_dir)]
     result = subprocess.run(command, cwd=REPO_ROOT, env=SCRIPT_ENV, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "Process rank 0 of world size 1 (local rank 0) on cuda" in result.stderr
+    assert f"Process rank 0 of world size 1 (local rank 0) on {device.type}" in result.stderr
     # the engine really ran: its own checkpoint format
     assert (output_dir / f"checkpoint-{MAX_STEPS}" / checkpoint_file).exists(), sorted(
         str(path.relative_to(output_dir)) for path in output_dir.rglob("*")

@@ -262,12 +262,12 @@ def test_sft_script_with_load_in_4bit_on_cuda_then_merge(checkpoint, tmp_path, r
                             sft.Qwen3OmniArguments))
     _, _, model_args, _ = parser.parse_args_and_config(args=argv)
     assert model_args.load_in_4bit and model_args.quantize_experts
-    cuda_device("train/sft.py trains on the GPU")
+    device = cuda_device("train/sft.py trains on the GPU")
     result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "sft.py"), *argv], env=SCRIPT_ENV,
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     log = result.stdout + result.stderr
-    assert "on cuda" in log
+    assert f"(local rank 0) on {device.type}" in log
     losses = [float(value) for value in re.findall(r"'loss': '?([0-9.]+)", log)]
     record_figure("losses", losses)
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.2, losses
@@ -295,12 +295,12 @@ def test_talker_voice_recipe_one_step_on_cuda(tmp_path, record_figure):
     parser = voice.TrlParser((voice.ScriptArguments, voice.Qwen3OmniSFTConfig, voice.Qwen3OmniModelConfig,
                               voice.TalkerVoiceArguments))
     parser.parse_args_and_config(args=argv)  # the flags as the script reads them
-    cuda_device("the Talker voice recipe trains on the GPU")
+    device = cuda_device("the Talker voice recipe trains on the GPU")
     result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "talker_voice_sft.py"), *argv],
                             env=SCRIPT_ENV, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     log = result.stdout + result.stderr
-    assert "on cuda" in log
+    assert f"(local rank 0) on {device.type}" in log
     losses = [float(value) for value in re.findall(r"'loss': '?([0-9.]+)", log)]
     record_figure("loss", losses)
     assert len(losses) == 1 and 0 < losses[0] < float("inf")
