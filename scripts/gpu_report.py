@@ -142,8 +142,8 @@ def markdown(report: dict) -> str:
     lines += ["", f"## Tests ({counts})", ""]
     if not gpu.get("name"):
         reached = sum(test["message"].startswith(NO_CUDA_REASON) for test in report["tests"])
-        lines += [f"No GPU: {reached} of {len(report['tests'])} tests ran their CPU preparation and stopped where they "
-                  "need CUDA.", ""]
+        total = len(report["tests"])
+        lines += [f"No GPU: {reached} of {total} tests ran their CPU preparation and stopped where they need CUDA.", ""]
     lines += ["| test | outcome | s | figures / message |", "|---|---|---|---|"]
     for test in report["tests"]:
         figures = "; ".join(f"{name} {value['value']}{(' ' + value['unit']) if value['unit'] else ''}"

@@ -205,10 +205,12 @@ def real_width_runs(tmp_path_factory):
     for name, flags in recipes.items():
         probe = StepProbe()
         sft.Qwen3OmniSFTTrainer = ProbedTrainer
+        # what an earlier run may have left allocated is not this run's
+        baseline = torch.cuda.memory_allocated()
         sft.main(*parser.parse_args_and_config(args=argv(name.replace(" ", "_"), flags)))
         gc.collect()
         torch.cuda.empty_cache()
-        runs[name] = {"estimate": estimates[name], "probe": probe}
+        runs[name] = {"estimate": estimates[name], "probe": probe, "baseline": baseline}
     shutil.rmtree(model_dir)  # ~6 GB
     return runs
 
@@ -216,9 +218,10 @@ def real_width_runs(tmp_path_factory):
 @pytest.mark.parametrize("recipe", ["qlora.yaml", "qlora.yaml --offload_experts"])
 def test_training_peak_memory_is_within_15_percent_of_estimate_memory(real_width_runs, recipe, record_figure):
     run = real_width_runs[recipe]
-    measured, estimated = run["probe"].peak_bytes, run["estimate"]
+    measured, estimated = run["probe"].peak_bytes - run["baseline"], run["estimate"]
     record_figure("memory_recipe", f"{recipe} (real 30B-A3B widths, {REAL_WIDTH_LAYERS} layers, "
                                    f"sequence {SEQUENCE_LENGTH})")
+    record_figure("memory_allocated_before_the_run_gb", round(run["baseline"] / GB, 3), "GB")
     record_figure("memory_measured_gb", round(measured / GB, 3), "GB")
     record_figure("memory_estimated_gb", round(estimated / GB, 3), "GB")
     record_figure("memory_measured_over_estimated", round(measured / estimated, 3))
@@ -238,7 +241,9 @@ def test_offload_step_time_against_resident_experts_shows_the_copy_overlapped(re
     # run one after the other, compute and copies would take resident + copy; overlapped, a part of the smaller hides
     hidden = (resident + copy - offload) / min(resident, copy)
     record_figure("overlap_hidden_fraction", round(hidden, 3))
-    assert offload_probe.transfers >= 2 * REAL_WIDTH_LAYERS - 2  # forward and checkpointed backward both stream
+    # the forward and the checkpointed backward both stream: each step copies every layer but the two kept resident
+    # where the direction turns (the first step two more: nothing is resident yet)
+    assert offload_probe.transfers >= 2 * REAL_WIDTH_LAYERS - 4
     assert hidden >= 0.1, (resident, offload, copy)
 
 
@@ -289,8 +294,9 @@ def test_talker_voice_recipe_one_step_on_cuda(tmp_path, record_figure):
     argv = ["--config", str(REPO_ROOT / "train" / "configs" / "talker_voice.yaml"), "--model_name_or_path", base,
             "--dataset_name", data, "--codec_name_or_path", mimi, "--output_dir", str(out), "--speaker_name", "nova",
             "--dtype", "bfloat16", "--per_device_train_batch_size", "3", "--gradient_accumulation_steps", "1",
-            "--max_steps", "1", "--lora_r", "8", "--lora_alpha", "16", "--lora_expert_r", "2", "--logging_steps", "1",
-            "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]
+            "--max_steps", "1", "--warmup_steps", "0", "--learning_rate", "1e-3", "--lora_r", "8", "--lora_alpha", "16",
+            "--lora_expert_r", "2", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
+            "--disable_tqdm", "true"]
     voice = load_script("talker_voice_sft")
     parser = voice.TrlParser((voice.ScriptArguments, voice.Qwen3OmniSFTConfig, voice.Qwen3OmniModelConfig,
                               voice.TalkerVoiceArguments))
