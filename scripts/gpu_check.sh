@@ -58,8 +58,15 @@ rm -f "$OUT_DIR"/{collected.txt,junit.xml,figures.jsonl,setup.json,pytest.log,gp
 NOTES=()
 note() { echo "gpu_check: $*" >&2; NOTES+=("$*"); }
 elapsed() { echo $(( $(date +%s) - START )); }
-online() { "$PYTHON" -c "import urllib.request; urllib.request.urlopen('https://pypi.org/simple/pip/', timeout=5)" \
-  >/dev/null 2>&1; }
+ONLINE=  # whether PyPI answers, asked once
+online() {
+  if [ -z "$ONLINE" ]; then
+    ONLINE=no
+    "$PYTHON" -c "import urllib.request; urllib.request.urlopen('https://pypi.org/simple/pip/', timeout=5)" \
+      >/dev/null 2>&1 && ONLINE=yes
+  fi
+  [ "$ONLINE" = yes ]
+}
 
 # this checkout is the package `qwen_omni` (pyproject's package-dir): a link makes it importable without installing
 SITE=${TMPDIR:-/tmp}/qwen_omni_gpu_check
@@ -82,12 +89,14 @@ elif [ ${#unmet[@]} -gt 0 ]; then
       note "the wheels in $WHEELS/ did not install; going on with the installed versions"
     fi
   elif online; then
+    # the whole pinned stack (what the system's packages already meet is not reinstalled)
+    mapfile -t project < <("$PYTHON" scripts/gpu_report.py requirements)
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv --system-site-packages "$VENV"
-    if timeout 300 "$VENV/bin/python" -m pip install -q "${unmet[@]}"; then
+    if timeout 300 "$VENV/bin/python" -m pip install -q "${project[@]}"; then
       PYTHON=$VENV/bin/python
-      note "installed from PyPI into $VENV in $(elapsed) s: ${unmet[*]}"
+      note "installed the pinned stack from PyPI into $VENV in $(elapsed) s (pins not met before: ${unmet[*]})"
     else
-      note "pip install of ${unmet[*]} failed or took over 300 s; going on with the installed versions"
+      note "pip install of the pinned stack failed or took over 300 s; going on with the installed versions"
     fi
   else
     note "offline and no wheels in $WHEELS/ (run --fetch-wheels where there is internet): the pins ${unmet[*]} are" \
@@ -97,16 +106,26 @@ elif [ ${#unmet[@]} -gt 0 ]; then
   [ ${#still[@]} -eq 0 ] || note "pins still not met: ${still[*]}"
 fi
 
-# 2. optional GPU packages, only what installs within 60 s: flash-attn from a prebuilt wheel alone (a source build
-# takes far longer), deepspeed also from its source package (pure Python; its kernels are compiled when first used)
+# 2. optional GPU packages: a wheel of theirs in .whl/, else only what installs from PyPI within 60 s: flash-attn from
+# a prebuilt wheel alone (a source build takes far longer), deepspeed also from its source package (pure Python; its
+# kernels are compiled when first used)
 optional() {  # import name, what its absence skips, pip arguments
   local module=$1 skipped=$2; shift 2
   if "$PYTHON" -c "import $module" 2>/dev/null; then return; fi
-  if [ "${GPU_CHECK_NO_INSTALL:-0}" != 1 ] && online && timeout 60 "$PYTHON" -m pip install -q "$@" >/dev/null 2>&1
-  then
-    note "$module installed ($*) within 60 s"
+  if compgen -G "$WHEELS/$module-*.whl" >/dev/null && "$PYTHON" -m pip install -q --no-index --no-deps --no-compile \
+      --target "$SITE/wheels" "$WHEELS/$module"-*.whl; then
+    case ":$PYTHONPATH:" in *":$SITE/wheels:"*) ;; *) export PYTHONPATH="$SITE/wheels:$PYTHONPATH" ;; esac
+    note "$module installed from $WHEELS/"
+    return
+  fi
+  if [ "${GPU_CHECK_NO_INSTALL:-0}" = 1 ]; then
+    note "$module not installed (GPU_CHECK_NO_INSTALL=1): $skipped skips"
+  elif ! online; then
+    note "$module not installed (offline, and no wheel of it in $WHEELS/): $skipped skips"
+  elif timeout 60 "$PYTHON" -m pip install -q "$@" >/dev/null 2>&1; then
+    note "$module installed (pip install $*) within 60 s"
   else
-    note "$module not installed ($* did not install within 60 s$(online || echo ', offline')): $skipped skips"
+    note "$module not installed (pip install $* did not succeed within 60 s): $skipped skips"
   fi
 }
 optional flash_attn "the flash_attention_2 test" --only-binary=:all: flash-attn

@@ -2,6 +2,7 @@
 
     python scripts/gpu_report.py pins             # the pinned requirements this interpreter does not satisfy
     python scripts/gpu_report.py wheels           # what `gpu_check.sh --fetch-wheels` downloads
+    python scripts/gpu_report.py requirements     # the project's requirements, test extra included
     python scripts/gpu_report.py report --out DIR --collected FILE --junit FILE --figures FILE --setup FILE \
         --elapsed S --limit S [--stopped]
 
@@ -35,10 +36,15 @@ OPTIONAL = ("flash-attn", "deepspeed")
 CARRIED_REQUIREMENTS = ("soundfile>=0.12", "cffi", "pycparser", "dill<0.4.2", "multiprocess<0.70.20")
 
 
-def pinned_requirements() -> dict[str, Requirement]:
+def project_requirements() -> list[str]:
+    """The project's dependencies and its test extra, as pyproject.toml lists them."""
     with open(REPO_ROOT / "pyproject.toml", "rb") as f:
-        dependencies = tomllib.load(f)["project"]["dependencies"]
-    requirements = {Requirement(line).name: Requirement(line) for line in dependencies}
+        project = tomllib.load(f)["project"]
+    return [*project["dependencies"], *project["optional-dependencies"]["test"]]
+
+
+def pinned_requirements() -> dict[str, Requirement]:
+    requirements = {Requirement(line).name: Requirement(line) for line in project_requirements()}
     return {name: requirements[name] for name in PINNED}
 
 
@@ -203,6 +209,7 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("pins", help="print the pinned requirements not met here, one a line")
     commands.add_parser("wheels", help="print the requirements --fetch-wheels downloads, one a line")
+    commands.add_parser("requirements", help="print the project's requirements (test extra included), one a line")
     report = commands.add_parser("report", help="write gpu_report.json and gpu_report.md")
     for name in ("out", "collected", "junit", "figures", "setup"):
         report.add_argument(f"--{name}", required=True)
@@ -213,6 +220,8 @@ def main() -> None:
     if args.command == "pins":
         for requirement in unmet_pins():
             print(requirement)
+    elif args.command == "requirements":
+        print("\n".join(project_requirements()))
     elif args.command == "wheels":
         pins = [str(requirement) for name, requirement in pinned_requirements().items() if name != "torch"]
         print("\n".join([*pins, *CARRIED_REQUIREMENTS]))
