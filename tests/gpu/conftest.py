@@ -14,11 +14,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 FIGURES_ENV = "QWEN_OMNI_GPU_FIGURES"
 
 
-def pytest_configure(config):
-    # Meanwhile here; the project's pyproject.toml should list it with the other markers.
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped with the reason elsewhere); scripts/gpu_check.sh")
-
-
 @pytest.fixture
 def record_figure(request):
     """`record_figure(name, value, unit="")`: a measured figure of this test, kept in the test's `user_properties`

@@ -10,7 +10,7 @@ import pytest
 import qwen3_omni_tiny
 import test_launch as cpu_launch  # accelerate's launcher choice, recorded
 from gpu_testing import REPO_ROOT, SCRIPT_ENV, cuda_device, load_script, require_package
-from qwen_omni.launching import LaunchRequest
+from qwen_omni.common.launching import LaunchRequest
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.gpu
