@@ -11,12 +11,9 @@ import soundfile
 from omni_testing import REPO_ROOT
 from qwen_omni import SNACAudioTokenizer, SNACFeatureExtractor
 from qwen_omni.processing_omni import encode_audio
-from qwen_omni.omni.corpus import (
-    load_audio_text_rows,
-    load_prepared_dataset,
-    prepare_dataset,
-    read_audio,
-)
+from qwen_omni.common.audio import read_audio
+from qwen_omni.common.clips import load_audio_text_rows
+from qwen_omni.omni.corpus import load_prepared_dataset, prepare_dataset
 
 DEMO = REPO_ROOT / "data" / "demo_corpus"
 
