@@ -223,7 +223,7 @@ def read_clips(
 ) -> list[VoiceClip]:
     """
     Read a speaker's (audio, transcript) clips from any source that `train/prepare_data.py` reads (see
-    [`~omni.corpus.load_audio_text_rows`]): a folder with `metadata.jsonl` / `.json` / `.csv` / `.tsv` (audio
+    [`load_audio_text_rows`]): a folder with `metadata.jsonl` / `.json` / `.csv` / `.tsv` (audio
     paths relative to it), such a file, a LibriSpeech / LibriTTS tree, a `save_to_disk` folder or a Hub dataset.
 
     Unlike data preparation, which skips and lists unusable rows, a voice is learned from few clips: any clip without

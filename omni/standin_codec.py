@@ -218,7 +218,7 @@ def standin_codec(
 ) -> Path:
     """
     The folder of the stand-in codec fitted to the audio of `rows` (corpus rows with an `audio` column, as
-    [`~omni.corpus.load_audio_text_rows`] returns), fitted on first use and cached as
+    [`~common.clips.load_audio_text_rows`] returns), fitted on first use and cached as
     `cache_dir/standin_snac_24khz-<fingerprint>` (a SNAC checkpoint folder plus `standin_codec.json`, which records
     how it was fitted).
     """

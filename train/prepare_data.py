@@ -8,7 +8,7 @@ Encode a speech corpus into SNAC token ids once, for train/pretrain.py and voice
         train.100 --codec hubertsiuzdak/snac_24khz --output_dir data/prepared/ls100 --streaming --num_proc 8
 
 The source is a Hub id or a local `datasets` folder, a JSONL / CSV of audio paths + transcripts, a folder with a
-`metadata.jsonl`, or a LibriSpeech / LibriTTS tree (see `qwen_omni.omni.corpus.load_audio_text_rows`). Audio is
+`metadata.jsonl`, or a LibriSpeech / LibriTTS tree (see `qwen_omni.common.clips.load_audio_text_rows`). Audio is
 decoded with soundfile (no FFmpeg), resampled, and encoded in length-sorted batches (on the GPU when there is one).
 The output folder is a resumable set of Arrow shards: a second run skips finished shards; unusable rows are skipped
 and listed in `<output_dir>/summary.json`. Pass the folder to `train/pretrain.py --dataset_name`.
