@@ -9,6 +9,7 @@ import torch
 from transformers import Trainer
 
 from ..configuration_omni import IGNORE_INDEX
+from ..launching import CompleteCheckpointsMixin
 from ..modeling_omni import next_token_targets
 
 
@@ -71,8 +72,9 @@ class ModalityWeightedLossMixin:
         super().log(logs, *args, **kwargs)
 
 
-class OmniTrainer(ModalityWeightedLossMixin, Trainer):
-    """`transformers.Trainer` for Omni models with the modality-weighted loss made exact (see the mixin)."""
+class OmniTrainer(CompleteCheckpointsMixin, ModalityWeightedLossMixin, Trainer):
+    """`transformers.Trainer` for Omni models with the modality-weighted loss made exact (see the mixin) and its
+    checkpoints marked complete ([`CompleteCheckpointsMixin`])."""
 
 
 class MuonWithAdamW(torch.optim.Optimizer):

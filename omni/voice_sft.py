@@ -27,7 +27,13 @@ from transformers.utils import logging
 from trl import SFTTrainer
 
 from ..configuration_omni import IGNORE_INDEX
-from ..launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint
+from ..launching import (
+    CompleteCheckpointsMixin,
+    DistributedRunCallback,
+    check_launch,
+    check_output_dir,
+    resolve_resume_checkpoint,
+)
 from ..modeling_omni import OmniForCausalLM, next_token_targets
 from ..processing_omni import OmniProcessor
 from .corpus import load_audio_text_rows, read_audio, read_sampling_rate
@@ -219,9 +225,10 @@ class _OmniLossSFTTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-class VoiceSFTTrainer(ModalityWeightedLossMixin, _OmniLossSFTTrainer):
+class VoiceSFTTrainer(CompleteCheckpointsMixin, ModalityWeightedLossMixin, _OmniLossSFTTrainer):
     """TRL's `SFTTrainer` for Omni voice fine-tuning: the model's modality-weighted loss, exact under gradient
-    accumulation, with `text_loss` / `audio_loss` / `mean_token_accuracy` logged."""
+    accumulation, with `text_loss` / `audio_loss` / `mean_token_accuracy` logged; checkpoints marked complete
+    ([`CompleteCheckpointsMixin`])."""
 
 
 def lora_config(model_args, voice_args: VoiceSFTArguments):

@@ -8,6 +8,7 @@ import torch
 from transformers.utils import logging
 from trl import SFTTrainer
 
+from ..launching import CompleteCheckpointsMixin
 from .collator import IGNORE_INDEX, STAT_KEYS
 from .peft_lora import apply_peft_lora, silence_false_expert_rank_warning
 from .routed_lora import apply_routed_lora
@@ -17,8 +18,8 @@ logger = logging.get_logger(__name__)
 MOE_LORA_IMPLEMENTATIONS = ("routed", "peft")
 
 
-class Qwen3OmniSFTTrainer(SFTTrainer):
-    """`SFTTrainer` whose loss weights each sample by its input modalities, exactly under gradient accumulation.
+class Qwen3OmniSFTTrainer(CompleteCheckpointsMixin, SFTTrainer):
+    """`SFTTrainer` (checkpoints marked complete: [`CompleteCheckpointsMixin`]) whose loss weights each sample by its input modalities, exactly under gradient accumulation.
 
     With `w_b` the weight of sample `b` (the collator's `sample_weight`) and `n_b` its number of label tokens, the loss
     of one optimizer step is `sum_b w_b * NLL_b / sum_b w_b * n_b`, both sums running over every micro-batch of the

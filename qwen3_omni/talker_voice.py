@@ -38,6 +38,7 @@ from transformers import AutoConfig, PretrainedConfig, Qwen3OmniMoeForConditiona
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeTalkerTextExperts
 from transformers.utils import logging
 
+from ..launching import CompleteCheckpointsMixin
 from .collator import IGNORE_INDEX
 from .loading import from_pretrained_quantized, linear_4bit_config
 from .lora_targets import ATTENTION_PROJECTIONS, EXPERT_PARAMETERS, ROUTER_PARAMETER
@@ -639,8 +640,8 @@ class TalkerVoiceModel(Qwen3OmniMoeForConditionalGeneration):
         return talker_voice_examples_forward(self, examples, speaker_codec_id)
 
 
-class TalkerVoiceTrainer(Trainer):
-    """`Trainer` whose loss is [`talker_voice_forward`]'s, with `talker_loss` and `code_predictor_loss` logged
+class TalkerVoiceTrainer(CompleteCheckpointsMixin, Trainer):
+    """`Trainer` (checkpoints marked complete: [`CompleteCheckpointsMixin`]) whose loss is [`talker_voice_forward`]'s, with `talker_loss` and `code_predictor_loss` logged
     separately (averaged over the steps since the last log, on every backend `report_to` names: TensorBoard, ...).
 
     Args:

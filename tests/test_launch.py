@@ -18,7 +18,13 @@ from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu
 from safetensors.torch import load_file
 from transformers import TrainingArguments
 
-from qwen_omni.launching import LaunchRequest, check_launch, refusal, resolve_resume_checkpoint
+from qwen_omni.launching import (
+    LaunchRequest,
+    check_launch,
+    mark_checkpoint_complete,
+    refusal,
+    resolve_resume_checkpoint,
+)
 
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -112,7 +118,7 @@ def test_gpu_configs_without_a_gpu_are_refused():
     assert refusal(request, device_type="cuda", world_size=8, has_gpu=True) is None
 
 
-def test_resume_from_checkpoint_true_is_the_last_checkpoint(tmp_path):
+def test_resume_from_checkpoint_true_is_the_last_complete_checkpoint(tmp_path):
     def resolved(value):
         return resolve_resume_checkpoint(TrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint=value))
 
@@ -120,6 +126,7 @@ def test_resume_from_checkpoint_true_is_the_last_checkpoint(tmp_path):
         resolved("true")
     for step in (2, 10, 4):
         os.makedirs(tmp_path / f"checkpoint-{step}")
+        mark_checkpoint_complete(tmp_path / f"checkpoint-{step}", step)
     assert resolved("true") == resolved("last") == str(tmp_path / "checkpoint-10")  # by step, not by name
     assert resolved(str(tmp_path / "checkpoint-2")) == str(tmp_path / "checkpoint-2")
     assert resolved(None) is None and resolved("false") is None
