@@ -418,8 +418,9 @@ def resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
     """The checkpoint folder `--resume_from_checkpoint` names: `true` (or `last`, `latest`) is the last complete
     `checkpoint-*` of `output_dir` (by step), as in the `transformers` examples (`Trainer` itself would take `true` for
     a folder name). Incomplete checkpoints ([`incomplete_checkpoint_reason`]: a run killed while saving) are skipped
-    with a warning naming each and why; a folder named explicitly must not be incomplete, except that one without a
-    marker but with `trainer_state.json` (written by a plain `Trainer`) is taken with a warning."""
+    with a warning naming each and why. A folder named explicitly is refused when its marker does not match its files,
+    and taken with a warning when it has no marker (written by a plain `Trainer`, or interrupted: the `Trainer`'s own
+    checks follow)."""
     value = training_args.resume_from_checkpoint
     if value is None or str(value).lower() in ("false", "none", ""):
         return None
@@ -450,11 +451,11 @@ def resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
     if not os.path.isdir(value):
         raise ValueError(f"--resume_from_checkpoint {value} does not exist; name a checkpoint-* folder or `true`.")
     reason = incomplete_checkpoint_reason(value)
-    if reason is not None:
-        if (Path(value) / CHECKPOINT_COMPLETE_NAME).exists() or not (Path(value) / "trainer_state.json").is_file():
-            raise ValueError(
-                f"--resume_from_checkpoint {value} is incomplete: {reason}. Name a complete checkpoint folder, or "
-                "`true` for the last complete one."
-            )
-        logger.warning(f"--resume_from_checkpoint {value}: {reason}; it holds trainer_state.json, so it is taken.")
+    if reason is not None and (Path(value) / CHECKPOINT_COMPLETE_NAME).exists():
+        raise ValueError(
+            f"--resume_from_checkpoint {value} is incomplete: {reason}. Name a complete checkpoint folder, or `true` "
+            "for the last complete one."
+        )
+    if reason is not None:  # written by a plain Trainer, or its saving was interrupted: the Trainer's checks follow
+        logger.warning(f"--resume_from_checkpoint {value}: {reason}; taken as named.")
     return value

@@ -17,6 +17,7 @@ from qwen_omni.launching import (
     atomic_output_dir,
     check_output_dir,
     incomplete_checkpoint_reason,
+    mark_checkpoint_complete,
     resolve_resume_checkpoint,
 )
 
@@ -99,8 +100,6 @@ def test_a_run_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp
         assert resolved(tmp_path) == str(tmp_path / "checkpoint-2")
     assert (f"skipping incomplete {tmp_path / 'checkpoint-4'} (no {CHECKPOINT_COMPLETE_NAME} (its saving did not "
             f"finish: the run stopped while writing it)). Resuming from {tmp_path / 'checkpoint-2'}") in caplog.text
-    with pytest.raises(ValueError, match=rf"--resume_from_checkpoint .*checkpoint-4 is incomplete: no {CHECKPOINT_COMPLETE_NAME}"):
-        resolved(tmp_path, str(tmp_path / "checkpoint-4"))
 
     resumed = training_run(tmp_path, resume="true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -119,13 +118,19 @@ def test_a_run_killed_while_deleting_an_old_checkpoint_resumes_from_the_new_one(
     assert resolved(tmp_path) == str(tmp_path / "checkpoint-4")
 
 
-def test_resume_refuses_when_no_checkpoint_is_complete(tmp_path):
+def test_resume_refuses_when_no_checkpoint_is_complete(tmp_path, caplog):
     for step in (2, 4):
         os.makedirs(tmp_path / f"checkpoint-{step}")
         (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"0")
     with pytest.raises(ValueError, match=r"holds no complete checkpoint: .*checkpoint-4 \(no checkpoint_complete\.json"
                                          r".*checkpoint-2 \(no .*Name a checkpoint folder you know to be complete"):
         resolved(tmp_path)
-    # a folder named explicitly that a plain Trainer wrote (trainer_state.json, no marker) is taken
-    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    assert resolved(tmp_path, str(tmp_path / "checkpoint-2")) == str(tmp_path / "checkpoint-2")
+    # a folder named explicitly without a marker (a plain Trainer's) is taken, saying so; one whose marker does not
+    # match its files is refused
+    with caplog.at_level("WARNING", logger="qwen_omni.launching"):
+        assert resolved(tmp_path, str(tmp_path / "checkpoint-2")) == str(tmp_path / "checkpoint-2")
+    assert f"--resume_from_checkpoint {tmp_path / 'checkpoint-2'}: no {CHECKPOINT_COMPLETE_NAME}" in caplog.text
+    mark_checkpoint_complete(tmp_path / "checkpoint-4", 4)
+    (tmp_path / "checkpoint-4" / "model.safetensors").write_bytes(b"01")
+    with pytest.raises(ValueError, match=r"checkpoint-4 is incomplete: model\.safetensors has 2 bytes, not the 1"):
+        resolved(tmp_path, str(tmp_path / "checkpoint-4"))
