@@ -295,6 +295,9 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
         The trainer, after training and saving.
     """
     voice_args = voice_args or VoiceSFTArguments()
+    check_output_dir(training_args.output_dir, {
+        "--model_name_or_path": model_args.model_name_or_path, "--dataset_name": script_args.dataset_name,
+    })
     check_launch(training_args)
     push = training_args.push_to_hub
     if push:

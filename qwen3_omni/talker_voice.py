@@ -38,6 +38,7 @@ from transformers import AutoConfig, PretrainedConfig, Qwen3OmniMoeForConditiona
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeTalkerTextExperts
 from transformers.utils import logging
 
+from ..common.lora_arguments import check_lora_rank
 from ..launching import CompleteCheckpointsMixin
 from .collator import IGNORE_INDEX
 from .loading import from_pretrained_quantized, linear_4bit_config
@@ -123,6 +124,9 @@ class TalkerVoiceArguments:
         default="routed",
         metadata={"help": "Forward of the expert LoRA: 'routed' (routed tokens only) or 'peft' (PEFT's wrapper)."},
     )
+
+    def __post_init__(self):
+        check_lora_rank("--lora_expert_r", self.lora_expert_r)
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoint

@@ -27,7 +27,13 @@ from qwen_omni.qwen3_omni import (
     load_conversation_dataset,
     load_thinker,
 )
-from qwen_omni.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint, shard_by_decoder_layer
+from qwen_omni.launching import (
+    DistributedRunCallback,
+    check_launch,
+    check_output_dir,
+    resolve_resume_checkpoint,
+    shard_by_decoder_layer,
+)
 from qwen_omni.omni.hub import push_to_hub, validate_repo_id
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
 from qwen_omni.qwen3_omni.conversations import DatasetReport
@@ -60,6 +66,10 @@ def main(script_args, training_args, model_args, omni_args):
         # from the checkpoint's config only: no weights, data or launch needed
         print(estimate_for_run(model_args, training_args, omni_args).format())
         return
+    check_output_dir(training_args.output_dir, {
+        "--model_name_or_path": model_args.model_name_or_path, "--dataset_name": script_args.dataset_name,
+        "--eval_dataset_name": omni_args.eval_dataset_name,
+    })
     check_launch(training_args)
     publish_adapter, repo_id = training_args.push_to_hub and model_args.use_peft, training_args.hub_model_id
     if publish_adapter:

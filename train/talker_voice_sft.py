@@ -19,7 +19,7 @@ from peft import get_peft_model
 from transformers import AutoConfig, AutoProcessor
 from trl import ScriptArguments, TrlParser
 
-from qwen_omni.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint
+from qwen_omni.launching import DistributedRunCallback, check_launch, check_output_dir, resolve_resume_checkpoint
 from qwen_omni.omni.corpus import load_audio_text_rows
 from qwen_omni.omni.hub import push_to_hub, validate_repo_id
 from qwen_omni.omni.voice_sft import read_clips
@@ -43,6 +43,10 @@ from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
 
 
 def main(script_args, training_args, model_args, voice_args):
+    check_output_dir(training_args.output_dir, {
+        "--model_name_or_path": model_args.model_name_or_path, "--dataset_name": script_args.dataset_name,
+        "--codec_name_or_path": voice_args.codec_name_or_path,
+    })
     launch = check_launch(training_args)
     if launch.fsdp_version is not None or launch.deepspeed:
         raise ValueError(
