@@ -3,8 +3,8 @@ speaker's clips and transcripts, teacher-forced as `generate` runs the Talker.
 
     accelerate launch train/talker_voice_sft.py --config train/configs/talker_voice.yaml \
         --model_name_or_path Qwen/Qwen3-Omni-30B-A3B-Instruct --dataset_name DIR --speaker_name nova --output_dir out
-    python train/merge.py --adapter out --output_dir out/merged
-    # then: model.generate(**inputs, speaker="nova") on out/merged
+    python train/merge.py --adapter out --output_dir out-merged
+    # then: model.generate(**inputs, speaker="nova") on out-merged
 
 The clips are read in every form the Omni voice recipe reads (metadata folder, JSONL/CSV, LibriTTS tree, `datasets`
 folder or Hub id) and encoded once with Mimi (`--codec_name_or_path kyutai/mimi`) into OUTPUT_DIR/mimi_codes (or
