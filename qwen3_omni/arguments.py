@@ -27,8 +27,9 @@ class Qwen3OmniSFTConfig(SFTConfig):
 
 @dataclass
 class Qwen3OmniModelConfig(LoraModelConfig):
-    """`ModelConfig` (LoRA rank and alpha checked: [`LoraModelConfig`]) with LoRA on by default, plus 4-bit experts, expert offload and the memory estimate. A
-    `bfloat16` dtype falls back to `float32` with a warning where bf16 training is not available."""
+    """`ModelConfig` with LoRA on by default, plus 4-bit experts, expert offload and the memory estimate. A
+    `bfloat16` dtype falls back to `float32` with a warning where bf16 training is not available. The LoRA rank and
+    alpha are checked when parsed ([`LoraModelConfig`])."""
 
     use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (False: full fine-tuning)."})
     lora_dropout: float = field(

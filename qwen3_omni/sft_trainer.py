@@ -19,7 +19,8 @@ MOE_LORA_IMPLEMENTATIONS = ("routed", "peft")
 
 
 class Qwen3OmniSFTTrainer(CompleteCheckpointsMixin, SFTTrainer):
-    """`SFTTrainer` (checkpoints marked complete: [`CompleteCheckpointsMixin`]) whose loss weights each sample by its input modalities, exactly under gradient accumulation.
+    """`SFTTrainer` whose loss weights each sample by its input modalities, exactly under gradient accumulation (its
+    checkpoints marked complete: [`CompleteCheckpointsMixin`]).
 
     With `w_b` the weight of sample `b` (the collator's `sample_weight`) and `n_b` its number of label tokens, the loss
     of one optimizer step is `sum_b w_b * NLL_b / sum_b w_b * n_b`, both sums running over every micro-batch of the

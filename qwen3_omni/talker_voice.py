@@ -645,8 +645,9 @@ class TalkerVoiceModel(Qwen3OmniMoeForConditionalGeneration):
 
 
 class TalkerVoiceTrainer(CompleteCheckpointsMixin, Trainer):
-    """`Trainer` (checkpoints marked complete: [`CompleteCheckpointsMixin`]) whose loss is [`talker_voice_forward`]'s, with `talker_loss` and `code_predictor_loss` logged
-    separately (averaged over the steps since the last log, on every backend `report_to` names: TensorBoard, ...).
+    """`Trainer` whose loss is [`talker_voice_forward`]'s, with `talker_loss` and `code_predictor_loss` logged
+    separately (averaged over the steps since the last log, on every backend `report_to` names: TensorBoard, ...), and
+    its checkpoints marked complete ([`CompleteCheckpointsMixin`]).
 
     Args:
         speaker_codec_id: codec id of the speaker trained.

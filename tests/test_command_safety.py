@@ -17,7 +17,6 @@ from transformers import TrainingArguments
 
 from qwen_omni.launching import (
     CHECKPOINT_COMPLETE_NAME,
-    atomic_output_dir,
     check_output_dir,
     incomplete_checkpoint_reason,
     mark_checkpoint_complete,
@@ -214,9 +213,9 @@ def test_merge_into_its_base_or_its_adapter_is_refused_before_any_work(workdir):
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        f"ValueError: --output_dir {base} is the input the adapter's base_model_name_or_path {base}: the command would "
-        f"write into its own input (overwrite it, or leave it loading as something else). Give --output_dir a folder "
-        f"that neither is, lies inside nor contains {base}."
+        f"ValueError: --output_dir {base} is the input the adapter's base_model_name_or_path {base}: the command "
+        f"would write into its own input (overwrite it, or leave it loading as something else). Give --output_dir a "
+        f"folder that neither is, lies inside nor contains {base}."
     )
     from qwen_omni.qwen3_omni import merge_adapter
 
@@ -226,6 +225,17 @@ def test_merge_into_its_base_or_its_adapter_is_refused_before_any_work(workdir):
         with pytest.raises(ValueError, match=f"--output_dir {output} {relation} the input {name} "):
             merge_adapter(str(adapter), str(output), base_model_name_or_path=str(base) if "base" in name else None)
     assert snapshot(workdir["root"]) == before
+
+
+def test_talker_voice_merge_into_its_adapter_is_refused(workdir, tmp_path):
+    from qwen_omni.qwen3_omni.adapter_merge import merge_talker_voice_adapter
+
+    shutil.copytree(workdir["adapter"], tmp_path / "voice")
+    (tmp_path / "voice" / "talker_voice_config.json").write_text(json.dumps({"speaker_name": "nova"}))
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match=f"^--output_dir {tmp_path / 'voice'} is the input --adapter "):
+        merge_talker_voice_adapter(str(tmp_path / "voice"), str(tmp_path / "voice"))
+    assert snapshot(tmp_path) == before
 
 
 def test_merge_is_written_all_at_once(workdir, tmp_path, monkeypatch):
@@ -284,7 +294,9 @@ def test_merge_names_a_missing_base_and_the_flag_that_gives_it(workdir, tmp_path
 
 
 def sft_parser(sft):
-    return sft.TrlParser((sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments))
+    return sft.TrlParser(
+        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
+    )
 
 
 def test_sft_into_its_base_or_data_is_refused_before_any_work(workdir):
@@ -325,7 +337,8 @@ def test_talker_voice_and_omni_scripts_into_their_inputs_are_refused(workdir, tm
     from qwen_omni.omni import voice_sft
 
     (tmp_path / "clips").mkdir()
-    with pytest.raises(ValueError, match=f"^--output_dir {tmp_path / 'clips' / 'out'} is inside the input --dataset_name"):
+    inside = tmp_path / "clips" / "out"
+    with pytest.raises(ValueError, match=f"^--output_dir {inside} is inside the input --dataset_name"):
         voice_sft.main(ScriptArguments(dataset_name=str(tmp_path / "clips")),
                        SFTConfig(output_dir=str(tmp_path / "clips" / "out"), report_to="none", use_cpu=True),
                        LoraModelConfig(model_name_or_path=str(workdir["base"])))
@@ -339,12 +352,12 @@ def test_talker_voice_and_omni_scripts_into_their_inputs_are_refused(workdir, tm
 # --- impossible values refused where they are given -----------------------------------------------------------------
 
 @pytest.mark.parametrize("flags, message", [
-    (["--lora_r", "0"], "--lora_r 0: a LoRA rank is the number of dimensions of the update and must be at least 1 "
-                        "(e.g. --lora_r 16)."),
+    (["--lora_r", "0"], ("--lora_r 0: a LoRA rank is the number of dimensions of the update and must be at least 1 "
+                         "(e.g. --lora_r 16).")),
     (["--lora_r", "-4"], "--lora_r -4: a LoRA rank"),
     (["--lora_expert_r", "0"], "--lora_expert_r 0: a LoRA rank"),
-    (["--lora_alpha", "0"], "--lora_alpha 0: the LoRA update is scaled by --lora_alpha / --lora_r, so it must be "
-                            "positive (commonly twice the rank, e.g. --lora_alpha 32 with --lora_r 16)."),
+    (["--lora_alpha", "0"], ("--lora_alpha 0: the LoRA update is scaled by --lora_alpha / --lora_r, so it must be "
+                             "positive (commonly twice the rank, e.g. --lora_alpha 32 with --lora_r 16).")),
 ])
 def test_lora_rank_and_alpha_that_cannot_train_are_refused_at_parsing(flags, message):
     sft, talker = load_script("sft"), load_script("talker_voice_sft")
