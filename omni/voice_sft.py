@@ -299,6 +299,7 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
         "--model_name_or_path": model_args.model_name_or_path, "--dataset_name": script_args.dataset_name,
     })
     check_launch(training_args)
+    resume_checkpoint = resolve_resume_checkpoint(training_args)  # before the clips and the model are loaded
     push = training_args.push_to_hub
     if push:
         from .hub import validate_repo_id
@@ -337,7 +338,7 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
         peft_config=lora_config(model_args, voice_args) if model_args.use_peft else None,
     )
     trainer.add_callback(DistributedRunCallback())
-    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
+    trainer.train(resume_from_checkpoint=resume_checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:  # the training curves of train/evaluate.py
         trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))

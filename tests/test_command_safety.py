@@ -416,3 +416,17 @@ def test_memory_estimate_refuses_more_experts_per_token_than_experts():
                                          rf"{text_config.num_experts + 1} .* more than its num_experts = "
                                          rf"{text_config.num_experts}: each token"):
         estimate_training_memory(config)
+
+
+def test_sft_resume_without_a_complete_checkpoint_stops_before_loading_anything(workdir, tmp_path):
+    sft = load_script("sft")
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / "adapter_model.safetensors").write_bytes(b"0")
+    args = sft_parser(sft).parse_args_and_config(args=[
+        "--model_name_or_path", str(workdir["base"]), "--dataset_name", str(workdir["data"]),
+        "--output_dir", str(tmp_path), "--report_to", "none", "--use_cpu", "true", "--resume_from_checkpoint", "true",
+    ])
+    with pytest.raises(ValueError, match=rf"^--resume_from_checkpoint true: {tmp_path} holds no complete checkpoint: "
+                                         rf"{tmp_path / 'checkpoint-3'} \(no checkpoint_complete\.json"):
+        sft.main(*args)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-3"]  # no data report: the data was not read

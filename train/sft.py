@@ -71,6 +71,7 @@ def main(script_args, training_args, model_args, omni_args):
         "--eval_dataset_name": omni_args.eval_dataset_name,
     })
     check_launch(training_args)
+    resume_checkpoint = resolve_resume_checkpoint(training_args)  # before the data and the model are loaded
     publish_adapter, repo_id = training_args.push_to_hub and model_args.use_peft, training_args.hub_model_id
     if publish_adapter:
         validate_repo_id(repo_id)  # before any work
@@ -134,7 +135,7 @@ def main(script_args, training_args, model_args, omni_args):
         moe_lora_impl=omni_args.moe_lora_impl,
     )
     trainer.add_callback(DistributedRunCallback())
-    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
+    trainer.train(resume_from_checkpoint=resume_checkpoint)
     for split, report in reports.items():
         # The collator's running counts of rows skipped or cut while training (unreadable media, overlong rows)
         report.collator_counts = dict(trainer._collator_totals[split])

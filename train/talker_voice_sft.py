@@ -54,6 +54,7 @@ def main(script_args, training_args, model_args, voice_args):
             "train/accelerate/multi_gpu.yaml, or train/accelerate/cpu_2proc.yaml with --use_cpu true): the Talker is "
             "small next to the frozen Thinker, and it is not sharded. Launch it without the FSDP / DeepSpeed config."
         )
+    resume_checkpoint = resolve_resume_checkpoint(training_args)  # before the clips and the model are loaded
     name_or_path, revision = model_args.model_name_or_path, model_args.model_revision
     check_has_talker(AutoConfig.from_pretrained(name_or_path, revision=revision), name_or_path)
     if model_args.load_in_8bit or model_args.offload_experts:
@@ -137,7 +138,7 @@ def main(script_args, training_args, model_args, voice_args):
         talker_voice_config={"name": speaker, "codec_id": codec_id, "init_id": init_id},
     )
     trainer.add_callback(DistributedRunCallback())
-    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
+    trainer.train(resume_from_checkpoint=resume_checkpoint)
     trainer.save_model(training_args.output_dir)
     if push and trainer.accelerator.is_main_process:
         push_to_hub(
