@@ -303,7 +303,7 @@ def atomic_output_dir(output_dir: str | os.PathLike, flag: str = "--output_dir")
     write into, which becomes `output_dir` by one rename when the block succeeds and is removed when it fails, so a
     failed command leaves no half-written output. An existing non-empty `output_dir` is refused on entry (before any
     work): it is never replaced or mixed into."""
-    output = Path(output_dir)
+    output = Path(output_dir).resolve()
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ValueError(
             f"{flag} {output_dir} already exists and is not empty; nothing is written into or over an existing "

@@ -19,8 +19,10 @@ from safetensors.torch import load_file
 from transformers import TrainingArguments
 
 from qwen_omni.launching import (
+    CHECKPOINT_COMPLETE_NAME,
     LaunchRequest,
     check_launch,
+    incomplete_checkpoint_reason,
     mark_checkpoint_complete,
     refusal,
     resolve_resume_checkpoint,
@@ -269,6 +271,11 @@ def test_sft_fsdp2_on_two_cpu_processes_saves_the_single_process_adapter_format(
     assert checkpoints == [f"checkpoint-{MAX_STEPS}"]
     shards = sorted(p.name for p in (output_dir / checkpoints[0] / "pytorch_model_fsdp_0").glob("*.distcp"))
     assert shards == ["__0_0.distcp", "__1_0.distcp"]
+    # marked complete once both ranks had written their parts: the marker lists every rank's shards and RNG state
+    marker = json.loads((output_dir / checkpoints[0] / CHECKPOINT_COMPLETE_NAME).read_text())
+    assert {f"{folder}/__{rank}_0.distcp" for folder in ("pytorch_model_fsdp_0", "optimizer_0") for rank in (0, 1)} | {
+        "rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"} <= set(marker["files"])
+    assert incomplete_checkpoint_reason(output_dir / checkpoints[0]) is None
     # the final adapter is whole (gathered from the shards) and has the single-process adapter's keys, shapes and config
     shapes, config, weights = adapter_format(output_dir)
     reference_shapes, reference_config, _ = adapter_format(single_process_adapter)
