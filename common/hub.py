@@ -442,3 +442,28 @@ def push_to_hub(
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message, ignore_patterns=UPLOAD_IGNORE)
     return str(getattr(commit, "commit_url", commit))
+
+
+def defer_hub_push(training_args) -> str | None:
+    """
+    For a training script run with `--push_to_hub`: check `--hub_model_id` before any work, and take the push away
+    from the Trainer (which would create the repository and upload checkpoints, with its own card, as it goes).
+
+    Returns:
+        The repo id to publish to with [`push_after_training`] once the run is done, or None without `--push_to_hub`.
+    """
+    if not training_args.push_to_hub:
+        return None
+    repo_id = validate_repo_id(training_args.hub_model_id)
+    training_args.push_to_hub = False
+    return repo_id
+
+
+def push_after_training(folder: str | os.PathLike, repo_id: str | None, training_args, **kwargs) -> str | None:
+    """[`push_to_hub`] with the run's `--hub_private_repo` / `--hub_token`, from the main process only; nothing
+    without a repo id (see [`defer_hub_push`])."""
+    if repo_id is None or training_args.process_index != 0:
+        return None
+    return push_to_hub(
+        folder, repo_id, private=bool(training_args.hub_private_repo), token=training_args.hub_token, **kwargs
+    )

@@ -2,7 +2,8 @@
 """
 Launch checks shared by the training scripts: every process says which rank of how many it is, a launch that would not
 run as it claims is refused before any work, progress is logged at INFO on the main process only, and
-`--resume_from_checkpoint true` means the last checkpoint of the output folder in every script.
+`--resume_from_checkpoint true` means the last complete checkpoint of the output folder in every script, and no
+command writes into its own inputs ([`check_output_dir`], [`atomic_output_dir`]).
 
 Library code only (`qwen_omni.common.launching`); the remote-code files at the repository root never import it, so it is not
 part of any checkpoint.
@@ -23,11 +24,17 @@ What accelerate 1.15 and torch 2.14 really do (read from their launch code):
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging as std_logging
 import os
-from collections.abc import Mapping
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback, TrainingArguments
@@ -254,22 +261,201 @@ class DistributedRunCallback(TrainerCallback):
             fsdp_class.__qualname__ = model_class.__qualname__
 
 
+# ---------------------------------------------------------------------------------------------------- output folders
+def check_output_dir(
+    output_dir: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None], flag: str = "--output_dir"
+) -> None:
+    """Refuse an output folder that is, lies inside, or contains one of the command's local inputs (base checkpoint,
+    adapter, data): writing there would overwrite the input or mix the output into it. Call it before any work.
+
+    Args:
+        output_dir: the folder the command writes.
+        inputs: each input's flag (as the user wrote it, e.g. `"--model_name_or_path"`) and value; values that are
+            not local paths (Hub ids) or None are not inputs on this machine and are left out.
+        flag: the output's flag, for the message.
+
+    Raises:
+        ValueError: naming the output, the input it overlaps, how, and the fix.
+    """
+    output = Path(output_dir).resolve()
+    for name, value in inputs.items():
+        if value is None or not os.path.exists(value):
+            continue
+        source = Path(value).resolve()  # symlinks followed: a link to the base is the base
+        if output == source:
+            relation = "is"
+        elif source in output.parents:
+            relation = "is inside"
+        elif output in source.parents:
+            relation = "contains"
+        else:
+            continue
+        raise ValueError(
+            f"{flag} {output_dir} {relation} the input {name} {value}: the command would write into its own input "
+            f"(overwrite it, or leave it loading as something else). Give {flag} a folder that neither is, lies "
+            f"inside nor contains {value}."
+        )
+
+
+@contextlib.contextmanager
+def atomic_output_dir(output_dir: str | os.PathLike, flag: str = "--output_dir") -> Iterator[str]:
+    """Write a folder all at once: yields a new temporary sibling of `output_dir` (`.NAME.incomplete-XXXXXXXX`) to
+    write into, which becomes `output_dir` by one rename when the block succeeds and is removed when it fails, so a
+    failed command leaves no half-written output. An existing non-empty `output_dir` is refused on entry (before any
+    work): it is never replaced or mixed into."""
+    output = Path(output_dir).resolve()
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ValueError(
+            f"{flag} {output_dir} already exists and is not empty; nothing is written into or over an existing "
+            f"output. Remove it first, or give {flag} a new folder."
+        )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.incomplete-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield str(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if output.exists():
+        output.rmdir()  # empty (checked on entry)
+    os.rename(staging, output)
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+CHECKPOINT_COMPLETE_NAME = "checkpoint_complete.json"
+"""Written last into each `checkpoint-N` by [`CompleteCheckpointsMixin`], once every process has written its part: the
+checkpoint's files and their sizes. A checkpoint without it (or whose files differ from it) is incomplete."""
+
+
+def _checkpoint_files(folder: str | os.PathLike) -> dict[str, int]:
+    folder = Path(folder)
+    return {
+        path.relative_to(folder).as_posix(): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != CHECKPOINT_COMPLETE_NAME
+    }
+
+
+def mark_checkpoint_complete(folder: str | os.PathLike, global_step: int) -> None:
+    """Write `folder`'s [`CHECKPOINT_COMPLETE_NAME`] (its files and sizes) in one rename: the marker is either absent
+    or whole."""
+    marker = Path(folder) / CHECKPOINT_COMPLETE_NAME
+    partial = marker.with_name(f".{CHECKPOINT_COMPLETE_NAME}.partial")
+    partial.write_text(json.dumps({"global_step": global_step, "files": _checkpoint_files(folder)}, indent=1))
+    os.replace(partial, marker)
+
+
+def incomplete_checkpoint_reason(folder: str | os.PathLike) -> str | None:
+    """Why the checkpoint `folder` is incomplete (None when it is complete): no completion marker, or a file of its
+    marker missing or of another size (a checkpoint being deleted, or written over)."""
+    marker = Path(folder) / CHECKPOINT_COMPLETE_NAME
+    if not marker.is_file():
+        return f"no {CHECKPOINT_COMPLETE_NAME} (its saving did not finish: the run stopped while writing it)"
+    try:
+        expected = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError) as error:
+        return f"its {CHECKPOINT_COMPLETE_NAME} is unreadable ({error})"
+    present = _checkpoint_files(folder)
+    for name, size in expected.items():
+        if name not in present:
+            return f"{name} is missing"
+        if present[name] != size:
+            return f"{name} has {present[name]} bytes, not the {size} it was saved with"
+    return None
+
+
+class CompleteCheckpointsMixin:
+    """`Trainer` mixin: each `checkpoint-N` gets [`CHECKPOINT_COMPLETE_NAME`] as its last file, so that a run killed
+    while saving never leaves a checkpoint that looks complete ([`resolve_resume_checkpoint`] skips it).
+
+    transformers 5.23's `Trainer._save_checkpoint` writes straight into `checkpoint-N` (weights, optimizer, scheduler,
+    RNG states, `trainer_state.json` last from the main process, without waiting for the other processes' files) and
+    then deletes checkpoints beyond `save_total_limit`. Here the processes wait for each other, the main process marks
+    the checkpoint complete, and only then are older checkpoints deleted: a kill at any point leaves a complete
+    checkpoint to resume from. A checkpoint saved again (a run resumed from an earlier one) loses its marker first.
+    """
+
+    def _save_checkpoint(self, model, trial) -> None:
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+        from transformers.trainer import TRAINING_ARGS_NAME
+
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, CHECKPOINT_COMPLETE_NAME))
+        save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotation waits (below)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = save_total_limit
+        self.accelerator.wait_for_everyone()
+        if not self.args.should_save:
+            return
+        if os.path.isfile(os.path.join(folder, TRAINING_ARGS_NAME)):  # saved while the rotation was held back
+            torch.save(self.args, os.path.join(folder, TRAINING_ARGS_NAME))
+        mark_checkpoint_complete(folder, self.state.global_step)
+        rotate_checkpoints(
+            output_dir=run_dir, save_total_limit=save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True,
+        )
+
+
+def _checkpoints_by_step(output_dir: str) -> list[str]:
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    steps = {
+        int(match.group(1)): os.path.join(output_dir, name)
+        for name in os.listdir(output_dir)
+        if (match := pattern.match(name)) and os.path.isdir(os.path.join(output_dir, name))
+    }
+    return [steps[step] for step in sorted(steps, reverse=True)]
+
+
 def resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
-    """The checkpoint folder `--resume_from_checkpoint` names: `true` (or `last`, `latest`) is the last `checkpoint-*`
-    of `output_dir`, as in the `transformers` examples; `Trainer` itself would take `true` for a folder name."""
+    """The checkpoint folder `--resume_from_checkpoint` names: `true` (or `last`, `latest`) is the last complete
+    `checkpoint-*` of `output_dir` (by step), as in the `transformers` examples (`Trainer` itself would take `true` for
+    a folder name). Incomplete checkpoints ([`incomplete_checkpoint_reason`]: a run killed while saving) are skipped
+    with a warning naming each and why. A folder named explicitly is refused when its marker does not match its files,
+    and taken with a warning when it has no marker (written by a plain `Trainer`, or interrupted: the `Trainer`'s own
+    checks follow)."""
     value = training_args.resume_from_checkpoint
     if value is None or str(value).lower() in ("false", "none", ""):
         return None
     if str(value).lower() in ("true", "last", "latest"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if last is None:
+        output_dir = training_args.output_dir
+        checkpoints = _checkpoints_by_step(output_dir) if os.path.isdir(output_dir) else []
+        if not checkpoints:
             raise ValueError(
-                f"--resume_from_checkpoint {value}: {training_args.output_dir} holds no checkpoint-* folder. Name a "
-                "checkpoint folder, or start without --resume_from_checkpoint."
+                f"--resume_from_checkpoint {value}: {output_dir} holds no checkpoint-* folder. Name a checkpoint "
+                "folder, or start without --resume_from_checkpoint."
             )
-        return last
+        skipped = []
+        for checkpoint in checkpoints:
+            reason = incomplete_checkpoint_reason(checkpoint)
+            if reason is None:
+                if skipped:
+                    logger.warning(
+                        f"--resume_from_checkpoint {value}: skipping incomplete {'; '.join(skipped)}. Resuming from "
+                        f"{checkpoint}, the last complete checkpoint."
+                    )
+                return checkpoint
+            skipped.append(f"{checkpoint} ({reason})")
+        raise ValueError(
+            f"--resume_from_checkpoint {value}: {output_dir} holds no complete checkpoint: {'; '.join(skipped)}. "
+            "Name a checkpoint folder you know to be complete (--resume_from_checkpoint PATH), or start without "
+            "--resume_from_checkpoint."
+        )
     if not os.path.isdir(value):
         raise ValueError(f"--resume_from_checkpoint {value} does not exist; name a checkpoint-* folder or `true`.")
+    reason = incomplete_checkpoint_reason(value)
+    if reason is not None and (Path(value) / CHECKPOINT_COMPLETE_NAME).exists():
+        raise ValueError(
+            f"--resume_from_checkpoint {value} is incomplete: {reason}. Name a complete checkpoint folder, or `true` "
+            "for the last complete one."
+        )
+    if reason is not None:  # written by a plain Trainer, or its saving was interrupted: the Trainer's checks follow
+        logger.warning(f"--resume_from_checkpoint {value}: {reason}; taken as named.")
     return value

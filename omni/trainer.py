@@ -10,6 +10,7 @@ from transformers import Trainer
 
 from ..common.loss import items_in_batch_over_processes
 from ..configuration_omni import IGNORE_INDEX
+from ..common.launching import CompleteCheckpointsMixin
 from ..modeling_omni import next_token_targets
 
 
@@ -57,8 +58,9 @@ class ModalityWeightedLossMixin:
         super().log(logs, *args, **kwargs)
 
 
-class OmniTrainer(ModalityWeightedLossMixin, Trainer):
-    """`transformers.Trainer` for Omni models with the modality-weighted loss made exact (see the mixin)."""
+class OmniTrainer(CompleteCheckpointsMixin, ModalityWeightedLossMixin, Trainer):
+    """`transformers.Trainer` for Omni models with the modality-weighted loss made exact (see the mixin) and its
+    checkpoints marked complete ([`CompleteCheckpointsMixin`])."""
 
 
 class MuonWithAdamW(torch.optim.Optimizer):

@@ -27,7 +27,13 @@ from trl import SFTTrainer
 from ..common.audio import audio_path, read_audio
 from ..common.clips import VoiceClip, check_sampling_rates, read_clips
 from ..configuration_omni import IGNORE_INDEX
-from ..common.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint
+from ..common.launching import (
+    CompleteCheckpointsMixin,
+    DistributedRunCallback,
+    check_launch,
+    check_output_dir,
+    resolve_resume_checkpoint,
+)
 from ..modeling_omni import OmniForCausalLM, next_token_targets
 from ..processing_omni import OmniProcessor
 from .trainer import ModalityWeightedLossMixin
@@ -110,9 +116,10 @@ class _OmniLossSFTTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-class VoiceSFTTrainer(ModalityWeightedLossMixin, _OmniLossSFTTrainer):
+class VoiceSFTTrainer(CompleteCheckpointsMixin, ModalityWeightedLossMixin, _OmniLossSFTTrainer):
     """TRL's `SFTTrainer` for Omni voice fine-tuning: the model's modality-weighted loss, exact under gradient
-    accumulation, with `text_loss` / `audio_loss` / `mean_token_accuracy` logged."""
+    accumulation, with `text_loss` / `audio_loss` / `mean_token_accuracy` logged; checkpoints marked complete
+    ([`CompleteCheckpointsMixin`])."""
 
 
 def lora_config(model_args, voice_args: VoiceSFTArguments):
@@ -179,7 +186,11 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
         The trainer, after training and saving.
     """
     voice_args = voice_args or VoiceSFTArguments()
+    check_output_dir(training_args.output_dir, {
+        "--model_name_or_path": model_args.model_name_or_path, "--dataset_name": script_args.dataset_name,
+    })
     check_launch(training_args)
+    resume_checkpoint = resolve_resume_checkpoint(training_args)  # before the clips and the model are loaded
     push = training_args.push_to_hub
     if push:
         from ..common.hub import validate_repo_id
@@ -218,7 +229,7 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
         peft_config=lora_config(model_args, voice_args) if model_args.use_peft else None,
     )
     trainer.add_callback(DistributedRunCallback())
-    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
+    trainer.train(resume_from_checkpoint=resume_checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:  # the training curves of train/evaluate.py
         trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available, logging
-from trl import ModelConfig, SFTConfig
+from trl import SFTConfig
+
+from ..common.lora_arguments import LoraModelConfig, check_lora_alpha, check_lora_rank
 
 
 logger = logging.get_logger(__name__)
@@ -24,9 +26,10 @@ class Qwen3OmniSFTConfig(SFTConfig):
 
 
 @dataclass
-class Qwen3OmniModelConfig(ModelConfig):
+class Qwen3OmniModelConfig(LoraModelConfig):
     """`ModelConfig` with LoRA on by default, plus 4-bit experts, expert offload and the memory estimate. A
-    `bfloat16` dtype falls back to `float32` with a warning where bf16 training is not available."""
+    `bfloat16` dtype falls back to `float32` with a warning where bf16 training is not available. The LoRA rank and
+    alpha are checked when parsed ([`LoraModelConfig`])."""
 
     use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (False: full fine-tuning)."})
     lora_dropout: float = field(
@@ -143,6 +146,10 @@ class Qwen3OmniArguments:
     lora_towers: list[str] = field(
         default_factory=list, metadata={"help": "Encoders that get LoRA too: audio and/or vision (frozen otherwise)."}
     )
+
+    def __post_init__(self):
+        check_lora_rank("--lora_expert_r", self.lora_expert_r)
+        check_lora_alpha("--lora_expert_alpha", self.lora_expert_alpha, rank_flag="--lora_expert_r")
 
 
 def bf16_available() -> bool:

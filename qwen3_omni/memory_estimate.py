@@ -38,6 +38,22 @@ BNB_8BIT_MIN_SIZE = 4096
 # bitsandbytes' `Linear4bit` keeps a 16-value fp32 code book of its own in each layer's quantization state
 LINEAR_4BIT_CODE_BYTES = 16 * 4
 EIGHT_BIT_OPTIMIZERS = ("adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "adamw_torch_8bit")
+# Sizes and counts of the Thinker's parts that must be at least 1 for the model to exist; any other integer of these
+# configs must not be negative (0 is meaningful for some: no shared expert, no feed-forward chunking)
+REQUIRED_SIZES = {
+    "text_config": (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+        "num_experts", "num_experts_per_tok", "moe_intermediate_size", "decoder_sparse_step",
+    ),
+    "audio_config": (
+        "num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "output_dim",
+        "downsample_hidden_size",
+    ),
+    "vision_config": (
+        "depth", "hidden_size", "num_heads", "intermediate_size", "out_hidden_size", "in_channels", "patch_size",
+        "temporal_patch_size", "spatial_merge_size",
+    ),
+}
 
 
 @dataclass
@@ -77,6 +93,37 @@ class MemoryEstimate:
         ]
         lines.append(f"static total: {self.static_total / GB:.2f} GB")
         return "\n".join(lines)
+
+
+def check_thinker_config(config: PretrainedConfig) -> None:
+    """Refuse a config no Thinker can be built from: a size or count of [`REQUIRED_SIZES`] below 1, any other integer
+    of the text, audio or vision config below 0, or more experts per token than experts.
+
+    Raises:
+        ValueError: naming the config entry, its value and the fix.
+    """
+    thinker_config = getattr(config, "thinker_config", config)
+    prefix = "thinker_config." if thinker_config is not config else ""
+    for part, required in REQUIRED_SIZES.items():
+        sub_config = getattr(thinker_config, part, None)
+        if sub_config is None:
+            continue
+        for name, value in sub_config.to_dict().items():
+            if not isinstance(value, int) or isinstance(value, bool):
+                continue
+            least = 1 if name in required else 0
+            if value < least:
+                raise ValueError(
+                    f"{prefix}{part}.{name} = {value} in the checkpoint's config: a Qwen3-Omni Thinker needs at least "
+                    f"{least}, so there is no model to estimate. Correct it in config.json."
+                )
+    text_config = thinker_config.text_config
+    if text_config.num_experts_per_tok > text_config.num_experts:
+        raise ValueError(
+            f"{prefix}text_config.num_experts_per_tok = {text_config.num_experts_per_tok} in the checkpoint's config, "
+            f"more than its num_experts = {text_config.num_experts}: each token is routed to that many of the "
+            "experts. Correct it in config.json."
+        )
 
 
 def thinker_on_meta(config: PretrainedConfig, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
@@ -143,7 +190,8 @@ def estimate_training_memory(
     batch_size: int = 1,
     gradient_checkpointing: bool = True,
 ) -> MemoryEstimate:
-    """Price a LoRA / QLoRA run of the Thinker of `config` on one device (see the module docstring).
+    """Price a LoRA / QLoRA run of the Thinker of `config` on one device (see the module docstring). A config no
+    Thinker can be built from is refused ([`check_thinker_config`]).
 
     Args:
         config (`PretrainedConfig`): a `qwen3_omni_moe` config or a thinker-only one.
@@ -166,6 +214,7 @@ def estimate_training_memory(
     lora_kwargs = lora_kwargs or {}
     if offload_experts and not quantize_experts:
         raise ValueError("offload_experts needs quantize_experts (4-bit experts), as in load_thinker.")
+    check_thinker_config(config)
     model = thinker_on_meta(config, dtype)
     quantized_prefixes = (TEXT_MODEL_PREFIX, *(TOWER_PREFIXES.values() if quantize_towers else ()))
     weights = experts = largest_layer_experts = 0

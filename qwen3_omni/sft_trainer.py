@@ -8,6 +8,7 @@ import torch
 from transformers.utils import logging
 from trl import SFTTrainer
 
+from ..common.launching import CompleteCheckpointsMixin
 from ..common.loss import items_in_batch_over_processes
 from .collator import IGNORE_INDEX, STAT_KEYS
 from .expert_lora import apply_expert_lora, check_moe_lora_impl
@@ -18,8 +19,9 @@ from .peft_lora import silence_false_expert_rank_warning
 logger = logging.get_logger(__name__)
 
 
-class Qwen3OmniSFTTrainer(SFTTrainer):
-    """`SFTTrainer` whose loss weights each sample by its input modalities, exactly under gradient accumulation.
+class Qwen3OmniSFTTrainer(CompleteCheckpointsMixin, SFTTrainer):
+    """`SFTTrainer` whose loss weights each sample by its input modalities, exactly under gradient accumulation (its
+    checkpoints marked complete: [`CompleteCheckpointsMixin`]).
 
     With `w_b` the weight of sample `b` (the collator's `sample_weight`) and `n_b` its number of label tokens, the loss
     of one optimizer step is `sum_b w_b * NLL_b / sum_b w_b * n_b`, both sums running over every micro-batch of the

@@ -39,6 +39,8 @@ from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3Omni
 from transformers.utils import logging
 
 from ..common.hub import TALKER_VOICE_CONFIG_NAME
+from ..common.launching import CompleteCheckpointsMixin
+from ..common.lora_arguments import check_lora_rank
 from .collator import IGNORE_INDEX
 from .loading import from_pretrained_quantized, linear_4bit_config
 from .lora_targets import ATTENTION_PROJECTIONS, EXPERT_PARAMETERS, ROUTER_PARAMETER
@@ -121,6 +123,9 @@ class TalkerVoiceArguments:
         default="routed",
         metadata={"help": "Forward of the expert LoRA: 'routed' (routed tokens only) or 'peft' (PEFT's wrapper)."},
     )
+
+    def __post_init__(self):
+        check_lora_rank("--lora_expert_r", self.lora_expert_r)
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoint
@@ -638,9 +643,10 @@ class TalkerVoiceModel(Qwen3OmniMoeForConditionalGeneration):
         return talker_voice_examples_forward(self, examples, speaker_codec_id)
 
 
-class TalkerVoiceTrainer(Trainer):
+class TalkerVoiceTrainer(CompleteCheckpointsMixin, Trainer):
     """`Trainer` whose loss is [`talker_voice_forward`]'s, with `talker_loss` and `code_predictor_loss` logged
-    separately (averaged over the steps since the last log, on every backend `report_to` names: TensorBoard, ...).
+    separately (averaged over the steps since the last log, on every backend `report_to` names: TensorBoard, ...), and
+    its checkpoints marked complete ([`CompleteCheckpointsMixin`]).
 
     Args:
         speaker_codec_id: codec id of the speaker trained.

@@ -18,7 +18,15 @@ from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu
 from safetensors.torch import load_file
 from transformers import TrainingArguments
 
-from qwen_omni.common.launching import LaunchRequest, check_launch, refusal, resolve_resume_checkpoint
+from qwen_omni.common.launching import (
+    CHECKPOINT_COMPLETE_NAME,
+    LaunchRequest,
+    check_launch,
+    incomplete_checkpoint_reason,
+    mark_checkpoint_complete,
+    refusal,
+    resolve_resume_checkpoint,
+)
 
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -112,7 +120,7 @@ def test_gpu_configs_without_a_gpu_are_refused():
     assert refusal(request, device_type="cuda", world_size=8, has_gpu=True) is None
 
 
-def test_resume_from_checkpoint_true_is_the_last_checkpoint(tmp_path):
+def test_resume_from_checkpoint_true_is_the_last_complete_checkpoint(tmp_path):
     def resolved(value):
         return resolve_resume_checkpoint(TrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint=value))
 
@@ -120,6 +128,7 @@ def test_resume_from_checkpoint_true_is_the_last_checkpoint(tmp_path):
         resolved("true")
     for step in (2, 10, 4):
         os.makedirs(tmp_path / f"checkpoint-{step}")
+        mark_checkpoint_complete(tmp_path / f"checkpoint-{step}", step)
     assert resolved("true") == resolved("last") == str(tmp_path / "checkpoint-10")  # by step, not by name
     assert resolved(str(tmp_path / "checkpoint-2")) == str(tmp_path / "checkpoint-2")
     assert resolved(None) is None and resolved("false") is None
@@ -262,6 +271,11 @@ def test_sft_fsdp2_on_two_cpu_processes_saves_the_single_process_adapter_format(
     assert checkpoints == [f"checkpoint-{MAX_STEPS}"]
     shards = sorted(p.name for p in (output_dir / checkpoints[0] / "pytorch_model_fsdp_0").glob("*.distcp"))
     assert shards == ["__0_0.distcp", "__1_0.distcp"]
+    # marked complete once both ranks had written their parts: the marker lists every rank's shards and RNG state
+    marker = json.loads((output_dir / checkpoints[0] / CHECKPOINT_COMPLETE_NAME).read_text())
+    assert {f"{folder}/__{rank}_0.distcp" for folder in ("pytorch_model_fsdp_0", "optimizer_0") for rank in (0, 1)} | {
+        "rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"} <= set(marker["files"])
+    assert incomplete_checkpoint_reason(output_dir / checkpoints[0]) is None
     # the final adapter is whole (gathered from the shards) and has the single-process adapter's keys, shapes and config
     shapes, config, weights = adapter_format(output_dir)
     reference_shapes, reference_config, _ = adapter_format(single_process_adapter)

@@ -104,7 +104,8 @@ def test_resume_with_lora_dropout_replays_the_uninterrupted_run(sft_workdir, sin
     # the same checkpoint without its RNG state: other dropout masks, another adapter (so the equality above is the
     # masks being replayed, not dropout being inert)
     without_rng = sft_workdir["root"] / "checkpoint-without-rng"
-    shutil.copytree(checkpoint, without_rng, ignore=shutil.ignore_patterns("rng_state*"))
+    # (and without its completion marker, which lists the RNG state)
+    shutil.copytree(checkpoint, without_rng, ignore=shutil.ignore_patterns("rng_state*", "checkpoint_complete.json"))
     other_masks = sft_workdir["root"] / "resume_single_other_masks"
     run_in_process(sft_workdir, other_masks, "--resume_from_checkpoint", str(without_rng))
     _, _, weights = adapter_format(other_masks)

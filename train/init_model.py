@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
+from qwen_omni.common.launching import check_output_dir
 from qwen_omni.omni.build import build_omni_from_scratch, build_omni_from_text_model, save_omni_checkpoint
 
 
@@ -37,6 +38,8 @@ class InitModelArguments:
 
 
 def main(args: InitModelArguments) -> None:
+    inputs = {"--text-model": args.text_model, "--tokenizer": args.tokenizer, "--codec": args.codec}
+    check_output_dir(args.output_dir, inputs, flag="--output-dir")
     if args.from_scratch:
         if not args.tokenizer:
             raise SystemExit("--from-scratch needs --tokenizer (any Hugging Face tokenizer: Hub id or folder).")

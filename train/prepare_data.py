@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from qwen_omni.common.launching import configure_logging
 from qwen_omni.common.clips import load_audio_text_rows
+from qwen_omni.common.launching import check_output_dir, configure_logging
 from qwen_omni.omni.corpus import prepare_dataset
 from qwen_omni.processing_omni import load_audio_tokenizer
 
@@ -47,6 +47,7 @@ class PrepareArguments:
 
 
 def main(args: PrepareArguments):
+    check_output_dir(args.output_dir, {"--dataset_name": args.dataset_name, "--codec": args.codec})
     audio_tokenizer = load_audio_tokenizer(args.codec)
     rows = load_audio_text_rows(
         args.dataset_name, args.audio_column, args.text_column, args.speaker_column, split=args.dataset_split,

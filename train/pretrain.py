@@ -37,7 +37,7 @@ from transformers.utils import logging
 from trl import TrlParser
 
 from qwen_omni import OmniForCausalLM
-from qwen_omni.common.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint
+from qwen_omni.common.launching import DistributedRunCallback, check_launch, check_output_dir, resolve_resume_checkpoint
 from qwen_omni.omni.corpus import (
     check_prepared_rows,
     is_prepared_dataset,
@@ -415,6 +415,11 @@ def format_report(report: dict, path: Path) -> str:
 
 
 def main(script_args: PretrainArguments, training_args: TrainingArguments, callbacks: list | None = None):
+    # the prepared cache (--prepared_dir, default <output_dir>/prepared) is the run's own: written, then reused
+    check_output_dir(training_args.output_dir, {
+        f"--{name}": getattr(script_args, name)
+        for name in ("dataset_name", "model_name_or_path", "text_model", "tokenizer", "codec", "text_file")
+    })
     check_launch(training_args)
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,14 @@ from qwen_omni.qwen3_omni import (
     load_conversation_dataset,
     load_thinker,
 )
-from qwen_omni.common.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint, shard_by_decoder_layer
 from qwen_omni.common.hub import push_to_hub, validate_repo_id
+from qwen_omni.common.launching import (
+    DistributedRunCallback,
+    check_launch,
+    check_output_dir,
+    resolve_resume_checkpoint,
+    shard_by_decoder_layer,
+)
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
 from qwen_omni.qwen3_omni.conversations import DatasetReport
 from qwen_omni.qwen3_omni.lora_targets import lora_config_kwargs
@@ -60,7 +66,12 @@ def main(script_args, training_args, model_args, omni_args):
         # from the checkpoint's config only: no weights, data or launch needed
         print(estimate_for_run(model_args, training_args, omni_args).format())
         return
+    check_output_dir(training_args.output_dir, {
+        "--model_name_or_path": model_args.model_name_or_path, "--dataset_name": script_args.dataset_name,
+        "--eval_dataset_name": omni_args.eval_dataset_name,
+    })
     check_launch(training_args)
+    resume_checkpoint = resolve_resume_checkpoint(training_args)  # before the data and the model are loaded
     publish_adapter, repo_id = training_args.push_to_hub and model_args.use_peft, training_args.hub_model_id
     if publish_adapter:
         validate_repo_id(repo_id)  # before any work
@@ -124,7 +135,7 @@ def main(script_args, training_args, model_args, omni_args):
         moe_lora_impl=omni_args.moe_lora_impl,
     )
     trainer.add_callback(DistributedRunCallback())
-    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
+    trainer.train(resume_from_checkpoint=resume_checkpoint)
     for split, report in reports.items():
         # The collator's running counts of rows skipped or cut while training (unreadable media, overlong rows)
         report.collator_counts = dict(trainer._collator_totals[split])

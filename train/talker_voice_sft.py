@@ -3,8 +3,8 @@ speaker's clips and transcripts, teacher-forced as `generate` runs the Talker.
 
     accelerate launch train/talker_voice_sft.py --config train/configs/talker_voice.yaml \
         --model_name_or_path Qwen/Qwen3-Omni-30B-A3B-Instruct --dataset_name DIR --speaker_name nova --output_dir out
-    python train/merge.py --adapter out --output_dir out/merged
-    # then: model.generate(**inputs, speaker="nova") on out/merged
+    python train/merge.py --adapter out --output_dir out-merged
+    # then: model.generate(**inputs, speaker="nova") on out-merged
 
 The clips are read in every form the Omni voice recipe reads (metadata folder, JSONL/CSV, LibriTTS tree, `datasets`
 folder or Hub id) and encoded once with Mimi (`--codec_name_or_path kyutai/mimi`) into OUTPUT_DIR/mimi_codes (or
@@ -19,14 +19,14 @@ from peft import get_peft_model
 from transformers import AutoConfig, AutoProcessor
 from trl import ScriptArguments, TrlParser
 
-from qwen_omni.common.launching import DistributedRunCallback, check_launch, resolve_resume_checkpoint
 from qwen_omni.common.clips import load_audio_text_rows, read_clips
 from qwen_omni.common.hub import push_to_hub, validate_repo_id
+from qwen_omni.common.launching import DistributedRunCallback, check_launch, check_output_dir, resolve_resume_checkpoint
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniModelConfig, Qwen3OmniSFTConfig
 from qwen_omni.qwen3_omni.loading import resolve_experts_implementation
 from qwen_omni.qwen3_omni.peft_lora import apply_peft_lora, silence_false_expert_rank_warning
 from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora
-from qwen_omni.qwen3_omni.sft_trainer import MOE_LORA_IMPLEMENTATIONS
+from qwen_omni.qwen3_omni.expert_lora import MOE_LORA_IMPLEMENTATIONS
 from qwen_omni.qwen3_omni.talker_voice import (
     TalkerVoiceArguments,
     TalkerVoiceTrainer,
@@ -42,6 +42,10 @@ from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
 
 
 def main(script_args, training_args, model_args, voice_args):
+    check_output_dir(training_args.output_dir, {
+        "--model_name_or_path": model_args.model_name_or_path, "--dataset_name": script_args.dataset_name,
+        "--codec_name_or_path": voice_args.codec_name_or_path,
+    })
     launch = check_launch(training_args)
     if launch.fsdp_version is not None or launch.deepspeed:
         raise ValueError(
@@ -49,6 +53,7 @@ def main(script_args, training_args, model_args, voice_args):
             "train/accelerate/multi_gpu.yaml, or train/accelerate/cpu_2proc.yaml with --use_cpu true): the Talker is "
             "small next to the frozen Thinker, and it is not sharded. Launch it without the FSDP / DeepSpeed config."
         )
+    resume_checkpoint = resolve_resume_checkpoint(training_args)  # before the clips and the model are loaded
     name_or_path, revision = model_args.model_name_or_path, model_args.model_revision
     check_has_talker(AutoConfig.from_pretrained(name_or_path, revision=revision), name_or_path)
     if model_args.load_in_8bit or model_args.offload_experts:
@@ -132,7 +137,7 @@ def main(script_args, training_args, model_args, voice_args):
         talker_voice_config={"name": speaker, "codec_id": codec_id, "init_id": init_id},
     )
     trainer.add_callback(DistributedRunCallback())
-    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
+    trainer.train(resume_from_checkpoint=resume_checkpoint)
     trainer.save_model(training_args.output_dir)
     if push and trainer.accelerator.is_main_process:
         push_to_hub(
