@@ -27,6 +27,7 @@ from trl import SFTTrainer
 from ..common.audio import audio_path, read_audio
 from ..common.clips import VoiceClip, check_sampling_rates, read_clips
 from ..configuration_omni import IGNORE_INDEX
+from ..common.hub import defer_hub_push, push_after_training
 from ..common.launching import (
     CompleteCheckpointsMixin,
     DistributedRunCallback,
@@ -191,14 +192,8 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
     })
     check_launch(training_args)
     resume_checkpoint = resolve_resume_checkpoint(training_args)  # before the clips and the model are loaded
-    push = training_args.push_to_hub
-    if push:
-        from ..common.hub import validate_repo_id
-
-        validate_repo_id(training_args.hub_model_id)
-        # the Trainer would create the repo and upload checkpoints as it goes; publishing waits for hub.push_to_hub's
-        # checks (code files, clean-process reload) at the end instead
-        training_args.push_to_hub = False
+    # published at the end, after push_to_hub's checks (code files, clean-process reload)
+    repo_id = defer_hub_push(training_args)
     audio_only_loss = training_args.completion_only_loss is not False
     clips = read_clips(
         script_args.dataset_name, speaker=voice_args.speaker, audio_column=voice_args.audio_column,
@@ -236,8 +231,5 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
     folder = training_args.output_dir
     if model_args.use_peft and voice_args.save_merged and trainer.accelerator.is_main_process:
         folder = save_merged_model(model_args.model_name_or_path, training_args.output_dir, processor)
-    if push and trainer.accelerator.is_main_process:
-        from ..common.hub import push_to_hub
-
-        push_to_hub(folder, training_args.hub_model_id, private=bool(training_args.hub_private_repo), datasets=[script_args.dataset_name])
+    push_after_training(folder, repo_id, training_args, datasets=[script_args.dataset_name])
     return trainer
