@@ -580,11 +580,11 @@ def read_json_rows(path: str) -> list:
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}, line {error.lineno}, column {error.colno}: not valid JSON ({error.msg}); fix the "
                          "file (a .json file holds one list of rows; one row per line goes in a .jsonl file).") from None
-    if not isinstance(rows, list):
-        kind = f"one JSON object (keys {sorted(rows)[:5]})" if isinstance(rows, dict) else f"a {type(rows).__name__}"
-        raise ValueError(f"{path} holds {kind}, not a list of rows; put the rows in a list ([{{...}}, ...]) or one "
-                         "row per line in a .jsonl file.")
-    return rows
+    if isinstance(rows, list):
+        return rows
+    kind = f"one JSON object (keys {sorted(rows)[:5]})" if isinstance(rows, dict) else f"a {type(rows).__name__}"
+    raise ValueError(f"{path} holds {kind}, not a list of rows; put the rows in a list ([{{...}}, ...]) or one row "
+                     "per line in a .jsonl file.")
 
 
 def _object_keeping_duplicates(pairs: list[tuple]) -> dict:
@@ -806,7 +806,7 @@ def _read_video_pyav(element: dict):
     from qwen_omni_utils.v2_5 import vision_process
 
     path = element["video"]
-    path = path[len("file://") :] if path.startswith("file://") else path
+    path = path.removeprefix("file://")
     with av.open(path) as container:
         stream = container.streams.video[0]
         video_fps = float(stream.average_rate)

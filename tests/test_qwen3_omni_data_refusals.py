@@ -10,17 +10,17 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from qwen_omni.qwen3_omni import Qwen3OmniSFTCollator, load_conversation_dataset
+from qwen_omni.qwen3_omni.conversations import (
+    DatasetReport,
+    control_token_strings,
+    read_json_rows,
+)
 from safetensors.torch import load_file
 from transformers import AutoProcessor
 
-from qwen_omni.qwen3_omni import Qwen3OmniSFTCollator, load_conversation_dataset
-from qwen_omni.qwen3_omni.conversations import DatasetReport, control_token_strings, read_json_rows
-
-
 sys.path.insert(0, os.path.dirname(__file__))
 import qwen3_omni_tiny  # noqa: E402
-
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
@@ -122,11 +122,11 @@ def test_the_tokenizers_own_special_tokens_are_refused_and_plain_added_tokens_ke
 def test_duplicate_keys_are_refused_not_last_wins(workdir, tmp_path):
     image = json.dumps(workdir["image"])
     lines = [
-        '{"messages": [{"role": "user", "content": "<image>What?"}, {"role": "assistant", "content": "A square."}], '
-        f'"images": [{image}]}}',
+        ('{"messages": [{"role": "user", "content": "<image>What?"}, {"role": "assistant", "content": "A square."}], '
+         f'"images": [{image}]}}'),
         '{"messages": [{"role": "user", "content": "Hi", "content": "Bye"}, {"role": "assistant", "content": "Ok"}]}',
-        '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Ok"}], '
-        '"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "No"}]}',
+        ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Ok"}], '
+         '"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "No"}]}'),
     ]
     (tmp_path / "dup.jsonl").write_text("\n".join(lines))
     (tmp_path / "dup.json").write_text("[" + ",\n".join(lines) + "]")

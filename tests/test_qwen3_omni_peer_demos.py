@@ -14,16 +14,17 @@ import sys
 import numpy as np
 import pytest
 import torch
+from qwen_omni.qwen3_omni import (
+    Qwen3OmniSFTCollator,
+    load_conversation_dataset,
+    load_thinker,
+)
+from qwen_omni.qwen3_omni.conversations import DatasetReport
 from qwen_omni_utils import process_mm_info
 from transformers import AutoProcessor
 
-from qwen_omni.qwen3_omni import Qwen3OmniSFTCollator, load_conversation_dataset, load_thinker
-from qwen_omni.qwen3_omni.conversations import DatasetReport
-
-
 sys.path.insert(0, os.path.dirname(__file__))
 import qwen3_omni_tiny  # noqa: E402
-
 
 PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "peers")
 LLAMAFACTORY_FILES = ("mllm_demo.json", "mllm_audio_demo.json", "mllm_video_demo.json", "mllm_video_audio_demo.json")
@@ -74,7 +75,8 @@ def workdir(tmp_path_factory):
     # ms-swift's documented rows use the placeholder folder /xxx/: point it at a folder of such files
     swift = root / "ms_swift"
     swift.mkdir()
-    rows = open(os.path.join(PEERS, "ms_swift", "custom_dataset_sft.jsonl")).read()
+    with open(os.path.join(PEERS, "ms_swift", "custom_dataset_sft.jsonl")) as f:
+        rows = f.read()
     (swift / "custom_dataset_sft.jsonl").write_text(rows.replace("/xxx/", f"{swift}/"))
     picture(swift / "x.jpg", (90, 90, 10)), picture(swift / "x.png", (10, 90, 90))
     tone(swift / "x.mp3")
@@ -131,7 +133,7 @@ def rope_positions(thinker, batch):
 
 @pytest.mark.parametrize("file_name", LLAMAFACTORY_FILES)
 def test_llamafactory_demo_files_reach_the_encoders_row_by_row(workdir, processor, thinker, file_name):
-    rows = json.load(open(workdir["llamafactory"] / file_name))
+    rows = json.loads((workdir["llamafactory"] / file_name).read_text())
     report = DatasetReport(name=file_name)
     dataset = load_conversation_dataset(str(workdir["llamafactory"] / file_name), report=report)
     assert report.dataset_format == "tagged" and report.num_refused == 0 and len(dataset) == len(rows) >= 3
@@ -234,7 +236,7 @@ def test_use_audio_in_video_refusals_name_the_row(workdir, tmp_path):
     media = workdir["llamafactory"] / "mllm_demo_data"
     rows = [
         # LLaMA-Factory's video demo: silent videos, no paired audio
-        json.load(open(workdir["llamafactory"] / "mllm_video_demo.json"))[0],
+        json.loads((workdir["llamafactory"] / "mllm_video_demo.json").read_text())[0],
         # sharegpt (from/value): an <audio> before its <video> breaks LLaMA-Factory's pairing
         {"conversations": [{"from": "human", "value": "<audio><video>Hm?"}, {"from": "gpt", "value": "x"}],
          "videos": ["mllm_demo_data/4.mp4"], "audios": ["mllm_demo_data/4.mp3"]},
@@ -264,7 +266,7 @@ def test_use_audio_in_video_refusals_name_the_row(workdir, tmp_path):
 
 def test_ms_swift_documented_rows_and_frame_lists(workdir, processor, thinker):
     path = workdir["swift"] / "custom_dataset_sft.jsonl"
-    rows = [json.loads(line) for line in open(path)]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
     report = DatasetReport(name="ms-swift")
     dataset = load_conversation_dataset(str(path), report=report)
     assert report.dataset_format == "tagged" and report.num_refused == 0 and len(dataset) == 4

@@ -23,7 +23,7 @@ from qwen_omni.qwen3_omni import (
     load_thinker,
 )
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniSFTConfig
-from qwen_omni.qwen3_omni.conversations import load_video
+from qwen_omni.qwen3_omni.conversations import decode_media
 
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -216,12 +216,16 @@ def test_video_from_frames_and_from_a_file(workdir, processor, tmp_path):
         from PIL import Image
 
         Image.fromarray(frame).save(frames[-1])
-    assert load_video(frames).shape == (4, 32, 32, 3)
+    def decoded(paths, fps):
+        media = decode_media([{"role": "user", "content": [{"type": "video", "video": paths}]}], fps=fps)
+        return media["videos"][0].shape[0], media["video_fps"]
+
+    assert decoded(frames, fps=2.0) == (4, [2.0])  # qwen-omni-utils takes frame lists whole, at the given rate
     if shutil.which("ffmpeg"):
         clip = str(tmp_path / "clip.mp4")
         subprocess.run(["ffmpeg", "-v", "error", "-framerate", "4", "-i", str(tmp_path / "frame%d.png"),
                         "-pix_fmt", "yuv420p", clip], check=True)
-        assert load_video([clip], fps=4).shape == (4, 32, 32, 3)
+        assert decoded([clip], fps=4.0) == (4, [4.0])
     conversation = {"conversations": [{"role": "user", "content": [{"type": "video", "video": frames}]}, reply("Fading in.")]}
     path = tmp_path / "video.json"
     path.write_text(json.dumps([conversation]))
