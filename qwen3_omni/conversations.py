@@ -425,8 +425,8 @@ def _check_control_tokens(conversation: list[dict], row_id: int, control_tokens:
                 raise RowRefused(
                     "control_token_in_text",
                     f"row {row_id}: the {turn['role']} text holds the control token {found.group()!r} (at "
-                    f"{part['text'][max(0, found.start() - 20) : found.end() + 20]!r}), which the tokenizer would read "
-                    "as the token itself; remove it from the data.",
+                    f"{part['text'][max(0, found.start() - 20) : found.end() + 20]!r}), which the tokenizer would "
+                    "read as the token itself; remove it from the data.",
                 )
 
 
@@ -578,8 +578,10 @@ def read_json_rows(path: str) -> list:
     try:
         rows = json.loads(text, object_pairs_hook=_object_keeping_duplicates)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}, line {error.lineno}, column {error.colno}: not valid JSON ({error.msg}); fix the "
-                         "file (a .json file holds one list of rows; one row per line goes in a .jsonl file).") from None
+        raise ValueError(
+            f"{path}, line {error.lineno}, column {error.colno}: not valid JSON ({error.msg}); fix the file (a .json "
+            "file holds one list of rows; one row per line goes in a .jsonl file)."
+        ) from None
     if isinstance(rows, list):
         return rows
     kind = f"one JSON object (keys {sorted(rows)[:5]})" if isinstance(rows, dict) else f"a {type(rows).__name__}"
@@ -775,7 +777,9 @@ def decode_media(
                         audio_parts.append({"type": "video", "video": paths[0]})
                     audio_sources.append(sum(p["type"] == "video" for p in vision_parts))
                 vision_parts.append(element)
-    audios = process_audio_info([{"role": "user", "content": audio_parts}], use_audio_in_video) if audio_parts else None
+    audios = None
+    if audio_parts:
+        audios = process_audio_info([{"role": "user", "content": audio_parts}], use_audio_in_video)
     images, videos, video_kwargs = (
         process_vision_info([{"role": "user", "content": vision_parts}], return_video_kwargs=True) if vision_parts
         else (None, None, {"fps": []})

@@ -86,7 +86,7 @@ class Qwen3OmniSFTTrainer(SFTTrainer):
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         # Whether any rank has a label in this step: the same answer on every rank, so all skip or none
-        labels = sum(int((batch["labels"][..., 1:] != IGNORE_INDEX).sum()) for batch in batch_samples if "labels" in batch)
+        labels = sum(int((batch["labels"][..., 1:] != IGNORE_INDEX).sum()) for batch in batch_samples)
         labels = int(self.accelerator.gather(torch.tensor([labels], device=device)).sum())
         self.collator_counts.step_has_labels = labels > 0 or not batch_samples
         if not self.collator_counts.step_has_labels:

@@ -152,8 +152,8 @@ def test_unreadable_files_are_one_line_errors_naming_file_line_and_fix(workdir, 
     with pytest.raises(ValueError) as error:
         read_json_rows(str(one_object))
     assert str(error.value) == (
-        f"{one_object} holds one JSON object (keys ['images', 'messages']), not a list of rows; put the rows in a list "
-        "([{...}, ...]) or one row per line in a .jsonl file.")
+        f"{one_object} holds one JSON object (keys ['images', 'messages']), not a list of rows; put the rows in a "
+        "list ([{...}, ...]) or one row per line in a .jsonl file.")
 
     bad_line = tmp_path / "bad.jsonl"
     bad_line.write_text(good + "\n\n" + good + "\n" + '{"messages": [}' + "\n")
@@ -164,7 +164,8 @@ def test_unreadable_files_are_one_line_errors_naming_file_line_and_fix(workdir, 
         "line.")
     bad_file = tmp_path / "bad.json"
     bad_file.write_text("[\n" + good + ",\n" + good + "\n" + good + "]")
-    with pytest.raises(ValueError, match=rf"^{bad_file}, line 4, column 1: not valid JSON \(Expecting ',' delimiter\)"):
+    expected = rf"^{bad_file}, line 4, column 1: not valid JSON \(Expecting ',' delimiter\)"
+    with pytest.raises(ValueError, match=expected):
         read_json_rows(str(bad_file))
 
 
@@ -274,7 +275,8 @@ def test_skip_counts_survive_a_resume(workdir, tmp_path):
 
 
 def test_data_report_is_written_when_every_row_is_refused(workdir, tmp_path):
-    data = write_jsonl(tmp_path / "refused.jsonl", [image_row("missing.jpg"), image_row(workdir["image"], "<|im_end|>")])
+    rows = [image_row("missing.jpg"), image_row(workdir["image"], "<|im_end|>")]
+    data = write_jsonl(tmp_path / "refused.jsonl", rows)
     out = tmp_path / "out"
     result = run_sft(workdir, data, out, "--max_steps", "1")
     assert result.returncode == 1 and "No trainable row left" in result.stderr

@@ -44,7 +44,8 @@ def tone(path, seconds=1.0, frequency=440.0, rate=16000):
 
 def video(path, sound=False, seconds=1, rate=4):
     """A 32x32 test-pattern video, with no audio stream unless `sound` (an mp4 with AAC, an avi with mpeg4)."""
-    command = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size=32x32:rate={rate}:duration={seconds}"]
+    command = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+               f"testsrc=size=32x32:rate={rate}:duration={seconds}"]
     if sound:
         command += ["-f", "lavfi", "-i", f"sine=frequency=330:sample_rate=16000:duration={seconds}", "-shortest"]
     codec = ["-c:v", "mpeg4"] if str(path).endswith(".avi") else ["-c:v", "libx264", "-pix_fmt", "yuv420p"]
@@ -182,8 +183,8 @@ def test_llamafactory_video_audio_demo_with_use_audio_in_video(workdir, processo
                                                  return_video_kwargs=True)
     expected = processor(
         text=[collator.render(dataset[0]["conversations"])], audio=audios, videos=videos, use_audio_in_video=True,
-        audio_from_video_indices=[0], return_tensors="pt", videos_kwargs={**VIDEO_KWARGS["videos_kwargs"], "fps": video_kwargs["fps"][0],
-                                            "do_sample_frames": False},
+        audio_from_video_indices=[0], return_tensors="pt",
+        videos_kwargs={**VIDEO_KWARGS["videos_kwargs"], "fps": video_kwargs["fps"][0], "do_sample_frames": False},
     )
     expected["use_audio_in_video"] = True
     for key in ("input_ids", "input_features", "feature_attention_mask", "pixel_values_videos", "video_grid_thw"):
@@ -203,15 +204,18 @@ def test_paired_audio_trains_as_the_same_sound_inside_the_video_file(workdir, pr
     subprocess.run(["ffmpeg", "-v", "error", "-i", str(silent), "-i", str(sound), "-map", "0:v", "-map", "1:a",
                     "-c:v", "copy", "-c:a", "pcm_s16le", str(muxed)], check=True)
     paired = {"messages": [{"role": "user", "content": "<video><audio>What is said?"},
-                           {"role": "assistant", "content": "A tone."}], "videos": ["clip.mp4"], "audios": ["voice.wav"]}
+                           {"role": "assistant", "content": "A tone."}],
+              "videos": ["clip.mp4"], "audios": ["voice.wav"]}
     native = {"conversations": [
-        {"role": "user", "content": [{"type": "video", "video": "muxed.mkv"}, {"type": "text", "text": "What is said?"}]},
+        {"role": "user", "content": [{"type": "video", "video": "muxed.mkv"},
+                                     {"type": "text", "text": "What is said?"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "A tone."}]}]}
     (tmp_path / "paired.json").write_text(json.dumps([paired]))
     (tmp_path / "native.json").write_text(json.dumps([native]))
     collator = Qwen3OmniSFTCollator(processor, processor_kwargs=VIDEO_KWARGS, use_audio_in_video=True)
     got = collator([load_conversation_dataset(str(tmp_path / "paired.json"), use_audio_in_video=True)[0]])
-    conversation = load_conversation_dataset(str(tmp_path / "native.json"), use_audio_in_video=True)[0]["conversations"]
+    native_rows = load_conversation_dataset(str(tmp_path / "native.json"), use_audio_in_video=True)
+    conversation = native_rows[0]["conversations"]
     reference = collator([{"conversations": conversation}])
     for key in ("input_ids", "labels", "input_features", "feature_attention_mask", "pixel_values_videos",
                 "video_grid_thw", "video_second_per_grid"):
@@ -223,8 +227,8 @@ def test_paired_audio_trains_as_the_same_sound_inside_the_video_file(workdir, pr
                                                            return_video_kwargs=True)
     expected = processor(
         text=[collator.render(conversation)], audio=audios, images=images, videos=videos, use_audio_in_video=True,
-        audio_from_video_indices=[0], return_tensors="pt", videos_kwargs={**VIDEO_KWARGS["videos_kwargs"], "fps": video_kwargs["fps"][0],
-                                            "do_sample_frames": False},
+        audio_from_video_indices=[0], return_tensors="pt",
+        videos_kwargs={**VIDEO_KWARGS["videos_kwargs"], "fps": video_kwargs["fps"][0], "do_sample_frames": False},
     )
     for key in ("input_ids", "input_features", "pixel_values_videos", "video_grid_thw"):
         assert torch.equal(got[key], expected[key]), key
@@ -261,7 +265,8 @@ def test_use_audio_in_video_refusals_name_the_row(workdir, tmp_path):
     assert report.refused == {"video_audio_pairing": [0]}
     assert "row 0: with --use_audio_in_video, LLaMA-Factory's convention pairs each <video> with the next <audio>" in (
         report.first_messages["video_audio_pairing"])
-    assert len(load_conversation_dataset(str(workdir["llamafactory"] / "refusals2.json"), use_audio_in_video=True)) == 1
+    paired = load_conversation_dataset(str(workdir["llamafactory"] / "refusals2.json"), use_audio_in_video=True)
+    assert len(paired) == 1
 
 
 def test_ms_swift_documented_rows_and_frame_lists(workdir, processor, thinker):
