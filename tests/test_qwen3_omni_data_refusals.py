@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from qwen_omni.qwen3_omni import Qwen3OmniSFTCollator, load_conversation_dataset
 from qwen_omni.qwen3_omni.conversations import (
     DatasetReport,
@@ -241,13 +242,16 @@ def test_training_time_skips_stop_the_run_with_the_summary(workdir, tmp_path):
 
 
 def test_steps_without_labels_leave_the_parameters_unchanged(workdir, tmp_path):
-    """Every row unreadable and every skip allowed: both steps train on padding only (the router's load-balancing
-    loss alone would move the router LoRA); the adapter stays at its initialisation (every lora_B zero)."""
+    """Every row unreadable and every skip allowed: both steps hold padding only. The optimizer never sees a gradient
+    (with zero gradients AdamW would still start its moments and decay the weights): its state stays empty and the
+    adapter at its initialisation (every lora_B zero)."""
     corrupt = str(workdir["media"] / "corrupt.jpg")
     data = write_jsonl(tmp_path / "unreadable.jsonl", [image_row(corrupt), image_row(corrupt)])
     out = tmp_path / "out"
-    result = run_sft(workdir, data, out, "--max_steps", "2", "--max_skipped_fraction", "1")
+    result = run_sft(workdir, data, out, "--max_steps", "2", "--max_skipped_fraction", "1", "--save_steps", "2",
+                     "--weight_decay", "0.1")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(out / "checkpoint-2" / "optimizer.pt", weights_only=True)["state"] == {}
     adapter = load_file(str(out / "adapter_model.safetensors"))
     lora_b = {name: tensor for name, tensor in adapter.items() if "lora_B" in name}
     assert lora_b and all(not tensor.any() for tensor in lora_b.values())
