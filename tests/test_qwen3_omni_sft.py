@@ -318,7 +318,10 @@ def test_sft_script_lowers_the_loss_and_saves_only_the_adapter(workdir, trained)
     report = json.loads((out / "data_report_train.json").read_text())
     assert (report["num_rows"], report["num_kept"], report["format"]) == (13, 12, "tagged")
     assert report["refused"]["placeholder_mismatch"]["first_row_ids"] == [12]
-    assert report["while_training"] == {"num_truncated": 0, "num_dropped_too_long": 0, "num_skipped_media": 0}
+    while_training = report["while_training"]
+    assert while_training.pop("num_rows_seen") % 12 == 0  # whole passes over the 12 kept rows
+    assert while_training == {"num_truncated": 0, "num_dropped_too_long": 0, "num_skipped_media": 0,
+                              "num_steps_without_labels": 0}
     assert "placeholder_mismatch: 1 rows (first ids [12])" in trained["log"]
 
 
