@@ -115,16 +115,24 @@ class Qwen3OmniArguments:
     )
     max_skipped_fraction: float = field(
         default=0.01,
-        metadata={"help": "Most rows of a dataset that may be refused (placeholder/media count mismatch, missing media, "
-                  "...) before training stops with the summary; 0 refuses any refusal, 1 allows all."},
+        metadata={"help": "Most rows of a dataset that may be refused at load (placeholder/media count mismatch, "
+                  "missing media, ...) or skipped while training (undecodable media, overlong rows dropped) before "
+                  "the run stops with the summary; 0 refuses any refusal, 1 allows all."},
     )
     use_audio_in_video: bool = field(
         default=False,
-        metadata={"help": "Feed each video's sound track to the model too (Qwen3-Omni's audio-in-video, tokens "
-                  "interleaved by time); rows whose videos have no sound track are refused."},
+        metadata={"help": "Feed each video's sound to the model too (Qwen3-Omni's audio-in-video, tokens interleaved "
+                  "by time): LLaMA-Factory rows' paired <video><audio> (the audio is the video's sound), else the "
+                  "sound track inside the video file; rows with neither are refused."},
     )
-    video_fps: float = field(default=2.0, metadata={"help": "Frame rate video files are decoded at."})
-    max_video_frames: int = field(default=64, metadata={"help": "Most frames kept per video."})
+    video_fps: float = field(
+        default=2.0,
+        metadata={"help": "Frame rate video files are sampled at, and the rate of videos given as frame lists "
+                  "(qwen-omni-utils' fps / sample_fps; 2 is its default, as at inference)."},
+    )
+    max_video_frames: int | None = field(
+        default=None, metadata={"help": "Most frames sampled from a video file (default: qwen-omni-utils', 768)."}
+    )
     experts_implementation: str | None = field(
         default=None,
         metadata={"help": "MoE experts kernel: eager, grouped_mm, batched_mm; default grouped_mm on SM80+ GPUs, "

@@ -10,15 +10,7 @@ import torch.nn.functional as F
 from transformers import ProcessorMixin
 from transformers.utils import logging
 
-from .conversations import (
-    ModalityLossWeights,
-    conversation_modalities,
-    load_audio,
-    load_image,
-    load_video,
-    load_video_audio,
-    template_conversation,
-)
+from .conversations import ModalityLossWeights, conversation_modalities, decode_media, template_conversation
 
 
 logger = logging.get_logger(__name__)
@@ -28,15 +20,16 @@ ASSISTANT_HEADER = "<|im_start|>assistant\n"
 # Stands in for an assistant reply while the chat template renders the rest of the conversation.
 REPLY_PLACEHOLDER = "\x00reply-{}\x00"
 # Keys of the collated batch that carry counts for the trainer's logs rather than model inputs.
-STAT_KEYS = ("num_truncated", "num_dropped_too_long", "num_skipped_media")
+STAT_KEYS = ("num_rows_seen", "num_truncated", "num_dropped_too_long", "num_skipped_media")
 
 
 @dataclass
 class Qwen3OmniSFTCollator:
     """Turn conversation rows into a training batch for `Qwen3OmniMoeThinkerForConditionalGeneration`.
 
-    Each row is processed alone: its media are loaded (audio with soundfile, images with PIL, videos from frame files or
-    with ffmpeg), the processor applies the chat template and expands the media placeholders, and the labels are the
+    Each row is processed alone: its media are decoded as Qwen's inference path decodes them, with `qwen-omni-utils`
+    (see [`decode_media`]: the frames sampled and sized as at serving time), the processor applies the chat template
+    and expands the media placeholders, and the labels are the
     input ids inside the assistant turns (the turn's text and its closing `<|im_end|>`) and -100 everywhere else. The
     rows are then padded on the right and their media tensors concatenated.
 
@@ -46,9 +39,10 @@ class Qwen3OmniSFTCollator:
     (`'image' in content`) see the right kind for rows that went through `datasets`.
 
     A row whose media cannot be read is skipped; a row longer than `max_length` is truncated or dropped (see
-    `truncation`). The counts travel with the batch (`num_truncated`, `num_dropped_too_long`, `num_skipped_media`) for
-    the trainer to log, so they survive dataloader worker processes. When every row of a batch is skipped, the batch
-    holds a single padding token with no label, so that every rank still runs a forward and backward.
+    `truncation`). The counts travel with the batch (`num_rows_seen`, `num_truncated`, `num_dropped_too_long`,
+    `num_skipped_media`) for the trainer to log and hold against `--max_skipped_fraction`, so they survive dataloader
+    worker processes. When every row of a batch is skipped, the batch holds a single padding token with no label, so
+    that every rank still runs a forward and backward (the trainer then takes no optimizer step).
 
     Args:
         processor (`ProcessorMixin`):
@@ -63,17 +57,18 @@ class Qwen3OmniSFTCollator:
         loss_weights (`ModalityLossWeights`, *optional*):
             Per-sample loss weights by input modality, returned as `sample_weight`.
         video_fps (`float`, *optional*, defaults to 2.0):
-            Frame rate video files are decoded at, and the rate given to the processor for frame lists.
-        max_video_frames (`int`, *optional*, defaults to 64):
-            Most frames kept per video.
+            Frame rate video files are sampled at (`qwen-omni-utils`' `fps`, whose default is 2), and the rate of
+            frame lists (its `sample_fps`).
+        max_video_frames (`int`, *optional*):
+            Most frames sampled from a video file (`qwen-omni-utils`' `max_frames`; default its own, 768).
         processor_kwargs (`dict`, *optional*):
             Extra keyword arguments for the processor call (e.g. `{"videos_kwargs": {"size": ...}}`).
         use_audio_in_video (`bool`, *optional*, defaults to `False`):
-            Feed each video's sound track too: it is decoded with ffmpeg and given to the processor as the video's
-            audio, which interleaves the video and audio tokens by time inside the video's placeholder; the batch then
-            carries `use_audio_in_video=True` for the model's position ids. A video without a sound track fails its
-            row (skipped and counted; `load_conversation_dataset(use_audio_in_video=True)` refuses such rows before
-            training).
+            Feed each video's sound too: its paired audio file (LLaMA-Factory's `<video><audio>`) or else its own
+            sound track, given to the processor as the video's audio, which interleaves the video and audio tokens by
+            time inside the video's placeholder; the batch then carries `use_audio_in_video=True` for the model's
+            position ids. A video without either fails its row (skipped and counted;
+            `load_conversation_dataset(use_audio_in_video=True)` refuses such rows before training).
     """
 
     processor: ProcessorMixin
@@ -81,7 +76,7 @@ class Qwen3OmniSFTCollator:
     truncation: Literal["truncate", "drop"] = "truncate"
     loss_weights: ModalityLossWeights = field(default_factory=ModalityLossWeights)
     video_fps: float = 2.0
-    max_video_frames: int = 64
+    max_video_frames: int | None = None
     processor_kwargs: dict = field(default_factory=dict)
     use_audio_in_video: bool = False
 
@@ -107,6 +102,7 @@ class Qwen3OmniSFTCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         stats = dict.fromkeys(STAT_KEYS, 0)
+        stats["num_rows_seen"] = len(examples)
         samples = []
         for example in examples:
             conversation = example["conversations"] if "conversations" in example else example["messages"]
@@ -135,36 +131,30 @@ class Qwen3OmniSFTCollator:
 
     def encode(self, conversation: list[dict]) -> dict[str, torch.Tensor]:
         """Process one conversation: media loading, chat template, placeholder expansion and assistant-only labels."""
-        # `audio_sources[i]` is the index of the video audio slot i comes from (None: a standalone audio), in the
-        # order the audio tokens appear in the text, which is the order the model scatters audio features in.
-        audios, audio_sources, images, videos = [], [], [], []
-        for turn in conversation:
-            for part in [] if isinstance(turn["content"], str) else turn["content"]:
-                if part["type"] == "audio":
-                    audios.append(load_audio(part["audio"], self.sampling_rate))
-                    audio_sources.append(None)
-                elif part["type"] == "image":
-                    images.append(load_image(part["image"]))
-                elif part["type"] == "video":
-                    videos.append(load_video(part["video"], self.video_fps, self.max_video_frames))
-                    if self.use_audio_in_video:
-                        if len(part["video"]) != 1:
-                            raise ValueError(f"A video given as frame images has no sound track: {part['video'][:2]}")
-                        audios.append(load_video_audio(part["video"][0], self.sampling_rate))
-                        audio_sources.append(len(videos) - 1)
+        media = decode_media(conversation, use_audio_in_video=self.use_audio_in_video, fps=self.video_fps,
+                             max_frames=self.max_video_frames)
         kwargs = dict(self.processor_kwargs)
-        if videos:
-            kwargs["videos_kwargs"] = {"fps": self.video_fps, "do_sample_frames": False, **kwargs.get("videos_kwargs", {})}
+        fps = media["video_fps"]
+        if media["videos"]:
+            if self.use_audio_in_video and len(set(fps)) > 1:
+                # the processor places every video's audio by one frame rate
+                raise ValueError(f"The videos of this row were sampled at different rates {fps}; with "
+                                 "use_audio_in_video every video of a row needs the same.")
+            kwargs["videos_kwargs"] = {"fps": fps[0], "do_sample_frames": False, **kwargs.get("videos_kwargs", {})}
             if self.use_audio_in_video:
-                kwargs.update(load_audio_from_video=True, audio_from_video_indices=audio_sources)
+                kwargs.update(load_audio_from_video=True, audio_from_video_indices=media["audio_sources"])
         encoded = self.processor(
             text=[self.render(conversation)],
-            audio=audios or None,
-            images=images or None,
-            videos=videos or None,
+            audio=media["audios"],
+            images=media["images"],
+            videos=media["videos"],
             return_tensors="pt",
             **kwargs,
         )
+        if media["videos"]:
+            # each video's own sampling rate (the processor call takes one)
+            temporal_patch_size = self.processor.video_processor.temporal_patch_size
+            encoded["video_second_per_grid"] = torch.tensor([temporal_patch_size / rate for rate in fps])
         encoded = {key: value for key, value in encoded.items() if key != "num_audio_tokens"}
         encoded["input_ids"] = encoded["input_ids"][0]
         encoded["attention_mask"] = encoded["attention_mask"][0]

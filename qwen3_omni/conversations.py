@@ -15,7 +15,15 @@ Rows come in one of `DATASET_FORMATS`, detected from the first rows (or forced w
 In every format a `<audio>`, `<image>` or `<video>` tag in the text takes the next entry of the row's `audios`,
 `images` or `videos` list, and a row whose tag count differs from its list length is refused (never trained with
 fewer media than it names), as is a row with turn keys the recipe cannot honour (e.g. `tool_calls`). Relative paths
-are resolved against the data file's folder (or `--media_dir`).
+are resolved against the data file's folder (or `--media_dir`); URLs, folders and empty files are refused as media.
+A video is a file or a frame list (`[path, ...]`, ms-swift's form) in every format.
+
+With `use_audio_in_video`, a video's sound is taken as each peer takes it (see `row_to_conversation`): in LLaMA-Factory
+rows, a `<video>` followed by an `<audio>` pairs that audio with the video as its sound track; otherwise the sound
+track inside the video file is used (Qwen's `process_mm_info`, ms-swift); a row where neither holds is refused.
+
+Every text field is checked for control-token strings (`<|im_start|>`, `<|audio_pad|>`, the tokenizer's special
+tokens), which the tokenizer would read as the tokens themselves: such rows are refused (`control_token_in_text`).
 """
 
 from __future__ import annotations
@@ -23,16 +31,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import numpy as np
 from datasets import Dataset, load_dataset
 from transformers.utils import logging
 
-from ..common.audio import read_audio, resample
 
 
 logger = logging.get_logger(__name__)
@@ -51,6 +56,16 @@ FORMAT_NAMES = {
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "tool",
                   "function_call": "assistant"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# Qwen3-Omni's role markers, media pads and media brackets: text holding them would be tokenized as the tokens
+# themselves (a fake turn boundary, a media slot without media). The tokenizer's own special tokens are added to these.
+QWEN_CONTROL_TOKENS = (
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|audio_pad|>", "<|image_pad|>", "<|video_pad|>",
+    "<|audio_start|>", "<|audio_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+)
+# Marks a parsed JSON object that held a key twice (see `_object_keeping_duplicates`).
+DUPLICATE_KEYS = "\x00duplicate_keys"
+# Reasons counted against --max_skipped_fraction while training (the collator's counts)
+SKIP_KEYS = ("num_skipped_media", "num_dropped_too_long")
 
 
 @dataclass
@@ -111,6 +126,8 @@ def media_paths(conversation: list[dict]) -> list[str]:
             if part["type"] in MEDIA_TYPES:
                 value = part[part["type"]]
                 paths.extend(value if isinstance(value, list) else [value])
+            if part.get("video_audio"):
+                paths.append(part["video_audio"])
     return paths
 
 
@@ -119,13 +136,14 @@ def template_conversation(conversation: list[dict]) -> list[dict]:
 
     Qwen's templates pick a part's kind by key presence (`'image' in content`), and rows that went through `datasets`
     come back with every part key present and `None` (Arrow structs share one schema), which such a template would
-    render as an image placeholder. Keys set to `None` are dropped here.
+    render as an image placeholder. Only `type` and the key it names are kept (a video's paired `video_audio` is the
+    video's sound, inside the video's placeholder).
     """
     turns = []
     for turn in conversation:
         content = turn["content"]
         if not isinstance(content, str):
-            content = [{key: value for key, value in part.items() if value is not None} for part in content]
+            content = [{"type": part["type"], part["type"]: part[part["type"]]} for part in content]
         turns.append({"role": turn["role"], "content": content})
     return turns
 
@@ -171,8 +189,20 @@ class DatasetReport:
         return sum(len(ids) for ids in self.refused.values())
 
     @property
+    def num_skipped_while_training(self) -> int:
+        """Rows the collator did not train: unreadable media, or overlong rows dropped."""
+        return sum(self.collator_counts.get(key, 0) for key in SKIP_KEYS)
+
+    @property
     def refused_fraction(self) -> float:
-        return self.num_refused / self.num_rows if self.num_rows else 0.0
+        """Rows not trained over rows read: refused at load plus skipped while training, over the file's rows plus
+        the rows read again after the first pass (later epochs), so that a row skipped every epoch keeps its share."""
+        rows_read = self.num_rows + max(0, self.collator_counts.get("num_rows_seen", 0) - self.num_kept)
+        return (self.num_refused + self.num_skipped_while_training) / rows_read if rows_read else 0.0
+
+    @property
+    def num_kept(self) -> int:
+        return self.num_rows - self.num_refused
 
     def to_dict(self) -> dict:
         return {
@@ -186,7 +216,8 @@ class DatasetReport:
                          "first_message": self.first_messages[reason]}
                 for reason, ids in sorted(self.refused.items())
             },
-            # The collator's counts: rows skipped (unreadable media), dropped or truncated (overlong) while training
+            # The collator's counts: rows seen, skipped (unreadable media), dropped or truncated (overlong) while
+            # training, and optimizer steps left out because no row of theirs had a label
             "while_training": dict(self.collator_counts),
         }
 
@@ -207,13 +238,22 @@ class DatasetReport:
             json.dump(self.to_dict(), f, indent=2)
 
     def check(self, max_refused_fraction: float) -> None:
-        """Raise when more than `max_refused_fraction` of the rows were refused."""
-        if self.refused_fraction > max_refused_fraction:
-            raise ValueError(
-                f"{self.name}: {self.num_refused} of {self.num_rows} rows ({self.refused_fraction:.1%}) were refused, "
-                f"more than --max_skipped_fraction={max_refused_fraction}. Fix the rows or raise the limit.\n"
-                f"{self.summary()}"
-            )
+        """Raise [`TooManyRowsSkipped`] when more than `max_refused_fraction` of the rows read were refused at load
+        or skipped while training."""
+        if self.refused_fraction <= max_refused_fraction:
+            return
+        skipped = self.num_skipped_while_training
+        what = (f"{self.num_refused} of {self.num_rows} rows ({self.refused_fraction:.1%}) were refused" if not skipped
+                else f"{self.num_refused} rows refused at load and {skipped} skipped while training "
+                f"({self.refused_fraction:.1%} of the rows read)")
+        raise TooManyRowsSkipped(
+            f"{self.name}: {what}, more than --max_skipped_fraction={max_refused_fraction}. Fix the rows or raise the "
+            f"limit.\n{self.summary()}"
+        )
+
+
+class TooManyRowsSkipped(ValueError):
+    """More rows were refused or skipped than `--max_skipped_fraction` allows; the message holds the summary."""
 
 
 def detect_dataset_format(rows: list[dict], sample_size: int = 100) -> str:
@@ -226,7 +266,10 @@ def detect_dataset_format(rows: list[dict], sample_size: int = 100) -> str:
     """
     decided: dict[str, int] = {}
     for index, row in enumerate(rows[:sample_size]):
-        turns = _turns_of(row, index)
+        try:
+            turns = [turn for turn in _turns_of(row, index) if isinstance(turn, dict)]
+        except RowRefused:
+            continue  # refused when the row is read
         if any(turn.get("from") is not None or turn.get("value") is not None for turn in turns):
             decided.setdefault("sharegpt", index)
         elif any(row.get(column) for column in MEDIA_COLUMNS.values()) or any(
@@ -243,19 +286,37 @@ def detect_dataset_format(rows: list[dict], sample_size: int = 100) -> str:
 
 
 def row_to_conversation(
-    row: dict, row_id: int, dataset_format: str, base_dir: str | None = None, system_prompt: str | None = None
+    row: dict,
+    row_id: int,
+    dataset_format: str,
+    base_dir: str | None = None,
+    system_prompt: str | None = None,
+    *,
+    use_audio_in_video: bool = False,
+    control_tokens: Iterable[str] = QWEN_CONTROL_TOKENS,
 ) -> list[dict]:
     """Convert one row of `dataset_format` to the native layout, or raise [`RowRefused`].
 
     Text with `<audio>`, `<image>` or `<video>` tags is split into parts that take the row's `audios`, `images` and
     `videos` entries in order; the number of tags of each kind must equal the number of entries given. Relative media
-    paths are joined to `base_dir`.
+    paths are joined to `base_dir`; URLs are refused. A video part holds a list of paths (one video file, or frames).
+
+    With `use_audio_in_video`, a row of a peer format whose every `<video>` is followed, later in its turn, by an
+    `<audio>`, with as many audios as videos, follows LLaMA-Factory's convention (its Qwen-Omni plugin): audio `i` is
+    video `i`'s sound track, kept as the video part's `video_audio` and fed once, interleaved into the video's
+    placeholder. A `sharegpt` (LLaMA-Factory) row with videos and audios that does not pair them so is refused
+    (`video_audio_pairing`), as LLaMA-Factory refuses it. Other rows take the sound track from the video file.
+
+    A row whose text holds one of `control_tokens` is refused (`control_token_in_text`), as is a row with no assistant
+    turn (`no_assistant_turn`).
     """
     if dataset_format not in DATASET_FORMATS:
         raise ValueError(f"dataset_format={dataset_format!r} is not one of {DATASET_FORMATS}.")
     turn_keys = {"from", "value"} if dataset_format == "sharegpt" else {"role", "content", "reasoning_content"}
     turns = []
     for turn in _turns_of(row, row_id):
+        if not isinstance(turn, dict):
+            raise RowRefused("bad_turn", f"row {row_id}: turn {str(turn)[:80]!r} is not a JSON object.")
         unknown = sorted(key for key, value in turn.items() if key not in turn_keys and value is not None)
         if unknown:
             # e.g. TRL `tool_calls` or ms-swift's per-turn `loss`: training without them would not be what was asked
@@ -286,6 +347,9 @@ def row_to_conversation(
     if row.get("tools"):
         raise RowRefused("tools", f"row {row_id}: tool descriptions ('tools') are not supported by this recipe; "
                          "drop the column or the row.")
+    if not any(turn["role"] == "assistant" for turn in turns):
+        raise RowRefused("no_assistant_turn", f"row {row_id}: no assistant turn, so nothing to learn; add the reply "
+                         "or drop the row.")
 
     media = {kind: _media_entries(row.get(column), kind, row_id) for kind, column in MEDIA_COLUMNS.items()}
     tags = dict.fromkeys(MEDIA_TYPES, 0)
@@ -301,9 +365,14 @@ def row_to_conversation(
                 f"{MEDIA_COLUMNS[kind]} given; each <{kind}> tag takes one entry of '{MEDIA_COLUMNS[kind]}', in "
                 "order.",
             )
+    paired = use_audio_in_video and dataset_format != "native" and _pairs_video_with_audio(
+        turns, media, row_id, required=dataset_format == "sharegpt")
 
     def resolve(path: str) -> str:
-        if base_dir is None or os.path.isabs(path) or "://" in path:
+        if "://" in path or path.startswith("data:"):
+            raise RowRefused("remote_media", f"row {row_id}: the media path {path!r} is a URL or inline data; this "
+                             "recipe reads local files only: download it and give its path.")
+        if base_dir is None or os.path.isabs(path):
             return path
         return os.path.join(base_dir, path)
 
@@ -323,7 +392,7 @@ def row_to_conversation(
         for part in parts:
             kind = _part_kind(part, row_id)
             if kind == "text":
-                normalized.extend(_split_tags(part["text"], queues, resolve))
+                normalized.extend(_split_tags(part["text"], queues, resolve, paired))
             elif kind == "video":
                 video = part["video"]
                 normalized.append({"type": "video", "video": [resolve(p) for p in video] if isinstance(video, list)
@@ -334,7 +403,65 @@ def row_to_conversation(
             raise RowRefused("media_in_reply", f"row {row_id}: an assistant turn holds media; the Thinker only "
                              "produces text, so media belong in user turns.")
         conversation.append({"role": turn["role"], "content": normalized})
+    _check_control_tokens(conversation, row_id, control_tokens)
     return conversation
+
+
+def control_token_strings(tokenizer=None) -> tuple[str, ...]:
+    """The strings refused in text: Qwen3-Omni's control tokens and the tokenizer's special added tokens (not its
+    plain added tokens such as `<think>`, which replies may hold)."""
+    tokens = set(QWEN_CONTROL_TOKENS)
+    if tokenizer is not None:
+        tokens.update(token.content for token in tokenizer.added_tokens_decoder.values() if token.special)
+        tokens.update(tokenizer.all_special_tokens)
+    return tuple(sorted(tokens))
+
+
+def _check_control_tokens(conversation: list[dict], row_id: int, control_tokens: Iterable[str]) -> None:
+    pattern = re.compile("|".join(re.escape(token) for token in sorted(control_tokens, key=len, reverse=True)))
+    for turn in conversation:
+        for part in turn["content"]:
+            found = pattern.search(part["text"]) if part["type"] == "text" else None
+            if found:
+                raise RowRefused(
+                    "control_token_in_text",
+                    f"row {row_id}: the {turn['role']} text holds the control token {found.group()!r} (at "
+                    f"{part['text'][max(0, found.start() - 20) : found.end() + 20]!r}), which the tokenizer would "
+                    "read as the token itself; remove it from the data.",
+                )
+
+
+def _pairs_video_with_audio(turns: list[dict], media: dict, row_id: int, required: bool) -> bool:
+    """Whether a row pairs its videos with its audios as LLaMA-Factory's Qwen-Omni plugin does with
+    `use_audio_in_video`: as many audios as videos, and each `<video>` followed later in its turn by an `<audio>`.
+    With `required` (LLaMA-Factory's own format), a row with videos and audios that breaks this is refused."""
+    if not media["video"] or not media["audio"]:
+        return False
+    problem = None
+    if len(media["video"]) != len(media["audio"]):
+        problem = f"{len(media['video'])} videos but {len(media['audio'])} audios"
+    for turn in turns:
+        for text in _texts_of(turn["content"]):
+            pending = 0
+            for match in PLACEHOLDER.finditer(text):
+                if match.group(1) == "video":
+                    pending += 1
+                elif match.group(1) == "audio":
+                    if pending == 0:
+                        problem = problem or "an <audio> that follows no <video>"
+                    pending = max(0, pending - 1)
+            if pending:
+                problem = problem or "a <video> with no <audio> after it in its turn"
+    if problem is None:
+        return True
+    if required:
+        raise RowRefused(
+            "video_audio_pairing",
+            f"row {row_id}: with --use_audio_in_video, LLaMA-Factory's convention pairs each <video> with the next "
+            f"<audio> of its turn (the audio is the video's sound track), but this row has {problem}; pair them, or "
+            "drop the audios to use the sound tracks inside the video files.",
+        )
+    return False
 
 
 def load_conversation_dataset(
@@ -347,6 +474,7 @@ def load_conversation_dataset(
     dataset_format: str = "auto",
     media_dir: str | None = None,
     use_audio_in_video: bool = False,
+    control_tokens: Iterable[str] = QWEN_CONTROL_TOKENS,
     report: DatasetReport | None = None,
 ) -> Dataset:
     """Load a conversation dataset into a `Dataset` with `conversations` (native layout) and `row_id` columns.
@@ -354,6 +482,7 @@ def load_conversation_dataset(
     Args:
         path_or_name (`str`):
             A `.json` (a list of rows) or `.jsonl` file, or anything `datasets.load_dataset` takes (folder, Hub id).
+            A file that is not UTF-8 or not valid JSON is refused with its file name and line.
         split (`str`, *optional*, defaults to `"train"`):
             Split to load (ignored for a single file).
         config_name (`str`, *optional*):
@@ -361,49 +490,53 @@ def load_conversation_dataset(
         system_prompt (`str`, *optional*):
             System turn prepended to every conversation that has none.
         check_media (`bool`, *optional*, defaults to `True`):
-            Refuse the rows whose local media files do not exist. Unreadable files are caught later, by the collator.
+            Refuse the rows whose media paths are not existing, non-empty files. Unreadable files are caught later,
+            by the collator (skipped and counted against `--max_skipped_fraction`).
         dataset_format (`str`, *optional*, defaults to `"auto"`):
             One of `DATASET_FORMATS`, or `"auto"` to detect it from the first rows (logged).
         media_dir (`str`, *optional*):
             Folder relative media paths are resolved against (default: the data file's folder, or the dataset folder).
         use_audio_in_video (`bool`, *optional*, defaults to `False`):
-            Refuse the rows with a video that has no sound track (frame lists included), which
-            `--use_audio_in_video` cannot honour.
+            Pair LLaMA-Factory's `<video><audio>` as the video's sound (see [`row_to_conversation`]), and refuse the
+            rows with a video that has neither a paired audio nor a sound track (frame lists included).
+        control_tokens (`Iterable[str]`, *optional*):
+            Strings refused in text (see [`control_token_strings`]); Qwen3-Omni's control tokens by default.
         report (`DatasetReport`, *optional*):
             Filled with the detected format, the row count and the refused rows by reason. Every refused row is
             counted there (and the first ones logged) whether or not a report is given.
     """
     if os.path.isfile(path_or_name):
         base_dir = os.path.dirname(os.path.abspath(path_or_name))
-        with open(path_or_name, encoding="utf-8") as f:
-            if path_or_name.endswith(".jsonl"):
-                rows = [json.loads(line) for line in f if line.strip()]
-            else:
-                rows = json.load(f)
+        rows = read_json_rows(path_or_name)
     else:
         rows = load_dataset(path_or_name, name=config_name, split=split).to_list()
         base_dir = path_or_name if os.path.isdir(path_or_name) else None
     base_dir = media_dir or base_dir
     report = report if report is not None else DatasetReport(name=path_or_name)
+    report.num_rows = len(rows)
+    objects = [row for row in rows if isinstance(row, dict)]
     if dataset_format == "auto":
-        dataset_format = detect_dataset_format(rows)
+        dataset_format = detect_dataset_format(objects)
         logger.info(
             f"{path_or_name}: detected the {dataset_format!r} dataset format ({FORMAT_NAMES[dataset_format]})."
         )
     elif dataset_format not in DATASET_FORMATS:
         raise ValueError(f"dataset_format={dataset_format!r} is not one of 'auto', {', '.join(DATASET_FORMATS)}.")
-    report.dataset_format, report.num_rows = dataset_format, len(rows)
+    report.dataset_format = dataset_format
 
     kept = []
     for row_id, row in enumerate(rows):
         try:
-            conversation = row_to_conversation(row, row_id, dataset_format, base_dir, system_prompt)
+            if not isinstance(row, dict):
+                raise RowRefused("not_an_object", f"row {row_id}: {str(row)[:80]!r} is not a JSON object.")
+            duplicates = _duplicate_keys(row)
+            if duplicates:
+                raise RowRefused("duplicate_key", f"row {row_id}: the key(s) {duplicates} appear twice in one JSON "
+                                 "object, and which value is meant is unknown; keep one.")
+            conversation = row_to_conversation(row, row_id, dataset_format, base_dir, system_prompt,
+                                               use_audio_in_video=use_audio_in_video, control_tokens=control_tokens)
             if check_media:
-                missing = [
-                    path for path in media_paths(conversation) if "://" not in path and not os.path.exists(path)
-                ]
-                if missing:
-                    raise RowRefused("missing_media", f"row {row_id}: media files not found: {missing[:3]}.")
+                _check_media_files(conversation, row_id)
             if use_audio_in_video:
                 _check_video_sound(conversation, row_id)
         except RowRefused as error:
@@ -413,15 +546,88 @@ def load_conversation_dataset(
     if report.num_refused:
         logger.warning(report.summary())
     if not kept:
-        raise ValueError(f"No trainable row left in {path_or_name}.\n{report.summary()}")
+        raise TooManyRowsSkipped(f"No trainable row left in {path_or_name}.\n{report.summary()}")
     return Dataset.from_list(kept)
+
+
+def read_json_rows(path: str) -> list:
+    """The rows of a `.jsonl` file (one JSON value a line) or of a `.json` file (a list), with one-line errors that
+    name the file, the line and the fix for text that is not UTF-8, invalid JSON, or a `.json` file that is not a
+    list. A JSON object holding a key twice is marked for [`load_conversation_dataset`] to refuse its row."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{path}, line {number}: not UTF-8 (byte 0x{line[error.start]:02x} at column {error.start + 1}); "
+                "re-save the file as UTF-8."
+            ) from None
+    text = raw.decode("utf-8-sig")
+    if path.endswith(".jsonl"):
+        rows = []
+        for number, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line, object_pairs_hook=_object_keeping_duplicates))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno}): "
+                                 f"{line[:60]!r}; fix or remove the line.") from None
+        return rows
+    try:
+        rows = json.loads(text, object_pairs_hook=_object_keeping_duplicates)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path}, line {error.lineno}, column {error.colno}: not valid JSON ({error.msg}); fix the file (a .json "
+            "file holds one list of rows; one row per line goes in a .jsonl file)."
+        ) from None
+    if isinstance(rows, list):
+        return rows
+    kind = f"one JSON object (keys {sorted(rows)[:5]})" if isinstance(rows, dict) else f"a {type(rows).__name__}"
+    raise ValueError(f"{path} holds {kind}, not a list of rows; put the rows in a list ([{{...}}, ...]) or one row "
+                     "per line in a .jsonl file.")
+
+
+def _object_keeping_duplicates(pairs: list[tuple]) -> dict:
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            obj.setdefault(DUPLICATE_KEYS, []).append(key)
+        obj[key] = value
+    return obj
+
+
+def _duplicate_keys(value) -> list[str]:
+    """The keys marked as duplicated anywhere in a parsed JSON value."""
+    if isinstance(value, dict):
+        found = list(value.get(DUPLICATE_KEYS, []))
+        return found + [key for item in value.values() for key in _duplicate_keys(item)]
+    if isinstance(value, list):
+        return [key for item in value for key in _duplicate_keys(item)]
+    return []
+
+
+def _check_media_files(conversation: list[dict], row_id: int) -> None:
+    for path in media_paths(conversation):
+        if not os.path.exists(path):
+            raise RowRefused("missing_media", f"row {row_id}: media file not found: {path!r}.")
+        if not os.path.isfile(path):
+            raise RowRefused("media_not_a_file", f"row {row_id}: the media path {path!r} is a folder, not a file; "
+                             "name the file (a video given as frames is a list of image paths).")
+        if os.path.getsize(path) == 0:
+            raise RowRefused("empty_media", f"row {row_id}: the media file {path!r} is empty (0 bytes).")
 
 
 def _turns_of(row: dict, row_id: int) -> list[dict]:
     for key in ("conversations", "messages"):
         if row.get(key) is not None:
+            if not isinstance(row[key], list):
+                raise RowRefused("bad_turn", f"row {row_id}: '{key}' is not a list of turns.")
             return row[key]
-    raise ValueError(f"Row {row_id} has neither a 'conversations' nor a 'messages' list: keys {sorted(row)}.")
+    raise RowRefused("no_turns", f"row {row_id} has neither a 'conversations' nor a 'messages' list: keys "
+                     f"{sorted(key for key in row if key != DUPLICATE_KEYS)}.")
 
 
 def _texts_of(content: str | list[dict] | None) -> list[str]:
@@ -449,32 +655,47 @@ def _part_kind(part: dict, row_id: int) -> str:
     return kind
 
 
-def _media_entries(value, kind: str, row_id: int) -> list[str]:
-    """The paths of an `audios`/`images`/`videos` column: a list of paths or of `{"path": ...}` entries."""
+def _media_entries(value, kind: str, row_id: int) -> list[str | list[str]]:
+    """The entries of an `audios`/`images`/`videos` column: paths or `{"path": ...}` entries, and for videos also
+    frame lists (`[path, ...]`, ms-swift's form)."""
     if value is None:
         return []
     if isinstance(value, (str, dict)):
         value = [value]
-    paths = []
+    entries = []
     for entry in value:
         path = entry.get("path") if isinstance(entry, dict) else entry
-        if not isinstance(path, str) or not path:
+        frames = kind == "video" and isinstance(path, list) and path and all(
+            isinstance(frame, str) and frame for frame in path)
+        if not frames and (not isinstance(path, str) or not path):
             raise RowRefused("bad_media_entry", f"row {row_id}: {MEDIA_COLUMNS[kind]} entry {str(entry)[:80]!r} is "
-                             "not a file path (in-memory media are not supported; give paths).")
-        paths.append(path)
-    return paths
+                             "not a file path" + (" or a list of frame paths" if kind == "video" else "") +
+                             " (in-memory media are not supported; give paths).")
+        entries.append(path)
+    return entries
 
 
-def _split_tags(text: str, queues: dict, resolve) -> list[dict]:
-    """Split a text at its media tags into text and media parts, taking the media from `queues` in order."""
+def _split_tags(text: str, queues: dict, resolve, paired: bool) -> list[dict]:
+    """Split a text at its media tags into text and media parts, taking the media from `queues` in order. With
+    `paired`, each `<audio>` tag is the sound of a `<video>` before it: the video part takes the audio as its
+    `video_audio`, and the tag itself makes no part."""
     parts, position = [], 0
     for match in PLACEHOLDER.finditer(text):
         if match.start() > position:
             parts.append({"type": "text", "text": text[position : match.start()]})
-        kind = match.group(1)
-        path = resolve(next(queues[kind]))
-        parts.append({"type": kind, kind: [path] if kind == "video" else path})
         position = match.end()
+        kind = match.group(1)
+        if kind == "audio" and paired:
+            continue
+        entry = next(queues[kind])
+        if kind == "video":
+            part = {"type": "video", "video": [resolve(path) for path in entry] if isinstance(entry, list)
+                    else [resolve(entry)]}
+            if paired:
+                part["video_audio"] = resolve(next(queues["audio"]))
+            parts.append(part)
+        else:
+            parts.append({"type": kind, kind: resolve(entry)})
     if position < len(text) or not parts:
         parts.append({"type": "text", "text": text[position:]})
     return parts
@@ -483,92 +704,124 @@ def _split_tags(text: str, queues: dict, resolve) -> list[dict]:
 def _check_video_sound(conversation: list[dict], row_id: int) -> None:
     for turn in conversation:
         for part in turn["content"]:
-            if part["type"] != "video":
+            if part["type"] != "video" or part.get("video_audio"):
                 continue
             paths = part["video"]
-            if len(paths) != 1 or _is_image_file(paths[0]):
+            if is_frame_list(paths):
                 raise RowRefused("video_without_audio", f"row {row_id}: a video given as {len(paths)} frame images "
-                                 "has no sound track, which --use_audio_in_video needs; give the video file.")
-            if not has_audio_stream(paths[0]):
+                                 "has no sound track, which --use_audio_in_video needs; give the video file, or pair "
+                                 "an audio with it (<video><audio>, LLaMA-Factory's convention).")
+            try:
+                sound = has_audio_stream(paths[0])
+            except ValueError as error:
+                raise RowRefused("unreadable_media", f"row {row_id}: {error}") from None
+            if not sound:
                 raise RowRefused("video_without_audio", f"row {row_id}: the video {paths[0]!r} has no sound track, "
-                                 "which --use_audio_in_video needs.")
-
-
-def _is_image_file(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+                                 "which --use_audio_in_video needs; give a video with its sound, or pair an audio "
+                                 "with it (<video><audio> and 'audios', LLaMA-Factory's convention).")
 
 
 def has_audio_stream(path: str) -> bool:
-    """Whether a video file has an audio stream (asked of ffprobe)."""
-    _require_ffmpeg(path)
-    probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a", "-show_entries", "stream=index", "-of", "csv=p=0", path],
-        capture_output=True, text=True, check=True,
-    )
-    return bool(probe.stdout.strip())
+    """Whether a video file has an audio stream, asked of PyAV as `qwen-omni-utils` asks it."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            return any(stream.type == "audio" for stream in container.streams)
+    except av.error.FFmpegError as error:
+        raise ValueError(f"the video {path!r} cannot be opened: {error}") from None
 
 
-def load_video_audio(path: str, sampling_rate: int) -> np.ndarray:
-    """Decode the sound track of a video file to mono float32 at `sampling_rate` with the ffmpeg command line."""
-    _require_ffmpeg(path)
-    if not has_audio_stream(path):
-        raise RuntimeError(f"The video {path!r} has no sound track, which use_audio_in_video needs.")
-    decoded = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", path, "-vn", "-ac", "1", "-ar", str(sampling_rate), "-f", "f32le", "-"],
-        capture_output=True, check=True,
-    )
-    return np.frombuffer(decoded.stdout, dtype=np.float32).copy()
+def is_frame_list(paths: list[str]) -> bool:
+    """Whether a video part's paths are frame images rather than one video file."""
+    return len(paths) != 1 or os.path.splitext(paths[0])[1].lower() in IMAGE_EXTENSIONS
 
 
-def _require_ffmpeg(path: str) -> None:
-    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
-        raise RuntimeError(f"Decoding the video {path!r} needs the ffmpeg and ffprobe programs; install ffmpeg.")
+def decode_media(
+    conversation: list[dict], *, use_audio_in_video: bool = False, fps: float = 2.0, max_frames: int | None = None
+) -> dict:
+    """Decode a conversation's media as Qwen's inference path does, with `qwen-omni-utils` (`process_audio_info` and
+    `process_vision_info`, which `process_mm_info` runs): audio with librosa at 16 kHz, images and frames resized to
+    its pixel budgets, video files sampled at `fps` (at most `max_frames` frames), frame lists taken whole at `fps`.
 
+    With `use_audio_in_video`, each video also gives an audio: its paired `video_audio` file where the row pairs one
+    (LLaMA-Factory's convention), else the sound track of the video file, as `process_mm_info` reads it.
 
-def load_audio(path: str, sampling_rate: int) -> np.ndarray:
-    """Decode an audio file with soundfile to mono float32 at `sampling_rate` (the Omni wing's reader: empty,
-    non-finite and truncated files raise)."""
-    waveform, rate = read_audio(path)
-    return resample(waveform, rate, sampling_rate)
-
-
-def load_image(path: str):
-    """Open an image file as an RGB `PIL.Image`."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
-def load_video(paths: list[str], fps: float = 2.0, max_frames: int = 64) -> np.ndarray:
-    """Load a video as a `(frames, height, width, 3)` uint8 array.
-
-    `paths` is either a list of frame images (taken as they are) or a single video file, decoded at `fps` with the
-    ffmpeg command line (no torchcodec/PyAV needed). At most `max_frames` frames are kept, evenly spaced.
+    Returns a dict with `audios` (in the order their tokens appear), `audio_sources` (for each audio, the index of the
+    video it is the sound of, or `None`), `images`, `videos` and `video_fps` (each video's sampling rate).
     """
-    if len(paths) == 1 and not _is_image_file(paths[0]):
-        frames = _decode_video_file(paths[0], fps)
-    else:
-        frames = np.stack([np.asarray(load_image(path)) for path in paths])
-    if len(frames) > max_frames:
-        frames = frames[np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
-    # The vision tower patches frames in pairs (temporal_patch_size 2): an odd count is padded by the processor.
-    return frames
+    from qwen_omni_utils import process_audio_info, process_vision_info
+
+    _ensure_video_file_reader()
+    audio_parts, audio_sources, vision_parts = [], [], []
+    for turn in conversation:
+        for part in [] if isinstance(turn["content"], str) else turn["content"]:
+            if part["type"] == "audio":
+                audio_parts.append({"type": "audio", "audio": part["audio"]})
+                audio_sources.append(None)
+            elif part["type"] == "image":
+                vision_parts.append({"type": "image", "image": part["image"]})
+            elif part["type"] == "video":
+                paths = part["video"]
+                if is_frame_list(paths):
+                    element = {"type": "video", "video": list(paths), "sample_fps": fps}
+                else:
+                    element = {"type": "video", "video": paths[0], "fps": fps}
+                    if max_frames is not None:
+                        element["max_frames"] = max_frames
+                if use_audio_in_video:
+                    if part.get("video_audio"):
+                        audio_parts.append({"type": "audio", "audio": part["video_audio"]})
+                    elif is_frame_list(paths):
+                        raise ValueError(f"A video given as frame images has no sound track: {paths[:2]}")
+                    else:
+                        audio_parts.append({"type": "video", "video": paths[0]})
+                    audio_sources.append(sum(p["type"] == "video" for p in vision_parts))
+                vision_parts.append(element)
+    audios = None
+    if audio_parts:
+        audios = process_audio_info([{"role": "user", "content": audio_parts}], use_audio_in_video)
+    images, videos, video_kwargs = (
+        process_vision_info([{"role": "user", "content": vision_parts}], return_video_kwargs=True) if vision_parts
+        else (None, None, {"fps": []})
+    )
+    return {"audios": audios, "audio_sources": audio_sources, "images": images, "videos": videos,
+            "video_fps": video_kwargs["fps"]}
 
 
-def _decode_video_file(path: str, fps: float) -> np.ndarray:
-    _require_ffmpeg(path)
-    probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height", "-of", "csv=p=0",
-         path],
-        capture_output=True, text=True, check=True,
-    )
-    width, height = (int(value) for value in probe.stdout.strip().split(",")[:2])
-    decoded = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", path, "-vf", f"fps={fps}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
-        capture_output=True, check=True,
-    )
-    frames = np.frombuffer(decoded.stdout, dtype=np.uint8)
-    if frames.size == 0:
-        raise RuntimeError(f"ffmpeg decoded no frame from {path!r}.")
-    return frames.reshape(-1, height, width, 3)
+def _ensure_video_file_reader() -> None:
+    """Give `qwen-omni-utils` a video file reader where it has none.
+
+    It reads files with torchcodec or decord when installed, else with `torchvision.io.read_video`, which recent
+    torchvision releases removed. That reader decoded every frame with PyAV; `_read_video_pyav` does the same and
+    samples the frames as `qwen-omni-utils` does (`smart_nframes`, evenly spaced indices).
+    """
+    import torchvision.io
+    from qwen_omni_utils.v2_5 import vision_process
+
+    if not hasattr(torchvision.io, "read_video"):
+        vision_process.VIDEO_READER_BACKENDS["torchvision"] = _read_video_pyav
+
+
+def _read_video_pyav(element: dict):
+    """`qwen-omni-utils`' torchvision reader on PyAV: `(frames (T, C, H, W) uint8, metadata, sample_fps)`."""
+    import av
+    import numpy as np
+    import torch
+    from qwen_omni_utils.v2_5 import vision_process
+
+    path = element["video"]
+    path = path.removeprefix("file://")
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        video_fps = float(stream.average_rate)
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    if not frames:
+        raise ValueError(f"No video frame could be decoded from {path!r}.")
+    video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    total_frames = len(video)
+    nframes = vision_process.smart_nframes(element, total_frames=total_frames, video_fps=video_fps)
+    indices = torch.linspace(0, total_frames - 1, nframes).round().long()
+    sample_fps = nframes / max(total_frames, 1e-6) * video_fps
+    metadata = {"fps": video_fps, "frames_indices": indices, "total_num_frames": total_frames, "video_backend": "pyav"}
+    return video[indices], metadata, sample_fps

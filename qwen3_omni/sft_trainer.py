@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 from trl import SFTTrainer
 
 from ..common.launching import CompleteCheckpointsMixin
 from ..common.loss import items_in_batch_over_processes
 from .collator import IGNORE_INDEX, STAT_KEYS
+from .conversations import DatasetReport
 from .expert_lora import apply_expert_lora, check_moe_lora_impl
 from .lora_targets import TOWER_PREFIXES
 from .peft_lora import silence_false_expert_rank_warning
@@ -31,6 +35,13 @@ class Qwen3OmniSFTTrainer(CompleteCheckpointsMixin, SFTTrainer):
     `router_aux_loss_coef`, the model config's by default) and logged as `aux_loss`; the collator's counts of truncated,
     dropped and skipped samples are logged as running totals.
 
+    Nothing is trained on less without saying so: the training rows the collator skips (unreadable media) or drops
+    (overlong) count, with the rows `train_report` refused at load, against `max_skipped_fraction`, and training stops
+    with [`TooManyRowsSkipped`] and the report's summary once it is exceeded. The totals are checkpointed (in
+    `trainer_state.json`, see [`CollatorCounts`]) and restored on resume. An optimizer step none of whose micro-batches
+    holds a label on any rank (every row skipped) leaves the parameters and the optimizer state unchanged, and is
+    counted as `num_steps_without_labels`.
+
     The dataset is not tokenized ahead of time (`skip_prepare_dataset`): the collator does it on the fly.
 
     With `moe_lora_impl="routed"` (default) the LoRA wrappers on the routers and fused experts get the routed-token
@@ -42,7 +53,14 @@ class Qwen3OmniSFTTrainer(CompleteCheckpointsMixin, SFTTrainer):
     # accumulation steps again.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, moe_lora_impl: str = "routed", **kwargs):
+    def __init__(
+        self,
+        *args,
+        moe_lora_impl: str = "routed",
+        train_report: DatasetReport | None = None,
+        max_skipped_fraction: float = 1.0,
+        **kwargs,
+    ):
         check_moe_lora_impl(moe_lora_impl)
         training_args = kwargs.get("args")
         if training_args is not None:
@@ -53,7 +71,25 @@ class Qwen3OmniSFTTrainer(CompleteCheckpointsMixin, SFTTrainer):
             super().__init__(*args, **kwargs)
         apply_expert_lora(self.model, moe_lora_impl)
         self._logits_wanted = True
-        self._collator_totals = {"train": dict.fromkeys(STAT_KEYS, 0), "eval": dict.fromkeys(STAT_KEYS, 0)}
+        self.collator_counts = CollatorCounts()
+        self.add_callback(self.collator_counts)
+        self.train_report, self.max_skipped_fraction = train_report, max_skipped_fraction
+
+    @property
+    def _collator_totals(self) -> dict[str, dict[str, int]]:
+        return self.collator_counts.totals
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        # Whether any rank has a label in this step: the same answer on every rank, so all skip or none
+        labels = sum(int((batch["labels"][..., 1:] != IGNORE_INDEX).sum()) for batch in batch_samples)
+        labels = int(self.accelerator.gather(torch.tensor([labels], device=device)).sum())
+        self.collator_counts.step_has_labels = labels > 0 or not batch_samples
+        if not self.collator_counts.step_has_labels:
+            self.collator_counts.totals["train"]["num_steps_without_labels"] += 1
+            logger.warning(f"Optimizer step {self.state.global_step + 1}: no row of its {len(batch_samples)} "
+                           "micro-batch(es) has a label (all skipped); the parameters are left unchanged.")
+        return batch_samples, num_items_in_batch
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
         if not batch_samples or "sample_weight" not in batch_samples[0] or "labels" not in batch_samples[0]:
@@ -148,3 +184,32 @@ class Qwen3OmniSFTTrainer(CompleteCheckpointsMixin, SFTTrainer):
         for key, value in stats.items():
             self._collator_totals[mode][key] += int(self.accelerator.gather_for_metrics(value.reshape(1)).sum().item())
             self._metrics[mode][key] = [self._collator_totals[mode][key]]
+        if mode == "train" and self.train_report is not None:
+            # the totals are gathered, so every rank decides alike
+            self.train_report.collator_counts = dict(self._collator_totals["train"])
+            self.train_report.check(self.max_skipped_fraction)
+
+
+class CollatorCounts(TrainerCallback, ExportableState):
+    """The collator's running totals per mode (`STAT_KEYS`, plus `num_steps_without_labels`), saved in each
+    checkpoint's `trainer_state.json` and restored from it on resume, so that the counts and the
+    `--max_skipped_fraction` check cover the whole run; also clears the gradients of a step without labels before the
+    optimizer sees them (a parameter without gradient is not updated, nor its optimizer state)."""
+
+    def __init__(self, totals: dict[str, dict[str, int]] | None = None):
+        keys = (*STAT_KEYS, "num_steps_without_labels")
+        self.totals = totals or {mode: dict.fromkeys(keys, 0) for mode in ("train", "eval")}
+        self.step_has_labels = True
+
+    def state(self) -> dict:
+        return {"args": {"totals": copy.deepcopy(self.totals)}, "attributes": {}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if state.global_step > 0 and saved:
+            for mode, counts in saved["args"]["totals"].items():
+                self.totals[mode].update(counts)
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if not self.step_has_labels:
+            optimizer.zero_grad(set_to_none=True)

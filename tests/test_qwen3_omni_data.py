@@ -17,8 +17,8 @@ from transformers import AutoProcessor
 from qwen_omni.qwen3_omni import Qwen3OmniSFTCollator, load_conversation_dataset, load_thinker
 from qwen_omni.qwen3_omni.conversations import (
     DatasetReport,
+    decode_media,
     detect_dataset_format,
-    load_video_audio,
     row_to_conversation,
     template_conversation,
 )
@@ -294,7 +294,9 @@ def test_use_audio_in_video_feeds_the_sound_track_interleaved(workdir, processor
     inside = ids[start + 2 : end - 1]
     audio_positions = [i for i, token in enumerate(inside) if token == processor.audio_token_id]
     video_positions = [i for i, token in enumerate(inside) if token == processor.video_token_id]
-    track = load_video_audio(str(workdir["data"] / "media" / "clip.mp4"), 16000)
+    clip = str(workdir["data"] / "media" / "clip.mp4")
+    track = decode_media([{"role": "user", "content": [{"type": "video", "video": [clip]}]}],
+                         use_audio_in_video=True)["audios"][0]
     assert abs(len(track) - 16000) < 2048  # the 1 s sine (AAC adds a few priming/padding samples)
     assert len(audio_positions) == processor._get_num_audio_tokens(len(track))
     assert len(video_positions) == int(batch["video_grid_thw"].prod()) // 4

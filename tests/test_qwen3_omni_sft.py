@@ -23,7 +23,7 @@ from qwen_omni.qwen3_omni import (
     load_thinker,
 )
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniSFTConfig
-from qwen_omni.qwen3_omni.conversations import load_video
+from qwen_omni.qwen3_omni.conversations import decode_media
 
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -216,20 +216,25 @@ def test_video_from_frames_and_from_a_file(workdir, processor, tmp_path):
         from PIL import Image
 
         Image.fromarray(frame).save(frames[-1])
-    assert load_video(frames).shape == (4, 32, 32, 3)
+    def decoded(paths, fps):
+        media = decode_media([{"role": "user", "content": [{"type": "video", "video": paths}]}], fps=fps)
+        return media["videos"][0].shape[0], media["video_fps"]
+
+    assert decoded(frames, fps=2.0) == (4, [2.0])  # qwen-omni-utils takes frame lists whole, at the given rate
     if shutil.which("ffmpeg"):
         clip = str(tmp_path / "clip.mp4")
         subprocess.run(["ffmpeg", "-v", "error", "-framerate", "4", "-i", str(tmp_path / "frame%d.png"),
                         "-pix_fmt", "yuv420p", clip], check=True)
-        assert load_video([clip], fps=4).shape == (4, 32, 32, 3)
+        assert decoded([clip], fps=4.0) == (4, [4.0])
     conversation = {"conversations": [{"role": "user", "content": [{"type": "video", "video": frames}]}, reply("Fading in.")]}
     path = tmp_path / "video.json"
     path.write_text(json.dumps([conversation]))
     pixels = {"shortest_edge": 32 * 32, "longest_edge": 64 * 64}
     collator = Qwen3OmniSFTCollator(processor, processor_kwargs={"videos_kwargs": {"size": pixels}})
     batch = collator([load_conversation_dataset(str(path))[0]])
-    assert batch["video_grid_thw"].tolist() == [[2, 2, 2]]
-    assert (batch["input_ids"] == processor.video_token_id).sum() == 2
+    # qwen-omni-utils sizes the 32x32 frames up to its minimum pixel budget, as at inference
+    assert batch["video_grid_thw"].tolist() == [[2, 4, 4]]
+    assert (batch["input_ids"] == processor.video_token_id).sum() == 8
     assert batch["sample_weight"].tolist() == [pytest.approx(0.9)]
 
 
@@ -313,7 +318,10 @@ def test_sft_script_lowers_the_loss_and_saves_only_the_adapter(workdir, trained)
     report = json.loads((out / "data_report_train.json").read_text())
     assert (report["num_rows"], report["num_kept"], report["format"]) == (13, 12, "tagged")
     assert report["refused"]["placeholder_mismatch"]["first_row_ids"] == [12]
-    assert report["while_training"] == {"num_truncated": 0, "num_dropped_too_long": 0, "num_skipped_media": 0}
+    while_training = report["while_training"]
+    assert while_training.pop("num_rows_seen") % 12 == 0  # whole passes over the 12 kept rows
+    assert while_training == {"num_truncated": 0, "num_dropped_too_long": 0, "num_skipped_media": 0,
+                              "num_steps_without_labels": 0}
     assert "placeholder_mismatch: 1 rows (first ids [12])" in trained["log"]
 
 

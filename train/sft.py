@@ -36,7 +36,7 @@ from qwen_omni.common.launching import (
     shard_by_decoder_layer,
 )
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
-from qwen_omni.qwen3_omni.conversations import DatasetReport
+from qwen_omni.qwen3_omni.conversations import DatasetReport, TooManyRowsSkipped, control_token_strings
 from qwen_omni.qwen3_omni.lora_targets import lora_config_kwargs
 from qwen_omni.qwen3_omni.memory_estimate import estimate_for_run
 
@@ -79,24 +79,30 @@ def main(script_args, training_args, model_args, omni_args):
         # goes; the adapter is published at the end by hub.push_to_hub, with a card whose usage code is tested
         training_args.push_to_hub = False
     reports = {}
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
 
     def load(path, split):
-        # Refused rows are counted per reason; too many stop the run here, before the model is loaded.
+        # Refused rows are counted per reason; too many stop the run here, before the model is loaded. The report is
+        # written whenever loading ends, also when it stops the run.
         reports[split] = DatasetReport(name=f"{split} data ({path})")
-        dataset = load_conversation_dataset(
-            path, split=script_args.dataset_train_split if split == "train" else script_args.dataset_test_split,
-            config_name=script_args.dataset_config, system_prompt=omni_args.system_prompt,
-            dataset_format=omni_args.dataset_format, media_dir=omni_args.media_dir,
-            use_audio_in_video=omni_args.use_audio_in_video, report=reports[split],
-        )
-        save_data_report(reports[split], split, training_args)
+        try:
+            dataset = load_conversation_dataset(
+                path, split=script_args.dataset_train_split if split == "train" else script_args.dataset_test_split,
+                config_name=script_args.dataset_config, system_prompt=omni_args.system_prompt,
+                dataset_format=omni_args.dataset_format, media_dir=omni_args.media_dir,
+                use_audio_in_video=omni_args.use_audio_in_video, report=reports[split],
+                control_tokens=control_token_strings(processor.tokenizer),
+            )
+        finally:
+            save_data_report(reports[split], split, training_args)
         reports[split].check(omni_args.max_skipped_fraction)
         return dataset
 
-    train_dataset = load(script_args.dataset_name, "train")
-    eval_dataset = load(omni_args.eval_dataset_name, "eval") if omni_args.eval_dataset_name else None
-
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    try:
+        train_dataset = load(script_args.dataset_name, "train")
+        eval_dataset = load(omni_args.eval_dataset_name, "eval") if omni_args.eval_dataset_name else None
+    except ValueError as error:  # TooManyRowsSkipped, unreadable files
+        sys.exit(str(error))  # one message naming the file, rows and fix; no traceback
     # not trl.get_quantization_config: its BitsAndBytesConfig reaches nn.Linear only; load_thinker adds the NF4 fused
     # experts (and --quantize_towers false)
     model = load_thinker(
@@ -133,13 +139,16 @@ def main(script_args, training_args, model_args, omni_args):
         processing_class=processor,
         peft_config=peft_config,
         moe_lora_impl=omni_args.moe_lora_impl,
+        train_report=reports["train"],
+        max_skipped_fraction=omni_args.max_skipped_fraction,
     )
     trainer.add_callback(DistributedRunCallback())
-    trainer.train(resume_from_checkpoint=resume_checkpoint)
-    for split, report in reports.items():
-        # The collator's running counts of rows skipped or cut while training (unreadable media, overlong rows)
-        report.collator_counts = dict(trainer._collator_totals[split])
-        save_data_report(report, split, training_args)
+    try:
+        trainer.train(resume_from_checkpoint=resume_checkpoint)
+    except TooManyRowsSkipped as error:
+        save_collator_counts(trainer, reports, training_args)
+        sys.exit(str(error))
+    save_collator_counts(trainer, reports, training_args)
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card(dataset_name=script_args.dataset_name)
     if training_args.push_to_hub:  # full fine-tuning: a plain transformers Thinker, uploaded by TRL
@@ -151,6 +160,14 @@ def main(script_args, training_args, model_args, omni_args):
             datasets=[script_args.dataset_name], commit_message="Qwen3-Omni Thinker LoRA adapter",
         )
     trainer.end()
+
+
+def save_collator_counts(trainer, reports: dict, training_args) -> None:
+    """Add the collator's running counts (rows seen, skipped for unreadable media, cut or dropped as overlong, steps
+    without labels; the whole run's, resumes included) to the data reports and write them."""
+    for split, report in reports.items():
+        report.collator_counts = dict(trainer.collator_counts.totals[split])
+        save_data_report(report, split, training_args)
 
 
 def save_data_report(report: DatasetReport, split: str, training_args) -> None:
