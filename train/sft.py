@@ -27,7 +27,7 @@ from qwen_omni.qwen3_omni import (
     load_conversation_dataset,
     load_thinker,
 )
-from qwen_omni.common.hub import push_to_hub, validate_repo_id
+from qwen_omni.common.hub import defer_hub_push, push_after_training
 from qwen_omni.common.launching import (
     DistributedRunCallback,
     check_launch,
@@ -72,12 +72,9 @@ def main(script_args, training_args, model_args, omni_args):
     })
     check_launch(training_args)
     resume_checkpoint = resolve_resume_checkpoint(training_args)  # before the data and the model are loaded
-    publish_adapter, repo_id = training_args.push_to_hub and model_args.use_peft, training_args.hub_model_id
-    if publish_adapter:
-        validate_repo_id(repo_id)  # before any work
-        # the Trainer would upload checkpoints (and TRL's card, whose usage code does not load this adapter) as it
-        # goes; the adapter is published at the end by hub.push_to_hub, with a card whose usage code is tested
-        training_args.push_to_hub = False
+    # An adapter is published at the end, with a card whose usage code is tested (TRL's would upload checkpoints and
+    # a card that does not load it as it goes); a full fine-tune is a plain transformers Thinker, uploaded by TRL.
+    adapter_repo_id = defer_hub_push(training_args) if model_args.use_peft else None
     reports = {}
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
 
@@ -153,12 +150,10 @@ def main(script_args, training_args, model_args, omni_args):
     trainer.create_model_card(dataset_name=script_args.dataset_name)
     if training_args.push_to_hub:  # full fine-tuning: a plain transformers Thinker, uploaded by TRL
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    if publish_adapter and trainer.accelerator.is_main_process:
-        push_to_hub(
-            training_args.output_dir, repo_id, private=bool(training_args.hub_private_repo),
-            token=training_args.hub_token, base_model=model_args.model_name_or_path, verify=False,
-            datasets=[script_args.dataset_name], commit_message="Qwen3-Omni Thinker LoRA adapter",
-        )
+    push_after_training(
+        training_args.output_dir, adapter_repo_id, training_args, base_model=model_args.model_name_or_path, verify=False,
+        datasets=[script_args.dataset_name], commit_message="Qwen3-Omni Thinker LoRA adapter",
+    )
     trainer.end()
 
 
