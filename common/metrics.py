@@ -36,8 +36,8 @@ def normalize_text(text: str, language: str = "en") -> str:
     """
     Whisper's text normalisation: for English transformers' `EnglishTextNormalizer` (lower case, no punctuation or
     brackets, numbers as digits, contractions and titles expanded, e.g. "Mr. Smith's 25%" -> "mister smith is 25%"),
-    for any other language its `BasicTextNormalizer` (lower case, no punctuation or diacritics-free symbols, collapsed
-    whitespace).
+    for any other language its `BasicTextNormalizer` (lower case, punctuation and symbols removed, whitespace
+    collapsed); leading and trailing spaces are dropped.
 
     The British -> American spelling map Whisper ships in its `normalizer.json` is not bundled with transformers (it
     would need a download); both sides of a comparison are normalised alike, so an empty map only leaves "colour" /
@@ -48,7 +48,7 @@ def normalize_text(text: str, language: str = "en") -> str:
         from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
 
         _NORMALIZERS[key] = EnglishTextNormalizer({}) if key == "en" else BasicTextNormalizer()
-    return _NORMALIZERS[key](text)
+    return _NORMALIZERS[key](text).strip()
 
 
 # ---------------------------------------------------------------------------------------------------- speech recognition
@@ -127,11 +127,12 @@ def exact_match(references: Sequence[str], predictions: Sequence[str]) -> dict:
 
 
 # An option letter in an answer, tried in this order: "answer is (B)" / "answer: B", a parenthesised "(B)", and a
-# letter alone at the start ("B", "B.", "B) red"). Letters A-J; the answer's case is kept (a lower-case "a" is a word).
+# letter alone at the start ("B", "B.", "B) red", not "I think"). Letters A-J, upper case only (a lower-case "a" is a
+# word).
 _CHOICE_PATTERNS = (
     re.compile(r"answer\s*(?:is|:)?\s*\(?([A-J])\b\)?", re.IGNORECASE),
     re.compile(r"\(([A-J])\)"),
-    re.compile(r"^\s*([A-J])(?:[.):\s]|$)"),
+    re.compile(r"^\s*([A-J])(?:[.):]|\s*$)"),
 )
 
 
@@ -141,7 +142,8 @@ def extract_choice(text: str) -> str | None:
 
     1. "answer is X", "answer: X", "Answer (X)" (any case of "answer"; the letter upper case);
     2. a parenthesised letter "(X)" anywhere;
-    3. the answer starting with the letter alone: "X", "X.", "X)", "X: ...".
+    3. the answer being the letter alone or starting with it and `.`, `)` or `:`: "X", "X.", "X) red", "X: ..."
+       (a letter followed by a word, "I think", is not an answer).
 
     `None` when no rule matches (scored as wrong).
     """
