@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-
 TASKS = ("asr", "text", "exact_match", "multiple_choice")
 """The tasks an evaluation row can be scored as, each with its metrics (see [`task_metrics`])."""
 
@@ -45,13 +44,16 @@ def normalize_text(text: str, language: str = "en") -> str:
     """
     key = "en" if language == "en" else "basic"
     if key not in _NORMALIZERS:
-        from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
+        from transformers.models.whisper.english_normalizer import (
+            BasicTextNormalizer,
+            EnglishTextNormalizer,
+        )
 
         _NORMALIZERS[key] = EnglishTextNormalizer({}) if key == "en" else BasicTextNormalizer()
     return _NORMALIZERS[key](text).strip()
 
 
-# ---------------------------------------------------------------------------------------------------- speech recognition
+# -------------------------------------------------------------------------------------------- speech recognition
 def error_rates(
     references: Sequence[str], predictions: Sequence[str], normalize: bool = True, language: str = "en"
 ) -> dict:

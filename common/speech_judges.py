@@ -17,7 +17,7 @@ class PipelineTranscriber:
         self.name = model_name_or_path
         try:
             self.pipe = pipeline("automatic-speech-recognition", model=model_name_or_path, device=device)
-        except Exception as error:  # noqa: BLE001 - any loading failure is reported with the model's name
+        except Exception as error:  # any loading failure is reported with the model's name
             raise ValueError(
                 f"--transcriber {model_name_or_path!r} cannot be loaded as a transformers speech-recognition "
                 f"pipeline ({type(error).__name__}: {error}). Pass a local folder or Hub id of an ASR model such as "
@@ -42,7 +42,7 @@ class SpeakerEncoder:
         try:
             self.feature_extractor = AutoFeatureExtractor.from_pretrained(model_name_or_path)
             self.model = AutoModelForAudioXVector.from_pretrained(model_name_or_path).to(device).eval()
-        except Exception as error:  # noqa: BLE001 - any loading failure is reported with the model's name
+        except Exception as error:  # any loading failure is reported with the model's name
             raise ValueError(
                 f"--speaker_encoder {model_name_or_path!r} cannot be loaded as a speaker-verification model with its "
                 f"feature extractor ({type(error).__name__}: {error}). Pass a local folder or Hub id of an x-vector "

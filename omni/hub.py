@@ -220,7 +220,8 @@ def _eval_table(report: dict | None) -> str:
         for task, entry in report["tasks"].items():
             for key, value in entry["finetune"].items():
                 if isinstance(value, float) and isinstance(entry["base"].get(key), float):
-                    lines.append(f"| {task} ({entry['num_rows']} rows) | {key} | {entry['base'][key]:.4g} | {value:.4g} |")
+                    base = entry["base"][key]
+                    lines.append(f"| {task} ({entry['num_rows']} rows) | {key} | {base:.4g} | {value:.4g} |")
         lines += ["", f"Greedy answers on `{report.get('dataset', '?')}` (`train/evaluate.py`, `eval_results.json`)."]
         return "\n".join(lines)
     lines = ["| metric | value |", "|---|---|"]

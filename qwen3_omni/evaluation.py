@@ -36,12 +36,25 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoProcessor
 from transformers.utils import logging
 
-from ..common.metrics import HEADLINE_METRICS, TASKS, cosine_similarity, error_rates, is_choice_reference
-from ..common.metrics import split_thinking, task_metrics
+from ..common.metrics import (
+    HEADLINE_METRICS,
+    TASKS,
+    cosine_similarity,
+    error_rates,
+    is_choice_reference,
+    split_thinking,
+    task_metrics,
+)
 from ..common.speech_judges import PipelineTranscriber, SpeakerEncoder
 from ..omni.corpus import load_audio_text_rows, read_audio, resample
-from .conversations import DatasetReport, load_audio, load_image, load_conversation_dataset, load_video
-from .conversations import template_conversation
+from .conversations import (
+    DatasetReport,
+    load_audio,
+    load_conversation_dataset,
+    load_image,
+    load_video,
+    template_conversation,
+)
 from .loading import FULL_MODEL_TYPE, load_thinker
 
 
@@ -286,7 +299,7 @@ def answer_rows(
                     progress.update(1)
                     continue
                 # one bad row must not take its batch down: answer the batch one row at a time
-                nested, nested_failed = answer_rows(thinker, processor, batch, cache, 1, max_new_tokens, description)
+                _, nested_failed = answer_rows(thinker, processor, batch, cache, 1, max_new_tokens, description)
                 failed += nested_failed
                 progress.update(len(batch))
                 continue
@@ -705,8 +718,9 @@ def evaluate_qwen3_omni(
     config = AutoConfig.from_pretrained(model_name_or_path)
     with_talker = has_talker(config) if evaluate_voice_of_talker is None else evaluate_voice_of_talker
     if with_talker and not has_talker(config):
+        audio_output = getattr(config, "enable_audio_output", None)
         raise ValueError(f"--evaluate_voice true: {model_name_or_path} has no Talker (model_type="
-                         f"{config.model_type!r}, enable_audio_output={getattr(config, 'enable_audio_output', None)}).")
+                         f"{config.model_type!r}, enable_audio_output={audio_output}).")
     judge_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     judges = {
         "transcriber": PipelineTranscriber(transcriber, device=judge_device) if with_talker and transcriber else None,
@@ -771,7 +785,8 @@ def evaluate_qwen3_omni(
             logger.warning("No free-text or transcript reference to speak: the voice is not evaluated.")
         else:
             report["voice"] = evaluate_voice(
-                pair, processor, texts, output_dir, speaker=speaker, base_speaker=base_speaker, transcriber=judges["transcriber"],
+                pair, processor, texts, output_dir, speaker=speaker, base_speaker=base_speaker,
+                transcriber=judges["transcriber"],
                 speaker_encoder=judges["speaker_encoder"], references=judges["references"],
                 max_new_tokens=talker_max_new_tokens, asr_prompt=asr_prompt, batch_size=batch_size,
             )

@@ -77,11 +77,19 @@ def workdir(tmp_path_factory):
     """A tiny checkpoint whose Thinker has a trained model's output scale (random 0.02-init logits are all within a
     few hundredths of each other), the eval rows, and a LoRA adapter trained on them until it answers them."""
     from peft import get_peft_model
-
-    from qwen_omni.qwen3_omni import Qwen3OmniSFTCollator, build_lora_config, load_thinker
+    from qwen_omni.qwen3_omni import (
+        Qwen3OmniSFTCollator,
+        build_lora_config,
+        load_thinker,
+    )
+    from transformers import Qwen3OmniMoeForConditionalGeneration
 
     root = tmp_path_factory.mktemp("qwen3_omni_eval")
     base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")
+    full = Qwen3OmniMoeForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+    with torch.no_grad():
+        full.thinker.lm_head.weight.normal_(0.0, 1.0)
+    full.save_pretrained(base)
     data = root / "eval.jsonl"
     rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]} for p, a in ROWS]
     rows.append({"messages": [{"role": "user", "content": "a question nobody answered"}]})
@@ -97,18 +105,18 @@ def workdir(tmp_path_factory):
     model.train()
     for _ in range(60):
         loss = model(**inputs).loss
-        loss.backward()
+        loss.backward()  # about 60 steps to a loss of 0.03 (every answer token the top one)
         optimizer.step()
         optimizer.zero_grad()
     model.save_pretrained(root / "adapter")
     return {"root": root, "base": base, "data": str(data), "adapter": str(root / "adapter"),
-            "final_loss": float(loss)}
+            "final_loss": loss.item()}
 
 
 def run_evaluate(*args):
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "train", "evaluate.py"), *map(str, args)],
-        env=ENV, capture_output=True, text=True, timeout=900,
+        env=ENV, capture_output=True, text=True, timeout=900, check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -144,7 +152,6 @@ def test_memorised_finetune_beats_the_base(workdir, tmp_path):
 
     # the card reads the model-index
     from huggingface_hub import ModelCard
-
     from qwen_omni.omni.hub import build_model_card
 
     card = build_model_card(workdir["adapter"], "someone/tiny-sft", eval_report=report)
@@ -237,11 +244,14 @@ def test_bad_input_is_refused_before_generation(workdir, tmp_path):
 def voice(workdir):
     """A tiny base with Talker scales that separate codes, a merged "voice fine-tune" that adds speaker nova as a
     copy of Ethan's row (every other weight the base's), a tiny random WavLMForXVector and reference clips."""
-    from transformers import Qwen3OmniMoeForConditionalGeneration, Wav2Vec2FeatureExtractor, WavLMConfig
-    from transformers import WavLMForXVector
-
     from qwen_omni.qwen3_omni.talker_voice import add_speaker
     from test_talker_voice import give_trained_scales
+    from transformers import (
+        Qwen3OmniMoeForConditionalGeneration,
+        Wav2Vec2FeatureExtractor,
+        WavLMConfig,
+        WavLMForXVector,
+    )
 
     root = workdir["root"] / "voice"
     base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")
@@ -269,10 +279,9 @@ def voice(workdir):
 def test_speak_is_what_generate_says(voice):
     """`speak` (the Thinker teacher-forced to say the text) gives the waveform `generate(speaker=...)` gives when its
     Thinker says that text."""
-    from transformers import Qwen3OmniMoeForConditionalGeneration
-
     from qwen_omni.qwen3_omni.evaluation import speak
     from test_talker_voice import generate_codes
+    from transformers import Qwen3OmniMoeForConditionalGeneration
 
     model = Qwen3OmniMoeForConditionalGeneration.from_pretrained(voice["base"], dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(voice["base"])
