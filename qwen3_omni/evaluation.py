@@ -223,21 +223,29 @@ def _load_audio_value(value, sampling_rate: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------- generation
+class UnreadableMedia(ValueError):
+    """A prompt's audio, image or video could not be read."""
+
+
 def render_prompts(processor, prompts: Sequence[list[dict]]) -> dict[str, torch.Tensor]:
     """The processor's inputs for a batch of prompts: chat template with the generation prompt, media loaded,
-    left padding."""
+    left padding. Raises [`UnreadableMedia`] when a medium cannot be read."""
     rate = processor.feature_extractor.sampling_rate
     texts, audios, images, videos = [], [], [], []
     for prompt in prompts:
         texts.append(processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True))
         for turn in prompt:
             for part in [] if isinstance(turn["content"], str) else turn["content"]:
-                if part["type"] == "audio":
-                    audios.append(_load_audio_value(part["audio"], rate))
-                elif part["type"] == "image":
-                    images.append(load_image(part["image"]))
-                elif part["type"] == "video":
-                    videos.append(load_video(part["video"]))
+                try:
+                    if part["type"] == "audio":
+                        audios.append(_load_audio_value(part["audio"], rate))
+                    elif part["type"] == "image":
+                        images.append(load_image(part["image"]))
+                    elif part["type"] == "video":
+                        videos.append(load_video(part["video"]))
+                except Exception as error:  # any decoding failure of a medium
+                    raise UnreadableMedia(f"{part['type']} {_describe_media(part[part['type']])[:200]}: "
+                                          f"{error!r}") from error
     processor.tokenizer.padding_side = "left"
     inputs = processor(text=texts, audio=audios or None, images=images or None, videos=videos or None,
                        padding=True, return_tensors="pt")
@@ -282,7 +290,7 @@ def answer_rows(
     description: str,
 ) -> tuple[dict[str, str], Counter]:
     """Answers to every row (from the cache, or generated in batches and cached), and the rows that failed by reason
-    (their media could not be read)."""
+    (`unreadable_media`: a batch with such a row is answered one row at a time, so only that row is lost)."""
     failed: Counter = Counter()
     pending = [row for row in rows if row.key not in cache.answers]
     if len(pending) < len(rows):
@@ -292,7 +300,7 @@ def answer_rows(
             batch = pending[start:start + batch_size]
             try:
                 answers = generate_answers(thinker, processor, [row.prompt for row in batch], max_new_tokens)
-            except (OSError, RuntimeError, ValueError) as error:
+            except UnreadableMedia as error:
                 if len(batch) == 1:
                     logger.warning(f"Row {batch[0].row_id} skipped, its media could not be read: {error!r}")
                     failed["unreadable_media"] += 1

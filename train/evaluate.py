@@ -19,6 +19,7 @@ SI-SDR, per-modality loss / token accuracy / perplexity), training_curves.png an
 """
 
 import argparse
+import logging
 import sys
 from dataclasses import dataclass, field
 
@@ -128,6 +129,9 @@ def main_qwen3_omni(args: Qwen3OmniEvaluateArguments, model_args: Qwen3OmniModel
 
 
 def run(argv: list[str]) -> dict:
+    # the library's progress lines (rows read, answers read back from the cache) at INFO
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("qwen_omni").setLevel(logging.INFO)
     if checkpoint_model_type(argv) == "omni":
         renamed = {"--model_name_or_path": "--model", "--dataset_name": "--dataset"}
         argv = [renamed.get(arg.split("=")[0], arg.split("=")[0]) + (arg[len(arg.split("=")[0]):]) for arg in argv]
