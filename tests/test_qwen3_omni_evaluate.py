@@ -322,3 +322,26 @@ def test_voice_of_a_new_speaker_and_the_preserved_ones(voice, tmp_path):
     assert -1 <= nova["finetune"]["similarity_to_reference"] <= 1
     assert nova["finetune"]["texts_without_speech"] == 0
     assert len(list((tmp_path / "eval" / "speech" / "finetune" / "nova").glob("*.wav"))) == 2
+
+
+def test_one_command_dispatches_by_model_type(omni_dir, tmp_path, monkeypatch):
+    """`train/evaluate.py` hands an Omni checkpoint (`model_type: omni`) to the Omni evaluation, with the Qwen3-Omni
+    flag names accepted, and any other checkpoint to the Qwen3-Omni evaluation with its flags and loading options."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_script", os.path.join(REPO, "train", "evaluate.py"))
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script  # dataclasses look their module up
+    spec.loader.exec_module(script)
+    calls = []
+    monkeypatch.setattr(script, "evaluate_model", lambda *args, **kwargs: calls.append(("omni", args, kwargs)))
+    monkeypatch.setattr(script, "evaluate_qwen3_omni", lambda *args, **kwargs: calls.append(("qwen3", args, kwargs)))
+    script.run(["--model_name_or_path", str(omni_dir), "--dataset_name=clips", "--output_dir", "out"])
+    assert calls[-1][0] == "omni" and calls[-1][1] == (str(omni_dir), "clips", "out")
+    base = qwen3_omni_tiny.save_tiny_checkpoint(tmp_path / "base")
+    script.run(["--model_name_or_path", base, "--adapter", "ft", "--dataset_name", "rows.jsonl", "--output_dir",
+                "out", "--load_in_4bit", "--max_samples", "5", "--evaluate_voice", "false"])
+    kind, args, kwargs = calls[-1]
+    assert kind == "qwen3" and args == (base, "rows.jsonl", "out")
+    assert kwargs["adapter"] == "ft" and kwargs["max_samples"] == 5 and kwargs["evaluate_voice_of_talker"] is False
+    assert kwargs["quantization_kwargs"]["load_in_4bit"] and kwargs["quantization_kwargs"]["quantize_experts"]
