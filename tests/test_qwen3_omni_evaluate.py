@@ -1,6 +1,6 @@
-"""`train/evaluate.py` on tiny random Qwen3-Omni checkpoints: metric values by hand, a fine-tune that memorised the eval
-rows beats its base (adapter and merged folder alike), the per-row cache, audio datasets, bad input, the Talker's voice
-with a tiny random WavLMForXVector."""
+"""`train/evaluate.py` on tiny random Qwen3-Omni checkpoints: metric values by hand, a fine-tune that memorised the
+eval rows beats its base (adapter and merged folder alike), the per-row cache, audio datasets, bad input, the Talker's
+voice with a tiny random WavLMForXVector."""
 
 import json
 import os
