@@ -345,3 +345,50 @@ def test_one_command_dispatches_by_model_type(omni_dir, tmp_path, monkeypatch):
     assert kind == "qwen3" and args == (base, "rows.jsonl", "out")
     assert kwargs["adapter"] == "ft" and kwargs["max_samples"] == 5 and kwargs["evaluate_voice_of_talker"] is False
     assert kwargs["quantization_kwargs"]["load_in_4bit"] and kwargs["quantization_kwargs"]["quantize_experts"]
+
+
+def test_voice_adapter_base_is_the_adapter_disabled(voice, tmp_path):
+    """A Talker voice adapter (LoRA with non-zero B on the Talker, nova's codec row trained): the base's speech comes
+    from the same model inside `disable_adapter()` and equals a plain base model's; the fine-tune's speech of the
+    preserved speakers differs from it (the adapter is on), which the similarity to the base's speech measures."""
+    import soundfile as sf
+    from peft import get_peft_model
+    from transformers import Qwen3OmniMoeForConditionalGeneration
+
+    from qwen_omni.qwen3_omni.evaluation import evaluate_qwen3_omni, speak
+    from qwen_omni.qwen3_omni.talker_voice import (
+        add_speaker,
+        build_talker_lora_config,
+        load_talker_model,
+        write_talker_voice_config,
+    )
+
+    model = load_talker_model(voice["base"], dtype=torch.float32)
+    speakers = dict(model.config.talker_config.speaker_id)
+    codec_id = max(speakers.values()) + 1
+    add_speaker(model, "nova", codec_id, speakers["ethan"])
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, build_talker_lora_config(model, [codec_id], r=4, lora_alpha=8))
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.2)
+    peft_model.save_pretrained(tmp_path / "nova")
+    write_talker_voice_config(tmp_path / "nova", "nova", codec_id, speakers["ethan"])
+
+    data = tmp_path / "texts.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Say it."},
+                                             {"role": "assistant", "content": "the quick brown fox"}]}))
+    report = evaluate_qwen3_omni(
+        voice["base"], str(data), tmp_path / "eval", adapter=str(tmp_path / "nova"), max_new_tokens=4,
+        dtype="float32", speaker_encoder=voice["wavlm"], talker_max_new_tokens=24,
+    )["voice"]
+    assert (report["tested_speaker"], report["base_speaker_compared"]) == ("nova", "ethan")
+    assert sorted(report["preserved_speakers"]) == ["aiden", "chelsie", "ethan"]
+    plain = Qwen3OmniMoeForConditionalGeneration.from_pretrained(voice["base"], dtype=torch.float32).eval()
+    expected = speak(plain, AutoProcessor.from_pretrained(voice["base"]), "the quick brown fox", "chelsie", 24)
+    base_speech, _ = sf.read(tmp_path / "eval" / "speech" / "base" / "chelsie" / "0.wav", dtype="float32")
+    finetune_speech, _ = sf.read(tmp_path / "eval" / "speech" / "finetune" / "chelsie" / "0.wav", dtype="float32")
+    np.testing.assert_allclose(base_speech, expected, atol=1e-4)  # 16-bit wav round trip
+    assert finetune_speech.shape != base_speech.shape or not np.allclose(finetune_speech, base_speech, atol=1e-3)
+    assert report["speakers"]["chelsie"]["finetune"]["similarity_to_base_speech"] < 1 - 1e-4
