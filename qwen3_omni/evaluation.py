@@ -513,7 +513,7 @@ def evaluate_voice(
                 waves = []
                 for index, text in enumerate(tqdm(texts, desc=f"{variant} speaks as {spoken_as}", unit="text")):
                     waves.append(speak(model, processor, text, spoken_as, max_new_tokens))
-                    sf.write(folder / f"{index}.wav", waves[-1], SPEECH_SAMPLING_RATE)
+                    sf.write(folder / f"{index}.wav", waves[-1], SPEECH_SAMPLING_RATE, subtype="FLOAT")
                 speech[variant][role] = waves
                 # the checkpoint's own Thinker transcribes its speech (16 kHz, as its audio encoder hears)
                 prompts = [[{"role": "user", "content": [
