@@ -390,5 +390,7 @@ def test_voice_adapter_base_is_the_adapter_disabled(voice, tmp_path):
     base_speech, _ = sf.read(tmp_path / "eval" / "speech" / "base" / "chelsie" / "0.wav", dtype="float32")
     finetune_speech, _ = sf.read(tmp_path / "eval" / "speech" / "finetune" / "chelsie" / "0.wav", dtype="float32")
     np.testing.assert_allclose(base_speech, expected, atol=1e-5)  # written as float32
-    assert finetune_speech.shape != base_speech.shape or not np.allclose(finetune_speech, base_speech, atol=1e-3)
+    # the tiny code2wav speaks at ~1e-7 amplitude: compare relative to it
+    assert finetune_speech.shape != base_speech.shape or (
+        np.abs(finetune_speech - base_speech).max() > 0.1 * np.abs(base_speech).max())
     assert report["speakers"]["chelsie"]["finetune"]["similarity_to_base_speech"] < 1 - 1e-4
