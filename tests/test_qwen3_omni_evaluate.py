@@ -128,6 +128,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in open(path)]
 
 
+@pytest.mark.slow
 def test_memorised_finetune_beats_the_base(workdir, tmp_path):
     """The command on an adapter that memorised the rows: the fine-tune answers them and the base does not; base and
     fine-tune come from one model (disable_adapter), and the base column equals a run of the base alone; the report,
@@ -177,6 +178,7 @@ def test_memorised_finetune_beats_the_base(workdir, tmp_path):
     assert alone["tasks"]["text"]["base"] == text["base"]
 
 
+@pytest.mark.slow
 def test_merged_folder_answers_as_the_adapter(workdir, tmp_path):
     from qwen_omni.qwen3_omni import merge_adapter
     from qwen_omni.qwen3_omni.evaluation import evaluate_qwen3_omni
@@ -294,6 +296,7 @@ def test_speak_is_what_generate_says(voice):
     np.testing.assert_allclose(waveform, expected.flatten().numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_voice_of_a_new_speaker_and_the_preserved_ones(voice, tmp_path):
     """A voice fine-tune that adds nova and changes nothing else: every other speaker's speech is the base's
     (similarity 1, the same intelligibility), nova is compared with the base's Ethan (its starting row: the same
@@ -347,6 +350,7 @@ def test_one_command_dispatches_by_model_type(omni_dir, tmp_path, monkeypatch):
     assert kwargs["quantization_kwargs"]["load_in_4bit"] and kwargs["quantization_kwargs"]["quantize_experts"]
 
 
+@pytest.mark.slow
 def test_voice_adapter_base_is_the_adapter_disabled(voice, tmp_path):
     """A Talker voice adapter (LoRA with non-zero B on the Talker, nova's codec row trained): the base's speech comes
     from the same model inside `disable_adapter()` and equals a plain base model's; the fine-tune's speech of the
