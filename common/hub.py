@@ -194,8 +194,11 @@ def _hub_id(value: str | None) -> str | None:
 
 
 def eval_results_from_report(report: dict, dataset_id: str, dataset_name: str) -> list[EvalResult]:
-    """model-index entries from `train/evaluate.py`'s `eval_results.json`."""
+    """model-index entries from `train/evaluate.py`'s `eval_results.json` (a Qwen3-Omni report carries them ready,
+    under `model_index`)."""
     common = dict(dataset_type=dataset_id, dataset_name=dataset_name)
+    if "model_index" in report:
+        return [EvalResult(**entry, **common) for entry in report["model_index"]]
     rows = [
         ("automatic-speech-recognition", "Speech recognition", "wer", "WER", report.get("asr", {}).get("wer")),
         ("automatic-speech-recognition", "Speech recognition", "cer", "CER", report.get("asr", {}).get("cer")),
@@ -215,6 +218,15 @@ def eval_results_from_report(report: dict, dataset_id: str, dataset_name: str) -
 def _eval_table(report: dict | None) -> str:
     if not report:
         return "No evaluation was run; `python train/evaluate.py --model DIR --dataset CLIPS` writes one."
+    if "tasks" in report:  # a Qwen3-Omni report: base against fine-tune
+        lines = ["| task | metric | base | fine-tune |", "|---|---|---|---|"]
+        for task, entry in report["tasks"].items():
+            for key, value in entry["finetune"].items():
+                if isinstance(value, float) and isinstance(entry["base"].get(key), float):
+                    base = entry["base"][key]
+                    lines.append(f"| {task} ({entry['num_rows']} rows) | {key} | {base:.4g} | {value:.4g} |")
+        lines += ["", f"Greedy answers on `{report.get('dataset', '?')}` (`train/evaluate.py`, `eval_results.json`)."]
+        return "\n".join(lines)
     lines = ["| metric | value |", "|---|---|"]
     for section in ("asr", "tts_intelligibility", "codec", "teacher_forced"):
         for key, value in report.get(section, {}).items():

@@ -8,7 +8,7 @@
 - teacher-forced: per-modality loss, token accuracy and perplexity on the TTS and ASR sequences of the clips;
 - plots: training curves from `trainer_state.json`, spectrograms of generated against reference speech.
 
-WER and CER use jiwer directly, after Whisper's English text normalisation (see [`error_rates`]).
+WER and CER use jiwer directly, after Whisper's English text normalisation (`common.metrics.error_rates`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
+from ..common.metrics import error_rates, normalize_text  # noqa: F401  (re-exported: the Omni side's names)
+from ..common.speech_judges import PipelineTranscriber
 from ..configuration_omni import IGNORE_INDEX, SNACTokenLayout
 from ..modeling_omni import OmniForCausalLM
 from ..processing_omni import OmniProcessor
@@ -31,65 +33,6 @@ from ..common.clips import VoiceClip, read_clips
 
 
 logger = logging.get_logger(__name__)
-
-_NORMALIZER = None
-
-
-# ---------------------------------------------------------------------------------------------------- text metrics
-def normalize_text(text: str) -> str:
-    """
-    Whisper's English text normalisation (transformers' `EnglishTextNormalizer`: lower case, no punctuation or
-    brackets, numbers as digits, contractions and titles expanded, e.g. "Mr. Smith's 25%" -> "mister smith is 25%").
-
-    The British -> American spelling map Whisper ships in its `normalizer.json` is not bundled with transformers
-    (it would need a download); both sides of a comparison are normalised alike, so an empty map only leaves
-    "colour" / "color" counted as an error.
-    """
-    global _NORMALIZER
-    if _NORMALIZER is None:
-        from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-
-        _NORMALIZER = EnglishTextNormalizer({})
-    return _NORMALIZER(text)
-
-
-def error_rates(references: list[str], predictions: list[str], normalize: bool = True) -> dict:
-    """
-    Corpus WER and CER: total edits over total reference words (characters), which is evaluate's `wer` / `cer`
-    with `concatenate_texts=False`.
-
-    jiwer is used directly: evaluate 0.4.6 loads its `wer` / `cer` scripts from the Hub (not offline), and those
-    scripts import `jiwer.compute_measures`, removed in jiwer 4 (the `cer` script's jiwer>=3 branch also stops
-    collapsing repeated spaces, so its values differ across jiwer versions). Whisper normalisation collapses
-    whitespace, so the value here does not depend on it.
-
-    References that normalise to nothing (e.g. only punctuation) have no words to err on: they are left out and
-    counted in `skipped_empty_references`.
-    """
-    import jiwer
-
-    if len(references) != len(predictions):
-        raise ValueError(f"Got {len(references)} references for {len(predictions)} predictions.")
-    if normalize:
-        references = [normalize_text(text) for text in references]
-        predictions = [normalize_text(text) for text in predictions]
-    pairs = [(ref, hyp) for ref, hyp in zip(references, predictions) if ref.strip()]
-    skipped = len(references) - len(pairs)
-    if not pairs:
-        return {"wer": None, "cer": None, "num_references": 0, "skipped_empty_references": skipped}
-    refs, hyps = [p[0] for p in pairs], [p[1] for p in pairs]
-    words = jiwer.process_words(refs, hyps)
-    chars = jiwer.process_characters(refs, hyps)
-    return {
-        "wer": words.wer,
-        "cer": chars.cer,
-        "substitutions": words.substitutions,
-        "deletions": words.deletions,
-        "insertions": words.insertions,
-        "reference_words": words.substitutions + words.deletions + words.hits,
-        "num_references": len(pairs),
-        "skipped_empty_references": skipped,
-    }
 
 
 # ---------------------------------------------------------------------------------------------------- code metrics
@@ -263,19 +206,6 @@ def heldout_metrics(model, processor: OmniProcessor, clips: Sequence[VoiceClip],
     }
     model.train(was_training)
     return report
-
-
-class PipelineTranscriber:
-    """Any transformers ASR pipeline model (Hub id or local folder) as a transcriber of generated speech."""
-
-    def __init__(self, model_name_or_path: str, device: str | int | None = None):
-        from transformers import pipeline
-
-        self.name = model_name_or_path
-        self.pipe = pipeline("automatic-speech-recognition", model=model_name_or_path, device=device)
-
-    def __call__(self, waveforms: list[np.ndarray], sampling_rate: int) -> list[str]:
-        return [self.pipe({"raw": np.asarray(w, dtype=np.float32), "sampling_rate": sampling_rate})["text"].strip() for w in waveforms]
 
 
 @torch.no_grad()
