@@ -46,7 +46,8 @@ from ..common.metrics import (
     task_metrics,
 )
 from ..common.speech_judges import PipelineTranscriber, SpeakerEncoder
-from ..omni.corpus import load_audio_text_rows, read_audio, resample
+from ..common.audio import read_audio, resample
+from ..common.clips import load_audio_text_rows
 from .conversations import (
     DatasetReport,
     load_audio,

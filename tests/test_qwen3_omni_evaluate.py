@@ -156,7 +156,7 @@ def test_memorised_finetune_beats_the_base(workdir, tmp_path):
 
     # the card reads the model-index
     from huggingface_hub import ModelCard
-    from qwen_omni.omni.hub import build_model_card
+    from qwen_omni.common.hub import build_model_card
 
     card = build_model_card(workdir["adapter"], "someone/tiny-sft", eval_report=report)
     meta = ModelCard(str(card)).data.to_dict()
