@@ -5,7 +5,7 @@ whether the answers are the same, as ratios in one run.
     HF_HUB_OFFLINE=1 python bench/bench_evaluate.py                     # 16 rows, batches of 8, 3 repeats
     python bench/bench_evaluate.py --rows 32 --batch_size 16 --repeats 5
 
-Model: a tiny random Qwen3-Omni Thinker (tests/qwen3_omni_tiny.py) whose LM head has a trained model's scale, so that
+Model: a tiny random Qwen3-Omni Thinker (qwen3_omni/tiny_checkpoints.py) whose LM head has a trained model's scale, so that
 greedy answers differ from row to row. Rows: `--rows` text prompts of different lengths (left padding matters).
 Each variant answers every row with `qwen3_omni.evaluation.answer_rows` (the evaluation's own path, an empty answer
 cache each time, `--max_new_tokens` greedy tokens); the variants alternate over `--repeats` rounds after a warm-up and
@@ -17,19 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 from transformers import AutoProcessor, Qwen3OmniMoeForConditionalGeneration
-
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-import qwen3_omni_tiny  # noqa: E402
+from qwen_omni.qwen3_omni import tiny_checkpoints
 
 from qwen_omni.qwen3_omni.evaluation import AnswerCache, EvalRow, answer_rows  # noqa: E402
 from qwen_omni.qwen3_omni.loading import load_thinker  # noqa: E402
@@ -42,7 +37,7 @@ WORDS = [
 
 
 def build(folder: Path, num_rows: int):
-    base = qwen3_omni_tiny.save_tiny_checkpoint(folder / "base")
+    base = tiny_checkpoints.save_tiny_checkpoint(folder / "base")
     model = Qwen3OmniMoeForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
     with torch.no_grad():
         model.thinker.lm_head.weight.normal_(0.0, 1.0)

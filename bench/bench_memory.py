@@ -90,12 +90,11 @@ def loading_probe(checkpoint: str, quantize: bool) -> None:
 
 
 def loading_peak() -> None:
-    sys.path.insert(0, os.path.join(REPO, "tests"))
-    import qwen3_omni_tiny
+    from qwen_omni.qwen3_omni import tiny_checkpoints
     import torch
     from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
 
-    config = qwen3_omni_tiny.build_config(qwen3_omni_tiny.build_tokenizer()).thinker_config
+    config = tiny_checkpoints.build_config(tiny_checkpoints.build_tokenizer()).thinker_config
     text = config.text_config
     text.hidden_size, text.moe_intermediate_size, text.num_experts, text.num_hidden_layers = 512, 256, 64, 6
     text.num_attention_heads, text.num_key_value_heads, text.head_dim = 8, 4, 64
@@ -104,7 +103,7 @@ def loading_peak() -> None:
     with tempfile.TemporaryDirectory() as folder:
         torch.manual_seed(0)
         Qwen3OmniMoeThinkerForConditionalGeneration._from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
-        qwen3_omni_tiny.build_processor().save_pretrained(folder)
+        tiny_checkpoints.build_processor().save_pretrained(folder)
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="16384", MALLOC_TRIM_THRESHOLD_="0", HF_HUB_OFFLINE="1")
         print(f"\nloading a bf16 checkpoint with {text.num_hidden_layers} MoE layers of {layer_bytes / 2**20:.0f} MiB "
               "bf16 experts each (host memory, MiB above the level before loading):")

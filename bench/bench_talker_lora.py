@@ -46,10 +46,7 @@ import time
 import torch
 from peft import get_peft_model
 from transformers import Qwen3OmniMoeForConditionalGeneration
-
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-import qwen3_omni_tiny  # noqa: E402
+from qwen_omni.qwen3_omni import tiny_checkpoints
 
 from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora  # noqa: E402
 from qwen_omni.qwen3_omni.talker_voice import (  # noqa: E402
@@ -90,8 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_model(args: argparse.Namespace) -> Qwen3OmniMoeForConditionalGeneration:
-    processor = qwen3_omni_tiny.build_processor()
-    config = qwen3_omni_tiny.build_config(processor.tokenizer)
+    processor = tiny_checkpoints.build_processor()
+    config = tiny_checkpoints.build_config(processor.tokenizer)
     text = config.thinker_config.text_config
     text.hidden_size, text.num_hidden_layers, text.intermediate_size = args.thinker_hidden, args.thinker_layers, 1024
     text.num_attention_heads, text.num_key_value_heads, text.head_dim = 8, 4, 64
@@ -109,7 +106,7 @@ def build_model(args: argparse.Namespace) -> Qwen3OmniMoeForConditionalGeneratio
     talker_text.rope_parameters["mrope_section"] = [8, 12, 12]
     # the real codec layout: 2048 codes, 1024 special ids after them
     talker_text.vocab_size = 2048 + 1024
-    offset = 2048 - qwen3_omni_tiny.TINY_CODEBOOK_SIZE
+    offset = 2048 - tiny_checkpoints.TINY_CODEBOOK_SIZE
     for name in ("codec_pad_id", "codec_bos_id", "codec_eos_token_id", "codec_nothink_id", "codec_think_bos_id",
                  "codec_think_eos_id"):
         setattr(talker, name, getattr(talker, name) + offset)

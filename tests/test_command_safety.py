@@ -24,8 +24,7 @@ from qwen_omni.common.launching import (
 )
 
 
-sys.path.insert(0, os.path.dirname(__file__))
-import qwen3_omni_tiny  # noqa: E402
+from qwen_omni.qwen3_omni import tiny_checkpoints
 from omni_testing import REPO_ROOT  # noqa: E402
 
 
@@ -167,7 +166,7 @@ def workdir(tmp_path_factory):
     from qwen_omni.qwen3_omni import build_lora_config, load_thinker
 
     root = tmp_path_factory.mktemp("command_safety")
-    base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")
+    base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
     thinker = load_thinker(base, dtype="float32")
     model = get_peft_model(thinker, build_lora_config(thinker, r=2, lora_alpha=4, target_experts=False))
     with torch.no_grad():
@@ -389,7 +388,7 @@ def test_lora_rank_and_alpha_that_cannot_train_are_refused_at_parsing(flags, mes
     ("vision_config", "depth", 0, 1), ("text_config", "shared_expert_intermediate_size", -1, 0),
 ])
 def test_memory_estimate_refuses_a_config_no_model_can_be_built_from(part, name, value, least, tmp_path, capsys):
-    config = qwen3_omni_tiny.build_config(qwen3_omni_tiny.build_tokenizer())
+    config = tiny_checkpoints.build_config(tiny_checkpoints.build_tokenizer())
     setattr(getattr(config.thinker_config, part), name, value)
     config.save_pretrained(tmp_path / "model")
     sft = load_script("sft")
@@ -409,7 +408,7 @@ def test_memory_estimate_refuses_a_config_no_model_can_be_built_from(part, name,
 def test_memory_estimate_refuses_more_experts_per_token_than_experts():
     from qwen_omni.qwen3_omni.memory_estimate import estimate_training_memory
 
-    config = qwen3_omni_tiny.build_config(qwen3_omni_tiny.build_tokenizer())
+    config = tiny_checkpoints.build_config(tiny_checkpoints.build_tokenizer())
     text_config = config.thinker_config.text_config
     text_config.num_experts_per_tok = text_config.num_experts + 1
     with pytest.raises(ValueError, match=rf"^thinker_config\.text_config\.num_experts_per_tok = "

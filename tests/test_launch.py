@@ -29,8 +29,7 @@ from qwen_omni.common.launching import (
 )
 
 
-sys.path.insert(0, os.path.dirname(__file__))
-import qwen3_omni_tiny  # noqa: E402
+from qwen_omni.qwen3_omni import tiny_checkpoints
 from omni_testing import REPO_ROOT  # noqa: E402
 
 
@@ -189,8 +188,8 @@ def reply(text):
 def sft_workdir(tmp_path_factory):
     """The tiny Qwen3-Omni checkpoint and 12 rows (audio, image and text-only conversations)."""
     root = tmp_path_factory.mktemp("launch_sft")
-    base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")
-    qwen3_omni_tiny.write_media(root / "data")
+    base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
+    tiny_checkpoints.write_media(root / "data")
     rows = []
     for _ in range(NUM_ROWS // 3):
         rows.append({"conversations": [AUDIO_TURN, reply("A steady tone, then silence.")]})

@@ -16,8 +16,7 @@ from qwen_omni.qwen3_omni.quantized_experts import quantize_experts
 from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
 
 
-sys.path.insert(0, os.path.dirname(__file__))
-import qwen3_omni_tiny  # noqa: E402
+from qwen_omni.qwen3_omni import tiny_checkpoints
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +35,7 @@ def tensor_bytes(tensors):
     [(False, "adamw_torch", LORA), (True, "adamw_torch", LORA), (True, "adamw_bnb_8bit", {**LORA, "expert_r": 32})],
 )
 def test_estimate_matches_measured_parameter_and_optimizer_bytes_on_a_tiny_model(quantized, optim, lora):
-    config = qwen3_omni_tiny.build_config(qwen3_omni_tiny.build_tokenizer())
+    config = tiny_checkpoints.build_config(tiny_checkpoints.build_tokenizer())
     torch.manual_seed(0)
     thinker = Qwen3OmniMoeThinkerForConditionalGeneration._from_config(config.thinker_config, dtype=torch.float32)
     if quantized:
@@ -77,7 +76,7 @@ def test_estimate_matches_a_thinker_loaded_in_4bit_byte_for_byte(quantize_towers
 
     from qwen_omni.qwen3_omni import load_thinker
 
-    checkpoint = qwen3_omni_tiny.save_tiny_checkpoint(tmp_path / "base")
+    checkpoint = tiny_checkpoints.save_tiny_checkpoint(tmp_path / "base")
     thinker = load_thinker(checkpoint, load_in_4bit=True, quantize_towers=quantize_towers, dtype="float32")
     model = get_peft_model(thinker, build_lora_config(thinker, **LORA))
     # a Linear4bit keeps its block scales (and their nested scales and code books) in its quantization state

@@ -28,8 +28,7 @@ from qwen_omni.qwen3_omni.peft_lora import apply_peft_lora
 from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora, register_routed_lora
 
 
-sys.path.insert(0, os.path.dirname(__file__))
-import qwen3_omni_tiny  # noqa: E402
+from qwen_omni.qwen3_omni import tiny_checkpoints
 
 
 HIDDEN, EXPERT_INTERMEDIATE, NUM_EXPERTS = 64, 32, 8
@@ -287,7 +286,7 @@ def test_offload_prefetches_one_layer_ahead_on_a_fake_device():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return qwen3_omni_tiny.save_tiny_checkpoint(tmp_path_factory.mktemp("q4") / "base")
+    return tiny_checkpoints.save_tiny_checkpoint(tmp_path_factory.mktemp("q4") / "base")
 
 
 def test_load_in_4bit_on_cpu_quantizes_experts_while_loading(checkpoint):
@@ -317,7 +316,7 @@ def test_load_in_4bit_quantizes_the_towers_unless_told_not_to_and_tower_lora_tra
 
     from qwen_omni.qwen3_omni import Qwen3OmniSFTCollator
 
-    media = qwen3_omni_tiny.write_media(tmp_path)
+    media = tiny_checkpoints.write_media(tmp_path)
     conversation = [
         {"role": "user", "content": [{"type": "audio", "audio": media["audio"]}, {"type": "image", "image": media["image"]},
                                      {"type": "text", "text": "What is this?"}]},

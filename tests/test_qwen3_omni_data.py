@@ -1,7 +1,7 @@
 """Qwen3-Omni SFT data: peer formats (LLaMA-Factory sharegpt / OpenAI, ms-swift), placeholder/media counts, refused
 rows and their report, key-presence templates, reasoning kept in the labels, and `use_audio_in_video`.
 
-The chat template is `tests/fixtures/qwen3_omni_chat_template.jinja`, which reproduces the real checkpoints' two traps
+The chat template is `qwen3_omni/tiny_chat_template.jinja`, which reproduces the real checkpoints' two traps
 (part kind by key presence; `<think>` dropped from list-form replies)."""
 
 import json
@@ -24,8 +24,7 @@ from qwen_omni.qwen3_omni.conversations import (
 )
 
 
-sys.path.insert(0, os.path.dirname(__file__))
-import qwen3_omni_tiny  # noqa: E402
+from qwen_omni.qwen3_omni import tiny_checkpoints
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,11 +49,11 @@ def make_video(path, with_sound=True):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("qwen3_omni_data")
-    base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")  # with tests/fixtures/qwen3_omni_chat_template.jinja
+    base = tiny_checkpoints.save_tiny_checkpoint(root / "base")  # with qwen3_omni/tiny_chat_template.jinja
     # The shipped examples, with media made here under the names they use
     data = root / "examples"
     shutil.copytree(EXAMPLES, data, ignore=shutil.ignore_patterns("media"))
-    made = qwen3_omni_tiny.write_media(data / "media")
+    made = tiny_checkpoints.write_media(data / "media")
     assert sorted(os.listdir(data / "media")) == ["square.png", "tone.wav"], made
     make_video(data / "media" / "clip.mp4")
     make_video(data / "media" / "silent.mp4", with_sound=False)

@@ -20,8 +20,7 @@ from qwen_omni.qwen3_omni.conversations import (
 from safetensors.torch import load_file
 from transformers import AutoProcessor
 
-sys.path.insert(0, os.path.dirname(__file__))
-import qwen3_omni_tiny  # noqa: E402
+from qwen_omni.qwen3_omni import tiny_checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
@@ -40,8 +39,8 @@ def write_jsonl(path, rows):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("refusals")
-    base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")
-    media = qwen3_omni_tiny.write_media(root / "media")
+    base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
+    media = tiny_checkpoints.write_media(root / "media")
     (root / "media" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(200))
     (root / "media" / "empty.wav").write_bytes(b"")
     (root / "media" / "folder").mkdir()

@@ -22,8 +22,7 @@ from qwen_omni.common.metrics import (
 )
 
 
-sys.path.insert(0, os.path.dirname(__file__))
-import qwen3_omni_tiny  # noqa: E402
+from qwen_omni.qwen3_omni import tiny_checkpoints
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +84,7 @@ def workdir(tmp_path_factory):
     from transformers import Qwen3OmniMoeForConditionalGeneration
 
     root = tmp_path_factory.mktemp("qwen3_omni_eval")
-    base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")
+    base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
     full = Qwen3OmniMoeForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
     with torch.no_grad():
         full.thinker.lm_head.weight.normal_(0.0, 1.0)
@@ -259,7 +258,7 @@ def voice(workdir):
     )
 
     root = workdir["root"] / "voice"
-    base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")
+    base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
     processor = AutoProcessor.from_pretrained(base)
     model = Qwen3OmniMoeForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
     give_trained_scales(model)
@@ -341,7 +340,7 @@ def test_one_command_dispatches_by_model_type(omni_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(script, "evaluate_qwen3_omni", lambda *args, **kwargs: calls.append(("qwen3", args, kwargs)))
     script.run(["--model_name_or_path", str(omni_dir), "--dataset_name=clips", "--output_dir", "out"])
     assert calls[-1][0] == "omni" and calls[-1][1] == (str(omni_dir), "clips", "out")
-    base = qwen3_omni_tiny.save_tiny_checkpoint(tmp_path / "base")
+    base = tiny_checkpoints.save_tiny_checkpoint(tmp_path / "base")
     script.run(["--model_name_or_path", base, "--adapter", "ft", "--dataset_name", "rows.jsonl", "--output_dir",
                 "out", "--load_in_4bit", "--max_samples", "5", "--evaluate_voice", "false"])
     kind, args, kwargs = calls[-1]

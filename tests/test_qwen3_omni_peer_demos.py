@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,8 +22,7 @@ from qwen_omni.qwen3_omni.conversations import DatasetReport
 from qwen_omni_utils import process_mm_info
 from transformers import AutoProcessor
 
-sys.path.insert(0, os.path.dirname(__file__))
-import qwen3_omni_tiny  # noqa: E402
+from qwen_omni.qwen3_omni import tiny_checkpoints
 
 PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "peers")
 LLAMAFACTORY_FILES = ("mllm_demo.json", "mllm_audio_demo.json", "mllm_video_demo.json", "mllm_video_audio_demo.json")
@@ -61,7 +59,7 @@ def picture(path, color):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("peer_demos")
-    base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")
+    base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
     # LLaMA-Factory's data folder: the demo files and mllm_demo_data/ with media of the same names and kinds
     llamafactory = root / "llamafactory"
     shutil.copytree(os.path.join(PEERS, "llamafactory"), llamafactory)

@@ -26,8 +26,7 @@ from qwen_omni.qwen3_omni.arguments import Qwen3OmniSFTConfig
 from qwen_omni.qwen3_omni.conversations import decode_media
 
 
-sys.path.insert(0, os.path.dirname(__file__))
-import qwen3_omni_tiny  # noqa: E402
+from qwen_omni.qwen3_omni import tiny_checkpoints
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,8 +42,8 @@ def reply(text):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("qwen3_omni_sft")
-    checkpoint = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")
-    qwen3_omni_tiny.write_media(root / "data")
+    checkpoint = tiny_checkpoints.save_tiny_checkpoint(root / "base")
+    tiny_checkpoints.write_media(root / "data")
     rows = []
     for _ in range(4):
         rows.append({"conversations": [AUDIO_TURN, reply("A steady tone, then silence.")]})

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-import qwen3_omni_tiny
+from qwen_omni.qwen3_omni import tiny_checkpoints
 from qwen_omni.qwen3_omni import Qwen3OmniSFTCollator, Qwen3OmniSFTTrainer, load_conversation_dataset, load_thinker
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniSFTConfig
 
@@ -14,7 +14,7 @@ from qwen_omni.qwen3_omni.arguments import Qwen3OmniSFTConfig
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("qwen3_omni_trainer")
-    base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")
+    base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
     rows = [
         {"messages": [{"role": "user", "content": f"Say {word}."}, {"role": "assistant", "content": word}]}
         for word in ("one", "two", "three", "four")

@@ -8,15 +8,12 @@ launch is the reference; its `checkpoint-2` is what a run stopped right after th
 runs start from it (in their own output folder) and train steps 3 and 4."""
 
 import json
-import os
 import re
 import shutil
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
 from test_launch import (  # noqa: E402
     CONFIGS,
     adapter_format,

@@ -19,8 +19,7 @@ from qwen_omni.qwen3_omni.talker_voice import (
 )
 
 
-sys.path.insert(0, os.path.dirname(__file__))
-import qwen3_omni_tiny  # noqa: E402
+from qwen_omni.qwen3_omni import tiny_checkpoints
 
 
 TEXTS = ["the quick brown fox", "a red square on white", "the lazy dog barks twice"]
@@ -65,14 +64,14 @@ def write_clips(folder, texts=TEXTS, rate=16000, seed=0):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("talker_voice")
-    base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")
+    base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
     model = load_model(base)
     give_trained_scales(model)
     model.save_pretrained(base)
     return {
         "root": root,
         "base": base,
-        "mimi": qwen3_omni_tiny.save_tiny_mimi(root / "mimi"),
+        "mimi": tiny_checkpoints.save_tiny_mimi(root / "mimi"),
         "data": write_clips(root / "data"),
     }
 
@@ -146,7 +145,7 @@ def test_teacher_forcing_equals_generate(workdir, processor, num_frames):
     tokens; 9: the text runs out, then tts_eos and tts_pad steps)."""
     model = load_model(workdir["base"])
     torch.manual_seed(num_frames)
-    codes = torch.randint(0, qwen3_omni_tiny.TINY_CODEBOOK_SIZE, (num_frames, qwen3_omni_tiny.TINY_NUM_CODEBOOKS))
+    codes = torch.randint(0, tiny_checkpoints.TINY_CODEBOOK_SIZE, (num_frames, tiny_checkpoints.TINY_NUM_CODEBOOKS))
     speaker_id = model.config.talker_config.speaker_id["ethan"]
     prompt_ids, answer_ids, clip = teacher_forced(model, processor, "the quick brown fox", codes, speaker_id)
     assert len(answer_ids) - 1 > 3  # transcript tokens: more than 3 frames, fewer than 9 steps of text
@@ -158,7 +157,7 @@ def test_teacher_forcing_equals_generate(workdir, processor, num_frames):
     vocab_size = model.config.talker_config.text_config.vocab_size
     assert talker_logits.shape == training_logits.shape == (num_frames + 1, vocab_size)
     torch.testing.assert_close(training_logits, talker_logits, atol=1e-4, rtol=0)
-    expected_shape = (num_frames, 15, qwen3_omni_tiny.TINY_CODEBOOK_SIZE)
+    expected_shape = (num_frames, 15, tiny_checkpoints.TINY_CODEBOOK_SIZE)
     assert predictor_logits.shape == output.code_predictor_logits.shape == expected_shape
     torch.testing.assert_close(output.code_predictor_logits, predictor_logits, atol=1e-4, rtol=0)
     # the waveform generate returns is code2wav of exactly these codes
@@ -170,7 +169,7 @@ def test_teacher_forcing_detects_drift(workdir, processor):
     """The comparison above is sharp: dropping the trailing text (one thing generate adds per step) breaks it."""
     model = load_model(workdir["base"])
     torch.manual_seed(0)
-    codes = torch.randint(0, qwen3_omni_tiny.TINY_CODEBOOK_SIZE, (4, qwen3_omni_tiny.TINY_NUM_CODEBOOKS))
+    codes = torch.randint(0, tiny_checkpoints.TINY_CODEBOOK_SIZE, (4, tiny_checkpoints.TINY_NUM_CODEBOOKS))
     speaker_id = model.config.talker_config.speaker_id["ethan"]
     prompt_ids, answer_ids, clip = teacher_forced(model, processor, "the quick brown fox", codes, speaker_id)
     from qwen_omni.qwen3_omni.talker_voice import codec_frame_embeds
@@ -460,7 +459,7 @@ def test_mixed_rates_and_missing_transcripts_are_refused(workdir, tmp_path):
 def test_codec_must_match_the_talker(workdir, tmp_path, override, message):
     from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec
 
-    path = qwen3_omni_tiny.save_tiny_mimi(tmp_path / "other_mimi", **override)
+    path = tiny_checkpoints.save_tiny_mimi(tmp_path / "other_mimi", **override)
     with pytest.raises(ValueError, match=message + r".*does not match|does not match.*" + message):
         MimiCodec.from_pretrained(path, load_model(workdir["base"]).config)
 
@@ -552,8 +551,8 @@ def test_quantization_options_the_recipe_cannot_honour_are_refused(workdir, tmp_
 
 
 def test_checkpoint_without_talker_is_refused(workdir, tmp_path):
-    processor = qwen3_omni_tiny.build_processor()
-    config = qwen3_omni_tiny.build_config(processor.tokenizer, enable_audio_output=False)
+    processor = tiny_checkpoints.build_processor()
+    config = tiny_checkpoints.build_config(processor.tokenizer, enable_audio_output=False)
     Qwen3OmniMoeForConditionalGeneration(config).save_pretrained(tmp_path / "captioner")
     processor.save_pretrained(tmp_path / "captioner")
     result = run_script(
@@ -599,7 +598,7 @@ def test_routed_and_peft_expert_lora_agree_on_the_talker(workdir, processor, loa
         else:
             apply_peft_lora(peft_model)
         torch.manual_seed(1)
-        codes = torch.randint(0, qwen3_omni_tiny.TINY_CODEBOOK_SIZE, (5, qwen3_omni_tiny.TINY_NUM_CODEBOOKS))
+        codes = torch.randint(0, tiny_checkpoints.TINY_CODEBOOK_SIZE, (5, tiny_checkpoints.TINY_NUM_CODEBOOKS))
         base = peft_model.get_base_model()
         _, _, clip = teacher_forced(base, processor, "the lazy dog", codes, ethan)
         output = talker_voice_forward(base, [clip])

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-import qwen3_omni_tiny
+from qwen_omni.qwen3_omni import tiny_checkpoints
 import test_launch as cpu_launch  # accelerate's launcher choice, recorded
 from gpu_testing import REPO_ROOT, SCRIPT_ENV, cuda_device, load_script, require_package
 from qwen_omni.common.launching import LaunchRequest
@@ -21,7 +21,7 @@ MAX_STEPS = 2
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu_launch")
-    base = qwen3_omni_tiny.save_tiny_checkpoint(root / "base")
+    base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
     rows = [{"messages": [{"role": "user", "content": "Think step by step."},
                           {"role": "assistant", "content": "two plus two is four"}]}] * 8
     (root / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))

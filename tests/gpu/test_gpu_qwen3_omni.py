@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-import qwen3_omni_tiny
+from qwen_omni.qwen3_omni import tiny_checkpoints
 import test_quantized_experts as cpu_experts  # its tiny MoE text model and dequantized twin
 import test_talker_voice as cpu_talker  # its clip writer
 import torch
@@ -38,7 +38,7 @@ TIMED_STEPS = 4
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return qwen3_omni_tiny.save_tiny_checkpoint(tmp_path_factory.mktemp("gpu_q") / "base")
+    return tiny_checkpoints.save_tiny_checkpoint(tmp_path_factory.mktemp("gpu_q") / "base")
 
 
 @pytest.mark.parametrize("experts_implementation", ["eager", "grouped_mm"])
@@ -155,7 +155,7 @@ def real_width_runs(tmp_path_factory):
     model_dir = root / "thinker"
     real_width_thinker_config().save_pretrained(model_dir)
     # text-only rows: the tiny tokenizer's ids are all text ids of the real vocabulary
-    qwen3_omni_tiny.build_processor().save_pretrained(model_dir)
+    tiny_checkpoints.build_processor().save_pretrained(model_dir)
     reply = " ".join(["the quick brown fox jumps over the lazy dog 0 1 2 3 4 5 6 7 8 9"] * 80)
     rows = [{"messages": [{"role": "user", "content": "Read this."}, {"role": "assistant", "content": reply}]}] * 8
     (root / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
@@ -287,8 +287,8 @@ def test_sft_script_with_load_in_4bit_on_cuda_then_merge(checkpoint, tmp_path, r
 
 
 def test_talker_voice_recipe_one_step_on_cuda(tmp_path, record_figure):
-    base = qwen3_omni_tiny.save_tiny_checkpoint(tmp_path / "base")
-    mimi = qwen3_omni_tiny.save_tiny_mimi(tmp_path / "mimi")
+    base = tiny_checkpoints.save_tiny_checkpoint(tmp_path / "base")
+    mimi = tiny_checkpoints.save_tiny_mimi(tmp_path / "mimi")
     data = cpu_talker.write_clips(tmp_path / "data")
     out = tmp_path / "voice"
     argv = ["--config", str(REPO_ROOT / "train" / "configs" / "talker_voice.yaml"), "--model_name_or_path", base,

@@ -1,4 +1,5 @@
-"""Builders for a tiny random Qwen3-Omni checkpoint (thinker + talker + code2wav) and its processor, for offline tests.
+"""Builders for a tiny random Qwen3-Omni checkpoint (thinker + talker + code2wav) and its processor, for offline tests
+and benchmarks.
 
 Nothing here downloads: the tokenizer is a small BPE trained on the spot with the Qwen3-Omni special tokens, the image,
 video and audio processors are the real classes with small sizes, and the model is `Qwen3OmniMoeForConditionalGeneration`
@@ -39,7 +40,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *NAMED_TOKENS.v
 
 # A stand-in for the real checkpoints' chat template with the behaviours training depends on: a part's kind by key
 # presence, and `<think>` dropped from list-form replies (see the file's header).
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "qwen3_omni_chat_template.jinja")) as f:
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_chat_template.jinja")) as f:
     CHAT_TEMPLATE = f.read()
 
 CORPUS = [
