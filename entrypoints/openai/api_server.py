@@ -52,6 +52,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     option("max_queue", type=int, default=64, help="requests that may wait beyond --max_concurrency (then 429)")
     option("batch_wait_ms", type=float, default=5.0, help="how long a new batch waits for requests to join it")
     option("max_input_chars", type=int, default=4096, help="longest speech `input` accepted")
+    option("max_piece_chars", type=int, default=200, help="longest piece of text generated at once (split at sentences)")
     option("max_upload_bytes", type=int, default=25 * 1024 * 1024, help="largest transcription upload (413 beyond)")
     option("api_key", help=f"bearer token every endpoint but /health requires (or set {API_KEY_ENV})")
     option("shutdown_timeout", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM")
@@ -61,10 +62,6 @@ def build_engine(args: argparse.Namespace):
     generate_kwargs = {"max_duration": args.max_duration}
     if args.greedy:
         generate_kwargs["do_sample"] = False
-    if args.num_threads is not None:
-        import torch
-
-        torch.set_num_threads(args.num_threads)
     if args.engine == "vllm":
         from .vllm_engine import VLLMEngine
 
@@ -73,7 +70,7 @@ def build_engine(args: argparse.Namespace):
 
     return TransformersEngine(
         args.model, device=args.device, max_batch_size=args.max_concurrency, batch_wait_s=args.batch_wait_ms / 1000,
-        generate_kwargs=generate_kwargs,
+        generate_kwargs=generate_kwargs, num_threads=args.num_threads,
     )
 
 
@@ -93,6 +90,42 @@ class Admission:
         self.active -= 1
 
 
+class RequestIdAndAuthMiddleware:
+    """
+    Gives every HTTP request an id (the client's `X-Request-Id` or a new one: `request.state.request_id`, the
+    `X-Request-Id` response header, the log), logs its status and time to the first byte, and with an API key
+    answers 401 (`unauthorized()`) to requests without `Authorization: Bearer KEY`, except `GET /health`. A plain
+    ASGI middleware: it leaves `receive` alone, so a streamed response still sees its client disconnect.
+    """
+
+    def __init__(self, app, api_key: str | None, unauthorized):
+        self.app, self.api_key, self.unauthorized = app, api_key, unauthorized
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.datastructures import Headers
+
+        headers = Headers(scope=scope)
+        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        where = f"{scope['method']} {scope['path']}"
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
+                logger.info(f"request {request_id}: {where} {message['status']} "
+                            f"({time.perf_counter() - started:.3f} s to the response headers)")
+            await send(message)
+
+        if self.api_key and scope["path"] != "/health":
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+                return await self.unauthorized()(scope, receive, send_with_id)
+        await self.app(scope, receive, send_with_id)
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -101,8 +134,8 @@ def _rss_bytes() -> int:
 def build_app(args: argparse.Namespace, engine):
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-    from starlette.formparsers import MultiPartException
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from starlette.exceptions import HTTPException
 
     from .engine import FINISHED, EngineNotReadyError
     from .protocol import (
@@ -115,7 +148,8 @@ def build_app(args: argparse.Namespace, engine):
     served_name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
     api_key = args.api_key or os.environ.get(API_KEY_ENV)
     admission = Admission(args.max_concurrency + args.max_queue)
-    speech = SpeechService(engine, voices=args.voices, max_input_chars=args.max_input_chars)
+    speech = SpeechService(engine, voices=args.voices, max_input_chars=args.max_input_chars,
+                           max_piece_chars=args.max_piece_chars)
     transcription = TranscriptionService(engine, max_upload_bytes=args.max_upload_bytes)
 
     @contextlib.asynccontextmanager
@@ -137,6 +171,10 @@ def build_app(args: argparse.Namespace, engine):
         logger.info(f"request {request.state.request_id}: {exc.status} {exc.message}")
         return error(exc.status, exc.message, exc.param, exc.code)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):  # Starlette's own (404, 405, a form it cannot parse)
+        return error(exc.status_code, str(exc.detail), headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         problems = "; ".join(
@@ -144,26 +182,9 @@ def build_app(args: argparse.Namespace, engine):
         )
         return error(400, f"invalid request: {problems}")
 
-    @app.middleware("http")
-    async def request_id_and_auth(request: Request, call_next):
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = request_id
-        started = time.perf_counter()
-        if api_key and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                response = error(401, "missing or wrong API key: send `Authorization: Bearer KEY`.",
-                                 code="invalid_api_key")
-                response.headers["X-Request-Id"] = request_id
-                logger.info(f"request {request_id}: {request.method} {request.url.path} 401")
-                return response
-        response = await call_next(request)
-        response.headers["X-Request-Id"] = request_id
-        logger.info(
-            f"request {request_id}: {request.method} {request.url.path} {response.status_code} "
-            f"({time.perf_counter() - started:.3f} s to the first byte)"
-        )
-        return response
+    app.add_middleware(RequestIdAndAuthMiddleware, api_key=api_key, unauthorized=lambda: error(
+        401, "missing or wrong API key: send `Authorization: Bearer KEY`.", code="invalid_api_key"
+    ))
 
     def check_model(model: str) -> None:
         if model != served_name:
@@ -185,7 +206,8 @@ def build_app(args: argparse.Namespace, engine):
             )
 
     async def cancel_on_disconnect(request: Request, jobs) -> None:
-        """Cancel the jobs once the client has gone (polls the connection)."""
+        """Cancel the jobs once the client has gone (polls the connection; for responses sent whole: a streamed
+        response notices the disconnect itself and closes its body, whose `finally` cancels the jobs)."""
         while not await request.is_disconnected():
             await asyncio.sleep(0.05)
         logger.info(f"request {request.state.request_id}: the client disconnected; its generation is stopped")
@@ -218,9 +240,8 @@ def build_app(args: argparse.Namespace, engine):
             admission.release()
             raise RequestError(str(exc), status=503) from None
         logger.info(f"request {request_id}: speech, {len(body.input)} characters in {len(jobs)} piece(s)")
-        watcher = asyncio.create_task(cancel_on_disconnect(request, jobs))
 
-        async def body_stream():
+        async def body_stream():  # closed by Starlette when the client disconnects: `finally` stops the generation
             try:
                 async for data in speech.stream(body, jobs):
                     yield data
@@ -229,9 +250,10 @@ def build_app(args: argparse.Namespace, engine):
                 if body.stream_format == "sse":
                     yield f"data: {json.dumps({'type': 'error', 'error': {'message': str(exc)}})}\n\n".encode()
             finally:
-                watcher.cancel()
                 engine.cancel(jobs)
                 admission.release()
+                if not all(job.finished for job in jobs):
+                    logger.info(f"request {request_id}: the stream ended early; its generation is stopped")
 
         media_type = "text/event-stream" if body.stream_format == "sse" else MEDIA_TYPES[body.response_format]
         return StreamingResponse(body_stream(), media_type=media_type)
@@ -250,8 +272,8 @@ def build_app(args: argparse.Namespace, engine):
             )
         try:
             form = await request.form(max_files=1, max_fields=16)
-        except MultiPartException as exc:
-            raise RequestError(f"malformed multipart body: {exc.message}") from None
+        except HTTPException as exc:  # Starlette's multipart parser refused the body
+            raise RequestError(f"malformed multipart body: {exc.detail}") from None
         try:
             model, upload, response_format, temperature = transcription.check_form(form)
             check_model(model)
@@ -308,7 +330,7 @@ def serve(args: argparse.Namespace) -> int:
     package_logger.addHandler(handler)
     if not os.path.isdir(args.model):
         raise ValueError(f"--model {args.model}: no such folder (pass an Omni checkpoint folder).")
-    for name in ("max_concurrency", "max_input_chars", "max_upload_bytes"):
+    for name in ("max_concurrency", "max_input_chars", "max_piece_chars", "max_upload_bytes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}.")
     if args.max_queue < 0:

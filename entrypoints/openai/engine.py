@@ -53,6 +53,7 @@ class GenerationJob:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
+    finished: bool = False  # the worker delivered its last item
     generated_ids: list[int] = field(default_factory=list)
 
     @property
@@ -61,6 +62,8 @@ class GenerationJob:
 
     def deliver(self, item: Any) -> None:
         """Hand an item to the request's event loop (called from the worker thread)."""
+        if item is FINISHED or isinstance(item, BaseException):
+            self.finished = True
         if self.cancelled:
             return
         try:
@@ -134,7 +137,7 @@ class TransformersEngine:
         max_batch_size: rows per `generate` call (the bound on waiting work is the server's admission, not here).
         batch_wait_s: how long a new batch waits for more jobs to join.
         generate_kwargs: settings for every speech `generate` call (e.g. `do_sample=False`, `max_duration`).
-        chunk_frames: frames per streamed chunk.
+        chunk_frames: frames per streamed chunk. num_threads: torch CPU threads of the worker (default: torch's).
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class TransformersEngine:
         batch_wait_s: float = 0.005,
         generate_kwargs: dict | None = None,
         chunk_frames: int = 1,
+        num_threads: int | None = None,
     ):
         self.model_dir = model_dir
         self.device = device
@@ -152,6 +156,7 @@ class TransformersEngine:
         self.batch_wait_s = batch_wait_s
         self.speech_generate_kwargs = dict(generate_kwargs or {})
         self.chunk_frames = chunk_frames
+        self.num_threads = num_threads
         self.model = self.processor = None
         self.ready = threading.Event()
         self.load_error: BaseException | None = None
@@ -234,6 +239,8 @@ class TransformersEngine:
 
     # ------------------------------------------------------------------ the worker
     def _work(self) -> None:
+        if self.num_threads is not None:  # the OpenMP thread count is per calling thread: set it in the worker
+            torch.set_num_threads(self.num_threads)
         try:
             self._load()
         except BaseException as error:  # noqa: BLE001 - reported by /health and the log, the server stays up
