@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max_duration", type=float, default=3.0, help="seconds of speech per request")
-    parser.add_argument("--num_threads", type=int, default=1, help="the server's torch threads (the machine is shared)")
+    parser.add_argument("--num_threads", type=int, default=1, help="the server's torch threads (shared machine: 1)")
     parser.add_argument("--model", help="an Omni checkpoint folder (default: build the seed's shape)")
     args = parser.parse_args()
 

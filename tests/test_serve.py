@@ -50,7 +50,9 @@ class Server:
         ]
         environment = {**os.environ, "HF_HOME": str(root / "hf"), "TMPDIR": str(root / "tmp"), **(env or {})}
         self.log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, cwd=self.cwd, env=environment, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, cwd=self.cwd, env=environment, stdout=self.log, stderr=subprocess.STDOUT
+        )
         self.health_answers = self._wait_ready()
 
     def _wait_ready(self, timeout: float = 300) -> list[int]:
@@ -100,7 +102,8 @@ def server(omni_dir, tmp_path_factory):
     server = Server(
         omni_dir, root, "--greedy", "--max_duration", str(MAX_DURATION), "--voices", "tara", "leo",
         "--max_concurrency", "4", "--max_queue", "2", "--batch_wait_ms", "300",
-        "--max_input_chars", str(MAX_INPUT_CHARS), "--max_piece_chars", "40", "--max_upload_bytes", str(MAX_UPLOAD_BYTES), "--api_key", API_KEY,
+        "--max_input_chars", str(MAX_INPUT_CHARS), "--max_piece_chars", "40",
+        "--max_upload_bytes", str(MAX_UPLOAD_BYTES), "--api_key", API_KEY,
     )
     server.model_name = Path(omni_dir).name
     yield server
@@ -262,7 +265,8 @@ def test_transcription_equals_in_process_greedy(server, client, reference):
     verbose = client.audio.transcriptions.create(
         model=server.model_name, file=("clip.wav", clip, "audio/wav"), response_format="verbose_json"
     )
-    assert verbose.text == expected and abs(verbose.duration - 0.5) < 1e-6 and verbose.segments[0].end == verbose.duration
+    assert verbose.text == expected and abs(verbose.duration - 0.5) < 1e-6
+    assert verbose.segments[0].end == verbose.duration
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -328,7 +332,9 @@ def test_malformed_multipart_is_400(server):
 
 def test_non_audio_upload_is_400(server, client):
     with pytest.raises(openai.BadRequestError) as caught:
-        client.audio.transcriptions.create(model=server.model_name, file=("notes.txt", b"not audio at all", "text/plain"))
+        client.audio.transcriptions.create(
+            model=server.model_name, file=("notes.txt", b"not audio at all", "text/plain")
+        )
     assert "'notes.txt' is not audio" in str(caught.value)
 
 
@@ -432,13 +438,14 @@ def test_api_key_from_the_environment_and_graceful_shutdown(omni_dir, tmp_path):
             "POST", f"{server.url}/v1/audio/speech", timeout=300, headers={"Authorization": "Bearer env-key"},
             json={"model": Path(omni_dir).name, "input": "hello there.", "voice": "default", "response_format": "wav"},
         ) as response:
-            first = next(response.iter_raw())
+            chunks = response.iter_raw()
+            first = next(chunks)
             server.process.send_signal(signal.SIGTERM)
-            body = first + b"".join(response.iter_raw())
+            body = first + b"".join(chunks)
         import soundfile
 
         audio, rate = soundfile.read(io.BytesIO(body))
-        assert response.status_code == 200 and audio.size > 0
+        assert response.status_code == 200 and rate == 24000 and audio.size > 0
         assert server.process.wait(60) in (0, -signal.SIGTERM)
     finally:
         server.stop()

@@ -52,7 +52,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     option("max_queue", type=int, default=64, help="requests that may wait beyond --max_concurrency (then 429)")
     option("batch_wait_ms", type=float, default=5.0, help="how long a new batch waits for requests to join it")
     option("max_input_chars", type=int, default=4096, help="longest speech `input` accepted")
-    option("max_piece_chars", type=int, default=200, help="longest piece of text generated at once (split at sentences)")
+    option("max_piece_chars", type=int, default=200,
+           help="longest piece of text generated at once (the text is split at sentence ends)")
     option("max_upload_bytes", type=int, default=25 * 1024 * 1024, help="largest transcription upload (413 beyond)")
     option("api_key", help=f"bearer token every endpoint but /health requires (or set {API_KEY_ENV})")
     option("shutdown_timeout", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM")

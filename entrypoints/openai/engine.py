@@ -201,7 +201,9 @@ class TransformersEngine:
     def model_max_length(self) -> int | None:
         return getattr(self.processor, "model_max_length", None)
 
-    def new_job(self, task: str, prompt_ids: list[int], request_id: str | None = None, **generate_kwargs) -> GenerationJob:
+    def new_job(
+        self, task: str, prompt_ids: list[int], request_id: str | None = None, **generate_kwargs
+    ) -> GenerationJob:
         kwargs = {**self.speech_generate_kwargs, **generate_kwargs} if task == "speech" else generate_kwargs
         return GenerationJob(
             task=task, prompt_ids=list(prompt_ids), generate_kwargs=kwargs, request_id=request_id or uuid.uuid4().hex,

@@ -46,9 +46,11 @@ class TranscriptionService:
         self.max_upload_bytes = max_upload_bytes
 
     def check_form(self, form) -> tuple[str, UploadFile, str, float]:
-        for name in form.keys():
+        for name in form:
             if name in _UNSUPPORTED_FIELDS:
-                raise RequestError(f"`{name}` is not supported: {_UNSUPPORTED_FIELDS[name]}. Leave it out.", param=name)
+                raise RequestError(
+                    f"`{name}` is not supported: {_UNSUPPORTED_FIELDS[name]}. Leave it out.", param=name
+                )
             if name not in _KNOWN_FIELDS:
                 raise RequestError(f"unknown field {name!r}; this endpoint takes {sorted(_KNOWN_FIELDS)}.", param=name)
         upload = form.get("file")
@@ -67,7 +69,9 @@ class TranscriptionService:
         try:
             temperature = float(form.get("temperature") or 0.0)
         except ValueError:
-            raise RequestError(f"temperature={form.get('temperature')!r} is not a number.", param="temperature") from None
+            raise RequestError(
+                f"temperature={form.get('temperature')!r} is not a number.", param="temperature"
+            ) from None
         if not 0.0 <= temperature <= 2.0:
             raise RequestError(f"temperature={temperature} must lie in [0, 2] (0: greedy).", param="temperature")
         return model, upload, response_format, temperature
