@@ -37,7 +37,7 @@ def free_port() -> int:
 class Server:
     """`python -m qwen_omni.cli serve ...` in its own working folder, HF_HOME and TMPDIR under `root`."""
 
-    def __init__(self, model_dir, root: Path, *options: str, env: dict | None = None):
+    def __init__(self, model_dir, root: Path, *options: str, env: dict | None = None, python: str = sys.executable):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cwd = root / "cwd"
@@ -45,7 +45,7 @@ class Server:
             (root / folder).mkdir(parents=True, exist_ok=True)
         self.log_path = root / "server.log"
         command = [
-            sys.executable, "-m", "qwen_omni.cli", "serve", "--model", str(model_dir), "--port", str(self.port),
+            python, "-m", "qwen_omni.cli", "serve", "--model", str(model_dir), "--port", str(self.port),
             "--num_threads", "1", *options,
         ]
         environment = {**os.environ, "HF_HOME": str(root / "hf"), "TMPDIR": str(root / "tmp"), **(env or {})}

@@ -21,6 +21,7 @@ from transformers.utils import logging
 
 from .engine import FINISHED, EngineNotReadyError, GenerationJob
 
+
 logger = logging.get_logger(__name__)
 
 
@@ -50,10 +51,11 @@ class VLLMEngine:
 
     def _load(self) -> None:
         try:
-            import qwen_omni  # noqa: F401  (registers the Omni auto classes)
             from transformers import AutoProcessor, GenerationConfig
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
+
+            import qwen_omni  # noqa: F401  (registers the Omni auto classes)
 
             from .vllm_omni import omni_llm_kwargs
 
@@ -125,8 +127,9 @@ class VLLMEngine:
         )
 
     async def _run(self, job: GenerationJob) -> None:
-        from qwen_omni.generation_omni import OmniAudioStreamer
         from vllm.inputs import TokensPrompt
+
+        from qwen_omni.generation_omni import OmniAudioStreamer
 
         loop = asyncio.get_running_loop()
         layout = self.processor.token_layout
