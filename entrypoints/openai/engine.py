@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import queue
 import threading
 import time
 import uuid
@@ -86,10 +87,11 @@ class BatchSpeechStreamer(BaseStreamer):
     """
     The `streamer=` of a batched speech `generate`: row `r`'s tokens go to its own `OmniAudioStreamer` (which decodes
     each frame once), whose chunks go to job `r`. A row's speech ends at its first non-audio id (audio-end, or padding
-    after a stop), or when generation ends.
+    after a stop), or when generation ends. SNAC decoding runs on a thread of its own, so that it overlaps the next
+    decoding steps of the model (torch releases the GIL); `end` waits for it.
     """
 
-    def __init__(self, processor, jobs: list[GenerationJob], chunk_frames: int = 1):
+    def __init__(self, processor, jobs: list[GenerationJob], chunk_frames: int = 1, num_threads: int | None = None):
         from qwen_omni.generation_omni import OmniAudioStreamer
 
         self.jobs = jobs
@@ -97,6 +99,10 @@ class BatchSpeechStreamer(BaseStreamer):
         self.rows = [OmniAudioStreamer(processor, chunk_frames=chunk_frames, on_chunk=job.deliver) for job in jobs]
         self.finished = [False] * len(jobs)
         self._prompt_seen = False
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._num_threads = num_threads
+        self._decoder = threading.Thread(target=self._decode, name="omni-snac-decode", daemon=True)
+        self._decoder.start()
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:  # the first call holds the prompts
@@ -113,19 +119,45 @@ class BatchSpeechStreamer(BaseStreamer):
                 self.finished[row] = True
                 continue
             job.generated_ids.append(token)
-            self.rows[row].put(value[row : row + 1])
-            if not (self.layout.audio_token_offset <= token < self.layout.vocab_end):
-                self._finish(row)
-
-    def _finish(self, row: int) -> None:
-        self.finished[row] = True
-        self.rows[row].end()
-        self.jobs[row].deliver(FINISHED)
+            speech_ended = not (self.layout.audio_token_offset <= token < self.layout.vocab_end)
+            self.finished[row] = speech_ended
+            self._work.put((row, value[row : row + 1], speech_ended))
 
     def end(self) -> None:
         for row, finished in enumerate(self.finished):
             if not finished:
-                self._finish(row)
+                self.finished[row] = True
+                self._work.put((row, None, True))
+        self._work.put(None)
+        self._decoder.join()
+
+    def abort(self) -> None:
+        """Stop the decoding thread without finishing the rows (generation failed: the jobs get the error)."""
+        if self._decoder.is_alive():
+            self._work.put(None)
+
+    def _decode(self) -> None:
+        if self._num_threads is not None:
+            torch.set_num_threads(self._num_threads)
+        failed: Exception | None = None
+        while (item := self._work.get()) is not None:
+            row, tokens, speech_ended = item
+            job = self.jobs[row]
+            if failed is not None or job.cancelled:
+                continue
+            try:
+                with torch.inference_mode():
+                    if tokens is not None:
+                        self.rows[row].put(tokens)
+                    if speech_ended:
+                        self.rows[row].end()
+                        job.deliver(FINISHED)
+            except Exception as error:  # noqa: BLE001 - every request of the batch gets the error
+                logger.error(f"SNAC decoding failed: {error!r}")
+                failed = error
+                for other in self.jobs:
+                    other.deliver(error)
+                    other.cancelled = True  # the model stops these rows at its next step
 
 
 class TransformersEngine:
@@ -284,12 +316,15 @@ class TransformersEngine:
         ids = ", ".join(sorted({job.request_id for job in jobs}))
         logger.info(f"{jobs[0].task} batch of {len(jobs)} (requests {ids})")
         started = time.perf_counter()
+        streamer = None
         try:
             inputs = self.processor.pad([job.prompt_ids for job in jobs], padding_side="left").to(self.model.device)
             criteria = StoppingCriteriaList([_CancelledRows(jobs)])
             with torch.inference_mode():
                 if jobs[0].task == "speech":
-                    streamer = BatchSpeechStreamer(self.processor, jobs, chunk_frames=self.chunk_frames)
+                    streamer = BatchSpeechStreamer(
+                        self.processor, jobs, chunk_frames=self.chunk_frames, num_threads=self.num_threads
+                    )
                     self.model.generate(
                         **inputs, streamer=streamer, stopping_criteria=criteria, **jobs[0].generate_kwargs
                     )
@@ -302,6 +337,8 @@ class TransformersEngine:
                         job.deliver(FINISHED)
         except Exception as error:  # noqa: BLE001 - the batch's requests get the error; the server goes on
             logger.error(f"batch of {len(jobs)} (requests {ids}) failed: {error!r}")
+            if streamer is not None:
+                streamer.abort()
             for job in jobs:
                 job.deliver(error)
         finally:
