@@ -450,3 +450,15 @@ def test_api_key_from_the_environment_and_graceful_shutdown(omni_dir, tmp_path):
     finally:
         server.stop()
     assert "Finished server process" in server.log_text()
+
+
+def test_bad_options_are_one_line_with_exit_status_2(tmp_path):
+    for options, message in (
+        (["--model", str(tmp_path / "missing")], "no such folder"),
+        (["--model", str(tmp_path), "--max_concurrency", "0"], "--max_concurrency must be >= 1, got 0"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "qwen_omni.cli", "serve", *options], capture_output=True, text=True, timeout=300,
+            check=False,
+        )
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
