@@ -37,7 +37,10 @@ def free_port() -> int:
 class Server:
     """`python -m qwen_omni.cli serve ...` in its own working folder, HF_HOME and TMPDIR under `root`."""
 
-    def __init__(self, model_dir, root: Path, *options: str, env: dict | None = None, python: str = sys.executable):
+    def __init__(
+        self, model_dir, root: Path, *options: str, env: dict | None = None, python: str = sys.executable,
+        ready_timeout: float = 300,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cwd = root / "cwd"
@@ -53,9 +56,9 @@ class Server:
         self.process = subprocess.Popen(
             command, cwd=self.cwd, env=environment, stdout=self.log, stderr=subprocess.STDOUT
         )
-        self.health_answers = self._wait_ready()
+        self.health_answers = self._wait_ready(ready_timeout)
 
-    def _wait_ready(self, timeout: float = 300) -> list[int]:
+    def _wait_ready(self, timeout: float) -> list[int]:
         answers = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

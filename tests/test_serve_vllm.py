@@ -72,7 +72,7 @@ def test_serve_with_the_vllm_engine_streams_transformers_greedy_speech(omni32, t
     expected = processor.decode_audio(sequence[inputs["input_ids"].shape[1] :])
 
     server = Server(model_dir, tmp_path, "--engine", "vllm", "--greedy", "--max_duration", "0.6",
-                    env={"VLLM_CPU_KVCACHE_SPACE": "1"}, python=str(VLLM_PYTHON))
+                    env={"VLLM_CPU_KVCACHE_SPACE": "1"}, python=str(VLLM_PYTHON), ready_timeout=1200)
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=300)
         with client.audio.speech.with_streaming_response.create(
