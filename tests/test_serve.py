@@ -56,7 +56,11 @@ class Server:
         self.process = subprocess.Popen(
             command, cwd=self.cwd, env=environment, stdout=self.log, stderr=subprocess.STDOUT
         )
-        self.health_answers = self._wait_ready(ready_timeout)
+        try:
+            self.health_answers = self._wait_ready(ready_timeout)
+        except BaseException:  # no server left behind when it never became ready
+            self.stop()
+            raise
 
     def _wait_ready(self, timeout: float) -> list[int]:
         answers = []
