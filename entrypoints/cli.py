@@ -4,6 +4,7 @@ The `qwen-omni` command line.
 
     qwen-omni speak --model DIR --text "Hello there." --out out.wav   # streams to the file as it is generated
     qwen-omni transcribe --model DIR a.wav b.flac                      # prints one transcript per file
+    qwen-omni serve --model DIR --port 8000                            # OpenAI-compatible speech API
 
 Errors in what the user gave (a missing folder or file, text the model cannot take, a bad option value) are one
 line on stderr naming it and the fix, with exit status 2. `speak` writes into a temporary WAV beside `--out`, whose
@@ -298,6 +299,15 @@ def transcribe(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def serve(args: argparse.Namespace) -> int:
+    from qwen_omni.entrypoints.openai.api_server import serve as run_server
+
+    try:
+        return run_server(args)
+    except ValueError as error:  # a bad option value, named by the server
+        raise CommandLineError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwen-omni", description="Speak and listen with an Omni checkpoint.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -338,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe_parser.add_argument("audio", nargs="+", help="audio files (any format soundfile reads)")
     transcribe_parser.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=8)
     transcribe_parser.set_defaults(func=transcribe)
+
+    serve_parser = commands.add_parser("serve", help="an OpenAI-compatible speech API (entrypoints/openai)")
+    from qwen_omni.entrypoints.openai.api_server import add_serve_arguments
+
+    add_serve_arguments(serve_parser)
+    serve_parser.set_defaults(func=serve)
     return parser
 
 

@@ -1,0 +1,184 @@
+"""
+`qwen-omni serve` through its real HTTP API, at the qwen-omni seed's model shape (d_model 128, 3 layers, 4 heads,
+~79k ids, ~10.8M parameters; random weights) with a random codec of the real 24 kHz SNAC shape (codebook 4096,
+decoder width 1024), one server process on 127.0.0.1.
+
+For concurrency 1, 4 and 16 (`--concurrency`), each repetition sends that many speech requests at once (`pcm`,
+streamed) and then the same requests one after another, and prints medians over the repetitions of:
+- aggregate seconds of audio per wall second, batched and sequential, and their ratio (batched / sequential);
+- time to the first audio byte, p50 and p95 over the batched requests, and p95 as a multiple of the single-request
+  (concurrency 1) first-audio time;
+- aggregate throughput at each concurrency as a multiple of the single-stream throughput;
+- single stream: seconds of audio per wall second (real-time factor).
+Every request makes `--max_duration` seconds of speech (random weights rarely stop earlier), so all do equal work.
+
+    python bench/bench_serve.py [--concurrency 1 4 16] [--repeats 3] [--max_duration 3] [--num_threads 1]
+"""
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import httpx  # noqa: E402
+
+TEXT = "hello there, how are you today?"
+REAL_SNAC_24KHZ = dict(
+    sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024, decoder_rates=[8, 8, 4, 2],
+    attn_window_size=None, codebook_size=4096, codebook_dim=8, vq_strides=[4, 2, 1], noise=True, depthwise=True,
+)
+GPT2_VOCAB = 50257
+
+
+def build_seed_checkpoint(folder: str) -> str:
+    """The seed's shape around a tokenizer of GPT-2's size (a small BPE plus filler ids: only the count matters)."""
+    import json
+
+    import snac
+    import torch
+
+    from qwen_omni.omni.build import build_omni_from_scratch, save_omni_checkpoint, train_bpe_tokenizer
+
+    codec_dir = os.path.join(folder, "snac")
+    os.makedirs(codec_dir)
+    torch.manual_seed(0)
+    torch.save(snac.SNAC(**REAL_SNAC_24KHZ).state_dict(), os.path.join(codec_dir, "pytorch_model.bin"))
+    with open(os.path.join(codec_dir, "config.json"), "w") as file:
+        json.dump(REAL_SNAC_24KHZ, file)
+    tokenizer = train_bpe_tokenizer([TEXT, "the quick brown fox jumps over the lazy dog."] * 8, vocab_size=300)
+    tokenizer.add_tokens([f"<filler_{i}>" for i in range(GPT2_VOCAB - len(tokenizer))])
+    model, processor = build_omni_from_scratch(
+        tokenizer, codec_dir, hidden_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=32, intermediate_size=512, max_position_embeddings=4096,
+    )
+    print(f"checkpoint: {model.num_parameters() / 1e6:.1f}M parameters, {model.config.vocab_size} ids", flush=True)
+    model_dir = os.path.join(folder, "omni-seed")
+    save_omni_checkpoint(model, processor, model_dir)
+    return model_dir
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def one_request(url: str, model: str, sampling_rate: int) -> tuple[float, float, float]:
+    """(seconds to the first audio byte, seconds to the end, seconds of audio) of one streamed pcm request."""
+    started = time.perf_counter()
+    first = None
+    size = 0
+    body = {"model": model, "input": TEXT, "voice": "default", "response_format": "pcm"}
+    with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=600) as response:
+        response.raise_for_status()
+        for chunk in response.iter_raw():
+            if chunk and first is None:
+                first = time.perf_counter() - started
+            size += len(chunk)
+    return first, time.perf_counter() - started, size / 2 / sampling_rate
+
+
+def concurrent(url: str, model: str, count: int, rate: int) -> tuple[float, list[float]]:
+    """Audio seconds per wall second of `count` simultaneous requests, and their first-byte times."""
+    results = [None] * count
+
+    def run(index: int) -> None:
+        results[index] = one_request(url, model, rate)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    return sum(result[2] for result in results) / wall, [result[0] for result in results]
+
+
+def sequential(url: str, model: str, count: int, rate: int) -> float:
+    started = time.perf_counter()
+    audio = sum(one_request(url, model, rate)[2] for _ in range(count))
+    return audio / (time.perf_counter() - started)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max_duration", type=float, default=3.0, help="seconds of speech per request")
+    parser.add_argument("--num_threads", type=int, default=1, help="the server's torch threads (shared machine: 1)")
+    parser.add_argument("--model", help="an Omni checkpoint folder (default: build the seed's shape)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        model_dir = args.model or build_seed_checkpoint(folder)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        command = [
+            sys.executable, "-m", "qwen_omni.cli", "serve", "--model", model_dir, "--port", str(port),
+            "--num_threads", str(args.num_threads), "--max_duration", str(args.max_duration),
+            "--max_concurrency", str(max(args.concurrency)), "--max_queue", str(max(args.concurrency)),
+        ]
+        log = open(os.path.join(folder, "server.log"), "wb")
+        server = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                if server.poll() is not None:
+                    raise SystemExit(open(os.path.join(folder, "server.log")).read()[-3000:])
+                try:
+                    if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+            rate = 24000
+            one_request(url, model, rate)  # warm-up
+            figures = {}
+            for count in args.concurrency:
+                batched, seq, firsts = [], [], []
+                for _ in range(args.repeats):
+                    throughput, first_bytes = concurrent(url, model, count, rate)
+                    batched.append(throughput)
+                    firsts += first_bytes
+                    seq.append(sequential(url, model, count, rate) if count > 1 else throughput)
+                figures[count] = {
+                    "batched": statistics.median(batched), "sequential": statistics.median(seq),
+                    "p50": percentile(firsts, 0.5), "p95": percentile(firsts, 0.95),
+                }
+                print(f"concurrency {count}: {figures[count]}", flush=True)
+        finally:
+            server.terminate()
+            server.wait(60)
+            log.close()
+
+    single = figures.get(1)
+    print(f"\nserver, {args.max_duration:g} s of speech per request, {args.num_threads} torch thread(s), medians of "
+          f"{args.repeats}:")
+    print(f"{'concurrency':>11} {'audio s/s':>9} {'sequential':>10} {'batched/seq':>11} {'x single':>8} "
+          f"{'p50 first':>9} {'p95 first':>9} {'p95/single':>10}")
+    for count, figure in figures.items():
+        versus_single = figure["batched"] / single["batched"] if single else float("nan")
+        p95_ratio = figure["p95"] / single["p50"] if single else float("nan")
+        print(f"{count:>11} {figure['batched']:>9.2f} {figure['sequential']:>10.2f} "
+              f"{figure['batched'] / figure['sequential']:>11.2f} {versus_single:>8.2f} {figure['p50']:>9.3f} "
+              f"{figure['p95']:>9.3f} {p95_ratio:>10.2f}")
+    if single:
+        print(f"single stream: {single['batched']:.2f}x real time (target >= 5)")
+
+
+if __name__ == "__main__":
+    main()
