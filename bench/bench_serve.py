@@ -128,7 +128,7 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         command = [
-            sys.executable, "-m", "qwen_omni.cli", "serve", "--model", model_dir, "--port", str(port),
+            sys.executable, "-m", "qwen_omni.entrypoints.cli", "serve", "--model", model_dir, "--port", str(port),
             "--num_threads", str(args.num_threads), "--max_duration", str(args.max_duration),
             "--max_concurrency", str(max(args.concurrency)), "--max_queue", str(max(args.concurrency)),
         ]

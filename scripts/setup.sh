@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine (idempotent): system audio tools, a virtual environment in .venv, and this repository
 # installed in it (editable, with the test extras). Re-runs finish in seconds once nothing changed.
+# `--vllm` also builds .venv-vllm, vLLM on CPU in its own environment (scripts/setup_vllm.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,4 +26,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[test]"
   echo "$want" > "$stamp"
+fi
+if [ "${1:-}" = "--vllm" ]; then
+  bash scripts/setup_vllm.sh
 fi

@@ -48,7 +48,7 @@ class Server:
             (root / folder).mkdir(parents=True, exist_ok=True)
         self.log_path = root / "server.log"
         command = [
-            python, "-m", "qwen_omni.cli", "serve", "--model", str(model_dir), "--port", str(self.port),
+            python, "-m", "qwen_omni.entrypoints.cli", "serve", "--model", str(model_dir), "--port", str(self.port),
             "--num_threads", "1", *options,
         ]
         environment = {**os.environ, "HF_HOME": str(root / "hf"), "TMPDIR": str(root / "tmp"), **(env or {})}
@@ -465,7 +465,7 @@ def test_bad_options_are_one_line_with_exit_status_2(tmp_path):
         (["--model", str(tmp_path), "--max_concurrency", "0"], "--max_concurrency must be >= 1, got 0"),
     ):
         result = subprocess.run(
-            [sys.executable, "-m", "qwen_omni.cli", "serve", *options], capture_output=True, text=True, timeout=300,
+            [sys.executable, "-m", "qwen_omni.entrypoints.cli", "serve", *options], capture_output=True, text=True, timeout=300,
             check=False,
         )
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

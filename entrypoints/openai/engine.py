@@ -92,7 +92,7 @@ class BatchSpeechStreamer(BaseStreamer):
     """
 
     def __init__(self, processor, jobs: list[GenerationJob], chunk_frames: int = 1, num_threads: int | None = None):
-        from qwen_omni.generation_omni import OmniAudioStreamer
+        from qwen_omni.modeling_snac import OmniAudioStreamer
 
         self.jobs = jobs
         self.layout = processor.token_layout
@@ -208,8 +208,9 @@ class TransformersEngine:
     def _load(self) -> None:
         from transformers import AutoModelForCausalLM, AutoProcessor
 
-        import qwen_omni  # noqa: F401  (registers the Omni auto classes)
+        from qwen_omni import register_auto_classes
 
+        register_auto_classes()
         started = time.perf_counter()
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir).to(self.device).eval()

@@ -120,8 +120,8 @@ class SpeechService:
 
     def prompts(self, request: SpeechRequest) -> list[list[int]]:
         """The prompt ids of each piece of the text (a `RequestError` for text the model cannot take)."""
-        from qwen_omni.generation_omni import split_sentences
-        from qwen_omni.omni.corpus import read_audio
+        from qwen_omni.omni.speech import split_sentences
+        from qwen_omni.common.audio import read_audio
 
         processor = self.engine.processor
         speaker = None if request.voice == DEFAULT_VOICE else request.voice
@@ -142,7 +142,7 @@ class SpeechService:
 
     async def stream(self, request: SpeechRequest, jobs: list[GenerationJob]) -> AsyncIterator[bytes]:
         """The response body: audio bytes (or SSE events) in order, piece after piece."""
-        from qwen_omni.generation_omni import CrossfadeJoiner
+        from qwen_omni.omni.speech import CrossfadeJoiner
 
         rate = self.engine.processor.sampling_rate
         response_format = request.response_format

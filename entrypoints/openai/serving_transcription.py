@@ -90,7 +90,7 @@ class TranscriptionService:
 
     def prompt(self, data: bytes, filename: str | None) -> tuple[list[int], float]:
         """The speech-to-text prompt of an uploaded file and its duration (a `RequestError` for non-audio)."""
-        from qwen_omni.omni.corpus import read_audio
+        from qwen_omni.common.audio import read_audio
 
         processor = self.engine.processor
         try:

@@ -55,10 +55,11 @@ class VLLMEngine:
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
 
-            import qwen_omni  # noqa: F401  (registers the Omni auto classes)
+            from qwen_omni import register_auto_classes
 
             from .vllm_omni import omni_llm_kwargs
 
+            register_auto_classes()
             self.processor = AutoProcessor.from_pretrained(self.model_dir)
             self.generation_config = GenerationConfig.from_pretrained(self.model_dir)
             positions = self.processor.model_max_length
@@ -129,7 +130,7 @@ class VLLMEngine:
     async def _run(self, job: GenerationJob) -> None:
         from vllm.inputs import TokensPrompt
 
-        from qwen_omni.generation_omni import OmniAudioStreamer
+        from qwen_omni.modeling_snac import OmniAudioStreamer
 
         loop = asyncio.get_running_loop()
         layout = self.processor.token_layout
