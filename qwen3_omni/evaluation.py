@@ -50,10 +50,9 @@ from ..common.audio import read_audio, resample
 from ..common.clips import load_audio_text_rows
 from .conversations import (
     DatasetReport,
-    load_audio,
+    decode_media,
     load_conversation_dataset,
-    load_image,
-    load_video,
+    media_paths,
     template_conversation,
 )
 from .loading import FULL_MODEL_TYPE, load_thinker
@@ -215,42 +214,52 @@ def _audio_text_rows(source: str, audio_column: str, text_column: str, split: st
     return rows.to_list() if hasattr(rows, "to_list") else list(rows)
 
 
-def _load_audio_value(value, sampling_rate: int) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    if isinstance(value, str):
-        return load_audio(value, sampling_rate)
-    return resample(*read_audio(value), sampling_rate)
-
-
 # ---------------------------------------------------------------------------------------------------- generation
 class UnreadableMedia(ValueError):
     """A prompt's audio, image or video could not be read."""
 
 
 def render_prompts(processor, prompts: Sequence[list[dict]]) -> dict[str, torch.Tensor]:
-    """The processor's inputs for a batch of prompts: chat template with the generation prompt, media loaded,
-    left padding. Raises [`UnreadableMedia`] when a medium cannot be read."""
+    """The processor's inputs for a batch of prompts: chat template with the generation prompt, media decoded as in
+    training and at inference ([`decode_media`], `qwen-omni-utils`), left padding. Raises [`UnreadableMedia`] when a
+    medium cannot be read."""
     rate = processor.feature_extractor.sampling_rate
-    texts, audios, images, videos = [], [], [], []
+    texts, audios, images, videos, video_fps = [], [], [], [], []
     for prompt in prompts:
         texts.append(processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True))
-        for turn in prompt:
-            for part in [] if isinstance(turn["content"], str) else turn["content"]:
-                try:
-                    if part["type"] == "audio":
-                        audios.append(_load_audio_value(part["audio"], rate))
-                    elif part["type"] == "image":
-                        images.append(load_image(part["image"]))
-                    elif part["type"] == "video":
-                        videos.append(load_video(part["video"]))
-                except Exception as error:  # any decoding failure of a medium
-                    raise UnreadableMedia(f"{part['type']} {_describe_media(part[part['type']])[:200]}: "
-                                          f"{error!r}") from error
+        try:
+            media = decode_media(_with_decoded_audio_values(prompt, rate))
+        except Exception as error:  # any decoding failure of a medium
+            raise UnreadableMedia(f"{_describe_media(media_paths(prompt))[:200]}: {error!r}") from error
+        audios += media["audios"] or []
+        images += media["images"] or []
+        videos += media["videos"] or []
+        video_fps += media["video_fps"]
     processor.tokenizer.padding_side = "left"
+    # the frames are sampled already (as the collator gives them); each video's own rate goes into its time grid
+    videos_kwargs = {"fps": video_fps[0], "do_sample_frames": False} if videos else {}
     inputs = processor(text=texts, audio=audios or None, images=images or None, videos=videos or None,
-                       padding=True, return_tensors="pt")
+                       padding=True, return_tensors="pt", videos_kwargs=videos_kwargs)
+    if videos:
+        temporal_patch_size = processor.video_processor.temporal_patch_size
+        inputs["video_second_per_grid"] = torch.tensor([temporal_patch_size / fps for fps in video_fps])
     return {key: value for key, value in inputs.items() if key != "num_audio_tokens"}
+
+
+def _with_decoded_audio_values(prompt: list[dict], sampling_rate: int) -> list[dict]:
+    """The prompt with audio values that are not file paths (an audio dataset's `{"path", "bytes"}` or decoded
+    values) decoded to waveforms at the processor's rate, which `qwen-omni-utils` takes as they are."""
+    turns = []
+    for turn in prompt:
+        content = turn["content"]
+        if not isinstance(content, str):
+            content = [
+                {**part, "audio": resample(*read_audio(part["audio"]), sampling_rate)}
+                if part["type"] == "audio" and not isinstance(part["audio"], (str, np.ndarray)) else part
+                for part in content
+            ]
+        turns.append({**turn, "content": content})
+    return turns
 
 
 @torch.no_grad()
