@@ -229,7 +229,7 @@ def trained(workdir):
     return {"adapter": output_dir, "merged": str(merged)}
 
 
-def generate_codes(model, processor, text, speaker):
+def generate_codes(model, processor, text, speaker, **generate_kwargs):
     """Greedy `generate(speaker=...)` with the (tiny, random) Thinker forced to say `text`: the Talker's 16-codebook
     codes `(T, 16)` and the waveform."""
     prompt_ids, answer_ids = conversation_ids(processor, text, None, "Read this aloud: {text}")
@@ -245,6 +245,7 @@ def generate_codes(model, processor, text, speaker):
         _, wav = model.generate(
             input_ids=torch.tensor([prompt_ids]), speaker=speaker, thinker_max_new_tokens=len(answer_ids) + 4,
             thinker_eos_token_id=answer_ids[-1], talker_do_sample=False, talker_max_new_tokens=4 * FRAMES_PER_CLIP,
+            **generate_kwargs,
         )
     finally:
         del model.talker.generate
@@ -283,6 +284,81 @@ def test_it_learns_the_voice(workdir, trained, processor):
     base = load_model(workdir["base"])
     for clip in encoded:
         assert not torch.equal(generate_codes(base, processor, clip.text, "ethan")[0], clip.codes)
+
+
+# Sentences in neither the voice data (TEXTS) nor the preservation texts (PRESERVE_TEXTS).
+OUTSIDE_TEXTS = ["what do you see", "describe the sound in detail", "two plus two is four", "a steady tone then silence"]
+
+
+@pytest.fixture(scope="module")
+def trained_without_preservation(workdir):
+    """The `trained` run with `--preserve_speakers none`: the recipe as it was before preservation."""
+    output_dir = workdir["root"] / "nova_alone"
+    run_script(
+        "talker_voice_sft.py",
+        *train_flags(workdir, output_dir, "--speaker_name", "nova", "--init_speaker", "Ethan", "--max_steps", 400,
+                     "--lora_target_code_predictor_mlp", "true", "--preserve_speakers", "none"),
+    )
+    merged = workdir["root"] / "nova_alone_merged"
+    run_script("merge.py", "--adapter", output_dir, "--output_dir", merged)
+    return {"adapter": output_dir, "merged": str(merged)}
+
+
+def same_code_fraction(model, base, processor, speaker, texts):
+    """Fraction of (frame, codebook) positions where `model`'s greedy codes for `speaker` equal `base`'s, over
+    `texts` (a frame only one of them speaks counts as different)."""
+    same = total = 0
+    for text in texts:
+        codes = generate_codes(model, processor, text, speaker, talker_repetition_penalty=1.0)[0]
+        reference = generate_codes(base, processor, text, speaker, talker_repetition_penalty=1.0)[0]
+        frames = min(len(codes), len(reference))
+        same += (codes[:frames] == reference[:frames]).sum().item()
+        total += max(len(codes), len(reference)) * codes.shape[1]
+    return same / total
+
+
+def test_existing_speakers_keep_speaking_as_the_base(workdir, trained, trained_without_preservation, processor):
+    """By default (`--preserve_speakers all`) the merged checkpoint's existing speakers speak, on sentences outside
+    the voice data and the preservation texts, the base's greedy codes at >= 0.9 of (frame, codebook) positions,
+    while nova speaks a training clip's exact codes (test_it_learns_the_voice). The same measure on the run without
+    preservation shows the collapse the preservation prevents: every speaker speaks nova's clips."""
+    from qwen_omni.omni.voice_sft import read_clips
+    from qwen_omni.qwen3_omni.talker_voice import read_voice_preservation
+    from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
+
+    base = load_model(workdir["base"])
+    speakers = sorted(base.config.talker_config.speaker_id)
+    clips = read_clips(workdir["data"], speaker="nova", speaker_column=None)
+    codec = MimiCodec.from_pretrained(workdir["mimi"], base.config)
+    encoded, _ = encode_clips(clips, codec, trained["adapter"] / "mimi_codes")
+    fractions = {}
+    for name, run in (("preserved", trained), ("alone", trained_without_preservation)):
+        merged = load_model(run["merged"])
+        fractions[name] = {
+            speaker: same_code_fraction(merged, base, processor, speaker, OUTSIDE_TEXTS) for speaker in speakers
+        }
+        spoken = {
+            speaker: sum(torch.equal(generate_codes(merged, processor, clip.text, speaker)[0], clip.codes)
+                         for clip in encoded)
+            for speaker in [*speakers, "nova"]
+        }
+        fractions[name]["nova clips spoken"] = spoken
+    assert all(fractions["preserved"][speaker] >= 0.9 for speaker in speakers), fractions
+    assert fractions["preserved"]["nova clips spoken"]["nova"] >= 1, fractions
+    assert not any(fractions["preserved"]["nova clips spoken"][speaker] for speaker in speakers), fractions
+    # without preservation: the existing speakers are gone (the issue measured 0.01 and every clip spoken)
+    assert all(fractions["alone"][speaker] < 0.5 for speaker in speakers), fractions
+    assert all(fractions["alone"]["nova clips spoken"][speaker] >= 1 for speaker in speakers), fractions
+
+    # what the run kept, in the adapter and in the merge (for the evaluation)
+    ids = base.config.talker_config.speaker_id
+    for folder in (trained["adapter"], trained["merged"]):
+        record = read_voice_preservation(folder)
+        assert record["speaker_name"] == "nova" and record["preserved_speakers"] == ids
+        assert record["replaced_speakers"] == [] and record["preserve_weight"] == 1.0
+        assert record["num_preserve_examples"] == len(ids) * (len(TEXTS) + record["num_preserve_texts"])
+    record = read_voice_preservation(trained_without_preservation["merged"])
+    assert record["preserved_speakers"] == {} and record["replaced_speakers"] == speakers
 
 
 def test_tensorboard_logs_both_losses(trained):

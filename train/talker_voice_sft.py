@@ -33,10 +33,13 @@ from qwen_omni.qwen3_omni.talker_voice import (
     TalkerVoiceTrainer,
     add_speaker,
     build_examples,
+    build_preserve_examples,
     build_talker_lora_config,
     cache_thinker_outputs,
     check_has_talker,
     load_talker_model,
+    read_preserve_texts,
+    resolve_preserved_speakers,
     resolve_speaker,
 )
 from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
@@ -51,7 +54,14 @@ def main(script_args, training_args, model_args, voice_args):
             "small next to the frozen Thinker, and it is not sharded. Launch it without the FSDP / DeepSpeed config."
         )
     name_or_path, revision = model_args.model_name_or_path, model_args.model_revision
-    check_has_talker(AutoConfig.from_pretrained(name_or_path, revision=revision), name_or_path)
+    config = AutoConfig.from_pretrained(name_or_path, revision=revision)
+    check_has_talker(config, name_or_path)
+    # the speakers and the preservation texts are checked before any work
+    speaker, codec_id, init_id = resolve_speaker(
+        config, voice_args.speaker_name, voice_args.init_speaker, voice_args.adapt_speaker
+    )
+    preserved = resolve_preserved_speakers(config, voice_args.preserve_speakers, speaker)
+    preserve_texts = read_preserve_texts(voice_args.preserve_texts) if preserved else []
     if model_args.load_in_8bit or model_args.offload_experts:
         raise ValueError(
             "The Talker voice recipe does not take --load_in_8bit or --offload_experts. For a smaller base use "
@@ -79,9 +89,6 @@ def main(script_args, training_args, model_args, voice_args):
         experts_implementation=resolve_experts_implementation(voice_args.experts_implementation),
     )
     processor = AutoProcessor.from_pretrained(name_or_path, revision=revision)
-    speaker, codec_id, init_id = resolve_speaker(
-        model.config, voice_args.speaker_name, voice_args.init_speaker, voice_args.adapt_speaker
-    )
 
     clips = read_clips(
         script_args.dataset_name, speaker=speaker, audio_column=voice_args.audio_column,
@@ -106,6 +113,23 @@ def main(script_args, training_args, model_args, voice_args):
     examples = build_examples(encoded, processor, voice_args.user_prompt_template, voice_args.system_prompt)
     if voice_args.cache_thinker_outputs:
         cache_thinker_outputs(model, examples)
+    # the base Talker's own speech for the preserved speakers, generated before the adapter exists
+    preserve_max_frames = voice_args.preserve_max_frames or 2 * max(len(clip.codes) for clip in encoded)
+    preserve_examples = build_preserve_examples(
+        model, processor, examples, preserve_texts, preserved, preserve_max_frames, voice_args.user_prompt_template,
+        voice_args.system_prompt,
+    ) if preserved else []
+    preserve_batch_size = voice_args.preserve_batch_size or training_args.per_device_train_batch_size
+    voice_preservation = {
+        "speaker_name": speaker,
+        "preserved_speakers": preserved,
+        "replaced_speakers": sorted(set(config.talker_config.speaker_id) - set(preserved) - {speaker}),
+        "preserve_weight": voice_args.preserve_weight,
+        "preserve_batch_size": preserve_batch_size if preserved else 0,
+        "preserve_max_frames": preserve_max_frames if preserved else 0,
+        "num_preserve_texts": len(preserve_texts),
+        "num_preserve_examples": len(preserve_examples),
+    }
 
     add_speaker(model, speaker, codec_id, init_id)
     model.requires_grad_(False)
@@ -131,6 +155,10 @@ def main(script_args, training_args, model_args, voice_args):
         processing_class=processor,
         speaker_codec_id=codec_id,
         talker_voice_config={"name": speaker, "codec_id": codec_id, "init_id": init_id},
+        preserve_examples=preserve_examples,
+        preserve_batch_size=preserve_batch_size,
+        preserve_weight=voice_args.preserve_weight,
+        voice_preservation=voice_preservation,
     )
     trainer.add_callback(DistributedRunCallback())
     trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
