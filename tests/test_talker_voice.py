@@ -558,6 +558,63 @@ def test_speaker_options(workdir):
         resolve_speaker(config, "nova", "Bob")
 
 
+def test_speaker_names_are_keyed_once_as_generate_looks_them_up(workdir, tmp_path):
+    """`generate(speaker=NAME)` looks up `NAME.lower()` without stripping: every name the recipe takes is keyed so
+    (`--speaker_name NOVA` is `nova`), and one with surrounding whitespace is refused before any work instead of
+    becoming a second voice `" ethan"` beside `ethan`; the preserved speakers resolve the same way."""
+    from qwen_omni.qwen3_omni.talker_voice import (
+        read_talker_voice_config, resolve_preserved_speakers, resolve_speaker, speaker_key,
+    )
+
+    config = load_model(workdir["base"]).config
+    speakers = dict(config.talker_config.speaker_id)
+    assert speaker_key("NoVa") == "nova" and resolve_speaker(config, "NOVA")[0] == "nova"
+    whitespace = r"is empty or starts or ends with whitespace: generate\(speaker=...\) looks a speaker up by"
+    with pytest.raises(ValueError, match=rf"--speaker_name ' Ethan' {whitespace}.*beside 'ethan'.*"
+                                         r"Pass --speaker_name 'Ethan'"):
+        resolve_speaker(config, " Ethan")
+    with pytest.raises(ValueError, match=rf"--adapt_speaker 'Ethan\\t' {whitespace}"):
+        resolve_speaker(config, adapt_speaker="Ethan\t")
+    with pytest.raises(ValueError, match=rf"--init_speaker ' chelsie ' {whitespace}"):
+        resolve_speaker(config, "nova", " chelsie ")
+    with pytest.raises(ValueError, match=rf"--speaker_name '' {whitespace}"):
+        resolve_speaker(config, "")
+
+    assert resolve_preserved_speakers(config, "all", "nova") == speakers
+    assert resolve_preserved_speakers(config, "all", "ethan") == {k: v for k, v in speakers.items() if k != "ethan"}
+    assert resolve_preserved_speakers(config, "none", "nova") == {}
+    assert resolve_preserved_speakers(config, "Chelsie,aiden", "nova") == {
+        "chelsie": speakers["chelsie"], "aiden": speakers["aiden"]
+    }
+    with pytest.raises(ValueError, match=r"--preserve_speakers names 'Bob', not a speaker of this Talker"):
+        resolve_preserved_speakers(config, "chelsie,Bob", "nova")
+    with pytest.raises(ValueError, match=r"--preserve_speakers names 'ethan', the speaker this run trains"):
+        resolve_preserved_speakers(config, "Ethan", "ethan")
+
+    # a hand-edited adapter whose name generate could not find is refused at the merge
+    (tmp_path / "talker_voice_config.json").write_text(
+        json.dumps({"speaker_name": "Nova", "speaker_codec_id": 1, "init_codec_id": None})
+    )
+    with pytest.raises(ValueError, match=r"speaker_name 'Nova' of .* is not lower-case.*write 'nova'"):
+        read_talker_voice_config(tmp_path)
+
+    # the script refuses the name before any work: the base keeps its three speakers, nothing is written
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("talker_voice_sft_names", os.path.join(REPO, "train", "talker_voice_sft.py"))
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    parser = script.TrlParser((script.ScriptArguments, script.Qwen3OmniSFTConfig, script.Qwen3OmniModelConfig,
+                               script.TalkerVoiceArguments))
+    flags = [str(value) for value in train_flags(workdir, tmp_path / "out", "--speaker_name", " Ethan")]
+    with pytest.raises(ValueError, match=r"--speaker_name ' Ethan' is empty or starts or ends with whitespace"):
+        script.main(*parser.parse_args_and_config(args=flags))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match=r"--preserve_weight must be > 0, got 0.0.*--preserve_speakers none"):
+        parser.parse_args_and_config(args=flags + ["--preserve_weight", "0"])
+
+
 def test_the_model_card_usage_snippet_gives_the_merged_voice(workdir, trained):
     """The card `--push_to_hub` writes for a Talker voice adapter: its usage code, run as a user would (with the Hub
     ids pointing at the local folders), gives the model `train/merge.py` gives, speaker included."""
