@@ -13,7 +13,8 @@ LoRA of the recipe. Preservation, as the recipe runs it:
   conversation and on `--preserve_texts` of the built-in `PRESERVE_TEXTS`, at most twice the clips' length
   (`talker_voice.build_preserve_examples`; a random Thinker rarely ends its speech, so it runs to that limit);
 - every step, `--batch_size` of those examples join the batch of clips (`--preserve_batch_size` defaults to the
-  per-device batch size).
+  per-device batch size); with `--preserve_loss kl` (the default) the frozen base (the adapter disabled) also runs
+  forward on them without gradients, with `codes` it does not.
 
 Figures (CPU time of this process with one torch thread by default, or wall time after a synchronize on a GPU): the
 median step time of both (interleaved over `--repeats` rounds after a warm-up), the time of the one-off generation,
@@ -54,8 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train_step(model, examples, speaker: int) -> None:
-    talker_voice_examples_forward(model, examples, speaker).loss.backward()
+def train_step(model, examples, speaker: int, preserve_loss: str) -> None:
+    talker_voice_examples_forward(model, examples, speaker, preserve_loss=preserve_loss).loss.backward()
     model.zero_grad(set_to_none=True)
 
 
@@ -80,22 +81,22 @@ def main(argv: list[str] | None = None) -> None:
 
     model = build_lora(copy.deepcopy(base), "routed", args.lora_r)
     new_speaker = speakers["ethan"]  # the trained row; which one does not change the cost
-    batches = {
-        "without": examples,
-        "with": examples + preserve_examples[: args.batch_size],
-    }
+    with_preservation = examples + preserve_examples[: args.batch_size]
+    batches = {"without": (examples, "kl"), "kl": (with_preservation, "kl"), "codes": (with_preservation, "codes")}
     times = {variant: [] for variant in batches}
     for round_index in range(args.repeats + 1):
         order = list(batches) if round_index % 2 == 0 else list(reversed(batches))
         for variant in order:
             synchronize(args.device)
             start = clock()
-            train_step(model, batches[variant], new_speaker)
+            train_step(model, batches[variant][0], new_speaker, batches[variant][1])
             synchronize(args.device)
             if round_index:  # round 0 is the warm-up
                 times[variant].append(clock() - start)
     step = {variant: statistics.median(values) for variant, values in times.items()}
-    total = {"without": args.train_steps * step["without"], "with": generation + args.train_steps * step["with"]}
+    total = {
+        variant: (generation if variant != "without" else 0.0) + args.train_steps * step[variant] for variant in step
+    }
     frames = sum(len(example.codes) for example in preserve_examples)
     print(
         f"Talker voice preservation, {args.device}, clock={'wall' if on_gpu else 'cpu'}, threads={args.num_threads}: "
@@ -104,12 +105,15 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.lora_r}; {len(speakers)} preserved speakers x ({len(examples)} clips + {args.preserve_texts} texts) "
         f"= {len(preserve_examples)} examples ({frames} frames); medians of {args.repeats} interleaved rounds"
     )
-    print(f"step without preservation: {step['without'] * 1e3:.1f} ms, with: {step['with'] * 1e3:.1f} ms "
-          f"(x{step['with'] / step['without']:.2f})")
+    print(f"step without preservation: {step['without'] * 1e3:.1f} ms")
+    for variant in ("kl", "codes"):
+        print(f"step with preservation, --preserve_loss {variant}: {step[variant] * 1e3:.1f} ms "
+              f"(x{step[variant] / step['without']:.2f})")
     print(f"one-off generation of the base codes: {generation:.1f} s (= {generation / step['without']:.0f} steps "
           "without preservation)")
-    print(f"total of {args.train_steps} steps: without {total['without']:.1f} s, with {total['with']:.1f} s "
-          f"(x{total['with'] / total['without']:.2f})")
+    print(f"total of {args.train_steps} steps: without {total['without']:.1f} s, with --preserve_loss kl "
+          f"{total['kl']:.1f} s (x{total['kl'] / total['without']:.2f}), codes {total['codes']:.1f} s "
+          f"(x{total['codes'] / total['without']:.2f})")
 
 
 if __name__ == "__main__":

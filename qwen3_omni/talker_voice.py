@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.nn.utils import parametrize
 from transformers import AutoConfig, PretrainedConfig, Qwen3OmniMoeForConditionalGeneration, Trainer
@@ -61,6 +63,7 @@ CODE_PREDICTOR_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 # step (bench/bench_talker_lora.py), so by default only the code predictor's attention is adapted.
 CODE_PREDICTOR_MLP_WEIGHTS = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
 CODEC_EMBEDDING = "talker.model.codec_embedding"
+PRESERVE_LOSSES = ("kl", "codes")
 
 
 @dataclass
@@ -86,6 +89,11 @@ class TalkerVoiceArguments:
     )
     preserve_weight: float = field(
         default=1.0, metadata={"help": "Weight of the preserved speakers' loss next to the new voice's (> 0)."}
+    )
+    preserve_loss: str = field(
+        default="kl",
+        metadata={"help": "Loss on the preserved speakers' base codes: 'kl' (to the frozen base's distributions, the "
+                  "adapter disabled: one more forward without gradients) or 'codes' (cross-entropy on the codes)."},
     )
     preserve_texts: str | None = field(
         default=None,
@@ -154,6 +162,8 @@ class TalkerVoiceArguments:
             value = getattr(self, option)
             if value is not None and value < 1:
                 raise ValueError(f"--{option} must be at least 1, got {value}; leave it out for the default.")
+        if self.preserve_loss not in PRESERVE_LOSSES:
+            raise ValueError(f"--preserve_loss must be one of {PRESERVE_LOSSES}, got {self.preserve_loss!r}.")
         if not self.preserve_weight > 0:
             raise ValueError(
                 f"--preserve_weight must be > 0, got {self.preserve_weight}; to let the new voice replace the "
@@ -630,12 +640,23 @@ def _group_means(losses: torch.Tensor, preserved: torch.Tensor) -> tuple[torch.T
     return voice, losses[preserved].mean() if preserved.any() else None
 
 
+def _kl_to_reference(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
+    """Per position `KL(reference || model)` over the last dimension."""
+    reference = F.log_softmax(reference_logits.float(), dim=-1)
+    return F.kl_div(F.log_softmax(logits.float(), dim=-1), reference, log_target=True, reduction="none").sum(-1)
+
+
 def talker_voice_forward(
-    model: Qwen3OmniMoeForConditionalGeneration, sequences: list[TalkerSequence], preserve_weight: float = 1.0
+    model: Qwen3OmniMoeForConditionalGeneration,
+    sequences: list[TalkerSequence],
+    preserve_weight: float = 1.0,
+    reference: TalkerVoiceOutput | None = None,
 ) -> TalkerVoiceOutput:
     """Forward the Talker and the code predictor on a batch of teacher-forced clips (right-padded) and compute both
     cross-entropies (mean over the predicted codes of the batch): over the new voice's clips, and apart over the
-    preserved speakers' rows, which add `preserve_weight` times theirs to the loss."""
+    preserved speakers' rows, which add `preserve_weight` times theirs to the loss. With `reference` (this forward
+    of the frozen base on the preserved rows alone, in their order) the preserved rows' losses are the KL divergences
+    from the base's distributions instead of cross-entropies on their codes."""
     talker = model.talker
     lengths = [len(sequence.labels) for sequence in sequences]
     max_length = max(lengths)
@@ -660,10 +681,17 @@ def talker_voice_forward(
     logits = outputs.logits
     target = labels != IGNORE_INDEX
     preserved_rows = torch.tensor([sequence.preserved for sequence in sequences], device=device)
-    talker_loss, preserve_talker_loss = _group_means(
-        F.cross_entropy(logits[target].float(), labels[target], reduction="none"),
-        preserved_rows[:, None].expand_as(labels)[target],
-    )
+    token_preserved = preserved_rows[:, None].expand_as(labels)[target]
+    token_losses = F.cross_entropy(logits[target].float(), labels[target], reduction="none")
+    if reference is not None:
+        reference_target = torch.zeros(reference.talker_logits.shape[:2], dtype=torch.bool, device=device)
+        for row, sequence in enumerate(sequence for sequence in sequences if sequence.preserved):
+            reference_target[row, : len(sequence.labels)] = sequence.labels != IGNORE_INDEX
+        token_losses = token_losses.clone()
+        token_losses[token_preserved] = _kl_to_reference(
+            logits[target][token_preserved], reference.talker_logits[reference_target]
+        )
+    talker_loss, preserve_talker_loss = _group_means(token_losses, token_preserved)
 
     # The hidden state that predicted a frame's codebook 0 conditions the code predictor for that frame: the labelled
     # positions but the last of each row (which predicts codec_eos).
@@ -686,6 +714,11 @@ def talker_voice_forward(
     frame_preserved = torch.cat(
         [preserved_rows[row].expand(len(positions)) for row, positions in enumerate(frame_positions)]
     )
+    if reference is not None:
+        predictor_losses = predictor_losses.clone()
+        predictor_losses[frame_preserved] = _kl_to_reference(
+            predictor_logits[frame_preserved], reference.code_predictor_logits
+        )
     code_predictor_loss, preserve_code_predictor_loss = _group_means(
         predictor_losses, frame_preserved[:, None].expand_as(predictor_losses)
     )
@@ -750,11 +783,27 @@ def cache_thinker_outputs(model: Qwen3OmniMoeForConditionalGeneration, examples:
         example.thinker_embed, example.thinker_hidden = embed[0].cpu(), hidden[0].cpu()
 
 
+@contextmanager
+def adapters_disabled(model: nn.Module):
+    """The model without its LoRA, which is the frozen base: PEFT's `disable_adapters` flag of each LoRA layer, set
+    without `enable_adapters` (which would switch the adapters' `requires_grad` off and on in the middle of a step)."""
+    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    previous = [layer._disable_adapters for layer in layers]
+    for layer in layers:
+        layer._disable_adapters = True
+    try:
+        yield model
+    finally:
+        for layer, value in zip(layers, previous):
+            layer._disable_adapters = value
+
+
 def talker_voice_examples_forward(
     model: Qwen3OmniMoeForConditionalGeneration,
     examples: list[TalkerVoiceExample],
     speaker_codec_id: int,
     preserve_weight: float = 1.0,
+    preserve_loss: str = "codes",
 ) -> TalkerVoiceOutput:
     """[`talker_voice_forward`] on a batch of examples: the Thinker's outputs are the cached ones, or are computed
     here (frozen, without gradients) for examples that have none. The new voice's clips are spoken as
@@ -780,7 +829,11 @@ def talker_voice_examples_forward(
                     example.codes.to(device), example.next_code, preserved,
                 )
             )
-    return talker_voice_forward(model, sequences, preserve_weight)
+    reference = None
+    if preserve_loss == "kl" and any(sequence.preserved for sequence in sequences):
+        with torch.no_grad(), adapters_disabled(model):
+            reference = talker_voice_forward(model, [sequence for sequence in sequences if sequence.preserved])
+    return talker_voice_forward(model, sequences, preserve_weight, reference)
 
 
 def collate_talker_voice(examples: list[TalkerVoiceExample]) -> dict[str, list[TalkerVoiceExample]]:
@@ -938,11 +991,12 @@ class TalkerVoiceModel(Qwen3OmniMoeForConditionalGeneration):
         examples: list[TalkerVoiceExample] | None = None,
         speaker_codec_id: int | None = None,
         preserve_weight: float = 1.0,
+        preserve_loss: str = "codes",
         **kwargs,
     ):
         if examples is None:
             return super().forward(*args, **kwargs)
-        return talker_voice_examples_forward(self, examples, speaker_codec_id, preserve_weight)
+        return talker_voice_examples_forward(self, examples, speaker_codec_id, preserve_weight, preserve_loss)
 
 
 class TalkerVoiceTrainer(Trainer):
@@ -969,6 +1023,7 @@ class TalkerVoiceTrainer(Trainer):
         preserve_examples: list[TalkerVoiceExample] | None = None,
         preserve_batch_size: int = 1,
         preserve_weight: float = 1.0,
+        preserve_loss: str = "kl",
         voice_preservation: dict | None = None,
         **kwargs,
     ):
@@ -982,6 +1037,7 @@ class TalkerVoiceTrainer(Trainer):
         self.preserve_examples = preserve_examples or []
         self.preserve_batch_size = preserve_batch_size
         self.preserve_weight = preserve_weight
+        self.preserve_loss = preserve_loss
         self.voice_preservation = voice_preservation
         self._preserve_draw = None
         self._loss_sums = {"talker_loss": 0.0, "code_predictor_loss": 0.0}
@@ -1005,7 +1061,10 @@ class TalkerVoiceTrainer(Trainer):
         if model.training and self.preserve_examples:
             examples = examples + self._next_preserve_batch()
         # through the (DDP-wrapped) model's call, so that DDP synchronises the gradients
-        outputs = model(examples=examples, speaker_codec_id=self.speaker_codec_id, preserve_weight=self.preserve_weight)
+        outputs = model(
+            examples=examples, speaker_codec_id=self.speaker_codec_id, preserve_weight=self.preserve_weight,
+            preserve_loss=self.preserve_loss,
+        )
         if model.training:
             for key in self._loss_sums:
                 self._loss_sums[key] += getattr(outputs, key).detach().item()

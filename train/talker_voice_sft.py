@@ -11,6 +11,11 @@ folder or Hub id) and encoded once with Mimi (`--codec_name_or_path kyutai/mimi`
 `--codes_cache_dir`). Every TRL/Trainer flag works (`TrlParser` over `ScriptArguments`, `SFTConfig`, `ModelConfig`,
 plus `TalkerVoiceArguments`); `talker_loss` and `code_predictor_loss` are logged separately
 (`--report_to tensorboard`).
+
+The existing speakers keep speaking as the base (`--preserve_speakers all`, the default; `none` lets the new voice
+replace them): before training the base Talker speaks each clip's conversation and `--preserve_texts` as each of them
+(greedy), and every step trains on those codes next to the clips (`preserve_talker_loss`,
+`preserve_code_predictor_loss`, weight `--preserve_weight`). See docs/talker_voice.md.
 """
 
 import os
@@ -125,6 +130,7 @@ def main(script_args, training_args, model_args, voice_args):
         "preserved_speakers": preserved,
         "replaced_speakers": sorted(set(config.talker_config.speaker_id) - set(preserved) - {speaker}),
         "preserve_weight": voice_args.preserve_weight,
+        "preserve_loss": voice_args.preserve_loss,
         "preserve_batch_size": preserve_batch_size if preserved else 0,
         "preserve_max_frames": preserve_max_frames if preserved else 0,
         "num_preserve_texts": len(preserve_texts),
@@ -158,6 +164,7 @@ def main(script_args, training_args, model_args, voice_args):
         preserve_examples=preserve_examples,
         preserve_batch_size=preserve_batch_size,
         preserve_weight=voice_args.preserve_weight,
+        preserve_loss=voice_args.preserve_loss,
         voice_preservation=voice_preservation,
     )
     trainer.add_callback(DistributedRunCallback())
