@@ -33,13 +33,17 @@ import time
 
 import torch
 
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-import qwen3_omni_tiny  # noqa: E402
-from bench_talker_lora import add_model_arguments, build_lora, build_model, make_examples, synchronize  # noqa: E402
-
-from qwen_omni.qwen3_omni.talker_voice import (  # noqa: E402
+import qwen3_omni_tiny
+from bench_talker_lora import (
+    add_model_arguments,
+    build_lora,
+    build_model,
+    make_examples,
+    synchronize,
+)
+from qwen_omni.qwen3_omni.talker_voice import (
     PRESERVE_TEXTS,
     build_preserve_examples,
     cache_thinker_outputs,

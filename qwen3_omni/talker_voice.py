@@ -51,7 +51,7 @@ logger = logging.get_logger(__name__)
 
 # Written next to the adapter: which speaker the adapter's trained codec-embedding row is, for the merge.
 TALKER_VOICE_CONFIG_NAME = "talker_voice_config.json"
-# Written next to the adapter and copied into the merge: which existing speakers the run kept (read_voice_preservation).
+# Written next to the adapter and copied into the merge: the existing speakers the run kept (read_voice_preservation).
 VOICE_PRESERVATION_NAME = "voice_preservation.json"
 TALKER_PREFIX = "talker.model."
 CODE_PREDICTOR_PREFIX = "talker.code_predictor.model."
@@ -91,9 +91,9 @@ class TalkerVoiceArguments:
         default=1.0, metadata={"help": "Weight of the preserved speakers' loss next to the new voice's (> 0)."}
     )
     preserve_loss: str = field(
-        default="kl",
-        metadata={"help": "Loss on the preserved speakers' base codes: 'kl' (to the frozen base's distributions, the "
-                  "adapter disabled: one more forward without gradients) or 'codes' (cross-entropy on the codes)."},
+        default="codes",
+        metadata={"help": "Loss on the preserved speakers' base codes: 'codes' (cross-entropy on them) or 'kl' (to "
+                  "the frozen base's distributions, the adapter disabled: one more forward without gradients)."},
     )
     preserve_texts: str | None = field(
         default=None,
@@ -1023,7 +1023,7 @@ class TalkerVoiceTrainer(Trainer):
         preserve_examples: list[TalkerVoiceExample] | None = None,
         preserve_batch_size: int = 1,
         preserve_weight: float = 1.0,
-        preserve_loss: str = "kl",
+        preserve_loss: str = "codes",
         voice_preservation: dict | None = None,
         **kwargs,
     ):
