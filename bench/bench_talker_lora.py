@@ -64,8 +64,8 @@ TIMED_VARIANTS = (
 MEMORY_VARIANTS = ("cached", "recomputed")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, batch and clock options (shared with bench_voice_preservation.py)."""
     parser.add_argument("--talker_hidden", type=int, default=256)
     parser.add_argument("--talker_layers", type=int, default=2)
     parser.add_argument("--num_experts", type=int, default=32)
@@ -81,6 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--num_threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
     parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory_probe", choices=MEMORY_VARIANTS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

@@ -137,7 +137,7 @@ def merge_talker_voice_adapter(
 
     The adapter's LoRA (Talker attention, routers, experts, code predictor) and its trained codec-embedding row are
     folded into the Talker, and `talker_config.speaker_id` gains the adapter's speaker (from
-    `talker_voice_config.json`), so that `generate(..., speaker=NAME)` on the result speaks with the voice. The
+    `talker_voice_config.json`; `voice_preservation.json`, which speakers were kept, is copied), so that `generate(..., speaker=NAME)` on the result speaks with the voice. The
     Thinker and code2wav are the base's tensors, written unchanged.
 
     Args:
@@ -146,7 +146,13 @@ def merge_talker_voice_adapter(
         base_model_name_or_path (`str`, *optional*): the base; defaults to the adapter config's.
         dtype (`str` or `torch.dtype`, *optional*, defaults to `"auto"`): dtype the base is loaded and saved in.
     """
-    from .talker_voice import TALKER_VOICE_CONFIG_NAME, load_talker_model, read_talker_voice_config
+    from .talker_voice import (
+        TALKER_VOICE_CONFIG_NAME,
+        load_talker_model,
+        read_talker_voice_config,
+        read_voice_preservation,
+        write_voice_preservation,
+    )
 
     voice = read_talker_voice_config(adapter_path)
     if voice is None:
@@ -164,4 +170,7 @@ def merge_talker_voice_adapter(
         speakers[voice["speaker_name"]] = voice["speaker_codec_id"]
         model.config.talker_config.speaker_id = speakers
         _save_with_base_processor(model, base, staging)
+        preservation = read_voice_preservation(adapter_path)
+        if preservation is not None:  # which speakers still speak as the base, for the evaluation of the merge
+            write_voice_preservation(staging, preservation)
     return output_dir

@@ -214,13 +214,14 @@ def train_flags(workdir, output_dir, *extra):
 
 @pytest.fixture(scope="module")
 def trained(workdir):
-    """`train/talker_voice_sft.py --speaker_name nova` (400 steps on the 3 clips), then `train/merge.py`."""
+    """`train/talker_voice_sft.py --speaker_name nova --preserve_speakers none` (400 steps on the 3 clips: the voice
+    alone, see trained_with_preservation), then `train/merge.py`."""
     output_dir = workdir["root"] / "nova"
     run_script(
         "talker_voice_sft.py",
         # the tiny code predictor (1 layer of 16) needs its MLP adapted too to memorise 15 codebooks exactly
         *train_flags(workdir, output_dir, "--speaker_name", "nova", "--init_speaker", "Ethan", "--max_steps", 400,
-                     "--lora_target_code_predictor_mlp", "true",
+                     "--lora_target_code_predictor_mlp", "true", "--preserve_speakers", "none",
                      "--logging_steps", 50, "--report_to", "tensorboard"),
     )
     merged = workdir["root"] / "nova_merged"
@@ -228,7 +229,7 @@ def trained(workdir):
     return {"adapter": output_dir, "merged": str(merged)}
 
 
-def generate_codes(model, processor, text, speaker):
+def generate_codes(model, processor, text, speaker, **generate_kwargs):
     """Greedy `generate(speaker=...)` with the (tiny, random) Thinker forced to say `text`: the Talker's 16-codebook
     codes `(T, 16)` and the waveform."""
     prompt_ids, answer_ids = conversation_ids(processor, text, None, "Read this aloud: {text}")
@@ -240,11 +241,18 @@ def generate_codes(model, processor, text, speaker):
         return talker_results[-1]
 
     model.talker.generate = recording_generate
+    wav = None
     try:
         _, wav = model.generate(
             input_ids=torch.tensor([prompt_ids]), speaker=speaker, thinker_max_new_tokens=len(answer_ids) + 4,
             thinker_eos_token_id=answer_ids[-1], talker_do_sample=False, talker_max_new_tokens=4 * FRAMES_PER_CLIP,
+            **generate_kwargs,
         )
+    except RuntimeError as error:
+        # transformers 5.23's generate cannot stack zero frames when the Talker says codec_eos first: no speech
+        if "non-empty TensorList" not in str(error) or not talker_results:
+            raise
+        return torch.empty((0, tiny_checkpoints.TINY_NUM_CODEBOOKS), dtype=torch.long), wav
     finally:
         del model.talker.generate
         thinker.handle.remove()
@@ -282,6 +290,101 @@ def test_it_learns_the_voice(workdir, trained, processor):
     base = load_model(workdir["base"])
     for clip in encoded:
         assert not torch.equal(generate_codes(base, processor, clip.text, "ethan")[0], clip.codes)
+
+
+# Sentences in neither the voice data (TEXTS) nor the preservation texts (PRESERVE_TEXTS).
+OUTSIDE_TEXTS = [
+    "what do you see", "describe the sound in detail", "two plus two is four", "a steady tone then silence"
+]
+
+
+@pytest.fixture(scope="module")
+def trained_with_preservation(workdir):
+    """The `trained` run keeping the existing speakers (`--preserve_speakers all`, the default), with the settings
+    measured to learn the voice exactly on the tiny model: cross-entropy on the base's codes at weight 0.3, 800
+    steps (at weight 1 and 400 steps no clip is reproduced)."""
+    output_dir = workdir["root"] / "nova_preserving"
+    run_script(
+        "talker_voice_sft.py",
+        *train_flags(workdir, output_dir, "--speaker_name", "nova", "--init_speaker", "Ethan", "--max_steps", 800,
+                     "--lora_target_code_predictor_mlp", "true", "--preserve_loss", "codes",
+                     "--preserve_weight", 0.3),
+    )
+    merged = workdir["root"] / "nova_preserving_merged"
+    run_script("merge.py", "--adapter", output_dir, "--output_dir", merged)
+    return {"adapter": output_dir, "merged": str(merged)}
+
+
+def same_code_fraction(model, base, processor, speaker, texts):
+    """Fraction of (frame, codebook) positions where `model`'s greedy codes for `speaker` equal `base`'s, over
+    `texts` (a frame only one of them speaks counts as different)."""
+    same = total = 0
+    for text in texts:
+        codes = generate_codes(model, processor, text, speaker, talker_repetition_penalty=1.0)[0]
+        reference = generate_codes(base, processor, text, speaker, talker_repetition_penalty=1.0)[0]
+        frames = min(len(codes), len(reference))
+        same += (codes[:frames] == reference[:frames]).sum().item()
+        total += max(len(codes), len(reference)) * codes.shape[1]
+    return same / total
+
+
+def spoken_clips(model, processor, encoded, speakers):
+    """Per speaker, how many of the clips' exact codes greedy generate speaks from their transcripts."""
+    return {
+        speaker: sum(
+            torch.equal(generate_codes(model, processor, clip.text, speaker)[0], clip.codes) for clip in encoded
+        )
+        for speaker in speakers
+    }
+
+
+def nova_clips(workdir, config, adapter):
+    from qwen_omni.common.clips import read_clips
+    from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
+
+    clips = read_clips(workdir["data"], speaker="nova", speaker_column=None)
+    codec = MimiCodec.from_pretrained(workdir["mimi"], config)
+    return encode_clips(clips, codec, adapter / "mimi_codes")[0]
+
+
+def test_the_new_voice_joins_the_existing_speakers(workdir, trained, trained_with_preservation, processor):
+    """With preservation (the default) the merged nova speaks a training clip's exact codes and no existing speaker
+    speaks any of nova's clips; without it (`--preserve_speakers none`) every existing speaker speaks nova's clips
+    (the collapse of issue 19). The record of what was kept is in the adapter and in the merge."""
+    from qwen_omni.qwen3_omni.talker_voice import read_voice_preservation
+
+    base = load_model(workdir["base"])
+    ids = dict(base.config.talker_config.speaker_id)
+    encoded = nova_clips(workdir, base.config, trained["adapter"])
+    preserved = spoken_clips(load_model(trained_with_preservation["merged"]), processor, encoded, [*ids, "nova"])
+    alone = spoken_clips(load_model(trained["merged"]), processor, encoded, [*ids, "nova"])
+    assert preserved["nova"] >= 1 and not any(preserved[speaker] for speaker in ids), preserved
+    assert alone["nova"] >= 1 and all(alone[speaker] >= 1 for speaker in ids), alone
+
+    for folder in (trained_with_preservation["adapter"], trained_with_preservation["merged"]):
+        record = read_voice_preservation(folder)
+        assert record["speaker_name"] == "nova" and record["preserved_speakers"] == ids
+        assert record["replaced_speakers"] == [] and record["preserve_weight"] == 0.3
+        assert record["num_preserve_examples"] == len(ids) * (len(TEXTS) + record["num_preserve_texts"])
+    record = read_voice_preservation(trained["merged"])
+    assert record["preserved_speakers"] == {} and record["replaced_speakers"] == sorted(ids)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 19, open: on the tiny model the preserved speakers' greedy codes on unseen sentences match the "
+    "base's at ~0.17 of positions after preservation (0.01 without), not 0.9 (docs/talker_voice.md)",
+)
+def test_existing_speakers_keep_speaking_as_the_base(workdir, trained, trained_with_preservation, processor):
+    """Issue 19's measure: on sentences outside the voice data and the preservation texts, every preserved speaker's
+    greedy codes equal the base's at >= 0.9 of (frame, codebook) positions; without preservation they do not."""
+    base = load_model(workdir["base"])
+    speakers = sorted(base.config.talker_config.speaker_id)
+    alone = load_model(trained["merged"])
+    assert all(same_code_fraction(alone, base, processor, speaker, OUTSIDE_TEXTS) < 0.5 for speaker in speakers)
+    merged = load_model(trained_with_preservation["merged"])
+    fractions = {speaker: same_code_fraction(merged, base, processor, speaker, OUTSIDE_TEXTS) for speaker in speakers}
+    assert all(fraction >= 0.9 for fraction in fractions.values()), fractions
 
 
 def test_tensorboard_logs_both_losses(trained):
@@ -481,6 +584,64 @@ def test_speaker_options(workdir):
         resolve_speaker(config, "nova", "Bob")
 
 
+def test_speaker_names_are_keyed_once_as_generate_looks_them_up(workdir, tmp_path):
+    """`generate(speaker=NAME)` looks up `NAME.lower()` without stripping: every name the recipe takes is keyed so
+    (`--speaker_name NOVA` is `nova`), and one with surrounding whitespace is refused before any work instead of
+    becoming a second voice `" ethan"` beside `ethan`; the preserved speakers resolve the same way."""
+    from qwen_omni.qwen3_omni.talker_voice import (
+        read_talker_voice_config, resolve_preserved_speakers, resolve_speaker, speaker_key,
+    )
+
+    config = load_model(workdir["base"]).config
+    speakers = dict(config.talker_config.speaker_id)
+    assert speaker_key("NoVa") == "nova" and resolve_speaker(config, "NOVA")[0] == "nova"
+    whitespace = r"is empty or starts or ends with whitespace: generate\(speaker=...\) looks a speaker up by"
+    with pytest.raises(ValueError, match=rf"--speaker_name ' Ethan' {whitespace}.*beside 'ethan'.*"
+                                         r"Pass --speaker_name 'Ethan'"):
+        resolve_speaker(config, " Ethan")
+    with pytest.raises(ValueError, match=rf"--adapt_speaker 'Ethan\\t' {whitespace}"):
+        resolve_speaker(config, adapt_speaker="Ethan\t")
+    with pytest.raises(ValueError, match=rf"--init_speaker ' chelsie ' {whitespace}"):
+        resolve_speaker(config, "nova", " chelsie ")
+    with pytest.raises(ValueError, match=rf"--speaker_name '' {whitespace}"):
+        resolve_speaker(config, "")
+
+    assert resolve_preserved_speakers(config, "all", "nova") == speakers
+    assert resolve_preserved_speakers(config, "all", "ethan") == {k: v for k, v in speakers.items() if k != "ethan"}
+    assert resolve_preserved_speakers(config, "none", "nova") == {}
+    assert resolve_preserved_speakers(config, "Chelsie,aiden", "nova") == {
+        "chelsie": speakers["chelsie"], "aiden": speakers["aiden"]
+    }
+    with pytest.raises(ValueError, match=r"--preserve_speakers names 'Bob', not a speaker of this Talker"):
+        resolve_preserved_speakers(config, "chelsie,Bob", "nova")
+    with pytest.raises(ValueError, match=r"--preserve_speakers names 'ethan', the speaker this run trains"):
+        resolve_preserved_speakers(config, "Ethan", "ethan")
+
+    # a hand-edited adapter whose name generate could not find is refused at the merge
+    (tmp_path / "talker_voice_config.json").write_text(
+        json.dumps({"speaker_name": "Nova", "speaker_codec_id": 1, "init_codec_id": None})
+    )
+    with pytest.raises(ValueError, match=r"speaker_name 'Nova' of .* is not lower-case.*write 'nova'"):
+        read_talker_voice_config(tmp_path)
+
+    # the script refuses the name before any work: the base keeps its three speakers, nothing is written
+    import importlib.util
+
+    path = os.path.join(REPO, "train", "talker_voice_sft.py")
+    spec = importlib.util.spec_from_file_location("talker_voice_sft_names", path)
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    parser = script.TrlParser((script.ScriptArguments, script.Qwen3OmniSFTConfig, script.Qwen3OmniModelConfig,
+                               script.TalkerVoiceArguments))
+    flags = [str(value) for value in train_flags(workdir, tmp_path / "out", "--speaker_name", " Ethan")]
+    with pytest.raises(ValueError, match=r"--speaker_name ' Ethan' is empty or starts or ends with whitespace"):
+        script.main(*parser.parse_args_and_config(args=flags))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match=r"--preserve_weight must be > 0, got 0.0.*--preserve_speakers none"):
+        parser.parse_args_and_config(args=flags + ["--preserve_weight", "0"])
+
+
 def test_the_model_card_usage_snippet_gives_the_merged_voice(workdir, trained):
     """The card `--push_to_hub` writes for a Talker voice adapter: its usage code, run as a user would (with the Hub
     ids pointing at the local folders), gives the model `train/merge.py` gives, speaker included."""
@@ -661,8 +822,17 @@ def test_adapt_speaker_prompts_and_push_to_hub(workdir, tmp_path, monkeypatch):
     delta = [key for key in adapter if "trainable_tokens_delta" in key]
     assert len(delta) == 1
 
+    # --adapt_speaker keeps the other speakers the same way (by default)
+    from qwen_omni.qwen3_omni.talker_voice import read_voice_preservation
+
+    preservation = read_voice_preservation(tmp_path / "out")
+    assert preservation["speaker_name"] == "ethan" and preservation["replaced_speakers"] == []
+    assert preservation["preserved_speakers"] == {name: speakers[name] for name in ("chelsie", "aiden")}
+    assert preservation["num_preserve_examples"] == 2 * (2 + preservation["num_preserve_texts"])
+
     run_script("merge.py", "--adapter", tmp_path / "out", "--output_dir", tmp_path / "merged")
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["talker_config"]["speaker_id"] == speakers
+    assert read_voice_preservation(tmp_path / "merged") == preservation
     base = load_file(os.path.join(workdir["base"], "model.safetensors"))["talker.model.codec_embedding.weight"]
     merged = load_file(tmp_path / "merged" / "model.safetensors")["talker.model.codec_embedding.weight"]
     assert torch.nonzero((base != merged).any(-1)).flatten().tolist() == [speakers["ethan"]]

@@ -11,6 +11,11 @@ folder or Hub id) and encoded once with Mimi (`--codec_name_or_path kyutai/mimi`
 `--codes_cache_dir`). Every TRL/Trainer flag works (`TrlParser` over `ScriptArguments`, `SFTConfig`, `ModelConfig`,
 plus `TalkerVoiceArguments`); `talker_loss` and `code_predictor_loss` are logged separately
 (`--report_to tensorboard`).
+
+The existing speakers keep speaking as the base (`--preserve_speakers all`, the default; `none` lets the new voice
+replace them): before training the base Talker speaks each clip's conversation and `--preserve_texts` as each of them
+(greedy), and every step trains on those codes next to the clips (`preserve_talker_loss`,
+`preserve_code_predictor_loss`, weight `--preserve_weight`). See docs/talker_voice.md.
 """
 
 import os
@@ -32,10 +37,13 @@ from qwen_omni.qwen3_omni.talker_voice import (
     TalkerVoiceTrainer,
     add_speaker,
     build_examples,
+    build_preserve_examples,
     build_talker_lora_config,
     cache_thinker_outputs,
     check_has_talker,
     load_talker_model,
+    read_preserve_texts,
+    resolve_preserved_speakers,
     resolve_speaker,
 )
 from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
@@ -55,7 +63,14 @@ def main(script_args, training_args, model_args, voice_args):
         )
     resume_checkpoint = resolve_resume_checkpoint(training_args)  # before the clips and the model are loaded
     name_or_path, revision = model_args.model_name_or_path, model_args.model_revision
-    check_has_talker(AutoConfig.from_pretrained(name_or_path, revision=revision), name_or_path)
+    config = AutoConfig.from_pretrained(name_or_path, revision=revision)
+    check_has_talker(config, name_or_path)
+    # the speakers and the preservation texts are checked before any work
+    speaker, codec_id, init_id = resolve_speaker(
+        config, voice_args.speaker_name, voice_args.init_speaker, voice_args.adapt_speaker
+    )
+    preserved = resolve_preserved_speakers(config, voice_args.preserve_speakers, speaker)
+    preserve_texts = read_preserve_texts(voice_args.preserve_texts) if preserved else []
     if model_args.load_in_8bit or model_args.offload_experts:
         raise ValueError(
             "The Talker voice recipe does not take --load_in_8bit or --offload_experts. For a smaller base use "
@@ -83,9 +98,6 @@ def main(script_args, training_args, model_args, voice_args):
         experts_implementation=resolve_experts_implementation(voice_args.experts_implementation),
     )
     processor = AutoProcessor.from_pretrained(name_or_path, revision=revision)
-    speaker, codec_id, init_id = resolve_speaker(
-        model.config, voice_args.speaker_name, voice_args.init_speaker, voice_args.adapt_speaker
-    )
 
     clips = read_clips(
         script_args.dataset_name, speaker=speaker, audio_column=voice_args.audio_column,
@@ -110,6 +122,24 @@ def main(script_args, training_args, model_args, voice_args):
     examples = build_examples(encoded, processor, voice_args.user_prompt_template, voice_args.system_prompt)
     if voice_args.cache_thinker_outputs:
         cache_thinker_outputs(model, examples)
+    # the base Talker's own speech for the preserved speakers, generated before the adapter exists
+    preserve_max_frames = voice_args.preserve_max_frames or 2 * max(len(clip.codes) for clip in encoded)
+    preserve_examples = build_preserve_examples(
+        model, processor, examples, preserve_texts, preserved, preserve_max_frames, voice_args.user_prompt_template,
+        voice_args.system_prompt,
+    ) if preserved else []
+    preserve_batch_size = voice_args.preserve_batch_size or training_args.per_device_train_batch_size
+    voice_preservation = {
+        "speaker_name": speaker,
+        "preserved_speakers": preserved,
+        "replaced_speakers": sorted(set(config.talker_config.speaker_id) - set(preserved) - {speaker}),
+        "preserve_weight": voice_args.preserve_weight,
+        "preserve_loss": voice_args.preserve_loss,
+        "preserve_batch_size": preserve_batch_size if preserved else 0,
+        "preserve_max_frames": preserve_max_frames if preserved else 0,
+        "num_preserve_texts": len(preserve_texts),
+        "num_preserve_examples": len(preserve_examples),
+    }
 
     add_speaker(model, speaker, codec_id, init_id)
     model.requires_grad_(False)
@@ -135,6 +165,11 @@ def main(script_args, training_args, model_args, voice_args):
         processing_class=processor,
         speaker_codec_id=codec_id,
         talker_voice_config={"name": speaker, "codec_id": codec_id, "init_id": init_id},
+        preserve_examples=preserve_examples,
+        preserve_batch_size=preserve_batch_size,
+        preserve_weight=voice_args.preserve_weight,
+        preserve_loss=voice_args.preserve_loss,
+        voice_preservation=voice_preservation,
     )
     trainer.add_callback(DistributedRunCallback())
     trainer.train(resume_from_checkpoint=resume_checkpoint)
