@@ -25,13 +25,12 @@ from transformers import AutoConfig, AutoProcessor
 from trl import ScriptArguments, TrlParser
 
 from qwen_omni.common.clips import load_audio_text_rows, read_clips
-from qwen_omni.common.hub import push_to_hub, validate_repo_id
+from qwen_omni.common.hub import defer_hub_push, push_after_training
 from qwen_omni.common.launching import DistributedRunCallback, check_launch, check_output_dir, resolve_resume_checkpoint
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniModelConfig, Qwen3OmniSFTConfig
 from qwen_omni.qwen3_omni.loading import resolve_experts_implementation
-from qwen_omni.qwen3_omni.peft_lora import apply_peft_lora, silence_false_expert_rank_warning
-from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora
-from qwen_omni.qwen3_omni.expert_lora import MOE_LORA_IMPLEMENTATIONS
+from qwen_omni.qwen3_omni.expert_lora import apply_expert_lora, check_moe_lora_impl
+from qwen_omni.qwen3_omni.peft_lora import silence_false_expert_rank_warning
 from qwen_omni.qwen3_omni.talker_voice import (
     TalkerVoiceArguments,
     TalkerVoiceTrainer,
@@ -78,16 +77,11 @@ def main(script_args, training_args, model_args, voice_args):
         )
     if not model_args.use_peft:
         raise ValueError("The Talker voice recipe trains a LoRA adapter: drop --use_peft false.")
-    if voice_args.moe_lora_impl not in MOE_LORA_IMPLEMENTATIONS:
-        raise ValueError(f"--moe_lora_impl must be one of {MOE_LORA_IMPLEMENTATIONS}, got {voice_args.moe_lora_impl!r}.")
+    check_moe_lora_impl(voice_args.moe_lora_impl)
     if training_args.ddp_find_unused_parameters is None:
         # every trainable tensor (LoRA factors, the speaker's row) takes part in every step: DDP need not search
         training_args.ddp_find_unused_parameters = False
-    push, repo_id = training_args.push_to_hub, training_args.hub_model_id
-    if push:
-        validate_repo_id(repo_id)  # before training, not after it
-        # the Trainer would upload checkpoints as it goes; publishing waits for hub.push_to_hub's checks at the end
-        training_args.push_to_hub = False
+    repo_id = defer_hub_push(training_args)  # checked before training, published after it
 
     model = load_talker_model(
         name_or_path,
@@ -152,10 +146,7 @@ def main(script_args, training_args, model_args, voice_args):
     )
     with silence_false_expert_rank_warning():
         peft_model = get_peft_model(model, lora_config)
-    if voice_args.moe_lora_impl == "routed":
-        apply_routed_lora(peft_model)
-    else:
-        apply_peft_lora(peft_model)
+    apply_expert_lora(peft_model, voice_args.moe_lora_impl)
     peft_model.print_trainable_parameters()
 
     trainer = TalkerVoiceTrainer(
@@ -174,12 +165,10 @@ def main(script_args, training_args, model_args, voice_args):
     trainer.add_callback(DistributedRunCallback())
     trainer.train(resume_from_checkpoint=resume_checkpoint)
     trainer.save_model(training_args.output_dir)
-    if push and trainer.accelerator.is_main_process:
-        push_to_hub(
-            training_args.output_dir, repo_id, private=bool(training_args.hub_private_repo),
-            token=training_args.hub_token, base_model=name_or_path, verify=False,
-            datasets=[script_args.dataset_name], commit_message=f"Talker voice adapter: speaker {speaker!r}",
-        )
+    push_after_training(
+        training_args.output_dir, repo_id, training_args, base_model=name_or_path, verify=False,
+        datasets=[script_args.dataset_name], commit_message=f"Talker voice adapter: speaker {speaker!r}",
+    )
     return trainer
 
 
