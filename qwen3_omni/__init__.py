@@ -11,13 +11,16 @@ One concern per module:
 - `lora_targets`: the PEFT `LoraConfig` for the text model's attention, router and experts.
 - `peft_lora`: PEFT's own router / expert LoRA wrapper, made safe on 4-bit experts (`--moe_lora_impl peft`).
 - `routed_lora`: the router / expert LoRA forward run on the routed tokens only (PEFT's adapter files), with dropout.
+- `expert_lora`: the one choice between the two (`--moe_lora_impl routed | peft`).
 - `conversations`: conversation files in the native, LLaMA-Factory (sharegpt, OpenAI) and ms-swift forms, checked
   row by row against their media, with a report of what was refused.
 - `collator`: the processor-based collator (media loading, chat template, assistant-only labels, loss weights).
 - `sft_trainer`: the `SFTTrainer` subclass whose loss honours per-sample weights under gradient accumulation.
 - `adapter_merge`: fold an adapter (Thinker, or Talker with its new speaker) into the bf16 base, a full checkpoint.
-- `talker_voice_data` / `talker_voice`: Mimi codes of a speaker's clips (cached), the Talker's teacher-forced input
-  built as `generate` builds it, its two losses, the new speaker's row, and the Talker voice trainer.
+- `talker_voice/`: the Talker's new voice, one concern per module (arguments, loading, the speaker registry, LoRA,
+  the teacher-forced forward, Mimi codes of the clips, examples, keeping the existing speakers, the trainer).
+- `evaluation`: the base and a fine-tune judged on the same rows (text metrics, the Talker's voice).
+- `tiny_checkpoints`: tiny random Qwen3-Omni checkpoints, processors and Mimi codecs for tests and benchmarks.
 """
 
 from .collator import Qwen3OmniSFTCollator

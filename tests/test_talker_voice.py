@@ -266,7 +266,7 @@ def test_it_learns_the_voice(workdir, trained, processor):
     """After training, greedy generation with speaker="nova" on the merged checkpoint speaks a training clip's exact
     16-codebook Mimi codes from its transcript, and code2wav turns them into the matching waveform; the base Talker
     speaking as Ethan (whose row nova's started from) does not."""
-    from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
+    from qwen_omni.qwen3_omni.talker_voice.data import MimiCodec, encode_clips
     from qwen_omni.common.clips import read_clips
 
     merged = load_model(trained["merged"])
@@ -340,7 +340,7 @@ def spoken_clips(model, processor, encoded, speakers):
 
 def nova_clips(workdir, config, adapter):
     from qwen_omni.common.clips import read_clips
-    from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
+    from qwen_omni.qwen3_omni.talker_voice.data import MimiCodec, encode_clips
 
     clips = read_clips(workdir["data"], speaker="nova", speaker_column=None)
     codec = MimiCodec.from_pretrained(workdir["mimi"], config)
@@ -484,7 +484,7 @@ def test_codes_equal_mimi_encode_and_cache_is_reused(workdir, tmp_path):
     from transformers import MimiModel
 
     from qwen_omni.common.clips import read_clips
-    from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
+    from qwen_omni.qwen3_omni.talker_voice.data import MimiCodec, encode_clips
 
     folder = tmp_path / "clips"
     write_clips(folder, texts=["the quick brown fox"])
@@ -532,7 +532,7 @@ def test_mixed_rates_and_missing_transcripts_are_refused(workdir, tmp_path):
     import soundfile as sf
 
     from qwen_omni.common.clips import read_clips
-    from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
+    from qwen_omni.qwen3_omni.talker_voice.data import MimiCodec, encode_clips
 
     folder = write_clips(tmp_path / "mixed", texts=["the quick brown fox", "the lazy dog"])
     waveform = (0.3 * np.random.default_rng(0).standard_normal(480)).astype(np.float32)
@@ -560,7 +560,7 @@ def test_mixed_rates_and_missing_transcripts_are_refused(workdir, tmp_path):
     ],
 )
 def test_codec_must_match_the_talker(workdir, tmp_path, override, message):
-    from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec
+    from qwen_omni.qwen3_omni.talker_voice.data import MimiCodec
 
     path = tiny_checkpoints.save_tiny_mimi(tmp_path / "other_mimi", **override)
     with pytest.raises(ValueError, match=message + r".*does not match|does not match.*" + message):

@@ -45,7 +45,7 @@ from qwen_omni.qwen3_omni.talker_voice import (
     resolve_preserved_speakers,
     resolve_speaker,
 )
-from qwen_omni.qwen3_omni.talker_voice_data import MimiCodec, encode_clips
+from qwen_omni.qwen3_omni.talker_voice.data import MimiCodec, encode_clips
 
 
 def main(script_args, training_args, model_args, voice_args):

@@ -21,11 +21,12 @@ import torch
 from transformers import MimiModel, Qwen3OmniMoeConfig
 from transformers.utils import logging
 
-from ..common.audio import audio_path, read_audio, read_sampling_rate, resample
-from ..common.clips import VoiceClip, check_sampling_rates, count_skip_reasons
+from ...common.audio import audio_path, read_audio, read_sampling_rate, resample
+from ...common.clips import VoiceClip, check_sampling_rates, count_skip_reasons
 
 
 logger = logging.get_logger(__name__)
+
 
 # Rate of the waveform `code2wav` writes (Qwen3-Omni speaks at 24 kHz; the rate is not in `code2wav_config`).
 TALKER_OUTPUT_SAMPLING_RATE = 24000
