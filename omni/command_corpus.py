@@ -32,7 +32,6 @@ from random import Random
 import numpy as np
 from transformers.utils import logging
 
-
 logger = logging.get_logger(__name__)
 
 SAMPLE_RATE = 24000
@@ -161,7 +160,7 @@ class CommandCorpusSpec:
         seed: seed of the sentence draw.
     """
 
-    num_train: int = 1800
+    num_train: int = 900
     num_heldout_voice: int = 30
     seed: int = 0
 

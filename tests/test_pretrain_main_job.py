@@ -7,24 +7,26 @@ import subprocess
 import sys
 
 import pytest
-
 from qwen_omni.omni import command_corpus
-from qwen_omni.omni.command_corpus import CommandCorpusSpec, command_corpus_rows, draw_sentences
+from qwen_omni.omni.command_corpus import (
+    CommandCorpusSpec,
+    command_corpus_rows,
+    draw_sentences,
+)
 from qwen_omni.omni.evaluation import error_rates
 from test_pretrain import pretrain
 
-
 # The default run (train/pretrain.py with no arguments) scaled down to fit the CI budget: SHORT_RUN_SENTENCES of the
 # default's sentences and SHORT_RUN_STEPS of its steps; everything else is the default.
-SHORT_RUN_SENTENCES = 600
+SHORT_RUN_SENTENCES = 450
 SHORT_RUN_HELDOUT_VOICE_SENTENCES = 12
 SHORT_RUN_STEPS = 300
 # the relative margins the shortened run must win its checks by (the report states the default run's margins)
 MIN_MARGINS = {
-    "audio_accuracy_above_most_frequent_code": 0.5,
-    "audio_accuracy_above_untrained": 0.5,
+    "audio_accuracy_above_most_frequent_code": 2.0,
+    "audio_accuracy_above_untrained": 2.0,
     "asr_cer_below_untrained": 0.3,
-    "asr_cer_below_best_constant_transcript": 0.2,
+    "asr_cer_below_best_constant_transcript": 0.1,
     "speech_round_trip_cer_below_best_constant_transcript": 0.1,
 }
 
@@ -59,7 +61,7 @@ def short_run(tmp_path_factory):
 
 
 def test_the_short_default_run_learns_to_listen_and_to_speak_on_heldout_sentences(short_run):
-    _, report = short_run
+    out, report = short_run
     heldout = report["heldout"]
     assert report["codec"]["stand_in"]
     assert heldout["num_clips"] >= 20 and command_corpus.HELDOUT_VOICE.speaker not in heldout["speakers"]
@@ -67,26 +69,38 @@ def test_the_short_default_run_learns_to_listen_and_to_speak_on_heldout_sentence
     assert set(heldout["checks"]) == set(MIN_MARGINS)
     for name, margin in MIN_MARGINS.items():
         assert heldout["margins"][name] >= margin, (name, heldout["margins"])
-    # the held-out sentences are new combinations: none of them was a training sentence
-    assert not set(heldout["references"]) & set(_training_texts(report, heldout))
+    # the held-out sentences are new combinations of the training sentences' words
+    rows = corpus_rows(out)
+    training = [row["text"] for row in rows.values() if row["id"] not in heldout["clip_ids"] and row["speaker"] in
+                {voice.speaker for voice in command_corpus.TRAIN_VOICES}]
+    assert len(training) == SHORT_RUN_SENTENCES - heldout["num_clips"]
+    assert not set(heldout["references"]) & set(training)
+    training_words = {word for text in training for word in text.split()}
+    assert all(set(text.split()) <= training_words for text in heldout["references"])
+    # the held-out voice: reported apart, with its own floors
+    voice = report["heldout_speakers"]
+    assert voice["speakers"] == [command_corpus.HELDOUT_VOICE.speaker]
+    assert voice["num_clips"] == SHORT_RUN_HELDOUT_VOICE_SENTENCES
 
 
-def _training_texts(report, heldout):
-    corpus = json.loads("[]")
-    return corpus
+def corpus_rows(out) -> dict[str, dict]:
+    corpus = next(out.parent.glob("command_corpus-*"))
+    lines = (corpus / "metadata.jsonl").read_text().splitlines()
+    return {row["id"]: {**row, "audio": str(corpus / row["audio"])} for row in map(json.loads, lines)}
 
 
 def test_the_cli_transcribes_a_heldout_clip_close_to_its_sentence(short_run):
     out, report = short_run
     heldout = report["heldout"]
-    corpus = next(out.parent.glob("command_corpus-*"))
-    rows = {json.loads(line)["id"]: json.loads(line) for line in (corpus / "metadata.jsonl").read_text().splitlines()}
-    clips = [rows[clip_id] for clip_id in heldout["clip_ids"][:4]]
+    rows = corpus_rows(out)
+    clips = [rows[clip_id] for clip_id in heldout["clip_ids"]]
+    # one clip per batch: no padding, so the CLI's greedy transcripts are the report's, from the audio files
     result = subprocess.run(
-        [sys.executable, "-m", "qwen_omni.cli", "transcribe", "--model", str(out),
-         *(str(corpus / clip["audio"]) for clip in clips)],
+        [sys.executable, "-m", "qwen_omni.cli", "transcribe", "--model", str(out), "--batch-size", "1",
+         *(clip["audio"] for clip in clips)],
         capture_output=True, text=True, check=True, timeout=300,
     )
     transcripts = [line.split("\t", 1)[1] for line in result.stdout.splitlines()]
+    assert transcripts == heldout["trained"]["asr"]["transcripts"]
     cer = error_rates([clip["text"] for clip in clips], transcripts)["cer"]
-    assert cer < 0.5 * heldout["best_constant_transcript_cer"], (transcripts, [clip["text"] for clip in clips])
+    assert cer < heldout["best_constant_transcript_cer"], list(zip(transcripts, [clip["text"] for clip in clips]))

@@ -89,9 +89,9 @@ CHECKPOINT_KEYS = (
 )
 # TrainingArguments defaults of the offline demo (a YAML --config or the command line override them)
 DEMO_TRAINING_DEFAULTS = dict(
-    output_dir="runs/omni-pretrain", max_steps=150, per_device_train_batch_size=2, per_device_eval_batch_size=4,
-    learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=10, weight_decay=0.0, logging_steps=10,
-    save_steps=50, save_total_limit=2, eval_strategy="steps", eval_steps=50, report_to=["tensorboard"], seed=42,
+    output_dir="runs/omni-pretrain", max_steps=800, per_device_train_batch_size=2, per_device_eval_batch_size=4,
+    learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=20, weight_decay=0.0, logging_steps=25,
+    save_steps=200, save_total_limit=2, eval_strategy="steps", eval_steps=200, report_to=["tensorboard"], seed=42,
     remove_unused_columns=False, train_sampling_strategy="group_by_length", bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
 )
 
@@ -150,15 +150,20 @@ class PretrainArguments:
         default=None, metadata={"help": "SNAC codec (e.g. hubertsiuzdak/snac_24khz); default: a random offline one."}
     )
     standin_codebook_size: int = field(
-        default=STANDIN_CODEC_CONFIG["codebook_size"],
-        metadata={"help": "Codes per codebook of the offline stand-in codec (runs without --codec)."},
+        default=256,
+        metadata={"help": "Codes per codebook of the offline stand-in codec (runs without --codec): 256 codes seen "
+                          "~4x as often as 1024 each, which a small corpus needs."},
     )
     bpe_vocab_size: int = field(default=1024, metadata={"help": "Vocabulary of the BPE trained on the corpus."})
     hidden_size: int = field(default=128, metadata={"help": "From-scratch model width (seed: 128)."})
     num_hidden_layers: int = field(default=3, metadata={"help": "From-scratch model depth (seed: 3)."})
     num_attention_heads: int = field(default=4, metadata={"help": "From-scratch attention heads (seed: 4)."})
     num_key_value_heads: int = field(default=2, metadata={"help": "From-scratch key/value heads."})
-    text_loss_weight: float = field(default=0.1, metadata={"help": "Loss weight of text targets (seed: 0.1)."})
+    text_loss_weight: float = field(
+        default=1.0,
+        metadata={"help": "Loss weight of text targets. 1.0 for the from-scratch offline demo, whose transcripts are "
+                          "~5% of the targets; the seed's 0.1 (train/configs/pretrain.yaml) suits a pretrained LM."},
+    )
     audio_loss_weight: float = field(default=1.0, metadata={"help": "Loss weight of audio targets (seed: 1.0)."})
     task_ratios: str = field(
         default="tts=0.4,asr=0.4,text=0.2", metadata={"help": "Shares of text-to-speech, speech-to-text, text."}
