@@ -118,6 +118,24 @@ def test_heldout_split_never_overlaps_training(num_rows, fraction, seed):
     assert pretrain.split_heldout(num_rows, fraction, seed) == (train, heldout)
 
 
+def test_heldout_speakers_are_never_trained_on_and_the_rest_splits_as_before():
+    from datasets import Dataset
+
+    speakers = ["a", "b", "c", "d"] * 5
+    rows = Dataset.from_dict({"speaker": speakers})
+    train, heldout, voice = pretrain.split_rows(rows, 0.25, seed=3, heldout_speakers=["d"])
+    assert voice == [i for i, speaker in enumerate(speakers) if speaker == "d"]
+    assert sorted(train + heldout + voice) == list(range(20)) and len(heldout) == 4
+    kept = [i for i, speaker in enumerate(speakers) if speaker != "d"]
+    local_train, local_heldout = pretrain.split_heldout(15, 0.25, 3)
+    assert (train, heldout) == ([kept[i] for i in local_train], [kept[i] for i in local_heldout])
+    assert pretrain.split_rows(rows, 0.25, seed=3) == (*pretrain.split_heldout(20, 0.25, 3), [])
+    with pytest.raises(ValueError, match=r"--heldout_speakers names \['e'\], who speak no clip"):
+        pretrain.split_rows(rows, 0.25, seed=3, heldout_speakers=["e"])
+    with pytest.raises(ValueError, match="hold out every clip"):
+        pretrain.split_rows(rows, 0.25, seed=3, heldout_speakers=["a", "b", "c", "d"])
+
+
 @pytest.fixture(scope="module")
 def standin_prepared(corpus_rows, standin_dir, tmp_path_factory):
     """16 clips of the shipped corpus encoded with the stand-in codec (distinct code sequences per clip)."""

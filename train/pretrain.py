@@ -553,6 +553,13 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
     with training_args.main_process_first(desc="building the model and preparing the data"):
         if script_args.dataset_name is None:
             use_command_corpus(script_args, output_dir)
+        elif (script_args.command_corpus_sentences, script_args.command_corpus_heldout_voice_sentences) != (
+            CommandCorpusSpec.num_train, CommandCorpusSpec.num_heldout_voice
+        ):
+            raise ValueError(
+                f"--command_corpus_* options size the default command corpus, but --dataset_name "
+                f"{script_args.dataset_name} was given; leave them out, or drop --dataset_name."
+            )
         model, processor = load_or_build_model(script_args, output_dir)
         if checkpoint:
             check_checkpoint(checkpoint, model)
