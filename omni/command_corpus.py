@@ -10,10 +10,10 @@ heard in other sentences; the digit and name slots cannot be guessed from the re
 scores on them only by listening.
 
 [`command_corpus_rows`] draws distinct sentences (seeded, so always the same ones), deals them to the training
-voices, and gives the held-out voice its own sentences, none of which any training voice speaks. [`ensure_command_corpus`]
-synthesises them once into a folder with a `metadata.jsonl` (`id`, `audio`, `text`, `speaker`) and reuses it on
-the next run. Synthesis is deterministic (espeak-ng, `sox -R -D`, libsndfile), so the same settings give
-byte-identical audio; it needs the `espeak-ng` and `sox` programs (`apt-get install espeak-ng sox`) and nothing
+voices, and gives the held-out voice its own sentences, none of which any training voice speaks.
+[`ensure_command_corpus`] synthesises them once into a folder with a `metadata.jsonl` (`id`, `audio`, `text`,
+`speaker`) and reuses it on the next run. Synthesis is deterministic (espeak-ng, `sox -R -D`, libsndfile), so the
+same settings give byte-identical audio; it needs the `espeak-ng` and `sox` programs (`apt-get install espeak-ng sox`) and nothing
 from the network.
 """
 

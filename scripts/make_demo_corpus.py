@@ -29,9 +29,13 @@ import shutil
 from pathlib import Path
 
 import soundfile as sf
-
-from qwen_omni.omni.command_corpus import SAMPLE_RATE, CommandCorpusSpec, Voice, ensure_command_corpus, synthesise
-
+from qwen_omni.omni.command_corpus import (
+    SAMPLE_RATE,
+    CommandCorpusSpec,
+    Voice,
+    ensure_command_corpus,
+    synthesise,
+)
 
 CORPUS_VOICES = (
     Voice("us_male", "en-us", pitch=45, speed=180),

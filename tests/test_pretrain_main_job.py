@@ -106,5 +106,6 @@ def test_the_cli_transcribes_a_heldout_clip_close_to_its_sentence(short_run):
     # transcripts may differ from the report's. Most are the same, and they are as far below the floor.
     same = sum(a == b for a, b in zip(transcripts, heldout["trained"]["asr"]["transcripts"]))
     assert len(transcripts) == len(clips) and same >= len(clips) / 2, (same, len(clips))
-    cer = error_rates([clip["text"] for clip in clips], transcripts)["cer"]
-    assert cer < 0.9 * heldout["best_constant_transcript_cer"], list(zip(transcripts, [clip["text"] for clip in clips]))
+    texts = [clip["text"] for clip in clips]
+    cer = error_rates(texts, transcripts)["cer"]
+    assert cer < 0.9 * heldout["best_constant_transcript_cer"], list(zip(transcripts, texts))

@@ -2,7 +2,7 @@
 """
 Multimodal pretraining of an Omni model (text-to-speech, speech-to-text and text-only samples, packed).
 
-    accelerate launch train/pretrain.py                                   # offline main job: tiny model, command corpus
+    accelerate launch train/pretrain.py                          # offline main job: tiny model, command corpus
     accelerate launch train/pretrain.py --config train/configs/pretrain.yaml \
         --dataset_name data/prepared/librispeech --codec hubertsiuzdak/snac_24khz --tokenizer Qwen/Qwen3-0.6B
     accelerate launch --config_file train/accelerate/multi_gpu.yaml train/pretrain.py --config ...
@@ -236,7 +236,8 @@ def offline_codec(script_args: PretrainArguments, output_dir: Path) -> Path:
         script_args.dataset_name, script_args.audio_column, script_args.text_column, script_args.speaker_column,
         split=script_args.dataset_split, dataset_config=script_args.dataset_config,
     )
-    path = standin_codec(rows, output_dir, config={**STANDIN_CODEC_CONFIG, "codebook_size": script_args.standin_codebook_size})
+    config = {**STANDIN_CODEC_CONFIG, "codebook_size": script_args.standin_codebook_size}
+    path = standin_codec(rows, output_dir, config=config)
     logger.warning(f"No --codec given: using {STANDIN_CODEC_NOTE} ({path})")
     return path
 
@@ -340,7 +341,9 @@ def split_heldout(num_rows: int, eval_fraction: float, seed: int) -> tuple[list[
     return indices[num_eval:], indices[:num_eval]
 
 
-def split_rows(rows, eval_fraction: float, seed: int, heldout_speakers: Sequence[str] = ()) -> tuple[list[int], list[int], list[int]]:
+def split_rows(
+    rows, eval_fraction: float, seed: int, heldout_speakers: Sequence[str] = ()
+) -> tuple[list[int], list[int], list[int]]:
     """`(train_indices, heldout_indices, heldout_speaker_indices)`: the clips of `heldout_speakers` are all held out
     (never trained on); of the others, [`split_heldout`] holds out `eval_fraction`."""
     speakers = rows["speaker"]
@@ -351,7 +354,9 @@ def split_rows(rows, eval_fraction: float, seed: int, heldout_speakers: Sequence
     voice_indices = [index for index, speaker in enumerate(speakers) if speaker in heldout_speakers]
     kept = [index for index, speaker in enumerate(speakers) if speaker not in heldout_speakers]
     if not kept:
-        raise ValueError(f"--heldout_speakers {list(heldout_speakers)} hold out every clip: nothing is left to train on.")
+        raise ValueError(
+            f"--heldout_speakers {list(heldout_speakers)} hold out every clip: nothing is left to train on."
+        )
     train, heldout = split_heldout(len(kept), eval_fraction, seed)
     return [kept[i] for i in train], [kept[i] for i in heldout], voice_indices
 
@@ -408,7 +413,9 @@ def evaluate_heldout(model, processor, heldout, round_trip: bool = False) -> dic
     return metrics
 
 
-def heldout_section(rows, train_indices: Sequence[int], indices: Sequence[int], untrained: dict, trained: dict, layout) -> dict:
+def heldout_section(
+    rows, train_indices: Sequence[int], indices: Sequence[int], untrained: dict, trained: dict, layout
+) -> dict:
     """The report's numbers on the held-out clips `indices` of `rows` (whose `audio_codes` are ids of `layout`): both
     models' metrics, the floors (most frequent training code, best constant training transcript), and the checks with
     their margins."""
@@ -502,18 +509,22 @@ def format_section(title: str, heldout: dict) -> list[str]:
         ("audio-token accuracy (TTS)", untrained["teacher_forced"]["audio_token_accuracy"], trained["teacher_forced"]["audio_token_accuracy"]),
         ("text-token accuracy (ASR)", untrained["teacher_forced"]["text_token_accuracy"], trained["teacher_forced"]["text_token_accuracy"]),
     ]
-    lines = [f"  {title}: {heldout['num_clips']} clips of {', '.join(map(str, heldout['speakers']))}:  untrained -> trained"]
+    speakers = ", ".join(map(str, heldout["speakers"]))
+    lines = [f"  {title}: {heldout['num_clips']} clips of {speakers}:  untrained -> trained"]
     lines += [f"    {name:<28} {before:.3f} -> {after:.3f}" for name, before, after in rows]
     round_trip = trained.get("speech_round_trip")
     if round_trip is not None:
-        lines.append(f"    its own ASR on its own TTS of these texts (codes in, codes out): CER {_number(round_trip['cer'])}, "
-                     f"WER {_number(round_trip['wer'])}, speech length {round_trip['duration_ratio']:.2f} x the clips'")
+        lines.append(
+            f"    its own ASR on its own TTS of these texts (codes in, codes out): CER {_number(round_trip['cer'])}, "
+            f"WER {_number(round_trip['wer'])}, speech length {round_trip['duration_ratio']:.2f} x the clips'"
+        )
     lines.append(f"    audio-token accuracy of always predicting the most frequent code: {heldout['most_frequent_code_audio_accuracy']:.3f}")
     lines.append(f"    ASR CER of the best single training transcript given for every clip: {_number(heldout['best_constant_transcript_cer'])}")
     for name, passed in heldout["checks"].items():
         margin = heldout["margins"][name]
         lines.append(f"    {name.replace('_', ' ')}: {'yes' if passed else 'NO'} (margin {_number(margin, '+.0%')})")
-    for index, (reference, transcript) in enumerate(list(zip(heldout["references"], trained["asr"]["transcripts"]))[:3]):
+    examples = list(zip(heldout["references"], trained["asr"]["transcripts"]))[:3]
+    for index, (reference, transcript) in enumerate(examples):
         spoken = f" | spoken and heard back {round_trip['transcripts'][index]!r}" if round_trip else ""
         lines.append(f"    heard {reference!r} -> {transcript!r}{spoken}")
     return lines
@@ -614,7 +625,8 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
         voice_trained = evaluate_heldout(saved, processor, voice_rows) if voice_untrained is not None else None
         codec_name = processor.codec_name_or_path
         report = end_of_run_report(
-            processor, rows, (split[0], *report_split[1:]), codec_name, untrained, trained, voice_untrained, voice_trained
+            processor, rows, (split[0], *report_split[1:]), codec_name, untrained, trained,
+            voice_untrained, voice_trained,
         )
         (output_dir / REPORT_NAME).write_text(json.dumps(report, indent=2))
         logger.info(format_report(report, output_dir / REPORT_NAME))
