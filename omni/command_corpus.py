@@ -13,8 +13,8 @@ scores on them only by listening.
 voices, and gives the held-out voice its own sentences, none of which any training voice speaks.
 [`ensure_command_corpus`] synthesises them once into a folder with a `metadata.jsonl` (`id`, `audio`, `text`,
 `speaker`) and reuses it on the next run. Synthesis is deterministic (espeak-ng, `sox -R -D`, libsndfile), so the
-same settings give byte-identical audio; it needs the `espeak-ng` and `sox` programs (`apt-get install espeak-ng sox`) and nothing
-from the network.
+same settings give byte-identical audio; it needs the `espeak-ng` and `sox` programs
+(`apt-get install espeak-ng sox`) and nothing from the network.
 """
 
 from __future__ import annotations
