@@ -46,7 +46,10 @@ from qwen_omni.omni.trainer import MuonWithAdamW, muon_parameter_groups  # noqa:
 
 
 def setup(work_dir: Path, codec: str | None, max_length: int):
-    script_args, _ = pretrain.parse_args(["--output_dir", str(work_dir)] + (["--codec", codec] if codec else []))
+    script_args, _ = pretrain.parse_args(
+        ["--dataset_name", str(REPO_ROOT / "data" / "demo_corpus"), "--output_dir", str(work_dir)]
+        + (["--codec", codec] if codec else [])
+    )
     model, processor = pretrain.load_or_build_model(script_args, work_dir)
     rows = pretrain.prepared_rows(script_args, processor, work_dir)
     samples, _ = build_task_samples(rows, processor, parse_task_ratios(script_args.task_ratios), max_length, seed=0)

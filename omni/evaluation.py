@@ -156,6 +156,54 @@ def transcribe_audio_ids(model, processor: OmniProcessor, audio_ids: Sequence[Se
     return texts
 
 
+@torch.no_grad()
+def speak_audio_ids(
+    model, processor: OmniProcessor, clips: Sequence[VoiceClip], max_new_tokens: Sequence[int], seed: int = 0,
+    **generate_kwargs,
+) -> list[list[int]]:
+    """The audio ids the model generates for each clip's text and speaker (its first audio span, whole frames; empty
+    when it generated none), with the checkpoint's generation settings unless `generate_kwargs` override them."""
+    spoken = []
+    for clip, budget in zip(clips, max_new_tokens):
+        torch.manual_seed(seed)
+        input_ids = torch.tensor([processor.tts_prompt_ids(clip.text, speaker=clip.speaker)], device=model.device)
+        output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=budget,
+                                **generate_kwargs)
+        spans = processor.audio_spans(_new_tokens(output, input_ids.shape[1])[0].cpu())
+        spoken.append(spans[0].tolist() if spans else [])
+    return spoken
+
+
+def speech_round_trip(
+    model, processor: OmniProcessor, clips: Sequence[VoiceClip], reference_audio_ids: Sequence[Sequence[int]],
+    seed: int = 0, **generate_kwargs,
+) -> dict:
+    """
+    Whether the model's own speech carries the words: it speaks each clip's text (budget: 1.5 times the reference
+    clip's audio tokens), then transcribes what it generated, codes in and codes out (so a codec whose decoder does
+    not make speech, like the offline stand-in, does not matter), and the transcripts are scored against the texts.
+    """
+    was_training = model.training
+    model.eval()
+    budgets = [int(1.5 * len(ids)) + 1 for ids in reference_audio_ids]
+    spoken = speak_audio_ids(model, processor, clips, budgets, seed=seed, **generate_kwargs)
+    texts = [clip.text for clip in clips]
+    transcript_budgets = [2 * len(processor._text_ids(text, "transcript")) + 4 for text in texts]
+    transcripts = [
+        transcribe_audio_ids(model, processor, [ids], [budget])[0] if ids else ""
+        for ids, budget in zip(spoken, transcript_budgets)
+    ]
+    model.train(was_training)
+    frames = processor.token_layout.tokens_per_frame
+    return {
+        **error_rates(texts, transcripts),
+        "transcripts": transcripts,
+        "clips_without_speech": sum(not ids for ids in spoken),
+        "duration_ratio": sum(len(ids) for ids in spoken) / max(1, sum(len(ids) for ids in reference_audio_ids)),
+        "spoken_frames": [len(ids) // frames for ids in spoken],
+    }
+
+
 def most_frequent_code_accuracy(train_audio_ids: Iterable[Sequence[int]], eval_audio_ids: Iterable[Sequence[int]], layout: SNACTokenLayout) -> float:
     """
     Accuracy on the audio ids of `eval_audio_ids` of always predicting, at each frame position, the id most frequent

@@ -4,13 +4,17 @@ Two outputs, both 24 kHz mono 16-bit FLAC with a `metadata.jsonl` (one row per c
 `{"audio": <path relative to the folder>, "text": ..., "speaker": ...}`):
 
 - `data/demo_corpus/`: a LibriTTS-style multi-speaker corpus. 48 sentences, dealt round-robin to three espeak-ng
-  voices (16 clips each, `audio/<speaker>/<id>.flac`), used by the offline default training run and the tests.
+  voices (16 clips each, `audio/<speaker>/<id>.flac`), used by the tests.
 - `data/voice_clips/`: one voice ("nova", `audio/<id>.flac`) reading 24 other sentences, used by the voice
   fine-tuning example.
 
-Pipeline per clip: `espeak-ng --stdout` (22050 Hz WAV) -> `sox -R ... rate -v` to 24 kHz 32-bit float (no dither,
-repeatable mode) -> trim leading/trailing silence -> peak-normalise -> FLAC PCM_16 with soundfile. espeak-ng, sox and
-libsndfile are deterministic, so the same text and voice always give byte-identical files.
+The offline main job's larger corpus of spoken commands (omni/command_corpus.py) is not shipped: train/pretrain.py
+synthesises it on first use; `--command-corpus DIR` synthesises it here, into `DIR/command_corpus-<fingerprint>`.
+
+Pipeline per clip (`qwen_omni.omni.command_corpus.synthesise`): `espeak-ng --stdout` (22050 Hz WAV) ->
+`sox -R ... rate -v` to 24 kHz 32-bit float (no dither, repeatable mode) -> trim leading/trailing silence ->
+peak-normalise -> FLAC PCM_16 with soundfile. espeak-ng, sox and libsndfile are deterministic, so the same text and
+voice always give byte-identical files.
 
 Usage (from the repository root; needs `apt-get install espeak-ng sox`):
 
@@ -20,40 +24,18 @@ Usage (from the repository root; needs `apt-get install espeak-ng sox`):
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import shutil
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
-
-SAMPLE_RATE = 24000
-# Samples quieter than this (of full scale) count as silence when trimming the clip edges.
-SILENCE_THRESHOLD = 0.01
-LEAD_PAD_S = 0.05
-TAIL_PAD_S = 0.15
-PEAK = 0.5  # -6 dBFS: one bit less per sample keeps the FLACs (and the repo) small
-
-
-@dataclass(frozen=True)
-class Voice:
-    """An espeak-ng voice and the prosody it is spoken with.
-
-    Args:
-        speaker: Speaker name written to the metadata and used as folder name.
-        espeak_voice: espeak-ng voice (`-v`), e.g. `en-us+f2` (language + variant).
-        pitch: espeak-ng pitch (`-p`, 0-99, default 50).
-        speed: espeak-ng speed in words per minute (`-s`, default 175).
-    """
-
-    speaker: str
-    espeak_voice: str
-    pitch: int = 50
-    speed: int = 175
-
+from qwen_omni.omni.command_corpus import (
+    SAMPLE_RATE,
+    CommandCorpusSpec,
+    Voice,
+    ensure_command_corpus,
+    synthesise,
+)
 
 CORPUS_VOICES = (
     Voice("us_male", "en-us", pitch=45, speed=180),
@@ -141,33 +123,6 @@ NOVA_SENTENCES = (
 )
 
 
-def synthesise(text: str, voice: Voice) -> np.ndarray:
-    """Speak `text` with `voice` and return a trimmed, peak-normalised float32 waveform at `SAMPLE_RATE`."""
-    espeak = subprocess.run(
-        ["espeak-ng", "-v", voice.espeak_voice, "-p", str(voice.pitch), "-s", str(voice.speed), "--stdout", text],
-        check=True,
-        capture_output=True,
-    )
-    # -R: repeatable mode; -D: no dither (the float output needs none; soundfile rounds to 16 bit on write).
-    sox = subprocess.run(
-        ["sox", "-R", "-D", "-t", "wav", "-", "-t", "wav", "-e", "floating-point", "-b", "32", "-c", "1",
-         "-r", str(SAMPLE_RATE), "-", "rate", "-v"],
-        input=espeak.stdout,
-        check=True,
-        capture_output=True,
-    )
-    waveform, sample_rate = sf.read(io.BytesIO(sox.stdout), dtype="float32")
-    if sample_rate != SAMPLE_RATE:
-        raise RuntimeError(f"sox returned {sample_rate} Hz instead of {SAMPLE_RATE} Hz for {text!r}")
-    loud = np.flatnonzero(np.abs(waveform) > SILENCE_THRESHOLD)
-    if loud.size == 0:
-        raise RuntimeError(f"espeak-ng produced silence for {text!r} with voice {voice.espeak_voice!r}")
-    start = max(0, loud[0] - int(LEAD_PAD_S * SAMPLE_RATE))
-    end = min(len(waveform), loud[-1] + 1 + int(TAIL_PAD_S * SAMPLE_RATE))
-    waveform = waveform[start:end]
-    return (waveform * (PEAK / np.abs(waveform).max())).astype(np.float32)
-
-
 def write_clips(out_dir: Path, clips: list[tuple[str, str, Voice]]) -> tuple[int, float, int]:
     """Write `(relative_audio_path, text, voice)` clips and `metadata.jsonl` under `out_dir` (replaced).
 
@@ -196,10 +151,17 @@ def write_clips(out_dir: Path, clips: list[tuple[str, str, Voice]]) -> tuple[int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", type=Path, default=Path("data"), help="Parent folder of both corpora.")
+    parser.add_argument(
+        "--command-corpus", type=Path, help="Synthesise the main job's command corpus (default size) into this folder "
+        "instead of the shipped corpora."
+    )
     args = parser.parse_args()
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is not on PATH; install it with `apt-get install {tool}`.")
+    if args.command_corpus is not None:
+        print(ensure_command_corpus(args.command_corpus, CommandCorpusSpec()))
+        return
 
     corpus_clips = []
     for index, text in enumerate(CORPUS_SENTENCES):

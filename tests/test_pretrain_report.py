@@ -119,6 +119,24 @@ def test_heldout_split_never_overlaps_training(num_rows, fraction, seed):
     assert pretrain.split_heldout(num_rows, fraction, seed) == (train, heldout)
 
 
+def test_heldout_speakers_are_never_trained_on_and_the_rest_splits_as_before():
+    from datasets import Dataset
+
+    speakers = ["a", "b", "c", "d"] * 5
+    rows = Dataset.from_dict({"speaker": speakers})
+    train, heldout, voice = pretrain.split_rows(rows, 0.25, seed=3, heldout_speakers=["d"])
+    assert voice == [i for i, speaker in enumerate(speakers) if speaker == "d"]
+    assert sorted(train + heldout + voice) == list(range(20)) and len(heldout) == 4
+    kept = [i for i, speaker in enumerate(speakers) if speaker != "d"]
+    local_train, local_heldout = pretrain.split_heldout(15, 0.25, 3)
+    assert (train, heldout) == ([kept[i] for i in local_train], [kept[i] for i in local_heldout])
+    assert pretrain.split_rows(rows, 0.25, seed=3) == (*pretrain.split_heldout(20, 0.25, 3), [])
+    with pytest.raises(ValueError, match=r"--heldout_speakers names \['e'\], who speak no clip"):
+        pretrain.split_rows(rows, 0.25, seed=3, heldout_speakers=["e"])
+    with pytest.raises(ValueError, match="hold out every clip"):
+        pretrain.split_rows(rows, 0.25, seed=3, heldout_speakers=["a", "b", "c", "d"])
+
+
 @pytest.fixture(scope="module")
 def standin_prepared(corpus_rows, standin_dir, tmp_path_factory):
     """16 clips of the shipped corpus encoded with the stand-in codec (distinct code sequences per clip)."""
@@ -135,8 +153,10 @@ def test_no_training_row_holds_a_heldout_clip(standin_prepared, standin_dir, tmp
     script_args, _ = tiny_args(standin_prepared, standin_dir, tmp_path, "--eval_fraction", "0.25")
     _, processor = pretrain.load_or_build_model(script_args, tmp_path)
     rows = pretrain.prepared_rows(script_args, processor, tmp_path)
-    train_dataset, eval_datasets, (train_indices, heldout_indices) = pretrain.build_datasets(script_args, processor, rows, seed=42)
-    assert len(heldout_indices) == 4 and not set(train_indices) & set(heldout_indices)
+    train_dataset, eval_datasets, (train_indices, heldout_indices, voice_indices) = pretrain.build_datasets(
+        script_args, processor, rows, seed=42
+    )
+    assert len(heldout_indices) == 4 and not set(train_indices) & set(heldout_indices) and voice_indices == []
     training_rows = train_dataset["input_ids"]
     all_ids = pretrain.audio_ids_of(rows, processor)
     for index in range(len(rows)):
@@ -169,6 +189,14 @@ def test_report_compares_untrained_and_trained_on_the_heldout_clips(standin_prep
         return [texts[0], "x" + texts[1][1:]]
 
     monkeypatch.setattr(evaluation, "transcribe_audio_ids", fake_transcribe)
+    spoken = []
+
+    def fake_round_trip(model, processor, clips, reference_audio_ids, **kwargs):
+        # the trained model speaks the held-out texts, then hears them: one of two words wrong in each
+        spoken.append(([clip.text for clip in clips], kwargs))
+        return {"cer": 0.25, "wer": 0.5, "transcripts": ["x"] * len(clips), "duration_ratio": 1.0}
+
+    monkeypatch.setattr(pretrain, "speech_round_trip", fake_round_trip)
     processor_rows = None
     original_build = pretrain.build_datasets
 
@@ -186,6 +214,9 @@ def test_report_compares_untrained_and_trained_on_the_heldout_clips(standin_prep
     report = json.loads((out / pretrain.REPORT_NAME).read_text())
     heldout_texts = [rows[i]["text"] for i in heldout_indices]
     assert calls == [heldout_texts, heldout_texts]
+    assert spoken == [(heldout_texts, {"do_sample": False})]
+    assert report["heldout"]["trained"]["speech_round_trip"]["cer"] == 0.25
+    assert "speech_round_trip" not in report["heldout"]["untrained"] and "heldout_speakers" not in report
     assert report["heldout"]["clip_ids"] == [processor_rows[i]["id"] for i in heldout_indices]
     assert report["heldout"]["references"] == heldout_texts
     # by hand: normalised references, one substituted character in the second one
@@ -211,10 +242,15 @@ def test_report_compares_untrained_and_trained_on_the_heldout_clips(standin_prep
         for text in training_texts
     )
     assert report["heldout"]["best_constant_transcript_cer"] == pytest.approx(best)
-    checks = report["heldout"]["checks"]
+    checks, margins = report["heldout"]["checks"], report["heldout"]["margins"]
     assert checks["asr_cer_below_untrained"] and checks["asr_cer_below_best_constant_transcript"]
-    assert set(checks) == {"audio_accuracy_above_most_frequent_code", "audio_accuracy_above_untrained",
-                           "asr_cer_below_untrained", "asr_cer_below_best_constant_transcript"}
+    assert set(checks) == set(margins) == {
+        "audio_accuracy_above_most_frequent_code", "audio_accuracy_above_untrained", "asr_cer_below_untrained",
+        "asr_cer_below_best_constant_transcript", "speech_round_trip_cer_below_best_constant_transcript"}
+    # margins are relative: how far below the bar a CER is, as a share of the bar
+    assert margins["asr_cer_below_untrained"] == pytest.approx(1 - expected_cer)
+    assert margins["speech_round_trip_cer_below_best_constant_transcript"] == pytest.approx((best - 0.25) / best)
+    assert checks["speech_round_trip_cer_below_best_constant_transcript"] == (0.25 < best)
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -234,11 +270,16 @@ def test_checks_flag_a_model_that_learned_one_constant_code():
                 "trained": {"asr": {"cer": cer}, "teacher_forced": {"audio_token_accuracy": audio}},
                 "most_frequent_code_audio_accuracy": floor, "best_constant_transcript_cer": constant_cer}
 
-    checks = pretrain.heldout_checks(heldout(cer=0.9, audio=0.99, floor=0.99, constant_cer=0.75))
+    checks, margins = pretrain.heldout_checks(heldout(cer=0.9, audio=0.99, floor=0.99, constant_cer=0.75))
     assert not checks["audio_accuracy_above_most_frequent_code"] and not checks["asr_cer_below_best_constant_transcript"]
     assert checks["audio_accuracy_above_untrained"] and checks["asr_cer_below_untrained"]
-    assert all(pretrain.heldout_checks(heldout(cer=0.4, audio=0.08, floor=0.03, constant_cer=0.75)).values())
-    assert not any(pretrain.heldout_checks(heldout(cer=None, audio=0.0, floor=0.03, constant_cer=None)).values())
+    assert margins["asr_cer_below_best_constant_transcript"] == pytest.approx(-0.2)
+    assert margins["asr_cer_below_untrained"] == pytest.approx(0.5)
+    checks, margins = pretrain.heldout_checks(heldout(cer=0.4, audio=0.08, floor=0.02, constant_cer=0.8))
+    assert all(checks.values()) and margins["audio_accuracy_above_most_frequent_code"] == pytest.approx(3.0)
+    assert "speech_round_trip_cer_below_best_constant_transcript" not in checks  # no round trip measured
+    checks, margins = pretrain.heldout_checks(heldout(cer=None, audio=0.0, floor=0.03, constant_cer=None))
+    assert not any(checks.values()) and margins["asr_cer_below_best_constant_transcript"] is None
 
 
 def test_best_constant_transcript_cer_by_hand():

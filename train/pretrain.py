@@ -2,7 +2,7 @@
 """
 Multimodal pretraining of an Omni model (text-to-speech, speech-to-text and text-only samples, packed).
 
-    accelerate launch train/pretrain.py                                   # offline demo: tiny model, shipped corpus
+    accelerate launch train/pretrain.py                          # offline main job: tiny model, command corpus
     accelerate launch train/pretrain.py --config train/configs/pretrain.yaml \
         --dataset_name data/prepared/librispeech --codec hubertsiuzdak/snac_24khz --tokenizer Qwen/Qwen3-0.6B
     accelerate launch --config_file train/accelerate/multi_gpu.yaml train/pretrain.py --config ...
@@ -12,14 +12,18 @@ the command line overrides (TRL's `TrlParser`; an unknown key is an error). With
 offline: it trains a BPE tokenizer on the corpus transcripts, fits a *stand-in* SNAC codec of the 24 kHz layout to
 the corpus audio (real rates and token layout, small widths, codebooks fitted by k-means on a random encoder's
 latents; see `omni/standin_codec.py`: its codes are not learned speech units and its decoder is random, use `--codec
-hubertsiuzdak/snac_24khz` for real work), prepares `data/demo_corpus` (cached in `<output_dir>/prepared`) and trains
-the seed's tiny model (d_model 128, 4 heads, 3 layers) with Muon to a checkpoint in `<output_dir>` that loads with
-`AutoModelForCausalLM.from_pretrained(output_dir, trust_remote_code=True)`.
+hubertsiuzdak/snac_24khz` for real work), and trains the seed's tiny model (d_model 128, 4 heads, 3 layers) with Muon
+to a checkpoint in `<output_dir>` that loads with `AutoModelForCausalLM.from_pretrained(output_dir,
+trust_remote_code=True)`. Its corpus is the command corpus (`omni/command_corpus.py`): sentences of a bounded grammar
+(commands, names, numbers, digit strings) spoken by three espeak-ng voices, synthesised once into the parent folder
+of `--output_dir` and encoded once (cached in `<output_dir>/prepared`); a share of the sentences and a fourth voice
+are held out. See docs/main_job.md.
 
 At the end the run writes `<output_dir>/pretrain_report.json` and logs it: the code perplexity of each codebook on
-the corpus, and held-out metrics (ASR character error rate on clips it did not train on, audio-token accuracy) of the
-trained model against the untrained one and against predicting the most frequent code, so that a run that learned
-nothing (or only a constant) shows as such.
+the corpus, and on held-out sentences (and speakers) it never trained on the ASR character error rate, the
+audio-token accuracy and the CER of its own ASR on its own TTS output, for the trained model against the untrained
+one and against floors (predicting the most frequent code, one constant transcript), each check with its margin, so
+that a run that learned nothing (or only a constant) shows as such.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 import math
 import random
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +43,7 @@ from trl import TrlParser
 
 from qwen_omni import OmniForCausalLM
 from qwen_omni.common.launching import DistributedRunCallback, check_launch, check_output_dir, resolve_resume_checkpoint
+from qwen_omni.omni.command_corpus import HELDOUT_VOICE, CommandCorpusSpec, ensure_command_corpus
 from qwen_omni.omni.corpus import (
     check_prepared_rows,
     is_prepared_dataset,
@@ -66,16 +72,15 @@ from qwen_omni.omni.evaluation import (
     heldout_metrics,
     layout_code_perplexities,
     most_frequent_code_accuracy,
+    speech_round_trip,
 )
-from qwen_omni.omni.standin_codec import is_standin_codec, standin_codec
+from qwen_omni.omni.standin_codec import STANDIN_CODEC_CONFIG, is_standin_codec, standin_codec
 from qwen_omni.omni.trainer import OmniPretrainer, token_metrics_from_logits
 from qwen_omni.common.clips import VoiceClip
 
 
 logger = logging.get_logger("qwen_omni.pretrain")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_CORPUS = REPO_ROOT / "data" / "demo_corpus"
 REPORT_NAME = "pretrain_report.json"
 # settings that must agree between a checkpoint and the model it resumes
 CHECKPOINT_KEYS = (
@@ -84,9 +89,9 @@ CHECKPOINT_KEYS = (
 )
 # TrainingArguments defaults of the offline demo (a YAML --config or the command line override them)
 DEMO_TRAINING_DEFAULTS = dict(
-    output_dir="runs/omni-pretrain", max_steps=150, per_device_train_batch_size=2, per_device_eval_batch_size=4,
-    learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=10, weight_decay=0.0, logging_steps=10,
-    save_steps=50, save_total_limit=2, eval_strategy="steps", eval_steps=50, report_to=["tensorboard"], seed=42,
+    output_dir="runs/omni-pretrain", max_steps=800, per_device_train_batch_size=2, per_device_eval_batch_size=4,
+    learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=20, weight_decay=0.0, logging_steps=25,
+    save_steps=200, save_total_limit=2, eval_strategy="steps", eval_steps=200, report_to=["tensorboard"], seed=42,
     remove_unused_columns=False, train_sampling_strategy="group_by_length", bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
 )
 
@@ -95,10 +100,30 @@ DEMO_TRAINING_DEFAULTS = dict(
 class PretrainArguments:
     """Data, model and mixing options of train/pretrain.py (the training loop's are `TrainingArguments`)."""
 
-    dataset_name: str = field(
-        default=str(DEMO_CORPUS),
+    dataset_name: str | None = field(
+        default=None,
         metadata={"help": "Speech corpus: a prepared folder (train/prepare_data.py), a Hub id or local datasets "
-                          "folder, a JSONL/CSV of audio paths + transcripts, or a LibriSpeech/LibriTTS folder."},
+                          "folder, a JSONL/CSV of audio paths + transcripts, or a LibriSpeech/LibriTTS folder. "
+                          "Default: the command corpus (omni/command_corpus.py), synthesised once with espeak-ng "
+                          "into --corpus_cache_dir."},
+    )
+    corpus_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where the default command corpus is synthesised and cached; default the "
+                                        "parent folder of --output_dir (runs/ for the default run)."},
+    )
+    command_corpus_sentences: int = field(
+        default=CommandCorpusSpec.num_train,
+        metadata={"help": "Sentences the training voices speak in the default command corpus (each once; "
+                          "--eval_fraction of them are held out)."},
+    )
+    command_corpus_heldout_voice_sentences: int = field(
+        default=CommandCorpusSpec.num_heldout_voice,
+        metadata={"help": "Other sentences the held-out voice speaks in the default command corpus."},
+    )
+    heldout_speakers: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated speakers whose clips are never trained on; the report scores them apart "
+                          "(default: the command corpus' held-out voice when it is the corpus, else none)."},
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a Hub dataset."})
     dataset_split: str = field(default="train", metadata={"help": "Split of a `datasets` source."})
@@ -124,12 +149,21 @@ class PretrainArguments:
     codec: str | None = field(
         default=None, metadata={"help": "SNAC codec (e.g. hubertsiuzdak/snac_24khz); default: a random offline one."}
     )
+    standin_codebook_size: int = field(
+        default=256,
+        metadata={"help": "Codes per codebook of the offline stand-in codec (runs without --codec): 256 codes seen "
+                          "~4x as often as 1024 each, which a small corpus needs."},
+    )
     bpe_vocab_size: int = field(default=1024, metadata={"help": "Vocabulary of the BPE trained on the corpus."})
     hidden_size: int = field(default=128, metadata={"help": "From-scratch model width (seed: 128)."})
     num_hidden_layers: int = field(default=3, metadata={"help": "From-scratch model depth (seed: 3)."})
     num_attention_heads: int = field(default=4, metadata={"help": "From-scratch attention heads (seed: 4)."})
     num_key_value_heads: int = field(default=2, metadata={"help": "From-scratch key/value heads."})
-    text_loss_weight: float = field(default=0.1, metadata={"help": "Loss weight of text targets (seed: 0.1)."})
+    text_loss_weight: float = field(
+        default=1.0,
+        metadata={"help": "Loss weight of text targets. 1.0 for the from-scratch offline demo, whose transcripts are "
+                          "~5% of the targets; the seed's 0.1 (train/configs/pretrain.yaml) suits a pretrained LM."},
+    )
     audio_loss_weight: float = field(default=1.0, metadata={"help": "Loss weight of audio targets (seed: 1.0)."})
     task_ratios: str = field(
         default="tts=0.4,asr=0.4,text=0.2", metadata={"help": "Shares of text-to-speech, speech-to-text, text."}
@@ -202,9 +236,24 @@ def offline_codec(script_args: PretrainArguments, output_dir: Path) -> Path:
         script_args.dataset_name, script_args.audio_column, script_args.text_column, script_args.speaker_column,
         split=script_args.dataset_split, dataset_config=script_args.dataset_config,
     )
-    path = standin_codec(rows, output_dir)
+    config = {**STANDIN_CODEC_CONFIG, "codebook_size": script_args.standin_codebook_size}
+    path = standin_codec(rows, output_dir, config=config)
     logger.warning(f"No --codec given: using {STANDIN_CODEC_NOTE} ({path})")
     return path
+
+
+def use_command_corpus(script_args: PretrainArguments, output_dir: Path) -> None:
+    """No --dataset_name: train on the command corpus (synthesised once into --corpus_cache_dir) and hold its
+    held-out voice out, unless --heldout_speakers says otherwise."""
+    spec = CommandCorpusSpec(
+        num_train=script_args.command_corpus_sentences,
+        num_heldout_voice=script_args.command_corpus_heldout_voice_sentences,
+    )
+    cache_dir = Path(script_args.corpus_cache_dir) if script_args.corpus_cache_dir else output_dir.resolve().parent
+    script_args.dataset_name = str(ensure_command_corpus(cache_dir, spec))
+    if script_args.heldout_speakers is None and spec.num_heldout_voice:
+        script_args.heldout_speakers = HELDOUT_VOICE.speaker
+    logger.info(f"No --dataset_name given: training on the command corpus {script_args.dataset_name}.")
 
 
 def corpus_texts(script_args: PretrainArguments) -> list[str]:
@@ -278,6 +327,10 @@ def prepared_rows(script_args: PretrainArguments, processor, output_dir: Path):
     return rows
 
 
+def parse_speakers(value: str | None) -> list[str]:
+    return [name.strip() for name in (value or "").split(",") if name.strip()]
+
+
 def split_heldout(num_rows: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """`(train_indices, heldout_indices)`: a seeded shuffle of the clips, `eval_fraction` of them (at least one, and
     never all) held out from training for the evaluation sets and the end-of-run report."""
@@ -288,11 +341,33 @@ def split_heldout(num_rows: int, eval_fraction: float, seed: int) -> tuple[list[
     return indices[num_eval:], indices[:num_eval]
 
 
+def split_rows(
+    rows, eval_fraction: float, seed: int, heldout_speakers: Sequence[str] = ()
+) -> tuple[list[int], list[int], list[int]]:
+    """`(train_indices, heldout_indices, heldout_speaker_indices)`: the clips of `heldout_speakers` are all held out
+    (never trained on); of the others, [`split_heldout`] holds out `eval_fraction`."""
+    speakers = rows["speaker"]
+    missing = sorted(set(heldout_speakers) - set(speakers))
+    if missing:
+        raise ValueError(f"--heldout_speakers names {missing}, who speak no clip of the corpus (its speakers: "
+                         f"{sorted(set(speakers), key=str)}).")
+    voice_indices = [index for index, speaker in enumerate(speakers) if speaker in heldout_speakers]
+    kept = [index for index, speaker in enumerate(speakers) if speaker not in heldout_speakers]
+    if not kept:
+        raise ValueError(
+            f"--heldout_speakers {list(heldout_speakers)} hold out every clip: nothing is left to train on."
+        )
+    train, heldout = split_heldout(len(kept), eval_fraction, seed)
+    return [kept[i] for i in train], [kept[i] for i in heldout], voice_indices
+
+
 def build_datasets(script_args: PretrainArguments, processor, rows, seed: int):
-    """Training rows (the task mix, packed) and one evaluation set per task, from held-out clips; also the held-out
-    clips' indices in `rows`."""
+    """Training rows (the task mix, packed) and one evaluation set per task, from held-out clips; also the indices in
+    `rows` of the training clips, the held-out clips and the held-out speakers' clips (see [`split_rows`])."""
     ratios = parse_task_ratios(script_args.task_ratios)
-    train_indices, heldout_indices = split_heldout(len(rows), script_args.eval_fraction, seed)
+    train_indices, heldout_indices, voice_indices = split_rows(
+        rows, script_args.eval_fraction, seed, parse_speakers(script_args.heldout_speakers)
+    )
     eval_rows, train_rows = rows.select(heldout_indices), rows.select(train_indices)
     text_rows = read_text_documents(script_args.text_file) if script_args.text_file else None
     max_length = script_args.max_length if script_args.packing else None
@@ -318,7 +393,7 @@ def build_datasets(script_args: PretrainArguments, processor, rows, seed: int):
             if task_samples:
                 # "text_only": "eval_text_loss" already names the loss on text targets
                 eval_datasets["text_only" if task == "text" else task] = build_packed_dataset(task_samples, max_length, seed=seed)
-    return train_dataset, eval_datasets, (train_indices, heldout_indices)
+    return train_dataset, eval_datasets, (train_indices, heldout_indices, voice_indices)
 
 
 def audio_ids_of(rows, processor) -> list[list[int]]:
@@ -327,17 +402,48 @@ def audio_ids_of(rows, processor) -> list[list[int]]:
     return [[code + offset for code in codes] for codes in rows["audio_codes"]]
 
 
-def evaluate_heldout(model, processor, heldout) -> dict:
-    """[`heldout_metrics`] of `model` on the report's held-out rows."""
+def evaluate_heldout(model, processor, heldout, round_trip: bool = False) -> dict:
+    """[`heldout_metrics`] of `model` on the report's held-out rows; with `round_trip`, also its
+    [`speech_round_trip`] on their texts (it speaks them, greedily, then transcribes what it said)."""
     clips = [VoiceClip(audio=row["id"], text=row["text"], speaker=row["speaker"]) for row in heldout]
-    return heldout_metrics(model, processor, clips, audio_ids_of(heldout, processor))
+    audio_ids = audio_ids_of(heldout, processor)
+    metrics = heldout_metrics(model, processor, clips, audio_ids)
+    if round_trip:
+        metrics["speech_round_trip"] = speech_round_trip(model, processor, clips, audio_ids, do_sample=False)
+    return metrics
 
 
-def end_of_run_report(processor, rows, split, codec_name: str | None, untrained: dict | None, trained: dict | None) -> dict:
+def heldout_section(
+    rows, train_indices: Sequence[int], indices: Sequence[int], untrained: dict, trained: dict, layout
+) -> dict:
+    """The report's numbers on the held-out clips `indices` of `rows` (whose `audio_codes` are ids of `layout`): both
+    models' metrics, the floors (most frequent training code, best constant training transcript), and the checks with
+    their margins."""
+    heldout, training = rows.select(indices), rows.select(train_indices)
+    section = {
+        "clip_ids": list(heldout["id"]),
+        "speakers": sorted(set(heldout["speaker"]), key=str),
+        "num_clips": len(heldout),
+        "untrained": untrained,
+        "trained": trained,
+        "most_frequent_code_audio_accuracy": most_frequent_code_accuracy(
+            training["audio_codes"], heldout["audio_codes"], layout
+        ),
+        "references": list(heldout["text"]),
+    }
+    section["best_constant_transcript_cer"] = best_constant_transcript_cer(training["text"], section["references"])
+    section["checks"], section["margins"] = heldout_checks(section)
+    return section
+
+
+def end_of_run_report(
+    processor, rows, split, codec_name: str | None, untrained: dict | None, trained: dict | None,
+    voice_untrained: dict | None = None, voice_trained: dict | None = None,
+) -> dict:
     """
     The report of a finished run: the codec (and whether it is the offline stand-in), the code perplexity of each
-    codebook over the corpus, and the held-out metrics of the untrained and the trained model, with the audio-token
-    accuracy of predicting the most frequent training code at each frame position as the floor to beat.
+    codebook over the corpus, and on the held-out clips (`split`: training, held-out and held-out speakers' indices)
+    the metrics of the untrained and the trained model against the floors of [`heldout_section`].
     """
     layout = processor.token_layout
     corpus_layout = type(layout)(layout.vq_strides, layout.codebook_size, 0)
@@ -348,40 +454,84 @@ def end_of_run_report(processor, rows, split, codec_name: str | None, untrained:
         "code_perplexity": layout_code_perplexities(rows["audio_codes"], corpus_layout),
         "num_corpus_clips": len(rows),
     }
-    if untrained is None or trained is None:
-        return report
-    train_indices, heldout_indices = split
-    heldout = rows.select(heldout_indices)
-    report["heldout"] = {
-        "clip_ids": list(heldout["id"]),
-        "num_clips": len(heldout),
-        "untrained": untrained,
-        "trained": trained,
-        "most_frequent_code_audio_accuracy": most_frequent_code_accuracy(
-            rows.select(train_indices)["audio_codes"], heldout["audio_codes"], corpus_layout
-        ),
-    }
-    report["heldout"]["references"] = list(heldout["text"])
-    report["heldout"]["best_constant_transcript_cer"] = best_constant_transcript_cer(
-        rows.select(train_indices)["text"], report["heldout"]["references"]
-    )
-    report["heldout"]["checks"] = heldout_checks(report["heldout"])
+    train_indices, heldout_indices, *voice = split
+    if untrained is not None and trained is not None:
+        report["heldout"] = heldout_section(rows, train_indices, heldout_indices, untrained, trained, corpus_layout)
+    if voice and voice[0] and voice_untrained is not None and voice_trained is not None:
+        report["heldout_speakers"] = heldout_section(
+            rows, train_indices, voice[0], voice_untrained, voice_trained, corpus_layout
+        )
     return report
 
 
-def heldout_checks(heldout: dict) -> dict:
-    """What the held-out numbers say, as yes/no: a run that learned nothing, or only one constant code per frame
-    position, fails the audio checks; a model that answers without listening (one training transcript for every
-    clip, at best) fails the last ASR check."""
+def heldout_checks(heldout: dict) -> tuple[dict, dict]:
+    """
+    What the held-out numbers say, as yes/no, and by how much each comparison is won (`margins`: the relative
+    distance to the bar, positive when the check passes, e.g. 0.5 = a CER half the floor's). A run that learned
+    nothing, or only one constant code per frame position, fails the audio checks; a model that answers without
+    listening (one training transcript for every clip, at best) fails the ASR floor check; a model whose speech does
+    not carry the words fails the round-trip check (its own ASR on its own TTS output).
+    """
     untrained, trained = heldout["untrained"], heldout["trained"]
-    audio = trained["teacher_forced"]["audio_token_accuracy"]
-    cer, untrained_cer, constant_cer = trained["asr"]["cer"], untrained["asr"]["cer"], heldout["best_constant_transcript_cer"]
-    return {
-        "audio_accuracy_above_most_frequent_code": audio > heldout["most_frequent_code_audio_accuracy"],
-        "audio_accuracy_above_untrained": audio > untrained["teacher_forced"]["audio_token_accuracy"],
-        "asr_cer_below_untrained": cer is not None and untrained_cer is not None and cer < untrained_cer,
-        "asr_cer_below_best_constant_transcript": cer is not None and constant_cer is not None and cer < constant_cer,
+    audio, untrained_audio = (m["teacher_forced"]["audio_token_accuracy"] for m in (trained, untrained))
+    cer, untrained_cer = trained["asr"]["cer"], untrained["asr"]["cer"]
+    constant_cer, code_floor = heldout["best_constant_transcript_cer"], heldout["most_frequent_code_audio_accuracy"]
+
+    def above(value, bar):
+        if value is None or bar is None:
+            return None
+        # a bar of 0 (an untrained model that gets nothing right) is beaten by any share at all
+        return (value - bar) / bar if bar else (math.inf if value > 0 else 0.0)
+
+    def below(value, bar):
+        return None if value is None or bar is None or bar == 0 else (bar - value) / bar
+
+    margins = {
+        "audio_accuracy_above_most_frequent_code": above(audio, code_floor),
+        "audio_accuracy_above_untrained": above(audio, untrained_audio),
+        "asr_cer_below_untrained": below(cer, untrained_cer),
+        "asr_cer_below_best_constant_transcript": below(cer, constant_cer),
     }
+    if "speech_round_trip" in trained:
+        margins["speech_round_trip_cer_below_best_constant_transcript"] = below(
+            trained["speech_round_trip"]["cer"], constant_cer
+        )
+    checks = {name: margin is not None and margin > 0 for name, margin in margins.items()}
+    return checks, margins
+
+
+def format_section(title: str, heldout: dict) -> list[str]:
+    untrained, trained = heldout["untrained"], heldout["trained"]
+    rows = [
+        # None: no reference had words to err on
+        *((f"ASR {name} error rate", *(math.nan if m["asr"][key] is None else m["asr"][key] for m in (untrained, trained)))
+          for name, key in (("character", "cer"), ("word", "wer"))),
+        ("audio-token accuracy (TTS)", untrained["teacher_forced"]["audio_token_accuracy"], trained["teacher_forced"]["audio_token_accuracy"]),
+        ("text-token accuracy (ASR)", untrained["teacher_forced"]["text_token_accuracy"], trained["teacher_forced"]["text_token_accuracy"]),
+    ]
+    speakers = ", ".join(map(str, heldout["speakers"]))
+    lines = [f"  {title}: {heldout['num_clips']} clips of {speakers}:  untrained -> trained"]
+    lines += [f"    {name:<28} {before:.3f} -> {after:.3f}" for name, before, after in rows]
+    round_trip = trained.get("speech_round_trip")
+    if round_trip is not None:
+        lines.append(
+            f"    its own ASR on its own TTS of these texts (codes in, codes out): CER {_number(round_trip['cer'])}, "
+            f"WER {_number(round_trip['wer'])}, speech length {round_trip['duration_ratio']:.2f} x the clips'"
+        )
+    lines.append(f"    audio-token accuracy of always predicting the most frequent code: {heldout['most_frequent_code_audio_accuracy']:.3f}")
+    lines.append(f"    ASR CER of the best single training transcript given for every clip: {_number(heldout['best_constant_transcript_cer'])}")
+    for name, passed in heldout["checks"].items():
+        margin = heldout["margins"][name]
+        lines.append(f"    {name.replace('_', ' ')}: {'yes' if passed else 'NO'} (margin {_number(margin, '+.0%')})")
+    examples = list(zip(heldout["references"], trained["asr"]["transcripts"]))[:3]
+    for index, (reference, transcript) in enumerate(examples):
+        spoken = f" | spoken and heard back {round_trip['transcripts'][index]!r}" if round_trip else ""
+        lines.append(f"    heard {reference!r} -> {transcript!r}{spoken}")
+    return lines
+
+
+def _number(value, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def format_report(report: dict, path: Path) -> str:
@@ -395,22 +545,9 @@ def format_report(report: dict, path: Path) -> str:
     if heldout is None:
         lines.append("  no held-out metrics (no held-out clips, or --heldout_report false)")
         return "\n".join(lines)
-    untrained, trained = heldout["untrained"], heldout["trained"]
-    rows = [
-        # None: no reference had words to err on
-        *((f"ASR {name} error rate", *(math.nan if m["asr"][key] is None else m["asr"][key] for m in (untrained, trained)))
-          for name, key in (("character", "cer"), ("word", "wer"))),
-        ("audio-token accuracy (TTS)", untrained["teacher_forced"]["audio_token_accuracy"], trained["teacher_forced"]["audio_token_accuracy"]),
-        ("text-token accuracy (ASR)", untrained["teacher_forced"]["text_token_accuracy"], trained["teacher_forced"]["text_token_accuracy"]),
-    ]
-    lines.append(f"  on {heldout['num_clips']} held-out clips (never trained on):  untrained -> trained")
-    lines += [f"    {name:<28} {before:.3f} -> {after:.3f}" for name, before, after in rows]
-    lines.append(f"    audio-token accuracy of always predicting the most frequent code: {heldout['most_frequent_code_audio_accuracy']:.3f}")
-    constant_cer = heldout["best_constant_transcript_cer"]
-    lines.append(f"    ASR CER of the best single training transcript given for every clip: {math.nan if constant_cer is None else constant_cer:.3f}")
-    lines += [f"  {name.replace('_', ' ')}: {'yes' if passed else 'NO'}" for name, passed in heldout["checks"].items()]
-    for reference, transcript in list(zip(heldout["references"], trained["asr"]["transcripts"]))[:3]:
-        lines.append(f"    heard {reference!r} -> {transcript!r}")
+    lines += format_section("held-out sentences (never trained on)", heldout)
+    if "heldout_speakers" in report:
+        lines += format_section("held-out speakers (never trained on)", report["heldout_speakers"])
     return "\n".join(lines)
 
 
@@ -430,15 +567,26 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
         training_args.push_to_hub = False
     checkpoint = resolve_resume_checkpoint(training_args)
     with training_args.main_process_first(desc="building the model and preparing the data"):
+        if script_args.dataset_name is None:
+            use_command_corpus(script_args, output_dir)
+        elif (script_args.command_corpus_sentences, script_args.command_corpus_heldout_voice_sentences) != (
+            CommandCorpusSpec.num_train, CommandCorpusSpec.num_heldout_voice
+        ):
+            raise ValueError(
+                f"--command_corpus_* options size the default command corpus, but --dataset_name "
+                f"{script_args.dataset_name} was given; leave them out, or drop --dataset_name."
+            )
         model, processor = load_or_build_model(script_args, output_dir)
         if checkpoint:
             check_checkpoint(checkpoint, model)
         rows = prepared_rows(script_args, processor, output_dir)
     train_dataset, eval_datasets, split = build_datasets(script_args, processor, rows, training_args.seed)
-    report_rows = rows.select(split[1][: script_args.report_max_clips])
+    report_split = tuple(indices[: script_args.report_max_clips] for indices in split)
+    report_rows, voice_rows = rows.select(report_split[1]), rows.select(report_split[2])
     reporting = script_args.heldout_report and len(report_rows) > 0 and training_args.process_index == 0
     # the model this run starts from (before the Trainer wraps it), on the clips the report uses
     untrained = evaluate_heldout(model, processor, report_rows) if reporting else None
+    voice_untrained = evaluate_heldout(model, processor, voice_rows) if reporting and len(voice_rows) else None
     if not eval_datasets and training_args.eval_strategy != "no":
         training_args.eval_strategy = "no"
     logger.info(
@@ -477,9 +625,14 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
             f"{output_dir} loads with AutoModelForCausalLM.from_pretrained({str(output_dir)!r}, trust_remote_code=True)."
         )
         # the saved checkpoint, as a user loads it (whatever sharding the Trainer trained it with)
-        trained = evaluate_heldout(OmniForCausalLM.from_pretrained(output_dir), processor, report_rows) if reporting else None
+        saved = OmniForCausalLM.from_pretrained(output_dir) if reporting else None
+        trained = evaluate_heldout(saved, processor, report_rows, round_trip=True) if reporting else None
+        voice_trained = evaluate_heldout(saved, processor, voice_rows) if voice_untrained is not None else None
         codec_name = processor.codec_name_or_path
-        report = end_of_run_report(processor, rows, (split[0], split[1][: script_args.report_max_clips]), codec_name, untrained, trained)
+        report = end_of_run_report(
+            processor, rows, (split[0], *report_split[1:]), codec_name, untrained, trained,
+            voice_untrained, voice_trained,
+        )
         (output_dir / REPORT_NAME).write_text(json.dumps(report, indent=2))
         logger.info(format_report(report, output_dir / REPORT_NAME))
         if push:
