@@ -26,7 +26,6 @@ model is wide (d_model >= 1024: the MLP and head dominate) or the samples are lo
 """
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -35,23 +34,21 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("pretrain_script", REPO_ROOT / "train" / "pretrain.py")
-pretrain = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = pretrain  # dataclasses look their module up
-spec.loader.exec_module(pretrain)
+from qwen_omni.omni import pretraining
+from qwen_omni.omni.packing import OmniPackingCollator, build_packed_dataset, build_task_samples, parse_task_ratios
+from qwen_omni.omni.trainer import MuonWithAdamW, muon_parameter_groups
 
-from qwen_omni.omni.packing import OmniPackingCollator, build_packed_dataset, build_task_samples, parse_task_ratios  # noqa: E402
-from qwen_omni.omni.trainer import MuonWithAdamW, muon_parameter_groups  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def setup(work_dir: Path, codec: str | None, max_length: int):
-    script_args, _ = pretrain.parse_args(
+    script_args, _ = pretraining.parse_args(
         ["--dataset_name", str(REPO_ROOT / "data" / "demo_corpus"), "--output_dir", str(work_dir)]
         + (["--codec", codec] if codec else [])
     )
-    model, processor = pretrain.load_or_build_model(script_args, work_dir)
-    rows = pretrain.prepared_rows(script_args, processor, work_dir)
+    model, processor = pretraining.load_or_build_model(script_args, work_dir)
+    rows = pretraining.prepared_rows(script_args, processor, work_dir)
     samples, _ = build_task_samples(rows, processor, parse_task_ratios(script_args.task_ratios), max_length, seed=0)
     return model, processor, samples
 

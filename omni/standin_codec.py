@@ -54,6 +54,14 @@ STANDIN_INFO_NAME = "standin_codec.json"
 DEFAULT_MAX_FIT_SECONDS = 600.0
 
 
+# How reports and logs name the offline default codec.
+STANDIN_CODEC_NOTE = (
+    "a STAND-IN SNAC codec of the 24 kHz layout: random encoder and decoder, codebooks fitted to this corpus by "
+    "k-means. Its codes are features of a random encoder, not learned speech units, and its decoded audio is not "
+    "speech; pass --codec hubertsiuzdak/snac_24khz for a real model."
+)
+
+
 def _pooled_frames(residual: torch.Tensor, stride: int) -> torch.Tensor:
     """`(frames, dim)`: the residual `(1, dim, time)` average-pooled by `stride`."""
     return (F.avg_pool1d(residual, stride, stride) if stride > 1 else residual)[0].T

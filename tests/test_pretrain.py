@@ -19,7 +19,9 @@ from qwen_omni import OmniConfig, OmniForCausalLM
 from qwen_omni.modeling_snac import SNACAudioTokenizer
 from qwen_omni.common.clips import load_audio_text_rows
 from qwen_omni.omni.corpus import prepare_dataset
+from qwen_omni.common import hub
 from qwen_omni.common.hub import verify_in_clean_process
+from qwen_omni.omni import pretraining
 from qwen_omni.omni.packing import (
     OmniPackingCollator,
     build_packed_dataset,
@@ -114,8 +116,8 @@ def shipped_corpus(tmp_path_factory, snac_24khz_dir):
     strides, so the same token counts), with the demo's 1024-token BPE: (script_args, processor, rows)."""
     out = tmp_path_factory.mktemp("shipped")
     script_args, _ = tiny_args(REPO_ROOT / "data" / "demo_corpus", snac_24khz_dir, out, "--bpe_vocab_size", "1024")
-    _, processor = pretrain.load_or_build_model(script_args, out)
-    return script_args, processor, pretrain.prepared_rows(script_args, processor, out)
+    _, processor = pretraining.load_or_build_model(script_args, out)
+    return script_args, processor, pretraining.prepared_rows(script_args, processor, out)
 
 
 @pytest.mark.parametrize("max_length", [1024, 512])
@@ -286,7 +288,7 @@ def test_push_to_hub_checks_the_repo_id_first_and_publishes_through_the_checked_
     assert not (tmp_path / "bad" / "model.safetensors").exists()  # nothing was trained
 
     pushed = []
-    monkeypatch.setattr(pretrain, "push_to_hub", lambda folder, repo_id, **kwargs: pushed.append((Path(folder), repo_id)))
+    monkeypatch.setattr(hub, "push_to_hub", lambda folder, repo_id, **kwargs: pushed.append((Path(folder), repo_id)))
     out = tmp_path / "run"
     trainer, _ = pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, out, "--push_to_hub", "true",
                                           "--hub_model_id", "someone/omni-tiny", "--max_steps", "1"))

@@ -16,6 +16,7 @@ from qwen_omni.omni.command_corpus import (
 )
 from qwen_omni.omni.evaluation import error_rates
 from test_pretrain import pretrain
+from qwen_omni.omni import pretrain_report
 
 # The default run (train/pretrain.py with no arguments) scaled down to fit the CI budget: SHORT_RUN_SENTENCES of the
 # default's sentences and SHORT_RUN_STEPS of its steps; everything else is the default.
@@ -58,7 +59,7 @@ def short_run(tmp_path_factory):
         "--max_steps", str(SHORT_RUN_STEPS), "--report_to", "none", "--disable_tqdm", "true",
     ])
     pretrain.main(script_args, training_args)
-    return out, json.loads((out / pretrain.REPORT_NAME).read_text())
+    return out, json.loads((out / pretrain_report.REPORT_NAME).read_text())
 
 
 def test_the_short_default_run_learns_to_listen_and_to_speak_on_heldout_sentences(short_run):

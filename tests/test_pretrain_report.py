@@ -15,6 +15,8 @@ from qwen_omni.omni.corpus import prepare_dataset
 from qwen_omni.omni.evaluation import code_perplexities, layout_code_perplexities, most_frequent_code_accuracy
 from qwen_omni.omni.standin_codec import STANDIN_CODEC_CONFIG, fit_standin_codec, read_fit_waveforms
 from test_pretrain import pretrain, tiny_args
+from qwen_omni.omni import pretraining
+from qwen_omni.omni import pretrain_report
 
 
 DEMO_CORPUS = REPO_ROOT / "data" / "demo_corpus"
@@ -106,17 +108,17 @@ def test_offline_codec_refuses_a_prepared_dataset_without_its_codec(tmp_path, sn
                     SNACAudioTokenizer.from_pretrained(snac_24khz_dir), show_progress=False)
     script_args, _ = pretrain.parse_args(["--dataset_name", str(prepared), "--output_dir", str(tmp_path / "out")])
     with pytest.raises(ValueError, match=r"is a prepared dataset.*pass that codec with --codec"):
-        pretrain.offline_codec(script_args, tmp_path / "out")
+        pretraining.offline_codec(script_args, tmp_path / "out")
 
 
 @pytest.mark.parametrize("num_rows,fraction,seed", [(48, 0.1, 42), (16, 0.125, 0), (5, 0.5, 3), (2, 0.1, 1), (7, 0.0, 0)])
 def test_heldout_split_never_overlaps_training(num_rows, fraction, seed):
-    train, heldout = pretrain.split_heldout(num_rows, fraction, seed)
+    train, heldout = pretraining.split_heldout(num_rows, fraction, seed)
     assert not set(train) & set(heldout)
     assert sorted(train + heldout) == list(range(num_rows))
     assert len(heldout) == (0 if fraction == 0 else max(1, round(fraction * num_rows)))
     assert train  # something is always left to train on
-    assert pretrain.split_heldout(num_rows, fraction, seed) == (train, heldout)
+    assert pretraining.split_heldout(num_rows, fraction, seed) == (train, heldout)
 
 
 def test_heldout_speakers_are_never_trained_on_and_the_rest_splits_as_before():
@@ -124,17 +126,17 @@ def test_heldout_speakers_are_never_trained_on_and_the_rest_splits_as_before():
 
     speakers = ["a", "b", "c", "d"] * 5
     rows = Dataset.from_dict({"speaker": speakers})
-    train, heldout, voice = pretrain.split_rows(rows, 0.25, seed=3, heldout_speakers=["d"])
+    train, heldout, voice = pretraining.split_rows(rows, 0.25, seed=3, heldout_speakers=["d"])
     assert voice == [i for i, speaker in enumerate(speakers) if speaker == "d"]
     assert sorted(train + heldout + voice) == list(range(20)) and len(heldout) == 4
     kept = [i for i, speaker in enumerate(speakers) if speaker != "d"]
-    local_train, local_heldout = pretrain.split_heldout(15, 0.25, 3)
+    local_train, local_heldout = pretraining.split_heldout(15, 0.25, 3)
     assert (train, heldout) == ([kept[i] for i in local_train], [kept[i] for i in local_heldout])
-    assert pretrain.split_rows(rows, 0.25, seed=3) == (*pretrain.split_heldout(20, 0.25, 3), [])
+    assert pretraining.split_rows(rows, 0.25, seed=3) == (*pretraining.split_heldout(20, 0.25, 3), [])
     with pytest.raises(ValueError, match=r"--heldout_speakers names \['e'\], who speak no clip"):
-        pretrain.split_rows(rows, 0.25, seed=3, heldout_speakers=["e"])
+        pretraining.split_rows(rows, 0.25, seed=3, heldout_speakers=["e"])
     with pytest.raises(ValueError, match="hold out every clip"):
-        pretrain.split_rows(rows, 0.25, seed=3, heldout_speakers=["a", "b", "c", "d"])
+        pretraining.split_rows(rows, 0.25, seed=3, heldout_speakers=["a", "b", "c", "d"])
 
 
 @pytest.fixture(scope="module")
@@ -151,14 +153,14 @@ def contains(sequence: list[int], part: list[int]) -> bool:
 
 def test_no_training_row_holds_a_heldout_clip(standin_prepared, standin_dir, tmp_path):
     script_args, _ = tiny_args(standin_prepared, standin_dir, tmp_path, "--eval_fraction", "0.25")
-    _, processor = pretrain.load_or_build_model(script_args, tmp_path)
-    rows = pretrain.prepared_rows(script_args, processor, tmp_path)
-    train_dataset, eval_datasets, (train_indices, heldout_indices, voice_indices) = pretrain.build_datasets(
+    _, processor = pretraining.load_or_build_model(script_args, tmp_path)
+    rows = pretraining.prepared_rows(script_args, processor, tmp_path)
+    train_dataset, eval_datasets, (train_indices, heldout_indices, voice_indices) = pretraining.build_datasets(
         script_args, processor, rows, seed=42
     )
     assert len(heldout_indices) == 4 and not set(train_indices) & set(heldout_indices) and voice_indices == []
     training_rows = train_dataset["input_ids"]
-    all_ids = pretrain.audio_ids_of(rows, processor)
+    all_ids = pretrain_report.audio_ids_of(rows, processor)
     for index in range(len(rows)):
         audio = all_ids[index]
         transcript = processor.tokenizer(rows[index]["text"], add_special_tokens=False)["input_ids"]
@@ -174,7 +176,7 @@ def test_report_compares_untrained_and_trained_on_the_heldout_clips(standin_prep
     out = tmp_path / "run"
     script_args, training_args = tiny_args(standin_prepared, standin_dir, out, "--max_steps", "2", "--eval_fraction", "0.125")
     rows = load_audio_text_rows(DEMO_CORPUS).select(range(16))
-    _, heldout_indices = pretrain.split_heldout(16, 0.125, training_args.seed)
+    _, heldout_indices = pretraining.split_heldout(16, 0.125, training_args.seed)
     text_of_audio = {}
 
     # a transcriber with known output: nothing before training, after it the first held-out clip exactly and the
@@ -198,12 +200,12 @@ def test_report_compares_untrained_and_trained_on_the_heldout_clips(standin_prep
 
     monkeypatch.setattr(pretrain, "speech_round_trip", fake_round_trip)
     processor_rows = None
-    original_build = pretrain.build_datasets
+    original_build = pretraining.build_datasets
 
     def build_and_index(script_args, processor, prepared, seed):
         nonlocal processor_rows
         processor_rows = prepared
-        for ids, index in zip(pretrain.audio_ids_of(prepared, processor), range(len(prepared))):
+        for ids, index in zip(pretrain_report.audio_ids_of(prepared, processor), range(len(prepared))):
             if index in heldout_indices:
                 text_of_audio[tuple(ids)] = prepared[index]["text"]
         return original_build(script_args, processor, prepared, seed)
@@ -211,7 +213,7 @@ def test_report_compares_untrained_and_trained_on_the_heldout_clips(standin_prep
     monkeypatch.setattr(pretrain, "build_datasets", build_and_index)
     pretrain.main(script_args, training_args)
 
-    report = json.loads((out / pretrain.REPORT_NAME).read_text())
+    report = json.loads((out / pretrain_report.REPORT_NAME).read_text())
     heldout_texts = [rows[i]["text"] for i in heldout_indices]
     assert calls == [heldout_texts, heldout_texts]
     assert spoken == [(heldout_texts, {"do_sample": False})]
@@ -270,15 +272,15 @@ def test_checks_flag_a_model_that_learned_one_constant_code():
                 "trained": {"asr": {"cer": cer}, "teacher_forced": {"audio_token_accuracy": audio}},
                 "most_frequent_code_audio_accuracy": floor, "best_constant_transcript_cer": constant_cer}
 
-    checks, margins = pretrain.heldout_checks(heldout(cer=0.9, audio=0.99, floor=0.99, constant_cer=0.75))
+    checks, margins = pretrain_report.heldout_checks(heldout(cer=0.9, audio=0.99, floor=0.99, constant_cer=0.75))
     assert not checks["audio_accuracy_above_most_frequent_code"] and not checks["asr_cer_below_best_constant_transcript"]
     assert checks["audio_accuracy_above_untrained"] and checks["asr_cer_below_untrained"]
     assert margins["asr_cer_below_best_constant_transcript"] == pytest.approx(-0.2)
     assert margins["asr_cer_below_untrained"] == pytest.approx(0.5)
-    checks, margins = pretrain.heldout_checks(heldout(cer=0.4, audio=0.08, floor=0.02, constant_cer=0.8))
+    checks, margins = pretrain_report.heldout_checks(heldout(cer=0.4, audio=0.08, floor=0.02, constant_cer=0.8))
     assert all(checks.values()) and margins["audio_accuracy_above_most_frequent_code"] == pytest.approx(3.0)
     assert "speech_round_trip_cer_below_best_constant_transcript" not in checks  # no round trip measured
-    checks, margins = pretrain.heldout_checks(heldout(cer=None, audio=0.0, floor=0.03, constant_cer=None))
+    checks, margins = pretrain_report.heldout_checks(heldout(cer=None, audio=0.0, floor=0.03, constant_cer=None))
     assert not any(checks.values()) and margins["asr_cer_below_best_constant_transcript"] is None
 
 

@@ -22,6 +22,7 @@ from qwen_omni import OmniProcessor, SNACFeatureExtractor
 from qwen_omni.entrypoints import cli
 from qwen_omni.common.clips import load_audio_text_rows
 from qwen_omni.omni.corpus import load_prepared_dataset, prepare_dataset
+from qwen_omni.omni import pretraining
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 OLD_CHECKPOINT = FIXTURES / "omni_checkpoint_v0"
@@ -193,7 +194,7 @@ def test_prepare_data_and_training_accept_the_same_rows(omni_dir, processor, tmp
 
 
 def test_pretrain_checks_the_prepared_rows(omni_dir, processor, tmp_path):
-    from test_pretrain import pretrain, tiny_args
+    from test_pretrain import tiny_args
 
     import datasets
 
@@ -207,7 +208,7 @@ def test_pretrain_checks_the_prepared_rows(omni_dir, processor, tmp_path):
     corpus._write_shard([record, {**record, "id": "old-row", "text": "hi <|audio_end|>"}], corpus._shard_dir(prepared, 0))
     script_args, _ = tiny_args(prepared, omni_dir, tmp_path / "out")
     with pytest.raises(ValueError, match=r"row 'old-row': transcript 'hi <\|audio_end\|>' contains"):
-        pretrain.prepared_rows(script_args, processor, tmp_path / "out")
+        pretraining.prepared_rows(script_args, processor, tmp_path / "out")
 
 
 # ---------------------------------------------------------------------------------------------- 5. length guards
