@@ -45,9 +45,11 @@ class SNACTokenLayout:
 
     def __init__(self, vq_strides: Sequence[int], codebook_size: int, audio_token_offset: int):
         vq_strides = [int(stride) for stride in vq_strides]
-        if not vq_strides or any(
-            coarse % fine or coarse < fine for coarse, fine in zip(vq_strides, vq_strides[1:])
-        ) or vq_strides[-1] < 1:
+        if (
+            not vq_strides
+            or any(coarse % fine or coarse < fine for coarse, fine in zip(vq_strides, vq_strides[1:]))
+            or vq_strides[-1] < 1
+        ):
             raise ValueError(
                 f"vq_strides={vq_strides} do not form a code tree: each stride must be a positive multiple of the "
                 "next one, coarsest first (e.g. [4, 2, 1] for the 24 kHz SNAC, [8, 4, 2, 1] for 32/44 kHz)."
@@ -110,7 +112,9 @@ class SNACTokenLayout:
             `torch.LongTensor` of shape `(batch, num_frames * tokens_per_frame)` (1-D for unbatched input).
         """
         if len(codes) != self.num_codebooks:
-            raise ValueError(f"Expected {self.num_codebooks} codebooks (vq_strides={self.vq_strides}), got {len(codes)}.")
+            raise ValueError(
+                f"Expected {self.num_codebooks} codebooks (vq_strides={self.vq_strides}), got {len(codes)}."
+            )
         unbatched = codes[0].dim() == 1
         codes = [code.unsqueeze(0) if unbatched else code for code in codes]
         batch_size, num_frames = codes[0].shape

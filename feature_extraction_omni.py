@@ -11,6 +11,7 @@ import torch
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 
+
 # Hub keyword arguments of the loaders (`cached_file`), passed on by `OmniProcessor.from_pretrained`
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 # one clip with at most this many channels may be given as (samples, channels) or (channels, samples)
@@ -29,8 +30,10 @@ def _check_max_duration(max_duration_seconds: float | None) -> float:
     """The clip-length limit in seconds: `None` is the default, anything else must be a positive number."""
     if max_duration_seconds is None:
         return DEFAULT_MAX_DURATION_SECONDS
-    if isinstance(max_duration_seconds, bool) or not isinstance(max_duration_seconds, (int, float, np.number)) or not (
-        max_duration_seconds > 0
+    if (
+        isinstance(max_duration_seconds, bool)
+        or not isinstance(max_duration_seconds, (int, float, np.number))
+        or not (max_duration_seconds > 0)
     ):
         raise ValueError(
             f"max_duration_seconds={max_duration_seconds!r} must be a positive number of seconds (e.g. 30.0), or "
@@ -204,7 +207,9 @@ class SNACFeatureExtractor(SequenceFeatureExtractor):
 
         return [torchaudio.functional.resample(clip, sampling_rate, self.sampling_rate) for clip in clips]
 
-    def prepare_clips(self, raw_audio: AudioInput | Sequence[AudioInput], sampling_rate: int | None) -> list[torch.Tensor]:
+    def prepare_clips(
+        self, raw_audio: AudioInput | Sequence[AudioInput], sampling_rate: int | None
+    ) -> list[torch.Tensor]:
         """
         Check, down-mix and resample audio: one 1-D float32 tensor per clip at `self.sampling_rate`.
 

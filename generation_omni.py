@@ -176,8 +176,12 @@ class OmniConstrainedLogitsProcessor(_SpanStateUser, LogitsProcessor):
         self.config = config
         self.layout = config.token_layout
         structural = [
-            config.tts_token_id, config.asr_token_id, config.text_start_token_id,
-            config.audio_start_token_id, config.audio_end_token_id, config.pad_token_id,
+            config.tts_token_id,
+            config.asr_token_id,
+            config.text_start_token_id,
+            config.audio_start_token_id,
+            config.audio_end_token_id,
+            config.pad_token_id,
         ]
         allowed_in_text = {config.text_end_token_id}
         if isinstance(config.eos_token_id, int):
@@ -189,8 +193,12 @@ class OmniConstrainedLogitsProcessor(_SpanStateUser, LogitsProcessor):
         state = self.state_for(input_ids)
         vocab = torch.arange(vocab_size, device=input_ids.device)
         block_lo = self.layout.audio_token_offset + state.frame_position * self.layout.codebook_size
-        in_block = (vocab[None, :] >= block_lo[:, None]) & (vocab[None, :] < (block_lo + self.layout.codebook_size)[:, None])
-        audio_allowed = in_block | ((vocab == self.config.audio_end_token_id)[None, :] & state.at_frame_boundary[:, None])
+        in_block = (vocab[None, :] >= block_lo[:, None]) & (
+            vocab[None, :] < (block_lo + self.layout.codebook_size)[:, None]
+        )
+        audio_allowed = in_block | (
+            (vocab == self.config.audio_end_token_id)[None, :] & state.at_frame_boundary[:, None]
+        )
         text_allowed = vocab < self.layout.audio_token_offset
         if self.banned_in_text:
             text_allowed &= ~torch.isin(vocab, torch.tensor(self.banned_in_text, device=vocab.device))
@@ -213,7 +221,11 @@ class OmniMaxDurationCriteria(_SpanStateUser, StoppingCriteria):
     """
 
     def __init__(self, max_duration: float, config: OmniConfig):
-        if isinstance(max_duration, bool) or not isinstance(max_duration, (int, float)) or not 0 < max_duration < math.inf:
+        if (
+            isinstance(max_duration, bool)
+            or not isinstance(max_duration, (int, float))
+            or not 0 < max_duration < math.inf
+        ):
             raise ValueError(f"max_duration={max_duration!r} must be a positive, finite number of seconds, e.g. 20.0.")
         self.max_duration = float(max_duration)
         self.config = config
@@ -221,7 +233,9 @@ class OmniMaxDurationCriteria(_SpanStateUser, StoppingCriteria):
         self.max_audio_tokens = self.max_frames * config.token_layout.tokens_per_frame
         self.cut_rows: set[int] = set()
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs) -> torch.BoolTensor:
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs
+    ) -> torch.BoolTensor:
         state = self.state_for(input_ids)
         done = state.in_audio & (state.audio_length >= self.max_audio_tokens)
         if done.any():
@@ -244,7 +258,11 @@ def _block_scoring_supported(logits_processor: LogitsProcessorList) -> bool:
 
 
 def audio_block_scores(
-    model, hidden: torch.Tensor, input_ids: torch.LongTensor, state: OmniSpanState, logits_processor: LogitsProcessorList
+    model,
+    hidden: torch.Tensor,
+    input_ids: torch.LongTensor,
+    state: OmniSpanState,
+    logits_processor: LogitsProcessorList,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Processed next-token scores over the allowed audio candidates only: the `codebook_size` ids of each row's frame
@@ -406,8 +424,13 @@ class OmniGenerationMixin(GenerationMixin):
             or not _block_scoring_supported(logits_processor)
         ):
             return super()._sample(
-                input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=synced_gpus,
-                streamer=streamer, **model_kwargs,
+                input_ids,
+                logits_processor,
+                stopping_criteria,
+                generation_config,
+                synced_gpus=synced_gpus,
+                streamer=streamer,
+                **model_kwargs,
             )
 
         pad_token_id = generation_config._pad_token_tensor

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTextToWaveform
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.qwen3.modeling_qwen3 import Qwen3ForCausalLM
 from transformers.utils import logging
 
@@ -93,7 +93,10 @@ class OmniForCausalLM(OmniGenerationMixin, Qwen3ForCausalLM):
         targets = shift_labels if shift_labels is not None else next_token_targets(labels)
         targets = targets.to(logits.device)
         token_loss = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+            logits.float().reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
         ).view_as(targets)
         weights, is_audio = self._weights_and_audio_mask(targets)
         denominator = num_items_in_batch if num_items_in_batch is not None else weights.sum()
@@ -147,7 +150,9 @@ class OmniForCausalLM(OmniGenerationMixin, Qwen3ForCausalLM):
 
         loss = text_loss = audio_loss = None
         if labels is not None or shift_labels is not None:
-            loss, text_loss, audio_loss = self._modality_weighted_loss(logits, labels, shift_labels, num_items_in_batch)
+            loss, text_loss, audio_loss = self._modality_weighted_loss(
+                logits, labels, shift_labels, num_items_in_batch
+            )
 
         return OmniCausalLMOutputWithPast(
             loss=loss,

@@ -233,7 +233,6 @@ AutoConfig.register("snac", SNACConfig, exist_ok=True)
 AutoModelForAudioTokenization.register(SNACConfig, SNACAudioTokenizer, exist_ok=True)
 
 
-
 # ---------------------------------------------------------------------------------------------- streaming
 # A SNAC decoder run layer by layer on successive pieces of its input: every layer keeps what it still needs of its
 # past input (a convolution its last `dilation * (kernel - 1)` steps, an upsampling layer its last step, a windowed
@@ -464,7 +463,9 @@ class SNACStreamingDecoder:
             frame_ids = torch.cat([frame_ids.long(), zero_frame.repeat(padding)])
         with torch.inference_mode():
             if frame_ids.numel():
-                latent = self.quantizer.from_codes([code[None].to(codec.device) for code in layout.ids_to_codes(frame_ids)])
+                latent = self.quantizer.from_codes(
+                    [code[None].to(codec.device) for code in layout.ids_to_codes(frame_ids)]
+                )
             else:
                 latent = torch.zeros(1, self.quantizer.quantizers[0].out_proj.out_channels, 0, device=codec.device)
             audio = _run_layers(self.layers, latent, final)[0, 0]
@@ -516,7 +517,8 @@ class OmniAudioStreamer(BaseStreamer):
         timeout: float | None = None,
     ):
         for name, value, least in (
-            ("chunk_frames", chunk_frames, 1), ("right_context_frames", right_context_frames, 0),
+            ("chunk_frames", chunk_frames, 1),
+            ("right_context_frames", right_context_frames, 0),
             ("left_context_frames", left_context_frames, 0),
         ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
@@ -543,7 +545,9 @@ class OmniAudioStreamer(BaseStreamer):
         self.left_context = math.ceil(left_context_frames / window) * window
         # frames of look-ahead before a frame's audio goes out: the decoder's own when streaming its state; for
         # windows, the requested context, at least two attention windows (so windows align as in the full decode)
-        self.right_context = lookahead if lookahead is not None else max(right_context_frames, 2 * window if window > 1 else 0)
+        self.right_context = (
+            lookahead if lookahead is not None else max(right_context_frames, 2 * window if window > 1 else 0)
+        )
         self._decoder: SNACStreamingDecoder | None = None
         self._seen_prompt = False
         self.samples_emitted = 0  # by this streamer, all spans together
@@ -562,7 +566,9 @@ class OmniAudioStreamer(BaseStreamer):
 
     def put(self, value: torch.Tensor) -> None:
         if value.dim() > 1 and value.shape[0] > 1:
-            raise ValueError(f"OmniAudioStreamer streams one sequence; got a batch of {value.shape[0]}. Use batch size 1.")
+            raise ValueError(
+                f"OmniAudioStreamer streams one sequence; got a batch of {value.shape[0]}. Use batch size 1."
+            )
         if not self._seen_prompt:  # the first call holds the prompt (possibly a voice prompt's audio): not streamed
             self._seen_prompt = True
             return
@@ -579,7 +585,9 @@ class OmniAudioStreamer(BaseStreamer):
 
     def _finish_span(self) -> None:
         if self.pending:
-            logger.warning(f"Dropped {len(self.pending)} audio tokens of an incomplete frame at the end of the stream.")
+            logger.warning(
+                f"Dropped {len(self.pending)} audio tokens of an incomplete frame at the end of the stream."
+            )
             self.pending = []
         self._emit(final=True)
         self._reset()
@@ -611,7 +619,9 @@ class OmniAudioStreamer(BaseStreamer):
             audio = self.codec.decode_window(self.layout.ids_to_codes(frame_ids), window_start)
             samples_per_frame = self.codec.samples_per_frame
             self.emitted_frames = stop
-            self._send(audio[(start - window_start) * samples_per_frame : (stop - window_start) * samples_per_frame].numpy())
+            self._send(
+                audio[(start - window_start) * samples_per_frame : (stop - window_start) * samples_per_frame].numpy()
+            )
 
     def _send(self, chunk: np.ndarray) -> None:
         if chunk.size:

@@ -143,7 +143,8 @@ def encode_audio(
             for row, i in enumerate(indices):
                 frames = int(output.num_frames[row])
                 codes_by_clip[i] = [
-                    code[row, : frames * per_frame].cpu() for code, per_frame in zip(output.audio_codes, codes_per_frame)
+                    code[row, : frames * per_frame].cpu()
+                    for code, per_frame in zip(output.audio_codes, codes_per_frame)
                 ]
     return codes_by_clip
 
@@ -166,7 +167,10 @@ def utterance_problem(text, speaker=None, special_tokens: Sequence[str] = (), wh
             value.encode("utf-8")
         except UnicodeEncodeError:
             return f"{name} {value!r} holds bytes that are not valid UTF-8; re-encode the text as UTF-8"
-        found = {*CONTROL_TOKEN_PATTERN.findall(value), *(token for token in special_tokens if token and token in value)}
+        found = {
+            *CONTROL_TOKEN_PATTERN.findall(value),
+            *(token for token in special_tokens if token and token in value),
+        }
         found = sorted(found)
         if found:
             return (
@@ -302,7 +306,10 @@ class OmniProcessor(ProcessorMixin):
         # ProcessorMixin knows only the audio tokenizers of transformers' own models (DacModel, ...). The check is by
         # config type, not class: the remote-code copy of SNACAudioTokenizer is another class object than the package's.
         if argument_name == "audio_tokenizer":
-            if not isinstance(argument, PreTrainedAudioTokenizerBase) or argument.config.model_type != SNACConfig.model_type:
+            if (
+                not isinstance(argument, PreTrainedAudioTokenizerBase)
+                or argument.config.model_type != SNACConfig.model_type
+            ):
                 raise TypeError(f"audio_tokenizer must be a SNACAudioTokenizer, got {type(argument).__name__}.")
             return type(argument)
         return super().check_argument_for_proper_class(argument_name, argument)
@@ -346,12 +353,16 @@ class OmniProcessor(ProcessorMixin):
         """SNAC codes of one clip or a batch (see [`encode_audio`] and [`SNACFeatureExtractor.prepare_clips`])."""
         return encode_audio(self.feature_extractor, self.audio_tokenizer, audio, sampling_rate, self.encode_batch_size)
 
-    def audio_to_ids(self, audio: AudioInput | Sequence[AudioInput], sampling_rate: int | None = None) -> list[torch.Tensor]:
+    def audio_to_ids(
+        self, audio: AudioInput | Sequence[AudioInput], sampling_rate: int | None = None
+    ) -> list[torch.Tensor]:
         """The audio token ids of one clip or a batch: one 1-D `LongTensor` per clip, whole frames. `sampling_rate`
         (of `audio`) is required; it defaults to `None` only so that its absence is refused with an explanation."""
         return [self.token_layout.codes_to_ids(codes) for codes in self.encode_audio(audio, sampling_rate)]
 
-    def encode_voice_prompt(self, audio: AudioInput | Sequence[AudioInput], sampling_rate: int | None = None) -> list[int]:
+    def encode_voice_prompt(
+        self, audio: AudioInput | Sequence[AudioInput], sampling_rate: int | None = None
+    ) -> list[int]:
         """The audio token ids of one reference clip for text-to-speech prompts, to pass as `voice_prompt_ids` (one
         voice prompt, many calls: encoded once)."""
         clips = self.audio_to_ids(audio, sampling_rate)
@@ -370,7 +381,9 @@ class OmniProcessor(ProcessorMixin):
         layout = self.token_layout
         token_ids = torch.as_tensor(token_ids, dtype=torch.long)
         if token_ids.dim() != 1:
-            raise ValueError(f"Expected one 1-D sequence of ids, got shape {tuple(token_ids.shape)}; decode rows one by one.")
+            raise ValueError(
+                f"Expected one 1-D sequence of ids, got shape {tuple(token_ids.shape)}; decode rows one by one."
+            )
         if strict:
             layout.ids_to_codes(token_ids)
             return token_ids
@@ -416,14 +429,25 @@ class OmniProcessor(ProcessorMixin):
             if not voice_prompt_text:
                 raise ValueError("A voice prompt needs its transcript: pass `voice_prompt_text`.")
             ids += [self.text_start_token_id, *self._text_ids(voice_prompt_text, "voice_prompt_text", speaker)]
-            ids += [self.text_end_token_id, self.audio_start_token_id, *[int(i) for i in voice_prompt_ids], self.audio_end_token_id]
+            ids += [
+                self.text_end_token_id,
+                self.audio_start_token_id,
+                *[int(i) for i in voice_prompt_ids],
+                self.audio_end_token_id,
+            ]
         ids += [self.text_start_token_id, *self._text_ids(text, speaker=speaker)]
         ids += [self.text_end_token_id, self.audio_start_token_id]
         return ids
 
     def asr_prompt_ids(self, audio_ids: Sequence[int]) -> list[int]:
         """Ids of a speech-to-text prompt that ends with `<|text_start|>`."""
-        return [self.asr_token_id, self.audio_start_token_id, *[int(i) for i in audio_ids], self.audio_end_token_id, self.text_start_token_id]
+        return [
+            self.asr_token_id,
+            self.audio_start_token_id,
+            *[int(i) for i in audio_ids],
+            self.audio_end_token_id,
+            self.text_start_token_id,
+        ]
 
     def tts_sequence_ids(self, text: str, audio_ids: Sequence[int], speaker: str | None = None) -> list[int]:
         """A whole text-to-speech training sequence."""
@@ -459,7 +483,8 @@ class OmniProcessor(ProcessorMixin):
         if with_labels:
             input_ids, attention_mask = data["input_ids"], data["attention_mask"]
             data["labels"] = (
-                [list(s) for s in input_ids] if return_tensors is None
+                [list(s) for s in input_ids]
+                if return_tensors is None
                 else input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
             )
         return BatchFeature(data, tensor_type=return_tensors)
@@ -510,7 +535,9 @@ class OmniProcessor(ProcessorMixin):
             if texts is None:
                 raise ValueError("Give `text`, `audio` or both.")
             if task == "text":
-                return self.pad([self.text_sequence_ids(t) for t in texts], with_labels=True, return_tensors=return_tensors)
+                return self.pad(
+                    [self.text_sequence_ids(t) for t in texts], with_labels=True, return_tensors=return_tensors
+                )
             if task == "asr":
                 raise ValueError("task='asr' needs `audio` (with its `sampling_rate`).")
             if voice_prompt_audio is not None:
@@ -520,7 +547,9 @@ class OmniProcessor(ProcessorMixin):
             elif voice_prompt_text is not None and voice_prompt_ids is None:
                 raise ValueError("voice_prompt_text was given without voice_prompt_audio; pass both or neither.")
             prompts = [
-                self.tts_prompt_ids(t, speaker=s, voice_prompt_ids=voice_prompt_ids, voice_prompt_text=voice_prompt_text)
+                self.tts_prompt_ids(
+                    t, speaker=s, voice_prompt_ids=voice_prompt_ids, voice_prompt_text=voice_prompt_text
+                )
                 for t, s in zip(texts, speakers)
             ]
             self._check_lengths(prompts, "text-to-speech prompt", for_generation=True)
@@ -661,7 +690,9 @@ class OmniProcessor(ProcessorMixin):
         """[`~OmniProcessor.decode`] for each sequence of a batch (e.g. `generate`'s output)."""
         return [self.decode(sequence, **kwargs) for sequence in sequences]
 
-    def save_audio(self, waveforms: np.ndarray | Sequence[np.ndarray], paths: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
+    def save_audio(
+        self, waveforms: np.ndarray | Sequence[np.ndarray], paths: str | os.PathLike | Sequence[str | os.PathLike]
+    ) -> None:
         """Write waveform(s) at the codec's sampling rate as 16-bit WAV file(s)."""
         import soundfile
 
@@ -670,7 +701,9 @@ class OmniProcessor(ProcessorMixin):
         if len(waveforms) != len(paths):
             raise ValueError(f"Got {len(waveforms)} waveforms for {len(paths)} paths.")
         for waveform, path in zip(waveforms, paths):
-            soundfile.write(os.fspath(path), np.asarray(waveform, dtype=np.float32), self.sampling_rate, subtype="PCM_16")
+            soundfile.write(
+                os.fspath(path), np.asarray(waveform, dtype=np.float32), self.sampling_rate, subtype="PCM_16"
+            )
 
     # ------------------------------------------------------------------ serialisation
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:

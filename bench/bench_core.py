@@ -20,9 +20,19 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 from qwen_omni import OmniConfig, OmniForCausalLM, SNACAudioTokenizer, SNACConfig, SNACFeatureExtractor
 from qwen_omni.processing_omni import encode_audio
 
+
 SNAC_24KHZ = dict(
-    sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024, decoder_rates=[8, 8, 4, 2],
-    attn_window_size=None, codebook_size=4096, codebook_dim=8, vq_strides=[4, 2, 1], noise=True, depthwise=True,
+    sampling_rate=24000,
+    encoder_dim=48,
+    encoder_rates=[2, 4, 8, 8],
+    decoder_dim=1024,
+    decoder_rates=[8, 8, 4, 2],
+    attn_window_size=None,
+    codebook_size=4096,
+    codebook_dim=8,
+    vq_strides=[4, 2, 1],
+    noise=True,
+    depthwise=True,
 )
 
 
@@ -43,17 +53,29 @@ def median_time(fn, repeats: int) -> float:
 def training_step_ratio(repeats: int) -> None:
     # the qwen-omni seed's shape: d_model 128, 4 heads, 3 layers, GPT-2 text vocabulary + 7 x 4096 audio ids
     text_vocab = 50257 + 8
-    shape = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=32, vocab_size=text_vocab + 7 * 4096)
+    shape = dict(
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        vocab_size=text_vocab + 7 * 4096,
+    )
     torch.manual_seed(0)
     qwen3 = Qwen3ForCausalLM(Qwen3Config(**shape))
-    omni = OmniForCausalLM(OmniConfig(**shape, audio_token_offset=text_vocab, audio_loss_weight=1.0, text_loss_weight=0.1))
+    omni = OmniForCausalLM(
+        OmniConfig(**shape, audio_token_offset=text_vocab, audio_loss_weight=1.0, text_loss_weight=0.1)
+    )
     omni.load_state_dict(qwen3.state_dict())
     batch, length = 8, 256
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.cat(
-        [torch.randint(0, text_vocab, (batch, 64), generator=generator),
-         torch.randint(text_vocab, shape["vocab_size"], (batch, length - 64), generator=generator)], dim=1
+        [
+            torch.randint(0, text_vocab, (batch, 64), generator=generator),
+            torch.randint(text_vocab, shape["vocab_size"], (batch, length - 64), generator=generator),
+        ],
+        dim=1,
     )
 
     def step(model):
@@ -77,7 +99,9 @@ def training_step_ratio(repeats: int) -> None:
     tokens = batch * length
     qwen3_tps, omni_tps = tokens / statistics.median(qwen3_times), tokens / statistics.median(omni_times)
     print(f"training step, {omni.num_parameters() / 1e6:.1f}M params, batch {batch} x {length} tokens:")
-    print(f"  Qwen3ForCausalLM {qwen3_tps:8.0f} tok/s | OmniForCausalLM (modality-weighted loss) {omni_tps:8.0f} tok/s")
+    print(
+        f"  Qwen3ForCausalLM {qwen3_tps:8.0f} tok/s | OmniForCausalLM (modality-weighted loss) {omni_tps:8.0f} tok/s"
+    )
     print(f"  ratio Omni / Qwen3 = {omni_tps / qwen3_tps:.3f}  (target >= 0.95)")
 
 
@@ -108,7 +132,9 @@ def encode_ratio(repeats: int) -> None:
     audio_seconds = seconds * batch
     direct_cost = statistics.median(direct_times) / audio_seconds
     extractor_cost = statistics.median(extractor_times) / audio_seconds
-    print(f"SNAC 24 kHz encode ({sum(p.numel() for p in codec.parameters()) / 1e6:.1f}M params), batch {batch} x {seconds:.0f} s:")
+    print(
+        f"SNAC 24 kHz encode ({sum(p.numel() for p in codec.parameters()) / 1e6:.1f}M params), batch {batch} x {seconds:.0f} s:"
+    )
     print(f"  snac direct {direct_cost * 1000:.1f} ms per audio second | encode_audio {extractor_cost * 1000:.1f} ms")
     print(f"  ratio extractor / direct = {extractor_cost / direct_cost:.3f}  (target <= 1.1)")
 

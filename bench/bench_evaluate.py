@@ -24,15 +24,31 @@ from pathlib import Path
 
 import torch
 from transformers import AutoProcessor, Qwen3OmniMoeForConditionalGeneration
-from qwen_omni.qwen3_omni import tiny_checkpoints
 
+from qwen_omni.qwen3_omni import tiny_checkpoints
 from qwen_omni.qwen3_omni.evaluation import AnswerCache, EvalRow, answer_rows  # noqa: E402
 from qwen_omni.qwen3_omni.loading import load_thinker  # noqa: E402
 
 
 WORDS = [
-    "the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog",
-    "what", "do", "you", "hear", "describe", "the", "sound", "in", "detail",
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "the",
+    "lazy",
+    "dog",
+    "what",
+    "do",
+    "you",
+    "hear",
+    "describe",
+    "the",
+    "sound",
+    "in",
+    "detail",
 ]
 
 
@@ -80,13 +96,20 @@ def main() -> dict:
             for name, batch_size in (("batched", args.batch_size), ("one_at_a_time", 1)):
                 wall, cpu, outputs[name] = timed(thinker, processor, rows, batch_size, args.max_new_tokens, folder)
                 results[name].append((wall, cpu))
-    medians = {name: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
-               for name, values in results.items()}
+    medians = {
+        name: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+        for name, values in results.items()
+    }
     report = {
-        "rows": args.rows, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-        "repeats": args.repeats, "device": "cpu", "threads": args.threads,
-        "rows_per_second": {name: {"wall": args.rows / wall, "cpu": args.rows / cpu}
-                            for name, (wall, cpu) in medians.items()},
+        "rows": args.rows,
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "repeats": args.repeats,
+        "device": "cpu",
+        "threads": args.threads,
+        "rows_per_second": {
+            name: {"wall": args.rows / wall, "cpu": args.rows / cpu} for name, (wall, cpu) in medians.items()
+        },
         "speedup_wall": medians["one_at_a_time"][0] / medians["batched"][0],
         "speedup_cpu": medians["one_at_a_time"][1] / medians["batched"][1],
         "rows_with_different_answers": sum(a != b for a, b in zip(outputs["batched"], outputs["one_at_a_time"])),

@@ -19,12 +19,14 @@ import os
 import statistics
 import time
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
 from qwen_omni import OmniConfig, OmniForCausalLM  # noqa: E402
 from qwen_omni.omni.build import SPEECH_GENERATION_DEFAULTS  # noqa: E402
+
 
 GPT2_VOCAB = 50257
 NUM_SPECIAL = 8  # pad + the six Omni tokens + one spare, as add_omni_tokens leaves a GPT-2 tokenizer (eos exists)
@@ -33,14 +35,34 @@ REAL_TIME_TOKENS_PER_S = 24000 / 2048 * 7
 
 def build_seed_model() -> OmniForCausalLM:
     offset = GPT2_VOCAB + NUM_SPECIAL
-    special = {name: GPT2_VOCAB + i for i, name in enumerate(
-        ["pad_token_id", "tts_token_id", "asr_token_id", "text_start_token_id", "text_end_token_id",
-         "audio_start_token_id", "audio_end_token_id"]
-    )}
+    special = {
+        name: GPT2_VOCAB + i
+        for i, name in enumerate(
+            [
+                "pad_token_id",
+                "tts_token_id",
+                "asr_token_id",
+                "text_start_token_id",
+                "text_end_token_id",
+                "audio_start_token_id",
+                "audio_end_token_id",
+            ]
+        )
+    }
     config = OmniConfig(
-        vocab_size=-(-(offset + 7 * 4096) // 64) * 64, audio_token_offset=offset, codebook_size=4096,
-        vq_strides=[4, 2, 1], hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=32, tie_word_embeddings=True, eos_token_id=GPT2_VOCAB - 1, **special,
+        vocab_size=-(-(offset + 7 * 4096) // 64) * 64,
+        audio_token_offset=offset,
+        codebook_size=4096,
+        vq_strides=[4, 2, 1],
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        tie_word_embeddings=True,
+        eos_token_id=GPT2_VOCAB - 1,
+        **special,
     )
     torch.manual_seed(0)
     model = OmniForCausalLM(config).eval()
@@ -51,10 +73,14 @@ def build_seed_model() -> OmniForCausalLM:
 def seed_prompt(config: OmniConfig, text_tokens: int = 12) -> torch.Tensor:
     """A text-to-speech prompt: `<|tts|><|text_start|>` random text ids `<|text_end|><|audio_start|>`."""
     text = torch.randint(0, GPT2_VOCAB, (1, text_tokens), generator=torch.Generator().manual_seed(0))
-    return torch.cat([
-        torch.tensor([[config.tts_token_id, config.text_start_token_id]]), text,
-        torch.tensor([[config.text_end_token_id, config.audio_start_token_id]]),
-    ], dim=1)
+    return torch.cat(
+        [
+            torch.tensor([[config.tts_token_id, config.text_start_token_id]]),
+            text,
+            torch.tensor([[config.text_end_token_id, config.audio_start_token_id]]),
+        ],
+        dim=1,
+    )
 
 
 def time_generate(model, prompt, new_tokens, variants: dict, repeats: int, clock) -> dict:
@@ -86,8 +112,10 @@ def main() -> None:
 
     model = build_seed_model()
     config = model.config
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, vocab {config.vocab_size}, "
-          f"torch {torch.__version__}, {args.num_threads} thread(s), {args.clock} clock, median of {args.repeats}")
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, vocab {config.vocab_size}, "
+        f"torch {torch.__version__}, {args.num_threads} thread(s), {args.clock} clock, median of {args.repeats}"
+    )
     prompt = seed_prompt(config)
     defaults = dict(SPEECH_GENERATION_DEFAULTS)
     no_eos = dict(eos_token_id=None)
@@ -101,8 +129,13 @@ def main() -> None:
         "suppress_tokens": dict(defaults, suppress_tokens=[config.audio_token_offset + 1, 7], **no_eos),
         "repetition_penalty_1.3": dict(defaults, repetition_penalty=1.3, **no_eos),
         "greedy": dict(do_sample=False, **no_eos),
-        "all": dict(defaults, min_new_tokens=args.new_tokens, top_k=50, no_repeat_ngram_size=3,
-                    suppress_tokens=[config.audio_token_offset + 1, 7]),
+        "all": dict(
+            defaults,
+            min_new_tokens=args.new_tokens,
+            top_k=50,
+            no_repeat_ngram_size=3,
+            suppress_tokens=[config.audio_token_offset + 1, 7],
+        ),
     }
     if args.only:
         settings = {name: kwargs for name, kwargs in settings.items() if name in args.only}
@@ -114,9 +147,12 @@ def main() -> None:
             rates = time_generate(model, prompt, args.new_tokens, variants, args.repeats, clock)
             plain, fast = rates["plain"], rates["fast"]
             extra = f", constrained full head {rates['full_head']:6.1f}" if "full_head" in rates else ""
-            print(f"{name:24s}: plain generate {plain:6.1f} tokens/s, constrained fast head (default) {fast:6.1f} "
-                  f"tokens/s ({fast / REAL_TIME_TOKENS_PER_S:.2f}x real time){extra}; RATIO fast / plain "
-                  f"{fast / plain:.2f}x (target >= 1.5)", flush=True)
+            print(
+                f"{name:24s}: plain generate {plain:6.1f} tokens/s, constrained fast head (default) {fast:6.1f} "
+                f"tokens/s ({fast / REAL_TIME_TOKENS_PER_S:.2f}x real time){extra}; RATIO fast / plain "
+                f"{fast / plain:.2f}x (target >= 1.5)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,12 @@ RECIPES = {
     "bf16 LoRA (instruct.yaml)": ["train/configs/instruct.yaml"],
     "QLoRA, 4-bit experts (instruct.yaml --load_in_4bit)": ["train/configs/instruct.yaml", "--load_in_4bit"],
     "  + offload_experts": ["train/configs/instruct.yaml", "--load_in_4bit", "--offload_experts"],
-    "  towers kept in bf16 (--quantize_towers false)": ["train/configs/instruct.yaml", "--load_in_4bit",
-                                                        "--quantize_towers", "false"],
+    "  towers kept in bf16 (--quantize_towers false)": [
+        "train/configs/instruct.yaml",
+        "--load_in_4bit",
+        "--quantize_towers",
+        "false",
+    ],
     "low-memory QLoRA (qlora.yaml)": ["train/configs/qlora.yaml"],
     "  + offload_experts ": ["train/configs/qlora.yaml", "--offload_experts"],
 }
@@ -49,8 +53,16 @@ RECIPES = {
 def estimate(config_dir: str, recipe: list[str]):
     parser = TrlParser((ScriptArguments, Qwen3OmniSFTConfig, Qwen3OmniModelConfig, Qwen3OmniArguments))
     config_file, *flags = recipe
-    argv = ["--config", os.path.join(REPO, config_file), "--model_name_or_path", config_dir, "--output_dir",
-            os.path.join(config_dir, "out"), "--estimate_memory", *flags]
+    argv = [
+        "--config",
+        os.path.join(REPO, config_file),
+        "--model_name_or_path",
+        config_dir,
+        "--output_dir",
+        os.path.join(config_dir, "out"),
+        "--estimate_memory",
+        *flags,
+    ]
     _, training_args, model_args, omni_args = parser.parse_args_and_config(argv)
     return estimate_for_run(model_args, training_args, omni_args)
 
@@ -63,12 +75,11 @@ def _status_kib(field: str) -> int:
 def loading_probe(checkpoint: str, quantize: bool) -> None:
     """In a fresh process: resident memory before, kept after, and peak while loading (printed as JSON)."""
     import gc
+    import threading
 
     import torch
 
     from qwen_omni.qwen3_omni import load_thinker
-
-    import threading
 
     # anonymous memory only: the safetensors file is memory-mapped, and its page cache would count in VmRSS / VmHWM
     # (there is no high-water mark of RssAnon, so a thread samples it every millisecond)
@@ -85,14 +96,22 @@ def loading_probe(checkpoint: str, quantize: bool) -> None:
     done.set()
     sampler.join()
     gc.collect()
-    print(json.dumps({"peak": (peak[0] - before) * 1024, "kept": (_status_kib("RssAnon") - before) * 1024,
-                      "params": sum(p.numel() for p in model.parameters())}))
+    print(
+        json.dumps(
+            {
+                "peak": (peak[0] - before) * 1024,
+                "kept": (_status_kib("RssAnon") - before) * 1024,
+                "params": sum(p.numel() for p in model.parameters()),
+            }
+        )
+    )
 
 
 def loading_peak() -> None:
-    from qwen_omni.qwen3_omni import tiny_checkpoints
     import torch
     from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
+
+    from qwen_omni.qwen3_omni import tiny_checkpoints
 
     config = tiny_checkpoints.build_config(tiny_checkpoints.build_tokenizer()).thinker_config
     text = config.text_config
@@ -105,20 +124,26 @@ def loading_peak() -> None:
         Qwen3OmniMoeThinkerForConditionalGeneration._from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
         tiny_checkpoints.build_processor().save_pretrained(folder)
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="16384", MALLOC_TRIM_THRESHOLD_="0", HF_HUB_OFFLINE="1")
-        print(f"\nloading a bf16 checkpoint with {text.num_hidden_layers} MoE layers of {layer_bytes / 2**20:.0f} MiB "
-              "bf16 experts each (host memory, MiB above the level before loading):")
+        print(
+            f"\nloading a bf16 checkpoint with {text.num_hidden_layers} MoE layers of {layer_bytes / 2**20:.0f} MiB "
+            "bf16 experts each (host memory, MiB above the level before loading):"
+        )
         for quantize in (False, True):
             result = subprocess.run(
                 [sys.executable, os.path.abspath(__file__), "--loading_probe", folder, str(quantize)],
-                env=env, capture_output=True, text=True,
+                env=env,
+                capture_output=True,
+                text=True,
             )
             if result.returncode != 0:
                 print(f"  probe failed:\n{result.stderr[-2000:]}")
                 continue
             figures = json.loads(result.stdout.strip().splitlines()[-1])
-            print(f"  {'4-bit experts (quantize_experts)' if quantize else 'bf16':<34} peak {figures['peak'] / 2**20:7.1f}"
-                  f"  kept {figures['kept'] / 2**20:7.1f}  peak - kept {(figures['peak'] - figures['kept']) / 2**20:6.1f}"
-                  f"  = {(figures['peak'] - figures['kept']) / layer_bytes:.2f} layers of bf16 experts")
+            print(
+                f"  {'4-bit experts (quantize_experts)' if quantize else 'bf16':<34} peak {figures['peak'] / 2**20:7.1f}"
+                f"  kept {figures['kept'] / 2**20:7.1f}  peak - kept {(figures['peak'] - figures['kept']) / 2**20:6.1f}"
+                f"  = {(figures['peak'] - figures['kept']) / layer_bytes:.2f} layers of bf16 experts"
+            )
 
 
 def main() -> None:
@@ -146,8 +171,10 @@ def main() -> None:
     bf16, qlora, offloaded, towers_kept, low_memory, low_memory_offloaded = totals.values()
     print(f"\nQLoRA with 4-bit experts / bf16 LoRA (instruct.yaml): {qlora / bf16:.3f} (target <= 0.40)")
     print(f"  with offload_experts: {offloaded / bf16:.3f}; with the towers kept in bf16: {towers_kept / bf16:.3f}")
-    print(f"qlora.yaml static total: {low_memory / GB:.2f} GB (target <= 24 GB: "
-          f"{'met' if low_memory <= 24 * GB else 'not met'}); with offload_experts: {low_memory_offloaded / GB:.2f} GB")
+    print(
+        f"qlora.yaml static total: {low_memory / GB:.2f} GB (target <= 24 GB: "
+        f"{'met' if low_memory <= 24 * GB else 'not met'}); with offload_experts: {low_memory_offloaded / GB:.2f} GB"
+    )
     if args.loading_peak:
         loading_peak()
 

@@ -61,8 +61,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import Qwen3OmniMoeTextConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerTextModel
 
-from qwen_omni.qwen3_omni.quantized_experts import quantize_experts
 from qwen_omni.qwen3_omni.peft_lora import apply_peft_lora
+from qwen_omni.qwen3_omni.quantized_experts import quantize_experts
 from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora, routed_lora_experts_forward
 
 
@@ -164,8 +164,12 @@ def build_variants(args: argparse.Namespace, implementation: str) -> dict[str, t
     for layer in base_routed_path.layers:
         layer.mlp.experts.forward = functools.partial(routed_lora_experts_forward, layer.mlp.experts, lora=no_lora)
     return {
-        "base": base, "base_routed_path": base_routed_path, "peft": peft_model, "routed": routed_model,
-        "routed_4bit": routed_4bit, "peft_4bit": peft_4bit,
+        "base": base,
+        "base_routed_path": base_routed_path,
+        "peft": peft_model,
+        "routed": routed_model,
+        "routed_4bit": routed_4bit,
+        "peft_4bit": peft_4bit,
     }
 
 
@@ -280,8 +284,10 @@ def bench_implementation(args: argparse.Namespace, implementation: str, argv: li
 
     print(f"\n== experts_implementation={implementation} ==")
     print(f"routed vs peft: max |output diff| {max_output_diff:.2e}, max |lora grad diff| {max_grad_diff:.2e}")
-    print(f"{'variant':<16} {'step ms (median)':>17} {'min..max ms':>17} {'x base':>7} {'saved MiB':>10} "
-          f"{'x base':>7} {'peak MiB':>9} {'x base':>7}")
+    print(
+        f"{'variant':<16} {'step ms (median)':>17} {'min..max ms':>17} {'x base':>7} {'saved MiB':>10} "
+        f"{'x base':>7} {'peak MiB':>9} {'x base':>7}"
+    )
     for variant in VARIANTS:
         peak = peaks.get(variant)
         peak_columns = (
@@ -299,8 +305,10 @@ def bench_implementation(args: argparse.Namespace, implementation: str, argv: li
         f"adapter cost on the same experts code path: routed / base_routed_path = "
         f"{medians['routed'] / medians['base_routed_path']:.2f}x step time"
     )
-    print(f"4-bit experts: routed_4bit / routed = {medians['routed_4bit'] / medians['routed']:.2f}x step time; "
-          f"peft_4bit / peft = {medians['peft_4bit'] / medians['peft']:.2f}x")
+    print(
+        f"4-bit experts: routed_4bit / routed = {medians['routed_4bit'] / medians['routed']:.2f}x step time; "
+        f"peft_4bit / peft = {medians['peft_4bit'] / medians['peft']:.2f}x"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -110,8 +110,10 @@ def main():
     model, processor, samples = setup(work_dir, args.codec, min(args.packed_lengths))
     state, config = model.state_dict(), model.config
     pad = processor.tokenizer.pad_token_id
-    print(f"corpus: {len(samples)} samples, {sum(len(s['input_ids']) for s in samples)} tokens; model "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; torch threads {torch.get_num_threads()}")
+    print(
+        f"corpus: {len(samples)} samples, {sum(len(s['input_ids']) for s in samples)} tokens; model "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; torch threads {torch.get_num_threads()}"
+    )
 
     # 1. packing vs padding: same samples, about the same number of real tokens per step, variants interleaved
     variants = {"padded": make_batches(samples, pad, None, 2048, args.steps)}
@@ -124,7 +126,7 @@ def main():
     rates = {name: [] for name in names}
     ratios = {name: [] for name in names}
     for repeat in range(args.repeats):
-        order = names[repeat % len(names):] + names[: repeat % len(names)]
+        order = names[repeat % len(names) :] + names[: repeat % len(names)]
         for name in order:
             tokens, seconds, _ = train_steps(state, config, variants[name][0], "adamw", args.lr)
             rates[name].append(tokens / seconds)
@@ -132,14 +134,18 @@ def main():
             ratios[name].append(rates[name][-1] / rates["padded"][-1])
         measured = ", ".join(f"{name} {rates[name][-1]:.0f}" for name in names)
         print(f"  repeat {repeat}: {measured} real tokens/s")
-    print(f"training throughput, real (non-padding) tokens/s, median over {args.repeats} interleaved repeats "
-          f"({args.steps} steps of ~2048 real tokens, torch threads {torch.get_num_threads()}):")
+    print(
+        f"training throughput, real (non-padding) tokens/s, median over {args.repeats} interleaved repeats "
+        f"({args.steps} steps of ~2048 real tokens, torch threads {torch.get_num_threads()}):"
+    )
     for name in names:
         _, padding, fill = variants[name]
         fill_text = f", rows {fill:.1%} full" if fill is not None else ""
-        print(f"  {name:<24} {statistics.median(rates[name]):7.0f} tokens/s  {statistics.median(ratios[name]):.2f}x "
-              f"padded (repeats {min(ratios[name]):.2f}-{max(ratios[name]):.2f}x); padding fraction of the batches "
-              f"{padding:.1%}{fill_text}")
+        print(
+            f"  {name:<24} {statistics.median(rates[name]):7.0f} tokens/s  {statistics.median(ratios[name]):.2f}x "
+            f"padded (repeats {min(ratios[name]):.2f}-{max(ratios[name]):.2f}x); padding fraction of the batches "
+            f"{padding:.1%}{fill_text}"
+        )
 
     # 2. Muon vs AdamW: same batches, same learning rate and steps
     batches, _, _ = make_batches(samples, pad, 1024, 2048, args.loss_steps)
@@ -148,11 +154,15 @@ def main():
         for name in finals:
             _, _, losses = train_steps(state, config, batches, name, args.lr, seed=repeat)
             finals[name].append(statistics.mean(losses[-5:]))
-        print(f"  repeat {repeat}: loss after {args.loss_steps} steps (mean of last 5) muon {finals['muon'][-1]:.3f}, "
-              f"adamw {finals['adamw'][-1]:.3f}")
+        print(
+            f"  repeat {repeat}: loss after {args.loss_steps} steps (mean of last 5) muon {finals['muon'][-1]:.3f}, "
+            f"adamw {finals['adamw'][-1]:.3f}"
+        )
     muon, adamw = statistics.median(finals["muon"]), statistics.median(finals["adamw"])
-    print(f"loss after {args.loss_steps} steps: Muon {muon:.3f}, AdamW {adamw:.3f}, Muon / AdamW = {muon / adamw:.3f} "
-          f"(median over {args.repeats} repeats, lr {args.lr})")
+    print(
+        f"loss after {args.loss_steps} steps: Muon {muon:.3f}, AdamW {adamw:.3f}, Muon / AdamW = {muon / adamw:.3f} "
+        f"(median over {args.repeats} repeats, lr {args.lr})"
+    )
 
 
 if __name__ == "__main__":

@@ -25,15 +25,26 @@ import tempfile
 import threading
 import time
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx  # noqa: E402
 
+
 TEXT = "hello there, how are you today?"
 REAL_SNAC_24KHZ = dict(
-    sampling_rate=24000, encoder_dim=48, encoder_rates=[2, 4, 8, 8], decoder_dim=1024, decoder_rates=[8, 8, 4, 2],
-    attn_window_size=None, codebook_size=4096, codebook_dim=8, vq_strides=[4, 2, 1], noise=True, depthwise=True,
+    sampling_rate=24000,
+    encoder_dim=48,
+    encoder_rates=[2, 4, 8, 8],
+    decoder_dim=1024,
+    decoder_rates=[8, 8, 4, 2],
+    attn_window_size=None,
+    codebook_size=4096,
+    codebook_dim=8,
+    vq_strides=[4, 2, 1],
+    noise=True,
+    depthwise=True,
 )
 GPT2_VOCAB = 50257
 
@@ -56,8 +67,15 @@ def build_seed_checkpoint(folder: str) -> str:
     tokenizer = train_bpe_tokenizer([TEXT, "the quick brown fox jumps over the lazy dog."] * 8, vocab_size=300)
     tokenizer.add_tokens([f"<filler_{i}>" for i in range(GPT2_VOCAB - len(tokenizer))])
     model, processor = build_omni_from_scratch(
-        tokenizer, codec_dir, hidden_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=32, intermediate_size=512, max_position_embeddings=4096,
+        tokenizer,
+        codec_dir,
+        hidden_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=512,
+        max_position_embeddings=4096,
     )
     print(f"checkpoint: {model.num_parameters() / 1e6:.1f}M parameters, {model.config.vocab_size} ids", flush=True)
     model_dir = os.path.join(folder, "omni-seed")
@@ -128,9 +146,22 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         command = [
-            sys.executable, "-m", "qwen_omni.entrypoints.cli", "serve", "--model", model_dir, "--port", str(port),
-            "--num_threads", str(args.num_threads), "--max_duration", str(args.max_duration),
-            "--max_concurrency", str(max(args.concurrency)), "--max_queue", str(max(args.concurrency)),
+            sys.executable,
+            "-m",
+            "qwen_omni.entrypoints.cli",
+            "serve",
+            "--model",
+            model_dir,
+            "--port",
+            str(port),
+            "--num_threads",
+            str(args.num_threads),
+            "--max_duration",
+            str(args.max_duration),
+            "--max_concurrency",
+            str(max(args.concurrency)),
+            "--max_queue",
+            str(max(args.concurrency)),
         ]
         log = open(os.path.join(folder, "server.log"), "wb")
         server = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
@@ -156,8 +187,10 @@ def main() -> None:
                     firsts += first_bytes
                     seq.append(sequential(url, model, count, rate) if count > 1 else throughput)
                 figures[count] = {
-                    "batched": statistics.median(batched), "sequential": statistics.median(seq),
-                    "p50": percentile(firsts, 0.5), "p95": percentile(firsts, 0.95),
+                    "batched": statistics.median(batched),
+                    "sequential": statistics.median(seq),
+                    "p50": percentile(firsts, 0.5),
+                    "p95": percentile(firsts, 0.95),
                 }
                 print(f"concurrency {count}: {figures[count]}", flush=True)
         finally:
@@ -166,16 +199,22 @@ def main() -> None:
             log.close()
 
     single = figures.get(1)
-    print(f"\nserver, {args.max_duration:g} s of speech per request, {args.num_threads} torch thread(s), medians of "
-          f"{args.repeats}:")
-    print(f"{'concurrency':>11} {'audio s/s':>9} {'sequential':>10} {'batched/seq':>11} {'x single':>8} "
-          f"{'p50 first':>9} {'p95 first':>9} {'p95/single':>10}")
+    print(
+        f"\nserver, {args.max_duration:g} s of speech per request, {args.num_threads} torch thread(s), medians of "
+        f"{args.repeats}:"
+    )
+    print(
+        f"{'concurrency':>11} {'audio s/s':>9} {'sequential':>10} {'batched/seq':>11} {'x single':>8} "
+        f"{'p50 first':>9} {'p95 first':>9} {'p95/single':>10}"
+    )
     for count, figure in figures.items():
         versus_single = figure["batched"] / single["batched"] if single else float("nan")
         p95_ratio = figure["p95"] / single["p50"] if single else float("nan")
-        print(f"{count:>11} {figure['batched']:>9.2f} {figure['sequential']:>10.2f} "
-              f"{figure['batched'] / figure['sequential']:>11.2f} {versus_single:>8.2f} {figure['p50']:>9.3f} "
-              f"{figure['p95']:>9.3f} {p95_ratio:>10.2f}")
+        print(
+            f"{count:>11} {figure['batched']:>9.2f} {figure['sequential']:>10.2f} "
+            f"{figure['batched'] / figure['sequential']:>11.2f} {versus_single:>8.2f} {figure['p50']:>9.3f} "
+            f"{figure['p95']:>9.3f} {p95_ratio:>10.2f}"
+        )
     if single:
         print(f"single stream: {single['batched']:.2f}x real time (target >= 5)")
 

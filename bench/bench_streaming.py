@@ -18,14 +18,15 @@ import sys
 import time
 from types import SimpleNamespace
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from bench_core import SNAC_24KHZ  # noqa: E402
 from bench_generation import build_seed_model, seed_prompt  # noqa: E402
+
 from qwen_omni import SNACAudioTokenizer, SNACConfig  # noqa: E402
 from qwen_omni.modeling_snac import OmniAudioStreamer  # noqa: E402
 from qwen_omni.omni.build import SPEECH_GENERATION_DEFAULTS  # noqa: E402
@@ -101,7 +102,9 @@ def main() -> None:
 
     full, stream = statistics.median(times["full"]), statistics.median(times["stream"])
     seconds = args.frames * audio_tokenizer.config.samples_per_frame / audio_tokenizer.config.sampling_rate
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), process CPU time, median of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), process CPU time, median of {args.repeats}"
+    )
     print(f"{args.frames} frames ({seconds:.2f} s of audio), streamer options {streamer_kwargs or 'default'}")
     print(f"generate + one decode : {full:6.2f} s CPU")
     print(f"generate, streamed    : {stream:6.2f} s CPU")

@@ -46,8 +46,8 @@ import time
 import torch
 from peft import get_peft_model
 from transformers import Qwen3OmniMoeForConditionalGeneration
-from qwen_omni.qwen3_omni import tiny_checkpoints
 
+from qwen_omni.qwen3_omni import tiny_checkpoints
 from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora  # noqa: E402
 from qwen_omni.qwen3_omni.talker_voice import (  # noqa: E402
     TalkerVoiceExample,
@@ -59,7 +59,12 @@ from qwen_omni.qwen3_omni.talker_voice import (  # noqa: E402
 
 
 TIMED_VARIANTS = (
-    "frozen_forward", "frozen_step", "peft", "routed", "routed_thinker_recomputed", "routed_predictor_mlp"
+    "frozen_forward",
+    "frozen_step",
+    "peft",
+    "routed",
+    "routed_thinker_recomputed",
+    "routed_predictor_mlp",
 )
 MEMORY_VARIANTS = ("cached", "recomputed")
 
@@ -112,8 +117,14 @@ def build_model(args: argparse.Namespace) -> Qwen3OmniMoeForConditionalGeneratio
     # the real codec layout: 2048 codes, 1024 special ids after them
     talker_text.vocab_size = 2048 + 1024
     offset = 2048 - tiny_checkpoints.TINY_CODEBOOK_SIZE
-    for name in ("codec_pad_id", "codec_bos_id", "codec_eos_token_id", "codec_nothink_id", "codec_think_bos_id",
-                 "codec_think_eos_id"):
+    for name in (
+        "codec_pad_id",
+        "codec_bos_id",
+        "codec_eos_token_id",
+        "codec_nothink_id",
+        "codec_think_bos_id",
+        "codec_think_eos_id",
+    ):
         setattr(talker, name, getattr(talker, name) + offset)
     talker.speaker_id = {name: value + offset for name, value in talker.speaker_id.items()}
     predictor = talker.code_predictor_config
@@ -143,8 +154,15 @@ def make_examples(args: argparse.Namespace, model) -> list[TalkerVoiceExample]:
         vocab = config.thinker_config.text_config.vocab_size
         text_ids = torch.randint(0, 200, (args.prompt_len,), generator=generator).tolist()
         # <|im_start|>user\n ... <|im_end|>\n<|im_start|>assistant\n  + the answer
-        prompt = [config.im_start_token_id, config.user_token_id, *text_ids[: args.prompt_len // 2],
-                  config.im_end_token_id, config.im_start_token_id, config.assistant_token_id, text_ids[-1]]
+        prompt = [
+            config.im_start_token_id,
+            config.user_token_id,
+            *text_ids[: args.prompt_len // 2],
+            config.im_end_token_id,
+            config.im_start_token_id,
+            config.assistant_token_id,
+            text_ids[-1],
+        ]
         answer = text_ids[args.prompt_len // 2 :] + [config.im_end_token_id]
         assert max(prompt + answer) < vocab
         codes = torch.randint(0, 2048, (args.frames, config.talker_config.num_code_groups), generator=generator)

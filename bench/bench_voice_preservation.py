@@ -33,9 +33,9 @@ import time
 
 import torch
 
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from qwen_omni.qwen3_omni import tiny_checkpoints
 from bench_talker_lora import (
     add_model_arguments,
     build_lora,
@@ -43,6 +43,8 @@ from bench_talker_lora import (
     make_examples,
     synchronize,
 )
+
+from qwen_omni.qwen3_omni import tiny_checkpoints
 from qwen_omni.qwen3_omni.talker_voice import (
     PRESERVE_TEXTS,
     build_preserve_examples,
@@ -111,13 +113,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"step without preservation: {step['without'] * 1e3:.1f} ms")
     for variant in ("kl", "codes"):
-        print(f"step with preservation, --preserve_loss {variant}: {step[variant] * 1e3:.1f} ms "
-              f"(x{step[variant] / step['without']:.2f})")
-    print(f"one-off generation of the base codes: {generation:.1f} s (= {generation / step['without']:.0f} steps "
-          "without preservation)")
-    print(f"total of {args.train_steps} steps: without {total['without']:.1f} s, with --preserve_loss kl "
-          f"{total['kl']:.1f} s (x{total['kl'] / total['without']:.2f}), codes {total['codes']:.1f} s "
-          f"(x{total['codes'] / total['without']:.2f})")
+        print(
+            f"step with preservation, --preserve_loss {variant}: {step[variant] * 1e3:.1f} ms "
+            f"(x{step[variant] / step['without']:.2f})"
+        )
+    print(
+        f"one-off generation of the base codes: {generation:.1f} s (= {generation / step['without']:.0f} steps "
+        "without preservation)"
+    )
+    print(
+        f"total of {args.train_steps} steps: without {total['without']:.1f} s, with --preserve_loss kl "
+        f"{total['kl']:.1f} s (x{total['kl'] / total['without']:.2f}), codes {total['codes']:.1f} s "
+        f"(x{total['codes'] / total['without']:.2f})"
+    )
 
 
 if __name__ == "__main__":

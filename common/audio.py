@@ -20,7 +20,9 @@ def audio_path(audio: Any) -> str | None:
 
 def _soundfile_target(audio: Any):
     """What soundfile opens for an undecoded audio value: the path, or the bytes as a file object."""
-    target = (io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")) if isinstance(audio, dict) else audio
+    target = (
+        (io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")) if isinstance(audio, dict) else audio
+    )
     if target is None:
         raise ValueError("the audio value has neither bytes nor a path")
     return target

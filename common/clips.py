@@ -71,8 +71,12 @@ def _rows_from_table(
             audio = str(path.parent / audio)
         speaker = record.get(speaker_column) if speaker_column else None
         rows.append(
-            {"id": str(record.get("id", f"{path.stem}-{index}")), "audio": audio, "text": record.get(text_column, ""),
-             "speaker": None if speaker is None else str(speaker)}
+            {
+                "id": str(record.get("id", f"{path.stem}-{index}")),
+                "audio": audio,
+                "text": record.get(text_column, ""),
+                "speaker": None if speaker is None else str(speaker),
+            }
         )
     return rows
 
@@ -89,15 +93,27 @@ def _rows_from_tree(root: Path) -> list[dict]:
             if not line.strip():
                 continue
             utterance, _, text = line.partition(" ")
-            audio = next((transcript_file.parent / f"{utterance}{ext}" for ext in AUDIO_EXTENSIONS
-                          if (transcript_file.parent / f"{utterance}{ext}").exists()), transcript_file.parent / f"{utterance}.flac")
+            audio = next(
+                (
+                    transcript_file.parent / f"{utterance}{ext}"
+                    for ext in AUDIO_EXTENSIONS
+                    if (transcript_file.parent / f"{utterance}{ext}").exists()
+                ),
+                transcript_file.parent / f"{utterance}.flac",
+            )
             rows.append({"id": utterance, "audio": str(audio), "text": text, "speaker": utterance.split("-")[0]})
     if rows:
         return rows
     for audio in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS):
         stem = audio.with_suffix("")
-        transcript = next((Path(f"{stem}{ext}") for ext in (".normalized.txt", ".original.txt", ".txt", ".lab")
-                           if Path(f"{stem}{ext}").exists()), None)
+        transcript = next(
+            (
+                Path(f"{stem}{ext}")
+                for ext in (".normalized.txt", ".original.txt", ".txt", ".lab")
+                if Path(f"{stem}{ext}").exists()
+            ),
+            None,
+        )
         # an audio file without a transcript is a row with an empty text: skipped and listed, not ignored
         text = transcript.read_text(encoding="utf-8").strip() if transcript else ""
         speaker = audio.stem.split("_")[0] if "_" in audio.stem and audio.parent == root else audio.parent.name
@@ -239,7 +255,12 @@ def read_clips(
         `ValueError` naming the clips that have no transcript or no audio file, or no speaker name.
     """
     rows = load_audio_text_rows(
-        dataset, audio_column, text_column, speaker_column, split=split, dataset_config=dataset_config,
+        dataset,
+        audio_column,
+        text_column,
+        speaker_column,
+        split=split,
+        dataset_config=dataset_config,
         allow_missing_text=True,
     )
     clips, no_text, no_audio = [], [], []
@@ -292,7 +313,11 @@ def check_sampling_rates(clips: list[VoiceClip], allow_mixed: bool = False) -> d
     mixed = {speaker: counts for speaker, counts in rates.items() if len(counts) > 1}
     if mixed and not allow_mixed:
         details = "; ".join(
-            f"{speaker!r}: " + ", ".join(f"{count} clips at {rate} Hz (e.g. {examples[(speaker, rate)]})" for rate, count in counts.most_common())
+            f"{speaker!r}: "
+            + ", ".join(
+                f"{count} clips at {rate} Hz (e.g. {examples[(speaker, rate)]})"
+                for rate, count in counts.most_common()
+            )
             for speaker, counts in mixed.items()
         )
         target = max(next(iter(mixed.values())))

@@ -104,11 +104,16 @@ def check_folder(folder: str | os.PathLike) -> list[str]:
     if is_adapter(folder):
         weights = [name for name in ADAPTER_WEIGHTS if (folder / name).is_file()]
         if not weights:
-            raise ValueError(f"{folder} has adapter_config.json but no {' or '.join(ADAPTER_WEIGHTS)}; save the adapter with `model.save_pretrained`.")
+            raise ValueError(
+                f"{folder} has adapter_config.json but no {' or '.join(ADAPTER_WEIGHTS)}; save the adapter with `model.save_pretrained`."
+            )
     else:
         if not (folder / "config.json").is_file():
             raise ValueError(f"{folder} has no config.json (nor adapter_config.json): it is not a model folder.")
-        if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")):
+        if not any(
+            (folder / name).is_file()
+            for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+        ):
             raise ValueError(f"{folder} has config.json but no model weights (model.safetensors).")
     code_files = required_code_files(folder)
     missing = [name for name in code_files if not (folder / name).is_file()]
@@ -171,7 +176,11 @@ def verify_in_clean_process(folder: str | os.PathLike, timeout: int = 600) -> di
         env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=modules_cache, TOKENIZERS_PARALLELISM="false")
         result = subprocess.run(
             [sys.executable, "-c", "import sys\nsys.modules['qwen_omni'] = None\n" + code, str(folder)],
-            cwd=modules_cache, env=env, capture_output=True, text=True, timeout=timeout,
+            cwd=modules_cache,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     if result.returncode != 0:
         raise RuntimeError(
@@ -202,14 +211,45 @@ def eval_results_from_report(report: dict, dataset_id: str, dataset_name: str) -
     rows = [
         ("automatic-speech-recognition", "Speech recognition", "wer", "WER", report.get("asr", {}).get("wer")),
         ("automatic-speech-recognition", "Speech recognition", "cer", "CER", report.get("asr", {}).get("cer")),
-        ("text-to-speech", "Text to speech", "wer", "Intelligibility WER", report.get("tts_intelligibility", {}).get("wer")),
-        ("text-to-speech", "Text to speech", "cer", "Intelligibility CER", report.get("tts_intelligibility", {}).get("cer")),
-        ("text-to-speech", "Text to speech", "mel_distance", "Codec log-mel distance", report.get("codec", {}).get("mel_distance")),
+        (
+            "text-to-speech",
+            "Text to speech",
+            "wer",
+            "Intelligibility WER",
+            report.get("tts_intelligibility", {}).get("wer"),
+        ),
+        (
+            "text-to-speech",
+            "Text to speech",
+            "cer",
+            "Intelligibility CER",
+            report.get("tts_intelligibility", {}).get("cer"),
+        ),
+        (
+            "text-to-speech",
+            "Text to speech",
+            "mel_distance",
+            "Codec log-mel distance",
+            report.get("codec", {}).get("mel_distance"),
+        ),
         ("text-to-speech", "Text to speech", "si_sdr", "Codec SI-SDR (dB)", report.get("codec", {}).get("si_sdr")),
-        ("text-to-speech", "Text to speech", "perplexity", "Audio-token perplexity", report.get("teacher_forced", {}).get("audio_perplexity")),
+        (
+            "text-to-speech",
+            "Text to speech",
+            "perplexity",
+            "Audio-token perplexity",
+            report.get("teacher_forced", {}).get("audio_perplexity"),
+        ),
     ]
     return [
-        EvalResult(task_type=task, task_name=task_name, metric_type=metric, metric_name=name, metric_value=round(float(value), 4), **common)
+        EvalResult(
+            task_type=task,
+            task_name=task_name,
+            metric_type=metric,
+            metric_name=name,
+            metric_value=round(float(value), 4),
+            **common,
+        )
         for task, task_name, metric, name, value in rows
         if value is not None
     ]
@@ -322,7 +362,11 @@ def build_model_card(
         base_model = base_model or adapter_config.get("base_model_name_or_path")
     if (folder / "config.json").is_file():
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    omni = model_type == "omni" or (folder / "processor_config.json").is_file() and "snac" in (folder / "processor_config.json").read_text().lower()
+    omni = (
+        model_type == "omni"
+        or (folder / "processor_config.json").is_file()
+        and "snac" in (folder / "processor_config.json").read_text().lower()
+    )
     if omni:
         kind = "omni_adapter" if adapter else "omni"
     elif adapter:
@@ -354,7 +398,13 @@ def build_model_card(
         base_model=_hub_id(base_model),
         datasets=hub_datasets or None,
         model_name=model_name,
-        eval_results=eval_results_from_report(eval_report, (hub_datasets or [model_name + "-eval"])[0], Path(str(eval_report.get("dataset", "eval"))).name) if eval_report else None,
+        eval_results=eval_results_from_report(
+            eval_report,
+            (hub_datasets or [model_name + "-eval"])[0],
+            Path(str(eval_report.get("dataset", "eval"))).name,
+        )
+        if eval_report
+        else None,
     )
     if omni:
         code_files = required_code_files(folder) if not adapter else sorted(p.name for p in folder.glob("*.py"))
@@ -399,7 +449,11 @@ def build_model_card(
 
 
 def _find_eval_report(folder: Path) -> dict | None:
-    for candidate in (folder / "eval_results.json", folder / "eval" / "eval_results.json", folder.parent / "eval" / "eval_results.json"):
+    for candidate in (
+        folder / "eval_results.json",
+        folder / "eval" / "eval_results.json",
+        folder.parent / "eval" / "eval_results.json",
+    ):
         if candidate.is_file():
             return json.loads(candidate.read_text())
     return None
@@ -445,14 +499,22 @@ def push_to_hub(
     if base_model is None and not is_adapter(folder) and (folder.parent / "adapter_config.json").is_file():
         base_model = json.loads((folder.parent / "adapter_config.json").read_text()).get("base_model_name_or_path")
     report = json.loads(Path(eval_results).read_text()) if eval_results else _find_eval_report(folder)
-    card = build_model_card(folder, repo_id, base_model=base_model, datasets=datasets, license=license, eval_report=report)
+    card = build_model_card(
+        folder, repo_id, base_model=base_model, datasets=datasets, license=license, eval_report=report
+    )
     card.save(folder / "README.md")
     if dry_run:
         logger.info(f"Dry run: {folder} is ready for {repo_id}; nothing uploaded.")
         return None
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message, ignore_patterns=UPLOAD_IGNORE)
+    commit = api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
+        commit_message=commit_message,
+        ignore_patterns=UPLOAD_IGNORE,
+    )
     return str(getattr(commit, "commit_url", commit))
 
 

@@ -78,10 +78,14 @@ class LaunchRequest:
             fsdp_version = int(environ.get("FSDP_VERSION", "1"))
         elif training_args is not None and training_args.fsdp:
             fsdp_version = int((training_args.fsdp_config or {}).get("version", 2))
-        deepspeed = _flag(environ, "ACCELERATE_USE_DEEPSPEED") or bool(training_args is not None and training_args.deepspeed)
+        deepspeed = _flag(environ, "ACCELERATE_USE_DEEPSPEED") or bool(
+            training_args is not None and training_args.deepspeed
+        )
         # accelerate's simple launcher always sets ACCELERATE_USE_CPU; its multi-process launchers never do
         lost_processes = (
-            "ACCELERATE_USE_CPU" in environ and "MASTER_ADDR" in environ and "LOCAL_RANK" not in environ
+            "ACCELERATE_USE_CPU" in environ
+            and "MASTER_ADDR" in environ
+            and "LOCAL_RANK" not in environ
             and num_processes == 1
         )
         return cls(num_processes, fsdp_version, deepspeed, lost_processes)
@@ -138,7 +142,9 @@ def configure_logging(level: int) -> None:
         named.setLevel(level)
         if not any(getattr(handler, "_qwen_omni", False) for handler in named.handlers):
             handler = std_logging.StreamHandler()
-            handler.setFormatter(std_logging.Formatter("[%(levelname)s|%(filename)s:%(lineno)d] %(asctime)s >> %(message)s"))
+            handler.setFormatter(
+                std_logging.Formatter("[%(levelname)s|%(filename)s:%(lineno)d] %(asctime)s >> %(message)s")
+            )
             handler._qwen_omni = True
             named.addHandler(handler)
 
@@ -377,8 +383,8 @@ class CompleteCheckpointsMixin:
     """
 
     def _save_checkpoint(self, model, trial) -> None:
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
         from transformers.trainer import TRAINING_ARGS_NAME
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
         run_dir = self._get_output_dir(trial=trial)
         folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
@@ -397,8 +403,10 @@ class CompleteCheckpointsMixin:
             torch.save(self.args, os.path.join(folder, TRAINING_ARGS_NAME))
         mark_checkpoint_complete(folder, self.state.global_step)
         rotate_checkpoints(
-            output_dir=run_dir, save_total_limit=save_total_limit,
-            best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True,
+            output_dir=run_dir,
+            save_total_limit=save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+            use_mtime=True,
         )
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+
 TASKS = ("asr", "text", "exact_match", "multiple_choice")
 """The tasks an evaluation row can be scored as, each with its metrics (see [`task_metrics`])."""
 
@@ -196,7 +197,7 @@ def split_thinking(text: str) -> tuple[str | None, str]:
     found = _THINK.match(text)
     if not found:
         return None, text.strip()
-    return found.group(1).strip(), text[found.end():].strip()
+    return found.group(1).strip(), text[found.end() :].strip()
 
 
 # ---------------------------------------------------------------------------------------------------- voices

@@ -205,7 +205,10 @@ def speak(args: argparse.Namespace) -> int:
     if args.voice_prompt:
         audio, rate = _read_audio_file(args.voice_prompt, processor.feature_extractor)
         try:  # encoded once, for the check below and for every piece
-            voice = {"voice_prompt_ids": processor.encode_voice_prompt([audio], rate), "voice_prompt_text": args.voice_prompt_text}
+            voice = {
+                "voice_prompt_ids": processor.encode_voice_prompt([audio], rate),
+                "voice_prompt_text": args.voice_prompt_text,
+            }
         except ValueError as error:
             raise CommandLineError(f"--voice-prompt {args.voice_prompt}: {error}") from None
     # every prompt is built (and so checked) before --out is touched
@@ -234,8 +237,16 @@ def speak(args: argparse.Namespace) -> int:
     try:
         # the library's long-text path: the same pieces, streamed one after another and crossfaded
         generate_speech(
-            model, processor, text, speaker=args.speaker, max_chars=args.max_chars, crossfade_ms=args.crossfade_ms,
-            on_chunk=write, max_duration=args.max_duration, **voice, **_generate_kwargs(args),
+            model,
+            processor,
+            text,
+            speaker=args.speaker,
+            max_chars=args.max_chars,
+            crossfade_ms=args.crossfade_ms,
+            on_chunk=write,
+            max_duration=args.max_duration,
+            **voice,
+            **_generate_kwargs(args),
         )
         output.commit()
     except ValueError as error:  # settings `generate` refuses (e.g. --max-new-tokens beyond the model's positions)
@@ -315,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--model", required=True, help="Omni checkpoint folder (or Hub id)")
         sub.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-        sub.add_argument("--greedy", action="store_true", help="greedy decoding instead of the saved sampling defaults")
+        sub.add_argument(
+            "--greedy", action="store_true", help="greedy decoding instead of the saved sampling defaults"
+        )
         sub.add_argument("--temperature", type=_positive(float, "--temperature"))
         sub.add_argument("--top-p", dest="top_p", type=_positive(float, "--top-p"))
         sub.add_argument(
@@ -333,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     speak_parser.add_argument("--voice-prompt", help="reference audio file of the voice to continue")
     speak_parser.add_argument("--voice-prompt-text", help="transcript of --voice-prompt")
     speak_parser.add_argument(
-        "--max-duration", type=_positive(float, "--max-duration"), default=30.0,
+        "--max-duration",
+        type=_positive(float, "--max-duration"),
+        default=30.0,
         help="seconds per sentence before cutting",
     )
     speak_parser.add_argument(

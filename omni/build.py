@@ -67,7 +67,9 @@ def _codec_processor(tokenizer, codec: str | os.PathLike, model_max_length: int 
     )
 
 
-def _omni_fields(tokenizer, audio_tokenizer: SNACAudioTokenizer, text_loss_weight: float, audio_loss_weight: float) -> dict:
+def _omni_fields(
+    tokenizer, audio_tokenizer: SNACAudioTokenizer, text_loss_weight: float, audio_loss_weight: float
+) -> dict:
     """The OmniConfig fields that describe the vocabulary and the codec (the layout: codec settings, and audio ids
     after the tokenizer's)."""
     ids = {f"{name}_id": tokenizer.convert_tokens_to_ids(token) for name, token in SPECIAL_TOKENS.items()}
@@ -154,7 +156,9 @@ def build_omni_from_text_model(
     vocab_size = _vocab_size(processor.token_layout, pad_vocab_to_multiple_of)
     text_lm.resize_token_embeddings(vocab_size, mean_resizing=True)
 
-    config_fields = {key: value for key, value in text_lm.config.to_dict().items() if key in OmniConfig.__dataclass_fields__}
+    config_fields = {
+        key: value for key, value in text_lm.config.to_dict().items() if key in OmniConfig.__dataclass_fields__
+    }
     config_fields.update(_omni_fields(tokenizer, processor.audio_tokenizer, text_loss_weight, audio_loss_weight))
     config_fields["vocab_size"] = vocab_size
     config = OmniConfig(**config_fields)

@@ -32,6 +32,7 @@ from random import Random
 import numpy as np
 from transformers.utils import logging
 
+
 logger = logging.get_logger(__name__)
 
 SAMPLE_RATE = 24000
@@ -73,8 +74,27 @@ def synthesise(text: str, voice: Voice) -> np.ndarray:
     )
     # -R: repeatable mode; -D: no dither (the float output needs none; soundfile rounds to 16 bit on write).
     sox = subprocess.run(
-        ["sox", "-R", "-D", "-t", "wav", "-", "-t", "wav", "-e", "floating-point", "-b", "32", "-c", "1",
-         "-r", str(SAMPLE_RATE), "-", "rate", "-v"],
+        [
+            "sox",
+            "-R",
+            "-D",
+            "-t",
+            "wav",
+            "-",
+            "-t",
+            "wav",
+            "-e",
+            "floating-point",
+            "-b",
+            "32",
+            "-c",
+            "1",
+            "-r",
+            str(SAMPLE_RATE),
+            "-",
+            "rate",
+            "-v",
+        ],
         input=espeak.stdout,
         check=True,
         capture_output=True,
@@ -175,8 +195,9 @@ def command_corpus_rows(spec: CommandCorpusSpec) -> list[dict]:
     for index, text in enumerate(sentences):
         voice = TRAIN_VOICES[index % len(TRAIN_VOICES)] if index < spec.num_train else HELDOUT_VOICE
         clip_id = f"{voice.speaker}_{index:04d}"
-        rows.append({"id": clip_id, "audio": f"audio/{voice.speaker}/{clip_id}.flac", "text": text,
-                     "speaker": voice.speaker})
+        rows.append(
+            {"id": clip_id, "audio": f"audio/{voice.speaker}/{clip_id}.flac", "text": text, "speaker": voice.speaker}
+        )
     return rows
 
 
@@ -223,8 +244,12 @@ def ensure_command_corpus(cache_dir: str | os.PathLike, spec: CommandCorpusSpec 
     (tmp / "metadata.jsonl").write_text(
         "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8"
     )
-    info = {"version": COMMAND_CORPUS_VERSION, "spec": asdict(spec), "num_clips": len(rows),
-            "seconds": total_samples / SAMPLE_RATE}
+    info = {
+        "version": COMMAND_CORPUS_VERSION,
+        "spec": asdict(spec),
+        "num_clips": len(rows),
+        "seconds": total_samples / SAMPLE_RATE,
+    }
     (tmp / INFO_NAME).write_text(json.dumps(info, indent=2))
     if path.exists():
         shutil.rmtree(path)

@@ -53,6 +53,7 @@ CONTROL_TOKEN_STRINGS = (*SPECIAL_TOKENS.values(), PAD_TOKEN)
 
 # ---------------------------------------------------------------------------------------------------- reading rows
 
+
 # ---------------------------------------------------------------------------------------------------- decoding audio
 def read_text_documents(path: str | os.PathLike) -> list[str]:
     """The documents of a text-only corpus file, one per line, checked line by line: blank lines are skipped, and so
@@ -63,7 +64,9 @@ def read_text_documents(path: str | os.PathLike) -> list[str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
-        raise ValueError(f"--text_file {path}: line {line} is not valid UTF-8 ({error.reason}); re-encode the file as UTF-8.") from None
+        raise ValueError(
+            f"--text_file {path}: line {line} is not valid UTF-8 ({error.reason}); re-encode the file as UTF-8."
+        ) from None
     documents, blank, refused = [], 0, {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -85,8 +88,9 @@ def read_text_documents(path: str | os.PathLike) -> list[str]:
     return documents
 
 
-
-def _decode_row(row: dict, sampling_rate: int, max_duration: float | None) -> tuple[dict, np.ndarray | None, str | None]:
+def _decode_row(
+    row: dict, sampling_rate: int, max_duration: float | None
+) -> tuple[dict, np.ndarray | None, str | None]:
     """Decode and resample one row; returns (row, waveform or None, reason it was skipped or None)."""
     text = (row.get("text") or "").strip()
     if not text:
@@ -129,7 +133,6 @@ class PrepareSummary:
         return dict(self.__dict__)
 
 
-
 def codec_fingerprint(audio_tokenizer: SNACAudioTokenizer) -> str:
     """A hash of the codec config and weights: prepared shards are reused only with the very same codec."""
     digest = hashlib.sha256(json.dumps(audio_tokenizer.config.snac_kwargs, sort_keys=True).encode())
@@ -149,7 +152,14 @@ def _iter_chunks(rows, shard_size: int, first_shard: int) -> Iterator[tuple[int,
 
     if isinstance(rows, datasets.Dataset):
         for index, start in enumerate(range(0, len(rows), shard_size)):
-            yield index, (None if index < first_shard else rows.select(range(start, min(start + shard_size, len(rows)))).to_list())
+            yield (
+                index,
+                (
+                    None
+                    if index < first_shard
+                    else rows.select(range(start, min(start + shard_size, len(rows)))).to_list()
+                ),
+            )
         return
     iterator = iter(rows.skip(first_shard * shard_size) if first_shard else rows)
     index = first_shard
@@ -209,7 +219,9 @@ def prepare_dataset(
     audio_tokenizer.to(device)
     # rows are held to `max_duration` here (longer ones skipped and listed): the front end's default limit, meant
     # for model inputs, must not refuse them
-    feature_extractor = SNACFeatureExtractor(sampling_rate=audio_tokenizer.config.sampling_rate, max_duration_seconds=math.inf)
+    feature_extractor = SNACFeatureExtractor(
+        sampling_rate=audio_tokenizer.config.sampling_rate, max_duration_seconds=math.inf
+    )
     layout = audio_tokenizer.token_layout
     info = {
         "format_version": PREPARE_FORMAT_VERSION,
@@ -303,7 +315,9 @@ def prepare_dataset(
 
 
 def _encode_shard(
-    kept: list[tuple[dict, np.ndarray]], feature_extractor: SNACFeatureExtractor, audio_tokenizer: SNACAudioTokenizer,
+    kept: list[tuple[dict, np.ndarray]],
+    feature_extractor: SNACFeatureExtractor,
+    audio_tokenizer: SNACAudioTokenizer,
     batch_size: int,
 ) -> list[dict]:
     if not kept:
@@ -387,9 +401,15 @@ def load_prepared_dataset(path: str | os.PathLike):
 
     path = Path(path)
     if not is_prepared_dataset(path):
-        raise ValueError(f"{path} is not a prepared dataset (no {PREPARE_INFO_NAME}); run train/prepare_data.py first.")
+        raise ValueError(
+            f"{path} is not a prepared dataset (no {PREPARE_INFO_NAME}); run train/prepare_data.py first."
+        )
     shards = read_prepare_info(path).get("shards", {})
-    parts = [datasets.load_from_disk(str(_shard_dir(path, int(i)))) for i in sorted(shards, key=int) if shards[i]["num_kept"]]
+    parts = [
+        datasets.load_from_disk(str(_shard_dir(path, int(i))))
+        for i in sorted(shards, key=int)
+        if shards[i]["num_kept"]
+    ]
     if not parts:
         raise ValueError(f"The prepared dataset {path} holds no rows; see {path / SUMMARY_NAME} for what was skipped.")
     return datasets.concatenate_datasets(parts)

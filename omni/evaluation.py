@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
+from ..common.audio import read_audio, resample
+from ..common.clips import VoiceClip, read_clips
 from ..common.metrics import error_rates, normalize_text  # noqa: F401  (re-exported: the Omni side's names)
 from ..common.speech_judges import PipelineTranscriber
 from ..configuration_omni import IGNORE_INDEX, SNACTokenLayout
 from ..modeling_omni import OmniForCausalLM
 from ..processing_omni import OmniProcessor
-from ..common.audio import read_audio, resample
 from .trainer import modality_token_metrics, next_token_statistics
-from ..common.clips import VoiceClip, read_clips
 
 
 logger = logging.get_logger(__name__)
@@ -101,7 +101,9 @@ def codec_reconstruction(processor: OmniProcessor, references: list[np.ndarray])
 
 # ---------------------------------------------------------------------------------------------------- teacher forcing
 @torch.no_grad()
-def teacher_forced_metrics(model: OmniForCausalLM, processor: OmniProcessor, clips: list[VoiceClip], audio_ids: list[list[int]]) -> dict:
+def teacher_forced_metrics(
+    model: OmniForCausalLM, processor: OmniProcessor, clips: list[VoiceClip], audio_ids: list[list[int]]
+) -> dict:
     """
     Loss, top-1 token accuracy and perplexity of each modality's targets on the clips' sequences: the audio tokens
     (and audio end) of the TTS sequences, the transcript tokens (and text end) of the ASR sequences (the statistics of
@@ -110,11 +112,16 @@ def teacher_forced_metrics(model: OmniForCausalLM, processor: OmniProcessor, cli
     statistics = []
     for clip, ids in zip(clips, audio_ids):
         for sequence, prompt_length in (
-            (processor.tts_sequence_ids(clip.text, ids, speaker=clip.speaker), len(processor.tts_prompt_ids(clip.text, speaker=clip.speaker))),
+            (
+                processor.tts_sequence_ids(clip.text, ids, speaker=clip.speaker),
+                len(processor.tts_prompt_ids(clip.text, speaker=clip.speaker)),
+            ),
             (processor.asr_sequence_ids(ids, clip.text), len(processor.asr_prompt_ids(ids))),
         ):
             input_ids = torch.tensor([sequence], device=model.device)
-            labels = input_ids.masked_fill(torch.arange(input_ids.shape[1], device=model.device) < prompt_length, IGNORE_INDEX)
+            labels = input_ids.masked_fill(
+                torch.arange(input_ids.shape[1], device=model.device) < prompt_length, IGNORE_INDEX
+            )
             logits = model(input_ids=input_ids).logits
             statistics.append(next_token_statistics(logits, labels, model.config).reshape(-1, 4).cpu())
     metrics = modality_token_metrics(torch.cat(statistics))
@@ -132,7 +139,14 @@ def _as_text(processor: OmniProcessor, decoded, ids: torch.Tensor) -> str:
 
 
 @torch.no_grad()
-def transcribe_with_omni(model, processor: OmniProcessor, waveforms: list[np.ndarray], sampling_rate: int, max_new_tokens: int, **generate_kwargs) -> list[str]:
+def transcribe_with_omni(
+    model,
+    processor: OmniProcessor,
+    waveforms: list[np.ndarray],
+    sampling_rate: int,
+    max_new_tokens: int,
+    **generate_kwargs,
+) -> list[str]:
     """Transcripts of waveforms by the Omni model (`apply_transcription_request` + greedy `generate`)."""
     texts = []
     for waveform in waveforms:
@@ -145,12 +159,16 @@ def transcribe_with_omni(model, processor: OmniProcessor, waveforms: list[np.nda
 
 
 @torch.no_grad()
-def transcribe_audio_ids(model, processor: OmniProcessor, audio_ids: Sequence[Sequence[int]], max_new_tokens: Sequence[int]) -> list[str]:
+def transcribe_audio_ids(
+    model, processor: OmniProcessor, audio_ids: Sequence[Sequence[int]], max_new_tokens: Sequence[int]
+) -> list[str]:
     """Greedy transcripts of clips given as audio token ids (e.g. prepared rows): the ASR prompt, then `generate`."""
     texts = []
     for ids, budget in zip(audio_ids, max_new_tokens):
         input_ids = torch.tensor([processor.asr_prompt_ids(ids)], device=model.device)
-        output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=budget, do_sample=False)
+        output = model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=budget, do_sample=False
+        )
         new = _new_tokens(output, input_ids.shape[1])
         texts.append(_as_text(processor, processor.batch_decode(new, skip_special_tokens=True)[0], new[0]).strip())
     return texts
@@ -158,7 +176,11 @@ def transcribe_audio_ids(model, processor: OmniProcessor, audio_ids: Sequence[Se
 
 @torch.no_grad()
 def speak_audio_ids(
-    model, processor: OmniProcessor, clips: Sequence[VoiceClip], max_new_tokens: Sequence[int], seed: int = 0,
+    model,
+    processor: OmniProcessor,
+    clips: Sequence[VoiceClip],
+    max_new_tokens: Sequence[int],
+    seed: int = 0,
     **generate_kwargs,
 ) -> list[list[int]]:
     """The audio ids the model generates for each clip's text and speaker (its first audio span, whole frames; empty
@@ -167,16 +189,21 @@ def speak_audio_ids(
     for clip, budget in zip(clips, max_new_tokens):
         torch.manual_seed(seed)
         input_ids = torch.tensor([processor.tts_prompt_ids(clip.text, speaker=clip.speaker)], device=model.device)
-        output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=budget,
-                                **generate_kwargs)
+        output = model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=budget, **generate_kwargs
+        )
         spans = processor.audio_spans(_new_tokens(output, input_ids.shape[1])[0].cpu())
         spoken.append(spans[0].tolist() if spans else [])
     return spoken
 
 
 def speech_round_trip(
-    model, processor: OmniProcessor, clips: Sequence[VoiceClip], reference_audio_ids: Sequence[Sequence[int]],
-    seed: int = 0, **generate_kwargs,
+    model,
+    processor: OmniProcessor,
+    clips: Sequence[VoiceClip],
+    reference_audio_ids: Sequence[Sequence[int]],
+    seed: int = 0,
+    **generate_kwargs,
 ) -> dict:
     """
     Whether the model's own speech carries the words: it speaks each clip's text (budget: 1.5 times the reference
@@ -204,7 +231,9 @@ def speech_round_trip(
     }
 
 
-def most_frequent_code_accuracy(train_audio_ids: Iterable[Sequence[int]], eval_audio_ids: Iterable[Sequence[int]], layout: SNACTokenLayout) -> float:
+def most_frequent_code_accuracy(
+    train_audio_ids: Iterable[Sequence[int]], eval_audio_ids: Iterable[Sequence[int]], layout: SNACTokenLayout
+) -> float:
     """
     Accuracy on the audio ids of `eval_audio_ids` of always predicting, at each frame position, the id most frequent
     at that position in `train_audio_ids`: the audio-token accuracy of a model that learned one constant per
@@ -232,12 +261,16 @@ def best_constant_transcript_cer(candidates: Iterable[str], references: Sequence
     (e.g. the training transcripts): what a speech-to-text model that ignores the audio can score at best. None when
     no reference has characters to err on.
     """
-    scores = [error_rates(list(references), [candidate] * len(references))["cer"] for candidate in dict.fromkeys(candidates)]
+    scores = [
+        error_rates(list(references), [candidate] * len(references))["cer"] for candidate in dict.fromkeys(candidates)
+    ]
     scores = [score for score in scores if score is not None]
     return min(scores) if scores else None
 
 
-def heldout_metrics(model, processor: OmniProcessor, clips: Sequence[VoiceClip], audio_ids: Sequence[Sequence[int]]) -> dict:
+def heldout_metrics(
+    model, processor: OmniProcessor, clips: Sequence[VoiceClip], audio_ids: Sequence[Sequence[int]]
+) -> dict:
     """
     The metrics of the pretraining report on clips the model was not trained on: ASR WER / CER of its greedy
     transcripts (budget: twice the reference's tokens, plus 4) and the teacher-forced per-modality metrics of
@@ -245,7 +278,10 @@ def heldout_metrics(model, processor: OmniProcessor, clips: Sequence[VoiceClip],
     """
     was_training = model.training
     model.eval()
-    budgets = [2 * (len(processor.asr_sequence_ids(ids, clip.text)) - len(processor.asr_prompt_ids(ids))) + 4 for clip, ids in zip(clips, audio_ids)]
+    budgets = [
+        2 * (len(processor.asr_sequence_ids(ids, clip.text)) - len(processor.asr_prompt_ids(ids))) + 4
+        for clip, ids in zip(clips, audio_ids)
+    ]
     transcripts = transcribe_audio_ids(model, processor, audio_ids, budgets)
     texts = [clip.text for clip in clips]
     report = {
@@ -257,7 +293,14 @@ def heldout_metrics(model, processor: OmniProcessor, clips: Sequence[VoiceClip],
 
 
 @torch.no_grad()
-def synthesize(model, processor: OmniProcessor, clips: list[VoiceClip], max_new_tokens: list[int], seed: int = 0, **generate_kwargs) -> list[np.ndarray | None]:
+def synthesize(
+    model,
+    processor: OmniProcessor,
+    clips: list[VoiceClip],
+    max_new_tokens: list[int],
+    seed: int = 0,
+    **generate_kwargs,
+) -> list[np.ndarray | None]:
     """The model's speech for each clip's text and speaker (`processor(text=...)` + `generate`); None where it
     produced no audio."""
     waveforms = []
@@ -287,7 +330,9 @@ def find_trainer_state(model_dir: str | os.PathLike) -> Path | None:
     for folder in (model_dir, model_dir.parent):
         if (folder / "trainer_state.json").is_file():
             return folder / "trainer_state.json"
-        checkpoints = sorted(folder.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]))
+        checkpoints = sorted(
+            folder.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1])
+        )
         if checkpoints:
             return checkpoints[-1]
     return None
@@ -300,7 +345,12 @@ def plot_training_curves(trainer_state: str | os.PathLike, path: str | os.PathLi
     series: dict[str, tuple[list, list]] = {}
     for entry in history:
         for key, value in entry.items():
-            if ("loss" in key or "accuracy" in key) and key != "train_loss" and isinstance(value, (int, float)) and "step" in entry:
+            if (
+                ("loss" in key or "accuracy" in key)
+                and key != "train_loss"
+                and isinstance(value, (int, float))
+                and "step" in entry
+            ):
                 steps, values = series.setdefault(key, ([], []))
                 steps.append(entry["step"])
                 values.append(value)
@@ -319,7 +369,9 @@ def plot_training_curves(trainer_state: str | os.PathLike, path: str | os.PathLi
     return sorted(series)
 
 
-def plot_spectrograms(pairs: list[tuple[str, np.ndarray, np.ndarray | None]], sampling_rate: int, path: str | os.PathLike) -> None:
+def plot_spectrograms(
+    pairs: list[tuple[str, np.ndarray, np.ndarray | None]], sampling_rate: int, path: str | os.PathLike
+) -> None:
     """One row per clip: log-mel of the reference and of the generated speech."""
     plt = _pyplot()
     fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 2.6 * len(pairs)), squeeze=False)
@@ -339,14 +391,18 @@ def plot_spectrograms(pairs: list[tuple[str, np.ndarray, np.ndarray | None]], sa
 
 
 # ---------------------------------------------------------------------------------------------------- entry point
-def load_model_and_processor(model_dir: str | os.PathLike, device: str = "cpu") -> tuple[OmniForCausalLM, OmniProcessor]:
+def load_model_and_processor(
+    model_dir: str | os.PathLike, device: str = "cpu"
+) -> tuple[OmniForCausalLM, OmniProcessor]:
     """An Omni checkpoint folder, or a LoRA adapter folder (merged into its `base_model_name_or_path`)."""
     model_dir = Path(model_dir)
     if (model_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
         base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = PeftModel.from_pretrained(OmniForCausalLM.from_pretrained(base, dtype=torch.float32), model_dir).merge_and_unload()
+        model = PeftModel.from_pretrained(
+            OmniForCausalLM.from_pretrained(base, dtype=torch.float32), model_dir
+        ).merge_and_unload()
         processor_dir = model_dir if (model_dir / "processor_config.json").is_file() else base
     else:
         model = OmniForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -413,7 +469,10 @@ def evaluate_model(
     report["codec"] = codec_reconstruction(processor, references)
 
     transcripts = transcribe_with_omni(model, processor, references, rate, asr_max_new_tokens)
-    report["asr"] = {**error_rates(texts, transcripts), "examples": [{"reference": r, "prediction": p} for r, p in list(zip(texts, transcripts))[:5]]}
+    report["asr"] = {
+        **error_rates(texts, transcripts),
+        "examples": [{"reference": r, "prediction": p} for r, p in list(zip(texts, transcripts))[:5]],
+    }
 
     budgets = [max(processor.token_layout.tokens_per_frame, int(len(ids) * tts_length_factor)) for ids in audio_ids]
     generated = synthesize(model, processor, clips, budgets, seed=seed)
@@ -430,7 +489,9 @@ def evaluate_model(
         **error_rates(texts, hypotheses),
         "transcriber": transcriber_name,
         "clips_without_speech": sum(w is None for w in generated),
-        "mean_duration_ratio": float(np.mean([(len(g) / len(r)) if g is not None else 0.0 for g, r in zip(generated, references)])),
+        "mean_duration_ratio": float(
+            np.mean([(len(g) / len(r)) if g is not None else 0.0 for g, r in zip(generated, references)])
+        ),
         "examples": [{"text": t, "heard": h} for t, h in list(zip(texts, hypotheses))[:5]],
     }
 

@@ -32,7 +32,6 @@ from ..processing_omni import TASKS
 logger = logging.get_logger(__name__)
 
 
-
 def parse_task_ratios(spec: str | dict[str, float]) -> dict[str, float]:
     """
     Parse task shares such as `"tts=0.4,asr=0.4,text=0.2"` (or a dict) into normalised ratios over [`TASKS`].
@@ -55,8 +54,10 @@ def parse_task_ratios(spec: str | dict[str, float]) -> dict[str, float]:
     if unknown or invalid or not sum(ratios.values()) > 0:
         raise ValueError(
             f"task_ratios={spec!r} is not valid: give non-negative shares of the tasks {TASKS} that sum to more than "
-            "0, e.g. 'tts=0.4,asr=0.4,text=0.2'" + (f" (unknown tasks: {unknown})" if unknown else "")
-            + (f" (invalid shares: {invalid})" if invalid else "") + "."
+            "0, e.g. 'tts=0.4,asr=0.4,text=0.2'"
+            + (f" (unknown tasks: {unknown})" if unknown else "")
+            + (f" (invalid shares: {invalid})" if invalid else "")
+            + "."
         )
     total = sum(ratios.values())
     return {name: ratios.get(name, 0.0) / total for name in TASKS}
@@ -213,9 +214,7 @@ def fill_rows(
     return added
 
 
-def build_packed_dataset(
-    samples: Sequence[dict], max_length: int | None, seed: int = 0, fill_task: str | None = None
-):
+def build_packed_dataset(samples: Sequence[dict], max_length: int | None, seed: int = 0, fill_task: str | None = None):
     """
     Store samples as a `datasets.Dataset` of rows with `input_ids` (the row's samples concatenated),
     `sample_lengths` and `length` (tokens in the row, for the Trainer's `train_sampling_strategy="group_by_length"`,
@@ -238,7 +237,9 @@ def build_packed_dataset(
     if fill_task and max_length:
         fillers = [i for i, sample in enumerate(samples) if sample.get("task") == fill_task]
         if not fillers:
-            raise ValueError(f"fill_task={fill_task!r} but the samples hold no {fill_task!r} sample to fill rows with.")
+            raise ValueError(
+                f"fill_task={fill_task!r} but the samples hold no {fill_task!r} sample to fill rows with."
+            )
         before = sum(lengths)
         added = fill_rows(groups, lengths, max_length, fillers, seed=seed)
         after = sum(lengths[i] for group in groups for i in group)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from transformers.utils import logging
 
+from ..common.clips import VoiceClip
 from .evaluation import (
     best_constant_transcript_cer,
     heldout_metrics,
@@ -18,7 +19,6 @@ from .evaluation import (
     most_frequent_code_accuracy,
     speech_round_trip,
 )
-from ..common.clips import VoiceClip
 from .standin_codec import STANDIN_CODEC_NOTE, is_standin_codec
 
 
@@ -68,8 +68,14 @@ def heldout_section(
 
 
 def end_of_run_report(
-    processor, rows, split, codec_name: str | None, untrained: dict | None, trained: dict | None,
-    voice_untrained: dict | None = None, voice_trained: dict | None = None,
+    processor,
+    rows,
+    split,
+    codec_name: str | None,
+    untrained: dict | None,
+    trained: dict | None,
+    voice_untrained: dict | None = None,
+    voice_trained: dict | None = None,
 ) -> dict:
     """
     The report of a finished run: the codec (and whether it is the offline stand-in), the code perplexity of each
@@ -135,10 +141,23 @@ def format_section(title: str, heldout: dict) -> list[str]:
     untrained, trained = heldout["untrained"], heldout["trained"]
     rows = [
         # None: no reference had words to err on
-        *((f"ASR {name} error rate", *(math.nan if m["asr"][key] is None else m["asr"][key] for m in (untrained, trained)))
-          for name, key in (("character", "cer"), ("word", "wer"))),
-        ("audio-token accuracy (TTS)", untrained["teacher_forced"]["audio_token_accuracy"], trained["teacher_forced"]["audio_token_accuracy"]),
-        ("text-token accuracy (ASR)", untrained["teacher_forced"]["text_token_accuracy"], trained["teacher_forced"]["text_token_accuracy"]),
+        *(
+            (
+                f"ASR {name} error rate",
+                *(math.nan if m["asr"][key] is None else m["asr"][key] for m in (untrained, trained)),
+            )
+            for name, key in (("character", "cer"), ("word", "wer"))
+        ),
+        (
+            "audio-token accuracy (TTS)",
+            untrained["teacher_forced"]["audio_token_accuracy"],
+            trained["teacher_forced"]["audio_token_accuracy"],
+        ),
+        (
+            "text-token accuracy (ASR)",
+            untrained["teacher_forced"]["text_token_accuracy"],
+            trained["teacher_forced"]["text_token_accuracy"],
+        ),
     ]
     speakers = ", ".join(map(str, heldout["speakers"]))
     lines = [f"  {title}: {heldout['num_clips']} clips of {speakers}:  untrained -> trained"]
@@ -149,8 +168,12 @@ def format_section(title: str, heldout: dict) -> list[str]:
             f"    its own ASR on its own TTS of these texts (codes in, codes out): CER {_number(round_trip['cer'])}, "
             f"WER {_number(round_trip['wer'])}, speech length {round_trip['duration_ratio']:.2f} x the clips'"
         )
-    lines.append(f"    audio-token accuracy of always predicting the most frequent code: {heldout['most_frequent_code_audio_accuracy']:.3f}")
-    lines.append(f"    ASR CER of the best single training transcript given for every clip: {_number(heldout['best_constant_transcript_cer'])}")
+    lines.append(
+        f"    audio-token accuracy of always predicting the most frequent code: {heldout['most_frequent_code_audio_accuracy']:.3f}"
+    )
+    lines.append(
+        f"    ASR CER of the best single training transcript given for every clip: {_number(heldout['best_constant_transcript_cer'])}"
+    )
     for name, passed in heldout["checks"].items():
         margin = heldout["margins"][name]
         lines.append(f"    {name.replace('_', ' ')}: {'yes' if passed else 'NO'} (margin {_number(margin, '+.0%')})")
@@ -171,7 +194,9 @@ def format_report(report: dict, path: Path) -> str:
     lines = [f"End-of-run report ({path}):"]
     if report["codec"]["stand_in"]:
         lines.append(f"  codec: {report['codec']['note']}")
-    lines.append(f"  code perplexity per codebook over the corpus: {perplexities} (of {report['codebook_size']} codes)")
+    lines.append(
+        f"  code perplexity per codebook over the corpus: {perplexities} (of {report['codebook_size']} codes)"
+    )
     heldout = report.get("heldout")
     if heldout is None:
         lines.append("  no held-out metrics (no held-out clips, or --heldout_report false)")

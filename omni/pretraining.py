@@ -16,6 +16,13 @@ from transformers import AutoModelForCausalLM, AutoProcessor, TrainingArguments
 from transformers.utils import logging
 from trl import TrlParser
 
+from ..common.clips import load_audio_text_rows
+from .build import (
+    build_omni_from_scratch,
+    build_omni_from_text_model,
+    save_omni_checkpoint,
+    train_bpe_tokenizer,
+)
 from .command_corpus import HELDOUT_VOICE, CommandCorpusSpec, ensure_command_corpus
 from .corpus import (
     check_prepared_rows,
@@ -25,13 +32,6 @@ from .corpus import (
     read_prepare_info,
     read_text_documents,
 )
-from ..common.clips import load_audio_text_rows
-from .build import (
-    build_omni_from_scratch,
-    build_omni_from_text_model,
-    save_omni_checkpoint,
-    train_bpe_tokenizer,
-)
 from .packing import (
     TASKS,
     build_packed_dataset,
@@ -39,22 +39,44 @@ from .packing import (
     parse_task_ratios,
 )
 from .pretrain_report import REPORT_NAME
-from .standin_codec import STANDIN_CODEC_NOTE, STANDIN_CODEC_CONFIG, standin_codec
+from .standin_codec import STANDIN_CODEC_CONFIG, STANDIN_CODEC_NOTE, standin_codec
 
 
 logger = logging.get_logger(__name__)
 
 # settings that must agree between a checkpoint and the model it resumes
 CHECKPOINT_KEYS = (
-    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "audio_token_offset", "codebook_size", "vq_strides",
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "audio_token_offset",
+    "codebook_size",
+    "vq_strides",
 )
 # TrainingArguments defaults of the offline demo (a YAML --config or the command line override them)
 DEMO_TRAINING_DEFAULTS = dict(
-    output_dir="runs/omni-pretrain", max_steps=800, per_device_train_batch_size=2, per_device_eval_batch_size=4,
-    learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=20, weight_decay=0.0, logging_steps=25,
-    save_steps=200, save_total_limit=2, eval_strategy="steps", eval_steps=200, report_to=["tensorboard"], seed=42,
-    remove_unused_columns=False, train_sampling_strategy="group_by_length", bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    output_dir="runs/omni-pretrain",
+    max_steps=800,
+    per_device_train_batch_size=2,
+    per_device_eval_batch_size=4,
+    learning_rate=3e-3,
+    lr_scheduler_type="cosine",
+    warmup_steps=20,
+    weight_decay=0.0,
+    logging_steps=25,
+    save_steps=200,
+    save_total_limit=2,
+    eval_strategy="steps",
+    eval_steps=200,
+    report_to=["tensorboard"],
+    seed=42,
+    remove_unused_columns=False,
+    train_sampling_strategy="group_by_length",
+    bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
 )
 
 
@@ -64,19 +86,26 @@ class PretrainArguments:
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Speech corpus: a prepared folder (train/prepare_data.py), a Hub id or local datasets "
-                          "folder, a JSONL/CSV of audio paths + transcripts, or a LibriSpeech/LibriTTS folder. "
-                          "Default: the command corpus (omni/command_corpus.py), synthesised once with espeak-ng "
-                          "into --corpus_cache_dir."},
+        metadata={
+            "help": "Speech corpus: a prepared folder (train/prepare_data.py), a Hub id or local datasets "
+            "folder, a JSONL/CSV of audio paths + transcripts, or a LibriSpeech/LibriTTS folder. "
+            "Default: the command corpus (omni/command_corpus.py), synthesised once with espeak-ng "
+            "into --corpus_cache_dir."
+        },
     )
     corpus_cache_dir: str | None = field(
-        default=None, metadata={"help": "Where the default command corpus is synthesised and cached; default the "
-                                        "parent folder of --output_dir (runs/ for the default run)."},
+        default=None,
+        metadata={
+            "help": "Where the default command corpus is synthesised and cached; default the "
+            "parent folder of --output_dir (runs/ for the default run)."
+        },
     )
     command_corpus_sentences: int = field(
         default=CommandCorpusSpec.num_train,
-        metadata={"help": "Sentences the training voices speak in the default command corpus (each once; "
-                          "--eval_fraction of them are held out)."},
+        metadata={
+            "help": "Sentences the training voices speak in the default command corpus (each once; "
+            "--eval_fraction of them are held out)."
+        },
     )
     command_corpus_heldout_voice_sentences: int = field(
         default=CommandCorpusSpec.num_heldout_voice,
@@ -84,8 +113,10 @@ class PretrainArguments:
     )
     heldout_speakers: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated speakers whose clips are never trained on; the report scores them apart "
-                          "(default: the command corpus' held-out voice when it is the corpus, else none)."},
+        metadata={
+            "help": "Comma-separated speakers whose clips are never trained on; the report scores them apart "
+            "(default: the command corpus' held-out voice when it is the corpus, else none)."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a Hub dataset."})
     dataset_split: str = field(default="train", metadata={"help": "Split of a `datasets` source."})
@@ -113,8 +144,10 @@ class PretrainArguments:
     )
     standin_codebook_size: int = field(
         default=256,
-        metadata={"help": "Codes per codebook of the offline stand-in codec (runs without --codec): 256 codes seen "
-                          "~4x as often as 1024 each, which a small corpus needs."},
+        metadata={
+            "help": "Codes per codebook of the offline stand-in codec (runs without --codec): 256 codes seen "
+            "~4x as often as 1024 each, which a small corpus needs."
+        },
     )
     bpe_vocab_size: int = field(default=1024, metadata={"help": "Vocabulary of the BPE trained on the corpus."})
     hidden_size: int = field(default=128, metadata={"help": "From-scratch model width (seed: 128)."})
@@ -123,8 +156,10 @@ class PretrainArguments:
     num_key_value_heads: int = field(default=2, metadata={"help": "From-scratch key/value heads."})
     text_loss_weight: float = field(
         default=1.0,
-        metadata={"help": "Loss weight of text targets. 1.0 for the from-scratch offline demo, whose transcripts are "
-                          "~5% of the targets; the seed's 0.1 (train/configs/pretrain.yaml) suits a pretrained LM."},
+        metadata={
+            "help": "Loss weight of text targets. 1.0 for the from-scratch offline demo, whose transcripts are "
+            "~5% of the targets; the seed's 0.1 (train/configs/pretrain.yaml) suits a pretrained LM."
+        },
     )
     audio_loss_weight: float = field(default=1.0, metadata={"help": "Loss weight of audio targets (seed: 1.0)."})
     task_ratios: str = field(
@@ -134,11 +169,15 @@ class PretrainArguments:
         default=None, metadata={"help": "Training samples per pass; default: every clip once per speech task."}
     )
     max_length: int = field(default=1024, metadata={"help": "Tokens per packed row; longer samples are skipped."})
-    packing: bool = field(default=True, metadata={"help": "Pack samples into rows (False: one padded sample per row)."})
+    packing: bool = field(
+        default=True, metadata={"help": "Pack samples into rows (False: one padded sample per row)."}
+    )
     pack_fill_task: str | None = field(
         default=None,
-        metadata={"help": "Fill the space packing leaves in training rows with repeated samples of this task "
-                  "(e.g. 'text'; the copies are counted in the log). Off by default: it changes the task mix."},
+        metadata={
+            "help": "Fill the space packing leaves in training rows with repeated samples of this task "
+            "(e.g. 'text'; the copies are counted in the log). Off by default: it changes the task mix."
+        },
     )
     eval_fraction: float = field(
         default=0.1, metadata={"help": "Share of clips held out for the per-task evaluation (0: no evaluation)."}
@@ -148,11 +187,14 @@ class PretrainArguments:
     )
     heldout_report: bool = field(
         default=True,
-        metadata={"help": f"At the end, compare the trained model with the untrained one on held-out clips (ASR CER, "
-                  f"audio-token accuracy; greedy decoding on the main process) and write <output_dir>/{REPORT_NAME}."},
+        metadata={
+            "help": f"At the end, compare the trained model with the untrained one on held-out clips (ASR CER, "
+            f"audio-token accuracy; greedy decoding on the main process) and write <output_dir>/{REPORT_NAME}."
+        },
     )
     report_max_clips: int = field(
-        default=32, metadata={"help": "Held-out clips the end-of-run report transcribes (the first of the held-out split)."}
+        default=32,
+        metadata={"help": "Held-out clips the end-of-run report transcribes (the first of the held-out split)."},
     )
 
 
@@ -170,7 +212,9 @@ def check_checkpoint(checkpoint: str, model) -> None:
         raise ValueError(f"--resume_from_checkpoint {checkpoint} holds no config.json; it is not a checkpoint folder.")
     saved = json.loads(config_file.read_text())
     current = model.config.to_dict()
-    differences = {key: (saved.get(key), current.get(key)) for key in CHECKPOINT_KEYS if saved.get(key) != current.get(key)}
+    differences = {
+        key: (saved.get(key), current.get(key)) for key in CHECKPOINT_KEYS if saved.get(key) != current.get(key)
+    }
     if differences:
         described = ", ".join(f"{key}: checkpoint {a!r} vs model {b!r}" for key, (a, b) in differences.items())
         raise ValueError(
@@ -178,8 +222,6 @@ def check_checkpoint(checkpoint: str, model) -> None:
             "trained with (same --output_dir / --model_name_or_path / size flags), or start without "
             "--resume_from_checkpoint."
         )
-
-
 
 
 def offline_codec(script_args: PretrainArguments, output_dir: Path) -> Path:
@@ -190,8 +232,12 @@ def offline_codec(script_args: PretrainArguments, output_dir: Path) -> Path:
             "prepared with, so pass that codec with --codec (the offline stand-in codec is fitted on raw audio)."
         )
     rows = load_audio_text_rows(
-        script_args.dataset_name, script_args.audio_column, script_args.text_column, script_args.speaker_column,
-        split=script_args.dataset_split, dataset_config=script_args.dataset_config,
+        script_args.dataset_name,
+        script_args.audio_column,
+        script_args.text_column,
+        script_args.speaker_column,
+        split=script_args.dataset_split,
+        dataset_config=script_args.dataset_config,
     )
     config = {**STANDIN_CODEC_CONFIG, "codebook_size": script_args.standin_codebook_size}
     path = standin_codec(rows, output_dir, config=config)
@@ -217,8 +263,12 @@ def corpus_texts(script_args: PretrainArguments) -> list[str]:
     if is_prepared_dataset(script_args.dataset_name):
         return list(load_prepared_dataset(script_args.dataset_name)["text"])
     rows = load_audio_text_rows(
-        script_args.dataset_name, script_args.audio_column, script_args.text_column, script_args.speaker_column,
-        split=script_args.dataset_split, dataset_config=script_args.dataset_config,
+        script_args.dataset_name,
+        script_args.audio_column,
+        script_args.text_column,
+        script_args.speaker_column,
+        split=script_args.dataset_split,
+        dataset_config=script_args.dataset_config,
     )
     return [text for text in rows["text"] if text]
 
@@ -242,15 +292,23 @@ def load_or_build_model(script_args: PretrainArguments, output_dir: Path):
     codec = script_args.codec or offline_codec(script_args, output_dir)
     weights = dict(text_loss_weight=script_args.text_loss_weight, audio_loss_weight=script_args.audio_loss_weight)
     if script_args.text_model:
-        model, processor = build_omni_from_text_model(script_args.text_model, codec, tokenizer=script_args.tokenizer, **weights)
+        model, processor = build_omni_from_text_model(
+            script_args.text_model, codec, tokenizer=script_args.tokenizer, **weights
+        )
     else:
         tokenizer = script_args.tokenizer
         if tokenizer is None:
-            logger.warning(f"No --tokenizer given: training a {script_args.bpe_vocab_size}-token BPE on the transcripts.")
+            logger.warning(
+                f"No --tokenizer given: training a {script_args.bpe_vocab_size}-token BPE on the transcripts."
+            )
             tokenizer = train_bpe_tokenizer(corpus_texts(script_args), vocab_size=script_args.bpe_vocab_size)
         model, processor = build_omni_from_scratch(
-            tokenizer, codec, hidden_size=script_args.hidden_size, num_hidden_layers=script_args.num_hidden_layers,
-            num_attention_heads=script_args.num_attention_heads, num_key_value_heads=script_args.num_key_value_heads,
+            tokenizer,
+            codec,
+            hidden_size=script_args.hidden_size,
+            num_hidden_layers=script_args.num_hidden_layers,
+            num_attention_heads=script_args.num_attention_heads,
+            num_key_value_heads=script_args.num_key_value_heads,
             **weights,
         )
     save_omni_checkpoint(model, processor, init_dir)
@@ -264,12 +322,21 @@ def prepared_rows(script_args: PretrainArguments, processor, output_dir: Path):
     else:
         prepared = Path(script_args.prepared_dir or output_dir / "prepared")
         rows = load_audio_text_rows(
-            script_args.dataset_name, script_args.audio_column, script_args.text_column, script_args.speaker_column,
-            split=script_args.dataset_split, dataset_config=script_args.dataset_config, streaming=script_args.streaming,
+            script_args.dataset_name,
+            script_args.audio_column,
+            script_args.text_column,
+            script_args.speaker_column,
+            split=script_args.dataset_split,
+            dataset_config=script_args.dataset_config,
+            streaming=script_args.streaming,
         )
         prepare_dataset(
-            rows, prepared, processor.audio_tokenizer, max_duration=script_args.max_duration,
-            num_proc=script_args.num_proc, source_name=script_args.dataset_name,
+            rows,
+            prepared,
+            processor.audio_tokenizer,
+            max_duration=script_args.max_duration,
+            num_proc=script_args.num_proc,
+            source_name=script_args.dataset_name,
         )
     info = read_prepare_info(prepared)
     layout = processor.token_layout
@@ -306,8 +373,10 @@ def split_rows(
     speakers = rows["speaker"]
     missing = sorted(set(heldout_speakers) - set(speakers))
     if missing:
-        raise ValueError(f"--heldout_speakers names {missing}, who speak no clip of the corpus (its speakers: "
-                         f"{sorted(set(speakers), key=str)}).")
+        raise ValueError(
+            f"--heldout_speakers names {missing}, who speak no clip of the corpus (its speakers: "
+            f"{sorted(set(speakers), key=str)})."
+        )
     voice_indices = [index for index, speaker in enumerate(speakers) if speaker in heldout_speakers]
     kept = [index for index, speaker in enumerate(speakers) if speaker not in heldout_speakers]
     if not kept:
@@ -329,8 +398,13 @@ def build_datasets(script_args: PretrainArguments, processor, rows, seed: int):
     text_rows = read_text_documents(script_args.text_file) if script_args.text_file else None
     max_length = script_args.max_length if script_args.packing else None
     samples, stats = build_task_samples(
-        train_rows, processor, ratios, script_args.max_length, num_samples=script_args.num_samples,
-        text_rows=text_rows, seed=seed,
+        train_rows,
+        processor,
+        ratios,
+        script_args.max_length,
+        num_samples=script_args.num_samples,
+        text_rows=text_rows,
+        seed=seed,
     )
     if not samples:
         raise ValueError(
@@ -346,8 +420,12 @@ def build_datasets(script_args: PretrainArguments, processor, rows, seed: int):
     eval_datasets = {}
     for task in TASKS:
         if ratios[task] > 0 and len(eval_rows):
-            task_samples, _ = build_task_samples(eval_rows, processor, {task: 1.0}, script_args.max_length, num_samples=len(eval_rows), seed=seed)
+            task_samples, _ = build_task_samples(
+                eval_rows, processor, {task: 1.0}, script_args.max_length, num_samples=len(eval_rows), seed=seed
+            )
             if task_samples:
                 # "text_only": "eval_text_loss" already names the loss on text targets
-                eval_datasets["text_only" if task == "text" else task] = build_packed_dataset(task_samples, max_length, seed=seed)
+                eval_datasets["text_only" if task == "text" else task] = build_packed_dataset(
+                    task_samples, max_length, seed=seed
+                )
     return train_dataset, eval_datasets, (train_indices, heldout_indices, voice_indices)

@@ -44,8 +44,17 @@ logger = logging.get_logger(__name__)
 # widths and 1024 codes per codebook instead of 4096, so that the offline demo encodes and trains on 2 CPU cores in
 # minutes (a 4096-code vocabulary makes each step ~4x slower there).
 STANDIN_CODEC_CONFIG = dict(
-    sampling_rate=24000, encoder_dim=16, encoder_rates=[2, 4, 8, 8], decoder_dim=64, decoder_rates=[8, 8, 4, 2],
-    attn_window_size=None, codebook_size=1024, codebook_dim=8, vq_strides=[4, 2, 1], noise=True, depthwise=True,
+    sampling_rate=24000,
+    encoder_dim=16,
+    encoder_rates=[2, 4, 8, 8],
+    decoder_dim=64,
+    decoder_rates=[8, 8, 4, 2],
+    attn_window_size=None,
+    codebook_size=1024,
+    codebook_dim=8,
+    vq_strides=[4, 2, 1],
+    noise=True,
+    depthwise=True,
 )
 # bump when the fitting procedure changes, so that cached codecs of the old procedure are not reused
 STANDIN_FORMAT_VERSION = 1
@@ -82,7 +91,9 @@ def _whitening_pca(frames: torch.Tensor, num_components: int) -> tuple[torch.Ten
     return mean, vectors.float(), scales.float()
 
 
-def _spherical_kmeans(vectors: torch.Tensor, num_codes: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
+def _spherical_kmeans(
+    vectors: torch.Tensor, num_codes: int, iterations: int, generator: torch.Generator
+) -> torch.Tensor:
     """
     `num_codes` centroids of `vectors` `(n, dim)` under SNAC's assignment rule (largest cosine similarity). Each
     centroid is the mean of its vectors; an empty code is re-seeded with the vector its centroid fits worst.
@@ -98,7 +109,9 @@ def _spherical_kmeans(vectors: torch.Tensor, num_codes: int, iterations: int, ge
     for _ in range(iterations):
         directions = F.normalize(centroids, dim=-1).T
         # in chunks: the whole (vectors x codes) similarity matrix of a large corpus would not fit in memory
-        best, assignment = (torch.cat(parts) for parts in zip(*((chunk @ directions).max(dim=1) for chunk in unit.split(4096))))
+        best, assignment = (
+            torch.cat(parts) for parts in zip(*((chunk @ directions).max(dim=1) for chunk in unit.split(4096)))
+        )
         counts = torch.bincount(assignment, minlength=num_codes)
         sums = torch.zeros_like(centroids).index_add_(0, assignment, vectors)
         used = counts > 0
@@ -181,7 +194,12 @@ def fit_standin_codec(
 def _fingerprint(waveforms: Sequence[np.ndarray], config: dict, seed: int, kmeans_iterations: int) -> str:
     digest = hashlib.sha256(
         json.dumps(
-            {"config": config, "seed": seed, "kmeans_iterations": kmeans_iterations, "version": STANDIN_FORMAT_VERSION},
+            {
+                "config": config,
+                "seed": seed,
+                "kmeans_iterations": kmeans_iterations,
+                "version": STANDIN_FORMAT_VERSION,
+            },
             sort_keys=True,
         ).encode()
     )

@@ -8,9 +8,9 @@ import math
 import torch
 from transformers import Trainer
 
+from ..common.launching import CompleteCheckpointsMixin
 from ..common.loss import items_in_batch_over_processes
 from ..configuration_omni import IGNORE_INDEX
-from ..common.launching import CompleteCheckpointsMixin
 from ..modeling_omni import next_token_targets
 
 
@@ -33,7 +33,8 @@ class ModalityWeightedLossMixin:
         if not hasattr(model, "loss_weights"):
             raise TypeError(f"{type(model).__name__} is not an Omni model (it has no `loss_weights`).")
         weights = sum(
-            model.loss_weights(batch.get("labels"), shift_labels=batch.get("shift_labels")).sum() for batch in batch_samples
+            model.loss_weights(batch.get("labels"), shift_labels=batch.get("shift_labels")).sum()
+            for batch in batch_samples
         ).to(device)
         return items_in_batch_over_processes(self, weights)
 
@@ -103,14 +104,26 @@ class MuonWithAdamW(torch.optim.Optimizer):
         """Inner optimizers that share this optimizer's groups (the scheduler edits their lr) and state."""
         muon_groups = [group for group in self.param_groups if group["use_muon"]]
         adamw_groups = [group for group in self.param_groups if not group["use_muon"]]
-        self._muon = torch.optim.Muon(
-            [{"params": group["params"]} for group in muon_groups] or [{"params": []}],
-            lr=self.defaults["lr"], momentum=self.defaults["momentum"], adjust_lr_fn="match_rms_adamw",
-        ) if muon_groups else None
-        self._adamw = torch.optim.AdamW(
-            [{"params": group["params"]} for group in adamw_groups], lr=self.defaults["lr"],
-            betas=self.defaults["betas"], eps=self.defaults["eps"],
-        ) if adamw_groups else None
+        self._muon = (
+            torch.optim.Muon(
+                [{"params": group["params"]} for group in muon_groups] or [{"params": []}],
+                lr=self.defaults["lr"],
+                momentum=self.defaults["momentum"],
+                adjust_lr_fn="match_rms_adamw",
+            )
+            if muon_groups
+            else None
+        )
+        self._adamw = (
+            torch.optim.AdamW(
+                [{"params": group["params"]} for group in adamw_groups],
+                lr=self.defaults["lr"],
+                betas=self.defaults["betas"],
+                eps=self.defaults["eps"],
+            )
+            if adamw_groups
+            else None
+        )
         for inner, groups in ((self._muon, muon_groups), (self._adamw, adamw_groups)):
             if inner is None:
                 continue
@@ -143,7 +156,9 @@ def muon_parameter_groups(model: torch.nn.Module) -> tuple[list, list, list]:
     """
     output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     input_embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    embedding_ids = {id(p) for module in (input_embeddings, output_embeddings) if module is not None for p in module.parameters()}
+    embedding_ids = {
+        id(p) for module in (input_embeddings, output_embeddings) if module is not None for p in module.parameters()
+    }
     muon, adamw, no_decay, seen = [], [], [], set()
     for _, parameter in model.named_parameters():
         if not parameter.requires_grad or id(parameter) in seen:
@@ -240,8 +255,12 @@ class OmniPretrainer(OmniTrainer):
         if self.optimizer is None:
             muon, adamw, no_decay = muon_parameter_groups(self.model)
             self.optimizer = MuonWithAdamW(
-                muon, adamw, lr=self.args.learning_rate, weight_decay=self.args.weight_decay,
-                adamw_no_decay_params=no_decay, betas=(self.args.adam_beta1, self.args.adam_beta2),
+                muon,
+                adamw,
+                lr=self.args.learning_rate,
+                weight_decay=self.args.weight_decay,
+                adamw_no_decay_params=no_decay,
+                betas=(self.args.adam_beta1, self.args.adam_beta2),
                 eps=self.args.adam_epsilon,
             )
         return self.optimizer

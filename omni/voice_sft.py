@@ -26,7 +26,6 @@ from trl import SFTTrainer
 
 from ..common.audio import audio_path, read_audio
 from ..common.clips import VoiceClip, check_sampling_rates, read_clips
-from ..configuration_omni import IGNORE_INDEX
 from ..common.hub import defer_hub_push, push_after_training
 from ..common.launching import (
     CompleteCheckpointsMixin,
@@ -35,6 +34,7 @@ from ..common.launching import (
     check_output_dir,
     resolve_resume_checkpoint,
 )
+from ..configuration_omni import IGNORE_INDEX
 from ..modeling_omni import OmniForCausalLM, next_token_targets
 from ..processing_omni import OmniProcessor
 from .trainer import ModalityWeightedLossMixin
@@ -66,8 +66,10 @@ class VoiceSFTArguments:
     )
     save_merged: bool = field(
         default=True,
-        metadata={"help": "Also save the adapter merged into the base model, with processor and code, to "
-                  "OUTPUT_DIR/merged (a folder that loads with trust_remote_code and nothing else)."},
+        metadata={
+            "help": "Also save the adapter merged into the base model, with processor and code, to "
+            "OUTPUT_DIR/merged (a folder that loads with trust_remote_code and nothing else)."
+        },
     )
 
 
@@ -105,7 +107,9 @@ class _OmniLossSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs["use_cache"] = False
-        loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        loss, outputs = Trainer.compute_loss(
+            self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
         with torch.no_grad():
             targets = next_token_targets(inputs["labels"])
             valid = targets != IGNORE_INDEX
@@ -187,18 +191,26 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
         The trainer, after training and saving.
     """
     voice_args = voice_args or VoiceSFTArguments()
-    check_output_dir(training_args.output_dir, {
-        "--model_name_or_path": model_args.model_name_or_path, "--dataset_name": script_args.dataset_name,
-    })
+    check_output_dir(
+        training_args.output_dir,
+        {
+            "--model_name_or_path": model_args.model_name_or_path,
+            "--dataset_name": script_args.dataset_name,
+        },
+    )
     check_launch(training_args)
     resume_checkpoint = resolve_resume_checkpoint(training_args)  # before the clips and the model are loaded
     # published at the end, after push_to_hub's checks (code files, clean-process reload)
     repo_id = defer_hub_push(training_args)
     audio_only_loss = training_args.completion_only_loss is not False
     clips = read_clips(
-        script_args.dataset_name, speaker=voice_args.speaker, audio_column=voice_args.audio_column,
-        text_column=voice_args.text_column, speaker_column=voice_args.speaker_column,
-        split=script_args.dataset_train_split, dataset_config=script_args.dataset_config,
+        script_args.dataset_name,
+        speaker=voice_args.speaker,
+        audio_column=voice_args.audio_column,
+        text_column=voice_args.text_column,
+        speaker_column=voice_args.speaker_column,
+        split=script_args.dataset_train_split,
+        dataset_config=script_args.dataset_config,
     )
     rates = check_sampling_rates(clips, allow_mixed=voice_args.allow_mixed_sampling_rates)
     logger.info(f"{len(clips)} clips of speakers {sorted(rates)} at {rates} Hz.")
@@ -215,7 +227,9 @@ def main(script_args, training_args, model_args, voice_args: VoiceSFTArguments |
     _check_lengths(train_dataset, training_args.max_length)
 
     if not model_args.use_peft:
-        logger.warning("use_peft is off: every weight of the model is fine-tuned (pass --use_peft for a LoRA adapter).")
+        logger.warning(
+            "use_peft is off: every weight of the model is fine-tuned (pass --use_peft for a LoRA adapter)."
+        )
     trainer = VoiceSFTTrainer(
         model=model,
         args=training_args,

@@ -23,11 +23,11 @@ One concern per module:
 - `tiny_checkpoints`: tiny random Qwen3-Omni checkpoints, processors and Mimi codecs for tests and benchmarks.
 """
 
+from .adapter_merge import merge_adapter
 from .collator import Qwen3OmniSFTCollator
 from .conversations import ModalityLossWeights, load_conversation_dataset
-from .lora_targets import build_lora_config
-from .adapter_merge import merge_adapter
 from .loading import load_thinker, resolve_experts_implementation
+from .lora_targets import build_lora_config
 from .sft_trainer import Qwen3OmniSFTTrainer
 
 

@@ -34,32 +34,42 @@ class Qwen3OmniModelConfig(LoraModelConfig):
     use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (False: full fine-tuning)."})
     lora_dropout: float = field(
         default=0.0,
-        metadata={"help": "LoRA dropout. On the router and experts it needs the routed LoRA (--moe_lora_impl routed, "
-                  "the default), which drops out each routed token's input."},
+        metadata={
+            "help": "LoRA dropout. On the router and experts it needs the routed LoRA (--moe_lora_impl routed, "
+            "the default), which drops out each routed token's input."
+        },
     )
     use_bnb_nested_quant: bool = field(
         default=True, metadata={"help": "Double quantization (8-bit block scales) of the 4-bit weights and experts."}
     )
     quantize_experts: bool | None = field(
         default=None,
-        metadata={"help": "Store the fused MoE experts in 4 bits (NF4, quantized layer by layer while loading). "
-                  "Default: on with --load_in_4bit; true alone quantizes the experts only."},
+        metadata={
+            "help": "Store the fused MoE experts in 4 bits (NF4, quantized layer by layer while loading). "
+            "Default: on with --load_in_4bit; true alone quantizes the experts only."
+        },
     )
     quantize_towers: bool = field(
         default=True,
-        metadata={"help": "With --load_in_4bit, store the audio and vision encoders' nn.Linear layers in 4 bits as "
-                  "well (what transformers' BitsAndBytesConfig does by default). False keeps them in --dtype: about "
-                  "1.7 GB more on 30B-A3B, for encoder features closer to the bf16 model's."},
+        metadata={
+            "help": "With --load_in_4bit, store the audio and vision encoders' nn.Linear layers in 4 bits as "
+            "well (what transformers' BitsAndBytesConfig does by default). False keeps them in --dtype: about "
+            "1.7 GB more on 30B-A3B, for encoder features closer to the bf16 model's."
+        },
     )
     offload_experts: bool = field(
         default=False,
-        metadata={"help": "Keep the 4-bit experts in pinned host memory and copy each layer's to the GPU one layer "
-                  "ahead of use (train with gradient checkpointing). A no-op without CUDA."},
+        metadata={
+            "help": "Keep the 4-bit experts in pinned host memory and copy each layer's to the GPU one layer "
+            "ahead of use (train with gradient checkpointing). A no-op without CUDA."
+        },
     )
     estimate_memory: bool = field(
         default=False,
-        metadata={"help": "Print the training memory of this configuration (weights, adapter, gradients, optimizer "
-                  "state, activations) from the checkpoint's config alone, built on the meta device, and exit."},
+        metadata={
+            "help": "Print the training memory of this configuration (weights, adapter, gradients, optimizer "
+            "state, activations) from the checkpoint's config alone, built on the meta device, and exit."
+        },
     )
 
     def quantization_kwargs(self) -> dict:
@@ -95,7 +105,7 @@ class Qwen3OmniArguments:
     loss_weights: str | None = field(
         default=None,
         metadata={
-            "help": 'Per-sample loss weights by input modality, JSON (or a YAML mapping), e.g. '
+            "help": "Per-sample loss weights by input modality, JSON (or a YAML mapping), e.g. "
             '\'{"text": 1.0, "audio": 0.8, "vision": 0.9}\' (the default).'
         },
     )
@@ -105,9 +115,11 @@ class Qwen3OmniArguments:
     )
     dataset_format: str = field(
         default="auto",
-        metadata={"help": "Row format: 'auto' (detected from the first rows, logged), 'native' (typed content parts), "
-                  "'sharegpt' (LLaMA-Factory from/value turns) or 'tagged' (LLaMA-Factory OpenAI / ms-swift messages). "
-                  "In all, <audio>/<image>/<video> tags take the row's audios/images/videos entries in order."},
+        metadata={
+            "help": "Row format: 'auto' (detected from the first rows, logged), 'native' (typed content parts), "
+            "'sharegpt' (LLaMA-Factory from/value turns) or 'tagged' (LLaMA-Factory OpenAI / ms-swift messages). "
+            "In all, <audio>/<image>/<video> tags take the row's audios/images/videos entries in order."
+        },
     )
     media_dir: str | None = field(
         default=None,
@@ -115,28 +127,36 @@ class Qwen3OmniArguments:
     )
     max_skipped_fraction: float = field(
         default=0.01,
-        metadata={"help": "Most rows of a dataset that may be refused at load (placeholder/media count mismatch, "
-                  "missing media, ...) or skipped while training (undecodable media, overlong rows dropped) before "
-                  "the run stops with the summary; 0 refuses any refusal, 1 allows all."},
+        metadata={
+            "help": "Most rows of a dataset that may be refused at load (placeholder/media count mismatch, "
+            "missing media, ...) or skipped while training (undecodable media, overlong rows dropped) before "
+            "the run stops with the summary; 0 refuses any refusal, 1 allows all."
+        },
     )
     use_audio_in_video: bool = field(
         default=False,
-        metadata={"help": "Feed each video's sound to the model too (Qwen3-Omni's audio-in-video, tokens interleaved "
-                  "by time): LLaMA-Factory rows' paired <video><audio> (the audio is the video's sound), else the "
-                  "sound track inside the video file; rows with neither are refused."},
+        metadata={
+            "help": "Feed each video's sound to the model too (Qwen3-Omni's audio-in-video, tokens interleaved "
+            "by time): LLaMA-Factory rows' paired <video><audio> (the audio is the video's sound), else the "
+            "sound track inside the video file; rows with neither are refused."
+        },
     )
     video_fps: float = field(
         default=2.0,
-        metadata={"help": "Frame rate video files are sampled at, and the rate of videos given as frame lists "
-                  "(qwen-omni-utils' fps / sample_fps; 2 is its default, as at inference)."},
+        metadata={
+            "help": "Frame rate video files are sampled at, and the rate of videos given as frame lists "
+            "(qwen-omni-utils' fps / sample_fps; 2 is its default, as at inference)."
+        },
     )
     max_video_frames: int | None = field(
         default=None, metadata={"help": "Most frames sampled from a video file (default: qwen-omni-utils', 768)."}
     )
     experts_implementation: str | None = field(
         default=None,
-        metadata={"help": "MoE experts kernel: eager, grouped_mm, batched_mm; default grouped_mm on SM80+ GPUs, "
-                  "eager elsewhere."},
+        metadata={
+            "help": "MoE experts kernel: eager, grouped_mm, batched_mm; default grouped_mm on SM80+ GPUs, "
+            "eager elsewhere."
+        },
     )
     lora_target_router: bool = field(default=True, metadata={"help": "LoRA on the routers (mlp.gate.weight)."})
     lora_target_experts: bool = field(
@@ -148,8 +168,10 @@ class Qwen3OmniArguments:
     )
     moe_lora_impl: str = field(
         default="routed",
-        metadata={"help": "Forward of the router/expert LoRA: 'routed' (update applied to the routed tokens only, "
-                  "same adapter files) or 'peft' (PEFT's wrapper, which materialises W + dW for every expert)."},
+        metadata={
+            "help": "Forward of the router/expert LoRA: 'routed' (update applied to the routed tokens only, "
+            "same adapter files) or 'peft' (PEFT's wrapper, which materialises W + dW for every expert)."
+        },
     )
     lora_towers: list[str] = field(
         default_factory=list, metadata={"help": "Encoders that get LoRA too: audio and/or vision (frozen otherwise)."}

@@ -92,9 +92,13 @@ class Qwen3OmniSFTCollator:
             [
                 tokenizer.convert_tokens_to_ids(token)
                 for token in (
-                    self.processor.audio_token, self.processor.image_token, self.processor.video_token,
-                    self.processor.audio_bos_token, self.processor.audio_eos_token,
-                    self.processor.vision_bos_token, self.processor.vision_eos_token,
+                    self.processor.audio_token,
+                    self.processor.image_token,
+                    self.processor.video_token,
+                    self.processor.audio_bos_token,
+                    self.processor.audio_eos_token,
+                    self.processor.vision_bos_token,
+                    self.processor.vision_eos_token,
                 )
             ]
         )
@@ -131,15 +135,21 @@ class Qwen3OmniSFTCollator:
 
     def encode(self, conversation: list[dict]) -> dict[str, torch.Tensor]:
         """Process one conversation: media loading, chat template, placeholder expansion and assistant-only labels."""
-        media = decode_media(conversation, use_audio_in_video=self.use_audio_in_video, fps=self.video_fps,
-                             max_frames=self.max_video_frames)
+        media = decode_media(
+            conversation,
+            use_audio_in_video=self.use_audio_in_video,
+            fps=self.video_fps,
+            max_frames=self.max_video_frames,
+        )
         kwargs = dict(self.processor_kwargs)
         fps = media["video_fps"]
         if media["videos"]:
             if self.use_audio_in_video and len(set(fps)) > 1:
                 # the processor places every video's audio by one frame rate
-                raise ValueError(f"The videos of this row were sampled at different rates {fps}; with "
-                                 "use_audio_in_video every video of a row needs the same.")
+                raise ValueError(
+                    f"The videos of this row were sampled at different rates {fps}; with "
+                    "use_audio_in_video every video of a row needs the same."
+                )
             kwargs["videos_kwargs"] = {"fps": fps[0], "do_sample_frames": False, **kwargs.get("videos_kwargs", {})}
             if self.use_audio_in_video:
                 kwargs.update(load_audio_from_video=True, audio_from_video_indices=media["audio_sources"])
@@ -230,7 +240,13 @@ class Qwen3OmniSFTCollator:
             "labels": pad_right("labels", IGNORE_INDEX),
             "sample_weight": torch.tensor([sample["sample_weight"] for sample in samples], dtype=torch.float32),
         }
-        for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "video_second_per_grid"):
+        for key in (
+            "pixel_values",
+            "image_grid_thw",
+            "pixel_values_videos",
+            "video_grid_thw",
+            "video_second_per_grid",
+        ):
             values = [sample[key] for sample in samples if key in sample]
             if values:
                 batch[key] = torch.cat(values)

@@ -39,7 +39,6 @@ from datasets import Dataset, load_dataset
 from transformers.utils import logging
 
 
-
 logger = logging.get_logger(__name__)
 
 MEDIA_TYPES = ("audio", "image", "video")
@@ -53,14 +52,28 @@ FORMAT_NAMES = {
     "audios/images/videos lists",
 }
 # LLaMA-Factory's default sharegpt tags (user_tag, assistant_tag, system_tag, observation_tag, function_tag)
-SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "tool",
-                  "function_call": "assistant"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "gpt": "assistant",
+    "system": "system",
+    "observation": "tool",
+    "function_call": "assistant",
+}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # Qwen3-Omni's role markers, media pads and media brackets: text holding them would be tokenized as the tokens
 # themselves (a fake turn boundary, a media slot without media). The tokenizer's own special tokens are added to these.
 QWEN_CONTROL_TOKENS = (
-    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|audio_pad|>", "<|image_pad|>", "<|video_pad|>",
-    "<|audio_start|>", "<|audio_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|audio_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<|audio_start|>",
+    "<|audio_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
 )
 # Marks a parsed JSON object that held a key twice (see `_object_keeping_duplicates`).
 DUPLICATE_KEYS = "\x00duplicate_keys"
@@ -86,7 +99,7 @@ class ModalityLossWeights:
     vision: float = 0.9
 
     @classmethod
-    def from_value(cls, value: "ModalityLossWeights | dict | str | None") -> "ModalityLossWeights":
+    def from_value(cls, value: ModalityLossWeights | dict | str | None) -> ModalityLossWeights:
         """Build from a dict, a JSON string (`'{"audio": 0.5}'`) or `None` (the defaults)."""
         if value is None or isinstance(value, cls):
             return value or cls()
@@ -212,8 +225,11 @@ class DatasetReport:
             "num_kept": self.num_rows - self.num_refused,
             "num_refused": self.num_refused,
             "refused": {
-                reason: {"count": len(ids), "first_row_ids": ids[: self.max_listed_ids],
-                         "first_message": self.first_messages[reason]}
+                reason: {
+                    "count": len(ids),
+                    "first_row_ids": ids[: self.max_listed_ids],
+                    "first_message": self.first_messages[reason],
+                }
                 for reason, ids in sorted(self.refused.items())
             },
             # The collator's counts: rows seen, skipped (unreadable media), dropped or truncated (overlong) while
@@ -223,11 +239,15 @@ class DatasetReport:
 
     def summary(self) -> str:
         """One line per reason, e.g. `placeholder_mismatch: 2 rows (first ids [3, 7])`."""
-        lines = [f"{self.name} ({self.dataset_format} format): kept {self.num_rows - self.num_refused} of "
-                 f"{self.num_rows} rows, refused {self.num_refused}."]
+        lines = [
+            f"{self.name} ({self.dataset_format} format): kept {self.num_rows - self.num_refused} of "
+            f"{self.num_rows} rows, refused {self.num_refused}."
+        ]
         for reason, ids in sorted(self.refused.items()):
-            lines.append(f"  {reason}: {len(ids)} rows (first ids {ids[: self.max_listed_ids]}); e.g. "
-                         f"{self.first_messages[reason]}")
+            lines.append(
+                f"  {reason}: {len(ids)} rows (first ids {ids[: self.max_listed_ids]}); e.g. "
+                f"{self.first_messages[reason]}"
+            )
         for key, count in sorted(self.collator_counts.items()):
             if count:
                 lines.append(f"  {key} while training: {count}")
@@ -243,9 +263,12 @@ class DatasetReport:
         if self.refused_fraction <= max_refused_fraction:
             return
         skipped = self.num_skipped_while_training
-        what = (f"{self.num_refused} of {self.num_rows} rows ({self.refused_fraction:.1%}) were refused" if not skipped
-                else f"{self.num_refused} rows refused at load and {skipped} skipped while training "
-                f"({self.refused_fraction:.1%} of the rows read)")
+        what = (
+            f"{self.num_refused} of {self.num_rows} rows ({self.refused_fraction:.1%}) were refused"
+            if not skipped
+            else f"{self.num_refused} rows refused at load and {skipped} skipped while training "
+            f"({self.refused_fraction:.1%} of the rows read)"
+        )
         raise TooManyRowsSkipped(
             f"{self.name}: {what}, more than --max_skipped_fraction={max_refused_fraction}. Fix the rows or raise the "
             f"limit.\n{self.summary()}"
@@ -280,8 +303,10 @@ def detect_dataset_format(rows: list[dict], sample_size: int = 100) -> str:
             decided.setdefault("native", index)
     if "sharegpt" in decided and len(decided) > 1:
         found = ", ".join(f"{name} (row {index})" for name, index in decided.items())
-        raise ValueError(f"The rows mix dataset formats: {found}. Use one format per file, or force one with "
-                         f"--dataset_format {{{','.join(DATASET_FORMATS)}}}.")
+        raise ValueError(
+            f"The rows mix dataset formats: {found}. Use one format per file, or force one with "
+            f"--dataset_format {{{','.join(DATASET_FORMATS)}}}."
+        )
     return "sharegpt" if "sharegpt" in decided else "tagged" if "tagged" in decided else "native"
 
 
@@ -320,13 +345,18 @@ def row_to_conversation(
         unknown = sorted(key for key, value in turn.items() if key not in turn_keys and value is not None)
         if unknown:
             # e.g. TRL `tool_calls` or ms-swift's per-turn `loss`: training without them would not be what was asked
-            raise RowRefused("unsupported_turn_key", f"row {row_id}: turn keys {unknown} are not supported by this "
-                             f"recipe ({dataset_format} turns take {sorted(turn_keys)}).")
+            raise RowRefused(
+                "unsupported_turn_key",
+                f"row {row_id}: turn keys {unknown} are not supported by this "
+                f"recipe ({dataset_format} turns take {sorted(turn_keys)}).",
+            )
         if dataset_format == "sharegpt":
             role = SHAREGPT_ROLES.get(turn.get("from"))
             if role is None:
-                raise RowRefused("unknown_role", f"row {row_id}: sharegpt role {turn.get('from')!r} is not one of "
-                                 f"{sorted(SHAREGPT_ROLES)}.")
+                raise RowRefused(
+                    "unknown_role",
+                    f"row {row_id}: sharegpt role {turn.get('from')!r} is not one of {sorted(SHAREGPT_ROLES)}.",
+                )
             content = turn.get("value") or ""
             if turn.get("from") == "function_call":
                 # Qwen's tool-call layout, as Qwen templates render an assistant `tool_calls` entry
@@ -336,8 +366,10 @@ def row_to_conversation(
             if turn.get("reasoning_content"):
                 # Qwen3's layout of a reply with reasoning, as its chat template writes `reasoning_content`
                 if role != "assistant" or not isinstance(content, str):
-                    raise RowRefused("bad_reasoning", f"row {row_id}: reasoning_content needs an assistant turn with "
-                                     "string content.")
+                    raise RowRefused(
+                        "bad_reasoning",
+                        f"row {row_id}: reasoning_content needs an assistant turn with string content.",
+                    )
                 reasoning = turn["reasoning_content"].strip("\n")
                 content = f"<think>\n{reasoning}\n</think>\n\n" + content.lstrip("\n")
         turns.append({"role": role, "content": content})
@@ -345,11 +377,15 @@ def row_to_conversation(
         # LLaMA-Factory's `system` column (a system turn in the conversation takes precedence)
         turns.insert(0, {"role": "system", "content": row["system"]})
     if row.get("tools"):
-        raise RowRefused("tools", f"row {row_id}: tool descriptions ('tools') are not supported by this recipe; "
-                         "drop the column or the row.")
+        raise RowRefused(
+            "tools",
+            f"row {row_id}: tool descriptions ('tools') are not supported by this recipe; drop the column or the row.",
+        )
     if not any(turn["role"] == "assistant" for turn in turns):
-        raise RowRefused("no_assistant_turn", f"row {row_id}: no assistant turn, so nothing to learn; add the reply "
-                         "or drop the row.")
+        raise RowRefused(
+            "no_assistant_turn",
+            f"row {row_id}: no assistant turn, so nothing to learn; add the reply or drop the row.",
+        )
 
     media = {kind: _media_entries(row.get(column), kind, row_id) for kind, column in MEDIA_COLUMNS.items()}
     tags = dict.fromkeys(MEDIA_TYPES, 0)
@@ -365,13 +401,19 @@ def row_to_conversation(
                 f"{MEDIA_COLUMNS[kind]} given; each <{kind}> tag takes one entry of '{MEDIA_COLUMNS[kind]}', in "
                 "order.",
             )
-    paired = use_audio_in_video and dataset_format != "native" and _pairs_video_with_audio(
-        turns, media, row_id, required=dataset_format == "sharegpt")
+    paired = (
+        use_audio_in_video
+        and dataset_format != "native"
+        and _pairs_video_with_audio(turns, media, row_id, required=dataset_format == "sharegpt")
+    )
 
     def resolve(path: str) -> str:
         if "://" in path or path.startswith("data:"):
-            raise RowRefused("remote_media", f"row {row_id}: the media path {path!r} is a URL or inline data; this "
-                             "recipe reads local files only: download it and give its path.")
+            raise RowRefused(
+                "remote_media",
+                f"row {row_id}: the media path {path!r} is a URL or inline data; this "
+                "recipe reads local files only: download it and give its path.",
+            )
         if base_dir is None or os.path.isabs(path):
             return path
         return os.path.join(base_dir, path)
@@ -382,8 +424,9 @@ def row_to_conversation(
         conversation.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
     for turn in turns:
         if turn["role"] not in ("system", "user", "assistant", "tool"):
-            raise RowRefused("unknown_role", f"row {row_id}: role {turn['role']!r} is not one of system, user, "
-                             "assistant, tool.")
+            raise RowRefused(
+                "unknown_role", f"row {row_id}: role {turn['role']!r} is not one of system, user, assistant, tool."
+            )
         content = turn["content"]
         parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
         if parts is None:
@@ -395,13 +438,20 @@ def row_to_conversation(
                 normalized.extend(_split_tags(part["text"], queues, resolve, paired))
             elif kind == "video":
                 video = part["video"]
-                normalized.append({"type": "video", "video": [resolve(p) for p in video] if isinstance(video, list)
-                                   else [resolve(video)]})
+                normalized.append(
+                    {
+                        "type": "video",
+                        "video": [resolve(p) for p in video] if isinstance(video, list) else [resolve(video)],
+                    }
+                )
             else:
                 normalized.append({"type": kind, kind: resolve(part[kind])})
         if turn["role"] == "assistant" and any(part["type"] != "text" for part in normalized):
-            raise RowRefused("media_in_reply", f"row {row_id}: an assistant turn holds media; the Thinker only "
-                             "produces text, so media belong in user turns.")
+            raise RowRefused(
+                "media_in_reply",
+                f"row {row_id}: an assistant turn holds media; the Thinker only "
+                "produces text, so media belong in user turns.",
+            )
         conversation.append({"role": turn["role"], "content": normalized})
     _check_control_tokens(conversation, row_id, control_tokens)
     return conversation
@@ -531,10 +581,20 @@ def load_conversation_dataset(
                 raise RowRefused("not_an_object", f"row {row_id}: {str(row)[:80]!r} is not a JSON object.")
             duplicates = _duplicate_keys(row)
             if duplicates:
-                raise RowRefused("duplicate_key", f"row {row_id}: the key(s) {duplicates} appear twice in one JSON "
-                                 "object, and which value is meant is unknown; keep one.")
-            conversation = row_to_conversation(row, row_id, dataset_format, base_dir, system_prompt,
-                                               use_audio_in_video=use_audio_in_video, control_tokens=control_tokens)
+                raise RowRefused(
+                    "duplicate_key",
+                    f"row {row_id}: the key(s) {duplicates} appear twice in one JSON "
+                    "object, and which value is meant is unknown; keep one.",
+                )
+            conversation = row_to_conversation(
+                row,
+                row_id,
+                dataset_format,
+                base_dir,
+                system_prompt,
+                use_audio_in_video=use_audio_in_video,
+                control_tokens=control_tokens,
+            )
             if check_media:
                 _check_media_files(conversation, row_id)
             if use_audio_in_video:
@@ -573,8 +633,10 @@ def read_json_rows(path: str) -> list:
             try:
                 rows.append(json.loads(line, object_pairs_hook=_object_keeping_duplicates))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno}): "
-                                 f"{line[:60]!r}; fix or remove the line.") from None
+                raise ValueError(
+                    f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno}): "
+                    f"{line[:60]!r}; fix or remove the line."
+                ) from None
         return rows
     try:
         rows = json.loads(text, object_pairs_hook=_object_keeping_duplicates)
@@ -586,8 +648,10 @@ def read_json_rows(path: str) -> list:
     if isinstance(rows, list):
         return rows
     kind = f"one JSON object (keys {sorted(rows)[:5]})" if isinstance(rows, dict) else f"a {type(rows).__name__}"
-    raise ValueError(f"{path} holds {kind}, not a list of rows; put the rows in a list ([{{...}}, ...]) or one row "
-                     "per line in a .jsonl file.")
+    raise ValueError(
+        f"{path} holds {kind}, not a list of rows; put the rows in a list ([{{...}}, ...]) or one row "
+        "per line in a .jsonl file."
+    )
 
 
 def _object_keeping_duplicates(pairs: list[tuple]) -> dict:
@@ -614,8 +678,11 @@ def _check_media_files(conversation: list[dict], row_id: int) -> None:
         if not os.path.exists(path):
             raise RowRefused("missing_media", f"row {row_id}: media file not found: {path!r}.")
         if not os.path.isfile(path):
-            raise RowRefused("media_not_a_file", f"row {row_id}: the media path {path!r} is a folder, not a file; "
-                             "name the file (a video given as frames is a list of image paths).")
+            raise RowRefused(
+                "media_not_a_file",
+                f"row {row_id}: the media path {path!r} is a folder, not a file; "
+                "name the file (a video given as frames is a list of image paths).",
+            )
         if os.path.getsize(path) == 0:
             raise RowRefused("empty_media", f"row {row_id}: the media file {path!r} is empty (0 bytes).")
 
@@ -626,8 +693,11 @@ def _turns_of(row: dict, row_id: int) -> list[dict]:
             if not isinstance(row[key], list):
                 raise RowRefused("bad_turn", f"row {row_id}: '{key}' is not a list of turns.")
             return row[key]
-    raise RowRefused("no_turns", f"row {row_id} has neither a 'conversations' nor a 'messages' list: keys "
-                     f"{sorted(key for key in row if key != DUPLICATE_KEYS)}.")
+    raise RowRefused(
+        "no_turns",
+        f"row {row_id} has neither a 'conversations' nor a 'messages' list: keys "
+        f"{sorted(key for key in row if key != DUPLICATE_KEYS)}.",
+    )
 
 
 def _texts_of(content: str | list[dict] | None) -> list[str]:
@@ -650,8 +720,11 @@ def _part_kind(part: dict, row_id: int) -> str:
         raise RowRefused("bad_part", f"row {row_id}: content part {part!r} is not one of text, audio, image, video.")
     others = [key for key in ("text", *MEDIA_TYPES) if key != kind and part.get(key) is not None]
     if others or part.get(kind) is None:
-        raise RowRefused("bad_part", f"row {row_id}: content part {part!r} must hold exactly one of text, audio, "
-                         f"image, video (its type {kind!r}).")
+        raise RowRefused(
+            "bad_part",
+            f"row {row_id}: content part {part!r} must hold exactly one of text, audio, "
+            f"image, video (its type {kind!r}).",
+        )
     return kind
 
 
@@ -665,12 +738,20 @@ def _media_entries(value, kind: str, row_id: int) -> list[str | list[str]]:
     entries = []
     for entry in value:
         path = entry.get("path") if isinstance(entry, dict) else entry
-        frames = kind == "video" and isinstance(path, list) and path and all(
-            isinstance(frame, str) and frame for frame in path)
+        frames = (
+            kind == "video"
+            and isinstance(path, list)
+            and path
+            and all(isinstance(frame, str) and frame for frame in path)
+        )
         if not frames and (not isinstance(path, str) or not path):
-            raise RowRefused("bad_media_entry", f"row {row_id}: {MEDIA_COLUMNS[kind]} entry {str(entry)[:80]!r} is "
-                             "not a file path" + (" or a list of frame paths" if kind == "video" else "") +
-                             " (in-memory media are not supported; give paths).")
+            raise RowRefused(
+                "bad_media_entry",
+                f"row {row_id}: {MEDIA_COLUMNS[kind]} entry {str(entry)[:80]!r} is "
+                "not a file path"
+                + (" or a list of frame paths" if kind == "video" else "")
+                + " (in-memory media are not supported; give paths).",
+            )
         entries.append(path)
     return entries
 
@@ -689,8 +770,10 @@ def _split_tags(text: str, queues: dict, resolve, paired: bool) -> list[dict]:
             continue
         entry = next(queues[kind])
         if kind == "video":
-            part = {"type": "video", "video": [resolve(path) for path in entry] if isinstance(entry, list)
-                    else [resolve(entry)]}
+            part = {
+                "type": "video",
+                "video": [resolve(path) for path in entry] if isinstance(entry, list) else [resolve(entry)],
+            }
             if paired:
                 part["video_audio"] = resolve(next(queues["audio"]))
             parts.append(part)
@@ -708,17 +791,23 @@ def _check_video_sound(conversation: list[dict], row_id: int) -> None:
                 continue
             paths = part["video"]
             if is_frame_list(paths):
-                raise RowRefused("video_without_audio", f"row {row_id}: a video given as {len(paths)} frame images "
-                                 "has no sound track, which --use_audio_in_video needs; give the video file, or pair "
-                                 "an audio with it (<video><audio>, LLaMA-Factory's convention).")
+                raise RowRefused(
+                    "video_without_audio",
+                    f"row {row_id}: a video given as {len(paths)} frame images "
+                    "has no sound track, which --use_audio_in_video needs; give the video file, or pair "
+                    "an audio with it (<video><audio>, LLaMA-Factory's convention).",
+                )
             try:
                 sound = has_audio_stream(paths[0])
             except ValueError as error:
                 raise RowRefused("unreadable_media", f"row {row_id}: {error}") from None
             if not sound:
-                raise RowRefused("video_without_audio", f"row {row_id}: the video {paths[0]!r} has no sound track, "
-                                 "which --use_audio_in_video needs; give a video with its sound, or pair an audio "
-                                 "with it (<video><audio> and 'audios', LLaMA-Factory's convention).")
+                raise RowRefused(
+                    "video_without_audio",
+                    f"row {row_id}: the video {paths[0]!r} has no sound track, "
+                    "which --use_audio_in_video needs; give a video with its sound, or pair an audio "
+                    "with it (<video><audio> and 'audios', LLaMA-Factory's convention).",
+                )
 
 
 def has_audio_stream(path: str) -> bool:
@@ -782,11 +871,17 @@ def decode_media(
     if audio_parts:
         audios = process_audio_info([{"role": "user", "content": audio_parts}], use_audio_in_video)
     images, videos, video_kwargs = (
-        process_vision_info([{"role": "user", "content": vision_parts}], return_video_kwargs=True) if vision_parts
+        process_vision_info([{"role": "user", "content": vision_parts}], return_video_kwargs=True)
+        if vision_parts
         else (None, None, {"fps": []})
     )
-    return {"audios": audios, "audio_sources": audio_sources, "images": images, "videos": videos,
-            "video_fps": video_kwargs["fps"]}
+    return {
+        "audios": audios,
+        "audio_sources": audio_sources,
+        "images": images,
+        "videos": videos,
+        "video_fps": video_kwargs["fps"],
+    }
 
 
 def _ensure_video_file_reader() -> None:

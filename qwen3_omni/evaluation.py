@@ -36,6 +36,8 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoProcessor
 from transformers.utils import logging
 
+from ..common.audio import read_audio, resample
+from ..common.clips import load_audio_text_rows
 from ..common.metrics import (
     HEADLINE_METRICS,
     TASKS,
@@ -46,8 +48,6 @@ from ..common.metrics import (
     task_metrics,
 )
 from ..common.speech_judges import PipelineTranscriber, SpeakerEncoder
-from ..common.audio import read_audio, resample
-from ..common.clips import load_audio_text_rows
 from .conversations import (
     DatasetReport,
     decode_media,
@@ -154,15 +154,22 @@ def read_eval_rows(
             audio = row["audio"]
             if isinstance(audio, str) and not os.path.isabs(audio) and media_dir:
                 audio = os.path.join(media_dir, audio)
-            prompt = [*system, {"role": "user", "content": [
-                {"type": "audio", "audio": audio}, {"type": "text", "text": asr_prompt}]}]
+            prompt = [
+                *system,
+                {"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": asr_prompt}]},
+            ]
             rows.append(EvalRow(row_id, "asr" if task == "auto" else task, prompt, reference.strip()))
     else:
         conversations_report = DatasetReport(name=str(source))
         try:
             dataset = load_conversation_dataset(
-                source, split=split, config_name=config_name, system_prompt=system_prompt,
-                dataset_format=dataset_format, media_dir=media_dir, report=conversations_report,
+                source,
+                split=split,
+                config_name=config_name,
+                system_prompt=system_prompt,
+                dataset_format=dataset_format,
+                media_dir=media_dir,
+                report=conversations_report,
             )
         except ValueError as error:
             raise ValueError(f"No usable evaluation row in {source}: {error}") from error
@@ -207,8 +214,9 @@ def _audio_text_rows(source: str, audio_column: str, text_column: str, split: st
         if not ({audio_column, text_column} <= set(first) and not _CONVERSATION_KEYS & set(first)):
             return None
     try:
-        rows = load_audio_text_rows(source, audio_column, text_column, None, split=split,
-                                    dataset_config=config_name, allow_missing_text=True)
+        rows = load_audio_text_rows(
+            source, audio_column, text_column, None, split=split, dataset_config=config_name, allow_missing_text=True
+        )
     except (ValueError, FileNotFoundError):
         return None  # no audio / text columns: conversations
     return rows.to_list() if hasattr(rows, "to_list") else list(rows)
@@ -238,8 +246,15 @@ def render_prompts(processor, prompts: Sequence[list[dict]]) -> dict[str, torch.
     processor.tokenizer.padding_side = "left"
     # the frames are sampled already (as the collator gives them); each video's own rate goes into its time grid
     videos_kwargs = {"fps": video_fps[0], "do_sample_frames": False} if videos else {}
-    inputs = processor(text=texts, audio=audios or None, images=images or None, videos=videos or None,
-                       padding=True, return_tensors="pt", videos_kwargs=videos_kwargs)
+    inputs = processor(
+        text=texts,
+        audio=audios or None,
+        images=images or None,
+        videos=videos or None,
+        padding=True,
+        return_tensors="pt",
+        videos_kwargs=videos_kwargs,
+    )
     if videos:
         temporal_patch_size = processor.video_processor.temporal_patch_size
         inputs["video_second_per_grid"] = torch.tensor([temporal_patch_size / fps for fps in video_fps])
@@ -255,7 +270,8 @@ def _with_decoded_audio_values(prompt: list[dict], sampling_rate: int) -> list[d
         if not isinstance(content, str):
             content = [
                 {**part, "audio": resample(*read_audio(part["audio"]), sampling_rate)}
-                if part["type"] == "audio" and not isinstance(part["audio"], (str, np.ndarray)) else part
+                if part["type"] == "audio" and not isinstance(part["audio"], (str, np.ndarray))
+                else part
                 for part in content
             ]
         turns.append({**turn, "content": content})
@@ -269,10 +285,14 @@ def generate_answers(thinker, processor, prompts: Sequence[list[dict]], max_new_
     inputs = {key: value.to(thinker.device) if torch.is_tensor(value) else value for key, value in inputs.items()}
     tokenizer = processor.tokenizer
     output = thinker.generate(
-        **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id,
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
     )
-    new_tokens = output[:, inputs["input_ids"].shape[1]:]
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
     return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
@@ -296,7 +316,12 @@ class AnswerCache:
 
 
 def answer_rows(
-    thinker, processor, rows: Sequence[EvalRow], cache: AnswerCache, batch_size: int, max_new_tokens: int,
+    thinker,
+    processor,
+    rows: Sequence[EvalRow],
+    cache: AnswerCache,
+    batch_size: int,
+    max_new_tokens: int,
     description: str,
 ) -> tuple[dict[str, str], Counter]:
     """Answers to every row (from the cache, or generated in batches and cached), and the rows that failed by reason
@@ -307,7 +332,7 @@ def answer_rows(
         logger.info(f"{description}: {len(rows) - len(pending)} of {len(rows)} answers read from {cache.path}.")
     with tqdm(total=len(rows), initial=len(rows) - len(pending), desc=description, unit="row") as progress:
         for start in range(0, len(pending), batch_size):
-            batch = pending[start:start + batch_size]
+            batch = pending[start : start + batch_size]
             try:
                 answers = generate_answers(thinker, processor, [row.prompt for row in batch], max_new_tokens)
             except UnreadableMedia as error:
@@ -386,13 +411,19 @@ def load_models(
     quantization_kwargs = quantization_kwargs or {}
     kind = adapter_kind(adapter)
     if kind == "voice_adapter" and not with_talker:
-        raise ValueError(f"{adapter} is a Talker voice adapter: its evaluation needs the base's Talker "
-                         f"({model_name_or_path} has none, or --evaluate_voice false was given).")
+        raise ValueError(
+            f"{adapter} is a Talker voice adapter: its evaluation needs the base's Talker "
+            f"({model_name_or_path} has none, or --evaluate_voice false was given)."
+        )
 
     def load(path):
         if with_talker:
-            model = load_talker_model(path, dtype=dtype, attn_implementation=attn_implementation,
-                                      **{k: v for k, v in quantization_kwargs.items() if k != "offload_experts"})
+            model = load_talker_model(
+                path,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                **{k: v for k, v in quantization_kwargs.items() if k != "offload_experts"},
+            )
         else:
             model = load_thinker(path, dtype=dtype, attn_implementation=attn_implementation, **quantization_kwargs)
         if device and not any(quantization_kwargs.get(k) for k in ("load_in_4bit", "quantize_experts")):
@@ -437,15 +468,23 @@ def speak(model, processor, text: str, speaker: str, max_new_tokens: int) -> np.
     prompt = torch.tensor([prompt_ids], device=device)
     sequence = torch.tensor([prompt_ids + answer_ids], device=device)
     embed, hidden = thinker_outputs(model, sequence)
-    inputs_embeds, talker_ids, trailing, tts_pad = talker_prompt_embeds(model, prompt, sequence, embed, hidden,
-                                                                        speaker_id)
+    inputs_embeds, talker_ids, trailing, tts_pad = talker_prompt_embeds(
+        model, prompt, sequence, embed, hidden, speaker_id
+    )
     vocab = config.text_config.vocab_size
     result = model.talker.generate(
-        inputs_embeds=inputs_embeds, trailing_text_hidden=trailing, tts_pad_embed=tts_pad,
-        talker_input_ids=talker_ids, attention_mask=torch.ones_like(talker_ids), max_new_tokens=max_new_tokens,
-        do_sample=False, repetition_penalty=1.0, eos_token_id=config.codec_eos_token_id,
+        inputs_embeds=inputs_embeds,
+        trailing_text_hidden=trailing,
+        tts_pad_embed=tts_pad,
+        talker_input_ids=talker_ids,
+        attention_mask=torch.ones_like(talker_ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        repetition_penalty=1.0,
+        eos_token_id=config.codec_eos_token_id,
         suppress_tokens=[i for i in range(vocab - 1024, vocab) if i != config.codec_eos_token_id],
-        output_hidden_states=True, return_dict_in_generate=True,
+        output_hidden_states=True,
+        return_dict_in_generate=True,
     )
     frames = [step[-1] for step in result.hidden_states if step[-1] is not None]
     if not frames:
@@ -475,8 +514,9 @@ def voice_speakers(
     if pair.voice is not None and pair.voice["init_codec_id"] is not None:  # a new speaker, registered by the adapter
         base_speakers.pop(pair.voice["speaker_name"], None)
     new = [name for name in finetune_speakers if name not in base_speakers]
-    tested = (speaker or (pair.voice or {}).get("speaker_name") or (new[0] if new else None)
-              or next(iter(finetune_speakers))).lower()
+    tested = (
+        speaker or (pair.voice or {}).get("speaker_name") or (new[0] if new else None) or next(iter(finetune_speakers))
+    ).lower()
     if tested not in finetune_speakers:
         raise ValueError(f"--speaker {tested!r} is not a speaker of the fine-tune ({', '.join(finetune_speakers)}).")
     compared = tested if tested in base_speakers else None
@@ -511,8 +551,10 @@ def evaluate_voice(
     import soundfile as sf
 
     tested, compared, preserved = voice_speakers(pair, speaker, base_speaker)
-    plan = {"base": ([(tested, compared)] if compared else []) + [(name, name) for name in preserved],
-            "finetune": [(tested, tested)] + [(name, name) for name in preserved]}
+    plan = {
+        "base": ([(tested, compared)] if compared else []) + [(name, name) for name in preserved],
+        "finetune": [(tested, tested)] + [(name, name) for name in preserved],
+    }
     speech: dict[str, dict[str, list[np.ndarray]]] = {variant: {} for variant in VARIANTS}
     heard: dict[str, dict[str, list[str]]] = {variant: {} for variant in VARIANTS}
     for variant in VARIANTS:
@@ -526,41 +568,66 @@ def evaluate_voice(
                     sf.write(folder / f"{index}.wav", waves[-1], SPEECH_SAMPLING_RATE, subtype="FLOAT")
                 speech[variant][role] = waves
                 # the checkpoint's own Thinker transcribes its speech (16 kHz, as its audio encoder hears)
-                prompts = [[{"role": "user", "content": [
-                    {"type": "audio", "audio": resample(w, SPEECH_SAMPLING_RATE, 16000)},
-                    {"type": "text", "text": asr_prompt}]}] for w in waves if w.size]
+                prompts = [
+                    [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "audio", "audio": resample(w, SPEECH_SAMPLING_RATE, 16000)},
+                                {"type": "text", "text": asr_prompt},
+                            ],
+                        }
+                    ]
+                    for w in waves
+                    if w.size
+                ]
                 answers = []
                 for start in range(0, len(prompts), batch_size):
-                    answers += generate_answers(thinker_of(model), processor, prompts[start:start + batch_size],
-                                                asr_max_new_tokens)
+                    answers += generate_answers(
+                        thinker_of(model), processor, prompts[start : start + batch_size], asr_max_new_tokens
+                    )
                 answers_iter = iter(answers)
                 heard[variant][role] = [split_thinking(next(answers_iter))[1] if w.size else "" for w in waves]
 
     def score(variant: str, role: str) -> dict:
         waves = speech[variant][role]
-        entry = {"spoken_as": dict(plan[variant])[role], "num_texts": len(texts),
-                 "texts_without_speech": sum(not w.size for w in waves),
-                 "self_transcribed": _rates(error_rates(texts, heard[variant][role]))}
+        entry = {
+            "spoken_as": dict(plan[variant])[role],
+            "num_texts": len(texts),
+            "texts_without_speech": sum(not w.size for w in waves),
+            "self_transcribed": _rates(error_rates(texts, heard[variant][role])),
+        }
         if transcriber is not None:
-            entry["transcriber"] = _rates(error_rates(
-                texts, [transcriber([w], SPEECH_SAMPLING_RATE)[0] if w.size else "" for w in waves]))
+            entry["transcriber"] = _rates(
+                error_rates(texts, [transcriber([w], SPEECH_SAMPLING_RATE)[0] if w.size else "" for w in waves])
+            )
         if speaker_encoder is not None:
             embeddings = [speaker_encoder.embed([w], SPEECH_SAMPLING_RATE)[0] if w.size else None for w in waves]
             if role == tested and references:
                 centroid = speaker_encoder.embed(references, 16000).mean(0)
-                entry["similarity_to_reference"] = _mean([cosine_similarity(e, centroid) for e in embeddings
-                                                          if e is not None])
+                entry["similarity_to_reference"] = _mean(
+                    [cosine_similarity(e, centroid) for e in embeddings if e is not None]
+                )
             if role in preserved and variant == "finetune":
-                base_embeddings = [speaker_encoder.embed([w], SPEECH_SAMPLING_RATE)[0] if w.size else None
-                                   for w in speech["base"][role]]
-                entry["similarity_to_base_speech"] = _mean([
-                    cosine_similarity(e, b) for e, b in zip(embeddings, base_embeddings)
-                    if e is not None and b is not None])
+                base_embeddings = [
+                    speaker_encoder.embed([w], SPEECH_SAMPLING_RATE)[0] if w.size else None
+                    for w in speech["base"][role]
+                ]
+                entry["similarity_to_base_speech"] = _mean(
+                    [
+                        cosine_similarity(e, b)
+                        for e, b in zip(embeddings, base_embeddings)
+                        if e is not None and b is not None
+                    ]
+                )
         return entry
 
     report = {
-        "tested_speaker": tested, "base_speaker_compared": compared, "preserved_speakers": preserved,
-        "num_texts": len(texts), "sampling_rate": SPEECH_SAMPLING_RATE,
+        "tested_speaker": tested,
+        "base_speaker_compared": compared,
+        "preserved_speakers": preserved,
+        "num_texts": len(texts),
+        "sampling_rate": SPEECH_SAMPLING_RATE,
         "transcriber": transcriber.name if transcriber else None,
         "speaker_encoder": speaker_encoder.name if speaker_encoder else None,
         "speakers": {},
@@ -569,7 +636,8 @@ def evaluate_voice(
         report["speakers"][role] = {variant: score(variant, role) for variant in VARIANTS if role in speech[variant]}
         if len(report["speakers"][role]) == 2:
             report["speakers"][role]["difference"] = _difference(
-                _flatten(report["speakers"][role]["base"]), _flatten(report["speakers"][role]["finetune"]))
+                _flatten(report["speakers"][role]["base"]), _flatten(report["speakers"][role]["finetune"])
+            )
     if pair.peft_model is None and pair.finetune is pair.base:
         report["note"] = "no fine-tune given: base and fine-tune are the same model"
     return report
@@ -595,9 +663,14 @@ def _flatten(entry: dict, prefix: str = "") -> dict:
 
 def _difference(base: dict, finetune: dict) -> dict:
     """fine-tune minus base for every numeric metric both have."""
-    return {key: finetune[key] - base[key] for key in base
-            if key in finetune and base[key] is not None and finetune[key] is not None
-            and not key.endswith("num_references")}
+    return {
+        key: finetune[key] - base[key]
+        for key in base
+        if key in finetune
+        and base[key] is not None
+        and finetune[key] is not None
+        and not key.endswith("num_references")
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -636,20 +709,34 @@ def model_index_entries(report: dict) -> list[dict]:
         for key, name in metrics:
             value = entry["finetune"].get(key)
             if value is not None:
-                entries.append({"task_type": task_type, "task_name": task_name, "metric_type": key,
-                                "metric_name": name, "metric_value": round(float(value), 4)})
+                entries.append(
+                    {
+                        "task_type": task_type,
+                        "task_name": task_name,
+                        "metric_type": key,
+                        "metric_name": name,
+                        "metric_value": round(float(value), 4),
+                    }
+                )
     voice = report.get("voice")
     if voice:
         tested = voice["speakers"][voice["tested_speaker"]]["finetune"]
-        for key, metric_type, name in (("self_transcribed.wer", "wer", "Intelligibility WER (own Thinker)"),
-                                       ("transcriber.wer", "wer", "Intelligibility WER ({})".format(
-                                           voice["transcriber"])),
-                                       ("similarity_to_reference", "speaker_similarity", "Speaker similarity")):
+        for key, metric_type, name in (
+            ("self_transcribed.wer", "wer", "Intelligibility WER (own Thinker)"),
+            ("transcriber.wer", "wer", "Intelligibility WER ({})".format(voice["transcriber"])),
+            ("similarity_to_reference", "speaker_similarity", "Speaker similarity"),
+        ):
             value = _flatten(tested).get(key)
             if value is not None:
-                entries.append({"task_type": "text-to-speech", "task_name": f"Voice {voice['tested_speaker']}",
-                                "metric_type": metric_type, "metric_name": name,
-                                "metric_value": round(float(value), 4)})
+                entries.append(
+                    {
+                        "task_type": "text-to-speech",
+                        "task_name": f"Voice {voice['tested_speaker']}",
+                        "metric_type": metric_type,
+                        "metric_name": name,
+                        "metric_value": round(float(value), 4),
+                    }
+                )
     return entries
 
 
@@ -663,12 +750,22 @@ def plot_comparison(report: dict, path: Path) -> list[str]:
     bars = []
     for task, entry in report["tasks"].items():
         metric, higher = HEADLINE_METRICS[task]
-        bars.append((f"{task}\n{metric} ({'higher' if higher else 'lower'} is better)",
-                     entry["base"].get(metric), entry["finetune"].get(metric)))
+        bars.append(
+            (
+                f"{task}\n{metric} ({'higher' if higher else 'lower'} is better)",
+                entry["base"].get(metric),
+                entry["finetune"].get(metric),
+            )
+        )
     for role, entry in (report.get("voice") or {}).get("speakers", {}).items():
         base, finetune = _flatten(entry.get("base", {})), _flatten(entry.get("finetune", {}))
-        bars.append((f"voice {role}\nWER (lower is better)", base.get("self_transcribed.wer"),
-                     finetune.get("self_transcribed.wer")))
+        bars.append(
+            (
+                f"voice {role}\nWER (lower is better)",
+                base.get("self_transcribed.wer"),
+                finetune.get("self_transcribed.wer"),
+            )
+        )
     figure, axes = plt.subplots(1, len(bars), figsize=(3.2 * len(bars), 3.6), squeeze=False)
     for axis, (label, base, finetune) in zip(axes[0], bars):
         values = [np.nan if v is None else v for v in (base, finetune)]
@@ -737,8 +834,10 @@ def evaluate_qwen3_omni(
     with_talker = has_talker(config) if evaluate_voice_of_talker is None else evaluate_voice_of_talker
     if with_talker and not has_talker(config):
         audio_output = getattr(config, "enable_audio_output", None)
-        raise ValueError(f"--evaluate_voice true: {model_name_or_path} has no Talker (model_type="
-                         f"{config.model_type!r}, enable_audio_output={audio_output}).")
+        raise ValueError(
+            f"--evaluate_voice true: {model_name_or_path} has no Talker (model_type="
+            f"{config.model_type!r}, enable_audio_output={audio_output})."
+        )
     judge_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     judges = {
         "transcriber": PipelineTranscriber(transcriber, device=judge_device) if with_talker and transcriber else None,
@@ -746,31 +845,54 @@ def evaluate_qwen3_omni(
         "references": read_reference_clips(speaker_reference) if with_talker and speaker_reference else None,
     }
     if (transcriber or speaker_encoder or speaker_reference) and not with_talker:
-        logger.warning("--transcriber / --speaker_encoder / --speaker_reference judge the Talker's speech; this "
-                       "evaluation has no Talker, so they are not used.")
+        logger.warning(
+            "--transcriber / --speaker_encoder / --speaker_reference judge the Talker's speech; this "
+            "evaluation has no Talker, so they are not used."
+        )
     rows, rows_report = read_eval_rows(
-        dataset_name, split=split, config_name=dataset_config, task=task, dataset_format=dataset_format,
-        audio_column=audio_column, text_column=text_column, asr_prompt=asr_prompt, system_prompt=system_prompt,
-        media_dir=media_dir, max_samples=max_samples,
+        dataset_name,
+        split=split,
+        config_name=dataset_config,
+        task=task,
+        dataset_format=dataset_format,
+        audio_column=audio_column,
+        text_column=text_column,
+        asr_prompt=asr_prompt,
+        system_prompt=system_prompt,
+        media_dir=media_dir,
+        max_samples=max_samples,
     )
     logger.info(f"{len(rows)} evaluation rows: {dict(Counter(row.task for row in rows))}")
     processor = AutoProcessor.from_pretrained(model_name_or_path)
-    pair = load_models(model_name_or_path, adapter, with_talker=with_talker, dtype=dtype, device=device,
-                       quantization_kwargs=quantization_kwargs, attn_implementation=attn_implementation)
+    pair = load_models(
+        model_name_or_path,
+        adapter,
+        with_talker=with_talker,
+        dtype=dtype,
+        device=device,
+        quantization_kwargs=quantization_kwargs,
+        attn_implementation=attn_implementation,
+    )
 
     cache_dir = output_dir / "cache"
     cache_dir.mkdir(exist_ok=True)
     answers, failed = {}, Counter()
     for variant in VARIANTS:
         identity = model_name_or_path if variant == "base" else (adapter or model_name_or_path)
-        cache = AnswerCache(cache_dir / f"{variant}.jsonl", {
-            "model": os.path.abspath(identity) if os.path.exists(identity) else identity,
-            "adapter_of": model_name_or_path if variant == "finetune" and adapter else None,
-            "max_new_tokens": max_new_tokens, "quantization": quantization_kwargs or {}, "dtype": str(dtype),
-        })
+        cache = AnswerCache(
+            cache_dir / f"{variant}.jsonl",
+            {
+                "model": os.path.abspath(identity) if os.path.exists(identity) else identity,
+                "adapter_of": model_name_or_path if variant == "finetune" and adapter else None,
+                "max_new_tokens": max_new_tokens,
+                "quantization": quantization_kwargs or {},
+                "dtype": str(dtype),
+            },
+        )
         with pair.use(variant) as model:
             answers[variant], variant_failed = answer_rows(
-                thinker_of(model), processor, rows, cache, batch_size, max_new_tokens, f"{variant} answers")
+                thinker_of(model), processor, rows, cache, batch_size, max_new_tokens, f"{variant} answers"
+            )
         failed = failed | variant_failed
 
     skipped = Counter(rows_report.skipped) + failed
@@ -780,17 +902,24 @@ def evaluate_qwen3_omni(
         "finetune_kind": adapter_kind(adapter),
         "dataset": dataset_name,
         "split": split,
-        "data": {**rows_report.to_dict(), "skipped": dict(skipped),
-                 "num_evaluated": sum(all(row.key in answers[v] for v in VARIANTS) for row in rows),
-                 "rows_by_task": dict(Counter(row.task for row in rows))},
+        "data": {
+            **rows_report.to_dict(),
+            "skipped": dict(skipped),
+            "num_evaluated": sum(all(row.key in answers[v] for v in VARIANTS) for row in rows),
+            "rows_by_task": dict(Counter(row.task for row in rows)),
+        },
         "generation": {"decoding": "greedy", "max_new_tokens": max_new_tokens, "batch_size": batch_size},
         "text_normalization": "whisper_english" if language == "en" else "whisper_basic",
         "tasks": compare_tasks(rows, answers, language),
     }
     with open(output_dir / "predictions.jsonl", "w") as handle:
         for row in rows:
-            entry = {"row_id": row.row_id, "task": row.task, "reference": row.reference,
-                     "prompt": _text_of(row.prompt[-1]["content"])}
+            entry = {
+                "row_id": row.row_id,
+                "task": row.task,
+                "reference": row.reference,
+                "prompt": _text_of(row.prompt[-1]["content"]),
+            }
             for variant in VARIANTS:
                 raw = answers[variant].get(row.key)
                 thinking, answer = split_thinking(raw) if raw is not None else (None, None)
@@ -803,10 +932,18 @@ def evaluate_qwen3_omni(
             logger.warning("No free-text or transcript reference to speak: the voice is not evaluated.")
         else:
             report["voice"] = evaluate_voice(
-                pair, processor, texts, output_dir, speaker=speaker, base_speaker=base_speaker,
+                pair,
+                processor,
+                texts,
+                output_dir,
+                speaker=speaker,
+                base_speaker=base_speaker,
                 transcriber=judges["transcriber"],
-                speaker_encoder=judges["speaker_encoder"], references=judges["references"],
-                max_new_tokens=talker_max_new_tokens, asr_prompt=asr_prompt, batch_size=batch_size,
+                speaker_encoder=judges["speaker_encoder"],
+                references=judges["references"],
+                max_new_tokens=talker_max_new_tokens,
+                asr_prompt=asr_prompt,
+                batch_size=batch_size,
             )
     report["plots"] = {"comparison": "comparison.png"}
     plot_comparison(report, output_dir / "comparison.png")

@@ -74,7 +74,8 @@ class ExpertOffloader:
         copy_to_device: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.experts = [
-            module for module in model.modules()
+            module
+            for module in model.modules()
             if is_fused_experts(module) and nf4_parametrization(module, EXPERT_PARAMETER_NAMES[0]) is not None
         ]
         if not self.experts:

@@ -120,7 +120,8 @@ def load_thinker(
         quantization_config=quantization_config,
         expert_quantization=(
             ExpertQuantizationConfig(quant_type=bnb_4bit_quant_type, double_quant=bnb_4bit_use_double_quant)
-            if quantize_experts else None
+            if quantize_experts
+            else None
         ),
         dtype=dtype,
         experts_implementation=resolve_experts_implementation(experts_implementation),

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from peft import LoraConfig
 from torch import nn
 
+from .expert_lora import check_moe_lora_impl
 from .quantized_experts import target_parameter_names
 from .routed_lora import register_routed_lora
-from .expert_lora import check_moe_lora_impl
 
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -24,7 +24,6 @@ EXPERT_PARAMETERS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 # Where each part sits inside `Qwen3OmniMoeThinkerForConditionalGeneration`.
 TEXT_MODEL_PREFIX = "model.language_model."
 TOWER_PREFIXES = {"audio": "model.audio_tower.", "vision": "model.visual."}
-
 
 
 def build_lora_config(
@@ -151,8 +150,10 @@ def lora_config_kwargs(model_args, omni_args) -> dict:
         expert_alpha=omni_args.lora_expert_alpha,
         # None: the attention projections; [] (YAML): none; TRL turns a one-item list into a string
         attention_projections=(
-            ATTENTION_PROJECTIONS if model_args.lora_target_modules is None
-            else [model_args.lora_target_modules] if isinstance(model_args.lora_target_modules, str)
+            ATTENTION_PROJECTIONS
+            if model_args.lora_target_modules is None
+            else [model_args.lora_target_modules]
+            if isinstance(model_args.lora_target_modules, str)
             else model_args.lora_target_modules
         ),
         target_router=omni_args.lora_target_router,

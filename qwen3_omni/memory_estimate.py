@@ -42,16 +42,36 @@ EIGHT_BIT_OPTIMIZERS = ("adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "ada
 # configs must not be negative (0 is meaningful for some: no shared expert, no feed-forward chunking)
 REQUIRED_SIZES = {
     "text_config": (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-        "num_experts", "num_experts_per_tok", "moe_intermediate_size", "decoder_sparse_step",
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "num_experts",
+        "num_experts_per_tok",
+        "moe_intermediate_size",
+        "decoder_sparse_step",
     ),
     "audio_config": (
-        "num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "output_dim",
+        "num_mel_bins",
+        "d_model",
+        "encoder_layers",
+        "encoder_attention_heads",
+        "encoder_ffn_dim",
+        "output_dim",
         "downsample_hidden_size",
     ),
     "vision_config": (
-        "depth", "hidden_size", "num_heads", "intermediate_size", "out_hidden_size", "in_channels", "patch_size",
-        "temporal_patch_size", "spatial_merge_size",
+        "depth",
+        "hidden_size",
+        "num_heads",
+        "intermediate_size",
+        "out_hidden_size",
+        "in_channels",
+        "patch_size",
+        "temporal_patch_size",
+        "spatial_merge_size",
     ),
 }
 
@@ -154,8 +174,12 @@ def optimizer_state_bytes(parameters: list[torch.Tensor], optim: str = "adamw_to
 
 
 def activation_bytes(
-    text_config: PretrainedConfig, sequence_length: int, batch_size: int = 1, gradient_checkpointing: bool = True,
-    dtype_bytes: int = 2, expert_rank: int = 0,
+    text_config: PretrainedConfig,
+    sequence_length: int,
+    batch_size: int = 1,
+    gradient_checkpointing: bool = True,
+    dtype_bytes: int = 2,
+    expert_rank: int = 0,
 ) -> int:
     """An estimate of the activations of one training micro-batch of the Thinker's text model (text tokens only)."""
     tokens = sequence_length * batch_size
@@ -163,7 +187,9 @@ def activation_bytes(
     heads, kv_heads = text_config.num_attention_heads, text_config.num_key_value_heads
     head_dim = getattr(text_config, "head_dim", None) or hidden // heads
     top_k, intermediate = text_config.num_experts_per_tok, text_config.moe_intermediate_size
-    attention = tokens * ((2 * heads + 2 * kv_heads) * head_dim + 4 * hidden)  # q, k, v, attention out, norms, residual
+    attention = tokens * (
+        (2 * heads + 2 * kv_heads) * head_dim + 4 * hidden
+    )  # q, k, v, attention out, norms, residual
     routed = tokens * top_k * (2 * hidden + 4 * intermediate + 2 * expert_rank)  # gathered rows, gate_up, act, down
     router = tokens * text_config.num_experts * 4 // dtype_bytes  # fp32 router softmax
     per_layer = (attention + routed + router) * dtype_bytes
@@ -220,9 +246,7 @@ def estimate_training_memory(
     weights = experts = largest_layer_experts = 0
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
-        quantize_linear = (
-            load_in_4bit and isinstance(module, nn.Linear) and prefix.startswith(quantized_prefixes)
-        )
+        quantize_linear = load_in_4bit and isinstance(module, nn.Linear) and prefix.startswith(quantized_prefixes)
         layer_experts = 0
         for name, parameter in module.named_parameters(recurse=False):
             if quantize_experts and _is_expert_tensor(module, name):
@@ -245,7 +269,8 @@ def estimate_training_memory(
         # PEFT keeps the adapter in fp32 on a bf16 base (autocast_adapter_dtype), as TRL's SFTTrainer leaves it
         trainable = [
             torch.empty(p.shape, dtype=torch.float32, device="meta")
-            for p in peft_model.parameters() if p.requires_grad
+            for p in peft_model.parameters()
+            if p.requires_grad
         ]
     else:
         trainable = list(model.parameters())
@@ -255,7 +280,7 @@ def estimate_training_memory(
     if offload_experts:
         host = experts
         weights -= experts - 2 * largest_layer_experts
-    text_config = getattr(getattr(config, "thinker_config", config), "text_config")
+    text_config = getattr(config, "thinker_config", config).text_config
     expert_rank = (lora_kwargs.get("expert_r") or lora_kwargs.get("r", 0)) if use_peft else 0
     return MemoryEstimate(
         weights=weights,
@@ -282,7 +307,8 @@ def estimate_for_run(model_args, training_args, omni_args) -> MemoryEstimate:
     from .lora_targets import lora_config_kwargs
 
     config = AutoConfig.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision,
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
     )
     dtype = model_args.dtype if model_args.dtype not in (None, "auto") else "bfloat16"

@@ -136,8 +136,10 @@ def nest_expert_wrappers_as_on_a_plain_base(model: nn.Module) -> None:
     for name, module in list(model.named_modules()):
         inner = getattr(module, "base_layer", None)
         if not (
-            isinstance(module, peft_lora_layer.ParamWrapper) and module.parameter_name == "gate_up_proj"
-            and isinstance(inner, peft_lora_layer.ParamWrapper) and inner.parameter_name == "down_proj"
+            isinstance(module, peft_lora_layer.ParamWrapper)
+            and module.parameter_name == "gate_up_proj"
+            and isinstance(inner, peft_lora_layer.ParamWrapper)
+            and inner.parameter_name == "down_proj"
             and not isinstance(inner.base_layer, peft_lora_layer.ParamWrapper)
         ):
             continue

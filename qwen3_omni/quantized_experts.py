@@ -70,7 +70,9 @@ class ExpertQuantizationConfig:
 
     def __post_init__(self):
         if self.quant_type not in ("nf4", "fp4"):
-            raise ValueError(f"quant_type={self.quant_type!r} is not a 4-bit type bitsandbytes knows: use 'nf4' or 'fp4'.")
+            raise ValueError(
+                f"quant_type={self.quant_type!r} is not a 4-bit type bitsandbytes knows: use 'nf4' or 'fp4'."
+            )
         if self.blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
             raise ValueError(f"blocksize={self.blocksize} is not one of bitsandbytes' 32, 64, ..., 4096.")
 
@@ -95,8 +97,13 @@ class NF4Experts(nn.Module):
     """
 
     def __init__(
-        self, shape: torch.Size, dtype: torch.dtype, config: ExpertQuantizationConfig, absmax: torch.Tensor,
-        nested_absmax: torch.Tensor | None = None, nested_code: torch.Tensor | None = None,
+        self,
+        shape: torch.Size,
+        dtype: torch.dtype,
+        config: ExpertQuantizationConfig,
+        absmax: torch.Tensor,
+        nested_absmax: torch.Tensor | None = None,
+        nested_code: torch.Tensor | None = None,
         offset: torch.Tensor | None = None,
     ):
         super().__init__()
@@ -126,8 +133,12 @@ class NF4Experts(nn.Module):
         # is false for the experts' own shapes whenever `in` is not a multiple of the block size.
         rows = scales.numel()
         weight = torch.ops.bitsandbytes.dequantize_4bit.default(
-            packed.reshape(-1), scales.reshape(-1), self.config.blocksize, self.config.quant_type,
-            (rows, self.config.blocksize), self.dtype,
+            packed.reshape(-1),
+            scales.reshape(-1),
+            self.config.blocksize,
+            self.config.quant_type,
+            (rows, self.config.blocksize),
+            self.dtype,
         )
         return weight.reshape(shape)
 
@@ -136,8 +147,10 @@ class NF4Experts(nn.Module):
         return self.dequantize(packed, self.block_scales(), tuple(self.shape))
 
     def extra_repr(self) -> str:
-        return (f"shape={tuple(self.shape)}, dtype={self.dtype}, quant_type={self.config.quant_type}, "
-                f"blocksize={self.config.blocksize}, double_quant={self.config.double_quant}")
+        return (
+            f"shape={tuple(self.shape)}, dtype={self.dtype}, quant_type={self.config.quant_type}, "
+            f"blocksize={self.config.blocksize}, double_quant={self.config.double_quant}"
+        )
 
 
 def quantize_tensor(tensor: torch.Tensor, config: ExpertQuantizationConfig) -> tuple[torch.Tensor, NF4Experts]:
@@ -240,8 +253,12 @@ def quantize_experts_on_load(config: ExpertQuantizationConfig | None = None) -> 
 
     def on_register(module: nn.Module, name: str, param: torch.Tensor | None):
         if (
-            param is None or name not in EXPERT_PARAMETER_NAMES or param.ndim != 3 or param.device.type == "meta"
-            or not param.is_floating_point() or not is_fused_experts(module)
+            param is None
+            or name not in EXPERT_PARAMETER_NAMES
+            or param.ndim != 3
+            or param.device.type == "meta"
+            or not param.is_floating_point()
+            or not is_fused_experts(module)
         ):
             return None
         packed, parametrization = quantize_tensor(param.data, config)
@@ -333,7 +350,11 @@ def nf4_expert_linear(
     quantization = nf4_parametrization(module, name)
     scales = quantization.block_scales() if scales is None else scales
     return _NF4ExpertLinear.apply(
-        x, packed_codes(module, name)[expert_idx], scales[expert_idx], quantization, tuple(quantization.shape[1:]),
+        x,
+        packed_codes(module, name)[expert_idx],
+        scales[expert_idx],
+        quantization,
+        tuple(quantization.shape[1:]),
         getattr(module, "is_transposed", False),
     )
 
@@ -342,7 +363,11 @@ def nf4_grouped_linear(x: torch.Tensor, module: nn.Module, name: str, offsets: t
     """transformers' `_grouped_linear` over the 4-bit tensor `module.<name>` (expert-sorted rows, cumulative offsets)."""
     quantization = nf4_parametrization(module, name)
     return _NF4GroupedLinear.apply(
-        x, offsets, packed_codes(module, name), quantization.block_scales(), quantization,
+        x,
+        offsets,
+        packed_codes(module, name),
+        quantization.block_scales(),
+        quantization,
         getattr(module, "is_transposed", False),
     )
 

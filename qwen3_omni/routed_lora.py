@@ -180,8 +180,12 @@ class ParamWrapper(PeftParamWrapper):
             weight_A = weight_A.reshape(self.num_experts, -1, weight_A.shape[-1])  # (E, r, in)
             weight_B = weight_B.reshape(weight_B.shape[0], -1, self.num_experts).permute(2, 0, 1)  # (E, out, r)
             factors.append(
-                (weight_A.to(weight_dtype), weight_B.to(weight_dtype), self.scaling[adapter_name],
-                 self.lora_dropout[adapter_name])
+                (
+                    weight_A.to(weight_dtype),
+                    weight_B.to(weight_dtype),
+                    self.scaling[adapter_name],
+                    self.lora_dropout[adapter_name],
+                )
             )
         return factors
 
@@ -216,7 +220,8 @@ class ParamWrapper(PeftParamWrapper):
         """`F.linear(x, W) + scaling * B(A(dropout(x)))`: LoRA on the input as `lora.Linear` computes it, needed when
         dropout is on (no weight `W + dW` can express a dropped-out input)."""
         terms = [
-            (self.lora_A[name], self.lora_B[name], self.scaling[name], self.lora_dropout[name]) for name in adapter_names
+            (self.lora_A[name], self.lora_B[name], self.scaling[name], self.lora_dropout[name])
+            for name in adapter_names
         ]
         mode = _RouterLoraMode(self.get_param(), terms)
         with mode:

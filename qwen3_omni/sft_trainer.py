@@ -87,8 +87,10 @@ class Qwen3OmniSFTTrainer(CompleteCheckpointsMixin, SFTTrainer):
         self.collator_counts.step_has_labels = labels > 0 or not batch_samples
         if not self.collator_counts.step_has_labels:
             self.collator_counts.totals["train"]["num_steps_without_labels"] += 1
-            logger.warning(f"Optimizer step {self.state.global_step + 1}: no row of its {len(batch_samples)} "
-                           "micro-batch(es) has a label (all skipped); the parameters are left unchanged.")
+            logger.warning(
+                f"Optimizer step {self.state.global_step + 1}: no row of its {len(batch_samples)} "
+                "micro-batch(es) has a label (all skipped); the parameters are left unchanged."
+            )
         return batch_samples, num_items_in_batch
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
@@ -155,7 +157,8 @@ class Qwen3OmniSFTTrainer(CompleteCheckpointsMixin, SFTTrainer):
         """
         prefixes = tuple(f".{prefix}" for prefix in TOWER_PREFIXES.values())
         return [
-            parameter for name, parameter in model.named_parameters()
+            parameter
+            for name, parameter in model.named_parameters()
             if parameter.requires_grad and any(prefix in f".{name}" for prefix in prefixes)
         ]
 

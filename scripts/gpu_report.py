@@ -25,6 +25,7 @@ from xml.etree import ElementTree
 import tomllib
 from packaging.requirements import Requirement
 
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # how a test of the tier skips where it needs CUDA (tests/gpu/gpu_testing.py, which needs torch: not imported here)
 NO_CUDA_REASON = "needs CUDA from here on"
@@ -80,8 +81,12 @@ def gpu_description() -> dict:
     if not torch.cuda.is_available():
         return {"name": None, "cuda": torch.version.cuda, "note": "torch.cuda.is_available() is False"}
     properties = torch.cuda.get_device_properties(0)
-    return {"name": properties.name, "memory_gb": round(properties.total_memory / 1e9, 1), "cuda": torch.version.cuda,
-            "capability": ".".join(map(str, torch.cuda.get_device_capability(0)))}
+    return {
+        "name": properties.name,
+        "memory_gb": round(properties.total_memory / 1e9, 1),
+        "cuda": torch.version.cuda,
+        "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
+    }
 
 
 def junit_outcomes(path: Path) -> dict[str, dict]:
@@ -117,13 +122,15 @@ def memory_table(tests: list[dict]) -> list[dict]:
     for test in tests:
         figures = test["figures"]
         if "memory_measured_gb" in figures:
-            rows.append({
-                "recipe": figures["memory_recipe"]["value"],
-                "estimated_gb": figures["memory_estimated_gb"]["value"],
-                "measured_gb": figures["memory_measured_gb"]["value"],
-                "measured_over_estimated": figures["memory_measured_over_estimated"]["value"],
-                "outcome": test["outcome"],
-            })
+            rows.append(
+                {
+                    "recipe": figures["memory_recipe"]["value"],
+                    "estimated_gb": figures["memory_estimated_gb"]["value"],
+                    "measured_gb": figures["memory_measured_gb"]["value"],
+                    "measured_over_estimated": figures["memory_measured_over_estimated"]["value"],
+                    "outcome": test["outcome"],
+                }
+            )
     return rows
 
 
@@ -149,21 +156,31 @@ def markdown(report: dict) -> str:
     if not gpu.get("name"):
         reached = sum(test["message"].startswith(NO_CUDA_REASON) for test in report["tests"])
         total = len(report["tests"])
-        lines += [f"No GPU: {reached} of {total} tests ran their CPU preparation and stopped where they need CUDA.", ""]
+        lines += [
+            f"No GPU: {reached} of {total} tests ran their CPU preparation and stopped where they need CUDA.",
+            "",
+        ]
     lines += ["| test | outcome | s | figures / message |", "|---|---|---|---|"]
     for test in report["tests"]:
-        figures = "; ".join(f"{name} {value['value']}{(' ' + value['unit']) if value['unit'] else ''}"
-                            for name, value in test["figures"].items() if name != "memory_recipe")
+        figures = "; ".join(
+            f"{name} {value['value']}{(' ' + value['unit']) if value['unit'] else ''}"
+            for name, value in test["figures"].items()
+            if name != "memory_recipe"
+        )
         detail = figures or test["message"].replace("|", "/")[:300]
         lines.append(f"| `{test['id'].split('::', 1)[-1]}` | {test['outcome']} | {test['seconds']} | {detail} |")
     lines += ["", "## Peak training memory: measured against `--estimate_memory`", ""]
     if report["memory"]:
-        lines += ["| run | estimated GB | measured GB (max_memory_allocated) | measured / estimated | within 15% |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "| run | estimated GB | measured GB (max_memory_allocated) | measured / estimated | within 15% |",
+            "|---|---|---|---|---|",
+        ]
         for row in report["memory"]:
             within = "yes" if abs(row["measured_over_estimated"] - 1) <= 0.15 else "**no**"
-            lines.append(f"| {row['recipe']} | {row['estimated_gb']} | {row['measured_gb']} | "
-                         f"{row['measured_over_estimated']} | {within} |")
+            lines.append(
+                f"| {row['recipe']} | {row['estimated_gb']} | {row['measured_gb']} | "
+                f"{row['measured_over_estimated']} | {within} |"
+            )
     else:
         lines.append("Not measured in this run (see the memory tests' outcomes above).")
     return "\n".join(lines) + "\n"
@@ -175,12 +192,21 @@ def write_report(args: argparse.Namespace) -> dict:
     figures = read_figures(Path(args.figures))
     tests = []
     for node_id in collected:
-        outcome = outcomes.get(node_id, {"outcome": "not run", "seconds": 0.0,
-                                         "message": "not reached before the time limit" if args.stopped else
-                                         "not reached (pytest stopped early)"})
+        outcome = outcomes.get(
+            node_id,
+            {
+                "outcome": "not run",
+                "seconds": 0.0,
+                "message": "not reached before the time limit"
+                if args.stopped
+                else "not reached (pytest stopped early)",
+            },
+        )
         tests.append({"id": node_id, **outcome, "figures": figures.get(node_id, {})})
-    counts = {outcome: sum(test["outcome"] == outcome for test in tests)
-              for outcome in ("passed", "failed", "error", "skipped", "not run")}
+    counts = {
+        outcome: sum(test["outcome"] == outcome for test in tests)
+        for outcome in ("passed", "failed", "error", "skipped", "not run")
+    }
     pins = {name: str(requirement.specifier) for name, requirement in pinned_requirements().items()}
     setup = json.loads(Path(args.setup).read_text()) if Path(args.setup).exists() else []
     report = {

@@ -29,6 +29,7 @@ import shutil
 from pathlib import Path
 
 import soundfile as sf
+
 from qwen_omni.omni.command_corpus import (
     SAMPLE_RATE,
     CommandCorpusSpec,
@@ -36,6 +37,7 @@ from qwen_omni.omni.command_corpus import (
     ensure_command_corpus,
     synthesise,
 )
+
 
 CORPUS_VOICES = (
     Voice("us_male", "en-us", pitch=45, speed=180),
@@ -152,8 +154,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", type=Path, default=Path("data"), help="Parent folder of both corpora.")
     parser.add_argument(
-        "--command-corpus", type=Path, help="Synthesise the main job's command corpus (default size) into this folder "
-        "instead of the shipped corpora."
+        "--command-corpus",
+        type=Path,
+        help="Synthesise the main job's command corpus (default size) into this folder "
+        "instead of the shipped corpora.",
     )
     args = parser.parse_args()
     for tool in ("espeak-ng", "sox"):

@@ -8,16 +8,35 @@ from pathlib import Path
 
 import torch
 
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Small enough to encode and decode in milliseconds; the real shapes differ only in widths.
 TINY_SNAC_24KHZ = dict(
-    sampling_rate=24000, encoder_dim=8, encoder_rates=[2, 4, 8, 8], decoder_dim=64, decoder_rates=[8, 8, 4, 2],
-    attn_window_size=None, codebook_size=32, codebook_dim=4, vq_strides=[4, 2, 1], noise=True, depthwise=True,
+    sampling_rate=24000,
+    encoder_dim=8,
+    encoder_rates=[2, 4, 8, 8],
+    decoder_dim=64,
+    decoder_rates=[8, 8, 4, 2],
+    attn_window_size=None,
+    codebook_size=32,
+    codebook_dim=4,
+    vq_strides=[4, 2, 1],
+    noise=True,
+    depthwise=True,
 )
 TINY_SNAC_32KHZ = dict(
-    sampling_rate=32000, encoder_dim=8, encoder_rates=[2, 3, 8, 8], decoder_dim=64, decoder_rates=[8, 8, 3, 2],
-    attn_window_size=32, codebook_size=32, codebook_dim=4, vq_strides=[8, 4, 2, 1], noise=True, depthwise=True,
+    sampling_rate=32000,
+    encoder_dim=8,
+    encoder_rates=[2, 3, 8, 8],
+    decoder_dim=64,
+    decoder_rates=[8, 8, 3, 2],
+    attn_window_size=32,
+    codebook_size=32,
+    codebook_dim=4,
+    vq_strides=[8, 4, 2, 1],
+    noise=True,
+    depthwise=True,
 )
 
 CORPUS_TEXT = [
@@ -53,8 +72,15 @@ def build_tiny_omni(codec_dir, output_dir, hidden_size: int = 64, num_layers: in
     from qwen_omni.omni.build import build_omni_from_scratch, save_omni_checkpoint
 
     model, processor = build_omni_from_scratch(
-        tiny_bpe_tokenizer(), codec_dir, hidden_size=hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, seed=seed, **kwargs,
+        tiny_bpe_tokenizer(),
+        codec_dir,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        seed=seed,
+        **kwargs,
     )
     save_omni_checkpoint(model, processor, output_dir)
     return model, processor
@@ -78,7 +104,9 @@ def tiny_processor(codec_dir, **feature_extractor_kwargs):
     tokenizer = tiny_bpe_tokenizer()
     add_omni_tokens(tokenizer)
     audio_tokenizer = SNACAudioTokenizer.from_pretrained(codec_dir)
-    feature_extractor = SNACFeatureExtractor(sampling_rate=audio_tokenizer.config.sampling_rate, **feature_extractor_kwargs)
+    feature_extractor = SNACFeatureExtractor(
+        sampling_rate=audio_tokenizer.config.sampling_rate, **feature_extractor_kwargs
+    )
     return OmniProcessor(feature_extractor, tokenizer, audio_tokenizer)
 
 

@@ -8,12 +8,13 @@ import pytest
 import snac
 import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
-from omni_testing import REPO_ROOT, TINY_SNAC_24KHZ
 from transformers import AutoModelForAudioTokenization
 from transformers.modeling_utils import PreTrainedAudioTokenizerBase
 
 from qwen_omni.configuration_snac import SNACConfig
 from qwen_omni.modeling_snac import SNACAudioTokenizer
+
+from omni_testing import REPO_ROOT, TINY_SNAC_24KHZ
 
 
 CODECS = ["snac_24khz_dir", "snac_32khz_dir"]
@@ -148,18 +149,26 @@ def test_config_and_layout_import_without_torch():
 
 
 def test_processor_saves_the_codec_in_its_subfolder_and_loads_it_from_any_folder(snac_24khz_dir, tmp_path):
-    from omni_testing import tiny_processor
-
     from qwen_omni import OmniProcessor
+
+    from omni_testing import tiny_processor
 
     processor = tiny_processor(snac_24khz_dir)
     processor.save_pretrained(tmp_path / "checkpoint" / "processor")
     saved = tmp_path / "checkpoint" / "processor"
-    assert (saved / "audio_tokenizer" / "config.json").is_file() and (saved / "audio_tokenizer" / "model.safetensors").is_file()
+    assert (saved / "audio_tokenizer" / "config.json").is_file() and (
+        saved / "audio_tokenizer" / "model.safetensors"
+    ).is_file()
     assert not (saved / "snac_codec.safetensors").exists()
     # as `from_pretrained(repo_id, subfolder=...)` finds it on the Hub: the codec is looked up inside that subfolder
-    for loaded in (OmniProcessor.from_pretrained(saved), OmniProcessor.from_pretrained(tmp_path / "checkpoint", subfolder="processor")):
-        assert type(loaded.audio_tokenizer).__name__ == "SNACAudioTokenizer" and loaded.token_layout == processor.token_layout
+    for loaded in (
+        OmniProcessor.from_pretrained(saved),
+        OmniProcessor.from_pretrained(tmp_path / "checkpoint", subfolder="processor"),
+    ):
+        assert (
+            type(loaded.audio_tokenizer).__name__ == "SNACAudioTokenizer"
+            and loaded.token_layout == processor.token_layout
+        )
         for name, tensor in processor.audio_tokenizer.state_dict().items():
             torch.testing.assert_close(loaded.audio_tokenizer.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
     # a bf16 `dtype` for the model (as pipelines pass it to every component) leaves the codec in float32

@@ -22,14 +22,18 @@ from qwen_omni.common.launching import (
     mark_checkpoint_complete,
     resolve_resume_checkpoint,
 )
-
-
 from qwen_omni.qwen3_omni import tiny_checkpoints
+
 from omni_testing import REPO_ROOT  # noqa: E402
 
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "",
-       "OMP_NUM_THREADS": "1"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "CUDA_VISIBLE_DEVICES": "",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 # --- a run killed while saving a checkpoint --------------------------------------------------------------------------
@@ -83,7 +87,10 @@ TRAINING_RUN = textwrap.dedent("""
 def training_run(output_dir, kill_at="never", resume="false", save_total_limit=0):
     return subprocess.run(
         [sys.executable, "-c", TRAINING_RUN, str(output_dir), kill_at, resume, str(save_total_limit)],
-        env=ENV, capture_output=True, text=True, timeout=300,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -100,8 +107,10 @@ def test_a_run_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp
     assert incomplete_checkpoint_reason(tmp_path / "checkpoint-2") is None
     with caplog.at_level("WARNING", logger="qwen_omni.common.launching"):
         assert resolved(tmp_path) == str(tmp_path / "checkpoint-2")
-    assert (f"skipping incomplete {tmp_path / 'checkpoint-4'} (no {CHECKPOINT_COMPLETE_NAME} (its saving did not "
-            f"finish: the run stopped while writing it)). Resuming from {tmp_path / 'checkpoint-2'}") in caplog.text
+    assert (
+        f"skipping incomplete {tmp_path / 'checkpoint-4'} (no {CHECKPOINT_COMPLETE_NAME} (its saving did not "
+        f"finish: the run stopped while writing it)). Resuming from {tmp_path / 'checkpoint-2'}"
+    ) in caplog.text
 
     resumed = training_run(tmp_path, resume="true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -124,8 +133,11 @@ def test_resume_refuses_when_no_checkpoint_is_complete(tmp_path, caplog):
     for step in (2, 4):
         os.makedirs(tmp_path / f"checkpoint-{step}")
         (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"0")
-    with pytest.raises(ValueError, match=r"holds no complete checkpoint: .*checkpoint-4 \(no checkpoint_complete\.json"
-                                         r".*checkpoint-2 \(no .*Name a checkpoint folder you know to be complete"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds no complete checkpoint: .*checkpoint-4 \(no checkpoint_complete\.json"
+        r".*checkpoint-2 \(no .*Name a checkpoint folder you know to be complete",
+    ):
         resolved(tmp_path)
     # a folder named explicitly without a marker (a plain Trainer's) is taken, saying so; one whose marker does not
     # match its files is refused
@@ -140,6 +152,7 @@ def test_resume_refuses_when_no_checkpoint_is_complete(tmp_path, caplog):
 
 # --- no command writes into its own inputs --------------------------------------------------------------------------
 
+
 def load_script(name):
     spec = importlib.util.spec_from_file_location(f"{name}_script", REPO_ROOT / "train" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -152,7 +165,8 @@ def snapshot(folder):
     """Every file under `folder` with its size and modification time: what "left untouched" is checked against."""
     return {
         path.relative_to(folder): (path.stat().st_size, path.stat().st_mtime_ns)
-        for path in sorted(Path(folder).rglob("*")) if path.is_file()
+        for path in sorted(Path(folder).rglob("*"))
+        if path.is_file()
     }
 
 
@@ -184,12 +198,18 @@ def test_output_folder_that_is_inside_or_contains_an_input_is_refused(tmp_path):
     (tmp_path / "base").mkdir()
     (tmp_path / "data.jsonl").write_text("{}")
     os.symlink(tmp_path / "base", tmp_path / "link")
-    inputs = {"--model_name_or_path": str(tmp_path / "base"), "--dataset_name": str(tmp_path / "data.jsonl"),
-              "--codec": "hubertsiuzdak/snac_24khz"}  # a Hub id: not a local input
+    inputs = {
+        "--model_name_or_path": str(tmp_path / "base"),
+        "--dataset_name": str(tmp_path / "data.jsonl"),
+        "--codec": "hubertsiuzdak/snac_24khz",
+    }  # a Hub id: not a local input
     for output, relation, name in [
-        ("base", "is", "--model_name_or_path"), ("link", "is", "--model_name_or_path"),
-        ("base/out", "is inside", "--model_name_or_path"), ("link/a/b", "is inside", "--model_name_or_path"),
-        (".", "contains", "--model_name_or_path"), ("data.jsonl", "is", "--dataset_name"),
+        ("base", "is", "--model_name_or_path"),
+        ("link", "is", "--model_name_or_path"),
+        ("base/out", "is inside", "--model_name_or_path"),
+        ("link/a/b", "is inside", "--model_name_or_path"),
+        (".", "contains", "--model_name_or_path"),
+        ("data.jsonl", "is", "--dataset_name"),
     ]:
         with pytest.raises(ValueError) as refused:
             check_output_dir(tmp_path / output, inputs)
@@ -208,7 +228,10 @@ def test_merge_into_its_base_or_its_adapter_is_refused_before_any_work(workdir):
     before = snapshot(workdir["root"])
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "train" / "merge.py"), "--adapter", str(adapter), "--output_dir", str(base)],
-        env=ENV, capture_output=True, text=True, timeout=300,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
@@ -218,9 +241,12 @@ def test_merge_into_its_base_or_its_adapter_is_refused_before_any_work(workdir):
     )
     from qwen_omni.qwen3_omni import merge_adapter
 
-    for output, relation, name in [(adapter, "is", "--adapter"), (adapter / "merged", "is inside", "--adapter"),
-                                   (workdir["root"], "contains", "--adapter"),
-                                   (base / "merged", "is inside", "--base_model")]:
+    for output, relation, name in [
+        (adapter, "is", "--adapter"),
+        (adapter / "merged", "is inside", "--adapter"),
+        (workdir["root"], "contains", "--adapter"),
+        (base / "merged", "is inside", "--base_model"),
+    ]:
         with pytest.raises(ValueError, match=f"--output_dir {output} {relation} the input {name} "):
             merge_adapter(str(adapter), str(output), base_model_name_or_path=str(base) if "base" in name else None)
     assert snapshot(workdir["root"]) == before
@@ -246,8 +272,11 @@ def test_merge_is_written_all_at_once(workdir, tmp_path, monkeypatch):
     # an existing non-empty output is refused before anything is loaded, and left as it was
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match=rf"--output_dir {tmp_path / 'taken'} already exists and is not empty.*Remove "
-                                         r"it first, or give --output_dir a new folder"):
+    with pytest.raises(
+        ValueError,
+        match=rf"--output_dir {tmp_path / 'taken'} already exists and is not empty.*Remove "
+        r"it first, or give --output_dir a new folder",
+    ):
         merge_adapter(adapter, str(tmp_path / "taken"))
     assert os.listdir(tmp_path / "taken") == ["notes.txt"]
 
@@ -274,8 +303,18 @@ def test_merge_names_a_missing_base_and_the_flag_that_gives_it(workdir, tmp_path
     config["base_model_name_or_path"] = str(tmp_path / "elsewhere" / "base")
     (tmp_path / "moved" / "adapter_config.json").write_text(json.dumps(config))
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train" / "merge.py"), "--adapter", str(tmp_path / "moved"),
-         "--output_dir", str(tmp_path / "merged")], env=ENV, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO_ROOT / "train" / "merge.py"),
+            "--adapter",
+            str(tmp_path / "moved"),
+            "--output_dir",
+            str(tmp_path / "merged"),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
@@ -307,10 +346,20 @@ def test_sft_into_its_base_or_data_is_refused_before_any_work(workdir):
         (workdir["base"] / "sft", "is inside", "--model_name_or_path", workdir["base"]),
         (data_dir, "contains", "--dataset_name", workdir["data"]),
     ]:
-        args = sft_parser(sft).parse_args_and_config(args=[
-            "--model_name_or_path", str(workdir["base"]), "--dataset_name", str(workdir["data"]),
-            "--output_dir", str(output), "--report_to", "none", "--use_cpu", "true",
-        ])
+        args = sft_parser(sft).parse_args_and_config(
+            args=[
+                "--model_name_or_path",
+                str(workdir["base"]),
+                "--dataset_name",
+                str(workdir["data"]),
+                "--output_dir",
+                str(output),
+                "--report_to",
+                "none",
+                "--use_cpu",
+                "true",
+            ]
+        )
         with pytest.raises(ValueError, match=f"^--output_dir {output} {relation} the input {name} {value}: "):
             sft.main(*args)
     assert snapshot(workdir["root"]) == before
@@ -322,10 +371,22 @@ def test_talker_voice_and_omni_scripts_into_their_inputs_are_refused(workdir, tm
         (talker.ScriptArguments, talker.Qwen3OmniSFTConfig, talker.Qwen3OmniModelConfig, talker.TalkerVoiceArguments)
     )
     before = snapshot(workdir["root"])
-    args = parser.parse_args_and_config(args=[
-        "--model_name_or_path", str(workdir["base"]), "--dataset_name", str(tmp_path), "--speaker_name", "nova",
-        "--output_dir", str(workdir["base"]), "--report_to", "none", "--use_cpu", "true",
-    ])
+    args = parser.parse_args_and_config(
+        args=[
+            "--model_name_or_path",
+            str(workdir["base"]),
+            "--dataset_name",
+            str(tmp_path),
+            "--speaker_name",
+            "nova",
+            "--output_dir",
+            str(workdir["base"]),
+            "--report_to",
+            "none",
+            "--use_cpu",
+            "true",
+        ]
+    )
     with pytest.raises(ValueError, match=f"^--output_dir {workdir['base']} is the input --model_name_or_path "):
         talker.main(*args)
     assert snapshot(workdir["root"]) == before
@@ -338,64 +399,143 @@ def test_talker_voice_and_omni_scripts_into_their_inputs_are_refused(workdir, tm
     (tmp_path / "clips").mkdir()
     inside = tmp_path / "clips" / "out"
     with pytest.raises(ValueError, match=f"^--output_dir {inside} is inside the input --dataset_name"):
-        voice_sft.main(ScriptArguments(dataset_name=str(tmp_path / "clips")),
-                       SFTConfig(output_dir=str(tmp_path / "clips" / "out"), report_to="none", use_cpu=True),
-                       LoraModelConfig(model_name_or_path=str(workdir["base"])))
+        voice_sft.main(
+            ScriptArguments(dataset_name=str(tmp_path / "clips")),
+            SFTConfig(output_dir=str(tmp_path / "clips" / "out"), report_to="none", use_cpu=True),
+            LoraModelConfig(model_name_or_path=str(workdir["base"])),
+        )
     pretrain = load_script("pretrain")
     with pytest.raises(ValueError, match=f"^--output_dir {tmp_path / 'clips'} is the input --dataset_name"):
-        pretrain.main(*pretrain.parse_args(["--dataset_name", str(tmp_path / "clips"), "--output_dir",
-                                            str(tmp_path / "clips"), "--report_to", "none"]))
+        pretrain.main(
+            *pretrain.parse_args(
+                [
+                    "--dataset_name",
+                    str(tmp_path / "clips"),
+                    "--output_dir",
+                    str(tmp_path / "clips"),
+                    "--report_to",
+                    "none",
+                ]
+            )
+        )
     assert os.listdir(tmp_path / "clips") == []
 
 
 # --- impossible values refused where they are given -----------------------------------------------------------------
 
-@pytest.mark.parametrize("flags, message", [
-    (["--lora_r", "0"], ("--lora_r 0: a LoRA rank is the number of dimensions of the update and must be at least 1 "
-                         "(e.g. --lora_r 16).")),
-    (["--lora_r", "-4"], "--lora_r -4: a LoRA rank"),
-    (["--lora_expert_r", "0"], "--lora_expert_r 0: a LoRA rank"),
-    (["--lora_alpha", "0"], ("--lora_alpha 0: the LoRA update is scaled by --lora_alpha / --lora_r, so it must be "
-                             "positive (commonly twice the rank, e.g. --lora_alpha 32 with --lora_r 16).")),
-])
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--lora_r", "0"],
+            (
+                "--lora_r 0: a LoRA rank is the number of dimensions of the update and must be at least 1 "
+                "(e.g. --lora_r 16)."
+            ),
+        ),
+        (["--lora_r", "-4"], "--lora_r -4: a LoRA rank"),
+        (["--lora_expert_r", "0"], "--lora_expert_r 0: a LoRA rank"),
+        (
+            ["--lora_alpha", "0"],
+            (
+                "--lora_alpha 0: the LoRA update is scaled by --lora_alpha / --lora_r, so it must be "
+                "positive (commonly twice the rank, e.g. --lora_alpha 32 with --lora_r 16)."
+            ),
+        ),
+    ],
+)
 def test_lora_rank_and_alpha_that_cannot_train_are_refused_at_parsing(flags, message):
     sft, talker = load_script("sft"), load_script("talker_voice_sft")
     omni_voice = load_script("omni_voice_sft")
     parsers = {
         "sft": sft_parser(sft),
-        "talker_voice_sft": talker.TrlParser((talker.ScriptArguments, talker.Qwen3OmniSFTConfig,
-                                              talker.Qwen3OmniModelConfig, talker.TalkerVoiceArguments)),
-        "omni_voice_sft": omni_voice.TrlParser((omni_voice.ScriptArguments, omni_voice.SFTConfig,
-                                                omni_voice.LoraModelConfig, omni_voice.VoiceSFTArguments)),
+        "talker_voice_sft": talker.TrlParser(
+            (
+                talker.ScriptArguments,
+                talker.Qwen3OmniSFTConfig,
+                talker.Qwen3OmniModelConfig,
+                talker.TalkerVoiceArguments,
+            )
+        ),
+        "omni_voice_sft": omni_voice.TrlParser(
+            (
+                omni_voice.ScriptArguments,
+                omni_voice.SFTConfig,
+                omni_voice.LoraModelConfig,
+                omni_voice.VoiceSFTArguments,
+            )
+        ),
     }
     for script, parser in parsers.items():
         if script == "omni_voice_sft" and flags[0] == "--lora_expert_r":
             continue  # the Omni model has no experts
         with pytest.raises(ValueError) as refused:
-            parser.parse_args_and_config(args=[
-                "--model_name_or_path", "m", "--dataset_name", "d", "--output_dir", "o", "--report_to", "none",
-                "--bf16", "false", "--use_peft", "true", *flags,
-            ])
+            parser.parse_args_and_config(
+                args=[
+                    "--model_name_or_path",
+                    "m",
+                    "--dataset_name",
+                    "d",
+                    "--output_dir",
+                    "o",
+                    "--report_to",
+                    "none",
+                    "--bf16",
+                    "false",
+                    "--use_peft",
+                    "true",
+                    *flags,
+                ]
+            )
         assert str(refused.value).startswith(message), (script, str(refused.value))
     # without LoRA the LoRA flags are unused, and not checked
-    parsers["sft"].parse_args_and_config(args=["--model_name_or_path", "m", "--dataset_name", "d", "--output_dir", "o",
-                                               "--use_peft", "false", "--lora_r", "0"])
+    parsers["sft"].parse_args_and_config(
+        args=[
+            "--model_name_or_path",
+            "m",
+            "--dataset_name",
+            "d",
+            "--output_dir",
+            "o",
+            "--use_peft",
+            "false",
+            "--lora_r",
+            "0",
+        ]
+    )
 
 
-@pytest.mark.parametrize("part, name, value, least", [
-    ("text_config", "num_experts", 0, 1), ("text_config", "num_hidden_layers", 0, 1),
-    ("text_config", "hidden_size", -8, 1), ("audio_config", "encoder_layers", -1, 1),
-    ("vision_config", "depth", 0, 1), ("text_config", "shared_expert_intermediate_size", -1, 0),
-])
+@pytest.mark.parametrize(
+    "part, name, value, least",
+    [
+        ("text_config", "num_experts", 0, 1),
+        ("text_config", "num_hidden_layers", 0, 1),
+        ("text_config", "hidden_size", -8, 1),
+        ("audio_config", "encoder_layers", -1, 1),
+        ("vision_config", "depth", 0, 1),
+        ("text_config", "shared_expert_intermediate_size", -1, 0),
+    ],
+)
 def test_memory_estimate_refuses_a_config_no_model_can_be_built_from(part, name, value, least, tmp_path, capsys):
     config = tiny_checkpoints.build_config(tiny_checkpoints.build_tokenizer())
     setattr(getattr(config.thinker_config, part), name, value)
     config.save_pretrained(tmp_path / "model")
     sft = load_script("sft")
-    args = sft_parser(sft).parse_args_and_config(args=[
-        "--model_name_or_path", str(tmp_path / "model"), "--dataset_name", "d", "--output_dir", str(tmp_path / "out"),
-        "--estimate_memory", "true", "--report_to", "none",
-    ])
+    args = sft_parser(sft).parse_args_and_config(
+        args=[
+            "--model_name_or_path",
+            str(tmp_path / "model"),
+            "--dataset_name",
+            "d",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--estimate_memory",
+            "true",
+            "--report_to",
+            "none",
+        ]
+    )
     with pytest.raises(ValueError) as refused:
         sft.main(*args)
     assert str(refused.value) == (
@@ -411,9 +551,12 @@ def test_memory_estimate_refuses_more_experts_per_token_than_experts():
     config = tiny_checkpoints.build_config(tiny_checkpoints.build_tokenizer())
     text_config = config.thinker_config.text_config
     text_config.num_experts_per_tok = text_config.num_experts + 1
-    with pytest.raises(ValueError, match=rf"^thinker_config\.text_config\.num_experts_per_tok = "
-                                         rf"{text_config.num_experts + 1} .* more than its num_experts = "
-                                         rf"{text_config.num_experts}: each token"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^thinker_config\.text_config\.num_experts_per_tok = "
+        rf"{text_config.num_experts + 1} .* more than its num_experts = "
+        rf"{text_config.num_experts}: each token",
+    ):
         estimate_training_memory(config)
 
 
@@ -421,11 +564,26 @@ def test_sft_resume_without_a_complete_checkpoint_stops_before_loading_anything(
     sft = load_script("sft")
     (tmp_path / "checkpoint-3").mkdir()
     (tmp_path / "checkpoint-3" / "adapter_model.safetensors").write_bytes(b"0")
-    args = sft_parser(sft).parse_args_and_config(args=[
-        "--model_name_or_path", str(workdir["base"]), "--dataset_name", str(workdir["data"]),
-        "--output_dir", str(tmp_path), "--report_to", "none", "--use_cpu", "true", "--resume_from_checkpoint", "true",
-    ])
-    with pytest.raises(ValueError, match=rf"^--resume_from_checkpoint true: {tmp_path} holds no complete checkpoint: "
-                                         rf"{tmp_path / 'checkpoint-3'} \(no checkpoint_complete\.json"):
+    args = sft_parser(sft).parse_args_and_config(
+        args=[
+            "--model_name_or_path",
+            str(workdir["base"]),
+            "--dataset_name",
+            str(workdir["data"]),
+            "--output_dir",
+            str(tmp_path),
+            "--report_to",
+            "none",
+            "--use_cpu",
+            "true",
+            "--resume_from_checkpoint",
+            "true",
+        ]
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"^--resume_from_checkpoint true: {tmp_path} holds no complete checkpoint: "
+        rf"{tmp_path / 'checkpoint-3'} \(no checkpoint_complete\.json",
+    ):
         sft.main(*args)
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-3"]  # no data report: the data was not read

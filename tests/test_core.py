@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omni_testing import REPO_ROOT, run_without_qwen_omni, tiny_processor
 
 from qwen_omni import OmniConfig, OmniForCausalLM, OmniProcessor, SNACTokenLayout
-from qwen_omni.processing_omni import load_audio_tokenizer
 from qwen_omni.omni.trainer import OmniTrainer
+from qwen_omni.processing_omni import load_audio_tokenizer
+
+from omni_testing import REPO_ROOT, run_without_qwen_omni, tiny_processor
 
 
 # ---------------------------------------------------------------- token layout
@@ -84,9 +85,19 @@ def test_layout_rejects_bad_codes_and_ids():
 def test_config_validates_vocabulary_and_round_trips(tmp_path):
     with pytest.raises(Exception, match="cannot hold the audio tokens"):
         OmniConfig(vocab_size=100, audio_token_offset=90, codebook_size=32)
-    config = OmniConfig(vocab_size=640, audio_token_offset=100, codebook_size=32, vq_strides=[8, 4, 2, 1],
-                        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                        num_key_value_heads=1, head_dim=16, audio_loss_weight=0.5)
+    config = OmniConfig(
+        vocab_size=640,
+        audio_token_offset=100,
+        codebook_size=32,
+        vq_strides=[8, 4, 2, 1],
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        audio_loss_weight=0.5,
+    )
     config.save_pretrained(tmp_path)
     loaded = OmniConfig.from_pretrained(tmp_path)
     assert loaded.token_layout == config.token_layout
@@ -108,7 +119,9 @@ def num_frames(processor, num_samples: int) -> int:
 def speech_like(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * rate)) / rate
-    return (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+    return (
+        0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(t.size)
+    ).astype(np.float32)
 
 
 def test_feature_extractor_loads_snac_layout_and_encodes(fe24, snac_24khz_dir):
@@ -136,7 +149,10 @@ def test_feature_extractor_loads_snac_layout_and_encodes(fe24, snac_24khz_dir):
     assert np.array_equal(waveform, fe24.ids_to_audio(ids)), "decoding must be deterministic"
     # the feature extractor alone is the waveform front end: mono float32, padded, no codec
     inputs = fe24.feature_extractor([audio, audio[:1000]], sampling_rate=24000)
-    assert inputs["input_values"].shape == (2, 1, audio.size) and inputs["padding_mask"].sum(-1).tolist() == [audio.size, 1000]
+    assert inputs["input_values"].shape == (2, 1, audio.size) and inputs["padding_mask"].sum(-1).tolist() == [
+        audio.size,
+        1000,
+    ]
 
 
 def test_feature_extractor_resamples_downmixes_and_batches(fe24):
@@ -162,8 +178,10 @@ def test_feature_extractor_save_and_reload(fe24, tmp_path):
     audio = speech_like(0.7, 24000, seed=4)
     assert reloaded.token_layout == fe24.token_layout
     assert reloaded.audio_to_ids(audio, sampling_rate=24000)[0].equal(fe24.audio_to_ids(audio, sampling_rate=24000)[0])
-    assert np.array_equal(reloaded.ids_to_audio(fe24.audio_to_ids(audio, sampling_rate=24000)[0]),
-                          fe24.ids_to_audio(fe24.audio_to_ids(audio, sampling_rate=24000)[0]))
+    assert np.array_equal(
+        reloaded.ids_to_audio(fe24.audio_to_ids(audio, sampling_rate=24000)[0]),
+        fe24.ids_to_audio(fe24.audio_to_ids(audio, sampling_rate=24000)[0]),
+    )
 
 
 def test_four_codebook_codec_round_trip(snac_32khz_dir):
@@ -190,7 +208,10 @@ def test_streaming_window_decode_matches_full_decode(fe24):
     start, stop, context, spf = 5, 7, 3, fe24.audio_tokenizer.config.samples_per_frame
     with torch.inference_mode():
         window = fe24.audio_tokenizer.decode(
-            [c[(start - context) * n : (stop + context) * n] for c, n in zip(codes, fe24.token_layout.codes_per_frame)],
+            [
+                c[(start - context) * n : (stop + context) * n]
+                for c, n in zip(codes, fe24.token_layout.codes_per_frame)
+            ],
             frame_offset=start - context,
         ).audio_values
     inner = window[context * spf : (context + stop - start) * spf]
@@ -252,10 +273,21 @@ def test_missing_codec_weights_is_a_clear_error(fe24, tmp_path):
 
 # ---------------------------------------------------------------- model loss
 def tiny_model(audio_loss_weight=2.0, text_loss_weight=0.5) -> OmniForCausalLM:
-    config = OmniConfig(vocab_size=100 + 7 * 8, audio_token_offset=100, codebook_size=8, hidden_size=32,
-                        intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                        head_dim=16, audio_end_token_id=7, text_loss_weight=text_loss_weight,
-                        audio_loss_weight=audio_loss_weight, pad_token_id=0)
+    config = OmniConfig(
+        vocab_size=100 + 7 * 8,
+        audio_token_offset=100,
+        codebook_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        audio_end_token_id=7,
+        text_loss_weight=text_loss_weight,
+        audio_loss_weight=audio_loss_weight,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     return OmniForCausalLM(config).eval()
 
@@ -310,11 +342,24 @@ def test_weighted_loss_is_exact_under_gradient_accumulation(tmp_path):
         return [p.grad.clone() for p in model.parameters()]
 
     expected = full_batch_gradient()
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=1, gradient_accumulation_steps=2,
-                             max_steps=1, learning_rate=0.0, report_to=[], use_cpu=True, save_strategy="no",
-                             lr_scheduler_type="constant", max_grad_norm=None)
-    trainer = OmniTrainer(model=model, args=args, train_dataset=Rows(),
-                          data_collator=lambda batch: {k: torch.stack([b[k] for b in batch]) for k in batch[0]})
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=2,
+        max_steps=1,
+        learning_rate=0.0,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        lr_scheduler_type="constant",
+        max_grad_norm=None,
+    )
+    trainer = OmniTrainer(
+        model=model,
+        args=args,
+        train_dataset=Rows(),
+        data_collator=lambda batch: {k: torch.stack([b[k] for b in batch]) for k in batch[0]},
+    )
     model.zero_grad()
     batches, num_items = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 2, torch.device("cpu"))
     assert float(num_items) == pytest.approx(float(sum(model.loss_weights(b["labels"]).sum() for b in batches)))
@@ -360,9 +405,14 @@ def test_processor_formats_and_bad_text(omni_dir):
     assert seq[2 + n_audio : 4 + n_audio] == [processor.audio_end_token_id, processor.text_start_token_id]
     assert seq[-1] == processor.text_end_token_id and train["labels"][0].tolist() == seq
     assert processor.decode_text(seq, skip_special_tokens=True) == "hello there"
-    assert processor.decode(seq, skip_special_tokens=True) == "hello there"  # a speech-to-text output is its transcript
+    assert (
+        processor.decode(seq, skip_special_tokens=True) == "hello there"
+    )  # a speech-to-text output is its transcript
     waveform = processor.decode_audio(seq)
-    assert isinstance(waveform, np.ndarray) and waveform.size == n_audio // 7 * processor.audio_tokenizer.config.samples_per_frame
+    assert (
+        isinstance(waveform, np.ndarray)
+        and waveform.size == n_audio // 7 * processor.audio_tokenizer.config.samples_per_frame
+    )
 
     with pytest.raises(ValueError, match="special-token string"):
         processor(text="<|audio_start|><|audio_end|>")
@@ -385,13 +435,28 @@ def test_processor_save_audio(omni_dir, tmp_path):
 def test_init_model_from_qwen3_loads_with_remote_code_and_keeps_text_logits(qwen3_lm_dir, snac_24khz_dir, tmp_path):
     out_dir = tmp_path / "omni"
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train" / "init_model.py"), "--text-model", str(qwen3_lm_dir),
-         "--codec", str(snac_24khz_dir), "--output-dir", str(out_dir), "--audio-loss-weight", "1.5"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO_ROOT / "train" / "init_model.py"),
+            "--text-model",
+            str(qwen3_lm_dir),
+            "--codec",
+            str(snac_24khz_dir),
+            "--output-dir",
+            str(out_dir),
+            "--audio-loss-weight",
+            "1.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((out_dir / "config.json").read_text())
-    assert config["model_type"] == "omni" and config["auto_map"]["AutoModelForCausalLM"] == "modeling_omni.OmniForCausalLM"
+    assert (
+        config["model_type"] == "omni"
+        and config["auto_map"]["AutoModelForCausalLM"] == "modeling_omni.OmniForCausalLM"
+    )
     for code_file in ("configuration_omni.py", "modeling_omni.py", "processing_omni.py", "feature_extraction_omni.py"):
         assert (out_dir / code_file).exists(), code_file
 
@@ -412,7 +477,7 @@ assert type(processor.feature_extractor).__name__ == "SNACFeatureExtractor"
 assert type(processor.audio_tokenizer).__name__ == "SNACAudioTokenizer" and "transformers_modules" in type(processor.audio_tokenizer).__module__
 with torch.no_grad():
     logits = model(torch.tensor({text_ids})).logits[0]
-reference = np.load({str(tmp_path / 'reference.npy')!r})
+reference = np.load({str(tmp_path / "reference.npy")!r})
 text_vocab = reference.shape[-1]
 np.testing.assert_allclose(logits[:, :text_vocab].numpy(), reference, rtol=1e-5, atol=1e-5)
 assert model.config.audio_token_offset == len(processor.tokenizer) >= text_vocab
@@ -433,9 +498,24 @@ print("REMOTE_OK", logits.shape[-1])
 
 def test_init_model_from_scratch_cli(bpe_tokenizer_dir, snac_32khz_dir, tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train" / "init_model.py"), "--from-scratch", "--tokenizer", str(bpe_tokenizer_dir),
-         "--codec", str(snac_32khz_dir), "--output-dir", str(tmp_path), "--hidden-size", "32", "--num-layers", "1"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO_ROOT / "train" / "init_model.py"),
+            "--from-scratch",
+            "--tokenizer",
+            str(bpe_tokenizer_dir),
+            "--codec",
+            str(snac_32khz_dir),
+            "--output-dir",
+            str(tmp_path),
+            "--hidden-size",
+            "32",
+            "--num-layers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     config = OmniConfig.from_pretrained(tmp_path)

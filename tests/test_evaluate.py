@@ -7,9 +7,10 @@ import sys
 
 import numpy as np
 import pytest
-from omni_testing import REPO_ROOT
 
 from qwen_omni.omni.evaluation import error_rates, normalize_text, si_sdr
+
+from omni_testing import REPO_ROOT
 
 
 def test_error_rates_on_known_strings():
@@ -42,7 +43,12 @@ def test_evaluate_script_writes_report_and_plots(tmp_path, omni_dir):
     (clips / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     model = tmp_path / "model"
     shutil.copytree(omni_dir, model)
-    state = {"log_history": [{"loss": 6.0, "audio_loss": 6.0, "step": 1}, {"loss": 5.0, "audio_loss": 5.0, "mean_token_accuracy": 0.3, "step": 2}]}
+    state = {
+        "log_history": [
+            {"loss": 6.0, "audio_loss": 6.0, "step": 1},
+            {"loss": 5.0, "audio_loss": 5.0, "mean_token_accuracy": 0.3, "step": 2},
+        ]
+    }
     (model / "trainer_state.json").write_text(json.dumps(state))
 
     sys.path.insert(0, str(REPO_ROOT / "train"))
@@ -51,18 +57,31 @@ def test_evaluate_script_writes_report_and_plots(tmp_path, omni_dir):
     finally:
         sys.path.pop(0)
     out = tmp_path / "eval"
-    evaluate_script.main(evaluate_script.EvaluateArguments(
-        model=str(model), dataset=str(clips), output_dir=str(out), asr_max_new_tokens=4, tts_length_factor=0.2))
+    evaluate_script.main(
+        evaluate_script.EvaluateArguments(
+            model=str(model), dataset=str(clips), output_dir=str(out), asr_max_new_tokens=4, tts_length_factor=0.2
+        )
+    )
     report = json.loads((out / "eval_results.json").read_text())
     assert report["num_clips"] == 2
     for section, keys in {
         "asr": ("wer", "cer"),
         "tts_intelligibility": ("wer", "cer", "clips_without_speech"),
         "codec": ("mel_distance", "si_sdr"),
-        "teacher_forced": ("audio_loss", "audio_token_accuracy", "audio_perplexity", "text_loss", "text_token_accuracy", "text_perplexity"),
+        "teacher_forced": (
+            "audio_loss",
+            "audio_token_accuracy",
+            "audio_perplexity",
+            "text_loss",
+            "text_token_accuracy",
+            "text_perplexity",
+        ),
     }.items():
         for key in keys:
-            assert isinstance(report[section][key], (int, float)) and math.isfinite(report[section][key]), (section, key)
+            assert isinstance(report[section][key], (int, float)) and math.isfinite(report[section][key]), (
+                section,
+                key,
+            )
     assert report["tts_intelligibility"]["transcriber"] == "self"
     tf = report["teacher_forced"]
     assert tf["audio_perplexity"] == pytest.approx(math.exp(tf["audio_loss"]))

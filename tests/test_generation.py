@@ -5,7 +5,6 @@ text. Tiny models built here; no network."""
 import numpy as np
 import pytest
 import torch
-from omni_testing import tiny_processor
 from transformers.generation import (
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
@@ -24,6 +23,8 @@ from qwen_omni.modeling_snac import OmniAudioStreamer, SNACStreamingDecoder
 from qwen_omni.omni import speech
 from qwen_omni.omni.speech import generate_speech
 
+from omni_testing import tiny_processor
+
 
 @pytest.fixture(scope="module")
 def omni(omni_dir):
@@ -33,7 +34,9 @@ def omni(omni_dir):
 
 
 def _random_audio_ids(layout, frames, seed=0):
-    codes = torch.randint(0, layout.codebook_size, (frames * layout.tokens_per_frame,), generator=torch.Generator().manual_seed(seed))
+    codes = torch.randint(
+        0, layout.codebook_size, (frames * layout.tokens_per_frame,), generator=torch.Generator().manual_seed(seed)
+    )
     return [layout.block_start(i % layout.tokens_per_frame) + int(c) for i, c in enumerate(codes)]
 
 
@@ -44,8 +47,13 @@ def test_span_state_advanced_per_token_equals_a_rebuild(omni):
     # rows in every state: TTS prompt then speech then audio-end; ASR prompt then a transcript; a voice prompt
     rows = [
         processor.tts_prompt_ids("hello there.") + audio + [config.audio_end_token_id, config.eos_token_id],
-        processor.asr_prompt_ids(audio[:7]) + processor.tokenizer("the fox.")["input_ids"] + [config.text_end_token_id],
-        processor.tts_prompt_ids("hi.") + audio[:9] + [config.audio_end_token_id, config.audio_start_token_id] + audio[:3],
+        processor.asr_prompt_ids(audio[:7])
+        + processor.tokenizer("the fox.")["input_ids"]
+        + [config.text_end_token_id],
+        processor.tts_prompt_ids("hi.")
+        + audio[:9]
+        + [config.audio_end_token_id, config.audio_start_token_id]
+        + audio[:3],
     ]
     length = min(len(row) for row in rows)
     ids = torch.tensor([row[:length] for row in rows])
@@ -70,14 +78,20 @@ def test_fast_head_applies_additive_processors_exactly(omni):
     input_ids = processor.pad([prompt + audio[:7], prompt + audio[:9]], padding_side="left")["input_ids"]
     hidden = torch.randn(2, config.hidden_size, generator=torch.Generator().manual_seed(0))
     suppressed = [layout.block_start(0) + 5, layout.block_start(2) + 7, config.audio_end_token_id]
-    processors = LogitsProcessorList([
-        RepetitionPenaltyLogitsProcessor(1.3),
-        NoRepeatNGramLogitsProcessor(2),
-        MinNewTokensLengthLogitsProcessor(input_ids.shape[1] - 2, 5, [config.audio_end_token_id, config.eos_token_id]),
-        SuppressTokensLogitsProcessor(suppressed),
-        OmniConstrainedLogitsProcessor(config),
-        TemperatureLogitsWarper(0.7), TopKLogitsWarper(50), TopPLogitsWarper(0.95),
-    ])
+    processors = LogitsProcessorList(
+        [
+            RepetitionPenaltyLogitsProcessor(1.3),
+            NoRepeatNGramLogitsProcessor(2),
+            MinNewTokensLengthLogitsProcessor(
+                input_ids.shape[1] - 2, 5, [config.audio_end_token_id, config.eos_token_id]
+            ),
+            SuppressTokensLogitsProcessor(suppressed),
+            OmniConstrainedLogitsProcessor(config),
+            TemperatureLogitsWarper(0.7),
+            TopKLogitsWarper(50),
+            TopPLogitsWarper(0.95),
+        ]
+    )
     full = processors(input_ids, model.lm_head(hidden).float()).softmax(-1)
     block, candidates = audio_block_scores(model, hidden, input_ids, OmniSpanState(config, input_ids), processors)
     expected = torch.zeros_like(full).scatter_add_(1, candidates, block.softmax(-1))
@@ -101,7 +115,10 @@ def test_fast_head_serves_standard_generate_arguments(omni, kwargs):
     model, processor = omni
     config = model.config
     if kwargs.get("suppress_tokens") == "block":
-        kwargs = {**kwargs, "suppress_tokens": list(range(config.token_layout.block_start(0), config.token_layout.block_start(0) + 8))}
+        kwargs = {
+            **kwargs,
+            "suppress_tokens": list(range(config.token_layout.block_start(0), config.token_layout.block_start(0) + 8)),
+        }
     inputs = processor(text="hello there.", return_tensors="pt")
     head_calls = []
     hook = model.lm_head.register_forward_hook(lambda module, args, output: head_calls.append(args[0].shape))
@@ -128,8 +145,9 @@ def test_other_decoding_modes_keep_the_constraint(omni):
     inputs = processor(text="hello there.", return_tensors="pt")
     prompt_length = inputs["input_ids"].shape[1]
     fast = model.generate(**inputs, do_sample=False, max_new_tokens=14)
-    with_scores = model.generate(**inputs, do_sample=False, max_new_tokens=14, return_dict_in_generate=True,
-                                 output_scores=True)
+    with_scores = model.generate(
+        **inputs, do_sample=False, max_new_tokens=14, return_dict_in_generate=True, output_scores=True
+    )
     assert torch.equal(with_scores.sequences, fast)
     assert len(with_scores.scores) == fast.shape[1] - prompt_length
     assert with_scores.scores[0].shape[-1] == model.config.vocab_size
@@ -146,13 +164,23 @@ def test_sampling_with_min_new_tokens_keeps_structure_and_length(omni):
     config = model.config
     inputs = processor(text=["hello there.", "the quick brown fox."], return_tensors="pt")
     torch.manual_seed(0)
-    sequences = model.generate(**inputs, do_sample=True, temperature=1.5, min_new_tokens=35, max_new_tokens=42,
-                               repetition_penalty=1.1, top_k=50)
+    sequences = model.generate(
+        **inputs,
+        do_sample=True,
+        temperature=1.5,
+        min_new_tokens=35,
+        max_new_tokens=42,
+        repetition_penalty=1.1,
+        top_k=50,
+    )
     generated = sequences[:, inputs["input_ids"].shape[1] :]
     layout = config.token_layout
     assert generated.shape[1] >= 35
     for row in generated[:, :35].tolist():
-        assert all(layout.block_start(i % 7) <= t < layout.block_start(i % 7) + layout.codebook_size for i, t in enumerate(row))
+        assert all(
+            layout.block_start(i % 7) <= t < layout.block_start(i % 7) + layout.codebook_size
+            for i, t in enumerate(row)
+        )
 
 
 def test_length_beyond_the_model_positions_is_refused_or_lowered(omni):
@@ -183,7 +211,9 @@ def test_streaming_decoder_decodes_each_frame_once_and_equals_the_full_decode(co
     decoded_frames = []
     quantizer = processor.audio_tokenizer.quantizer
     original = quantizer.from_codes
-    quantizer.from_codes = lambda codes: decoded_frames.append(codes[0].shape[-1] // layout.codes_per_frame[0]) or original(codes)
+    quantizer.from_codes = lambda codes: (
+        decoded_frames.append(codes[0].shape[-1] // layout.codes_per_frame[0]) or original(codes)
+    )
     try:
         chunks = []
         streamer = OmniAudioStreamer(processor, chunk_frames=chunk_frames, on_chunk=chunks.append)
@@ -201,7 +231,11 @@ def test_streaming_decoder_decodes_each_frame_once_and_equals_the_full_decode(co
     assert streamed.shape == full.shape
     assert np.abs(streamed - full).max() <= 1e-5 * np.abs(full).max()
     # each frame through the codec once (plus the full decode's padding to whole attention windows)
-    assert sum(decoded_frames) == -(-frames // processor.audio_tokenizer.config.frames_per_window) * processor.audio_tokenizer.config.frames_per_window
+    assert (
+        sum(decoded_frames)
+        == -(-frames // processor.audio_tokenizer.config.frames_per_window)
+        * processor.audio_tokenizer.config.frames_per_window
+    )
     assert first_chunk_after <= streamer.right_context + chunk_frames
     if codec == "snac_24khz_dir":  # the real 24 kHz codec's decoder (only widths differ): audio after 3 frames
         assert streamer.right_context == 3
@@ -214,8 +248,9 @@ def test_windowed_streaming_trades_right_context_for_error(snac_24khz_dir):
     errors = {}
     for right_context in (0, 4):
         chunks = []
-        streamer = OmniAudioStreamer(processor, right_context_frames=right_context, chunk_frames=2,
-                                     on_chunk=chunks.append)
+        streamer = OmniAudioStreamer(
+            processor, right_context_frames=right_context, chunk_frames=2, on_chunk=chunks.append
+        )
         streamer.put(torch.tensor([[1]]))
         streamer.put(ids)
         streamer.end()
@@ -267,21 +302,37 @@ def test_generate_speech_encodes_a_voice_prompt_once_for_every_piece(omni, monke
     model, processor = omni
     text = "Hello there. How are you today? Fine, thanks."
     clip = np.random.default_rng(0).standard_normal(12000).astype(np.float32) * 0.1
-    kwargs = dict(max_chars=20, do_sample=False, max_duration=0.2, voice_prompt_text="a voice",
-                  suppress_tokens=[model.config.audio_end_token_id])
+    kwargs = dict(
+        max_chars=20,
+        do_sample=False,
+        max_duration=0.2,
+        voice_prompt_text="a voice",
+        suppress_tokens=[model.config.audio_end_token_id],
+    )
     encoded = processor.encode_voice_prompt(clip, 24000)
     calls = []
     audio_to_ids = processor.audio_to_ids
     monkeypatch.setattr(processor, "audio_to_ids", lambda *a, **k: calls.append(1) or audio_to_ids(*a, **k))
-    from_audio = generate_speech(model, processor, text, voice_prompt_audio=clip, voice_prompt_sampling_rate=24000,
-                                 **kwargs)
+    from_audio = generate_speech(
+        model, processor, text, voice_prompt_audio=clip, voice_prompt_sampling_rate=24000, **kwargs
+    )
     assert len(calls) == 1  # three pieces, one encoding of the voice prompt
-    np.testing.assert_array_equal(generate_speech(model, processor, text, voice_prompt_ids=encoded, **kwargs), from_audio)
+    np.testing.assert_array_equal(
+        generate_speech(model, processor, text, voice_prompt_ids=encoded, **kwargs), from_audio
+    )
     assert len(calls) == 1
     # the prompt holds the voice prompt's ids, as the processor builds it from the clip
-    assert processor(text="Hi.", voice_prompt_ids=encoded, voice_prompt_text="a voice")["input_ids"].tolist() == processor(
-        text="Hi.", voice_prompt_audio=clip, voice_prompt_sampling_rate=24000, voice_prompt_text="a voice")["input_ids"].tolist()
+    assert (
+        processor(text="Hi.", voice_prompt_ids=encoded, voice_prompt_text="a voice")["input_ids"].tolist()
+        == processor(
+            text="Hi.", voice_prompt_audio=clip, voice_prompt_sampling_rate=24000, voice_prompt_text="a voice"
+        )["input_ids"].tolist()
+    )
     with pytest.raises(ValueError, match="voice_prompt_audio or voice_prompt_ids"):
-        processor(text="Hi.", voice_prompt_audio=clip, voice_prompt_sampling_rate=24000, voice_prompt_ids=encoded,
-                  voice_prompt_text="a voice")
-
+        processor(
+            text="Hi.",
+            voice_prompt_audio=clip,
+            voice_prompt_sampling_rate=24000,
+            voice_prompt_ids=encoded,
+            voice_prompt_text="a voice",
+        )

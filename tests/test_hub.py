@@ -6,13 +6,20 @@ import shutil
 import pytest
 from huggingface_hub import HfApi
 
-from omni_testing import front_matter, usage_code
 from qwen_omni.common.hub import build_model_card, check_folder, push_to_hub, required_code_files, validate_repo_id
 
+from omni_testing import front_matter, usage_code
+
+
 CODE_FILES = ["configuration_omni.py", "feature_extraction_omni.py", "modeling_omni.py", "processing_omni.py"]
-REPORT = {"dataset": "data/voice_clips", "num_clips": 2, "asr": {"wer": 0.5, "cer": 0.25},
-          "tts_intelligibility": {"wer": 0.75, "cer": 0.5, "transcriber": "self"},
-          "codec": {"mel_distance": 0.3, "si_sdr": 4.0}, "teacher_forced": {"audio_perplexity": 12.0}}
+REPORT = {
+    "dataset": "data/voice_clips",
+    "num_clips": 2,
+    "asr": {"wer": 0.5, "cer": 0.25},
+    "tts_intelligibility": {"wer": 0.75, "cer": 0.5, "transcriber": "self"},
+    "codec": {"mel_distance": 0.3, "si_sdr": 4.0},
+    "teacher_forced": {"audio_perplexity": 12.0},
+}
 
 
 @pytest.fixture
@@ -27,9 +34,14 @@ def model_folder(tmp_path, omni_dir):
 def test_push_checks_then_uploads(model_folder, monkeypatch):
     calls = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw)))
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload_folder", kw)) or "https://hf.co/commit/1")
+    monkeypatch.setattr(
+        HfApi, "upload_folder", lambda self, **kw: calls.append(("upload_folder", kw)) or "https://hf.co/commit/1"
+    )
 
-    assert push_to_hub(model_folder, "someone/omni-nova", datasets=["someone/nova-clips"], base_model="someone/omni-base") == "https://hf.co/commit/1"
+    assert (
+        push_to_hub(model_folder, "someone/omni-nova", datasets=["someone/nova-clips"], base_model="someone/omni-base")
+        == "https://hf.co/commit/1"
+    )
     assert [c[0] for c in calls] == ["create_repo", "upload_folder"]
     upload = calls[1][1]
     assert upload["repo_id"] == "someone/omni-nova" and upload["folder_path"] == str(model_folder)
@@ -43,11 +55,13 @@ def test_push_checks_then_uploads(model_folder, monkeypatch):
     assert {"custom_code", "snac"} <= set(meta["tags"])
     assert meta["base_model"] == "someone/omni-base" and meta["datasets"] == ["someone/nova-clips"]
     assert meta["license"] == "apache-2.0"
-    metrics = {(r["task"]["type"], m["name"]): m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
+    metrics = {
+        (r["task"]["type"], m["name"]): m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]
+    }
     assert metrics[("automatic-speech-recognition", "WER")] == 0.5
     assert metrics[("text-to-speech", "Intelligibility WER")] == 0.75
     assert metrics[("text-to-speech", "Codec SI-SDR (dB)")] == 4.0
-    assert 'trust_remote_code=True' in card and 'from_pretrained("someone/omni-nova"' in card
+    assert "trust_remote_code=True" in card and 'from_pretrained("someone/omni-nova"' in card
 
 
 @pytest.mark.parametrize("repo_id", ["omni-nova", "a/b/c", "owner/", "/name", "own er/name", None])
@@ -74,7 +88,9 @@ def test_code_files_come_from_auto_map(model_folder):
 def test_adapter_card(tmp_path):
     folder = tmp_path / "adapter"
     folder.mkdir()
-    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "Qwen/Qwen3-Omni-30B-A3B-Instruct", "peft_type": "LORA"}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "Qwen/Qwen3-Omni-30B-A3B-Instruct", "peft_type": "LORA"})
+    )
     (folder / "adapter_model.safetensors").write_bytes(b"")
     check_folder(folder)
     card = str(build_model_card(folder, "someone/omni-lora"))
@@ -82,12 +98,19 @@ def test_adapter_card(tmp_path):
     assert meta["library_name"] == "peft" and meta["base_model"] == "Qwen/Qwen3-Omni-30B-A3B-Instruct"
     # a Qwen3-Omni Thinker adapter loads onto transformers' own class, without remote code
     usage = usage_code(card)
-    assert "Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(\"Qwen/Qwen3-Omni-30B-A3B-Instruct\"" in usage
+    assert 'Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained("Qwen/Qwen3-Omni-30B-A3B-Instruct"' in usage
     assert "trust_remote_code" not in card and "lora_dropout" not in usage
     # an adapter trained with dropout on the router / experts: PEFT's wrapper refuses it at load, the snippet sets it 0
-    (folder / "adapter_config.json").write_text(json.dumps({
-        "base_model_name_or_path": "Qwen/Qwen3-Omni-30B-A3B-Instruct", "peft_type": "LORA", "lora_dropout": 0.1,
-        "target_parameters": ["model.language_model.layers.0.mlp.gate.weight"]}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "base_model_name_or_path": "Qwen/Qwen3-Omni-30B-A3B-Instruct",
+                "peft_type": "LORA",
+                "lora_dropout": 0.1,
+                "target_parameters": ["model.language_model.layers.0.mlp.gate.weight"],
+            }
+        )
+    )
     assert "config.lora_dropout = 0.0" in usage_code(str(build_model_card(folder, "someone/omni-lora")))
     not_ours = tmp_path / "plain"
     not_ours.mkdir()

@@ -27,9 +27,8 @@ from qwen_omni.common.launching import (
     refusal,
     resolve_resume_checkpoint,
 )
-
-
 from qwen_omni.qwen3_omni import tiny_checkpoints
+
 from omni_testing import REPO_ROOT  # noqa: E402
 
 
@@ -50,18 +49,24 @@ def launched(*launch_args):
     own argument handling and launcher choice, with the launchers replaced by a recorder; a torchrun-style launcher's
     per-rank variables are those torchrun sets."""
     calls = []
-    with mock.patch.object(accelerate_launch, "simple_launcher", lambda args: calls.append(("simple", args))), \
-            mock.patch.object(accelerate_launch, "multi_gpu_launcher", lambda args: calls.append(("torchrun", args))), \
-            mock.patch.object(accelerate_launch, "deepspeed_launcher", lambda args: calls.append(("deepspeed", args))):
+    with (
+        mock.patch.object(accelerate_launch, "simple_launcher", lambda args: calls.append(("simple", args))),
+        mock.patch.object(accelerate_launch, "multi_gpu_launcher", lambda args: calls.append(("torchrun", args))),
+        mock.patch.object(accelerate_launch, "deepspeed_launcher", lambda args: calls.append(("deepspeed", args))),
+    ):
         parser = accelerate_launch.launch_command_parser()
         accelerate_launch.launch_command(parser.parse_args([*launch_args, "train/sft.py"]))
-    (launcher, args), = calls
+    ((launcher, args),) = calls
     if launcher == "simple":
         # the single-process launcher runs the script once, whatever --num_processes says
         return launcher, 1, prepare_simple_launcher_cmd_env(args)[1]
     environ = prepare_multi_gpu_env(args) if launcher == "torchrun" else prepare_deepspeed_cmd_env(args)[1]
     nproc = int(args.nproc_per_node)
-    return launcher, nproc, {**environ, "WORLD_SIZE": str(nproc), "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": str(nproc)}
+    return (
+        launcher,
+        nproc,
+        {**environ, "WORLD_SIZE": str(nproc), "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": str(nproc)},
+    )
 
 
 def test_accelerate_cpu_flag_starts_one_process_and_is_refused():
@@ -78,7 +83,10 @@ def test_accelerate_cpu_flag_starts_one_process_and_is_refused():
         assert LaunchRequest.from_environment(environ=environ).lost_processes
     # one process asked for, one started: nothing to refuse
     launcher, num_processes, environ = launched("--cpu", "--num_processes", "1")
-    assert refusal(LaunchRequest.from_environment(environ=environ), device_type="cpu", world_size=1, has_gpu=False) is None
+    assert (
+        refusal(LaunchRequest.from_environment(environ=environ), device_type="cpu", world_size=1, has_gpu=False)
+        is None
+    )
 
 
 def test_cpu_2proc_config_starts_two_processes_that_must_be_told_to_use_the_cpu():
@@ -99,7 +107,10 @@ def test_gpu_configs_without_a_gpu_are_refused():
     assert "did not join one process group" in refusal(
         LaunchRequest.from_environment(environ=environ), device_type="cpu", world_size=1, has_gpu=False
     )
-    assert refusal(LaunchRequest.from_environment(environ=environ), device_type="cuda", world_size=8, has_gpu=True) is None
+    assert (
+        refusal(LaunchRequest.from_environment(environ=environ), device_type="cuda", world_size=8, has_gpu=True)
+        is None
+    )
 
     launcher, num_processes, environ = launched("--config_file", str(CONFIGS / "fsdp2.yaml"), "--num_processes", "2")
     request = LaunchRequest.from_environment(environ=environ)
@@ -147,11 +158,21 @@ def test_scripts_refuse_before_any_work(tmp_path, monkeypatch):
     """pretrain.py and sft.py check the launch first: nothing is built, loaded or written."""
     pretrain, sft = load_script("pretrain"), load_script("sft")
     pretrain_args = pretrain.parse_args(["--output_dir", str(tmp_path / "pretrain"), "--report_to", "none"])
-    parser = sft.TrlParser((sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments))
-    sft_args = parser.parse_args_and_config(args=[
-        "--model_name_or_path", str(tmp_path / "no-model"), "--dataset_name", str(tmp_path / "no-data.jsonl"),
-        "--output_dir", str(tmp_path / "sft"), "--report_to", "none",
-    ])
+    parser = sft.TrlParser(
+        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
+    )
+    sft_args = parser.parse_args_and_config(
+        args=[
+            "--model_name_or_path",
+            str(tmp_path / "no-model"),
+            "--dataset_name",
+            str(tmp_path / "no-data.jsonl"),
+            "--output_dir",
+            str(tmp_path / "sft"),
+            "--report_to",
+            "none",
+        ]
+    )
     # accelerate launch --config_file train/accelerate/deepspeed_zero3.yaml on this machine (set after parsing: the
     # arguments would build a DeepSpeed plugin, which needs the deepspeed package, not installed here)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
@@ -173,10 +194,21 @@ def test_scripts_refuse_before_any_work(tmp_path, monkeypatch):
 
 # --- real two-process runs of train/sft.py on CPU ------------------------------------------------------------------
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "",
-       "OMP_NUM_THREADS": "1"}
-AUDIO_TURN = {"role": "user", "content": [{"type": "audio", "audio": "tone.wav"}, {"type": "text", "text": "What do you hear?"}]}
-IMAGE_TURN = {"role": "user", "content": [{"type": "image", "image": "square.png"}, {"type": "text", "text": "What do you see?"}]}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "CUDA_VISIBLE_DEVICES": "",
+    "OMP_NUM_THREADS": "1",
+}
+AUDIO_TURN = {
+    "role": "user",
+    "content": [{"type": "audio", "audio": "tone.wav"}, {"type": "text", "text": "What do you hear?"}],
+}
+IMAGE_TURN = {
+    "role": "user",
+    "content": [{"type": "image", "image": "square.png"}, {"type": "text", "text": "What do you see?"}],
+}
 NUM_ROWS, BATCH_SIZE, MAX_STEPS = 12, 2, 2
 
 
@@ -194,36 +226,91 @@ def sft_workdir(tmp_path_factory):
     for _ in range(NUM_ROWS // 3):
         rows.append({"conversations": [AUDIO_TURN, reply("A steady tone, then silence.")]})
         rows.append({"conversations": [IMAGE_TURN, reply("A red square on white.")]})
-        rows.append({"messages": [{"role": "user", "content": "Think step by step."},
-                                  {"role": "assistant", "content": "two plus two is four"}]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": "Think step by step."},
+                    {"role": "assistant", "content": "two plus two is four"},
+                ]
+            }
+        )
     (root / "data" / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
     return {"root": root, "base": base, "data": str(root / "data" / "train.jsonl")}
 
 
 def sft_args(workdir, output_dir):
     return [
-        "--config", str(REPO_ROOT / "train" / "configs" / "instruct.yaml"),
-        "--model_name_or_path", workdir["base"], "--dataset_name", workdir["data"], "--output_dir", str(output_dir),
-        "--dtype", "float32", "--max_steps", str(MAX_STEPS), "--per_device_train_batch_size", str(BATCH_SIZE),
-        "--gradient_accumulation_steps", "1", "--gradient_checkpointing", "false", "--learning_rate", "1e-2",
-        "--warmup_steps", "0", "--lora_r", "4", "--lora_alpha", "8", "--lora_expert_r", "2", "--logging_steps", "1",
-        "--save_strategy", "steps", "--save_steps", str(MAX_STEPS), "--report_to", "none", "--max_length", "256",
-        "--dataloader_num_workers", "0", "--disable_tqdm", "true",
+        "--config",
+        str(REPO_ROOT / "train" / "configs" / "instruct.yaml"),
+        "--model_name_or_path",
+        workdir["base"],
+        "--dataset_name",
+        workdir["data"],
+        "--output_dir",
+        str(output_dir),
+        "--dtype",
+        "float32",
+        "--max_steps",
+        str(MAX_STEPS),
+        "--per_device_train_batch_size",
+        str(BATCH_SIZE),
+        "--gradient_accumulation_steps",
+        "1",
+        "--gradient_checkpointing",
+        "false",
+        "--learning_rate",
+        "1e-2",
+        "--warmup_steps",
+        "0",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--lora_expert_r",
+        "2",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        str(MAX_STEPS),
+        "--report_to",
+        "none",
+        "--max_length",
+        "256",
+        "--dataloader_num_workers",
+        "0",
+        "--disable_tqdm",
+        "true",
     ]
 
 
 def launch(launcher_args, workdir, output_dir, *extra):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", "0", *launcher_args,
-               str(REPO_ROOT / "train" / "sft.py"), *sft_args(workdir, output_dir), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--main_process_port",
+        "0",
+        *launcher_args,
+        str(REPO_ROOT / "train" / "sft.py"),
+        *sft_args(workdir, output_dir),
+        *extra,
+    ]
     return subprocess.run(command, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600)
 
 
 def assert_two_ranks_shared_the_data(log, mode):
     for rank in (0, 1):
-        assert f"Process rank {rank} of world size 2 (local rank {rank}) on cpu" in log and f": {mode} over gloo." in log
+        assert (
+            f"Process rank {rank} of world size 2 (local rank {rank}) on cpu" in log and f": {mode} over gloo." in log
+        )
         # each rank is given half of the rows: ceil(12 / (2 * 2)) = 3 batches of 2 per epoch (one process: 6)
-        shares = re.findall(rf"Process rank {rank} of world size 2: (\d+) batches of {BATCH_SIZE} rows per epoch, "
-                            rf"of (\d+) training rows", log)
+        shares = re.findall(
+            rf"Process rank {rank} of world size 2: (\d+) batches of {BATCH_SIZE} rows per epoch, "
+            rf"of (\d+) training rows",
+            log,
+        )
         assert shares == [(str(math.ceil(NUM_ROWS / (2 * BATCH_SIZE))), str(NUM_ROWS))], shares
 
 
@@ -239,7 +326,9 @@ def adapter_format(folder):
 def single_process_adapter(sft_workdir):
     """The same recipe trained by one process (in this one), the reference for the adapters' format."""
     sft = load_script("sft")
-    parser = sft.TrlParser((sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments))
+    parser = sft.TrlParser(
+        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
+    )
     output_dir = sft_workdir["root"] / "single"
     sft.main(*parser.parse_args_and_config(args=[*sft_args(sft_workdir, output_dir), "--use_cpu", "true"]))
     return output_dir
@@ -252,7 +341,9 @@ def test_sft_ddp_on_two_cpu_processes(sft_workdir, single_process_adapter):
     assert result.returncode == 0, result.stderr[-4000:]
     assert_two_ranks_shared_the_data(result.stderr, "DDP")
     # one checkpoint and one adapter, written by the main process, in the single-process run's format
-    assert sorted(p.name for p in output_dir.iterdir() if p.name.startswith("checkpoint-")) == [f"checkpoint-{MAX_STEPS}"]
+    assert sorted(p.name for p in output_dir.iterdir() if p.name.startswith("checkpoint-")) == [
+        f"checkpoint-{MAX_STEPS}"
+    ]
     shapes, config, _ = adapter_format(output_dir)
     reference_shapes, reference_config, _ = adapter_format(single_process_adapter)
     assert shapes == reference_shapes and config == reference_config
@@ -261,8 +352,13 @@ def test_sft_ddp_on_two_cpu_processes(sft_workdir, single_process_adapter):
 @pytest.mark.slow
 def test_sft_fsdp2_on_two_cpu_processes_saves_the_single_process_adapter_format(sft_workdir, single_process_adapter):
     output_dir = sft_workdir["root"] / "fsdp2"
-    result = launch(["--config_file", str(CONFIGS / "fsdp2.yaml"), "--num_processes", "2"], sft_workdir, output_dir,
-                    "--use_cpu", "true")
+    result = launch(
+        ["--config_file", str(CONFIGS / "fsdp2.yaml"), "--num_processes", "2"],
+        sft_workdir,
+        output_dir,
+        "--use_cpu",
+        "true",
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert_two_ranks_shared_the_data(result.stderr, "FSDP2")
     # the checkpoint holds the sharded state of both ranks (torch.distributed.checkpoint, one file per rank)
@@ -273,7 +369,10 @@ def test_sft_fsdp2_on_two_cpu_processes_saves_the_single_process_adapter_format(
     # marked complete once both ranks had written their parts: the marker lists every rank's shards and RNG state
     marker = json.loads((output_dir / checkpoints[0] / CHECKPOINT_COMPLETE_NAME).read_text())
     assert {f"{folder}/__{rank}_0.distcp" for folder in ("pytorch_model_fsdp_0", "optimizer_0") for rank in (0, 1)} | {
-        "rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"} <= set(marker["files"])
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+        "trainer_state.json",
+    } <= set(marker["files"])
     assert incomplete_checkpoint_reason(output_dir / checkpoints[0]) is None
     # the final adapter is whole (gathered from the shards) and has the single-process adapter's keys, shapes and config
     shapes, config, weights = adapter_format(output_dir)
@@ -284,12 +383,20 @@ def test_sft_fsdp2_on_two_cpu_processes_saves_the_single_process_adapter_format(
 
 
 @pytest.mark.slow
-def test_qlora_fsdp2_on_two_cpu_processes_in_bf16_saves_the_bf16_base_adapter_format(sft_workdir, single_process_adapter):
+def test_qlora_fsdp2_on_two_cpu_processes_in_bf16_saves_the_bf16_base_adapter_format(
+    sft_workdir, single_process_adapter
+):
     # 4-bit experts, attention and towers, stored from the fp32 checkpoint, trained with --bf16 (TRL's default, kept
     # with --use_cpu): FSDP2 hands the 4-bit experts bf16 activations
     output_dir = sft_workdir["root"] / "qlora_fsdp2"
-    result = launch(["--config_file", str(CONFIGS / "fsdp2.yaml"), "--num_processes", "2"], sft_workdir, output_dir,
-                    "--use_cpu", "true", "--load_in_4bit")
+    result = launch(
+        ["--config_file", str(CONFIGS / "fsdp2.yaml"), "--num_processes", "2"],
+        sft_workdir,
+        output_dir,
+        "--use_cpu",
+        "true",
+        "--load_in_4bit",
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert_two_ranks_shared_the_data(result.stderr, "FSDP2")
     shapes, config, weights = adapter_format(output_dir)

@@ -33,7 +33,11 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(root)}
     return subprocess.run(
         [str(LINT_IMPORTS), "--config", str(root / "pyproject.toml"), "--no-cache"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -52,7 +56,11 @@ def test_the_repository_keeps_its_layers(package_copy):
     "module, line, broken",
     [
         ("common/audio.py", "from ..omni import corpus", "qwen_omni.common.audio -> qwen_omni.omni.corpus"),
-        ("qwen3_omni/collator.py", "from ..omni import packing", "qwen_omni.qwen3_omni.collator -> qwen_omni.omni.packing"),
+        (
+            "qwen3_omni/collator.py",
+            "from ..omni import packing",
+            "qwen_omni.qwen3_omni.collator -> qwen_omni.omni.packing",
+        ),
         ("modeling_omni.py", "from .common import audio", "qwen_omni.modeling_omni -> qwen_omni.common.audio"),
         ("configuration_snac.py", "import torch", "qwen_omni.configuration_snac -> torch"),
     ],

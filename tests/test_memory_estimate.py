@@ -9,14 +9,11 @@ import sys
 import pytest
 import torch
 from peft import get_peft_model
-
-from qwen_omni.qwen3_omni import build_lora_config
-from qwen_omni.qwen3_omni.memory_estimate import estimate_training_memory
-from qwen_omni.qwen3_omni.quantized_experts import quantize_experts
 from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
 
-
-from qwen_omni.qwen3_omni import tiny_checkpoints
+from qwen_omni.qwen3_omni import build_lora_config, tiny_checkpoints
+from qwen_omni.qwen3_omni.memory_estimate import estimate_training_memory
+from qwen_omni.qwen3_omni.quantized_experts import quantize_experts
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,8 +53,9 @@ def test_estimate_matches_measured_parameter_and_optimizer_bytes_on_a_tiny_model
     measured_optimizer = tensor_bytes(
         t for state in optimizer.state.values() for key, t in state.items() if torch.is_tensor(t) and "qmap" not in key
     )
-    assert optim != "adamw_bnb_8bit" or any(t.dtype == torch.uint8 for s in optimizer.state.values() for t in s.values()
-                                           if torch.is_tensor(t))
+    assert optim != "adamw_bnb_8bit" or any(
+        t.dtype == torch.uint8 for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
+    )
 
     estimate = estimate_training_memory(
         config, dtype=torch.float32, quantize_experts=quantized, lora_kwargs=lora, optim=optim, sequence_lengths=(64,)
@@ -82,14 +80,23 @@ def test_estimate_matches_a_thinker_loaded_in_4bit_byte_for_byte(quantize_towers
     # a Linear4bit keeps its block scales (and their nested scales and code books) in its quantization state
     quantization_states = [
         tensor
-        for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)
+        for module in model.modules()
+        if isinstance(module, bnb.nn.Linear4bit)
         for state in (module.weight.quant_state, module.weight.quant_state.state2)
-        for tensor in (state.absmax, state.code, getattr(state, "offset", None)) if tensor is not None
+        for tensor in (state.absmax, state.code, getattr(state, "offset", None))
+        if tensor is not None
     ]
-    measured = (tensor_bytes(p for p in model.parameters() if not p.requires_grad) + tensor_bytes(model.buffers())
-                + tensor_bytes(quantization_states))
+    measured = (
+        tensor_bytes(p for p in model.parameters() if not p.requires_grad)
+        + tensor_bytes(model.buffers())
+        + tensor_bytes(quantization_states)
+    )
     estimate = estimate_training_memory(
-        thinker.config, dtype=torch.float32, load_in_4bit=True, quantize_towers=quantize_towers, lora_kwargs=LORA,
+        thinker.config,
+        dtype=torch.float32,
+        load_in_4bit=True,
+        quantize_towers=quantize_towers,
+        lora_kwargs=LORA,
         sequence_lengths=(64,),
     )
     assert estimate.weights == measured
@@ -111,8 +118,16 @@ def sft_estimate_output(recipe, model_dir, output_dir, in_process):
     """What `train/sft.py --config train/configs/<recipe> --estimate_memory` prints, through the script itself or its
     parser and `estimate_for_run` in this process (the same code path, without a 10 s interpreter start)."""
     config_file, *flags = recipe.split()
-    argv = ["--config", os.path.join(REPO, "train", "configs", config_file), "--model_name_or_path", str(model_dir),
-            "--output_dir", str(output_dir), "--estimate_memory", *flags]
+    argv = [
+        "--config",
+        os.path.join(REPO, "train", "configs", config_file),
+        "--model_name_or_path",
+        str(model_dir),
+        "--output_dir",
+        str(output_dir),
+        "--estimate_memory",
+        *flags,
+    ]
     if in_process:
         from trl import ScriptArguments, TrlParser
 
@@ -124,7 +139,11 @@ def sft_estimate_output(recipe, model_dir, output_dir, in_process):
         return estimate_for_run(model_args, training_args, omni_args).format()
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "train", "sft.py"), *argv],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -133,8 +152,12 @@ def sft_estimate_output(recipe, model_dir, output_dir, in_process):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "recipe, in_process",
-    [("instruct.yaml", True), ("instruct.yaml --load_in_4bit", True),
-     ("instruct.yaml --load_in_4bit --quantize_towers false", True), ("qlora.yaml --offload_experts", False)],
+    [
+        ("instruct.yaml", True),
+        ("instruct.yaml --load_in_4bit", True),
+        ("instruct.yaml --load_in_4bit --quantize_towers false", True),
+        ("qlora.yaml --offload_experts", False),
+    ],
 )
 def test_estimate_memory_prints_the_readme_figures_for_the_real_30b_a3b_shape(recipe, in_process, tmp_path):
     os.makedirs(tmp_path / "model")

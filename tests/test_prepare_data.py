@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import soundfile
 
-from omni_testing import REPO_ROOT
 from qwen_omni import SNACAudioTokenizer, SNACFeatureExtractor
-from qwen_omni.processing_omni import encode_audio
 from qwen_omni.common.audio import read_audio
 from qwen_omni.common.clips import load_audio_text_rows
 from qwen_omni.omni.corpus import load_prepared_dataset, prepare_dataset
+from qwen_omni.processing_omni import encode_audio
+
+from omni_testing import REPO_ROOT
+
 
 DEMO = REPO_ROOT / "data" / "demo_corpus"
 
@@ -26,7 +28,9 @@ def save_audio_dataset(path, clips):
     """A `datasets` folder with an `Audio` column (`audio`) and a `transcript` column."""
     import datasets
 
-    dataset = datasets.Dataset.from_dict({"audio": [str(DEMO / r["audio"]) for r in clips], "transcript": [r["text"] for r in clips]})
+    dataset = datasets.Dataset.from_dict(
+        {"audio": [str(DEMO / r["audio"]) for r in clips], "transcript": [r["text"] for r in clips]}
+    )
     dataset.cast_column("audio", datasets.Audio()).save_to_disk(str(path))
     return path
 
@@ -39,7 +43,11 @@ def feature_extractor(snac_24khz_dir):
 
 def test_read_audio_formats_and_resampling(tmp_path, feature_extractor):
     waveform, rate = soundfile.read(DEMO / demo_rows(1)[0]["audio"], dtype="float32")
-    for name, kwargs in (("clip.wav", {}), ("clip.ogg", {"format": "OGG", "subtype": "VORBIS"}), ("clip.mp3", {"format": "MP3"})):
+    for name, kwargs in (
+        ("clip.wav", {}),
+        ("clip.ogg", {"format": "OGG", "subtype": "VORBIS"}),
+        ("clip.mp3", {"format": "MP3"}),
+    ):
         soundfile.write(tmp_path / name, np.stack([waveform, waveform], 1), rate, **kwargs)  # stereo
         decoded, decoded_rate = read_audio(str(tmp_path / name))
         assert decoded_rate == rate and decoded.ndim == 1
@@ -80,7 +88,9 @@ def test_corrupt_file_is_skipped_and_reported_and_second_run_reuses(tmp_path, fe
     # the codes are exactly what the feature extractor gives (offset 0), whole frames
     waveform, rate = soundfile.read(corpus / records[0]["audio"], dtype="float32")
     front_end = SNACFeatureExtractor(sampling_rate=feature_extractor.config.sampling_rate)
-    expected = feature_extractor.token_layout.codes_to_ids(encode_audio(front_end, feature_extractor, waveform, rate)[0]).tolist()
+    expected = feature_extractor.token_layout.codes_to_ids(
+        encode_audio(front_end, feature_extractor, waveform, rate)[0]
+    ).tolist()
     by_text = {row["text"]: row["audio_codes"] for row in prepared}
     assert by_text[records[0]["text"]] == expected
 
@@ -94,7 +104,9 @@ def test_librispeech_libritts_csv_and_datasets_sources(tmp_path):
     libri.mkdir(parents=True)
     for i, row in enumerate(clips):
         shutil.copy(DEMO / row["audio"], libri / f"19-198-000{i}.flac")
-    (libri / "19-198.trans.txt").write_text("".join(f"19-198-000{i} {row['text'].upper()}\n" for i, row in enumerate(clips)))
+    (libri / "19-198.trans.txt").write_text(
+        "".join(f"19-198-000{i} {row['text'].upper()}\n" for i, row in enumerate(clips))
+    )
     rows = load_audio_text_rows(tmp_path / "LibriSpeech")
     assert rows["speaker"] == ["19", "19"] and rows["text"][1] == clips[1]["text"].upper()
 
@@ -106,7 +118,9 @@ def test_librispeech_libritts_csv_and_datasets_sources(tmp_path):
     assert rows[0]["text"] == "Hello world." and rows[0]["speaker"] == "84"
 
     csv_file = tmp_path / "clips.csv"
-    csv_file.write_text("path,sentence\n" + "".join(f"{DEMO / r['audio']},{r['text'].replace(',', '')}\n" for r in clips))
+    csv_file.write_text(
+        "path,sentence\n" + "".join(f"{DEMO / r['audio']},{r['text'].replace(',', '')}\n" for r in clips)
+    )
     rows = load_audio_text_rows(csv_file, audio_column="path", text_column="sentence", speaker_column=None)
     assert len(rows) == 2 and rows[0]["speaker"] is None
     with pytest.raises(ValueError, match=r"audio column 'audio'.*--audio_column"):
@@ -127,7 +141,9 @@ def test_streaming_source_prepares_and_resumes(tmp_path, feature_extractor):
         rows = load_audio_text_rows(hf, text_column="transcript", streaming=True)
         assert not hasattr(rows, "__len__")  # an IterableDataset
         summary = prepare_dataset(rows, tmp_path / "streamed", feature_extractor, shard_size=1, show_progress=False)
-        assert summary.num_kept == 2 and (summary.shards_encoded, summary.shards_reused) == ((2, 0) if run == 0 else (0, 2))
+        assert summary.num_kept == 2 and (summary.shards_encoded, summary.shards_reused) == (
+            (2, 0) if run == 0 else (0, 2)
+        )
     assert len(load_prepared_dataset(tmp_path / "streamed")) == 2
 
 

@@ -4,24 +4,23 @@ import importlib.util
 import json
 import math
 import os
-from pathlib import Path
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from omni_testing import REPO_ROOT
 from qwen_omni import OmniConfig, OmniForCausalLM
-from qwen_omni.modeling_snac import SNACAudioTokenizer
-from qwen_omni.common.clips import load_audio_text_rows
-from qwen_omni.omni.corpus import prepare_dataset
 from qwen_omni.common import hub
+from qwen_omni.common.clips import load_audio_text_rows
 from qwen_omni.common.hub import verify_in_clean_process
+from qwen_omni.modeling_snac import SNACAudioTokenizer
 from qwen_omni.omni import pretraining
+from qwen_omni.omni.corpus import prepare_dataset
 from qwen_omni.omni.packing import (
     OmniPackingCollator,
     build_packed_dataset,
@@ -29,6 +28,8 @@ from qwen_omni.omni.packing import (
     pack_samples,
     parse_task_ratios,
 )
+
+from omni_testing import REPO_ROOT
 
 
 def load_pretrain_script():
@@ -52,13 +53,43 @@ def prepared_corpus(tmp_path_factory, snac_24khz_dir):
 
 
 def tiny_args(prepared, snac_dir, output_dir, *extra):
-    return pretrain.parse_args([
-        "--dataset_name", str(prepared), "--codec", str(snac_dir), "--output_dir", str(output_dir),
-        "--bpe_vocab_size", "300", "--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2",
-        "--num_key_value_heads", "1", "--max_length", "512", "--per_device_train_batch_size", "2",
-        "--logging_steps", "1", "--report_to", "none", "--eval_strategy", "no", "--save_strategy", "no",
-        "--disable_tqdm", "true", "--dataloader_num_workers", "0", *extra,
-    ])
+    return pretrain.parse_args(
+        [
+            "--dataset_name",
+            str(prepared),
+            "--codec",
+            str(snac_dir),
+            "--output_dir",
+            str(output_dir),
+            "--bpe_vocab_size",
+            "300",
+            "--hidden_size",
+            "32",
+            "--num_hidden_layers",
+            "2",
+            "--num_attention_heads",
+            "2",
+            "--num_key_value_heads",
+            "1",
+            "--max_length",
+            "512",
+            "--per_device_train_batch_size",
+            "2",
+            "--logging_steps",
+            "1",
+            "--report_to",
+            "none",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--disable_tqdm",
+            "true",
+            "--dataloader_num_workers",
+            "0",
+            *extra,
+        ]
+    )
 
 
 def losses(trainer):
@@ -68,8 +99,15 @@ def losses(trainer):
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_packed_row_logits_equal_each_sample_alone(attn_implementation):
     config = OmniConfig(
-        vocab_size=300 + 7 * 32, audio_token_offset=300, codebook_size=32, hidden_size=64, intermediate_size=128,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        vocab_size=300 + 7 * 32,
+        audio_token_offset=300,
+        codebook_size=32,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
     )
     config._attn_implementation = attn_implementation
     torch.manual_seed(0)
@@ -94,7 +132,10 @@ def test_packed_row_logits_equal_each_sample_alone(attn_implementation):
 def test_packing_fills_rows_and_ratios_parse():
     # the shipped mix: speech samples of 150-260 tokens and short text-only samples
     generator = torch.Generator().manual_seed(0)
-    lengths = torch.randint(150, 260, (240,), generator=generator).tolist() + torch.randint(8, 30, (60,), generator=generator).tolist()
+    lengths = (
+        torch.randint(150, 260, (240,), generator=generator).tolist()
+        + torch.randint(8, 30, (60,), generator=generator).tolist()
+    )
     groups = pack_samples(lengths, 1024)
     assert sorted(i for group in groups for i in group) == list(range(300))
     assert all(sum(lengths[i] for i in group) <= 1024 for group in groups)
@@ -163,7 +204,9 @@ def test_packed_rows_of_the_shipped_corpus_hold_95_percent_real_tokens(shipped_c
 
 def test_loss_goes_down_on_the_shipped_corpus(prepared_corpus, snac_24khz_dir, tmp_path):
     out = tmp_path / "run"
-    trainer, result = pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, out, "--max_steps", "16", "--learning_rate", "1e-2"))
+    trainer, result = pretrain.main(
+        *tiny_args(prepared_corpus, snac_24khz_dir, out, "--max_steps", "16", "--learning_rate", "1e-2")
+    )
     history = list(losses(trainer).values())
     assert sum(history[-3:]) / 3 < 0.8 * sum(history[:3]) / 3, history
     # packed rows are nearly full on real data
@@ -182,9 +225,13 @@ def test_resume_after_kill_matches_uninterrupted_run(prepared_corpus, snac_24khz
     extra = ("--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3", "--seed", "7")
     full, _ = pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "full", *extra))
     with pytest.raises(KeyboardInterrupt):
-        pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "killed", *extra), callbacks=[KillAfterCheckpoint()])
+        pretrain.main(
+            *tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "killed", *extra), callbacks=[KillAfterCheckpoint()]
+        )
     assert (tmp_path / "killed" / "checkpoint-3").is_dir() and not (tmp_path / "killed" / "checkpoint-6").exists()
-    resumed, _ = pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "killed", *extra, "--resume_from_checkpoint", "true"))
+    resumed, _ = pretrain.main(
+        *tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "killed", *extra, "--resume_from_checkpoint", "true")
+    )
     expected, got = losses(full), losses(resumed)
     # steps 1-3 come from the checkpoint's trainer_state, 4-6 were trained after the resume
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
@@ -199,10 +246,14 @@ def test_bad_input_fails_before_training(prepared_corpus, snac_24khz_dir, omni_d
         pretrain.parse_args(["--config", str(config)])
 
     with pytest.raises(ValueError, match=r"from another model \(.*hidden_size: checkpoint 64 vs model 32"):
-        pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "a", "--resume_from_checkpoint", str(omni_dir)))
+        pretrain.main(
+            *tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "a", "--resume_from_checkpoint", str(omni_dir))
+        )
 
     with pytest.raises(ValueError, match=r"No training sample is left after filtering.*--max_length"):
-        pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "b", "--max_length", "16", "--max_steps", "1"))
+        pretrain.main(
+            *tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "b", "--max_length", "16", "--max_steps", "1")
+        )
 
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("first line\ncaf\u00e9\n".encode("latin-1"))
@@ -221,13 +272,49 @@ def test_two_cpu_processes_share_the_data_and_write_one_checkpoint(prepared_corp
     rows, and the checkpoint is written once."""
     out = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(REPO_ROOT / "train" / "pretrain.py"), "--use_cpu", "true",
-        "--dataset_name", str(prepared_corpus), "--codec", str(snac_24khz_dir), "--output_dir", str(out),
-        "--bpe_vocab_size", "300", "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2",
-        "--num_key_value_heads", "1", "--max_length", "512", "--per_device_train_batch_size", "1", "--max_steps", "4",
-        "--save_steps", "4", "--eval_strategy", "no", "--eval_fraction", "0", "--report_to", "none",
-        "--logging_steps", "1", "--disable_tqdm", "true",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO_ROOT / "train" / "pretrain.py"),
+        "--use_cpu",
+        "true",
+        "--dataset_name",
+        str(prepared_corpus),
+        "--codec",
+        str(snac_24khz_dir),
+        "--output_dir",
+        str(out),
+        "--bpe_vocab_size",
+        "300",
+        "--hidden_size",
+        "32",
+        "--num_hidden_layers",
+        "1",
+        "--num_attention_heads",
+        "2",
+        "--num_key_value_heads",
+        "1",
+        "--max_length",
+        "512",
+        "--per_device_train_batch_size",
+        "1",
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "4",
+        "--eval_strategy",
+        "no",
+        "--eval_fraction",
+        "0",
+        "--report_to",
+        "none",
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -251,14 +338,54 @@ def test_fsdp2_on_two_cpu_processes_saves_a_checkpoint_that_loads_anywhere(prepa
     the whole model with the Omni code files (not FSDP's), and it reloads and generates in a clean process."""
     out = tmp_path / "fsdp2"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(REPO_ROOT / "train" / "accelerate" / "fsdp2.yaml"), "--num_processes", "2", "--main_process_port", "0",
-        str(REPO_ROOT / "train" / "pretrain.py"), "--use_cpu", "true", "--optimizer", "adamw",
-        "--dataset_name", str(prepared_corpus), "--codec", str(snac_24khz_dir), "--output_dir", str(out),
-        "--bpe_vocab_size", "300", "--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2",
-        "--num_key_value_heads", "1", "--max_length", "512", "--per_device_train_batch_size", "1", "--max_steps", "2",
-        "--save_steps", "2", "--eval_strategy", "no", "--eval_fraction", "0", "--report_to", "none",
-        "--logging_steps", "1", "--disable_tqdm", "true",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO_ROOT / "train" / "accelerate" / "fsdp2.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "0",
+        str(REPO_ROOT / "train" / "pretrain.py"),
+        "--use_cpu",
+        "true",
+        "--optimizer",
+        "adamw",
+        "--dataset_name",
+        str(prepared_corpus),
+        "--codec",
+        str(snac_24khz_dir),
+        "--output_dir",
+        str(out),
+        "--bpe_vocab_size",
+        "300",
+        "--hidden_size",
+        "32",
+        "--num_hidden_layers",
+        "2",
+        "--num_attention_heads",
+        "2",
+        "--num_key_value_heads",
+        "1",
+        "--max_length",
+        "512",
+        "--per_device_train_batch_size",
+        "1",
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--eval_strategy",
+        "no",
+        "--eval_fraction",
+        "0",
+        "--report_to",
+        "none",
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -268,14 +395,19 @@ def test_fsdp2_on_two_cpu_processes_saves_a_checkpoint_that_loads_anywhere(prepa
     shards = sorted(p.name for p in (out / "checkpoint-2" / "pytorch_model_fsdp_0").glob("*.distcp"))
     assert shards == ["__0_0.distcp", "__1_0.distcp"]
     assert not list(out.glob("_fsdp*.py"))
-    assert json.loads((out / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == "modeling_omni.OmniForCausalLM"
+    assert (
+        json.loads((out / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"]
+        == "modeling_omni.OmniForCausalLM"
+    )
     # the whole model: every tensor of the initial checkpoint, same shape, trained
     initial, trained = load_file(out / "init" / "model.safetensors"), load_file(out / "model.safetensors")
     # the gathered state dict also holds the tied output embedding (the input one's values; reloading ties them)
     assert "lm_head.weight" not in initial
     assert torch.equal(trained.pop("lm_head.weight"), trained["model.embed_tokens.weight"])
     assert {k: v.shape for k, v in trained.items()} == {k: v.shape for k, v in initial.items()}
-    assert not torch.equal(trained["model.layers.0.self_attn.q_proj.weight"], initial["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        trained["model.layers.0.self_attn.q_proj.weight"], initial["model.layers.0.self_attn.q_proj.weight"]
+    )
     assert verify_in_clean_process(out)["class"].endswith("modeling_omni.OmniForCausalLM")
 
 
@@ -283,15 +415,37 @@ def test_push_to_hub_checks_the_repo_id_first_and_publishes_through_the_checked_
     prepared_corpus, snac_24khz_dir, tmp_path, monkeypatch
 ):
     with pytest.raises(ValueError, match="not of the form 'owner/name'"):
-        pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, tmp_path / "bad", "--push_to_hub", "true",
-                                 "--hub_model_id", "no-slash", "--max_steps", "1"))
+        pretrain.main(
+            *tiny_args(
+                prepared_corpus,
+                snac_24khz_dir,
+                tmp_path / "bad",
+                "--push_to_hub",
+                "true",
+                "--hub_model_id",
+                "no-slash",
+                "--max_steps",
+                "1",
+            )
+        )
     assert not (tmp_path / "bad" / "model.safetensors").exists()  # nothing was trained
 
     pushed = []
     monkeypatch.setattr(hub, "push_to_hub", lambda folder, repo_id, **kwargs: pushed.append((Path(folder), repo_id)))
     out = tmp_path / "run"
-    trainer, _ = pretrain.main(*tiny_args(prepared_corpus, snac_24khz_dir, out, "--push_to_hub", "true",
-                                          "--hub_model_id", "someone/omni-tiny", "--max_steps", "1"))
+    trainer, _ = pretrain.main(
+        *tiny_args(
+            prepared_corpus,
+            snac_24khz_dir,
+            out,
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "someone/omni-tiny",
+            "--max_steps",
+            "1",
+        )
+    )
     assert pushed == [(out, "someone/omni-tiny")]
     assert not trainer.args.push_to_hub  # the Trainer itself never uploads checkpoints
 
@@ -311,4 +465,3 @@ def test_text_file_is_read_line_by_line_and_what_is_left_out_is_counted(tmp_path
     path.write_text("\n\n")
     with pytest.raises(ValueError, match="0 documents, 2 blank lines skipped, 0 refused: no document is left"):
         corpus.read_text_documents(path)
-

@@ -8,15 +8,16 @@ import subprocess
 import sys
 
 import pytest
-from qwen_omni.omni import command_corpus
+from test_pretrain import pretrain
+
+from qwen_omni.omni import command_corpus, pretrain_report
 from qwen_omni.omni.command_corpus import (
     CommandCorpusSpec,
     command_corpus_rows,
     draw_sentences,
 )
 from qwen_omni.omni.evaluation import error_rates
-from test_pretrain import pretrain
-from qwen_omni.omni import pretrain_report
+
 
 # The default run (train/pretrain.py with no arguments) scaled down to fit the CI budget: SHORT_RUN_SENTENCES of the
 # default's sentences and SHORT_RUN_STEPS of its steps; everything else is the default.
@@ -52,12 +53,24 @@ def short_run(tmp_path_factory):
     """The shortened default run: (output folder, report)."""
     root = tmp_path_factory.mktemp("main_job")
     out = root / "omni-pretrain"
-    script_args, training_args = pretrain.parse_args([
-        "--output_dir", str(out), "--corpus_cache_dir", str(root),
-        "--command_corpus_sentences", str(SHORT_RUN_SENTENCES),
-        "--command_corpus_heldout_voice_sentences", str(SHORT_RUN_HELDOUT_VOICE_SENTENCES),
-        "--max_steps", str(SHORT_RUN_STEPS), "--report_to", "none", "--disable_tqdm", "true",
-    ])
+    script_args, training_args = pretrain.parse_args(
+        [
+            "--output_dir",
+            str(out),
+            "--corpus_cache_dir",
+            str(root),
+            "--command_corpus_sentences",
+            str(SHORT_RUN_SENTENCES),
+            "--command_corpus_heldout_voice_sentences",
+            str(SHORT_RUN_HELDOUT_VOICE_SENTENCES),
+            "--max_steps",
+            str(SHORT_RUN_STEPS),
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     pretrain.main(script_args, training_args)
     return out, json.loads((out / pretrain_report.REPORT_NAME).read_text())
 
@@ -97,9 +110,21 @@ def test_the_cli_transcribes_a_heldout_clip_close_to_its_sentence(short_run):
     clips = [rows[clip_id] for clip_id in heldout["clip_ids"]]
     # one clip per batch: no padding in the model's input
     result = subprocess.run(
-        [sys.executable, "-m", "qwen_omni.entrypoints.cli", "transcribe", "--model", str(out), "--batch-size", "1",
-         *(clip["audio"] for clip in clips)],
-        capture_output=True, text=True, check=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "qwen_omni.entrypoints.cli",
+            "transcribe",
+            "--model",
+            str(out),
+            "--batch-size",
+            "1",
+            *(clip["audio"] for clip in clips),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
     )
     transcripts = [line.split("\t", 1)[1] for line in result.stdout.splitlines()]
     # The CLI encodes each file alone; the prepared corpus was encoded in padded, length-sorted batches, which

@@ -5,18 +5,17 @@ import math
 
 import pytest
 import torch
+from test_pretrain import pretrain, tiny_args
 
-from omni_testing import REPO_ROOT, save_snac_checkpoint, tiny_processor
+from qwen_omni.common.clips import load_audio_text_rows
 from qwen_omni.configuration_omni import SNACTokenLayout
 from qwen_omni.modeling_snac import SNACAudioTokenizer
-from qwen_omni.omni import evaluation, standin_codec
-from qwen_omni.common.clips import load_audio_text_rows
+from qwen_omni.omni import evaluation, pretrain_report, pretraining, standin_codec
 from qwen_omni.omni.corpus import prepare_dataset
 from qwen_omni.omni.evaluation import code_perplexities, layout_code_perplexities, most_frequent_code_accuracy
 from qwen_omni.omni.standin_codec import STANDIN_CODEC_CONFIG, fit_standin_codec, read_fit_waveforms
-from test_pretrain import pretrain, tiny_args
-from qwen_omni.omni import pretraining
-from qwen_omni.omni import pretrain_report
+
+from omni_testing import REPO_ROOT, save_snac_checkpoint, tiny_processor
 
 
 DEMO_CORPUS = REPO_ROOT / "data" / "demo_corpus"
@@ -104,14 +103,20 @@ def test_standin_codec_is_deterministic_and_cached(corpus_rows, tmp_path, monkey
 
 def test_offline_codec_refuses_a_prepared_dataset_without_its_codec(tmp_path, snac_24khz_dir):
     prepared = tmp_path / "prepared"
-    prepare_dataset(load_audio_text_rows(DEMO_CORPUS).select(range(2)), prepared,
-                    SNACAudioTokenizer.from_pretrained(snac_24khz_dir), show_progress=False)
+    prepare_dataset(
+        load_audio_text_rows(DEMO_CORPUS).select(range(2)),
+        prepared,
+        SNACAudioTokenizer.from_pretrained(snac_24khz_dir),
+        show_progress=False,
+    )
     script_args, _ = pretrain.parse_args(["--dataset_name", str(prepared), "--output_dir", str(tmp_path / "out")])
     with pytest.raises(ValueError, match=r"is a prepared dataset.*pass that codec with --codec"):
         pretraining.offline_codec(script_args, tmp_path / "out")
 
 
-@pytest.mark.parametrize("num_rows,fraction,seed", [(48, 0.1, 42), (16, 0.125, 0), (5, 0.5, 3), (2, 0.1, 1), (7, 0.0, 0)])
+@pytest.mark.parametrize(
+    "num_rows,fraction,seed", [(48, 0.1, 42), (16, 0.125, 0), (5, 0.5, 3), (2, 0.1, 1), (7, 0.0, 0)]
+)
 def test_heldout_split_never_overlaps_training(num_rows, fraction, seed):
     train, heldout = pretraining.split_heldout(num_rows, fraction, seed)
     assert not set(train) & set(heldout)
@@ -143,7 +148,9 @@ def test_heldout_speakers_are_never_trained_on_and_the_rest_splits_as_before():
 def standin_prepared(corpus_rows, standin_dir, tmp_path_factory):
     """16 clips of the shipped corpus encoded with the stand-in codec (distinct code sequences per clip)."""
     out = tmp_path_factory.mktemp("prepared_standin")
-    prepare_dataset(corpus_rows.select(range(16)), out, SNACAudioTokenizer.from_pretrained(standin_dir), show_progress=False)
+    prepare_dataset(
+        corpus_rows.select(range(16)), out, SNACAudioTokenizer.from_pretrained(standin_dir), show_progress=False
+    )
     return out
 
 
@@ -172,9 +179,13 @@ def test_no_training_row_holds_a_heldout_clip(standin_prepared, standin_dir, tmp
             assert any(contains(row, audio) for row in eval_datasets["tts"]["input_ids"])
 
 
-def test_report_compares_untrained_and_trained_on_the_heldout_clips(standin_prepared, standin_dir, tmp_path, monkeypatch):
+def test_report_compares_untrained_and_trained_on_the_heldout_clips(
+    standin_prepared, standin_dir, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
-    script_args, training_args = tiny_args(standin_prepared, standin_dir, out, "--max_steps", "2", "--eval_fraction", "0.125")
+    script_args, training_args = tiny_args(
+        standin_prepared, standin_dir, out, "--max_steps", "2", "--eval_fraction", "0.125"
+    )
     rows = load_audio_text_rows(DEMO_CORPUS).select(range(16))
     _, heldout_indices = pretraining.split_heldout(16, 0.125, training_args.seed)
     text_of_audio = {}
@@ -246,9 +257,17 @@ def test_report_compares_untrained_and_trained_on_the_heldout_clips(standin_prep
     assert report["heldout"]["best_constant_transcript_cer"] == pytest.approx(best)
     checks, margins = report["heldout"]["checks"], report["heldout"]["margins"]
     assert checks["asr_cer_below_untrained"] and checks["asr_cer_below_best_constant_transcript"]
-    assert set(checks) == set(margins) == {
-        "audio_accuracy_above_most_frequent_code", "audio_accuracy_above_untrained", "asr_cer_below_untrained",
-        "asr_cer_below_best_constant_transcript", "speech_round_trip_cer_below_best_constant_transcript"}
+    assert (
+        set(checks)
+        == set(margins)
+        == {
+            "audio_accuracy_above_most_frequent_code",
+            "audio_accuracy_above_untrained",
+            "asr_cer_below_untrained",
+            "asr_cer_below_best_constant_transcript",
+            "speech_round_trip_cer_below_best_constant_transcript",
+        }
+    )
     # margins are relative: how far below the bar a CER is, as a share of the bar
     assert margins["asr_cer_below_untrained"] == pytest.approx(1 - expected_cer)
     assert margins["speech_round_trip_cer_below_best_constant_transcript"] == pytest.approx((best - 0.25) / best)
@@ -268,12 +287,17 @@ def edit_distance(a: str, b: str) -> int:
 def test_checks_flag_a_model_that_learned_one_constant_code():
     # the old offline default: 0.99 audio-token accuracy, but so does predicting the most frequent code
     def heldout(cer, audio, floor, constant_cer):
-        return {"untrained": {"asr": {"cer": 1.8}, "teacher_forced": {"audio_token_accuracy": 0.0}},
-                "trained": {"asr": {"cer": cer}, "teacher_forced": {"audio_token_accuracy": audio}},
-                "most_frequent_code_audio_accuracy": floor, "best_constant_transcript_cer": constant_cer}
+        return {
+            "untrained": {"asr": {"cer": 1.8}, "teacher_forced": {"audio_token_accuracy": 0.0}},
+            "trained": {"asr": {"cer": cer}, "teacher_forced": {"audio_token_accuracy": audio}},
+            "most_frequent_code_audio_accuracy": floor,
+            "best_constant_transcript_cer": constant_cer,
+        }
 
     checks, margins = pretrain_report.heldout_checks(heldout(cer=0.9, audio=0.99, floor=0.99, constant_cer=0.75))
-    assert not checks["audio_accuracy_above_most_frequent_code"] and not checks["asr_cer_below_best_constant_transcript"]
+    assert (
+        not checks["audio_accuracy_above_most_frequent_code"] and not checks["asr_cer_below_best_constant_transcript"]
+    )
     assert checks["audio_accuracy_above_untrained"] and checks["asr_cer_below_untrained"]
     assert margins["asr_cer_below_best_constant_transcript"] == pytest.approx(-0.2)
     assert margins["asr_cer_below_untrained"] == pytest.approx(0.5)

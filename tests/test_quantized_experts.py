@@ -15,8 +15,9 @@ from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
     Qwen3OmniMoeThinkerTextModel,
 )
 
-from qwen_omni.qwen3_omni import build_lora_config, load_thinker, merge_adapter
+from qwen_omni.qwen3_omni import build_lora_config, load_thinker, merge_adapter, tiny_checkpoints
 from qwen_omni.qwen3_omni.expert_offload import ExpertOffloader
+from qwen_omni.qwen3_omni.peft_lora import apply_peft_lora
 from qwen_omni.qwen3_omni.quantized_experts import (
     ExpertQuantizationConfig,
     nf4_parametrization,
@@ -24,11 +25,7 @@ from qwen_omni.qwen3_omni.quantized_experts import (
     quantize_experts,
     quantized_expert_bytes,
 )
-from qwen_omni.qwen3_omni.peft_lora import apply_peft_lora
 from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora, register_routed_lora
-
-
-from qwen_omni.qwen3_omni import tiny_checkpoints
 
 
 HIDDEN, EXPERT_INTERMEDIATE, NUM_EXPERTS = 64, 32, 8
@@ -38,9 +35,18 @@ INPUT_IDS = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_see
 
 def tiny_text_model(num_layers=2, experts_implementation="eager"):
     config = Qwen3OmniMoeTextConfig(
-        vocab_size=64, hidden_size=HIDDEN, intermediate_size=64, moe_intermediate_size=EXPERT_INTERMEDIATE,
-        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        num_experts=NUM_EXPERTS, num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[],
+        vocab_size=64,
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        moe_intermediate_size=EXPERT_INTERMEDIATE,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_experts=NUM_EXPERTS,
+        num_experts_per_tok=2,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
     )
     torch.manual_seed(0)
     model = Qwen3OmniMoeThinkerTextModel(config)
@@ -68,8 +74,9 @@ def dequantized_twin(quantized, twin):
 def lora_config(num_layers=2, **overrides):
     # full names: PEFT matches a parametrized (4-bit) tensor only by its module's full name
     targets = [f"layers.{layer}.{name}" for layer in range(num_layers) for name in TARGET_PARAMETERS]
-    kwargs = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], target_parameters=targets,
-                  init_lora_weights=False)
+    kwargs = dict(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], target_parameters=targets, init_lora_weights=False
+    )
     kwargs.update(overrides)
     return LoraConfig(**kwargs)
 
@@ -80,7 +87,9 @@ def test_expert_tensors_are_stored_in_4_bits(double_quant):
     original = model.layers[0].mlp.experts.gate_up_proj.detach().clone()
     config = ExpertQuantizationConfig(double_quant=double_quant)
     bf16_bytes = sum(
-        getattr(layer.mlp.experts, name).numel() * 2 for layer in model.layers for name in ("gate_up_proj", "down_proj")
+        getattr(layer.mlp.experts, name).numel() * 2
+        for layer in model.layers
+        for name in ("gate_up_proj", "down_proj")
     )
     assert quantize_experts(model, config) == 4
     assert quantize_experts(model, config) == 0
@@ -96,7 +105,9 @@ def test_expert_tensors_are_stored_in_4_bits(double_quant):
     # quantized expert by expert, yet exactly bitsandbytes' quantization of the whole tensor (blocks never cross experts)
     import bitsandbytes.functional as bnb_functional
 
-    codes, state = bnb_functional.quantize_4bit(original, blocksize=64, compress_statistics=double_quant, quant_type="nf4")
+    codes, state = bnb_functional.quantize_4bit(
+        original, blocksize=64, compress_statistics=double_quant, quant_type="nf4"
+    )
     assert torch.equal(experts.parametrizations.gate_up_proj.original.reshape(-1), codes.reshape(-1))
     torch.testing.assert_close(experts.gate_up_proj, bnb_functional.dequantize_4bit(codes, state), atol=0, rtol=0)
     codes = experts.parametrizations.gate_up_proj.original
@@ -120,14 +131,19 @@ def test_routed_forward_over_4bit_experts_equals_the_dequantized_bf16_forward(ex
     # the plain experts forward (no LoRA) on 4-bit experts is the dequantized one too
     with routed.disable_adapter(), expected.disable_adapter():
         torch.testing.assert_close(
-            routed(input_ids=INPUT_IDS).last_hidden_state, expected(input_ids=INPUT_IDS).last_hidden_state,
-            atol=1e-5, rtol=1e-5,
+            routed(input_ids=INPUT_IDS).last_hidden_state,
+            expected(input_ids=INPUT_IDS).last_hidden_state,
+            atol=1e-5,
+            rtol=1e-5,
         )
 
 
 def test_talker_moe_block_experts_quantize_too():
     config = Qwen3OmniMoeTextConfig(
-        hidden_size=64, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+        hidden_size=64,
+        moe_intermediate_size=32,
+        num_experts=4,
+        num_experts_per_tok=2,
         shared_expert_intermediate_size=32,
     )
     config._experts_implementation = "eager"
@@ -142,9 +158,14 @@ def test_talker_moe_block_experts_quantize_too():
     block = talker_block()
     assert quantize_experts(block) == 2
     reference = dequantized_twin(block, talker_block())
-    model = get_peft_model(block, LoraConfig(r=2, target_parameters=["experts.gate_up_proj", "experts.down_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        block,
+        LoraConfig(r=2, target_parameters=["experts.gate_up_proj", "experts.down_proj"], init_lora_weights=False),
+    )
     apply_routed_lora(model)
-    expected = get_peft_model(reference, LoraConfig(r=2, target_parameters=["experts.gate_up_proj", "experts.down_proj"]))
+    expected = get_peft_model(
+        reference, LoraConfig(r=2, target_parameters=["experts.gate_up_proj", "experts.down_proj"])
+    )
     expected.load_state_dict(model.state_dict(), strict=False)
     x = torch.randn(2, 5, 64)
     torch.testing.assert_close(model(x), expected(x), atol=1e-5, rtol=1e-5)
@@ -186,8 +207,9 @@ def test_lora_over_4bit_experts_stored_from_fp32_trains_under_bf16_autocast(appl
         hidden = model(input_ids=INPUT_IDS).last_hidden_state
     hidden.float().pow(2).mean().backward()
     expert_grads = [p.grad for name, p in model.named_parameters() if ".experts." in name and ".lora_B." in name]
-    assert expert_grads and all(grad is not None and grad.dtype == torch.float32 and grad.abs().sum() > 0
-                                for grad in expert_grads)
+    assert expert_grads and all(
+        grad is not None and grad.dtype == torch.float32 and grad.abs().sum() > 0 for grad in expert_grads
+    )
 
 
 def test_peft_wrapper_on_4bit_experts_equals_peft_on_the_dequantized_experts_at_every_forward():
@@ -225,7 +247,10 @@ def test_merging_into_4bit_experts_is_refused_instead_of_dropping_the_update(app
     quantize_experts(quantized)
     model = get_peft_model(quantized, lora_config())
     apply_lora_impl(model)
-    with pytest.raises(ValueError, match=r"Cannot merge LoRA into \w+Experts\.(gate_up|down)_proj: it is stored in 4 bits.*train/merge\.py"):
+    with pytest.raises(
+        ValueError,
+        match=r"Cannot merge LoRA into \w+Experts\.(gate_up|down)_proj: it is stored in 4 bits.*train/merge\.py",
+    ):
         model.merge_and_unload()
 
 
@@ -250,8 +275,10 @@ def test_lora_dropout_on_routed_experts():
     routed.eval()
     peft_model.eval()
     torch.testing.assert_close(
-        routed(input_ids=INPUT_IDS).last_hidden_state, peft_model(input_ids=INPUT_IDS).last_hidden_state,
-        atol=1e-5, rtol=1e-5,
+        routed(input_ids=INPUT_IDS).last_hidden_state,
+        peft_model(input_ids=INPUT_IDS).last_hidden_state,
+        atol=1e-5,
+        rtol=1e-5,
     )
     with pytest.raises(ValueError, match="does not work with lora_dropout"):
         get_peft_model(tiny_text_model(), lora_config(lora_dropout=0.1, target_modules=[]))
@@ -318,8 +345,14 @@ def test_load_in_4bit_quantizes_the_towers_unless_told_not_to_and_tower_lora_tra
 
     media = tiny_checkpoints.write_media(tmp_path)
     conversation = [
-        {"role": "user", "content": [{"type": "audio", "audio": media["audio"]}, {"type": "image", "image": media["image"]},
-                                     {"type": "text", "text": "What is this?"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio", "audio": media["audio"]},
+                {"type": "image", "image": media["image"]},
+                {"type": "text", "text": "What is this?"},
+            ],
+        },
         {"role": "assistant", "content": "A tone and a red square."},
     ]
     batch = Qwen3OmniSFTCollator(AutoProcessor.from_pretrained(checkpoint))([{"conversations": conversation}])
@@ -328,8 +361,11 @@ def test_load_in_4bit_quantizes_the_towers_unless_told_not_to_and_tower_lora_tra
     towers_kept = load_thinker(checkpoint, load_in_4bit=True, quantize_towers=False, dtype="float32")
 
     def linear_kinds(model, prefix):
-        return {type(module).__name__ for name, module in model.named_modules()
-                if name.startswith(prefix) and isinstance(module, torch.nn.Linear)}
+        return {
+            type(module).__name__
+            for name, module in model.named_modules()
+            if name.startswith(prefix) and isinstance(module, torch.nn.Linear)
+        }
 
     for prefix in ("model.audio_tower.", "model.visual."):
         assert linear_kinds(quantized, prefix) == {"Linear4bit"}
@@ -344,23 +380,43 @@ def test_load_in_4bit_quantizes_the_towers_unless_told_not_to_and_tower_lora_tra
         return [output.pooler_output if hasattr(output, "pooler_output") else output for output in (audio, image)]
 
     # the 4-bit towers compute from the NF4 weights: close to the fp32 towers, not equal; kept towers are exact
-    for exact, kept, quantized_output in zip(tower_features(base), tower_features(towers_kept), tower_features(quantized)):
-        exact, kept, quantized_output = (torch.cat(list(t)) if isinstance(t, (list, tuple)) else t
-                                         for t in (exact, kept, quantized_output))
+    for exact, kept, quantized_output in zip(
+        tower_features(base), tower_features(towers_kept), tower_features(quantized)
+    ):
+        exact, kept, quantized_output = (
+            torch.cat(list(t)) if isinstance(t, (list, tuple)) else t for t in (exact, kept, quantized_output)
+        )
         assert torch.equal(kept, exact)
         error = (quantized_output - exact).norm() / exact.norm()
         assert 0 < error < 0.25, error
 
     model = get_peft_model(quantized, build_lora_config(quantized, r=4, lora_alpha=8, towers=["audio", "vision"]))
-    model(**{key: value for key, value in batch.items() if key in (
-        "input_ids", "attention_mask", "labels", "input_features", "feature_attention_mask", "pixel_values",
-        "image_grid_thw")}).loss.backward()
+    model(
+        **{
+            key: value
+            for key, value in batch.items()
+            if key
+            in (
+                "input_ids",
+                "attention_mask",
+                "labels",
+                "input_features",
+                "feature_attention_mask",
+                "pixel_values",
+                "image_grid_thw",
+            )
+        }
+    ).loss.backward()
     # lora_B starts at zero, so it is the factor with a gradient at the first step
-    tower_lora = {name: p.grad for name, p in model.named_parameters() if "lora_B" in name and (
-        ".audio_tower." in name or ".visual." in name)}
+    tower_lora = {
+        name: p.grad
+        for name, p in model.named_parameters()
+        if "lora_B" in name and (".audio_tower." in name or ".visual." in name)
+    }
     assert tower_lora and all(grad is not None and grad.abs().sum() > 0 for grad in tower_lora.values())
-    assert isinstance(model.base_model.model.model.audio_tower.layers[0].self_attn.q_proj.base_layer,
-                      bnb.nn.Linear4bit)
+    assert isinstance(
+        model.base_model.model.model.audio_tower.layers[0].self_attn.q_proj.base_layer, bnb.nn.Linear4bit
+    )
 
 
 def test_no_full_precision_expert_tensor_is_ever_assigned_while_loading(checkpoint):
@@ -408,8 +464,9 @@ def test_adapter_trained_on_4bit_experts_merges_onto_the_bf16_base(checkpoint, t
     merged = Qwen3OmniMoeForConditionalGeneration.from_pretrained(merged_dir).thinker.eval()
     bf16_base = load_thinker(checkpoint).eval()
     q4_base = load_thinker(checkpoint, quantize_experts=True).eval()
-    on_bf16 = PeftModel.from_pretrained(load_thinker(checkpoint), str(tmp_path / "adapter"), config=_no_dropout(
-        tmp_path / "adapter")).eval()
+    on_bf16 = PeftModel.from_pretrained(
+        load_thinker(checkpoint), str(tmp_path / "adapter"), config=_no_dropout(tmp_path / "adapter")
+    ).eval()
     ids = torch.randint(0, 300, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         merged_logits, adapted_bf16 = merged(input_ids=ids).logits, on_bf16(input_ids=ids).logits
@@ -429,8 +486,9 @@ def test_adapter_trained_on_4bit_experts_merges_onto_the_bf16_base(checkpoint, t
 
     # the usage code of the adapter's model card (train/push_to_hub.py), run as a Hub user would: PEFT alone, and the
     # dropout the adapter was trained with (which PEFT's parameter wrapper refuses at load) set to 0
-    from omni_testing import usage_code
     from qwen_omni.common.hub import build_model_card
+
+    from omni_testing import usage_code
 
     code = usage_code(str(build_model_card(tmp_path / "adapter", "someone/thinker-lora")))
     namespace = {}
@@ -457,25 +515,72 @@ def test_sft_script_trains_the_seed_recipe_on_4bit_experts_and_merges(checkpoint
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
     rows = [
-        {"messages": [{"role": "user", "content": "Think step by step."},
-                      {"role": "assistant", "content": "two plus two is four"}]},
-        {"messages": [{"role": "user", "content": "What do you see?"},
-                      {"role": "assistant", "content": "A red square on white."}]},
+        {
+            "messages": [
+                {"role": "user", "content": "Think step by step."},
+                {"role": "assistant", "content": "two plus two is four"},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "What do you see?"},
+                {"role": "assistant", "content": "A red square on white."},
+            ]
+        },
     ] * 4
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, os.path.join(repo, "train", "sft.py"),
-         "--config", os.path.join(repo, "train", "configs", "seed_recipe.yaml"), "--load_in_4bit",
-         "--model_name_or_path", checkpoint, "--dataset_name", str(tmp_path / "train.jsonl"), "--output_dir", str(out),
-         "--dtype", "float32", "--max_steps", "8", "--per_device_train_batch_size", "4",
-         "--gradient_accumulation_steps", "1", "--learning_rate", "2e-2", "--warmup_steps", "0",
-         "--lr_scheduler_type", "constant", "--lora_r", "8", "--lora_alpha", "16", "--logging_steps", "1",
-         "--save_strategy", "no", "--report_to", "none", "--max_length", "128", "--dataloader_num_workers", "0"],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            os.path.join(repo, "train", "sft.py"),
+            "--config",
+            os.path.join(repo, "train", "configs", "seed_recipe.yaml"),
+            "--load_in_4bit",
+            "--model_name_or_path",
+            checkpoint,
+            "--dataset_name",
+            str(tmp_path / "train.jsonl"),
+            "--output_dir",
+            str(out),
+            "--dtype",
+            "float32",
+            "--max_steps",
+            "8",
+            "--per_device_train_batch_size",
+            "4",
+            "--gradient_accumulation_steps",
+            "1",
+            "--learning_rate",
+            "2e-2",
+            "--warmup_steps",
+            "0",
+            "--lr_scheduler_type",
+            "constant",
+            "--lora_r",
+            "8",
+            "--lora_alpha",
+            "16",
+            "--logging_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--max_length",
+            "128",
+            "--dataloader_num_workers",
+            "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    losses = [float(value) for value in __import__("re").findall(r"'loss': '([0-9.]+)'", result.stdout + result.stderr)]
+    losses = [
+        float(value) for value in __import__("re").findall(r"'loss': '([0-9.]+)'", result.stdout + result.stderr)
+    ]
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.2, losses
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["lora_dropout"] == 0.1 and config["target_modules"] == [] and len(config["target_parameters"]) == 6
@@ -484,8 +589,20 @@ def test_sft_script_trains_the_seed_recipe_on_4bit_experts_and_merges(checkpoint
 
     merged = tmp_path / "merged"
     result = subprocess.run(
-        [sys.executable, os.path.join(repo, "train", "merge.py"), "--adapter", str(out), "--output_dir", str(merged),
-         "--base_model", checkpoint], env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            os.path.join(repo, "train", "merge.py"),
+            "--adapter",
+            str(out),
+            "--output_dir",
+            str(merged),
+            "--base_model",
+            checkpoint,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert (merged / "model.safetensors").exists()

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from qwen_omni.qwen3_omni import Qwen3OmniSFTCollator, load_conversation_dataset, load_thinker
+from qwen_omni.qwen3_omni import Qwen3OmniSFTCollator, load_conversation_dataset, load_thinker, tiny_checkpoints
 from qwen_omni.qwen3_omni.conversations import (
     DatasetReport,
     decode_media,
@@ -22,9 +22,6 @@ from qwen_omni.qwen3_omni.conversations import (
     row_to_conversation,
     template_conversation,
 )
-
-
-from qwen_omni.qwen3_omni import tiny_checkpoints
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,16 +136,18 @@ def test_format_is_detected_and_can_be_forced(workdir):
 
 
 def test_sharegpt_roles_system_column_and_media_dir(workdir, tmp_path):
-    rows = [{
-        "conversations": [
-            {"from": "human", "value": "<audio>Weather?"},
-            {"from": "function_call", "value": '{"name": "weather", "arguments": {}}'},
-            {"from": "observation", "value": "sunny"},
-            {"from": "gpt", "value": "It is sunny."},
-        ],
-        "system": "Be brief.",
-        "audios": ["tone.wav"],
-    }]
+    rows = [
+        {
+            "conversations": [
+                {"from": "human", "value": "<audio>Weather?"},
+                {"from": "function_call", "value": '{"name": "weather", "arguments": {}}'},
+                {"from": "observation", "value": "sunny"},
+                {"from": "gpt", "value": "It is sunny."},
+            ],
+            "system": "Be brief.",
+            "audios": ["tone.wav"],
+        }
+    ]
     conversation = row_to_conversation(rows[0], 0, "sharegpt", base_dir=str(workdir["data"] / "media"))
     assert [turn["role"] for turn in conversation] == ["system", "user", "assistant", "tool", "assistant"]
     assert conversation[0]["content"] == [{"type": "text", "text": "Be brief."}]
@@ -165,12 +164,18 @@ def test_sharegpt_roles_system_column_and_media_dir(workdir, tmp_path):
 
 
 def test_placeholder_media_mismatch_is_refused_counted_and_reported(workdir, tmp_path):
-    good = {"messages": [{"role": "user", "content": "<audio>Hear?"}, {"role": "assistant", "content": "A tone."}],
-            "audios": ["media/tone.wav"]}
-    two_tags = {"messages": [{"role": "user", "content": "<audio><audio>Hear?"},
-                             {"role": "assistant", "content": "x"}], "audios": ["media/tone.wav"]}
-    untagged_image = {"messages": [{"role": "user", "content": "See?"}, {"role": "assistant", "content": "x"}],
-                      "images": ["media/square.png"]}
+    good = {
+        "messages": [{"role": "user", "content": "<audio>Hear?"}, {"role": "assistant", "content": "A tone."}],
+        "audios": ["media/tone.wav"],
+    }
+    two_tags = {
+        "messages": [{"role": "user", "content": "<audio><audio>Hear?"}, {"role": "assistant", "content": "x"}],
+        "audios": ["media/tone.wav"],
+    }
+    untagged_image = {
+        "messages": [{"role": "user", "content": "See?"}, {"role": "assistant", "content": "x"}],
+        "images": ["media/square.png"],
+    }
     path = workdir["data"] / "mismatch.jsonl"
     path.write_text("\n".join(json.dumps(row) for row in [good, two_tags, good, untagged_image]))
     report = DatasetReport(name="mismatch")
@@ -208,12 +213,17 @@ def test_rows_through_datasets_render_like_plain_json(workdir, processor, tmp_pa
         assert any(value is None for turn in loaded for part in turn["content"] for value in part.values())
         # Before the parts are cleaned, a key-presence template renders the text part as an image placeholder
         assert processor.apply_chat_template(loaded, tokenize=False) != processor.apply_chat_template(
-            conversation, tokenize=False)
+            conversation, tokenize=False
+        )
         assert template_conversation(loaded) == template_conversation(conversation)
-        assert collator.render(loaded) == collator.render(conversation) == collator.render(
-            from_file[index]["conversations"])
-        assert torch.equal(collator([through_datasets[index]])["input_ids"],
-                           collator([{"conversations": conversation}])["input_ids"])
+        assert (
+            collator.render(loaded)
+            == collator.render(conversation)
+            == collator.render(from_file[index]["conversations"])
+        )
+        assert torch.equal(
+            collator([through_datasets[index]])["input_ids"], collator([{"conversations": conversation}])["input_ids"]
+        )
     assert collator.render(plain[0]) == (
         "<|im_start|>user\n<|audio_start|><|audio_pad|><|audio_end|>What do you hear?<|im_end|>\n"
         "<|im_start|>assistant\nA steady tone.<|im_end|>\n"
@@ -255,8 +265,10 @@ def test_turn_keys_the_recipe_cannot_honour_are_refused(workdir):
     rows = [
         {"messages": [{"role": "user", "content": "Call f."}, tool_call]},
         {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", "loss": False}]},
-        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
-         "tools": '[{"name": "f"}]'},
+        {
+            "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+            "tools": '[{"name": "f"}]',
+        },
         {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
     ]
     path = workdir["data"] / "turn_keys.jsonl"
@@ -268,9 +280,15 @@ def test_turn_keys_the_recipe_cannot_honour_are_refused(workdir):
 
 
 def test_use_audio_in_video_feeds_the_sound_track_interleaved(workdir, processor):
-    row = {"conversations": [{"role": "user", "content": [{"type": "video", "video": "media/clip.mp4"},
-                                                          {"type": "text", "text": "What happens?"}]},
-                             {"role": "assistant", "content": [{"type": "text", "text": "A tone plays."}]}]}
+    row = {
+        "conversations": [
+            {
+                "role": "user",
+                "content": [{"type": "video", "video": "media/clip.mp4"}, {"type": "text", "text": "What happens?"}],
+            },
+            {"role": "assistant", "content": [{"type": "text", "text": "A tone plays."}]},
+        ]
+    }
     path = workdir["data"] / "video.json"
     path.write_text(json.dumps([row]))
     dataset = load_conversation_dataset(str(path), use_audio_in_video=True)
@@ -280,7 +298,8 @@ def test_use_audio_in_video_feeds_the_sound_track_interleaved(workdir, processor
 
     # 4 frames at 4 fps: two temporal grids of 0.5 s, so the audio of the first half goes between them
     batch = Qwen3OmniSFTCollator(processor, processor_kwargs=VIDEO_KWARGS, video_fps=4.0, use_audio_in_video=True)(
-        [dataset[0]])
+        [dataset[0]]
+    )
     assert batch["video_grid_thw"][0, 0] == 2
     assert batch["use_audio_in_video"] is True and batch["input_features"].shape[0] == 1
     ids = batch["input_ids"][0].tolist()
@@ -294,8 +313,9 @@ def test_use_audio_in_video_feeds_the_sound_track_interleaved(workdir, processor
     audio_positions = [i for i, token in enumerate(inside) if token == processor.audio_token_id]
     video_positions = [i for i, token in enumerate(inside) if token == processor.video_token_id]
     clip = str(workdir["data"] / "media" / "clip.mp4")
-    track = decode_media([{"role": "user", "content": [{"type": "video", "video": [clip]}]}],
-                         use_audio_in_video=True)["audios"][0]
+    track = decode_media([{"role": "user", "content": [{"type": "video", "video": [clip]}]}], use_audio_in_video=True)[
+        "audios"
+    ][0]
     assert abs(len(track) - 16000) < 2048  # the 1 s sine (AAC adds a few priming/padding samples)
     assert len(audio_positions) == processor._get_num_audio_tokens(len(track))
     assert len(video_positions) == int(batch["video_grid_thw"].prod()) // 4
@@ -304,14 +324,22 @@ def test_use_audio_in_video_feeds_the_sound_track_interleaved(workdir, processor
 
     thinker = load_thinker(workdir["base"]).eval()
     positions, _ = thinker.model.get_rope_index(
-        batch["input_ids"], None, batch["video_grid_thw"], batch["attention_mask"], True,
-        batch["feature_attention_mask"].sum(-1), batch["video_second_per_grid"],
+        batch["input_ids"],
+        None,
+        batch["video_grid_thw"],
+        batch["attention_mask"],
+        True,
+        batch["feature_attention_mask"].sum(-1),
+        batch["video_second_per_grid"],
     )
     temporal = positions[0, 0, start + 2 : end - 1]
     # By time: every token's temporal position is at least the one before it (the processor's interleaving order)
     assert (temporal[1:] >= temporal[:-1]).all()
-    inputs = {key: value for key, value in batch.items() if key not in ("labels", "sample_weight", "num_truncated",
-                                                                      "num_dropped_too_long", "num_skipped_media")}
+    inputs = {
+        key: value
+        for key, value in batch.items()
+        if key not in ("labels", "sample_weight", "num_truncated", "num_dropped_too_long", "num_skipped_media")
+    }
     with torch.no_grad():
         logits = thinker(**inputs).logits
     assert torch.isfinite(logits).all()
@@ -319,12 +347,20 @@ def test_use_audio_in_video_feeds_the_sound_track_interleaved(workdir, processor
 
 def test_use_audio_in_video_refuses_silent_videos_and_frame_lists(workdir):
     rows = [
-        {"messages": [{"role": "user", "content": "<video>What happens?"}, {"role": "assistant", "content": "x"}],
-         "videos": ["media/silent.mp4"]},
-        {"messages": [{"role": "user", "content": "<video>What happens?"}, {"role": "assistant", "content": "x"}],
-         "videos": ["media/clip.mp4"]},
-        {"conversations": [{"role": "user", "content": [{"type": "video", "video": ["media/square.png"] * 2}]},
-                           {"role": "assistant", "content": [{"type": "text", "text": "x"}]}]},
+        {
+            "messages": [{"role": "user", "content": "<video>What happens?"}, {"role": "assistant", "content": "x"}],
+            "videos": ["media/silent.mp4"],
+        },
+        {
+            "messages": [{"role": "user", "content": "<video>What happens?"}, {"role": "assistant", "content": "x"}],
+            "videos": ["media/clip.mp4"],
+        },
+        {
+            "conversations": [
+                {"role": "user", "content": [{"type": "video", "video": ["media/square.png"] * 2}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "x"}]},
+            ]
+        },
     ]
     path = workdir["data"] / "silent.jsonl"
     path.write_text("\n".join(json.dumps(row) for row in rows))
@@ -332,8 +368,10 @@ def test_use_audio_in_video_refuses_silent_videos_and_frame_lists(workdir):
     dataset = load_conversation_dataset(str(path), use_audio_in_video=True, dataset_format="tagged", report=report)
     assert dataset["row_id"] == [1]
     assert report.refused == {"video_without_audio": [0, 2]}
-    assert "silent.mp4' has no sound track, which --use_audio_in_video needs" in report.first_messages[
-        "video_without_audio"]
+    assert (
+        "silent.mp4' has no sound track, which --use_audio_in_video needs"
+        in report.first_messages["video_without_audio"]
+    )
     assert len(load_conversation_dataset(str(path), dataset_format="tagged")) == 3  # without the flag, all kept
 
 
@@ -344,9 +382,24 @@ def test_sft_stops_before_training_when_too_many_rows_are_refused(workdir, tmp_p
     path.write_text("\n".join(json.dumps(row) for row in [rows[0], broken, rows[0], rows[0]]))
     out = tmp_path / "out"
     command = [
-        sys.executable, os.path.join(REPO, "train", "sft.py"), "--model_name_or_path", workdir["base"],
-        "--dataset_name", str(path), "--output_dir", str(out), "--dtype", "float32", "--max_steps", "1",
-        "--report_to", "none", "--use_cpu", "true", "--max_skipped_fraction", "0.2",
+        sys.executable,
+        os.path.join(REPO, "train", "sft.py"),
+        "--model_name_or_path",
+        workdir["base"],
+        "--dataset_name",
+        str(path),
+        "--output_dir",
+        str(out),
+        "--dtype",
+        "float32",
+        "--max_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "true",
+        "--max_skipped_fraction",
+        "0.2",
     ]
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0

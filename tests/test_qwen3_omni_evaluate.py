@@ -20,8 +20,6 @@ from qwen_omni.common.metrics import (
     split_thinking,
     text_similarity,
 )
-
-
 from qwen_omni.qwen3_omni import tiny_checkpoints
 
 
@@ -55,11 +53,21 @@ def test_metric_values_equal_hand_computed_ones():
 
 def test_answer_extraction_and_thinking():
     assert [extract_choice(text) for text in ("Answer: D", "answer is c", "(E) because", "A.", "a dog", "")] == [
-        "D", None, "E", "A", None, None]
-    assert split_thinking("<think> two plus two </think>\nThe answer is four.") == ("two plus two",
-                                                                                  "The answer is four.")
-    assert split_thinking("reasoning only in the prompt's tag</think>four") == ("reasoning only in the prompt's tag",
-                                                                             "four")
+        "D",
+        None,
+        "E",
+        "A",
+        None,
+        None,
+    ]
+    assert split_thinking("<think> two plus two </think>\nThe answer is four.") == (
+        "two plus two",
+        "The answer is four.",
+    )
+    assert split_thinking("reasoning only in the prompt's tag</think>four") == (
+        "reasoning only in the prompt's tag",
+        "four",
+    )
     assert split_thinking("no thinking") == (None, "no thinking")
 
 
@@ -76,12 +84,13 @@ def workdir(tmp_path_factory):
     """A tiny checkpoint whose Thinker has a trained model's output scale (random 0.02-init logits are all within a
     few hundredths of each other), the eval rows, and a LoRA adapter trained on them until it answers them."""
     from peft import get_peft_model
+    from transformers import Qwen3OmniMoeForConditionalGeneration
+
     from qwen_omni.qwen3_omni import (
         Qwen3OmniSFTCollator,
         build_lora_config,
         load_thinker,
     )
-    from transformers import Qwen3OmniMoeForConditionalGeneration
 
     root = tmp_path_factory.mktemp("qwen3_omni_eval")
     base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
@@ -110,14 +119,17 @@ def workdir(tmp_path_factory):
         optimizer.step()
         optimizer.zero_grad()
     model.save_pretrained(root / "adapter")
-    return {"root": root, "base": base, "data": str(data), "adapter": str(root / "adapter"),
-            "final_loss": loss.item()}
+    return {"root": root, "base": base, "data": str(data), "adapter": str(root / "adapter"), "final_loss": loss.item()}
 
 
 def run_evaluate(*args):
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "train", "evaluate.py"), *map(str, args)],
-        env=ENV, capture_output=True, text=True, timeout=900, check=False,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -133,9 +145,24 @@ def test_memorised_finetune_beats_the_base(workdir, tmp_path):
     fine-tune come from one model (disable_adapter), and the base column equals a run of the base alone; the report,
     rows, plot and model-index are written; a second run reads every answer from the per-row cache."""
     out = tmp_path / "eval"
-    flags = ["--model_name_or_path", workdir["base"], "--adapter", workdir["adapter"], "--dataset_name",
-             workdir["data"], "--output_dir", out, "--max_new_tokens", 24, "--batch_size", 2, "--dtype", "float32",
-             "--evaluate_voice", "false"]
+    flags = [
+        "--model_name_or_path",
+        workdir["base"],
+        "--adapter",
+        workdir["adapter"],
+        "--dataset_name",
+        workdir["data"],
+        "--output_dir",
+        out,
+        "--max_new_tokens",
+        24,
+        "--batch_size",
+        2,
+        "--dtype",
+        "float32",
+        "--evaluate_voice",
+        "false",
+    ]
     run_evaluate(*flags)
     report = json.loads((out / "eval_results.json").read_text())
     assert report["data"]["skipped"] == {"no_assistant_turn": 1}  # refused by the conversation loader
@@ -155,6 +182,7 @@ def test_memorised_finetune_beats_the_base(workdir, tmp_path):
 
     # the card reads the model-index
     from huggingface_hub import ModelCard
+
     from qwen_omni.common.hub import build_model_card
 
     card = build_model_card(workdir["adapter"], "someone/tiny-sft", eval_report=report)
@@ -170,10 +198,17 @@ def test_memorised_finetune_beats_the_base(workdir, tmp_path):
     # the base alone (no --adapter) answers as the adapter's disabled base did
     from qwen_omni.qwen3_omni.evaluation import evaluate_qwen3_omni
 
-    alone = evaluate_qwen3_omni(workdir["base"], workdir["data"], tmp_path / "base_alone", max_new_tokens=24,
-                                dtype="float32", evaluate_voice_of_talker=False)
+    alone = evaluate_qwen3_omni(
+        workdir["base"],
+        workdir["data"],
+        tmp_path / "base_alone",
+        max_new_tokens=24,
+        dtype="float32",
+        evaluate_voice_of_talker=False,
+    )
     assert [row["base"] for row in read_jsonl(tmp_path / "base_alone" / "predictions.jsonl")] == [
-        row["base"] for row in predictions]
+        row["base"] for row in predictions
+    ]
     assert alone["tasks"]["text"]["base"] == text["base"]
 
 
@@ -183,8 +218,15 @@ def test_merged_folder_answers_as_the_adapter(workdir, tmp_path):
     from qwen_omni.qwen3_omni.evaluation import evaluate_qwen3_omni
 
     merged = merge_adapter(workdir["adapter"], str(tmp_path / "merged"), workdir["base"], dtype=torch.float32)
-    report = evaluate_qwen3_omni(workdir["base"], workdir["data"], tmp_path / "eval", adapter=merged,
-                                 max_new_tokens=24, dtype="float32", evaluate_voice_of_talker=False)
+    report = evaluate_qwen3_omni(
+        workdir["base"],
+        workdir["data"],
+        tmp_path / "eval",
+        adapter=merged,
+        max_new_tokens=24,
+        dtype="float32",
+        evaluate_voice_of_talker=False,
+    )
     assert report["finetune_kind"] == "merged"
     assert [row["finetune"] for row in read_jsonl(tmp_path / "eval" / "predictions.jsonl")] == [a for _, a in ROWS]
 
@@ -210,15 +252,22 @@ def test_audio_dataset_is_scored_as_speech_recognition(workdir, tmp_path):
     reports = {}
     for batch_size in (3, 1):
         out = tmp_path / f"eval{batch_size}"
-        reports[batch_size] = evaluate_qwen3_omni(workdir["base"], str(clips), out, max_new_tokens=8,
-                                                  batch_size=batch_size, dtype="float32",
-                                                  evaluate_voice_of_talker=False)
+        reports[batch_size] = evaluate_qwen3_omni(
+            workdir["base"],
+            str(clips),
+            out,
+            max_new_tokens=8,
+            batch_size=batch_size,
+            dtype="float32",
+            evaluate_voice_of_talker=False,
+        )
         rows = read_jsonl(out / "predictions.jsonl")
         assert [row["task"] for row in rows] == ["asr"] * 3
     report = reports[3]
     assert report["data"]["kind"] == "audio" and report["data"]["skipped"] == {"no_reference": 1}
-    assert report["tasks"]["asr"]["base"] == error_rates([row["reference"] for row in rows],
-                                                         [row["base"] for row in rows])
+    assert report["tasks"]["asr"]["base"] == error_rates(
+        [row["reference"] for row in rows], [row["base"] for row in rows]
+    )
     assert reports[1]["tasks"] == report["tasks"]
 
 
@@ -226,23 +275,36 @@ def test_bad_input_is_refused_before_generation(workdir, tmp_path):
     from qwen_omni.qwen3_omni.evaluation import evaluate_qwen3_omni
 
     unanswered = tmp_path / "unanswered.jsonl"
-    unanswered.write_text(json.dumps({"messages": [{"role": "user", "content": "hello"}]}) + "\n"
-                          + json.dumps({"messages": [{"role": "user", "content": "hi"},
-                                                     {"role": "assistant", "content": " "}]}) + "\n")
+    unanswered.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hello"}]})
+        + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]})
+        + "\n"
+    )
     with pytest.raises(ValueError, match=r"No usable evaluation row ") as refused:
-        evaluate_qwen3_omni(workdir["base"], str(unanswered), tmp_path / "out1", dtype="float32",
-                            evaluate_voice_of_talker=False)
+        evaluate_qwen3_omni(
+            workdir["base"], str(unanswered), tmp_path / "out1", dtype="float32", evaluate_voice_of_talker=False
+        )
     # the row without a reply is refused by the conversation loader, the blank reply by the evaluation
     assert "'no_assistant_turn': 1" in str(refused.value) and "'no_reference': 1" in str(refused.value)
-    for flag, message in (("speaker_encoder", "--speaker_encoder '.*missing' cannot be loaded"),
-                          ("transcriber", "--transcriber '.*missing' cannot be loaded")):
+    for flag, message in (
+        ("speaker_encoder", "--speaker_encoder '.*missing' cannot be loaded"),
+        ("transcriber", "--transcriber '.*missing' cannot be loaded"),
+    ):
         with pytest.raises(ValueError, match=message):
-            evaluate_qwen3_omni(workdir["base"], workdir["data"], tmp_path / flag, dtype="float32",
-                                **{flag: str(tmp_path / "missing")})
+            evaluate_qwen3_omni(
+                workdir["base"], workdir["data"], tmp_path / flag, dtype="float32", **{flag: str(tmp_path / "missing")}
+            )
         assert not (tmp_path / flag / "cache").exists()  # nothing generated
     with pytest.raises(ValueError, match="neither a LoRA adapter folder"):
-        evaluate_qwen3_omni(workdir["base"], workdir["data"], tmp_path / "out2", adapter=str(tmp_path),
-                            dtype="float32", evaluate_voice_of_talker=False)
+        evaluate_qwen3_omni(
+            workdir["base"],
+            workdir["data"],
+            tmp_path / "out2",
+            adapter=str(tmp_path),
+            dtype="float32",
+            evaluate_voice_of_talker=False,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- voice
@@ -250,7 +312,6 @@ def test_bad_input_is_refused_before_generation(workdir, tmp_path):
 def voice(workdir):
     """A tiny base with Talker scales that separate codes, a merged "voice fine-tune" that adds speaker nova as a
     copy of Ethan's row (every other weight the base's), a tiny random WavLMForXVector and reference clips."""
-    from qwen_omni.qwen3_omni.talker_voice import add_speaker
     from test_talker_voice import give_trained_scales
     from transformers import (
         Qwen3OmniMoeForConditionalGeneration,
@@ -258,6 +319,8 @@ def voice(workdir):
         WavLMConfig,
         WavLMForXVector,
     )
+
+    from qwen_omni.qwen3_omni.talker_voice import add_speaker
 
     root = workdir["root"] / "voice"
     base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
@@ -270,12 +333,25 @@ def voice(workdir):
     model.save_pretrained(root / "merged")
     processor.save_pretrained(root / "merged")
     torch.manual_seed(0)
-    encoder = WavLMForXVector(WavLMConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2, tdnn_dim=(16, 16), tdnn_kernel=(3, 1), tdnn_dilation=(1, 1),
-        xvector_output_dim=8, num_buckets=16, max_bucket_distance=32,
-    ))
+    encoder = WavLMForXVector(
+        WavLMConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+            conv_dim=(16, 16),
+            conv_stride=(5, 4),
+            conv_kernel=(10, 3),
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=2,
+            tdnn_dim=(16, 16),
+            tdnn_kernel=(3, 1),
+            tdnn_dilation=(1, 1),
+            xvector_output_dim=8,
+            num_buckets=16,
+            max_bucket_distance=32,
+        )
+    )
     encoder.save_pretrained(root / "wavlm")
     Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(root / "wavlm")
     clips = write_clips(root / "nova_clips", ["one", "two"], seed=3)
@@ -285,9 +361,10 @@ def voice(workdir):
 def test_speak_is_what_generate_says(voice):
     """`speak` (the Thinker teacher-forced to say the text) gives the waveform `generate(speaker=...)` gives when its
     Thinker says that text."""
-    from qwen_omni.qwen3_omni.evaluation import speak
     from test_talker_voice import generate_codes
     from transformers import Qwen3OmniMoeForConditionalGeneration
+
+    from qwen_omni.qwen3_omni.evaluation import speak
 
     model = Qwen3OmniMoeForConditionalGeneration.from_pretrained(voice["base"], dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(voice["base"])
@@ -305,12 +382,22 @@ def test_voice_of_a_new_speaker_and_the_preserved_ones(voice, tmp_path):
     from qwen_omni.qwen3_omni.evaluation import evaluate_qwen3_omni
 
     data = tmp_path / "texts.jsonl"
-    data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": "Say it."},
-                                                       {"role": "assistant", "content": text}]})
-                              for text in ("the quick brown fox", "a red square on white")))
+    data.write_text(
+        "\n".join(
+            json.dumps({"messages": [{"role": "user", "content": "Say it."}, {"role": "assistant", "content": text}]})
+            for text in ("the quick brown fox", "a red square on white")
+        )
+    )
     report = evaluate_qwen3_omni(
-        voice["base"], str(data), tmp_path / "eval", adapter=voice["merged"], max_new_tokens=4, dtype="float32",
-        base_speaker="Ethan", speaker_encoder=voice["wavlm"], speaker_reference=voice["clips"],
+        voice["base"],
+        str(data),
+        tmp_path / "eval",
+        adapter=voice["merged"],
+        max_new_tokens=4,
+        dtype="float32",
+        base_speaker="Ethan",
+        speaker_encoder=voice["wavlm"],
+        speaker_reference=voice["clips"],
         talker_max_new_tokens=24,
     )["voice"]
     assert (report["tested_speaker"], report["base_speaker_compared"]) == ("nova", "ethan")
@@ -321,8 +408,9 @@ def test_voice_of_a_new_speaker_and_the_preserved_ones(voice, tmp_path):
         assert entry["difference"]["self_transcribed.wer"] == 0
     nova = report["speakers"]["nova"]
     assert nova["base"]["spoken_as"] == "ethan" and nova["finetune"]["spoken_as"] == "nova"
-    assert nova["finetune"]["similarity_to_reference"] == pytest.approx(nova["base"]["similarity_to_reference"],
-                                                                        abs=1e-5)
+    assert nova["finetune"]["similarity_to_reference"] == pytest.approx(
+        nova["base"]["similarity_to_reference"], abs=1e-5
+    )
     assert -1 <= nova["finetune"]["similarity_to_reference"] <= 1
     assert nova["finetune"]["texts_without_speech"] == 0
     assert len(list((tmp_path / "eval" / "speech" / "finetune" / "nova").glob("*.wav"))) == 2
@@ -343,8 +431,23 @@ def test_one_command_dispatches_by_model_type(omni_dir, tmp_path, monkeypatch):
     script.run(["--model_name_or_path", str(omni_dir), "--dataset_name=clips", "--output_dir", "out"])
     assert calls[-1][0] == "omni" and calls[-1][1] == (str(omni_dir), "clips", "out")
     base = tiny_checkpoints.save_tiny_checkpoint(tmp_path / "base")
-    script.run(["--model_name_or_path", base, "--adapter", "ft", "--dataset_name", "rows.jsonl", "--output_dir",
-                "out", "--load_in_4bit", "--max_samples", "5", "--evaluate_voice", "false"])
+    script.run(
+        [
+            "--model_name_or_path",
+            base,
+            "--adapter",
+            "ft",
+            "--dataset_name",
+            "rows.jsonl",
+            "--output_dir",
+            "out",
+            "--load_in_4bit",
+            "--max_samples",
+            "5",
+            "--evaluate_voice",
+            "false",
+        ]
+    )
     kind, args, kwargs = calls[-1]
     assert kind == "qwen3" and args == (base, "rows.jsonl", "out")
     assert kwargs["adapter"] == "ft" and kwargs["max_samples"] == 5 and kwargs["evaluate_voice_of_talker"] is False
@@ -382,11 +485,25 @@ def test_voice_adapter_base_is_the_adapter_disabled(voice, tmp_path):
     write_talker_voice_config(tmp_path / "nova", "nova", codec_id, speakers["ethan"])
 
     data = tmp_path / "texts.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Say it."},
-                                             {"role": "assistant", "content": "the quick brown fox"}]}))
+    data.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "Say it."},
+                    {"role": "assistant", "content": "the quick brown fox"},
+                ]
+            }
+        )
+    )
     report = evaluate_qwen3_omni(
-        voice["base"], str(data), tmp_path / "eval", adapter=str(tmp_path / "nova"), max_new_tokens=4,
-        dtype="float32", speaker_encoder=voice["wavlm"], talker_max_new_tokens=24,
+        voice["base"],
+        str(data),
+        tmp_path / "eval",
+        adapter=str(tmp_path / "nova"),
+        max_new_tokens=4,
+        dtype="float32",
+        speaker_encoder=voice["wavlm"],
+        talker_max_new_tokens=24,
     )["voice"]
     assert (report["tested_speaker"], report["base_speaker_compared"]) == ("nova", "ethan")
     assert sorted(report["preserved_speakers"]) == ["aiden", "chelsie", "ethan"]
@@ -397,5 +514,6 @@ def test_voice_adapter_base_is_the_adapter_disabled(voice, tmp_path):
     np.testing.assert_allclose(base_speech, expected, atol=1e-5)  # written as float32
     # the tiny code2wav speaks at ~1e-7 amplitude: compare relative to it
     assert finetune_speech.shape != base_speech.shape or (
-        np.abs(finetune_speech - base_speech).max() > 0.1 * np.abs(base_speech).max())
+        np.abs(finetune_speech - base_speech).max() > 0.1 * np.abs(base_speech).max()
+    )
     assert report["speakers"]["chelsie"]["finetune"]["similarity_to_base_speech"] < 1 - 1e-4

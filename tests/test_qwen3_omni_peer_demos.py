@@ -13,37 +13,68 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from qwen_omni_utils import process_mm_info
+from transformers import AutoProcessor
+
 from qwen_omni.qwen3_omni import (
     Qwen3OmniSFTCollator,
     load_conversation_dataset,
     load_thinker,
+    tiny_checkpoints,
 )
 from qwen_omni.qwen3_omni.conversations import DatasetReport
-from qwen_omni_utils import process_mm_info
-from transformers import AutoProcessor
 
-from qwen_omni.qwen3_omni import tiny_checkpoints
 
 PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "peers")
 LLAMAFACTORY_FILES = ("mllm_demo.json", "mllm_audio_demo.json", "mllm_video_demo.json", "mllm_video_audio_demo.json")
 # Small video frames, so that a video costs a few dozen tokens
 VIDEO_KWARGS = {"videos_kwargs": {"size": {"shortest_edge": 32 * 32, "longest_edge": 64 * 64}}}
-MODEL_KEYS = ("input_ids", "attention_mask", "input_features", "feature_attention_mask", "pixel_values",
-              "image_grid_thw", "pixel_values_videos", "video_grid_thw", "video_second_per_grid", "use_audio_in_video")
+MODEL_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "input_features",
+    "feature_attention_mask",
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_values_videos",
+    "video_grid_thw",
+    "video_second_per_grid",
+    "use_audio_in_video",
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg for the test media")
 
 
 def tone(path, seconds=1.0, frequency=440.0, rate=16000):
     """A sine tone written by ffmpeg in the container and codec the name's extension implies (mp3, wav, flac)."""
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    f"sine=frequency={frequency}:sample_rate={rate}:duration={seconds}", str(path)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency={frequency}:sample_rate={rate}:duration={seconds}",
+            str(path),
+        ],
+        check=True,
+    )
 
 
 def video(path, sound=False, seconds=1, rate=4):
     """A 32x32 test-pattern video, with no audio stream unless `sound` (an mp4 with AAC, an avi with mpeg4)."""
-    command = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-               f"testsrc=size=32x32:rate={rate}:duration={seconds}"]
+    command = [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc=size=32x32:rate={rate}:duration={seconds}",
+    ]
     if sound:
         command += ["-f", "lavfi", "-i", f"sine=frequency=330:sample_rate=16000:duration={seconds}", "-shortest"]
     codec = ["-c:v", "mpeg4"] if str(path).endswith(".avi") else ["-c:v", "libx264", "-pix_fmt", "yuv420p"]
@@ -108,8 +139,10 @@ def encoder_calls(thinker, batch):
         seen["vision_calls"] += 1
         seen["vision_items"] += len(kwargs["grid_thw"])
 
-    hooks = [thinker.model.audio_tower.register_forward_pre_hook(on_audio, with_kwargs=True),
-             thinker.model.visual.register_forward_pre_hook(on_vision, with_kwargs=True)]
+    hooks = [
+        thinker.model.audio_tower.register_forward_pre_hook(on_audio, with_kwargs=True),
+        thinker.model.visual.register_forward_pre_hook(on_vision, with_kwargs=True),
+    ]
     try:
         with torch.no_grad():
             logits = thinker(**{key: batch[key] for key in MODEL_KEYS if key in batch}).logits
@@ -122,7 +155,10 @@ def encoder_calls(thinker, batch):
 
 def rope_positions(thinker, batch):
     positions, _ = thinker.model.get_rope_index(
-        batch["input_ids"], batch.get("image_grid_thw"), batch.get("video_grid_thw"), batch["attention_mask"],
+        batch["input_ids"],
+        batch.get("image_grid_thw"),
+        batch.get("video_grid_thw"),
+        batch["attention_mask"],
         bool(batch.get("use_audio_in_video", False)),
         batch["feature_attention_mask"].sum(-1) if "feature_attention_mask" in batch else None,
         batch.get("video_second_per_grid"),
@@ -140,8 +176,10 @@ def test_llamafactory_demo_files_reach_the_encoders_row_by_row(workdir, processo
     for row, example in zip(rows, dataset):
         batch = collator([example])
         assert int(batch["num_skipped_media"]) == 0
-        named = {kind: len(row.get(column, [])) for kind, column in
-                 (("audio", "audios"), ("image", "images"), ("video", "videos"))}
+        named = {
+            kind: len(row.get(column, []))
+            for kind, column in (("audio", "audios"), ("image", "images"), ("video", "videos"))
+        }
         seen = encoder_calls(thinker, batch)
         # Each media entry reaches its encoder once: one audio clip per audio, one vision item per image or video
         assert seen["audio_clips"] == named["audio"] and seen["audio_calls"] == int(named["audio"] > 0)
@@ -177,11 +215,16 @@ def test_llamafactory_video_audio_demo_with_use_audio_in_video(workdir, processo
     audio_conversation = [{"role": "user", "content": [{"type": "audio", "audio": video_part["video_audio"]}]}]
     video_conversation = [{"role": "user", "content": [{"type": "video", "video": video_part["video"][0]}]}]
     audios, _, _ = process_mm_info(audio_conversation, use_audio_in_video=False)
-    _, _, videos, video_kwargs = process_mm_info(video_conversation, use_audio_in_video=False,
-                                                 return_video_kwargs=True)
+    _, _, videos, video_kwargs = process_mm_info(
+        video_conversation, use_audio_in_video=False, return_video_kwargs=True
+    )
     expected = processor(
-        text=[collator.render(dataset[0]["conversations"])], audio=audios, videos=videos, use_audio_in_video=True,
-        audio_from_video_indices=[0], return_tensors="pt",
+        text=[collator.render(dataset[0]["conversations"])],
+        audio=audios,
+        videos=videos,
+        use_audio_in_video=True,
+        audio_from_video_indices=[0],
+        return_tensors="pt",
         videos_kwargs={**VIDEO_KWARGS["videos_kwargs"], "fps": video_kwargs["fps"][0], "do_sample_frames": False},
     )
     expected["use_audio_in_video"] = True
@@ -199,15 +242,44 @@ def test_paired_audio_trains_as_the_same_sound_inside_the_video_file(workdir, pr
     video(silent, seconds=2)
     tone(sound, seconds=2.0, frequency=500)
     muxed = tmp_path / "muxed.mkv"
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(silent), "-i", str(sound), "-map", "0:v", "-map", "1:a",
-                    "-c:v", "copy", "-c:a", "pcm_s16le", str(muxed)], check=True)
-    paired = {"messages": [{"role": "user", "content": "<video><audio>What is said?"},
-                           {"role": "assistant", "content": "A tone."}],
-              "videos": ["clip.mp4"], "audios": ["voice.wav"]}
-    native = {"conversations": [
-        {"role": "user", "content": [{"type": "video", "video": "muxed.mkv"},
-                                     {"type": "text", "text": "What is said?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "A tone."}]}]}
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(silent),
+            "-i",
+            str(sound),
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-c:v",
+            "copy",
+            "-c:a",
+            "pcm_s16le",
+            str(muxed),
+        ],
+        check=True,
+    )
+    paired = {
+        "messages": [
+            {"role": "user", "content": "<video><audio>What is said?"},
+            {"role": "assistant", "content": "A tone."},
+        ],
+        "videos": ["clip.mp4"],
+        "audios": ["voice.wav"],
+    }
+    native = {
+        "conversations": [
+            {
+                "role": "user",
+                "content": [{"type": "video", "video": "muxed.mkv"}, {"type": "text", "text": "What is said?"}],
+            },
+            {"role": "assistant", "content": [{"type": "text", "text": "A tone."}]},
+        ]
+    }
     (tmp_path / "paired.json").write_text(json.dumps([paired]))
     (tmp_path / "native.json").write_text(json.dumps([native]))
     collator = Qwen3OmniSFTCollator(processor, processor_kwargs=VIDEO_KWARGS, use_audio_in_video=True)
@@ -215,17 +287,30 @@ def test_paired_audio_trains_as_the_same_sound_inside_the_video_file(workdir, pr
     native_rows = load_conversation_dataset(str(tmp_path / "native.json"), use_audio_in_video=True)
     conversation = native_rows[0]["conversations"]
     reference = collator([{"conversations": conversation}])
-    for key in ("input_ids", "labels", "input_features", "feature_attention_mask", "pixel_values_videos",
-                "video_grid_thw", "video_second_per_grid"):
+    for key in (
+        "input_ids",
+        "labels",
+        "input_features",
+        "feature_attention_mask",
+        "pixel_values_videos",
+        "video_grid_thw",
+        "video_second_per_grid",
+    ):
         assert torch.equal(got[key], reference[key]), key
     assert torch.equal(rope_positions(thinker, got), rope_positions(thinker, reference))
     # The native row through Qwen's inference path, process_mm_info(use_audio_in_video=True): the same tensors
     media_conversation = [{"role": "user", "content": [{"type": "video", "video": str(muxed)}]}]
-    audios, images, videos, video_kwargs = process_mm_info(media_conversation, use_audio_in_video=True,
-                                                           return_video_kwargs=True)
+    audios, images, videos, video_kwargs = process_mm_info(
+        media_conversation, use_audio_in_video=True, return_video_kwargs=True
+    )
     expected = processor(
-        text=[collator.render(conversation)], audio=audios, images=images, videos=videos, use_audio_in_video=True,
-        audio_from_video_indices=[0], return_tensors="pt",
+        text=[collator.render(conversation)],
+        audio=audios,
+        images=images,
+        videos=videos,
+        use_audio_in_video=True,
+        audio_from_video_indices=[0],
+        return_tensors="pt",
         videos_kwargs={**VIDEO_KWARGS["videos_kwargs"], "fps": video_kwargs["fps"][0], "do_sample_frames": False},
     )
     for key in ("input_ids", "input_features", "pixel_values_videos", "video_grid_thw"):
@@ -240,10 +325,16 @@ def test_use_audio_in_video_refusals_name_the_row(workdir, tmp_path):
         # LLaMA-Factory's video demo: silent videos, no paired audio
         json.loads((workdir["llamafactory"] / "mllm_video_demo.json").read_text())[0],
         # sharegpt (from/value): an <audio> before its <video> breaks LLaMA-Factory's pairing
-        {"conversations": [{"from": "human", "value": "<audio><video>Hm?"}, {"from": "gpt", "value": "x"}],
-         "videos": ["mllm_demo_data/4.mp4"], "audios": ["mllm_demo_data/4.mp3"]},
-        {"conversations": [{"from": "human", "value": "<video><audio>Hm?"}, {"from": "gpt", "value": "x"}],
-         "videos": ["mllm_demo_data/4.mp4"], "audios": ["mllm_demo_data/4.mp3"]},
+        {
+            "conversations": [{"from": "human", "value": "<audio><video>Hm?"}, {"from": "gpt", "value": "x"}],
+            "videos": ["mllm_demo_data/4.mp4"],
+            "audios": ["mllm_demo_data/4.mp3"],
+        },
+        {
+            "conversations": [{"from": "human", "value": "<video><audio>Hm?"}, {"from": "gpt", "value": "x"}],
+            "videos": ["mllm_demo_data/4.mp4"],
+            "audios": ["mllm_demo_data/4.mp3"],
+        },
     ]
     for index, row in enumerate(rows[1:], start=1):
         path = workdir["llamafactory"] / f"refusals{index}.json"
@@ -258,11 +349,14 @@ def test_use_audio_in_video_refusals_name_the_row(workdir, tmp_path):
     )
     report = DatasetReport(name="pairing")
     with pytest.raises(ValueError, match="No trainable row left"):
-        load_conversation_dataset(str(workdir["llamafactory"] / "refusals1.json"), use_audio_in_video=True,
-                                  report=report)
+        load_conversation_dataset(
+            str(workdir["llamafactory"] / "refusals1.json"), use_audio_in_video=True, report=report
+        )
     assert report.refused == {"video_audio_pairing": [0]}
-    assert "row 0: with --use_audio_in_video, LLaMA-Factory's convention pairs each <video> with the next <audio>" in (
-        report.first_messages["video_audio_pairing"])
+    assert (
+        "row 0: with --use_audio_in_video, LLaMA-Factory's convention pairs each <video> with the next <audio>"
+        in (report.first_messages["video_audio_pairing"])
+    )
     paired = load_conversation_dataset(str(workdir["llamafactory"] / "refusals2.json"), use_audio_in_video=True)
     assert len(paired) == 1
 
@@ -280,10 +374,18 @@ def test_ms_swift_documented_rows_and_frame_lists(workdir, processor, thinker):
         assert seen["vision_items"] == len(row.get("images", [])) + len(row.get("videos", []))
 
     # ms-swift's documented frame lists, as given in its docs
-    videos = json.loads('{"videos": [["/xxx/x.png", "/xxx/y.png"], ["/xxx/a.png", "/xxx/b.png", "/xxx/c.png"]]}'
-                        .replace("/xxx/", f"{workdir['swift']}/"))["videos"]
-    frames_row = {"messages": [{"role": "user", "content": "<video><video>What changes?"},
-                               {"role": "assistant", "content": "The color."}], "videos": videos}
+    videos = json.loads(
+        '{"videos": [["/xxx/x.png", "/xxx/y.png"], ["/xxx/a.png", "/xxx/b.png", "/xxx/c.png"]]}'.replace(
+            "/xxx/", f"{workdir['swift']}/"
+        )
+    )["videos"]
+    frames_row = {
+        "messages": [
+            {"role": "user", "content": "<video><video>What changes?"},
+            {"role": "assistant", "content": "The color."},
+        ],
+        "videos": videos,
+    }
     frames_path = workdir["swift"] / "frames.jsonl"
     frames_path.write_text(json.dumps(frames_row))
     example = load_conversation_dataset(str(frames_path))[0]

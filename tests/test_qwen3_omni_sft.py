@@ -21,18 +21,22 @@ from qwen_omni.qwen3_omni import (
     build_lora_config,
     load_conversation_dataset,
     load_thinker,
+    tiny_checkpoints,
 )
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniSFTConfig
 from qwen_omni.qwen3_omni.conversations import decode_media
 
 
-from qwen_omni.qwen3_omni import tiny_checkpoints
-
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-AUDIO_TURN = {"role": "user", "content": [{"type": "audio", "audio": "tone.wav"}, {"type": "text", "text": "What do you hear?"}]}
-IMAGE_TURN = {"role": "user", "content": [{"type": "image", "image": "square.png"}, {"type": "text", "text": "What do you see?"}]}
+AUDIO_TURN = {
+    "role": "user",
+    "content": [{"type": "audio", "audio": "tone.wav"}, {"type": "text", "text": "What do you hear?"}],
+}
+IMAGE_TURN = {
+    "role": "user",
+    "content": [{"type": "image", "image": "square.png"}, {"type": "text", "text": "What do you see?"}],
+}
 
 
 def reply(text):
@@ -48,7 +52,14 @@ def workdir(tmp_path_factory):
     for _ in range(4):
         rows.append({"conversations": [AUDIO_TURN, reply("A steady tone, then silence.")]})
         rows.append({"conversations": [IMAGE_TURN, reply("A red square on white.")]})
-        rows.append({"messages": [{"role": "user", "content": "Think step by step."}, {"role": "assistant", "content": "two plus two is four"}]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": "Think step by step."},
+                    {"role": "assistant", "content": "two plus two is four"},
+                ]
+            }
+        )
     # A row that names an audio it does not give: refused at load time, counted in the run's data report
     rows.append({"conversations": [{"role": "user", "content": "<audio>What do you hear?"}, reply("A tone.")]})
     with open(root / "data" / "train.jsonl", "w") as f:
@@ -87,7 +98,8 @@ def test_lora_lands_on_attention_router_and_experts_only(workdir):
     # the recipe's trainer silences that one report (test_trainer_uses_the_routed_expert_lora_by_default)
     assert [str(w.message) for w in caught if "did not match any targeted module" in str(w.message)] == [
         f"The following {key} keys did not match any targeted module and were ignored: "
-        "['mlp.experts.down_proj', 'mlp.experts.gate_up_proj']." for key in ("rank_pattern", "alpha_pattern")
+        "['mlp.experts.down_proj', 'mlp.experts.gate_up_proj']."
+        for key in ("rank_pattern", "alpha_pattern")
     ]
     trainable = {name for name, param in model.named_parameters() if param.requires_grad}
     assert trainable and all(".lora_A." in name or ".lora_B." in name for name in trainable)
@@ -144,14 +156,18 @@ def test_labels_are_the_assistant_tokens_exactly(workdir, processor):
     input_ids, labels = batch["input_ids"][0], batch["labels"][0]
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     expected_tokens = (
-        tokenizer.encode("A steady tone.", add_special_tokens=False) + [im_end]
-        + tokenizer.encode("Then silence.", add_special_tokens=False) + [im_end]
+        tokenizer.encode("A steady tone.", add_special_tokens=False)
+        + [im_end]
+        + tokenizer.encode("Then silence.", add_special_tokens=False)
+        + [im_end]
     )
     kept = labels != -100
     assert labels[kept].tolist() == expected_tokens
     assert torch.equal(labels[kept], input_ids[kept])
     # The two spans start right after `<|im_start|>assistant\n`
-    header = [tokenizer.convert_tokens_to_ids("<|im_start|>")] + tokenizer.encode("assistant\n", add_special_tokens=False)
+    header = [tokenizer.convert_tokens_to_ids("<|im_start|>")] + tokenizer.encode(
+        "assistant\n", add_special_tokens=False
+    )
     starts = [i for i in range(1, len(kept)) if kept[i] and not kept[i - 1]]
     assert len(starts) == 2
     for start in starts:
@@ -161,8 +177,12 @@ def test_labels_are_the_assistant_tokens_exactly(workdir, processor):
 
 
 def test_overlong_samples_are_truncated_or_dropped_and_counted(workdir, processor):
-    long_text = {"conversations": [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
-                                   reply("the quick brown fox jumps over the lazy dog " * 4)]}
+    long_text = {
+        "conversations": [
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+            reply("the quick brown fox jumps over the lazy dog " * 4),
+        ]
+    }
     path = workdir["root"] / "data" / "long.json"
     path.write_text(json.dumps([long_text, {"conversations": [AUDIO_TURN, reply("A tone.")]}]))
     text_row, audio_row = load_conversation_dataset(str(path))
@@ -215,6 +235,7 @@ def test_video_from_frames_and_from_a_file(workdir, processor, tmp_path):
         from PIL import Image
 
         Image.fromarray(frame).save(frames[-1])
+
     def decoded(paths, fps):
         media = decode_media([{"role": "user", "content": [{"type": "video", "video": paths}]}], fps=fps)
         return media["videos"][0].shape[0], media["video_fps"]
@@ -222,10 +243,25 @@ def test_video_from_frames_and_from_a_file(workdir, processor, tmp_path):
     assert decoded(frames, fps=2.0) == (4, [2.0])  # qwen-omni-utils takes frame lists whole, at the given rate
     if shutil.which("ffmpeg"):
         clip = str(tmp_path / "clip.mp4")
-        subprocess.run(["ffmpeg", "-v", "error", "-framerate", "4", "-i", str(tmp_path / "frame%d.png"),
-                        "-pix_fmt", "yuv420p", clip], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-framerate",
+                "4",
+                "-i",
+                str(tmp_path / "frame%d.png"),
+                "-pix_fmt",
+                "yuv420p",
+                clip,
+            ],
+            check=True,
+        )
         assert decoded([clip], fps=4.0) == (4, [4.0])
-    conversation = {"conversations": [{"role": "user", "content": [{"type": "video", "video": frames}]}, reply("Fading in.")]}
+    conversation = {
+        "conversations": [{"role": "user", "content": [{"type": "video", "video": frames}]}, reply("Fading in.")]
+    }
     path = tmp_path / "video.json"
     path.write_text(json.dumps([conversation]))
     pixels = {"shortest_edge": 32 * 32, "longest_edge": 64 * 64}
@@ -241,23 +277,38 @@ def test_weighted_loss_is_exact_under_gradient_accumulation(workdir, processor, 
     dataset = load_conversation_dataset(workdir["data"])
     collator = Qwen3OmniSFTCollator(processor, loss_weights=ModalityLossWeights(text=1.0, audio=0.5, vision=0.25))
     rows = [dataset[0], dataset[1], dataset[2]]  # audio, image, text
-    args = Qwen3OmniSFTConfig(output_dir=str(tmp_path), report_to="none", router_aux_loss_coef=0.0,
-                              gradient_accumulation_steps=2, use_cpu=True)
+    args = Qwen3OmniSFTConfig(
+        output_dir=str(tmp_path),
+        report_to="none",
+        router_aux_loss_coef=0.0,
+        gradient_accumulation_steps=2,
+        use_cpu=True,
+    )
     model = load_thinker(workdir["base"])
-    trainer = Qwen3OmniSFTTrainer(model=model, args=args, data_collator=collator, train_dataset=dataset,
-                                  processing_class=processor)
+    trainer = Qwen3OmniSFTTrainer(
+        model=model, args=args, data_collator=collator, train_dataset=dataset, processing_class=processor
+    )
     trainer.model.eval()
     micro_batches = [collator(rows[:2]), collator(rows[2:])]
     whole = collator(rows)
     with torch.no_grad():
         num_items = trainer._get_num_items_in_batch(micro_batches, torch.device("cpu"))
-        accumulated = sum(trainer.compute_loss(trainer.model, dict(b), num_items_in_batch=num_items) for b in micro_batches)
+        accumulated = sum(
+            trainer.compute_loss(trainer.model, dict(b), num_items_in_batch=num_items) for b in micro_batches
+        )
         single = trainer.compute_loss(trainer.model, dict(whole))
         # Reference: sum_b w_b NLL_b / sum_b w_b n_b from the model's own logits, one sample at a time
         numerator = denominator = 0.0
         for row in rows:
             sample = collator([row])
-            logits = model(**{k: v for k, v in sample.items() if k not in ("labels", "sample_weight", "num_truncated", "num_dropped_too_long", "num_skipped_media")}).logits
+            logits = model(
+                **{
+                    k: v
+                    for k, v in sample.items()
+                    if k
+                    not in ("labels", "sample_weight", "num_truncated", "num_dropped_too_long", "num_skipped_media")
+                }
+            ).logits
             labels = sample["labels"][:, 1:]
             nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), reduction="sum")
             weight = sample["sample_weight"].item()
@@ -278,15 +329,52 @@ def test_bf16_falls_back_to_fp32_without_support(tmp_path):
 def trained(workdir):
     out = workdir["root"] / "adapter"
     command = [
-        sys.executable, os.path.join(REPO, "train", "sft.py"),
-        "--config", os.path.join(REPO, "train", "configs", "instruct.yaml"),
-        "--model_name_or_path", workdir["base"], "--dataset_name", workdir["data"], "--output_dir", str(out),
-        "--dtype", "float32", "--max_steps", "14", "--per_device_train_batch_size", "3",
-        "--gradient_accumulation_steps", "2", "--learning_rate", "2e-2", "--warmup_steps", "0",
-        "--lr_scheduler_type", "constant", "--lora_r", "8", "--lora_alpha", "16", "--lora_expert_r", "4",
-        "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "14", "--report_to", "none",
-        "--max_length", "256", "--system_prompt", "You are a helpful assistant.", "--dataloader_num_workers", "0",
-        "--max_skipped_fraction", "0.1",
+        sys.executable,
+        os.path.join(REPO, "train", "sft.py"),
+        "--config",
+        os.path.join(REPO, "train", "configs", "instruct.yaml"),
+        "--model_name_or_path",
+        workdir["base"],
+        "--dataset_name",
+        workdir["data"],
+        "--output_dir",
+        str(out),
+        "--dtype",
+        "float32",
+        "--max_steps",
+        "14",
+        "--per_device_train_batch_size",
+        "3",
+        "--gradient_accumulation_steps",
+        "2",
+        "--learning_rate",
+        "2e-2",
+        "--warmup_steps",
+        "0",
+        "--lr_scheduler_type",
+        "constant",
+        "--lora_r",
+        "8",
+        "--lora_alpha",
+        "16",
+        "--lora_expert_r",
+        "4",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "14",
+        "--report_to",
+        "none",
+        "--max_length",
+        "256",
+        "--system_prompt",
+        "You are a helpful assistant.",
+        "--dataloader_num_workers",
+        "0",
+        "--max_skipped_fraction",
+        "0.1",
     ]
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -319,8 +407,12 @@ def test_sft_script_lowers_the_loss_and_saves_only_the_adapter(workdir, trained)
     assert report["refused"]["placeholder_mismatch"]["first_row_ids"] == [12]
     while_training = report["while_training"]
     assert while_training.pop("num_rows_seen") % 12 == 0  # whole passes over the 12 kept rows
-    assert while_training == {"num_truncated": 0, "num_dropped_too_long": 0, "num_skipped_media": 0,
-                              "num_steps_without_labels": 0}
+    assert while_training == {
+        "num_truncated": 0,
+        "num_dropped_too_long": 0,
+        "num_skipped_media": 0,
+        "num_steps_without_labels": 0,
+    }
     assert "placeholder_mismatch: 1 rows (first ids [12])" in trained["log"]
 
 
@@ -342,12 +434,42 @@ def test_push_to_hub_publishes_the_adapter_with_a_card_that_loads_it(workdir, tm
     )
 
     def run(output_dir, repo_id):
-        return script.main(*parser.parse_args_and_config(args=[
-            "--model_name_or_path", workdir["base"], "--dataset_name", workdir["data"], "--output_dir", str(output_dir),
-            "--dtype", "float32", "--max_steps", "1", "--per_device_train_batch_size", "2", "--lora_r", "4",
-            "--lora_alpha", "8", "--save_strategy", "no", "--report_to", "none", "--max_skipped_fraction", "0.1",
-            "--push_to_hub", "true", "--hub_model_id", repo_id, "--use_cpu", "true", "--bf16", "false",
-        ]))
+        return script.main(
+            *parser.parse_args_and_config(
+                args=[
+                    "--model_name_or_path",
+                    workdir["base"],
+                    "--dataset_name",
+                    workdir["data"],
+                    "--output_dir",
+                    str(output_dir),
+                    "--dtype",
+                    "float32",
+                    "--max_steps",
+                    "1",
+                    "--per_device_train_batch_size",
+                    "2",
+                    "--lora_r",
+                    "4",
+                    "--lora_alpha",
+                    "8",
+                    "--save_strategy",
+                    "no",
+                    "--report_to",
+                    "none",
+                    "--max_skipped_fraction",
+                    "0.1",
+                    "--push_to_hub",
+                    "true",
+                    "--hub_model_id",
+                    repo_id,
+                    "--use_cpu",
+                    "true",
+                    "--bf16",
+                    "false",
+                ]
+            )
+        )
 
     with pytest.raises(ValueError, match="repo"):
         run(tmp_path / "refused", "not a repo id")
@@ -367,9 +489,20 @@ def test_push_to_hub_publishes_the_adapter_with_a_card_that_loads_it(workdir, tm
 def test_merged_checkpoint_matches_base_plus_adapter(workdir, trained, processor, tmp_path):
     merged_dir = tmp_path / "merged"
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train", "merge.py"), "--adapter", str(trained["out"]),
-         "--output_dir", str(merged_dir), "--base_model", workdir["base"]],
-        env=ENV, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            os.path.join(REPO, "train", "merge.py"),
+            "--adapter",
+            str(trained["out"]),
+            "--output_dir",
+            str(merged_dir),
+            "--base_model",
+            workdir["base"],
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     merged = Qwen3OmniMoeForConditionalGeneration.from_pretrained(merged_dir)
@@ -385,8 +518,19 @@ def test_merged_checkpoint_matches_base_plus_adapter(workdir, trained, processor
 
     dataset = load_conversation_dataset(workdir["data"])
     batch = Qwen3OmniSFTCollator(AutoProcessor.from_pretrained(merged_dir))([dataset[0], dataset[1], dataset[2]])
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw",
-                                                         "input_features", "feature_attention_mask")}
+    inputs = {
+        k: v
+        for k, v in batch.items()
+        if k
+        in (
+            "input_ids",
+            "attention_mask",
+            "pixel_values",
+            "image_grid_thw",
+            "input_features",
+            "feature_attention_mask",
+        )
+    }
     adapted = PeftModel.from_pretrained(load_thinker(workdir["base"]), str(trained["out"])).eval()
     with torch.no_grad():
         expected = adapted(**inputs).logits
@@ -425,8 +569,12 @@ def test_trainer_uses_the_routed_expert_lora_by_default(workdir, processor, tmp_
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = Qwen3OmniSFTTrainer(
-            model=thinker, args=args, data_collator=Qwen3OmniSFTCollator(processor), train_dataset=dataset,
-            processing_class=processor, peft_config=build_lora_config(thinker, r=4, lora_alpha=8, expert_r=2),
+            model=thinker,
+            args=args,
+            data_collator=Qwen3OmniSFTCollator(processor),
+            train_dataset=dataset,
+            processing_class=processor,
+            peft_config=build_lora_config(thinker, r=4, lora_alpha=8, expert_r=2),
             moe_lora_impl=moe_lora_impl,
         )
     # PEFT's false report that the experts' rank was ignored (test_lora_lands_on_attention_router_and_experts_only)

@@ -6,8 +6,13 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from qwen_omni.qwen3_omni import tiny_checkpoints
-from qwen_omni.qwen3_omni import Qwen3OmniSFTCollator, Qwen3OmniSFTTrainer, load_conversation_dataset, load_thinker
+from qwen_omni.qwen3_omni import (
+    Qwen3OmniSFTCollator,
+    Qwen3OmniSFTTrainer,
+    load_conversation_dataset,
+    load_thinker,
+    tiny_checkpoints,
+)
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniSFTConfig
 
 
@@ -27,12 +32,19 @@ def setup(tmp_path_factory):
 def _trainer(setup, **kwargs):
     processor = AutoProcessor.from_pretrained(setup["base"])
     args = Qwen3OmniSFTConfig(
-        output_dir=str(setup["root"] / "out"), report_to="none", use_cpu=True, per_device_eval_batch_size=2,
+        output_dir=str(setup["root"] / "out"),
+        report_to="none",
+        use_cpu=True,
+        per_device_eval_batch_size=2,
     )
     return Qwen3OmniSFTTrainer(
-        model=load_thinker(setup["base"]), args=args, data_collator=Qwen3OmniSFTCollator(processor),
-        train_dataset=load_conversation_dataset(setup["data"]), eval_dataset=load_conversation_dataset(setup["data"]),
-        processing_class=processor, **kwargs,
+        model=load_thinker(setup["base"]),
+        args=args,
+        data_collator=Qwen3OmniSFTCollator(processor),
+        train_dataset=load_conversation_dataset(setup["data"]),
+        eval_dataset=load_conversation_dataset(setup["data"]),
+        processing_class=processor,
+        **kwargs,
     )
 
 

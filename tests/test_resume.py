@@ -13,7 +13,6 @@ import shutil
 
 import pytest
 import torch
-
 from test_launch import (  # noqa: E402
     CONFIGS,
     adapter_format,
@@ -27,8 +26,17 @@ from test_launch import (  # noqa: E402
 
 MAX_STEPS, SAVE_STEPS = 4, 2
 # appended to test_launch's sft_args, whose --max_steps / --save_steps they override (argparse keeps the last value)
-RECIPE = ["--max_steps", str(MAX_STEPS), "--save_steps", str(SAVE_STEPS), "--lora_dropout", "0.1",
-          "--lora_towers", "audio", "vision"]
+RECIPE = [
+    "--max_steps",
+    str(MAX_STEPS),
+    "--save_steps",
+    str(SAVE_STEPS),
+    "--lora_dropout",
+    "0.1",
+    "--lora_towers",
+    "audio",
+    "vision",
+]
 FSDP2 = ["--config_file", str(CONFIGS / "fsdp2.yaml"), "--num_processes", "2"]
 TOWERS = ("base_model.model.model.audio_tower.", "base_model.model.model.visual.")
 

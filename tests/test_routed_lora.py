@@ -207,4 +207,3 @@ def test_unsupported_experts_implementation_falls_back_to_peft(caplog):
             torch.ones(1, 2),
             lora={"gate_up_proj": [], "down_proj": []},
         )
-

@@ -38,7 +38,12 @@ class Server:
     """`python -m qwen_omni.cli serve ...` in its own working folder, HF_HOME and TMPDIR under `root`."""
 
     def __init__(
-        self, model_dir, root: Path, *options: str, env: dict | None = None, python: str = sys.executable,
+        self,
+        model_dir,
+        root: Path,
+        *options: str,
+        env: dict | None = None,
+        python: str = sys.executable,
         ready_timeout: float = 300,
     ):
         self.port = free_port()
@@ -48,8 +53,17 @@ class Server:
             (root / folder).mkdir(parents=True, exist_ok=True)
         self.log_path = root / "server.log"
         command = [
-            python, "-m", "qwen_omni.entrypoints.cli", "serve", "--model", str(model_dir), "--port", str(self.port),
-            "--num_threads", "1", *options,
+            python,
+            "-m",
+            "qwen_omni.entrypoints.cli",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(self.port),
+            "--num_threads",
+            "1",
+            *options,
         ]
         environment = {**os.environ, "HF_HOME": str(root / "hf"), "TMPDIR": str(root / "tmp"), **(env or {})}
         self.log = open(self.log_path, "wb")
@@ -107,10 +121,28 @@ def server(omni_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     before = snapshot(Path(omni_dir))
     server = Server(
-        omni_dir, root, "--greedy", "--max_duration", str(MAX_DURATION), "--voices", "tara", "leo",
-        "--max_concurrency", "4", "--max_queue", "2", "--batch_wait_ms", "300",
-        "--max_input_chars", str(MAX_INPUT_CHARS), "--max_piece_chars", "40",
-        "--max_upload_bytes", str(MAX_UPLOAD_BYTES), "--api_key", API_KEY,
+        omni_dir,
+        root,
+        "--greedy",
+        "--max_duration",
+        str(MAX_DURATION),
+        "--voices",
+        "tara",
+        "leo",
+        "--max_concurrency",
+        "4",
+        "--max_queue",
+        "2",
+        "--batch_wait_ms",
+        "300",
+        "--max_input_chars",
+        str(MAX_INPUT_CHARS),
+        "--max_piece_chars",
+        "40",
+        "--max_upload_bytes",
+        str(MAX_UPLOAD_BYTES),
+        "--api_key",
+        API_KEY,
     )
     server.model_name = Path(omni_dir).name
     yield server
@@ -222,9 +254,17 @@ def test_sse_stream_equals_audio_stream(server, client, speak):
     pcm = speak(TEXTS[2])
     events = []
     with httpx.stream(
-        "POST", f"{server.url}/v1/audio/speech", timeout=300, headers={"Authorization": f"Bearer {API_KEY}"},
-        json={"model": server.model_name, "input": TEXTS[2], "voice": "default", "response_format": "pcm",
-              "stream_format": "sse"},
+        "POST",
+        f"{server.url}/v1/audio/speech",
+        timeout=300,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        json={
+            "model": server.model_name,
+            "input": TEXTS[2],
+            "voice": "default",
+            "response_format": "pcm",
+            "stream_format": "sse",
+        },
     ) as response:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
@@ -328,12 +368,16 @@ def test_upload_over_the_limit_is_413(server, client):
 
 def test_malformed_multipart_is_400(server):
     response = httpx.post(
-        f"{server.url}/v1/audio/transcriptions", content=b"--xyz\r\nContent-Disposition: form-data\r\n\r\nno end",
+        f"{server.url}/v1/audio/transcriptions",
+        content=b"--xyz\r\nContent-Disposition: form-data\r\n\r\nno end",
         headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "multipart/form-data; boundary=xyz"},
     )
     assert response.status_code == 400 and "multipart" in error_message(response)
-    response = httpx.post(f"{server.url}/v1/audio/transcriptions", json={"model": server.model_name},
-                          headers={"Authorization": f"Bearer {API_KEY}"})
+    response = httpx.post(
+        f"{server.url}/v1/audio/transcriptions",
+        json={"model": server.model_name},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
     assert response.status_code == 400 and "multipart/form-data" in error_message(response)
 
 
@@ -404,7 +448,10 @@ def test_aborted_streams_stop_their_generation_and_free_their_slots(server):
 
     def abort_one():
         with httpx.stream(
-            "POST", f"{server.url}/v1/audio/speech", timeout=300, headers={"Authorization": f"Bearer {API_KEY}"},
+            "POST",
+            f"{server.url}/v1/audio/speech",
+            timeout=300,
+            headers={"Authorization": f"Bearer {API_KEY}"},
             json={"model": server.model_name, "input": long_text, "voice": "default", "response_format": "pcm"},
         ) as response:
             assert response.status_code == 200
@@ -442,7 +489,10 @@ def test_api_key_from_the_environment_and_graceful_shutdown(omni_dir, tmp_path):
         assert httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer env-key"}).status_code == 200
         # a request in flight when SIGTERM arrives is finished before the process exits
         with httpx.stream(
-            "POST", f"{server.url}/v1/audio/speech", timeout=300, headers={"Authorization": "Bearer env-key"},
+            "POST",
+            f"{server.url}/v1/audio/speech",
+            timeout=300,
+            headers={"Authorization": "Bearer env-key"},
             json={"model": Path(omni_dir).name, "input": "hello there.", "voice": "default", "response_format": "wav"},
         ) as response:
             chunks = response.iter_raw()
@@ -465,7 +515,10 @@ def test_bad_options_are_one_line_with_exit_status_2(tmp_path):
         (["--model", str(tmp_path), "--max_concurrency", "0"], "--max_concurrency must be >= 1, got 0"),
     ):
         result = subprocess.run(
-            [sys.executable, "-m", "qwen_omni.entrypoints.cli", "serve", *options], capture_output=True, text=True, timeout=300,
+            [sys.executable, "-m", "qwen_omni.entrypoints.cli", "serve", *options],
+            capture_output=True,
+            text=True,
+            timeout=300,
             check=False,
         )
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -47,9 +47,23 @@ def test_vllm_greedy_audio_ids_equal_transformers(omni32, tmp_path):
 
     environment = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     result = subprocess.run(
-        [str(VLLM_PYTHON), "-m", "qwen_omni.entrypoints.openai.vllm_omni", "--model", str(model_dir),
-         "--prompt_ids", json.dumps(prompts), "--max_tokens", str(NEW_TOKENS)],
-        check=False, capture_output=True, text=True, timeout=1200, env=environment, cwd=tmp_path,
+        [
+            str(VLLM_PYTHON),
+            "-m",
+            "qwen_omni.entrypoints.openai.vllm_omni",
+            "--model",
+            str(model_dir),
+            "--prompt_ids",
+            json.dumps(prompts),
+            "--max_tokens",
+            str(NEW_TOKENS),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=environment,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     generated = json.loads([line for line in result.stdout.splitlines() if line.startswith("[[")][-1])
@@ -71,8 +85,18 @@ def test_serve_with_the_vllm_engine_streams_transformers_greedy_speech(omni32, t
         sequence = model.generate(**inputs, do_sample=False, max_duration=0.6)[0]
     expected = processor.decode_audio(sequence[inputs["input_ids"].shape[1] :])
 
-    server = Server(model_dir, tmp_path, "--engine", "vllm", "--greedy", "--max_duration", "0.6",
-                    env={"VLLM_CPU_KVCACHE_SPACE": "1"}, python=str(VLLM_PYTHON), ready_timeout=1200)
+    server = Server(
+        model_dir,
+        tmp_path,
+        "--engine",
+        "vllm",
+        "--greedy",
+        "--max_duration",
+        "0.6",
+        env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+        python=str(VLLM_PYTHON),
+        ready_timeout=1200,
+    )
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=300)
         with client.audio.speech.with_streaming_response.create(

@@ -19,18 +19,25 @@ from transformers.generation import (
 )
 from transformers.testing_utils import CaptureLogger
 
-from omni_testing import CORPUS_TEXT, run_without_qwen_omni, tiny_bpe_tokenizer, tiny_processor
 from qwen_omni import generation_omni
 from qwen_omni.generation_omni import OmniConstrainedLogitsProcessor, OmniSpanState, audio_block_scores
 from qwen_omni.modeling_snac import OmniAudioStreamer
-from qwen_omni.omni.speech import crossfade_join, split_sentences
 from qwen_omni.omni.build import build_omni_from_scratch
+from qwen_omni.omni.speech import crossfade_join, split_sentences
+
+from omni_testing import CORPUS_TEXT, run_without_qwen_omni, tiny_bpe_tokenizer, tiny_processor
 
 
 def _random_omni(codec_dir, seed=0):
     model, processor = build_omni_from_scratch(
-        tiny_bpe_tokenizer(), codec_dir, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, seed=seed,
+        tiny_bpe_tokenizer(),
+        codec_dir,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        seed=seed,
     )
     return model.eval(), processor
 
@@ -124,7 +131,11 @@ def test_random_weights_sampling_gives_only_valid_audio_tokens(codec, fast_audio
     inputs = processor(text=["hello there.", "the quick brown fox jumps."], return_tensors="pt")
     torch.manual_seed(0)
     sequences = model.generate(
-        **inputs, do_sample=True, temperature=1.5, top_p=1.0, max_new_tokens=8 * model.config.token_layout.tokens_per_frame,
+        **inputs,
+        do_sample=True,
+        temperature=1.5,
+        top_p=1.0,
+        max_new_tokens=8 * model.config.token_layout.tokens_per_frame,
         fast_audio_head=fast_audio_head,
     )
     assert _check_structure(sequences, inputs["input_ids"].shape[1], model.config) > 0
@@ -175,12 +186,19 @@ def test_fast_audio_head_scores_the_same_distribution(omni_dir):
     # one row at a frame boundary (audio-end allowed), one mid-frame
     input_ids = processor.pad([prompt + audio[:7], prompt + audio[:16]], padding_side="left")["input_ids"]
     hidden = torch.randn(2, model.config.hidden_size)
-    processors = LogitsProcessorList([
-        RepetitionPenaltyLogitsProcessor(1.3), OmniConstrainedLogitsProcessor(model.config),
-        TemperatureLogitsWarper(0.7), TopKLogitsWarper(20), TopPLogitsWarper(0.9),
-    ])
+    processors = LogitsProcessorList(
+        [
+            RepetitionPenaltyLogitsProcessor(1.3),
+            OmniConstrainedLogitsProcessor(model.config),
+            TemperatureLogitsWarper(0.7),
+            TopKLogitsWarper(20),
+            TopPLogitsWarper(0.9),
+        ]
+    )
     full = processors(input_ids, model.lm_head(hidden).float()).softmax(-1)
-    block, candidates = audio_block_scores(model, hidden, input_ids, OmniSpanState(model.config, input_ids), processors)
+    block, candidates = audio_block_scores(
+        model, hidden, input_ids, OmniSpanState(model.config, input_ids), processors
+    )
     block = block.softmax(-1)
     expected = torch.zeros_like(full).scatter_add_(1, candidates, block)
     torch.testing.assert_close(expected, full, atol=1e-6, rtol=1e-5)
@@ -251,12 +269,16 @@ def test_duration_limit_returns_audio_so_far_and_says_so(omni_dir):
     processor = OmniProcessor.from_pretrained(omni_dir)
     inputs = processor(text=["hello there.", "the quick brown fox."], return_tensors="pt")
     with CaptureLogger(generation_omni.logger) as captured:
-        sequences = model.generate(**inputs, max_duration=0.3, do_sample=False, suppress_tokens=[model.config.audio_end_token_id])
+        sequences = model.generate(
+            **inputs, max_duration=0.3, do_sample=False, suppress_tokens=[model.config.audio_end_token_id]
+        )
     frames = int(0.3 * model.config.codec_sampling_rate // model.config.samples_per_frame)
     assert "max_duration=0.3s" in captured.out and "cut" in captured.out
     generated = sequences[:, inputs["input_ids"].shape[1] :]
     assert generated.shape[1] == frames * model.config.token_layout.tokens_per_frame
-    assert [w.shape[0] for w in processor.batch_decode(sequences)] == [frames * processor.audio_tokenizer.config.samples_per_frame] * 2
+    assert [w.shape[0] for w in processor.batch_decode(sequences)] == [
+        frames * processor.audio_tokenizer.config.samples_per_frame
+    ] * 2
 
 
 # ---------------------------------------------------------------------------------------------- pipeline and CLI
@@ -277,9 +299,24 @@ def test_cli_speak_and_transcribe(omni_dir, tmp_path):
     script = shutil.which("qwen-omni") or os.path.join(os.path.dirname(sys.executable), "qwen-omni")
     out = tmp_path / "out.wav"
     speak = subprocess.run(
-        [script, "speak", "--model", str(omni_dir), "--text", "Hello there. How are you?", "--out", str(out),
-         "--max-duration", "0.3", "--seed", "0"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            script,
+            "speak",
+            "--model",
+            str(omni_dir),
+            "--text",
+            "Hello there. How are you?",
+            "--out",
+            str(out),
+            "--max-duration",
+            "0.3",
+            "--seed",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert speak.returncode == 0, speak.stderr[-3000:]
     assert "s of audio written" in speak.stderr and f"to {out}" in speak.stderr
@@ -290,9 +327,20 @@ def test_cli_speak_and_transcribe(omni_dir, tmp_path):
     soundfile.write(tmp_path / "a.wav", 0.3 * np.sin(2 * np.pi * 440 * np.arange(rate // 4) / rate), rate)
     soundfile.write(tmp_path / "b.flac", 0.3 * np.sin(2 * np.pi * 220 * np.arange(rate // 3) / rate), rate)
     transcribe = subprocess.run(
-        [script, "transcribe", "--model", str(omni_dir), str(tmp_path / "a.wav"), str(tmp_path / "b.flac"),
-         "--max-new-tokens", "5"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            script,
+            "transcribe",
+            "--model",
+            str(omni_dir),
+            str(tmp_path / "a.wav"),
+            str(tmp_path / "b.flac"),
+            "--max-new-tokens",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert transcribe.returncode == 0, transcribe.stderr[-3000:]
     lines = transcribe.stdout.splitlines()

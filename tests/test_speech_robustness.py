@@ -17,12 +17,14 @@ from transformers import AutoProcessor, AutoTokenizer, pipeline
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
-from omni_testing import REPO_ROOT
 from qwen_omni import OmniProcessor, SNACFeatureExtractor
-from qwen_omni.entrypoints import cli
 from qwen_omni.common.clips import load_audio_text_rows
-from qwen_omni.omni.corpus import load_prepared_dataset, prepare_dataset
+from qwen_omni.entrypoints import cli
 from qwen_omni.omni import pretraining
+from qwen_omni.omni.corpus import load_prepared_dataset, prepare_dataset
+
+from omni_testing import REPO_ROOT
+
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 OLD_CHECKPOINT = FIXTURES / "omni_checkpoint_v0"
@@ -106,13 +108,29 @@ def error_lines(stderr):
 def test_speak_refuses_bad_text_and_keeps_the_existing_file(omni_dir, tmp_path, capsys):
     out = write_wav(tmp_path / "keep.wav", noise(2.2))
     before = Path(out).read_bytes()
-    status, _, stderr = run_in_process(capsys, "speak", "--model", str(omni_dir), "--text", "bad <|pad|>", "--out", out)
-    assert status == 2 and len(error_lines(stderr)) == 1 and "contains the special-token string(s) ['<|pad|>']" in stderr
+    status, _, stderr = run_in_process(
+        capsys, "speak", "--model", str(omni_dir), "--text", "bad <|pad|>", "--out", out
+    )
+    assert (
+        status == 2 and len(error_lines(stderr)) == 1 and "contains the special-token string(s) ['<|pad|>']" in stderr
+    )
     # non-UTF-8 bytes on a real command line
     result = subprocess.run(
-        [sys.executable, "-m", "qwen_omni.entrypoints.cli", "speak", "--model", str(omni_dir), "--text", os.fsdecode(b"bad \xff\xfe"),
-         "--out", out],
-        capture_output=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            "-m",
+            "qwen_omni.entrypoints.cli",
+            "speak",
+            "--model",
+            str(omni_dir),
+            "--text",
+            os.fsdecode(b"bad \xff\xfe"),
+            "--out",
+            out,
+        ],
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     stderr = result.stderr.decode(errors="replace")
     assert result.returncode == 2 and "Traceback" not in stderr, stderr
@@ -194,9 +212,8 @@ def test_prepare_data_and_training_accept_the_same_rows(omni_dir, processor, tmp
 
 
 def test_pretrain_checks_the_prepared_rows(omni_dir, processor, tmp_path):
-    from test_pretrain import tiny_args
-
     import datasets
+    from test_pretrain import tiny_args
 
     from qwen_omni.omni import corpus
 
@@ -205,7 +222,9 @@ def test_pretrain_checks_the_prepared_rows(omni_dir, processor, tmp_path):
     rows = [{"id": "good", "audio": clip, "text": "hello there", "speaker": None}]
     prepare_dataset(datasets.Dataset.from_list(rows), prepared, processor.audio_tokenizer, show_progress=False)
     record = load_prepared_dataset(prepared).to_list()[0]
-    corpus._write_shard([record, {**record, "id": "old-row", "text": "hi <|audio_end|>"}], corpus._shard_dir(prepared, 0))
+    corpus._write_shard(
+        [record, {**record, "id": "old-row", "text": "hi <|audio_end|>"}], corpus._shard_dir(prepared, 0)
+    )
     script_args, _ = tiny_args(prepared, omni_dir, tmp_path / "out")
     with pytest.raises(ValueError, match=r"row 'old-row': transcript 'hi <\|audio_end\|>' contains"):
         pretraining.prepared_rows(script_args, processor, tmp_path / "out")
@@ -218,7 +237,10 @@ def test_feature_extractor_duration_default_and_limits(omni_dir):
     with pytest.raises(ValueError, match=r"Audio clip 1 lasts 31.0 s, longer than max_duration_seconds=30.0"):
         feature_extractor([np.zeros(100, np.float32), np.zeros(31 * 24000, np.float32)], sampling_rate=24000)
     feature_extractor.max_duration_seconds = float("inf")
-    assert feature_extractor(np.zeros(31 * 24000, np.float32), sampling_rate=24000)["padding_mask"].sum().item() == 31 * 24000
+    assert (
+        feature_extractor(np.zeros(31 * 24000, np.float32), sampling_rate=24000)["padding_mask"].sum().item()
+        == 31 * 24000
+    )
     for bad in (float("nan"), -1.0, 0, True, "30"):
         with pytest.raises(ValueError, match="max_duration_seconds=.* must be a positive number"):
             SNACFeatureExtractor.from_pretrained(omni_dir, max_duration_seconds=bad)
@@ -226,8 +248,11 @@ def test_feature_extractor_duration_default_and_limits(omni_dir):
 
 def test_processor_refuses_prompts_longer_than_the_positions(processor):
     assert processor.model_max_length == 2048  # read from config.json (the tiny model's max_position_embeddings)
-    with pytest.raises(ValueError, match=r"text-to-speech prompt of row 1 is \d+ tokens long, but the model takes 2048 "
-                                         r"positions .*split the text into sentences"):
+    with pytest.raises(
+        ValueError,
+        match=r"text-to-speech prompt of row 1 is \d+ tokens long, but the model takes 2048 "
+        r"positions .*split the text into sentences",
+    ):
         processor(text=[SHORT, "word " * 20000])
     processor.feature_extractor.max_duration_seconds = float("inf")
     try:
@@ -239,13 +264,18 @@ def test_processor_refuses_prompts_longer_than_the_positions(processor):
 
 @pytest.mark.parametrize("max_position_embeddings", [4096, 2048, 1024])
 def test_default_max_new_tokens_fits_the_positions(snac_24khz_dir, max_position_embeddings):
-    from omni_testing import tiny_bpe_tokenizer
-
     from qwen_omni.omni.build import PROMPT_RESERVE_TOKENS, build_omni_from_scratch
 
+    from omni_testing import tiny_bpe_tokenizer
+
     model, processor = build_omni_from_scratch(
-        tiny_bpe_tokenizer(), snac_24khz_dir, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=max_position_embeddings,
+        tiny_bpe_tokenizer(),
+        snac_24khz_dir,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=max_position_embeddings,
     )
     max_new_tokens = model.generation_config.max_new_tokens
     assert max_new_tokens + PROMPT_RESERVE_TOKENS <= max_position_embeddings  # was 4200 for every size
@@ -271,14 +301,24 @@ def test_decode_without_a_whole_frame_is_an_empty_waveform(processor, tmp_path):
     processor.save_audio(waveform, tmp_path / "empty.wav")
     assert soundfile.info(tmp_path / "empty.wav").frames == 0
     # with a voice prompt, speech without a frame is empty, not the voice prompt's audio
-    voice = processor(text=SHORT, voice_prompt_audio=noise(0.3), voice_prompt_text="hi", voice_prompt_sampling_rate=24000,
-                      return_tensors=None)["input_ids"][0]
+    voice = processor(
+        text=SHORT,
+        voice_prompt_audio=noise(0.3),
+        voice_prompt_text="hi",
+        voice_prompt_sampling_rate=24000,
+        return_tensors=None,
+    )["input_ids"][0]
     assert processor.decode(voice + [processor.audio_end_token_id]).size == 0
 
 
 def test_pipeline_num_return_sequences_gives_one_waveform_each(tts):
     audio_end = tts.processor.audio_end_token_id  # sampled rows then both hold 4 whole frames
-    generate_kwargs = {"do_sample": True, "max_new_tokens": 29, "num_return_sequences": 2, "suppress_tokens": [audio_end]}
+    generate_kwargs = {
+        "do_sample": True,
+        "max_new_tokens": 29,
+        "num_return_sequences": 2,
+        "suppress_tokens": [audio_end],
+    }
     out = tts(SHORT, generate_kwargs=generate_kwargs)
     assert isinstance(out["audio"], list) and [a.shape for a in out["audio"]] == [(4 * 2048,), (4 * 2048,)]
 
@@ -287,7 +327,9 @@ def test_pipeline_num_return_sequences_gives_one_waveform_each(tts):
 def test_feature_extractor_audio_checks(processor):
     feature_extractor = processor.feature_extractor
     with pytest.raises(ValueError, match=r"Audio clip 0 is empty \(0 samples\)"):
-        feature_extractor([np.zeros((1, 0), np.float32)], sampling_rate=24000)  # an empty WAV, read (channels, samples)
+        feature_extractor(
+            [np.zeros((1, 0), np.float32)], sampling_rate=24000
+        )  # an empty WAV, read (channels, samples)
     for rate in (True, 8000.7, float("nan"), None):
         with pytest.raises(ValueError, match=rf"`sampling_rate` must be a positive number, got {rate!r}"):
             feature_extractor(np.zeros(100, np.float32), sampling_rate=rate)
@@ -321,15 +363,18 @@ def test_transcribe_reports_bad_files_and_keeps_input_order(omni_dir, tmp_path, 
     truncated = tmp_path / "truncated.wav"
     truncated.write_bytes(Path(files[0]).read_bytes()[:5000])
     files.insert(2, str(truncated))
-    status, stdout, stderr = run_in_process(capsys, "transcribe", "--model", str(omni_dir), "--max-new-tokens", "3", *files)
+    status, stdout, stderr = run_in_process(
+        capsys, "transcribe", "--model", str(omni_dir), "--max-new-tokens", "3", *files
+    )
     assert status == 1 and "Traceback" not in stderr, stderr
     # the 16 kHz file between two 24 kHz ones stays in its place (results were grouped by rate)
     assert [line.split("\t")[0] for line in stdout.splitlines()] == [files[0], files[3], files[-1]]
     errors = error_lines(stderr)
     assert len(errors) == 4
     assert f"{tmp_path / 'missing.wav'}: no such file" in stderr
-    assert f"{truncated}: the file is truncated or corrupt: its header promises 19200 bytes of audio but it holds 4956" in (
-        stderr
+    assert (
+        f"{truncated}: the file is truncated or corrupt: its header promises 19200 bytes of audio but it holds 4956"
+        in (stderr)
     )
     assert f"{tmp_path / 'empty.wav'}: the audio has 0 samples" in stderr
     assert f"{tmp_path / 'long.wav'} lasts 31.0 s, longer than max_duration_seconds=30.0; split it" in stderr
@@ -342,14 +387,58 @@ def test_cli_errors_are_one_line(omni_dir, qwen3_lm_dir, tmp_path, capsys):
         (["transcribe", "--model", str(qwen3_lm_dir), clip], "is a 'qwen3' model, not an Omni checkpoint"),
         (["transcribe", "--model", str(omni_dir), str(tmp_path / "missing.wav")], "missing.wav: no such file"),
         (["transcribe", "--model", str(omni_dir), "--batch-size", "0", clip], "--batch-size must be a positive"),
-        (["speak", "--model", str(omni_dir), "--text", "hi", "--out", str(tmp_path / "x.wav"), "--max-duration", "inf"],
-         "--max-duration must be a positive, finite float"),
-        (["speak", "--model", str(omni_dir), "--text", "hi", "--out", str(tmp_path / "no" / "x.wav")], "does not exist"),
-        (["speak", "--model", str(omni_dir), "--text", "bad \udcff", "--out", str(tmp_path / "x.wav")], "not valid UTF-8"),
-        (["speak", "--model", str(omni_dir), "--text", "hi", "--out", str(tmp_path / "x.wav"), "--max-new-tokens",
-          "100000"], "100000"),
-        (["speak", "--model", str(omni_dir), "--text", "hi", "--out", str(tmp_path / "x.wav"), "--voice-prompt",
-          write_wav(tmp_path / "ref.wav", np.zeros(31 * 24000)), "--voice-prompt-text", "hi"], "ref.wav lasts 31.0 s"),
+        (
+            [
+                "speak",
+                "--model",
+                str(omni_dir),
+                "--text",
+                "hi",
+                "--out",
+                str(tmp_path / "x.wav"),
+                "--max-duration",
+                "inf",
+            ],
+            "--max-duration must be a positive, finite float",
+        ),
+        (
+            ["speak", "--model", str(omni_dir), "--text", "hi", "--out", str(tmp_path / "no" / "x.wav")],
+            "does not exist",
+        ),
+        (
+            ["speak", "--model", str(omni_dir), "--text", "bad \udcff", "--out", str(tmp_path / "x.wav")],
+            "not valid UTF-8",
+        ),
+        (
+            [
+                "speak",
+                "--model",
+                str(omni_dir),
+                "--text",
+                "hi",
+                "--out",
+                str(tmp_path / "x.wav"),
+                "--max-new-tokens",
+                "100000",
+            ],
+            "100000",
+        ),
+        (
+            [
+                "speak",
+                "--model",
+                str(omni_dir),
+                "--text",
+                "hi",
+                "--out",
+                str(tmp_path / "x.wav"),
+                "--voice-prompt",
+                write_wav(tmp_path / "ref.wav", np.zeros(31 * 24000)),
+                "--voice-prompt-text",
+                "hi",
+            ],
+            "ref.wav lasts 31.0 s",
+        ),
     ]
     for argv, message in cases:
         status, _, stderr = run_in_process(capsys, *argv)
@@ -361,7 +450,9 @@ def test_cli_errors_are_one_line(omni_dir, qwen3_lm_dir, tmp_path, capsys):
 def test_prepare_data_keeps_clips_up_to_its_own_max_duration(processor, tmp_path):
     import datasets
 
-    rows = datasets.Dataset.from_list([{"id": "long", "audio": write_wav(tmp_path / "long.wav", noise(31)), "text": "hi"}])
+    rows = datasets.Dataset.from_list(
+        [{"id": "long", "audio": write_wav(tmp_path / "long.wav", noise(31)), "text": "hi"}]
+    )
     summary = prepare_dataset(rows, tmp_path / "out", processor.audio_tokenizer, max_duration=60, show_progress=False)
     assert summary.num_kept == 1 and processor.feature_extractor.max_duration_seconds == 30.0
 
@@ -370,14 +461,25 @@ def test_prepare_data_names_the_bad_json_line_and_skips_truncated_wavs(processor
     good = write_wav(tmp_path / "good.wav", noise(0.5))
     truncated = tmp_path / "truncated.wav"
     truncated.write_bytes(Path(good).read_bytes()[:4000])
-    lines = [json.dumps({"audio": "good.wav", "text": "hello"}), "", json.dumps({"audio": "truncated.wav", "text": "hi"})]
+    lines = [
+        json.dumps({"audio": "good.wav", "text": "hello"}),
+        "",
+        json.dumps({"audio": "truncated.wav", "text": "hi"}),
+    ]
     metadata = tmp_path / "metadata.jsonl"
     metadata.write_text("\n".join(lines) + "\n")
-    summary = prepare_dataset(load_audio_text_rows(metadata), tmp_path / "out", processor.audio_tokenizer, show_progress=False)
+    summary = prepare_dataset(
+        load_audio_text_rows(metadata), tmp_path / "out", processor.audio_tokenizer, show_progress=False
+    )
     assert summary.num_kept == 1 and summary.skipped_by_reason == {"unreadable audio": 1}
-    assert "truncated or corrupt: its header promises 24000 bytes of audio but it holds 3956" in summary.skipped[0]["reason"]
+    assert (
+        "truncated or corrupt: its header promises 24000 bytes of audio but it holds 3956"
+        in summary.skipped[0]["reason"]
+    )
     metadata.write_text("\n".join([*lines, '{"audio": "good.wav", "text": "broken}']) + "\n")
-    with pytest.raises(ValueError, match=r"metadata.jsonl line 4 is not valid JSON \(Unterminated string starting at column 31"):
+    with pytest.raises(
+        ValueError, match=r"metadata.jsonl line 4 is not valid JSON \(Unterminated string starting at column 31"
+    ):
         load_audio_text_rows(metadata)
     with pytest.raises(ValueError, match=r"max_duration=nan must be a positive number"):
         prepare_dataset([], tmp_path / "out2", processor.audio_tokenizer, max_duration=float("nan"))

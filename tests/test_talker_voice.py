@@ -11,15 +11,13 @@ import pytest
 import torch
 from transformers import AutoProcessor, Qwen3OmniMoeForConditionalGeneration
 
+from qwen_omni.qwen3_omni import tiny_checkpoints
 from qwen_omni.qwen3_omni.talker_voice import (
     build_talker_sequence,
     conversation_ids,
     talker_voice_forward,
     thinker_outputs,
 )
-
-
-from qwen_omni.qwen3_omni import tiny_checkpoints
 
 
 TEXTS = ["the quick brown fox", "a red square on white", "the lazy dog barks twice"]
@@ -187,7 +185,10 @@ def test_teacher_forcing_detects_drift(workdir, processor):
 # ---------------------------------------------------------------------------------------------------- training
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {
-    **os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "",
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "CUDA_VISIBLE_DEVICES": "",
     "OMP_NUM_THREADS": "1",
 }
 
@@ -195,7 +196,10 @@ ENV = {
 def run_script(name, *args, check=True):
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "train", name), *map(str, args)],
-        env=ENV, capture_output=True, text=True, timeout=900,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if check:
         assert result.returncode == 0, result.stderr[-4000:]
@@ -204,11 +208,36 @@ def run_script(name, *args, check=True):
 
 def train_flags(workdir, output_dir, *extra):
     return [
-        "--model_name_or_path", workdir["base"], "--dataset_name", workdir["data"],
-        "--codec_name_or_path", workdir["mimi"], "--output_dir", output_dir, "--use_cpu", "--dtype", "float32",
-        "--per_device_train_batch_size", 3, "--lora_r", 16, "--lora_alpha", 32, "--learning_rate", 1e-2,
-        "--lr_scheduler_type", "constant", "--gradient_checkpointing", "false", "--save_strategy", "no",
-        "--disable_tqdm", "true", "--seed", 0, *extra,
+        "--model_name_or_path",
+        workdir["base"],
+        "--dataset_name",
+        workdir["data"],
+        "--codec_name_or_path",
+        workdir["mimi"],
+        "--output_dir",
+        output_dir,
+        "--use_cpu",
+        "--dtype",
+        "float32",
+        "--per_device_train_batch_size",
+        3,
+        "--lora_r",
+        16,
+        "--lora_alpha",
+        32,
+        "--learning_rate",
+        1e-2,
+        "--lr_scheduler_type",
+        "constant",
+        "--gradient_checkpointing",
+        "false",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        0,
+        *extra,
     ]
 
 
@@ -220,9 +249,24 @@ def trained(workdir):
     run_script(
         "talker_voice_sft.py",
         # the tiny code predictor (1 layer of 16) needs its MLP adapted too to memorise 15 codebooks exactly
-        *train_flags(workdir, output_dir, "--speaker_name", "nova", "--init_speaker", "Ethan", "--max_steps", 400,
-                     "--lora_target_code_predictor_mlp", "true", "--preserve_speakers", "none",
-                     "--logging_steps", 50, "--report_to", "tensorboard"),
+        *train_flags(
+            workdir,
+            output_dir,
+            "--speaker_name",
+            "nova",
+            "--init_speaker",
+            "Ethan",
+            "--max_steps",
+            400,
+            "--lora_target_code_predictor_mlp",
+            "true",
+            "--preserve_speakers",
+            "none",
+            "--logging_steps",
+            50,
+            "--report_to",
+            "tensorboard",
+        ),
     )
     merged = workdir["root"] / "nova_merged"
     run_script("merge.py", "--adapter", output_dir, "--output_dir", merged)
@@ -244,8 +288,12 @@ def generate_codes(model, processor, text, speaker, **generate_kwargs):
     wav = None
     try:
         _, wav = model.generate(
-            input_ids=torch.tensor([prompt_ids]), speaker=speaker, thinker_max_new_tokens=len(answer_ids) + 4,
-            thinker_eos_token_id=answer_ids[-1], talker_do_sample=False, talker_max_new_tokens=4 * FRAMES_PER_CLIP,
+            input_ids=torch.tensor([prompt_ids]),
+            speaker=speaker,
+            thinker_max_new_tokens=len(answer_ids) + 4,
+            thinker_eos_token_id=answer_ids[-1],
+            talker_do_sample=False,
+            talker_max_new_tokens=4 * FRAMES_PER_CLIP,
             **generate_kwargs,
         )
     except RuntimeError as error:
@@ -266,8 +314,8 @@ def test_it_learns_the_voice(workdir, trained, processor):
     """After training, greedy generation with speaker="nova" on the merged checkpoint speaks a training clip's exact
     16-codebook Mimi codes from its transcript, and code2wav turns them into the matching waveform; the base Talker
     speaking as Ethan (whose row nova's started from) does not."""
-    from qwen_omni.qwen3_omni.talker_voice.data import MimiCodec, encode_clips
     from qwen_omni.common.clips import read_clips
+    from qwen_omni.qwen3_omni.talker_voice.data import MimiCodec, encode_clips
 
     merged = load_model(trained["merged"])
     assert merged.config.talker_config.speaker_id["nova"] not in {
@@ -294,7 +342,10 @@ def test_it_learns_the_voice(workdir, trained, processor):
 
 # Sentences in neither the voice data (TEXTS) nor the preservation texts (PRESERVE_TEXTS).
 OUTSIDE_TEXTS = [
-    "what do you see", "describe the sound in detail", "two plus two is four", "a steady tone then silence"
+    "what do you see",
+    "describe the sound in detail",
+    "two plus two is four",
+    "a steady tone then silence",
 ]
 
 
@@ -306,9 +357,22 @@ def trained_with_preservation(workdir):
     output_dir = workdir["root"] / "nova_preserving"
     run_script(
         "talker_voice_sft.py",
-        *train_flags(workdir, output_dir, "--speaker_name", "nova", "--init_speaker", "Ethan", "--max_steps", 800,
-                     "--lora_target_code_predictor_mlp", "true", "--preserve_loss", "codes",
-                     "--preserve_weight", 0.3),
+        *train_flags(
+            workdir,
+            output_dir,
+            "--speaker_name",
+            "nova",
+            "--init_speaker",
+            "Ethan",
+            "--max_steps",
+            800,
+            "--lora_target_code_predictor_mlp",
+            "true",
+            "--preserve_loss",
+            "codes",
+            "--preserve_weight",
+            0.3,
+        ),
     )
     merged = workdir["root"] / "nova_preserving_merged"
     run_script("merge.py", "--adapter", output_dir, "--output_dir", merged)
@@ -415,8 +479,21 @@ def test_voice_trains_on_a_4bit_base_and_merges_onto_the_checkpoint(workdir, tra
     output_dir = workdir["root"] / "nova_4bit"
     result = run_script(
         "talker_voice_sft.py",
-        *train_flags(workdir, output_dir, "--speaker_name", "nova", "--init_speaker", "Ethan", "--max_steps", 30,
-                     "--lora_target_code_predictor_mlp", "true", "--logging_steps", 10, "--load_in_4bit"),
+        *train_flags(
+            workdir,
+            output_dir,
+            "--speaker_name",
+            "nova",
+            "--init_speaker",
+            "Ethan",
+            "--max_steps",
+            30,
+            "--lora_target_code_predictor_mlp",
+            "true",
+            "--logging_steps",
+            10,
+            "--load_in_4bit",
+        ),
     )
     logged = [json.loads(line.replace("'", '"')) for line in re.findall(r"\{'loss'.*?\}", result.stdout)]
     assert len(logged) == 3, result.stdout[-2000:]
@@ -424,13 +501,17 @@ def test_voice_trains_on_a_4bit_base_and_merges_onto_the_checkpoint(workdir, tra
         assert float(logged[-1][key]) < float(logged[0][key]), logged
     adapter = load_file(output_dir / "adapter_model.safetensors")
     reference = load_file(trained["adapter"] / "adapter_model.safetensors")
-    assert {key: value.shape for key, value in adapter.items()} == {key: value.shape for key, value in reference.items()}
+    assert {key: value.shape for key, value in adapter.items()} == {
+        key: value.shape for key, value in reference.items()
+    }
     merged = workdir["root"] / "nova_4bit_merged"
     run_script("merge.py", "--adapter", output_dir, "--output_dir", merged)
     model, info = Qwen3OmniMoeForConditionalGeneration.from_pretrained(merged, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    assert model.config.talker_config.speaker_id["nova"] == json.loads(
-        (output_dir / "talker_voice_config.json").read_text())["speaker_codec_id"]
+    assert (
+        model.config.talker_config.speaker_id["nova"]
+        == json.loads((output_dir / "talker_voice_config.json").read_text())["speaker_codec_id"]
+    )
 
 
 def test_only_lora_and_speaker_row_change(workdir, trained, processor):
@@ -444,8 +525,11 @@ def test_only_lora_and_speaker_row_change(workdir, trained, processor):
     assert any("codec_embedding.token_adapter.trainable_tokens_delta" in key for key in adapter)
     voice = json.loads((trained["adapter"] / "talker_voice_config.json").read_text())
     speakers = json.loads((workdir["root"] / "base" / "config.json").read_text())["talker_config"]["speaker_id"]
-    assert voice == {"speaker_name": "nova", "speaker_codec_id": max(speakers.values()) + 1,
-                     "init_codec_id": speakers["ethan"]}
+    assert voice == {
+        "speaker_name": "nova",
+        "speaker_codec_id": max(speakers.values()) + 1,
+        "init_codec_id": speakers["ethan"],
+    }
 
     merged_model, info = Qwen3OmniMoeForConditionalGeneration.from_pretrained(
         trained["merged"], output_loading_info=True
@@ -458,8 +542,15 @@ def test_only_lora_and_speaker_row_change(workdir, trained, processor):
     assert "talker.model.layers.0.mlp.experts.0.gate_proj.weight" in merged_tensors  # the Hub's per-expert names
     changed = {key for key in base_tensors if not torch.equal(base_tensors[key], merged_tensors[key])}
     assert not any(key.startswith(("thinker.", "code2wav.")) for key in changed)
-    lora_targets = (".self_attn.q_proj.", ".self_attn.k_proj.", ".self_attn.v_proj.", ".self_attn.o_proj.",
-                    ".mlp.gate.weight", ".mlp.experts.", "code_predictor.model.layers.0.mlp.")
+    lora_targets = (
+        ".self_attn.q_proj.",
+        ".self_attn.k_proj.",
+        ".self_attn.v_proj.",
+        ".self_attn.o_proj.",
+        ".mlp.gate.weight",
+        ".mlp.experts.",
+        "code_predictor.model.layers.0.mlp.",
+    )
     embedding = "talker.model.codec_embedding.weight"
     assert all(any(target in key for target in lora_targets) or key == embedding for key in changed), changed
     assert any(".mlp.experts." in key for key in changed) and any("code_predictor" in key for key in changed)
@@ -504,10 +595,16 @@ def test_codes_equal_mimi_encode_and_cache_is_reused(workdir, tmp_path):
     assert [clip.text for clip in encoded] == ["the quick brown fox"]
     assert (summary.num_clips, summary.num_kept, summary.num_skipped) == (5, 1, 4)
     assert summary.skipped_by_reason == {
-        "silent": 1, "shorter than one codec frame": 1, "longer than the limit": 1, "unreadable audio": 1
+        "silent": 1,
+        "shorter than one codec frame": 1,
+        "longer than the limit": 1,
+        "unreadable audio": 1,
     }
     assert sorted(os.path.basename(entry["audio"]) for entry in summary.skipped) == [
-        "broken.wav", "long.wav", "short.wav", "silent.wav"
+        "broken.wav",
+        "long.wav",
+        "short.wav",
+        "silent.wav",
     ]
     assert json.loads((tmp_path / "cache" / "summary.json").read_text())["num_skipped"] == 4
 
@@ -589,15 +686,21 @@ def test_speaker_names_are_keyed_once_as_generate_looks_them_up(workdir, tmp_pat
     (`--speaker_name NOVA` is `nova`), and one with surrounding whitespace is refused before any work instead of
     becoming a second voice `" ethan"` beside `ethan`; the preserved speakers resolve the same way."""
     from qwen_omni.qwen3_omni.talker_voice import (
-        read_talker_voice_config, resolve_preserved_speakers, resolve_speaker, speaker_key,
+        read_talker_voice_config,
+        resolve_preserved_speakers,
+        resolve_speaker,
+        speaker_key,
     )
 
     config = load_model(workdir["base"]).config
     speakers = dict(config.talker_config.speaker_id)
     assert speaker_key("NoVa") == "nova" and resolve_speaker(config, "NOVA")[0] == "nova"
     whitespace = r"is empty or starts or ends with whitespace: generate\(speaker=...\) looks a speaker up by"
-    with pytest.raises(ValueError, match=rf"--speaker_name ' Ethan' {whitespace}.*beside 'ethan'.*"
-                                         r"Pass --speaker_name 'Ethan'"):
+    with pytest.raises(
+        ValueError,
+        match=rf"--speaker_name ' Ethan' {whitespace}.*beside 'ethan'.*"
+        r"Pass --speaker_name 'Ethan'",
+    ):
         resolve_speaker(config, " Ethan")
     with pytest.raises(ValueError, match=rf"--adapt_speaker 'Ethan\\t' {whitespace}"):
         resolve_speaker(config, adapt_speaker="Ethan\t")
@@ -610,7 +713,8 @@ def test_speaker_names_are_keyed_once_as_generate_looks_them_up(workdir, tmp_pat
     assert resolve_preserved_speakers(config, "all", "ethan") == {k: v for k, v in speakers.items() if k != "ethan"}
     assert resolve_preserved_speakers(config, "none", "nova") == {}
     assert resolve_preserved_speakers(config, "Chelsie,aiden", "nova") == {
-        "chelsie": speakers["chelsie"], "aiden": speakers["aiden"]
+        "chelsie": speakers["chelsie"],
+        "aiden": speakers["aiden"],
     }
     with pytest.raises(ValueError, match=r"--preserve_speakers names 'Bob', not a speaker of this Talker"):
         resolve_preserved_speakers(config, "chelsie,Bob", "nova")
@@ -632,8 +736,9 @@ def test_speaker_names_are_keyed_once_as_generate_looks_them_up(workdir, tmp_pat
     script = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = script
     spec.loader.exec_module(script)
-    parser = script.TrlParser((script.ScriptArguments, script.Qwen3OmniSFTConfig, script.Qwen3OmniModelConfig,
-                               script.TalkerVoiceArguments))
+    parser = script.TrlParser(
+        (script.ScriptArguments, script.Qwen3OmniSFTConfig, script.Qwen3OmniModelConfig, script.TalkerVoiceArguments)
+    )
     flags = [str(value) for value in train_flags(workdir, tmp_path / "out", "--speaker_name", " Ethan")]
     with pytest.raises(ValueError, match=r"--speaker_name ' Ethan' is empty or starts or ends with whitespace"):
         script.main(*parser.parse_args_and_config(args=flags))
@@ -646,6 +751,7 @@ def test_the_model_card_usage_snippet_gives_the_merged_voice(workdir, trained):
     """The card `--push_to_hub` writes for a Talker voice adapter: its usage code, run as a user would (with the Hub
     ids pointing at the local folders), gives the model `train/merge.py` gives, speaker included."""
     from qwen_omni.common.hub import build_model_card
+
     from omni_testing import front_matter, usage_code
 
     card = str(build_model_card(trained["adapter"], "someone/qwen3-omni-nova", datasets=[workdir["data"]]))
@@ -672,25 +778,55 @@ def test_voice_trains_as_ddp_on_two_cpu_processes(workdir, trained, tmp_path):
     from safetensors.torch import load_file
 
     output_dir = tmp_path / "ddp"
-    flags = train_flags(workdir, output_dir, "--speaker_name", "nova", "--init_speaker", "Ethan", "--max_steps", 4,
-                        "--lora_target_code_predictor_mlp", "true", "--per_device_train_batch_size", 1,
-                        "--logging_steps", 1, "--use_cpu", "true")
+    flags = train_flags(
+        workdir,
+        output_dir,
+        "--speaker_name",
+        "nova",
+        "--init_speaker",
+        "Ethan",
+        "--max_steps",
+        4,
+        "--lora_target_code_predictor_mlp",
+        "true",
+        "--per_device_train_batch_size",
+        1,
+        "--logging_steps",
+        1,
+        "--use_cpu",
+        "true",
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", "0", "--config_file",
-         os.path.join(REPO, "train", "accelerate", "cpu_2proc.yaml"), os.path.join(REPO, "train", "talker_voice_sft.py"),
-         *map(str, flags)],
-        env=ENV, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--main_process_port",
+            "0",
+            "--config_file",
+            os.path.join(REPO, "train", "accelerate", "cpu_2proc.yaml"),
+            os.path.join(REPO, "train", "talker_voice_sft.py"),
+            *map(str, flags),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     log = result.stdout + result.stderr
     for rank in (0, 1):
-        assert re.search(rf"Process rank {rank} of world size 2 \(local rank {rank}\) on cpu(:0)?: DDP over gloo\.", log)
+        assert re.search(
+            rf"Process rank {rank} of world size 2 \(local rank {rank}\) on cpu(:0)?: DDP over gloo\.", log
+        )
         # 3 clips over 2 ranks, one clip per step: 2 batches each per epoch
         assert f"Process rank {rank} of world size 2: 2 batches of 1 rows per epoch, of 3 training rows" in log
     assert len(re.findall(r"'talker_loss'", log)) == 4
     adapter = load_file(output_dir / "adapter_model.safetensors")
     reference = load_file(trained["adapter"] / "adapter_model.safetensors")
-    assert {key: value.shape for key, value in adapter.items()} == {key: value.shape for key, value in reference.items()}
+    assert {key: value.shape for key, value in adapter.items()} == {
+        key: value.shape for key, value in reference.items()
+    }
     assert all(value.abs().sum() > 0 for key, value in adapter.items() if ".lora_B." in key)
     assert json.loads((output_dir / "talker_voice_config.json").read_text())["speaker_name"] == "nova"
 
@@ -699,12 +835,15 @@ def test_voice_trains_as_ddp_on_two_cpu_processes(workdir, trained, tmp_path):
 def test_quantization_options_the_recipe_cannot_honour_are_refused(workdir, tmp_path, flag):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("talker_voice_sft_script", os.path.join(REPO, "train", "talker_voice_sft.py"))
+    spec = importlib.util.spec_from_file_location(
+        "talker_voice_sft_script", os.path.join(REPO, "train", "talker_voice_sft.py")
+    )
     script = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = script  # dataclasses look their module up
     spec.loader.exec_module(script)
-    parser = script.TrlParser((script.ScriptArguments, script.Qwen3OmniSFTConfig, script.Qwen3OmniModelConfig,
-                               script.TalkerVoiceArguments))
+    parser = script.TrlParser(
+        (script.ScriptArguments, script.Qwen3OmniSFTConfig, script.Qwen3OmniModelConfig, script.TalkerVoiceArguments)
+    )
     flags = [str(value) for value in train_flags(workdir, tmp_path / "out", "--speaker_name", "nova", flag)]
     with pytest.raises(ValueError, match=r"does not take --load_in_8bit or --offload_experts.*--load_in_4bit"):
         script.main(*parser.parse_args_and_config(args=flags))
@@ -717,8 +856,10 @@ def test_checkpoint_without_talker_is_refused(workdir, tmp_path):
     Qwen3OmniMoeForConditionalGeneration(config).save_pretrained(tmp_path / "captioner")
     processor.save_pretrained(tmp_path / "captioner")
     result = run_script(
-        "talker_voice_sft.py", *train_flags({**workdir, "base": tmp_path / "captioner"}, tmp_path / "out",
-                                            "--speaker_name", "nova", "--max_steps", 1),
+        "talker_voice_sft.py",
+        *train_flags(
+            {**workdir, "base": tmp_path / "captioner"}, tmp_path / "out", "--speaker_name", "nova", "--max_steps", 1
+        ),
         check=False,
     )
     assert result.returncode != 0
@@ -734,7 +875,8 @@ def test_routed_and_peft_expert_lora_agree_on_the_talker(workdir, processor, loa
 
     from qwen_omni.qwen3_omni.peft_lora import apply_peft_lora
     from qwen_omni.qwen3_omni.quantized_experts import nf4_parametrization
-    from qwen_omni.qwen3_omni.routed_lora import ParamWrapper as RoutedParamWrapper, apply_routed_lora
+    from qwen_omni.qwen3_omni.routed_lora import ParamWrapper as RoutedParamWrapper
+    from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora
     from qwen_omni.qwen3_omni.talker_voice import RoutableTalkerExperts, build_talker_lora_config, load_talker_model
 
     results = []
@@ -797,8 +939,22 @@ def test_adapt_speaker_prompts_and_push_to_hub(workdir, tmp_path, monkeypatch):
     rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
     rows[0]["prompt"] = "Say the fox line."
     (data / "metadata.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
-    flags = [*train_flags({**workdir, "data": data}, tmp_path / "out", "--adapt_speaker", "Ethan", "--max_steps", 2,
-                          "--prompt_column", "prompt", "--report_to", "none", "--push_to_hub", "true")]
+    flags = [
+        *train_flags(
+            {**workdir, "data": data},
+            tmp_path / "out",
+            "--adapt_speaker",
+            "Ethan",
+            "--max_steps",
+            2,
+            "--prompt_column",
+            "prompt",
+            "--report_to",
+            "none",
+            "--push_to_hub",
+            "true",
+        )
+    ]
 
     uploads = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: None)

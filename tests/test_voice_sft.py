@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from omni_testing import REPO_ROOT, build_tiny_omni
 
 from qwen_omni import OmniForCausalLM, OmniProcessor
 from qwen_omni.common.clips import check_sampling_rates, read_clips
 from qwen_omni.omni.voice_sft import VoiceSFTArguments, build_voice_dataset, main
+
+from omni_testing import REPO_ROOT, build_tiny_omni
+
 
 VOICE_CLIPS = REPO_ROOT / "data" / "voice_clips"
 
@@ -30,7 +32,9 @@ def copy_clips(folder, count, edit=None):
 def audio_loss(model, processor, clips):
     dataset = build_voice_dataset(clips, processor)
     batch = processor.pad(dataset["input_ids"], with_labels=True)
-    batch["labels"] = processor.pad(dataset["labels"], with_labels=True)["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    batch["labels"] = processor.pad(dataset["labels"], with_labels=True)["input_ids"].masked_fill(
+        batch["attention_mask"] == 0, -100
+    )
     with torch.no_grad():
         output = model(**batch)
     assert torch.isnan(output.text_loss)  # the prompt carries no loss
@@ -46,8 +50,18 @@ def test_voice_lora_lowers_audio_loss_and_only_trains_the_adapter(tmp_path, snac
     out = tmp_path / "out"
     trainer = main(
         ScriptArguments(dataset_name=str(clips_dir)),
-        SFTConfig(output_dir=str(out), max_steps=8, learning_rate=5e-3, per_device_train_batch_size=4, logging_steps=4,
-                  report_to="none", use_cpu=True, bf16=False, save_strategy="no", seed=0),
+        SFTConfig(
+            output_dir=str(out),
+            max_steps=8,
+            learning_rate=5e-3,
+            per_device_train_batch_size=4,
+            logging_steps=4,
+            report_to="none",
+            use_cpu=True,
+            bf16=False,
+            save_strategy="no",
+            seed=0,
+        ),
         ModelConfig(model_name_or_path=str(base_dir), use_peft=True, lora_r=8, lora_alpha=16),
     )
     trainable = [name for name, p in trainer.model.named_parameters() if p.requires_grad]
@@ -64,7 +78,10 @@ def test_voice_lora_lowers_audio_loss_and_only_trains_the_adapter(tmp_path, snac
     # only LoRA targets moved: embeddings, norms and head are bit-identical
     base_state, merged_state = base.state_dict(), merged.state_dict()
     for name, tensor in base_state.items():
-        targeted = any(f".{module}." in name for module in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+        targeted = any(
+            f".{module}." in name
+            for module in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+        )
         assert torch.equal(tensor, merged_state[name]) != targeted, name
     assert (out / "merged" / "modeling_omni.py").is_file()
 
@@ -115,7 +132,9 @@ def test_clips_from_a_datasets_folder_match_the_metadata_folder(tmp_path, omni_d
 
     folder = copy_clips(tmp_path / "clips", 3)
     rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
-    table = datasets.Dataset.from_dict({"clip": [str(folder / r["audio"]) for r in rows], "sentence": [r["text"] for r in rows]})
+    table = datasets.Dataset.from_dict(
+        {"clip": [str(folder / r["audio"]) for r in rows], "sentence": [r["text"] for r in rows]}
+    )
     table.cast_column("clip", datasets.Audio()).save_to_disk(str(tmp_path / "hf"))
     shutil.rmtree(folder / "audio")  # the datasets folder holds the audio bytes itself
     with pytest.raises(ValueError, match="no speaker name"):

@@ -53,17 +53,30 @@ class EvaluateArguments:
 class Qwen3OmniEvaluateArguments:
     """The Qwen3-Omni evaluation's own arguments (the model and its loading flags are `Qwen3OmniModelConfig`'s)."""
 
-    dataset_name: str = field(metadata={"help": "Evaluation rows: any conversation file/folder/Hub id train/sft.py "
-                                        "reads, or an audio dataset with an audio and a text column."})
+    dataset_name: str = field(
+        metadata={
+            "help": "Evaluation rows: any conversation file/folder/Hub id train/sft.py "
+            "reads, or an audio dataset with an audio and a text column."
+        }
+    )
     output_dir: str = field(metadata={"help": "Where eval_results.json, predictions.jsonl and the plot go."})
-    adapter: str | None = field(default=None, metadata={
-        "help": "The fine-tune: a LoRA adapter folder (train/sft.py, train/talker_voice_sft.py) or a merged model "
-        "folder (train/merge.py). Without it the base alone is evaluated (both columns equal)."})
+    adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "The fine-tune: a LoRA adapter folder (train/sft.py, train/talker_voice_sft.py) or a merged model "
+            "folder (train/merge.py). Without it the base alone is evaluated (both columns equal)."
+        },
+    )
     dataset_config: str | None = field(default=None, metadata={"help": "Configuration of a Hub dataset."})
     split: str = field(default="test", metadata={"help": "Split of a datasets source."})
-    task: str = field(default="auto", metadata={"help": "Score every row as asr, text, exact_match or "
-                                                "multiple_choice; auto: audio rows asr, a letter reference "
-                                                "multiple_choice, other text."})
+    task: str = field(
+        default="auto",
+        metadata={
+            "help": "Score every row as asr, text, exact_match or "
+            "multiple_choice; auto: audio rows asr, a letter reference "
+            "multiple_choice, other text."
+        },
+    )
     dataset_format: str = field(default="auto", metadata={"help": "Conversation format (see train/sft.py)."})
     audio_column: str = field(default="audio", metadata={"help": "Audio column of an audio dataset."})
     text_column: str = field(default="text", metadata={"help": "Transcript column of an audio dataset."})
@@ -75,20 +88,31 @@ class Qwen3OmniEvaluateArguments:
     max_new_tokens: int = field(default=256, metadata={"help": "Token budget of each answer (thinking included)."})
     language: str = field(default="en", metadata={"help": "en: Whisper's English normaliser; else its basic one."})
     device: str | None = field(default=None, metadata={"help": "torch device (default: where the model loads)."})
-    evaluate_voice: str = field(default="auto", metadata={"help": "auto (when the checkpoint has a Talker), true, "
-                                                          "false."})
-    speaker: str | None = field(default=None, metadata={"help": "Speaker under test (default: the voice adapter's, "
-                                                        "or the fine-tune's new one)."})
-    base_speaker: str | None = field(default=None, metadata={"help": "Base speaker the tested voice is compared "
-                                                             "with (default: the same, or the one it started from)."})
+    evaluate_voice: str = field(
+        default="auto", metadata={"help": "auto (when the checkpoint has a Talker), true, false."}
+    )
+    speaker: str | None = field(
+        default=None,
+        metadata={"help": "Speaker under test (default: the voice adapter's, or the fine-tune's new one)."},
+    )
+    base_speaker: str | None = field(
+        default=None,
+        metadata={
+            "help": "Base speaker the tested voice is compared with (default: the same, or the one it started from)."
+        },
+    )
     voice_samples: int = field(default=16, metadata={"help": "Eval texts each speaker speaks."})
     talker_max_new_tokens: int = field(default=1024, metadata={"help": "Codec frames per spoken text at most."})
-    transcriber: str | None = field(default=None, metadata={"help": "An ASR model (e.g. openai/whisper-small) "
-                                                            "that also transcribes the speech."})
-    speaker_encoder: str | None = field(default=None, metadata={
-        "help": "Speaker-verification model (e.g. microsoft/wavlm-base-plus-sv) for speaker similarity."})
-    speaker_reference: str | None = field(default=None, metadata={
-        "help": "Folder of the tested speaker's reference clips (every audio file in it)."})
+    transcriber: str | None = field(
+        default=None, metadata={"help": "An ASR model (e.g. openai/whisper-small) that also transcribes the speech."}
+    )
+    speaker_encoder: str | None = field(
+        default=None,
+        metadata={"help": "Speaker-verification model (e.g. microsoft/wavlm-base-plus-sv) for speaker similarity."},
+    )
+    speaker_reference: str | None = field(
+        default=None, metadata={"help": "Folder of the tested speaker's reference clips (every audio file in it)."}
+    )
 
 
 def checkpoint_model_type(argv: list[str]) -> str | None:
@@ -103,9 +127,17 @@ def main(args: EvaluateArguments) -> dict:
     """The Omni evaluation."""
     output_dir = args.output_dir or f"{args.model.rstrip('/')}/eval"
     return evaluate_model(
-        args.model, args.dataset, output_dir, transcriber=args.transcriber, max_clips=args.max_clips,
-        asr_max_new_tokens=args.asr_max_new_tokens, tts_length_factor=args.tts_length_factor,
-        num_spectrograms=args.num_spectrograms, speaker=args.speaker, device=args.device, seed=args.seed,
+        args.model,
+        args.dataset,
+        output_dir,
+        transcriber=args.transcriber,
+        max_clips=args.max_clips,
+        asr_max_new_tokens=args.asr_max_new_tokens,
+        tts_length_factor=args.tts_length_factor,
+        num_spectrograms=args.num_spectrograms,
+        speaker=args.speaker,
+        device=args.device,
+        seed=args.seed,
     )
 
 
@@ -114,17 +146,35 @@ def main_qwen3_omni(args: Qwen3OmniEvaluateArguments, model_args: Qwen3OmniModel
     if args.evaluate_voice not in ("auto", "true", "false"):
         raise ValueError(f"--evaluate_voice {args.evaluate_voice!r}: use auto, true or false.")
     return evaluate_qwen3_omni(
-        model_args.model_name_or_path, args.dataset_name, args.output_dir, adapter=args.adapter, split=args.split,
-        dataset_config=args.dataset_config, task=args.task, dataset_format=args.dataset_format,
-        audio_column=args.audio_column, text_column=args.text_column, asr_prompt=args.asr_prompt,
-        system_prompt=args.system_prompt, media_dir=args.media_dir, max_samples=args.max_samples,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, language=args.language,
-        dtype=model_args.dtype or "auto", device=args.device, quantization_kwargs=model_args.quantization_kwargs(),
+        model_args.model_name_or_path,
+        args.dataset_name,
+        args.output_dir,
+        adapter=args.adapter,
+        split=args.split,
+        dataset_config=args.dataset_config,
+        task=args.task,
+        dataset_format=args.dataset_format,
+        audio_column=args.audio_column,
+        text_column=args.text_column,
+        asr_prompt=args.asr_prompt,
+        system_prompt=args.system_prompt,
+        media_dir=args.media_dir,
+        max_samples=args.max_samples,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        language=args.language,
+        dtype=model_args.dtype or "auto",
+        device=args.device,
+        quantization_kwargs=model_args.quantization_kwargs(),
         attn_implementation=model_args.attn_implementation,
         evaluate_voice_of_talker=None if args.evaluate_voice == "auto" else args.evaluate_voice == "true",
-        speaker=args.speaker, base_speaker=args.base_speaker, voice_samples=args.voice_samples,
-        talker_max_new_tokens=args.talker_max_new_tokens, transcriber=args.transcriber,
-        speaker_encoder=args.speaker_encoder, speaker_reference=args.speaker_reference,
+        speaker=args.speaker,
+        base_speaker=args.base_speaker,
+        voice_samples=args.voice_samples,
+        talker_max_new_tokens=args.talker_max_new_tokens,
+        transcriber=args.transcriber,
+        speaker_encoder=args.speaker_encoder,
+        speaker_reference=args.speaker_reference,
     )
 
 
@@ -134,7 +184,7 @@ def run(argv: list[str]) -> dict:
     logging.getLogger("qwen_omni").setLevel(logging.INFO)
     if checkpoint_model_type(argv) == "omni":
         renamed = {"--model_name_or_path": "--model", "--dataset_name": "--dataset"}
-        argv = [renamed.get(arg.split("=")[0], arg.split("=")[0]) + (arg[len(arg.split("=")[0]):]) for arg in argv]
+        argv = [renamed.get(arg.split("=")[0], arg.split("=")[0]) + (arg[len(arg.split("=")[0]) :]) for arg in argv]
         (arguments,) = HfArgumentParser(EvaluateArguments).parse_args_into_dataclasses(args=argv)
         return main(arguments)
     parser = HfArgumentParser((Qwen3OmniEvaluateArguments, Qwen3OmniModelConfig))

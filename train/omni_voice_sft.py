@@ -11,7 +11,6 @@ recipe's own `VoiceSFTArguments`.
 from trl import ScriptArguments, SFTConfig, TrlParser
 
 from qwen_omni.common.lora_arguments import LoraModelConfig
-
 from qwen_omni.omni.voice_sft import VoiceSFTArguments, main
 
 

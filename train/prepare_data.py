@@ -50,12 +50,24 @@ def main(args: PrepareArguments):
     check_output_dir(args.output_dir, {"--dataset_name": args.dataset_name, "--codec": args.codec})
     audio_tokenizer = load_audio_tokenizer(args.codec)
     rows = load_audio_text_rows(
-        args.dataset_name, args.audio_column, args.text_column, args.speaker_column, split=args.dataset_split,
-        dataset_config=args.dataset_config, streaming=args.streaming,
+        args.dataset_name,
+        args.audio_column,
+        args.text_column,
+        args.speaker_column,
+        split=args.dataset_split,
+        dataset_config=args.dataset_config,
+        streaming=args.streaming,
     )
     return prepare_dataset(
-        rows, args.output_dir, audio_tokenizer, max_duration=args.max_duration, shard_size=args.shard_size,
-        num_proc=args.num_proc, device=args.device, source_name=args.dataset_name, encode_batch_size=args.encode_batch_size,
+        rows,
+        args.output_dir,
+        audio_tokenizer,
+        max_duration=args.max_duration,
+        shard_size=args.shard_size,
+        num_proc=args.num_proc,
+        device=args.device,
+        source_name=args.dataset_name,
+        encode_batch_size=args.encode_batch_size,
     )
 
 

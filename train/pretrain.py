@@ -38,7 +38,12 @@ from transformers.utils import logging
 
 from qwen_omni import OmniForCausalLM
 from qwen_omni.common.hub import defer_hub_push, push_after_training
-from qwen_omni.common.launching import DistributedRunCallback, check_launch, check_output_dir, resolve_resume_checkpoint
+from qwen_omni.common.launching import (
+    DistributedRunCallback,
+    check_launch,
+    check_output_dir,
+    resolve_resume_checkpoint,
+)
 from qwen_omni.omni.command_corpus import CommandCorpusSpec
 from qwen_omni.omni.packing import OmniPackingCollator
 from qwen_omni.omni.pretrain_report import REPORT_NAME, end_of_run_report, evaluate_heldout, format_report
@@ -59,10 +64,13 @@ logger = logging.get_logger("qwen_omni.pretrain")
 
 def main(script_args: PretrainArguments, training_args: TrainingArguments, callbacks: list | None = None):
     # the prepared cache (--prepared_dir, default <output_dir>/prepared) is the run's own: written, then reused
-    check_output_dir(training_args.output_dir, {
-        f"--{name}": getattr(script_args, name)
-        for name in ("dataset_name", "model_name_or_path", "text_model", "tokenizer", "codec", "text_file")
-    })
+    check_output_dir(
+        training_args.output_dir,
+        {
+            f"--{name}": getattr(script_args, name)
+            for name in ("dataset_name", "model_name_or_path", "text_model", "tokenizer", "codec", "text_file")
+        },
+    )
     check_launch(training_args)
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +80,8 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
         if script_args.dataset_name is None:
             use_command_corpus(script_args, output_dir)
         elif (script_args.command_corpus_sentences, script_args.command_corpus_heldout_voice_sentences) != (
-            CommandCorpusSpec.num_train, CommandCorpusSpec.num_heldout_voice
+            CommandCorpusSpec.num_train,
+            CommandCorpusSpec.num_heldout_voice,
         ):
             raise ValueError(
                 f"--command_corpus_* options size the default command corpus, but --dataset_name "
@@ -107,7 +116,8 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
         train_dataset=train_dataset,
         eval_dataset=eval_datasets or None,
         data_collator=OmniPackingCollator(
-            processor.tokenizer.pad_token_id, packed=script_args.packing,
+            processor.tokenizer.pad_token_id,
+            packed=script_args.packing,
             pad_to_multiple_of=8 if torch.cuda.is_available() else None,
         ),
         processing_class=processor,
@@ -132,8 +142,14 @@ def main(script_args: PretrainArguments, training_args: TrainingArguments, callb
         voice_trained = evaluate_heldout(saved, processor, voice_rows) if voice_untrained is not None else None
         codec_name = processor.codec_name_or_path
         report = end_of_run_report(
-            processor, rows, (split[0], *report_split[1:]), codec_name, untrained, trained,
-            voice_untrained, voice_trained,
+            processor,
+            rows,
+            (split[0], *report_split[1:]),
+            codec_name,
+            untrained,
+            trained,
+            voice_untrained,
+            voice_trained,
         )
         (output_dir / REPORT_NAME).write_text(json.dumps(report, indent=2))
         logger.info(format_report(report, output_dir / REPORT_NAME))

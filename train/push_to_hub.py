@@ -20,14 +20,29 @@ def main(argv=None) -> str | None:
     parser.add_argument("--dataset", action="append", default=[], help="Training dataset (repeatable).")
     parser.add_argument("--base-model", "--base_model", dest="base_model", help="Checkpoint it was fine-tuned from.")
     parser.add_argument("--license", default="apache-2.0")
-    parser.add_argument("--eval-results", "--eval_results", dest="eval_results", help="train/evaluate.py's eval_results.json.")
+    parser.add_argument(
+        "--eval-results", "--eval_results", dest="eval_results", help="train/evaluate.py's eval_results.json."
+    )
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--token", help="Hub token (default: the logged-in one).")
-    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", help="Check and write README.md, upload nothing.")
+    parser.add_argument(
+        "--dry-run",
+        "--dry_run",
+        dest="dry_run",
+        action="store_true",
+        help="Check and write README.md, upload nothing.",
+    )
     args = parser.parse_args(argv)
     url = push_to_hub(
-        args.model, args.repo_id, private=args.private, token=args.token, base_model=args.base_model,
-        datasets=args.dataset, license=args.license, eval_results=args.eval_results, dry_run=args.dry_run,
+        args.model,
+        args.repo_id,
+        private=args.private,
+        token=args.token,
+        base_model=args.base_model,
+        datasets=args.dataset,
+        license=args.license,
+        eval_results=args.eval_results,
+        dry_run=args.dry_run,
     )
     print(url or f"dry run: {args.model} checked and README.md written; nothing uploaded")
     return url

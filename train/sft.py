@@ -14,19 +14,10 @@ import runpy
 import sys
 
 import yaml
-
 from transformers import AutoConfig, AutoProcessor
 from transformers.utils import logging
 from trl import ScriptArguments, TrlParser
 
-from qwen_omni.qwen3_omni import (
-    ModalityLossWeights,
-    Qwen3OmniSFTCollator,
-    Qwen3OmniSFTTrainer,
-    build_lora_config,
-    load_conversation_dataset,
-    load_thinker,
-)
 from qwen_omni.common.hub import defer_hub_push, push_after_training
 from qwen_omni.common.launching import (
     DistributedRunCallback,
@@ -34,6 +25,14 @@ from qwen_omni.common.launching import (
     check_output_dir,
     resolve_resume_checkpoint,
     shard_by_decoder_layer,
+)
+from qwen_omni.qwen3_omni import (
+    ModalityLossWeights,
+    Qwen3OmniSFTCollator,
+    Qwen3OmniSFTTrainer,
+    build_lora_config,
+    load_conversation_dataset,
+    load_thinker,
 )
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
 from qwen_omni.qwen3_omni.conversations import DatasetReport, TooManyRowsSkipped, control_token_strings
@@ -66,10 +65,14 @@ def main(script_args, training_args, model_args, omni_args):
         # from the checkpoint's config only: no weights, data or launch needed
         print(estimate_for_run(model_args, training_args, omni_args).format())
         return
-    check_output_dir(training_args.output_dir, {
-        "--model_name_or_path": model_args.model_name_or_path, "--dataset_name": script_args.dataset_name,
-        "--eval_dataset_name": omni_args.eval_dataset_name,
-    })
+    check_output_dir(
+        training_args.output_dir,
+        {
+            "--model_name_or_path": model_args.model_name_or_path,
+            "--dataset_name": script_args.dataset_name,
+            "--eval_dataset_name": omni_args.eval_dataset_name,
+        },
+    )
     check_launch(training_args)
     resume_checkpoint = resolve_resume_checkpoint(training_args)  # before the data and the model are loaded
     # An adapter is published at the end, with a card whose usage code is tested (TRL's would upload checkpoints and
@@ -84,10 +87,14 @@ def main(script_args, training_args, model_args, omni_args):
         reports[split] = DatasetReport(name=f"{split} data ({path})")
         try:
             dataset = load_conversation_dataset(
-                path, split=script_args.dataset_train_split if split == "train" else script_args.dataset_test_split,
-                config_name=script_args.dataset_config, system_prompt=omni_args.system_prompt,
-                dataset_format=omni_args.dataset_format, media_dir=omni_args.media_dir,
-                use_audio_in_video=omni_args.use_audio_in_video, report=reports[split],
+                path,
+                split=script_args.dataset_train_split if split == "train" else script_args.dataset_test_split,
+                config_name=script_args.dataset_config,
+                system_prompt=omni_args.system_prompt,
+                dataset_format=omni_args.dataset_format,
+                media_dir=omni_args.media_dir,
+                use_audio_in_video=omni_args.use_audio_in_video,
+                report=reports[split],
                 control_tokens=control_token_strings(processor.tokenizer),
             )
         finally:
@@ -151,8 +158,13 @@ def main(script_args, training_args, model_args, omni_args):
     if training_args.push_to_hub:  # full fine-tuning: a plain transformers Thinker, uploaded by TRL
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     push_after_training(
-        training_args.output_dir, adapter_repo_id, training_args, base_model=model_args.model_name_or_path, verify=False,
-        datasets=[script_args.dataset_name], commit_message="Qwen3-Omni Thinker LoRA adapter",
+        training_args.output_dir,
+        adapter_repo_id,
+        training_args,
+        base_model=model_args.model_name_or_path,
+        verify=False,
+        datasets=[script_args.dataset_name],
+        commit_message="Qwen3-Omni Thinker LoRA adapter",
     )
     trainer.end()
 
@@ -176,7 +188,9 @@ def save_data_report(report: DatasetReport, split: str, training_args) -> None:
 
 if __name__ == "__main__":
     if checkpoint_model_type(sys.argv[1:]) == "omni":
-        runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "omni_voice_sft.py"), run_name="__main__")
+        runpy.run_path(
+            os.path.join(os.path.dirname(os.path.abspath(__file__)), "omni_voice_sft.py"), run_name="__main__"
+        )
     else:
         parser = TrlParser((ScriptArguments, Qwen3OmniSFTConfig, Qwen3OmniModelConfig, Qwen3OmniArguments))
         main(*parser.parse_args_and_config())

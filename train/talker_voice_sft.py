@@ -26,10 +26,15 @@ from trl import ScriptArguments, TrlParser
 
 from qwen_omni.common.clips import load_audio_text_rows, read_clips
 from qwen_omni.common.hub import defer_hub_push, push_after_training
-from qwen_omni.common.launching import DistributedRunCallback, check_launch, check_output_dir, resolve_resume_checkpoint
+from qwen_omni.common.launching import (
+    DistributedRunCallback,
+    check_launch,
+    check_output_dir,
+    resolve_resume_checkpoint,
+)
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniModelConfig, Qwen3OmniSFTConfig
-from qwen_omni.qwen3_omni.loading import resolve_experts_implementation
 from qwen_omni.qwen3_omni.expert_lora import apply_expert_lora, check_moe_lora_impl
+from qwen_omni.qwen3_omni.loading import resolve_experts_implementation
 from qwen_omni.qwen3_omni.peft_lora import silence_false_expert_rank_warning
 from qwen_omni.qwen3_omni.talker_voice import (
     TalkerVoiceArguments,
@@ -49,10 +54,14 @@ from qwen_omni.qwen3_omni.talker_voice.data import MimiCodec, encode_clips
 
 
 def main(script_args, training_args, model_args, voice_args):
-    check_output_dir(training_args.output_dir, {
-        "--model_name_or_path": model_args.model_name_or_path, "--dataset_name": script_args.dataset_name,
-        "--codec_name_or_path": voice_args.codec_name_or_path,
-    })
+    check_output_dir(
+        training_args.output_dir,
+        {
+            "--model_name_or_path": model_args.model_name_or_path,
+            "--dataset_name": script_args.dataset_name,
+            "--codec_name_or_path": voice_args.codec_name_or_path,
+        },
+    )
     launch = check_launch(training_args)
     if launch.fsdp_version is not None or launch.deepspeed:
         raise ValueError(
@@ -94,23 +103,36 @@ def main(script_args, training_args, model_args, voice_args):
     processor = AutoProcessor.from_pretrained(name_or_path, revision=revision)
 
     clips = read_clips(
-        script_args.dataset_name, speaker=speaker, audio_column=voice_args.audio_column,
-        text_column=voice_args.text_column, speaker_column=None, split=script_args.dataset_train_split,
+        script_args.dataset_name,
+        speaker=speaker,
+        audio_column=voice_args.audio_column,
+        text_column=voice_args.text_column,
+        speaker_column=None,
+        split=script_args.dataset_train_split,
         dataset_config=script_args.dataset_config,
     )
     prompts = None
     if voice_args.prompt_column:
         rows = load_audio_text_rows(
-            script_args.dataset_name, voice_args.audio_column, voice_args.prompt_column, None,
-            split=script_args.dataset_train_split, dataset_config=script_args.dataset_config, allow_missing_text=True,
+            script_args.dataset_name,
+            voice_args.audio_column,
+            voice_args.prompt_column,
+            None,
+            split=script_args.dataset_train_split,
+            dataset_config=script_args.dataset_config,
+            allow_missing_text=True,
         )
         prompts = [row["text"] or None for row in rows]
     codec = MimiCodec.from_pretrained(voice_args.codec_name_or_path, model.config)
     # the main process encodes and caches the clips; the other processes then read its cache
     with training_args.main_process_first(desc="Mimi codes of the clips"):
         encoded, _ = encode_clips(
-            clips, codec, voice_args.codes_cache_dir or os.path.join(training_args.output_dir, "mimi_codes"),
-            prompts=prompts, max_duration=voice_args.max_duration, silence_threshold=voice_args.silence_threshold,
+            clips,
+            codec,
+            voice_args.codes_cache_dir or os.path.join(training_args.output_dir, "mimi_codes"),
+            prompts=prompts,
+            max_duration=voice_args.max_duration,
+            silence_threshold=voice_args.silence_threshold,
             allow_mixed_sampling_rates=voice_args.allow_mixed_sampling_rates,
         )
     examples = build_examples(encoded, processor, voice_args.user_prompt_template, voice_args.system_prompt)
@@ -118,10 +140,20 @@ def main(script_args, training_args, model_args, voice_args):
         cache_thinker_outputs(model, examples)
     # the base Talker's own speech for the preserved speakers, generated before the adapter exists
     preserve_max_frames = voice_args.preserve_max_frames or 2 * max(len(clip.codes) for clip in encoded)
-    preserve_examples = build_preserve_examples(
-        model, processor, examples, preserve_texts, preserved, preserve_max_frames, voice_args.user_prompt_template,
-        voice_args.system_prompt,
-    ) if preserved else []
+    preserve_examples = (
+        build_preserve_examples(
+            model,
+            processor,
+            examples,
+            preserve_texts,
+            preserved,
+            preserve_max_frames,
+            voice_args.user_prompt_template,
+            voice_args.system_prompt,
+        )
+        if preserved
+        else []
+    )
     preserve_batch_size = voice_args.preserve_batch_size or training_args.per_device_train_batch_size
     voice_preservation = {
         "speaker_name": speaker,
@@ -138,11 +170,16 @@ def main(script_args, training_args, model_args, voice_args):
     add_speaker(model, speaker, codec_id, init_id)
     model.requires_grad_(False)
     lora_config = build_talker_lora_config(
-        model, [codec_id], r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
-        expert_r=voice_args.lora_expert_r, target_router=voice_args.lora_target_router,
+        model,
+        [codec_id],
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        expert_r=voice_args.lora_expert_r,
+        target_router=voice_args.lora_target_router,
         target_experts=voice_args.lora_target_experts,
         target_code_predictor=voice_args.lora_target_code_predictor,
-        target_code_predictor_mlp=voice_args.lora_target_code_predictor_mlp, use_rslora=model_args.use_rslora,
+        target_code_predictor_mlp=voice_args.lora_target_code_predictor_mlp,
+        use_rslora=model_args.use_rslora,
     )
     with silence_false_expert_rank_warning():
         peft_model = get_peft_model(model, lora_config)
@@ -166,8 +203,13 @@ def main(script_args, training_args, model_args, voice_args):
     trainer.train(resume_from_checkpoint=resume_checkpoint)
     trainer.save_model(training_args.output_dir)
     push_after_training(
-        training_args.output_dir, repo_id, training_args, base_model=name_or_path, verify=False,
-        datasets=[script_args.dataset_name], commit_message=f"Talker voice adapter: speaker {speaker!r}",
+        training_args.output_dir,
+        repo_id,
+        training_args,
+        base_model=name_or_path,
+        verify=False,
+        datasets=[script_args.dataset_name],
+        commit_message=f"Talker voice adapter: speaker {speaker!r}",
     )
     return trainer
 

@@ -40,8 +40,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     option("model", required=True, help="Omni checkpoint folder")
     option("host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
     option("port", type=int, default=8000)
-    option("engine", choices=["transformers", "vllm"], default="transformers",
-           help="transformers: the model in this process, batched; vllm: vLLM's engine (in .venv-vllm)")
+    option(
+        "engine",
+        choices=["transformers", "vllm"],
+        default="transformers",
+        help="transformers: the model in this process, batched; vllm: vLLM's engine (in .venv-vllm)",
+    )
     option("served_model_name", help="the `model` name clients send (defaults to the folder's name)")
     option("voices", nargs="*", default=[], help="speaker names the checkpoint knows ('default' is always there)")
     option("device", default="cpu")
@@ -52,8 +56,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     option("max_queue", type=int, default=64, help="requests that may wait beyond --max_concurrency (then 429)")
     option("batch_wait_ms", type=float, default=5.0, help="how long a new batch waits for requests to join it")
     option("max_input_chars", type=int, default=4096, help="longest speech `input` accepted")
-    option("max_piece_chars", type=int, default=200,
-           help="longest piece of text generated at once (the text is split at sentence ends)")
+    option(
+        "max_piece_chars",
+        type=int,
+        default=200,
+        help="longest piece of text generated at once (the text is split at sentence ends)",
+    )
     option("max_upload_bytes", type=int, default=25 * 1024 * 1024, help="largest transcription upload (413 beyond)")
     option("api_key", help=f"bearer token every endpoint but /health requires (or set {API_KEY_ENV})")
     option("shutdown_timeout", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM")
@@ -70,8 +78,12 @@ def build_engine(args: argparse.Namespace):
     from .engine import TransformersEngine
 
     return TransformersEngine(
-        args.model, device=args.device, max_batch_size=args.max_concurrency, batch_wait_s=args.batch_wait_ms / 1000,
-        generate_kwargs=generate_kwargs, num_threads=args.num_threads,
+        args.model,
+        device=args.device,
+        max_batch_size=args.max_concurrency,
+        batch_wait_s=args.batch_wait_ms / 1000,
+        generate_kwargs=generate_kwargs,
+        num_threads=args.num_threads,
     )
 
 
@@ -116,8 +128,10 @@ class RequestIdAndAuthMiddleware:
         async def send_with_id(message):
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
-                logger.info(f"request {request_id}: {where} {message['status']} "
-                            f"({time.perf_counter() - started:.3f} s to the response headers)")
+                logger.info(
+                    f"request {request_id}: {where} {message['status']} "
+                    f"({time.perf_counter() - started:.3f} s to the response headers)"
+                )
             await send(message)
 
         if self.api_key and scope["path"] != "/health":
@@ -140,7 +154,13 @@ def build_app(args: argparse.Namespace, engine):
 
     from .engine import FINISHED, EngineNotReadyError
     from .protocol import (
-        ErrorInfo, ErrorResponse, ModelCard, ModelList, SpeechRequest, TranscriptionResponse, TranscriptionSegment,
+        ErrorInfo,
+        ErrorResponse,
+        ModelCard,
+        ModelList,
+        SpeechRequest,
+        TranscriptionResponse,
+        TranscriptionSegment,
         TranscriptionVerboseResponse,
     )
     from .serving_speech import MEDIA_TYPES, RequestError, SpeechService
@@ -149,8 +169,9 @@ def build_app(args: argparse.Namespace, engine):
     served_name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
     api_key = args.api_key or os.environ.get(API_KEY_ENV)
     admission = Admission(args.max_concurrency + args.max_queue)
-    speech = SpeechService(engine, voices=args.voices, max_input_chars=args.max_input_chars,
-                           max_piece_chars=args.max_piece_chars)
+    speech = SpeechService(
+        engine, voices=args.voices, max_input_chars=args.max_input_chars, max_piece_chars=args.max_piece_chars
+    )
     transcription = TranscriptionService(engine, max_upload_bytes=args.max_upload_bytes)
 
     @contextlib.asynccontextmanager
@@ -161,8 +182,9 @@ def build_app(args: argparse.Namespace, engine):
 
     app = FastAPI(title="qwen-omni", lifespan=lifespan)
 
-    def error(status: int, message: str, param: str | None = None, code: str | None = None,
-              headers: dict | None = None) -> JSONResponse:
+    def error(
+        status: int, message: str, param: str | None = None, code: str | None = None, headers: dict | None = None
+    ) -> JSONResponse:
         kind = "invalid_request_error" if status < 500 else "server_error"
         body = ErrorResponse(error=ErrorInfo(message=message, type=kind, param=param, code=code or status))
         return JSONResponse(body.model_dump(), status_code=status, headers=headers)
@@ -183,14 +205,22 @@ def build_app(args: argparse.Namespace, engine):
         )
         return error(400, f"invalid request: {problems}")
 
-    app.add_middleware(RequestIdAndAuthMiddleware, api_key=api_key, unauthorized=lambda: error(
-        401, "missing or wrong API key: send `Authorization: Bearer KEY`.", code="invalid_api_key"
-    ))
+    app.add_middleware(
+        RequestIdAndAuthMiddleware,
+        api_key=api_key,
+        unauthorized=lambda: error(
+            401, "missing or wrong API key: send `Authorization: Bearer KEY`.", code="invalid_api_key"
+        ),
+    )
 
     def check_model(model: str) -> None:
         if model != served_name:
-            raise RequestError(f"model {model!r} does not exist here; this server serves {served_name!r}.",
-                               status=404, param="model", code="model_not_found")
+            raise RequestError(
+                f"model {model!r} does not exist here; this server serves {served_name!r}.",
+                status=404,
+                param="model",
+                code="model_not_found",
+            )
 
     def check_ready() -> None:
         if engine.load_error is not None:
@@ -202,7 +232,8 @@ def build_app(args: argparse.Namespace, engine):
         if not admission.acquire():
             raise RequestError(
                 f"the server is at its bound of {admission.limit} requests (--max_concurrency "
-                f"{args.max_concurrency} + --max_queue {args.max_queue}); retry later.", status=429,
+                f"{args.max_concurrency} + --max_queue {args.max_queue}); retry later.",
+                status=429,
                 code="rate_limit_exceeded",
             )
 
@@ -269,7 +300,9 @@ def build_app(args: argparse.Namespace, engine):
             raise RequestError(
                 f"the request body is {int(length)} bytes, beyond this server's upload limit of "
                 f"{args.max_upload_bytes} bytes (--max_upload_bytes); send a shorter or compressed clip.",
-                status=413, param="file", code="request_too_large",
+                status=413,
+                param="file",
+                code="request_too_large",
             )
         try:
             form = await request.form(max_files=1, max_fields=16)
@@ -309,8 +342,9 @@ def build_app(args: argparse.Namespace, engine):
         if response_format == "text":
             return PlainTextResponse(text)
         if response_format == "verbose_json":
-            segment = TranscriptionSegment(id=0, start=0.0, end=duration, text=text, tokens=job.generated_ids,
-                                           temperature=temperature)
+            segment = TranscriptionSegment(
+                id=0, start=0.0, end=duration, text=text, tokens=job.generated_ids, temperature=temperature
+            )
             return TranscriptionVerboseResponse(duration=duration, text=text, segments=[segment])
         return TranscriptionResponse(text=text)
 
@@ -338,14 +372,14 @@ def serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--max_queue must be >= 0, got {args.max_queue}.")
     app = build_app(args, build_engine(args))
     logger.info(f"serving {args.model} on http://{args.host}:{args.port} ({args.engine} engine)")
-    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=args.shutdown_timeout,
-                log_level="info")
+    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=args.shutdown_timeout, log_level="info")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qwen-omni serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="qwen-omni serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_serve_arguments(parser)
     try:
         return serve(parser.parse_args(argv))

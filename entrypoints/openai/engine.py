@@ -239,7 +239,10 @@ class TransformersEngine:
     ) -> GenerationJob:
         kwargs = {**self.speech_generate_kwargs, **generate_kwargs} if task == "speech" else generate_kwargs
         return GenerationJob(
-            task=task, prompt_ids=list(prompt_ids), generate_kwargs=kwargs, request_id=request_id or uuid.uuid4().hex,
+            task=task,
+            prompt_ids=list(prompt_ids),
+            generate_kwargs=kwargs,
+            request_id=request_id or uuid.uuid4().hex,
             loop=asyncio.get_running_loop(),
         )
 

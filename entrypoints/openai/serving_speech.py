@@ -29,7 +29,11 @@ logger = logging.get_logger(__name__)
 DEFAULT_VOICE = "default"  # no speaker name in the prompt: the checkpoint's unconditioned voice
 _SOUNDFILE_FORMATS = {"flac": ("FLAC", None), "mp3": ("MP3", None), "opus": ("OGG", "OPUS")}
 MEDIA_TYPES = {
-    "wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+    "flac": "audio/flac",
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
 }
 
 
@@ -46,9 +50,13 @@ def streaming_wav_header(sampling_rate: int) -> bytes:
     """A 16-bit mono WAV header for a stream of unknown length (RIFF and data sizes 0xFFFFFFFF)."""
     unknown = 0xFFFFFFFF
     return (
-        b"RIFF" + struct.pack("<I", unknown) + b"WAVE"
-        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, sampling_rate, sampling_rate * 2, 2, 16)
-        + b"data" + struct.pack("<I", unknown)
+        b"RIFF"
+        + struct.pack("<I", unknown)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, sampling_rate, sampling_rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", unknown)
     )
 
 
@@ -72,8 +80,14 @@ class SpeechService:
         crossfade_ms: the crossfade between pieces.
     """
 
-    def __init__(self, engine, voices: list[str], max_input_chars: int = 4096, max_piece_chars: int = 200,
-                 crossfade_ms: float = 30.0):
+    def __init__(
+        self,
+        engine,
+        voices: list[str],
+        max_input_chars: int = 4096,
+        max_piece_chars: int = 200,
+        crossfade_ms: float = 30.0,
+    ):
         self.engine = engine
         self.voices = [DEFAULT_VOICE, *[voice for voice in voices if voice != DEFAULT_VOICE]]
         self.max_input_chars = max_input_chars
@@ -87,7 +101,8 @@ class SpeechService:
         if len(request.input) > self.max_input_chars:
             raise RequestError(
                 f"`input` holds {len(request.input)} characters; this server takes at most {self.max_input_chars} "
-                "(--max_input_chars). Split the text over several requests.", param="input",
+                "(--max_input_chars). Split the text over several requests.",
+                param="input",
             )
         if request.response_format not in SPEECH_FORMATS:
             raise RequestError(
@@ -102,7 +117,8 @@ class SpeechService:
         if request.speed != 1.0:
             raise RequestError(
                 f"speed={request.speed} is not supported: the model speaks at its own pace and changing the tempo "
-                "afterwards would change the voice. Send speed=1.0 (or leave it out).", param="speed",
+                "afterwards would change the voice. Send speed=1.0 (or leave it out).",
+                param="speed",
             )
         if request.instructions:
             raise RequestError(
@@ -112,16 +128,18 @@ class SpeechService:
         if request.voice not in self.voices:
             raise RequestError(
                 f"voice={request.voice!r} is not one of this model's voices {self.voices} (--voices); "
-                "'default' speaks without a speaker name.", param="voice",
+                "'default' speaks without a speaker name.",
+                param="voice",
             )
         if (request.ref_audio is None) != (request.ref_text is None):
-            raise RequestError("ref_audio and ref_text (its transcript) go together; give both or neither.",
-                               param="ref_audio")
+            raise RequestError(
+                "ref_audio and ref_text (its transcript) go together; give both or neither.", param="ref_audio"
+            )
 
     def prompts(self, request: SpeechRequest) -> list[list[int]]:
         """The prompt ids of each piece of the text (a `RequestError` for text the model cannot take)."""
-        from qwen_omni.omni.speech import split_sentences
         from qwen_omni.common.audio import read_audio
+        from qwen_omni.omni.speech import split_sentences
 
         processor = self.engine.processor
         speaker = None if request.voice == DEFAULT_VOICE else request.voice
@@ -129,11 +147,14 @@ class SpeechService:
         if request.ref_audio is not None:
             try:
                 audio, rate = read_audio({"bytes": base64.b64decode(request.ref_audio, validate=True), "path": None})
-                voice = {"voice_prompt_ids": processor.encode_voice_prompt([audio], rate),
-                         "voice_prompt_text": request.ref_text}
+                voice = {
+                    "voice_prompt_ids": processor.encode_voice_prompt([audio], rate),
+                    "voice_prompt_text": request.ref_text,
+                }
             except Exception as error:  # noqa: BLE001 - base64, soundfile and the codec's checks raise several types
-                raise RequestError(f"ref_audio is not usable audio ({error}); send a base64-encoded audio file.",
-                                   param="ref_audio") from None
+                raise RequestError(
+                    f"ref_audio is not usable audio ({error}); send a base64-encoded audio file.", param="ref_audio"
+                ) from None
         pieces = split_sentences(request.input, max_chars=self.max_piece_chars)
         try:  # the processor checks every prompt against the model's positions
             return processor(text=pieces, speaker=speaker, return_tensors=None, **voice)["input_ids"]
@@ -185,6 +206,9 @@ class SpeechService:
         if request.stream_format == "sse":
             input_tokens = sum(len(job.prompt_ids) for job in jobs)
             output_tokens = sum(len(job.generated_ids) for job in jobs)
-            usage = {"input_tokens": input_tokens, "output_tokens": output_tokens,
-                     "total_tokens": input_tokens + output_tokens}
+            usage = {
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "total_tokens": input_tokens + output_tokens,
+            }
             yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n".encode()

@@ -55,8 +55,9 @@ class TranscriptionService:
                 raise RequestError(f"unknown field {name!r}; this endpoint takes {sorted(_KNOWN_FIELDS)}.", param=name)
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
-            raise RequestError("`file` is missing: send the audio as a multipart file field named 'file'.",
-                               param="file")
+            raise RequestError(
+                "`file` is missing: send the audio as a multipart file field named 'file'.", param="file"
+            )
         model = form.get("model")
         if not isinstance(model, str) or not model:
             raise RequestError("`model` is missing: send the model name (GET /v1/models lists it).", param="model")
@@ -81,7 +82,9 @@ class TranscriptionService:
         if len(data) > self.max_upload_bytes:
             raise RequestError(
                 f"the uploaded file is larger than this server's limit of {self.max_upload_bytes} bytes "
-                "(--max_upload_bytes); send a shorter or compressed clip.", status=413, param="file",
+                "(--max_upload_bytes); send a shorter or compressed clip.",
+                status=413,
+                param="file",
                 code="request_too_large",
             )
         if not data:
@@ -98,7 +101,9 @@ class TranscriptionService:
         except Exception as error:  # noqa: BLE001 - soundfile raises several types for data that is not audio
             raise RequestError(
                 f"the uploaded file {filename!r} is not audio this server can decode ({error}); send wav, flac, "
-                "ogg/opus or mp3.", param="file", code="invalid_audio",
+                "ogg/opus or mp3.",
+                param="file",
+                code="invalid_audio",
             ) from None
         try:
             ids = processor.apply_transcription_request(audio, sampling_rate=rate, return_tensors=None)["input_ids"][0]

@@ -63,10 +63,15 @@ class VLLMEngine:
             self.processor = AutoProcessor.from_pretrained(self.model_dir)
             self.generation_config = GenerationConfig.from_pretrained(self.model_dir)
             positions = self.processor.model_max_length
-            self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(
-                **omni_llm_kwargs(self.model_dir), dtype="float32", max_num_seqs=self.max_batch_size,
-                max_model_len=positions, seed=0,
-            ))
+            self.llm = AsyncLLM.from_engine_args(
+                AsyncEngineArgs(
+                    **omni_llm_kwargs(self.model_dir),
+                    dtype="float32",
+                    max_num_seqs=self.max_batch_size,
+                    max_model_len=positions,
+                    seed=0,
+                )
+            )
         except BaseException as error:  # noqa: BLE001 - reported by /health and the log
             self.load_error = error
             logger.error(f"Loading {self.model_dir} in vLLM failed: {error!r}")
@@ -86,8 +91,13 @@ class VLLMEngine:
         self, task: str, prompt_ids: list[int], request_id: str | None = None, **generate_kwargs
     ) -> GenerationJob:
         kwargs = {**self.speech_generate_kwargs, **generate_kwargs} if task == "speech" else generate_kwargs
-        return GenerationJob(task=task, prompt_ids=list(prompt_ids), generate_kwargs=kwargs,
-                             request_id=request_id or uuid.uuid4().hex, loop=asyncio.get_running_loop())
+        return GenerationJob(
+            task=task,
+            prompt_ids=list(prompt_ids),
+            generate_kwargs=kwargs,
+            request_id=request_id or uuid.uuid4().hex,
+            loop=asyncio.get_running_loop(),
+        )
 
     def submit(self, jobs: list[GenerationJob]) -> None:
         if not self.ready.is_set():
@@ -104,8 +114,12 @@ class VLLMEngine:
                 task.cancel()
 
     def stats(self) -> dict:
-        return {"waiting_jobs": 0, "running_jobs": len(self._tasks), "batches_run": self.batches_run,
-                "largest_batch": self.largest_batch}
+        return {
+            "waiting_jobs": 0,
+            "running_jobs": len(self._tasks),
+            "batches_run": self.batches_run,
+            "largest_batch": self.largest_batch,
+        }
 
     def _sampling_params(self, job: GenerationJob):
         from vllm import SamplingParams
@@ -123,8 +137,12 @@ class VLLMEngine:
         return SamplingParams(
             temperature=kwargs.get("temperature", config.temperature) if sampling else 0.0,
             top_p=(config.top_p or 1.0) if sampling else 1.0,
-            repetition_penalty=config.repetition_penalty or 1.0, max_tokens=max_tokens, stop_token_ids=stop,
-            detokenize=False, skip_special_tokens=False, output_kind=RequestOutputKind.DELTA,
+            repetition_penalty=config.repetition_penalty or 1.0,
+            max_tokens=max_tokens,
+            stop_token_ids=stop,
+            detokenize=False,
+            skip_special_tokens=False,
+            output_kind=RequestOutputKind.DELTA,
         )
 
     async def _run(self, job: GenerationJob) -> None:
@@ -139,8 +157,11 @@ class VLLMEngine:
             streamer.put(torch.tensor(job.prompt_ids))  # the prompt: not streamed
         self.batches_run += 1
         try:
-            stream = self.llm.generate(TokensPrompt(prompt_token_ids=job.prompt_ids), self._sampling_params(job),
-                                       request_id=f"{job.request_id}-{uuid.uuid4().hex[:8]}")
+            stream = self.llm.generate(
+                TokensPrompt(prompt_token_ids=job.prompt_ids),
+                self._sampling_params(job),
+                request_id=f"{job.request_id}-{uuid.uuid4().hex[:8]}",
+            )
             async for output in stream:
                 new_ids = list(output.outputs[0].token_ids)
                 job.generated_ids += new_ids

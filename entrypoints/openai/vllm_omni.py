@@ -75,8 +75,14 @@ class OmniAudioBlockLogitsProcessor(LogitsProcessor):
         self.config = OmniConfig.from_pretrained(vllm_config.model_config.model)
         config = self.config
         self.layout = config.token_layout
-        structural = {config.tts_token_id, config.asr_token_id, config.text_start_token_id,
-                      config.audio_start_token_id, config.audio_end_token_id, config.pad_token_id} - {None}
+        structural = {
+            config.tts_token_id,
+            config.asr_token_id,
+            config.text_start_token_id,
+            config.audio_start_token_id,
+            config.audio_end_token_id,
+            config.pad_token_id,
+        } - {None}
         allowed_in_text = {config.text_end_token_id, config.eos_token_id}
         self.banned_in_text = torch.tensor(sorted(structural - allowed_in_text), dtype=torch.long, device=device)
         self.rows: dict[int, _RowSpan] = {}
@@ -131,8 +137,12 @@ def greedy_ids(model_dir: str, prompts: list[list[int]], max_tokens: int) -> lis
     stop = generation_config.eos_token_id
     llm = LLM(**omni_llm_kwargs(model_dir), dtype="float32", max_model_len=2048, seed=0, enforce_eager=True)
     params = SamplingParams(
-        temperature=0.0, max_tokens=max_tokens, repetition_penalty=generation_config.repetition_penalty or 1.0,
-        stop_token_ids=stop if isinstance(stop, list) else [stop], detokenize=False, skip_special_tokens=False,
+        temperature=0.0,
+        max_tokens=max_tokens,
+        repetition_penalty=generation_config.repetition_penalty or 1.0,
+        stop_token_ids=stop if isinstance(stop, list) else [stop],
+        detokenize=False,
+        skip_special_tokens=False,
     )
     outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
     return [list(output.outputs[0].token_ids) for output in outputs]

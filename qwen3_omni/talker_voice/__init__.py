@@ -28,58 +28,58 @@ One concern per module: `arguments`, `loading`, `speakers` (the registry and the
 """
 
 from .arguments import (
-    VOICE_PRESERVATION_NAME,
     PRESERVE_LOSSES,
+    VOICE_PRESERVATION_NAME,
     TalkerVoiceArguments,
-)
-from .loading import (
-    check_has_talker,
-    UNQUANTIZED_MODULES,
-    load_talker_model,
-)
-from .speakers import (
-    speaker_key,
-    resolve_speaker,
-    resolve_preserved_speakers,
-    add_speaker,
-    write_talker_voice_config,
-    read_talker_voice_config,
-    write_voice_preservation,
-    read_voice_preservation,
-)
-from .lora import (
-    TALKER_PREFIX,
-    CODE_PREDICTOR_PREFIX,
-    CODE_PREDICTOR_PROJECTIONS,
-    CODE_PREDICTOR_MLP_WEIGHTS,
-    CODEC_EMBEDDING,
-    RoutableTalkerExperts,
-    make_talker_experts_routable,
-    build_talker_lora_config,
-)
-from .forward import (
-    conversation_ids,
-    thinker_outputs,
-    talker_prompt_embeds,
-    codec_frame_embeds,
-    TalkerSequence,
-    build_talker_sequence,
-    TalkerVoiceOutput,
-    talker_voice_forward,
 )
 from .examples import (
     TalkerVoiceExample,
+    adapters_disabled,
     build_examples,
     cache_thinker_outputs,
-    adapters_disabled,
-    talker_voice_examples_forward,
     collate_talker_voice,
+    talker_voice_examples_forward,
+)
+from .forward import (
+    TalkerSequence,
+    TalkerVoiceOutput,
+    build_talker_sequence,
+    codec_frame_embeds,
+    conversation_ids,
+    talker_prompt_embeds,
+    talker_voice_forward,
+    thinker_outputs,
+)
+from .loading import (
+    UNQUANTIZED_MODULES,
+    check_has_talker,
+    load_talker_model,
+)
+from .lora import (
+    CODE_PREDICTOR_MLP_WEIGHTS,
+    CODE_PREDICTOR_PREFIX,
+    CODE_PREDICTOR_PROJECTIONS,
+    CODEC_EMBEDDING,
+    TALKER_PREFIX,
+    RoutableTalkerExperts,
+    build_talker_lora_config,
+    make_talker_experts_routable,
 )
 from .preservation import (
     PRESERVE_TEXTS,
+    build_preserve_examples,
     read_preserve_texts,
     talker_greedy_codes,
-    build_preserve_examples,
+)
+from .speakers import (
+    add_speaker,
+    read_talker_voice_config,
+    read_voice_preservation,
+    resolve_preserved_speakers,
+    resolve_speaker,
+    speaker_key,
+    write_talker_voice_config,
+    write_voice_preservation,
 )
 from .trainer import (
     TalkerVoiceModel,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 from ...common.lora_arguments import check_lora_rank
+
 
 PRESERVE_LOSSES = ("kl", "codes")
 
@@ -32,8 +32,10 @@ class TalkerVoiceArguments:
 
     speaker_name: str | None = field(
         default=None,
-        metadata={"help": "Name of the new voice: talker_config.speaker_id gains it and a trained codec-embedding "
-                  "row, so that generate(..., speaker=NAME) speaks with it."},
+        metadata={
+            "help": "Name of the new voice: talker_config.speaker_id gains it and a trained codec-embedding "
+            "row, so that generate(..., speaker=NAME) speaks with it."
+        },
     )
     init_speaker: str = field(
         default="Ethan", metadata={"help": "Existing speaker whose codec-embedding row the new one starts from."}
@@ -43,32 +45,41 @@ class TalkerVoiceArguments:
     )
     preserve_speakers: str = field(
         default="all",
-        metadata={"help": "Existing speakers kept speaking as the base does: 'all' (every speaker but the trained "
-                  "one), 'none' (the new voice may replace them), or comma-separated names. Each step also trains on "
-                  "the base Talker's own greedy codes for them (see docs/talker_voice.md)."},
+        metadata={
+            "help": "Existing speakers kept speaking as the base does: 'all' (every speaker but the trained "
+            "one), 'none' (the new voice may replace them), or comma-separated names. Each step also trains on "
+            "the base Talker's own greedy codes for them (see docs/talker_voice.md)."
+        },
     )
     preserve_weight: float = field(
         default=1.0, metadata={"help": "Weight of the preserved speakers' loss next to the new voice's (> 0)."}
     )
     preserve_loss: str = field(
         default="codes",
-        metadata={"help": "Loss on the preserved speakers' base codes: 'codes' (cross-entropy on them) or 'kl' (to "
-                  "the frozen base's distributions, the adapter disabled: one more forward without gradients)."},
+        metadata={
+            "help": "Loss on the preserved speakers' base codes: 'codes' (cross-entropy on them) or 'kl' (to "
+            "the frozen base's distributions, the adapter disabled: one more forward without gradients)."
+        },
     )
     preserve_texts: str | None = field(
         default=None,
-        metadata={"help": "Text file, one sentence a line, that the preserved speakers speak besides the clips' "
-                  "transcripts (default: the built-in PRESERVE_TEXTS, English and Chinese)."},
+        metadata={
+            "help": "Text file, one sentence a line, that the preserved speakers speak besides the clips' "
+            "transcripts (default: the built-in PRESERVE_TEXTS, English and Chinese)."
+        },
     )
     preserve_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Preserved-speaker examples added to every step's batch (default "
-                  "per_device_train_batch_size)."},
+        metadata={
+            "help": "Preserved-speaker examples added to every step's batch (default per_device_train_batch_size)."
+        },
     )
     preserve_max_frames: int | None = field(
         default=None,
-        metadata={"help": "Longest base speech generated per preserved example, in codec frames (default twice the "
-                  "longest clip's); longer speech is cut there and its rest not trained."},
+        metadata={
+            "help": "Longest base speech generated per preserved example, in codec frames (default twice the "
+            "longest clip's); longer speech is cut there and its rest not trained."
+        },
     )
     codec_name_or_path: str = field(
         default="kyutai/mimi", metadata={"help": "Mimi codec (Hub id or folder) the clips are encoded with."}
@@ -95,8 +106,10 @@ class TalkerVoiceArguments:
     )
     cache_thinker_outputs: bool = field(
         default=True,
-        metadata={"help": "Run the frozen Thinker once per clip before training and keep its outputs (False: run "
-                  "it, without gradients, at every step)."},
+        metadata={
+            "help": "Run the frozen Thinker once per clip before training and keep its outputs (False: run "
+            "it, without gradients, at every step)."
+        },
     )
     experts_implementation: str | None = field(
         default=None, metadata={"help": "MoE experts kernel of the Thinker: eager, grouped_mm, ..."}
@@ -108,8 +121,9 @@ class TalkerVoiceArguments:
     )
     lora_target_code_predictor_mlp: bool = field(
         default=False,
-        metadata={"help": "Also LoRA on the code predictor's MLP weights (W + dW: ~0.25x slower steps, more "
-                  "capacity)."},
+        metadata={
+            "help": "Also LoRA on the code predictor's MLP weights (W + dW: ~0.25x slower steps, more capacity)."
+        },
     )
     lora_expert_r: int | None = field(default=None, metadata={"help": "LoRA rank of each expert (default lora_r)."})
     moe_lora_impl: str = field(

@@ -14,6 +14,7 @@ from transformers import Qwen3OmniMoeForConditionalGeneration
 from .data import EncodedClip
 from .forward import TalkerVoiceOutput, build_talker_sequence, conversation_ids, talker_voice_forward, thinker_outputs
 
+
 @dataclass
 class TalkerVoiceExample:
     """One training clip: prompt and full conversation ids, target codes and (when cached) the Thinker's outputs.
@@ -101,9 +102,15 @@ def talker_voice_examples_forward(
             preserved = example.speaker_codec_id is not None
             sequences.append(
                 build_talker_sequence(
-                    model, example.prompt_ids[None].to(device), sequence, thinker_embed.to(device),
-                    thinker_hidden.to(device), example.speaker_codec_id if preserved else speaker_codec_id,
-                    example.codes.to(device), example.next_code, preserved,
+                    model,
+                    example.prompt_ids[None].to(device),
+                    sequence,
+                    thinker_embed.to(device),
+                    thinker_hidden.to(device),
+                    example.speaker_codec_id if preserved else speaker_codec_id,
+                    example.codes.to(device),
+                    example.next_code,
+                    preserved,
                 )
             )
     reference = None

@@ -12,6 +12,7 @@ from transformers import Qwen3OmniMoeForConditionalGeneration
 
 from ..collator import IGNORE_INDEX
 
+
 def conversation_ids(
     processor, text: str, prompt: str | None, user_prompt_template: str, system_prompt: str | None = None
 ) -> tuple[list[int], list[int]]:
@@ -85,8 +86,13 @@ def talker_prompt_embeds(
         model.thinker.get_input_embeddings()(special_tokens)
     ).chunk(3, dim=1)
     assistant_embeds, assistant_ids, trailing_text_hidden = model._get_talker_assistant_parts(
-        assistant_start_index, sequence.shape[1], speaker_id, thinker_embed,
-        tts_pad_embed, tts_bos_embed, tts_eos_embed,
+        assistant_start_index,
+        sequence.shape[1],
+        speaker_id,
+        thinker_embed,
+        tts_pad_embed,
+        tts_bos_embed,
+        tts_eos_embed,
     )
     inputs_embeds = torch.cat((user_embeds, assistant_embeds), dim=1)
     talker_input_ids = torch.cat((user_ids, assistant_ids), dim=1)

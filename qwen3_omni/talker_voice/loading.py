@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-
 from transformers import AutoConfig, PretrainedConfig, Qwen3OmniMoeForConditionalGeneration
 
 from ..loading import from_pretrained_quantized, linear_4bit_config
 from ..quantized_experts import ExpertQuantizationConfig
 from .lora import make_talker_experts_routable
+
 
 def check_has_talker(config: PretrainedConfig, name: str = "the checkpoint") -> None:
     """Refuse a checkpoint without a Talker (thinker-only, or `enable_audio_output: false` such as the Thinking and
@@ -53,12 +53,20 @@ def load_talker_model(
         Qwen3OmniMoeForConditionalGeneration,
         model_name_or_path,
         quantization_config=linear_4bit_config(
-            kwargs.get("dtype", "auto"), bnb_4bit_quant_type, bnb_4bit_use_double_quant,
-            quantize_towers=quantize_towers, thinker_prefix="thinker.", keep_unquantized=UNQUANTIZED_MODULES,
-        ) if load_in_4bit else None,
+            kwargs.get("dtype", "auto"),
+            bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant,
+            quantize_towers=quantize_towers,
+            thinker_prefix="thinker.",
+            keep_unquantized=UNQUANTIZED_MODULES,
+        )
+        if load_in_4bit
+        else None,
         expert_quantization=ExpertQuantizationConfig(
             quant_type=bnb_4bit_quant_type, double_quant=bnb_4bit_use_double_quant
-        ) if quantize_experts else None,
+        )
+        if quantize_experts
+        else None,
         **kwargs,
     )
     make_talker_experts_routable(model)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 import torch
 from peft import LoraConfig
 from torch import nn
@@ -13,6 +12,7 @@ from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3Omni
 
 from ..lora_targets import ATTENTION_PROJECTIONS, EXPERT_PARAMETERS, ROUTER_PARAMETER
 from ..quantized_experts import target_parameter_names
+
 
 TALKER_PREFIX = "talker.model."
 CODE_PREDICTOR_PREFIX = "talker.code_predictor.model."

@@ -132,7 +132,8 @@ def build_preserve_examples(
         conversation = TalkerVoiceExample(prompt_ids, sequence, codes=torch.empty(0, dtype=torch.long))
         if voice_example is not None:
             conversation.thinker_embed, conversation.thinker_hidden = (
-                voice_example.thinker_embed, voice_example.thinker_hidden
+                voice_example.thinker_embed,
+                voice_example.thinker_hidden,
             )
         elif cache:
             cache_thinker_outputs(model, [conversation])
@@ -140,8 +141,13 @@ def build_preserve_examples(
             codes, next_code = talker_greedy_codes(model, conversation, codec_id, max_frames)
             examples.append(
                 TalkerVoiceExample(
-                    prompt_ids, sequence, codes, conversation.thinker_embed, conversation.thinker_hidden,
-                    speaker_codec_id=codec_id, next_code=next_code,
+                    prompt_ids,
+                    sequence,
+                    codes,
+                    conversation.thinker_embed,
+                    conversation.thinker_hidden,
+                    speaker_codec_id=codec_id,
+                    next_code=next_code,
                 )
             )
     logger.info(

@@ -11,6 +11,7 @@ from transformers import Qwen3OmniMoeForConditionalGeneration
 
 from ...common.hub import TALKER_VOICE_CONFIG_NAME
 
+
 # Written next to the adapter and copied into the merge: the existing speakers the run kept (read_voice_preservation).
 VOICE_PRESERVATION_NAME = "voice_preservation.json"
 
@@ -68,8 +69,13 @@ def resolve_speaker(
         raise ValueError(f"--init_speaker {init_speaker!r} is not a speaker of this Talker: {sorted(speakers)}.")
     vocab_size = talker.text_config.vocab_size
     reserved = {
-        talker.codec_pad_id, talker.codec_bos_id, talker.codec_eos_token_id, talker.codec_nothink_id,
-        talker.codec_think_bos_id, talker.codec_think_eos_id, *speakers.values(),
+        talker.codec_pad_id,
+        talker.codec_bos_id,
+        talker.codec_eos_token_id,
+        talker.codec_nothink_id,
+        talker.codec_think_bos_id,
+        talker.codec_think_eos_id,
+        *speakers.values(),
     }
     codec_id = max(speakers.values()) + 1
     while codec_id in reserved:

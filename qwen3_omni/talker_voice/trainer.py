@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-
 from transformers import Qwen3OmniMoeForConditionalGeneration, Trainer
 
 from ...common.launching import CompleteCheckpointsMixin
 from .examples import TalkerVoiceExample, collate_talker_voice, talker_voice_examples_forward
 from .speakers import write_talker_voice_config, write_voice_preservation
+
 
 class TalkerVoiceModel(Qwen3OmniMoeForConditionalGeneration):
     """The full model with one more way to call it: `model(examples=..., speaker_codec_id=...)` is
@@ -86,8 +86,10 @@ class TalkerVoiceTrainer(CompleteCheckpointsMixin, Trainer):
         draw = self._preserve_draw * self.args.world_size + self.args.process_index
         self._preserve_draw += 1
         count = len(self.preserve_examples)
-        return [self.preserve_examples[(draw * self.preserve_batch_size + i) % count]
-                for i in range(self.preserve_batch_size)]
+        return [
+            self.preserve_examples[(draw * self.preserve_batch_size + i) % count]
+            for i in range(self.preserve_batch_size)
+        ]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         examples = inputs["examples"]
@@ -95,7 +97,9 @@ class TalkerVoiceTrainer(CompleteCheckpointsMixin, Trainer):
             examples = examples + self._next_preserve_batch()
         # through the (DDP-wrapped) model's call, so that DDP synchronises the gradients
         outputs = model(
-            examples=examples, speaker_codec_id=self.speaker_codec_id, preserve_weight=self.preserve_weight,
+            examples=examples,
+            speaker_codec_id=self.speaker_codec_id,
+            preserve_weight=self.preserve_weight,
             preserve_loss=self.preserve_loss,
         )
         if model.training:

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+
 sys.path.insert(0, os.path.dirname(__file__))
 
 # Where `record_figure` appends its figures (one JSON object a line); `scripts/gpu_check.sh` sets it.

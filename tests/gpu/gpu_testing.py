@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TESTS_DIR = REPO_ROOT / "tests"
 sys.path.insert(0, str(TESTS_DIR))
@@ -22,7 +23,8 @@ NO_CUDA_REASON = "needs CUDA from here on: torch.cuda.is_available() is False on
 # environment of the scripts the tier launches: offline, and the GPU left visible (the CPU tests hide it)
 SCRIPT_ENV = {
     **{key: value for key, value in os.environ.items() if key != "CUDA_VISIBLE_DEVICES"},
-    "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
 }
 
 

@@ -7,11 +7,13 @@ import subprocess
 import sys
 
 import pytest
-from qwen_omni.qwen3_omni import tiny_checkpoints
 import test_launch as cpu_launch  # accelerate's launcher choice, recorded
 from gpu_testing import REPO_ROOT, SCRIPT_ENV, cuda_device, load_script, require_package
-from qwen_omni.common.launching import LaunchRequest
 from safetensors.torch import load_file
+
+from qwen_omni.common.launching import LaunchRequest
+from qwen_omni.qwen3_omni import tiny_checkpoints
+
 
 pytestmark = pytest.mark.gpu
 
@@ -22,20 +24,62 @@ MAX_STEPS = 2
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu_launch")
     base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
-    rows = [{"messages": [{"role": "user", "content": "Think step by step."},
-                          {"role": "assistant", "content": "two plus two is four"}]}] * 8
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "Think step by step."},
+                {"role": "assistant", "content": "two plus two is four"},
+            ]
+        }
+    ] * 8
     (root / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
     return {"root": root, "base": base, "data": str(root / "train.jsonl")}
 
 
 def sft_args(workdir, output_dir):
     return [
-        "--config", str(REPO_ROOT / "train" / "configs" / "instruct.yaml"), "--model_name_or_path", workdir["base"],
-        "--dataset_name", workdir["data"], "--output_dir", str(output_dir), "--dtype", "bfloat16", "--bf16", "true",
-        "--max_steps", str(MAX_STEPS), "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
-        "--learning_rate", "1e-2", "--warmup_steps", "0", "--lora_r", "4", "--lora_alpha", "8", "--lora_expert_r", "2",
-        "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", str(MAX_STEPS), "--report_to", "none",
-        "--max_length", "128", "--dataloader_num_workers", "0", "--disable_tqdm", "true",
+        "--config",
+        str(REPO_ROOT / "train" / "configs" / "instruct.yaml"),
+        "--model_name_or_path",
+        workdir["base"],
+        "--dataset_name",
+        workdir["data"],
+        "--output_dir",
+        str(output_dir),
+        "--dtype",
+        "bfloat16",
+        "--bf16",
+        "true",
+        "--max_steps",
+        str(MAX_STEPS),
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "1",
+        "--learning_rate",
+        "1e-2",
+        "--warmup_steps",
+        "0",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--lora_expert_r",
+        "2",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        str(MAX_STEPS),
+        "--report_to",
+        "none",
+        "--max_length",
+        "128",
+        "--dataloader_num_workers",
+        "0",
+        "--disable_tqdm",
+        "true",
     ]
 
 
@@ -56,15 +100,26 @@ def test_sft_with_one_process_on_one_gpu_under_the_shipped_config(config_file, w
     assert (request.fsdp_version, request.deepspeed) == ((2, False) if config_file == "fsdp2.yaml" else (None, True))
     output_dir = workdir["root"] / config_file.removesuffix(".yaml")
     sft = load_script("sft")
-    parser = sft.TrlParser((sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig,
-                            sft.Qwen3OmniArguments))
+    parser = sft.TrlParser(
+        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
+    )
     parser.parse_args_and_config(args=sft_args(workdir, output_dir))  # the flags as the script reads them
     device = cuda_device(f"{config_file} launches on GPUs")
     if config_file == "deepspeed_zero3.yaml":
         require_package("deepspeed", "DeepSpeed ZeRO-3")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", "0", *launch_args,
-               str(REPO_ROOT / "train" / "sft.py"), *sft_args(workdir, output_dir)]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=SCRIPT_ENV, capture_output=True, text=True, timeout=600, check=False)
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--main_process_port",
+        "0",
+        *launch_args,
+        str(REPO_ROOT / "train" / "sft.py"),
+        *sft_args(workdir, output_dir),
+    ]
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env=SCRIPT_ENV, capture_output=True, text=True, timeout=600, check=False
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert f"Process rank 0 of world size 1 (local rank 0) on {device.type}" in result.stderr
     # the engine really ran: its own checkpoint format

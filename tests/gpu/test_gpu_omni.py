@@ -9,10 +9,12 @@ import pytest
 import torch
 from datasets import Dataset
 from gpu_testing import REPO_ROOT, cuda_device, require_package
+from transformers import TrainerCallback, TrainingArguments
+
 from qwen_omni import OmniConfig, OmniForCausalLM
 from qwen_omni.omni.build import SPEECH_GENERATION_DEFAULTS
 from qwen_omni.omni.trainer import OmniTrainer
-from transformers import TrainerCallback, TrainingArguments
+
 
 pytestmark = pytest.mark.gpu
 
@@ -30,15 +32,35 @@ def qwen3_0_6b_class_config() -> OmniConfig:
     """Qwen3-0.6B's decoder (28 layers, width 1024, 16 query / 8 key-value heads of 128) over Qwen3's 151,669 text
     ids plus 7 x 4096 SNAC ids, as `build_omni_from_text_model` makes of Qwen/Qwen3-0.6B."""
     text_vocab = 151669
-    special = {name: text_vocab + i for i, name in enumerate(
-        ["pad_token_id", "tts_token_id", "asr_token_id", "text_start_token_id", "text_end_token_id",
-         "audio_start_token_id", "audio_end_token_id"]
-    )}
+    special = {
+        name: text_vocab + i
+        for i, name in enumerate(
+            [
+                "pad_token_id",
+                "tts_token_id",
+                "asr_token_id",
+                "text_start_token_id",
+                "text_end_token_id",
+                "audio_start_token_id",
+                "audio_end_token_id",
+            ]
+        )
+    }
     offset = text_vocab + 8
     return OmniConfig(
-        vocab_size=-(-(offset + 7 * 4096) // 64) * 64, audio_token_offset=offset, codebook_size=4096,
-        vq_strides=[4, 2, 1], hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-        num_key_value_heads=8, head_dim=128, tie_word_embeddings=True, eos_token_id=151645, **special,
+        vocab_size=-(-(offset + 7 * 4096) // 64) * 64,
+        audio_token_offset=offset,
+        codebook_size=4096,
+        vq_strides=[4, 2, 1],
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=True,
+        eos_token_id=151645,
+        **special,
     )
 
 
@@ -46,8 +68,9 @@ def speech_batch(config: OmniConfig, rows: int = 2, frames: int = 20) -> torch.T
     """TTS prompts followed by `frames` frames of valid random audio ids (each id in its position's block)."""
     prompt = bench_generation.seed_prompt(config).expand(rows, -1)
     generator = torch.Generator().manual_seed(0)
-    codes = [torch.randint(0, config.codebook_size, (rows, frames * stride), generator=generator)
-             for stride in (1, 2, 4)]
+    codes = [
+        torch.randint(0, config.codebook_size, (rows, frames * stride), generator=generator) for stride in (1, 2, 4)
+    ]
     audio = config.token_layout.codes_to_ids(codes)
     return torch.cat([prompt, torch.as_tensor(audio)], dim=1)
 
@@ -79,7 +102,7 @@ def test_flash_attention_2_and_sdpa_give_the_same_loss_and_greedy_speech_ids(rec
         with torch.no_grad():
             loss = model(input_ids=batch, labels=batch).loss.float().item()
             ids = model.generate(prompt, do_sample=False, max_new_tokens=NEW_TOKENS, eos_token_id=None)
-        return loss, ids[0, prompt.shape[1]:]
+        return loss, ids[0, prompt.shape[1] :]
 
     sdpa_loss, sdpa_ids = loss_and_greedy("sdpa")
     fa2_loss, fa2_ids = loss_and_greedy("flash_attention_2")
@@ -119,9 +142,18 @@ def test_bf16_training_step_runs_under_autocast_and_lowers_the_loss(tmp_path, re
         lambda module, args, output: linear_output_dtypes.add(output.dtype)
     )
     arguments = TrainingArguments(
-        output_dir=str(tmp_path), bf16=True, max_steps=10, per_device_train_batch_size=4, learning_rate=3e-3,
-        lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no", report_to="none",
-        disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path),
+        bf16=True,
+        max_steps=10,
+        per_device_train_batch_size=4,
+        learning_rate=3e-3,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
     )
     recorder = LossRecorder()
     trainer = OmniTrainer(model=model, args=arguments, train_dataset=dataset, callbacks=[recorder])
@@ -157,8 +189,9 @@ def test_tts_tokens_per_second_as_a_multiple_of_real_time(shape, record_figure):
 
     def generate():
         with torch.no_grad():
-            outputs.append(model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=None,
-                                          **SPEECH_GENERATION_DEFAULTS))
+            outputs.append(
+                model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=None, **SPEECH_GENERATION_DEFAULTS)
+            )
 
     from gpu_testing import cuda_median_seconds
 
@@ -170,6 +203,6 @@ def test_tts_tokens_per_second_as_a_multiple_of_real_time(shape, record_figure):
     record_figure("real_time_multiple", round(tokens_per_second / REAL_TIME_TOKENS_PER_S, 2), "x")
     assert new_tokens == NEW_TOKENS
     # the constrained decoding held on the GPU: the speech is whole frames of ids in their positions' blocks
-    assert len(audio_prefix(config, outputs[-1][0, prompt.shape[1]:].cpu())) >= 7
+    assert len(audio_prefix(config, outputs[-1][0, prompt.shape[1] :].cpu())) >= 7
     if shape == "design":  # the design's claim: speech faster than it plays
         assert tokens_per_second > REAL_TIME_TOKENS_PER_S, tokens_per_second

@@ -13,19 +13,20 @@ import sys
 import time
 
 import pytest
-from qwen_omni.qwen3_omni import tiny_checkpoints
 import test_quantized_experts as cpu_experts  # its tiny MoE text model and dequantized twin
 import test_talker_voice as cpu_talker  # its clip writer
 import torch
 from gpu_testing import REPO_ROOT, SCRIPT_ENV, TESTS_DIR, cuda_device, cuda_median_seconds, load_script
 from peft import get_peft_model
-from qwen_omni.qwen3_omni import build_lora_config, load_thinker
+from safetensors.torch import load_file
+from transformers import Qwen3OmniMoeConfig, Qwen3OmniMoeThinkerForConditionalGeneration, TrainerCallback
+
+from qwen_omni.qwen3_omni import build_lora_config, load_thinker, tiny_checkpoints
 from qwen_omni.qwen3_omni.memory_estimate import GB, estimate_for_run
 from qwen_omni.qwen3_omni.peft_lora import silence_false_expert_rank_warning
 from qwen_omni.qwen3_omni.quantized_experts import nf4_parametrization, quantize_experts
 from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora
-from safetensors.torch import load_file
-from transformers import Qwen3OmniMoeConfig, Qwen3OmniMoeThinkerForConditionalGeneration, TrainerCallback
+
 
 pytestmark = pytest.mark.gpu
 
@@ -42,8 +43,9 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.mark.parametrize("experts_implementation", ["eager", "grouped_mm"])
-def test_nf4_fused_experts_forward_and_backward_on_cuda_equal_the_dequantized_bf16(experts_implementation,
-                                                                                    record_figure):
+def test_nf4_fused_experts_forward_and_backward_on_cuda_equal_the_dequantized_bf16(
+    experts_implementation, record_figure
+):
     model = cpu_experts.tiny_text_model(experts_implementation=experts_implementation)
     twin = cpu_experts.tiny_text_model(experts_implementation=experts_implementation)
     config = cpu_experts.lora_config()
@@ -160,17 +162,43 @@ def real_width_runs(tmp_path_factory):
     rows = [{"messages": [{"role": "user", "content": "Read this."}, {"role": "assistant", "content": reply}]}] * 8
     (root / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
     sft = load_script("sft")
-    parser = sft.TrlParser((sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig,
-                            sft.Qwen3OmniArguments))
+    parser = sft.TrlParser(
+        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
+    )
     recipes = {"qlora.yaml": [], "qlora.yaml --offload_experts": ["--offload_experts"]}
 
     def argv(name, flags):
-        return ["--config", str(REPO_ROOT / "train" / "configs" / "qlora.yaml"), "--model_name_or_path",
-                str(model_dir), "--dataset_name", str(root / "train.jsonl"), "--output_dir", str(root / name),
-                "--max_length", str(SEQUENCE_LENGTH), "--max_steps", str(TIMED_STEPS), "--gradient_accumulation_steps",
-                "1", "--warmup_steps", "0", "--lr_scheduler_type", "constant", "--logging_steps", "1",
-                "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0",
-                "--disable_tqdm", "true", *flags]
+        return [
+            "--config",
+            str(REPO_ROOT / "train" / "configs" / "qlora.yaml"),
+            "--model_name_or_path",
+            str(model_dir),
+            "--dataset_name",
+            str(root / "train.jsonl"),
+            "--output_dir",
+            str(root / name),
+            "--max_length",
+            str(SEQUENCE_LENGTH),
+            "--max_steps",
+            str(TIMED_STEPS),
+            "--gradient_accumulation_steps",
+            "1",
+            "--warmup_steps",
+            "0",
+            "--lr_scheduler_type",
+            "constant",
+            "--logging_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--dataloader_num_workers",
+            "0",
+            "--disable_tqdm",
+            "true",
+            *flags,
+        ]
 
     estimates = {}
     for name, flags in recipes.items():
@@ -185,8 +213,9 @@ def real_width_runs(tmp_path_factory):
     device = cuda_device("the real-width Thinker is trained on the GPU")
     torch.manual_seed(0)
     with torch.device(device):
-        thinker = Qwen3OmniMoeThinkerForConditionalGeneration._from_config(real_width_thinker_config(),
-                                                                           dtype=torch.bfloat16)
+        thinker = Qwen3OmniMoeThinkerForConditionalGeneration._from_config(
+            real_width_thinker_config(), dtype=torch.bfloat16
+        )
     with torch.no_grad():
         for name, parameter in thinker.named_parameters():
             if ".mlp.experts." in name:  # not initialised by every transformers version
@@ -219,8 +248,9 @@ def real_width_runs(tmp_path_factory):
 def test_training_peak_memory_is_within_15_percent_of_estimate_memory(real_width_runs, recipe, record_figure):
     run = real_width_runs[recipe]
     measured, estimated = run["probe"].peak_bytes - run["baseline"], run["estimate"]
-    record_figure("memory_recipe", f"{recipe} (real 30B-A3B widths, {REAL_WIDTH_LAYERS} layers, "
-                                   f"sequence {SEQUENCE_LENGTH})")
+    record_figure(
+        "memory_recipe", f"{recipe} (real 30B-A3B widths, {REAL_WIDTH_LAYERS} layers, sequence {SEQUENCE_LENGTH})"
+    )
     record_figure("memory_allocated_before_the_run_gb", round(run["baseline"] / GB, 3), "GB")
     record_figure("memory_measured_gb", round(measured / GB, 3), "GB")
     record_figure("memory_estimated_gb", round(estimated / GB, 3), "GB")
@@ -249,36 +279,98 @@ def test_offload_step_time_against_resident_experts_shows_the_copy_overlapped(re
 
 def test_sft_script_with_load_in_4bit_on_cuda_then_merge(checkpoint, tmp_path, record_figure):
     rows = [
-        {"messages": [{"role": "user", "content": "Think step by step."},
-                      {"role": "assistant", "content": "two plus two is four"}]},
-        {"messages": [{"role": "user", "content": "What do you see?"},
-                      {"role": "assistant", "content": "A red square on white."}]},
+        {
+            "messages": [
+                {"role": "user", "content": "Think step by step."},
+                {"role": "assistant", "content": "two plus two is four"},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "What do you see?"},
+                {"role": "assistant", "content": "A red square on white."},
+            ]
+        },
     ] * 4
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
     out, merged = tmp_path / "out", tmp_path / "merged"
-    argv = ["--config", str(REPO_ROOT / "train" / "configs" / "seed_recipe.yaml"), "--load_in_4bit",
-            "--model_name_or_path", checkpoint, "--dataset_name", str(tmp_path / "train.jsonl"), "--output_dir",
-            str(out), "--dtype", "bfloat16", "--max_steps", "8", "--per_device_train_batch_size", "4",
-            "--gradient_accumulation_steps", "1", "--learning_rate", "2e-2", "--warmup_steps", "0",
-            "--lr_scheduler_type", "constant", "--lora_r", "8", "--lora_alpha", "16", "--logging_steps", "1",
-            "--save_strategy", "no", "--report_to", "none", "--max_length", "128", "--dataloader_num_workers", "0"]
+    argv = [
+        "--config",
+        str(REPO_ROOT / "train" / "configs" / "seed_recipe.yaml"),
+        "--load_in_4bit",
+        "--model_name_or_path",
+        checkpoint,
+        "--dataset_name",
+        str(tmp_path / "train.jsonl"),
+        "--output_dir",
+        str(out),
+        "--dtype",
+        "bfloat16",
+        "--max_steps",
+        "8",
+        "--per_device_train_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "1",
+        "--learning_rate",
+        "2e-2",
+        "--warmup_steps",
+        "0",
+        "--lr_scheduler_type",
+        "constant",
+        "--lora_r",
+        "8",
+        "--lora_alpha",
+        "16",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--max_length",
+        "128",
+        "--dataloader_num_workers",
+        "0",
+    ]
     sft = load_script("sft")
-    parser = sft.TrlParser((sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig,
-                            sft.Qwen3OmniArguments))
+    parser = sft.TrlParser(
+        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
+    )
     _, _, model_args, _ = parser.parse_args_and_config(args=argv)
     assert model_args.load_in_4bit and model_args.quantize_experts
     device = cuda_device("train/sft.py trains on the GPU")
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "sft.py"), *argv], env=SCRIPT_ENV,
-                            capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train" / "sft.py"), *argv],
+        env=SCRIPT_ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     log = result.stdout + result.stderr
     assert f"(local rank 0) on {device.type}" in log
     losses = [float(value) for value in re.findall(r"'loss': '?([0-9.]+)", log)]
     record_figure("losses", losses)
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.2, losses
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "merge.py"), "--adapter", str(out),
-                             "--output_dir", str(merged), "--base_model", checkpoint], env=SCRIPT_ENV,
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "train" / "merge.py"),
+            "--adapter",
+            str(out),
+            "--output_dir",
+            str(merged),
+            "--base_model",
+            checkpoint,
+        ],
+        env=SCRIPT_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     base, folded = load_file(f"{checkpoint}/model.safetensors"), load_file(merged / "model.safetensors")
     experts = [name for name in base if ".mlp.experts." in name and name.startswith("thinker.")]
@@ -291,19 +383,60 @@ def test_talker_voice_recipe_one_step_on_cuda(tmp_path, record_figure):
     mimi = tiny_checkpoints.save_tiny_mimi(tmp_path / "mimi")
     data = cpu_talker.write_clips(tmp_path / "data")
     out = tmp_path / "voice"
-    argv = ["--config", str(REPO_ROOT / "train" / "configs" / "talker_voice.yaml"), "--model_name_or_path", base,
-            "--dataset_name", data, "--codec_name_or_path", mimi, "--output_dir", str(out), "--speaker_name", "nova",
-            "--dtype", "bfloat16", "--per_device_train_batch_size", "3", "--gradient_accumulation_steps", "1",
-            "--max_steps", "1", "--warmup_steps", "0", "--learning_rate", "1e-3", "--lora_r", "8", "--lora_alpha", "16",
-            "--lora_expert_r", "2", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
-            "--disable_tqdm", "true"]
+    argv = [
+        "--config",
+        str(REPO_ROOT / "train" / "configs" / "talker_voice.yaml"),
+        "--model_name_or_path",
+        base,
+        "--dataset_name",
+        data,
+        "--codec_name_or_path",
+        mimi,
+        "--output_dir",
+        str(out),
+        "--speaker_name",
+        "nova",
+        "--dtype",
+        "bfloat16",
+        "--per_device_train_batch_size",
+        "3",
+        "--gradient_accumulation_steps",
+        "1",
+        "--max_steps",
+        "1",
+        "--warmup_steps",
+        "0",
+        "--learning_rate",
+        "1e-3",
+        "--lora_r",
+        "8",
+        "--lora_alpha",
+        "16",
+        "--lora_expert_r",
+        "2",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
     voice = load_script("talker_voice_sft")
-    parser = voice.TrlParser((voice.ScriptArguments, voice.Qwen3OmniSFTConfig, voice.Qwen3OmniModelConfig,
-                              voice.TalkerVoiceArguments))
+    parser = voice.TrlParser(
+        (voice.ScriptArguments, voice.Qwen3OmniSFTConfig, voice.Qwen3OmniModelConfig, voice.TalkerVoiceArguments)
+    )
     parser.parse_args_and_config(args=argv)  # the flags as the script reads them
     device = cuda_device("the Talker voice recipe trains on the GPU")
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "talker_voice_sft.py"), *argv],
-                            env=SCRIPT_ENV, capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train" / "talker_voice_sft.py"), *argv],
+        env=SCRIPT_ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     log = result.stdout + result.stderr
     assert f"(local rank 0) on {device.type}" in log
