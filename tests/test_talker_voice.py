@@ -437,7 +437,7 @@ def test_the_new_voice_joins_the_existing_speakers(workdir, trained, trained_wit
 @pytest.mark.xfail(
     strict=True,
     reason="issue 19, open: on the tiny model the preserved speakers' greedy codes on unseen sentences match the "
-    "base's at ~0.17 of positions after preservation (0.01 without), not 0.9 (docs/talker_voice.md)",
+    "base's at ~0.17 of positions after preservation (0.01 without), not 0.9 (docs/qwen3_omni.md)",
 )
 def test_existing_speakers_keep_speaking_as_the_base(workdir, trained, trained_with_preservation, processor):
     """Issue 19's measure: on sentences outside the voice data and the preservation texts, every preserved speaker's

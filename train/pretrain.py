@@ -17,7 +17,7 @@ to a checkpoint in `<output_dir>` that loads with `AutoModelForCausalLM.from_pre
 trust_remote_code=True)`. Its corpus is the command corpus (`omni/command_corpus.py`): sentences of a bounded grammar
 (commands, names, numbers, digit strings) spoken by three espeak-ng voices, synthesised once into the parent folder
 of `--output_dir` and encoded once (cached in `<output_dir>/prepared`); a share of the sentences and a fourth voice
-are held out. See docs/main_job.md.
+are held out. See docs/omni.md.
 
 At the end the run writes `<output_dir>/pretrain_report.json` and logs it: the code perplexity of each codebook on
 the corpus, and on held-out sentences (and speakers) it never trained on the ASR character error rate, the

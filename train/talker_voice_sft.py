@@ -15,7 +15,7 @@ plus `TalkerVoiceArguments`); `talker_loss` and `code_predictor_loss` are logged
 The existing speakers keep speaking as the base (`--preserve_speakers all`, the default; `none` lets the new voice
 replace them): before training the base Talker speaks each clip's conversation and `--preserve_texts` as each of them
 (greedy), and every step trains on those codes next to the clips (`preserve_talker_loss`,
-`preserve_code_predictor_loss`, weight `--preserve_weight`). See docs/talker_voice.md.
+`preserve_code_predictor_loss`, weight `--preserve_weight`). See docs/qwen3_omni.md.
 """
 
 import os

@@ -48,7 +48,7 @@ class TalkerVoiceArguments:
         metadata={
             "help": "Existing speakers kept speaking as the base does: 'all' (every speaker but the trained "
             "one), 'none' (the new voice may replace them), or comma-separated names. Each step also trains on "
-            "the base Talker's own greedy codes for them (see docs/talker_voice.md)."
+            "the base Talker's own greedy codes for them (see docs/qwen3_omni.md)."
         },
     )
     preserve_weight: float = field(
