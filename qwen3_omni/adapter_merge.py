@@ -146,8 +146,8 @@ def merge_talker_voice_adapter(
         base_model_name_or_path (`str`, *optional*): the base; defaults to the adapter config's.
         dtype (`str` or `torch.dtype`, *optional*, defaults to `"auto"`): dtype the base is loaded and saved in.
     """
+    from ..common.hub import TALKER_VOICE_CONFIG_NAME
     from .talker_voice import (
-        TALKER_VOICE_CONFIG_NAME,
         load_talker_model,
         read_talker_voice_config,
         read_voice_preservation,
