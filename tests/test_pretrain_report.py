@@ -209,7 +209,7 @@ def test_report_compares_untrained_and_trained_on_the_heldout_clips(
         spoken.append(([clip.text for clip in clips], kwargs))
         return {"cer": 0.25, "wer": 0.5, "transcripts": ["x"] * len(clips), "duration_ratio": 1.0}
 
-    monkeypatch.setattr(pretrain, "speech_round_trip", fake_round_trip)
+    monkeypatch.setattr(pretrain_report, "speech_round_trip", fake_round_trip)
     processor_rows = None
     original_build = pretraining.build_datasets
 

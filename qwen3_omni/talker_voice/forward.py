@@ -261,8 +261,10 @@ def talker_voice_forward(
         predictor_losses, frame_preserved[:, None].expand_as(predictor_losses)
     )
     loss = talker_loss + code_predictor_loss
-    if preserve_talker_loss is not None:
-        loss = loss + preserve_weight * (preserve_talker_loss + preserve_code_predictor_loss)
+    # a preserved row whose base speech ends at once (codec_eos only) has no frame for the code predictor
+    preserve_losses = [part for part in (preserve_talker_loss, preserve_code_predictor_loss) if part is not None]
+    if preserve_losses:
+        loss = loss + preserve_weight * sum(preserve_losses)
     return TalkerVoiceOutput(
         loss=loss,
         talker_loss=talker_loss,
