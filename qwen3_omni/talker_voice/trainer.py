@@ -73,10 +73,10 @@ class TalkerVoiceTrainer(CompleteCheckpointsMixin, Trainer):
         self.preserve_loss = preserve_loss
         self.voice_preservation = voice_preservation
         self._preserve_draw = None
-        self._loss_sums = {"talker_loss": 0.0, "code_predictor_loss": 0.0}
+        # (sum, steps) of each logged loss: a preserved batch without frames has no code-predictor term that step
+        self._loss_sums = {"talker_loss": (0.0, 0), "code_predictor_loss": (0.0, 0)}
         if self.preserve_examples:
-            self._loss_sums.update(preserve_talker_loss=0.0, preserve_code_predictor_loss=0.0)
-        self._loss_count = 0
+            self._loss_sums.update(preserve_talker_loss=(0.0, 0), preserve_code_predictor_loss=(0.0, 0))
 
     def _next_preserve_batch(self) -> list[TalkerVoiceExample]:
         """The preserved speakers' examples of this micro-batch: the next `preserve_batch_size` in turn, each process
@@ -103,17 +103,18 @@ class TalkerVoiceTrainer(CompleteCheckpointsMixin, Trainer):
             preserve_loss=self.preserve_loss,
         )
         if model.training:
-            for key in self._loss_sums:
-                self._loss_sums[key] += getattr(outputs, key).detach().item()
-            self._loss_count += 1
+            for key, (total, steps) in self._loss_sums.items():
+                value = getattr(outputs, key)
+                if value is not None:
+                    self._loss_sums[key] = (total + value.detach().item(), steps + 1)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._loss_count and "loss" in logs:
-            for key, total in self._loss_sums.items():
-                logs[key] = round(total / self._loss_count, 4)
-                self._loss_sums[key] = 0.0
-            self._loss_count = 0
+        if "loss" in logs:
+            for key, (total, steps) in self._loss_sums.items():
+                if steps:
+                    logs[key] = round(total / steps, 4)
+                self._loss_sums[key] = (0.0, 0)
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
