@@ -30,23 +30,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx  # noqa: E402
+from bench_core import SNAC_24KHZ as REAL_SNAC_24KHZ  # noqa: E402  (the real 24 kHz SNAC shape)
+from bench_generation import GPT2_VOCAB  # noqa: E402
 
 
 TEXT = "hello there, how are you today?"
-REAL_SNAC_24KHZ = dict(
-    sampling_rate=24000,
-    encoder_dim=48,
-    encoder_rates=[2, 4, 8, 8],
-    decoder_dim=1024,
-    decoder_rates=[8, 8, 4, 2],
-    attn_window_size=None,
-    codebook_size=4096,
-    codebook_dim=8,
-    vq_strides=[4, 2, 1],
-    noise=True,
-    depthwise=True,
-)
-GPT2_VOCAB = 50257
 
 
 def build_seed_checkpoint(folder: str) -> str:
