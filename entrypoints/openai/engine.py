@@ -57,6 +57,20 @@ class GenerationJob:
     finished: bool = False  # the worker delivered its last item
     generated_ids: list[int] = field(default_factory=list)
 
+    @classmethod
+    def new(
+        cls, task: str, prompt_ids: list[int], speech_defaults: dict, request_id: str | None = None, **generate_kwargs
+    ) -> GenerationJob:
+        """A job of the running event loop; a speech job takes the engine's speech defaults under its own settings."""
+        kwargs = {**speech_defaults, **generate_kwargs} if task == "speech" else generate_kwargs
+        return cls(
+            task=task,
+            prompt_ids=list(prompt_ids),
+            generate_kwargs=kwargs,
+            request_id=request_id or uuid.uuid4().hex,
+            loop=asyncio.get_running_loop(),
+        )
+
     @property
     def batch_key(self) -> tuple:
         return (self.task, tuple(sorted(self.generate_kwargs.items())))
@@ -237,14 +251,7 @@ class TransformersEngine:
     def new_job(
         self, task: str, prompt_ids: list[int], request_id: str | None = None, **generate_kwargs
     ) -> GenerationJob:
-        kwargs = {**self.speech_generate_kwargs, **generate_kwargs} if task == "speech" else generate_kwargs
-        return GenerationJob(
-            task=task,
-            prompt_ids=list(prompt_ids),
-            generate_kwargs=kwargs,
-            request_id=request_id or uuid.uuid4().hex,
-            loop=asyncio.get_running_loop(),
-        )
+        return GenerationJob.new(task, prompt_ids, self.speech_generate_kwargs, request_id, **generate_kwargs)
 
     def submit(self, jobs: list[GenerationJob]) -> None:
         """Queue jobs: `EngineNotReadyError` while loading or shutting down."""

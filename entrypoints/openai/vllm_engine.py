@@ -90,14 +90,7 @@ class VLLMEngine:
     def new_job(
         self, task: str, prompt_ids: list[int], request_id: str | None = None, **generate_kwargs
     ) -> GenerationJob:
-        kwargs = {**self.speech_generate_kwargs, **generate_kwargs} if task == "speech" else generate_kwargs
-        return GenerationJob(
-            task=task,
-            prompt_ids=list(prompt_ids),
-            generate_kwargs=kwargs,
-            request_id=request_id or uuid.uuid4().hex,
-            loop=asyncio.get_running_loop(),
-        )
+        return GenerationJob.new(task, prompt_ids, self.speech_generate_kwargs, request_id, **generate_kwargs)
 
     def submit(self, jobs: list[GenerationJob]) -> None:
         if not self.ready.is_set():
