@@ -242,10 +242,13 @@ def talker_voice_forward(
     num_groups = codes.shape[1]
     predictor_inputs = [frame_hidden[:, None], talker.get_input_embeddings()(codes[:, :1])]
     predictor_inputs += [predictor_embeddings[j - 1](codes[:, j : j + 1]) for j in range(1, num_groups - 1)]
-    predictor_hidden = code_predictor.model(inputs_embeds=torch.cat(predictor_inputs, dim=1)).last_hidden_state
-    predictor_logits = torch.stack(
-        [code_predictor.lm_head[j - 1](predictor_hidden[:, j]) for j in range(1, num_groups)], dim=1
-    )
+    if codes.shape[0]:
+        predictor_hidden = code_predictor.model(inputs_embeds=torch.cat(predictor_inputs, dim=1)).last_hidden_state
+        predictor_logits = torch.stack(
+            [code_predictor.lm_head[j - 1](predictor_hidden[:, j]) for j in range(1, num_groups)], dim=1
+        )
+    else:  # a batch of preserved rows whose base speech all ends at once (the KL reference): no frame to predict
+        predictor_logits = frame_hidden.new_zeros((0, num_groups - 1, code_predictor.config.vocab_size))
     predictor_losses = F.cross_entropy(
         predictor_logits.flatten(0, 1).float(), codes[:, 1:].flatten(), reduction="none"
     ).view(codes.shape[0], num_groups - 1)
