@@ -48,6 +48,7 @@ from ..common.metrics import (
     task_metrics,
 )
 from ..common.speech_judges import PipelineTranscriber, SpeakerEncoder
+from .arguments import DEFAULT_ASR_PROMPT
 from .conversations import (
     DatasetReport,
     decode_media,
@@ -60,7 +61,6 @@ from .loading import FULL_MODEL_TYPE, load_thinker
 
 logger = logging.get_logger(__name__)
 
-DEFAULT_ASR_PROMPT = "Transcribe the audio into text."
 READ_ALOUD_PROMPT = "Read this aloud: {text}"
 # Qwen3-Omni's code2wav speaks 24 kHz audio.
 SPEECH_SAMPLING_RATE = 24000
