@@ -518,6 +518,27 @@ def evaluate_model(
 
     budgets = [max(processor.token_layout.tokens_per_frame, int(len(ids) * tts_length_factor)) for ids in audio_ids]
     generated = synthesize(model, processor, clips, budgets, seed=seed)
+    report["tts_intelligibility"] = tts_intelligibility(
+        model, processor, texts, references, generated, transcriber, device, asr_max_new_tokens
+    )
+    report["plots"] = write_plots(model_dir, output_dir, texts, references, generated, rate, num_spectrograms)
+    (output_dir / "eval_results.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def tts_intelligibility(
+    model: OmniForCausalLM,
+    processor: OmniProcessor,
+    texts: list[str],
+    references: list[np.ndarray],
+    generated: list[np.ndarray | None],
+    transcriber: str | None,
+    device: str,
+    asr_max_new_tokens: int,
+) -> dict:
+    """WER / CER of what `transcriber` (the model itself by default) hears in the generated speech against the texts;
+    a clip without speech counts as an empty transcript."""
+    rate = processor.sampling_rate
     spoken = [w for w in generated if w is not None]
     if transcriber is None:
         heard = transcribe_with_omni(model, processor, spoken, rate, asr_max_new_tokens)
@@ -527,7 +548,7 @@ def evaluate_model(
         transcriber_name = transcriber
     heard_iter = iter(heard)
     hypotheses = [next(heard_iter) if w is not None else "" for w in generated]
-    report["tts_intelligibility"] = {
+    return {
         **error_rates(texts, hypotheses),
         "transcriber": transcriber_name,
         "clips_without_speech": sum(w is None for w in generated),
@@ -537,6 +558,17 @@ def evaluate_model(
         "examples": [{"text": t, "heard": h} for t, h in list(zip(texts, hypotheses))[:5]],
     }
 
+
+def write_plots(
+    model_dir: str | os.PathLike,
+    output_dir: Path,
+    texts: list[str],
+    references: list[np.ndarray],
+    generated: list[np.ndarray | None],
+    rate: int,
+    num_spectrograms: int,
+) -> dict[str, str]:
+    """The training curves (when a `trainer_state.json` is found) and the spectrograms; their file names by plot."""
     plots = {}
     state = find_trainer_state(model_dir)
     if state is not None:
@@ -547,6 +579,4 @@ def evaluate_model(
     shown = list(zip(texts, references, generated))[: max(1, num_spectrograms)]
     plot_spectrograms(shown, rate, output_dir / "spectrograms.png")
     plots["spectrograms"] = "spectrograms.png"
-    report["plots"] = plots
-    (output_dir / "eval_results.json").write_text(json.dumps(report, indent=2))
-    return report
+    return plots
