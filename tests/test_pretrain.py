@@ -129,6 +129,26 @@ def test_packed_row_logits_equal_each_sample_alone(attn_implementation):
                 start += n
 
 
+def test_collator_pads_to_exact_tensors():
+    """Right padding (TRL's `pad`) to the batch's longest row rounded up to `pad_to_multiple_of`: pad ids, -100
+    labels, padding positions counting from 0, and the attention mask of the unpacked rows."""
+    rows = [
+        {"input_ids": [5, 6, 7, 8, 9], "sample_lengths": [3, 2]},
+        {"input_ids": [1, 2], "sample_lengths": [2]},
+    ]
+    batch = OmniPackingCollator(pad_token_id=0, pad_to_multiple_of=4)(rows)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 0, 0, 0], [1, 2, 0, 0, 0, 0, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9, -100, -100, -100], [-100, 2] + [-100] * 6]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4, 5]]
+    assert all(value.dtype == torch.long for value in batch.values()) and "attention_mask" not in batch
+    unpacked = OmniPackingCollator(pad_token_id=0, packed=False)(
+        rows[1:] + [{"input_ids": [4], "sample_lengths": [1]}]
+    )
+    assert unpacked["input_ids"].tolist() == [[1, 2], [4, 0]]
+    assert unpacked["attention_mask"].tolist() == [[1, 1], [1, 0]]
+    assert unpacked["labels"].tolist() == [[-100, 2], [-100, -100]]
+
+
 def test_packing_fills_rows_and_ratios_parse():
     # the shipped mix: speech samples of 150-260 tokens and short text-only samples
     generator = torch.Generator().manual_seed(0)
