@@ -737,6 +737,8 @@ class OmniProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------ serialisation
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
+        # ProcessorMixin (5.23) writes no audio tokenizer, only a reference (class name and `name_or_path`, a
+        # repository of its own) to load it from; an Omni checkpoint holds its codec, written here and pushed with it
         files = super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
         audio_tokenizer_directory = os.path.join(save_directory, AUDIO_TOKENIZER_SUBFOLDER)
         self.audio_tokenizer.save_pretrained(audio_tokenizer_directory)
