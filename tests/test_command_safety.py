@@ -2,7 +2,6 @@
 a run killed while saving a checkpoint resumes from the last complete one, and impossible values (`--lora_r 0`, an
 adapter whose base is not there, a config with no experts) are refused with one line naming the value and the fix."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from script_testing import load_script, sft_parser  # noqa: E402
 from transformers import TrainingArguments
 
 from qwen_omni.common.launching import (
@@ -151,14 +151,6 @@ def test_resume_refuses_when_no_checkpoint_is_complete(tmp_path, caplog):
 
 
 # --- no command writes into its own inputs --------------------------------------------------------------------------
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO_ROOT / "train" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def snapshot(folder):
@@ -329,12 +321,6 @@ def test_merge_names_a_missing_base_and_the_flag_that_gives_it(workdir, tmp_path
     with pytest.raises(ValueError, match=rf"^--adapter {tmp_path / 'no-adapter'} does not exist"):
         merge_adapter(str(tmp_path / "no-adapter"), str(tmp_path / "merged"))
     assert not (tmp_path / "merged").exists()
-
-
-def sft_parser(sft):
-    return sft.TrlParser(
-        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
-    )
 
 
 def test_sft_into_its_base_or_data_is_refused_before_any_work(workdir):

@@ -2,7 +2,6 @@
 that cannot run as claimed, and real two-process CPU runs of train/sft.py (DDP and FSDP2 over gloo) with the world
 size asserted inside the run. The two-process run of train/pretrain.py is in test_pretrain.py."""
 
-import importlib.util
 import json
 import math
 import os
@@ -16,6 +15,7 @@ import torch
 from accelerate.commands import launch as accelerate_launch
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
 from safetensors.torch import load_file
+from script_testing import load_script, sft_parser
 from transformers import TrainingArguments
 
 from qwen_omni.common.launching import (
@@ -34,14 +34,6 @@ from omni_testing import REPO_ROOT  # noqa: E402
 
 CONFIGS = REPO_ROOT / "train" / "accelerate"
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens on a machine without a GPU")
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO_ROOT / "train" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def launched(*launch_args):
@@ -158,9 +150,7 @@ def test_scripts_refuse_before_any_work(tmp_path, monkeypatch):
     """pretrain.py and sft.py check the launch first: nothing is built, loaded or written."""
     pretrain, sft = load_script("pretrain"), load_script("sft")
     pretrain_args = pretrain.parse_args(["--output_dir", str(tmp_path / "pretrain"), "--report_to", "none"])
-    parser = sft.TrlParser(
-        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
-    )
+    parser = sft_parser(sft)
     sft_args = parser.parse_args_and_config(
         args=[
             "--model_name_or_path",
@@ -326,9 +316,7 @@ def adapter_format(folder):
 def single_process_adapter(sft_workdir):
     """The same recipe trained by one process (in this one), the reference for the adapters' format."""
     sft = load_script("sft")
-    parser = sft.TrlParser(
-        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
-    )
+    parser = sft_parser(sft)
     output_dir = sft_workdir["root"] / "single"
     sft.main(*parser.parse_args_and_config(args=[*sft_args(sft_workdir, output_dir), "--use_cpu", "true"]))
     return output_dir

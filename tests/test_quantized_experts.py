@@ -511,67 +511,13 @@ def test_sft_script_trains_the_seed_recipe_on_4bit_experts_and_merges(checkpoint
     import subprocess
 
     from safetensors.torch import load_file
+    from script_testing import seed_recipe_run
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": "Think step by step."},
-                {"role": "assistant", "content": "two plus two is four"},
-            ]
-        },
-        {
-            "messages": [
-                {"role": "user", "content": "What do you see?"},
-                {"role": "assistant", "content": "A red square on white."},
-            ]
-        },
-    ] * 4
-    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
-    out = tmp_path / "out"
+    out, argv = seed_recipe_run(checkpoint, tmp_path, "float32")
     result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(repo, "train", "sft.py"),
-            "--config",
-            os.path.join(repo, "train", "configs", "seed_recipe.yaml"),
-            "--load_in_4bit",
-            "--model_name_or_path",
-            checkpoint,
-            "--dataset_name",
-            str(tmp_path / "train.jsonl"),
-            "--output_dir",
-            str(out),
-            "--dtype",
-            "float32",
-            "--max_steps",
-            "8",
-            "--per_device_train_batch_size",
-            "4",
-            "--gradient_accumulation_steps",
-            "1",
-            "--learning_rate",
-            "2e-2",
-            "--warmup_steps",
-            "0",
-            "--lr_scheduler_type",
-            "constant",
-            "--lora_r",
-            "8",
-            "--lora_alpha",
-            "16",
-            "--logging_steps",
-            "1",
-            "--save_strategy",
-            "no",
-            "--report_to",
-            "none",
-            "--max_length",
-            "128",
-            "--dataloader_num_workers",
-            "0",
-        ],
+        [sys.executable, os.path.join(repo, "train", "sft.py"), *argv],
         env=env,
         capture_output=True,
         text=True,

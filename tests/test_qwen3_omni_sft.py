@@ -12,6 +12,7 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
+from script_testing import load_script, sft_parser
 from transformers import AutoProcessor, Qwen3OmniMoeForConditionalGeneration
 
 from qwen_omni.qwen3_omni import (
@@ -419,19 +420,13 @@ def test_sft_script_lowers_the_loss_and_saves_only_the_adapter(workdir, trained)
 def test_push_to_hub_publishes_the_adapter_with_a_card_that_loads_it(workdir, tmp_path, monkeypatch):
     """`--push_to_hub`: the repo id is checked before any work; the adapter goes up once, at the end, through
     hub.push_to_hub, with the Qwen3-Omni adapter card (transformers' class, no remote code), not TRL's."""
-    import importlib.util
 
     from huggingface_hub import HfApi
 
     from omni_testing import usage_code
 
-    spec = importlib.util.spec_from_file_location("sft_script", os.path.join(REPO, "train", "sft.py"))
-    script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = script  # dataclasses look their module up
-    spec.loader.exec_module(script)
-    parser = script.TrlParser(
-        (script.ScriptArguments, script.Qwen3OmniSFTConfig, script.Qwen3OmniModelConfig, script.Qwen3OmniArguments)
-    )
+    script = load_script("sft")
+    parser = sft_parser(script)
 
     def run(output_dir, repo_id):
         return script.main(
@@ -541,14 +536,11 @@ def test_merged_checkpoint_matches_base_plus_adapter(workdir, trained, processor
 
 
 def test_omni_checkpoints_are_handed_to_voice_sft(tmp_path, workdir):
-    import importlib.util
 
     from transformers import AutoConfig
 
     AutoConfig.for_model("omni").save_pretrained(tmp_path)  # the Omni config, registered by `import qwen_omni`
-    spec = importlib.util.spec_from_file_location("sft_script", os.path.join(REPO, "train", "sft.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("sft")
     assert script.checkpoint_model_type(["--model_name_or_path", str(tmp_path), "--output_dir", "x"]) == "omni"
     config_file = tmp_path / "recipe.yaml"
     config_file.write_text(f"model_name_or_path: {tmp_path}\nlearning_rate: 1.0e-4\n")

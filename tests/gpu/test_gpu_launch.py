@@ -8,8 +8,9 @@ import sys
 
 import pytest
 import test_launch as cpu_launch  # accelerate's launcher choice, recorded
-from gpu_testing import REPO_ROOT, SCRIPT_ENV, cuda_device, load_script, require_package
+from gpu_testing import REPO_ROOT, SCRIPT_ENV, cuda_device, require_package
 from safetensors.torch import load_file
+from script_testing import load_script, sft_parser
 
 from qwen_omni.common.launching import LaunchRequest
 from qwen_omni.qwen3_omni import tiny_checkpoints
@@ -100,9 +101,7 @@ def test_sft_with_one_process_on_one_gpu_under_the_shipped_config(config_file, w
     assert (request.fsdp_version, request.deepspeed) == ((2, False) if config_file == "fsdp2.yaml" else (None, True))
     output_dir = workdir["root"] / config_file.removesuffix(".yaml")
     sft = load_script("sft")
-    parser = sft.TrlParser(
-        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
-    )
+    parser = sft_parser(sft)
     parser.parse_args_and_config(args=sft_args(workdir, output_dir))  # the flags as the script reads them
     device = cuda_device(f"{config_file} launches on GPUs")
     if config_file == "deepspeed_zero3.yaml":
