@@ -81,6 +81,19 @@ class Qwen3OmniSFTCollator:
     processor_kwargs: dict = field(default_factory=dict)
     use_audio_in_video: bool = False
 
+    @classmethod
+    def from_recipe(cls, processor: ProcessorMixin, training_args, omni_args) -> Qwen3OmniSFTCollator:
+        """The collator `train/sft.py`'s parsed `Qwen3OmniSFTConfig` and `Qwen3OmniArguments` ask for."""
+        return cls(
+            processor,
+            max_length=training_args.max_length,
+            truncation=omni_args.overlong_samples,
+            loss_weights=ModalityLossWeights.from_value(omni_args.loss_weights),
+            video_fps=omni_args.video_fps,
+            max_video_frames=omni_args.max_video_frames,
+            use_audio_in_video=omni_args.use_audio_in_video,
+        )
+
     def __post_init__(self):
         if self.truncation not in ("truncate", "drop"):
             raise ValueError(f"truncation={self.truncation!r} is not supported; use 'truncate' or 'drop'.")

@@ -25,7 +25,6 @@ from qwen_omni.common.launching import (
     shard_by_decoder_layer,
 )
 from qwen_omni.qwen3_omni import (
-    ModalityLossWeights,
     Qwen3OmniSFTCollator,
     Qwen3OmniSFTTrainer,
     build_lora_config,
@@ -84,15 +83,7 @@ def main(script_args, training_args, model_args, omni_args):
     trainer = Qwen3OmniSFTTrainer(
         model=model,
         args=training_args,
-        data_collator=Qwen3OmniSFTCollator(
-            processor,
-            max_length=training_args.max_length,
-            truncation=omni_args.overlong_samples,
-            loss_weights=ModalityLossWeights.from_value(omni_args.loss_weights),
-            video_fps=omni_args.video_fps,
-            max_video_frames=omni_args.max_video_frames,
-            use_audio_in_video=omni_args.use_audio_in_video,
-        ),
+        data_collator=Qwen3OmniSFTCollator.from_recipe(processor, training_args, omni_args),
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=processor,
