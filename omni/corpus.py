@@ -284,6 +284,8 @@ class _ShardEncoder:
         total = len(rows) if hasattr(rows, "__len__") else None
         progress = tqdm(total=total, desc="prepare_data", unit="clip", disable=not show_progress)
         pool = None
+        # not Dataset.map(num_proc=...): each shard's waveforms would go through Arrow and back, and its worker pool
+        # would start again for every shard (this one lives for the whole run)
         if num_proc and num_proc > 1:
             import multiprocessing
 
