@@ -12,7 +12,6 @@ from torch.nn.utils import parametrize
 from transformers import Qwen3OmniMoeTextConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
     Qwen3OmniMoeTalkerTextSparseMoeBlock,
-    Qwen3OmniMoeThinkerTextModel,
 )
 
 from qwen_omni.qwen3_omni import build_lora_config, load_thinker, merge_adapter, tiny_checkpoints
@@ -34,26 +33,9 @@ INPUT_IDS = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_see
 
 
 def tiny_text_model(num_layers=2, experts_implementation="eager"):
-    config = Qwen3OmniMoeTextConfig(
-        vocab_size=64,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        moe_intermediate_size=EXPERT_INTERMEDIATE,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        num_experts=NUM_EXPERTS,
-        num_experts_per_tok=2,
-        decoder_sparse_step=1,
-        mlp_only_layers=[],
+    return tiny_checkpoints.tiny_moe_text_model(
+        HIDDEN, EXPERT_INTERMEDIATE, 16, num_layers, NUM_EXPERTS, experts_implementation
     )
-    torch.manual_seed(0)
-    model = Qwen3OmniMoeThinkerTextModel(config)
-    for parameter in model.parameters():
-        torch.nn.init.normal_(parameter, std=0.2)
-    model.set_experts_implementation(experts_implementation)
-    return model
 
 
 def dequantized_twin(quantized, twin):
