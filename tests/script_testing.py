@@ -1,5 +1,5 @@
-"""The `train/` scripts as modules, for tests that call their `main` or parse their arguments without a launch, and
-the seed recipe's tiny QLoRA run (importable from every test module: tests/ is on sys.path)."""
+"""The `train/` scripts as modules, for tests that call their `main` or parse their arguments without a launch; the
+conversations and flags of the tiny `train/sft.py` runs (importable from every test module: tests/ is on sys.path)."""
 
 import importlib.util
 import json
@@ -9,14 +9,87 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+AUDIO_TURN = {
+    "role": "user",
+    "content": [{"type": "audio", "audio": "tone.wav"}, {"type": "text", "text": "What do you hear?"}],
+}
+IMAGE_TURN = {
+    "role": "user",
+    "content": [{"type": "image", "image": "square.png"}, {"type": "text", "text": "What do you see?"}],
+}
+TEXT_ROW = {
+    "messages": [
+        {"role": "user", "content": "Think step by step."},
+        {"role": "assistant", "content": "two plus two is four"},
+    ]
+}
+
+
+def reply(text: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def mixed_conversation_rows(repeats: int) -> list[dict]:
+    """`repeats` times an audio, an image (the media of `tiny_checkpoints.write_media`) and a text-only conversation."""
+    rows = []
+    for _ in range(repeats):
+        rows.append({"conversations": [AUDIO_TURN, reply("A steady tone, then silence.")]})
+        rows.append({"conversations": [IMAGE_TURN, reply("A red square on white.")]})
+        rows.append(TEXT_ROW)
+    return rows
+
+
+def instruct_recipe_argv(
+    workdir: dict, output_dir, max_steps: int, batch_size: int, max_length: int, *flags: str
+) -> list[str]:
+    """`train/sft.py --config train/configs/instruct.yaml` on `workdir`'s base and data, with small LoRA ranks,
+    checkpointed at the last step; `flags` add the precision and the rest."""
+    return [
+        "--config",
+        str(REPO_ROOT / "train" / "configs" / "instruct.yaml"),
+        "--model_name_or_path",
+        workdir["base"],
+        "--dataset_name",
+        workdir["data"],
+        "--output_dir",
+        str(output_dir),
+        *flags,
+        "--max_steps",
+        str(max_steps),
+        "--per_device_train_batch_size",
+        str(batch_size),
+        "--gradient_accumulation_steps",
+        "1",
+        "--learning_rate",
+        "1e-2",
+        "--warmup_steps",
+        "0",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--lora_expert_r",
+        "2",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        str(max_steps),
+        "--report_to",
+        "none",
+        "--max_length",
+        str(max_length),
+        "--dataloader_num_workers",
+        "0",
+        "--disable_tqdm",
+        "true",
+    ]
+
+
 # two conversations whose replies a LoRA on the router and experts learns in 8 steps
 SEED_RECIPE_ROWS = [
-    {
-        "messages": [
-            {"role": "user", "content": "Think step by step."},
-            {"role": "assistant", "content": "two plus two is four"},
-        ]
-    },
+    TEXT_ROW,
     {
         "messages": [
             {"role": "user", "content": "What do you see?"},

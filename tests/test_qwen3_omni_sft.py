@@ -12,7 +12,7 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
-from script_testing import load_script, sft_parser
+from script_testing import AUDIO_TURN, IMAGE_TURN, load_script, mixed_conversation_rows, reply, sft_parser
 from transformers import AutoProcessor, Qwen3OmniMoeForConditionalGeneration
 
 from qwen_omni.qwen3_omni import (
@@ -30,18 +30,6 @@ from qwen_omni.qwen3_omni.conversations import decode_media
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-AUDIO_TURN = {
-    "role": "user",
-    "content": [{"type": "audio", "audio": "tone.wav"}, {"type": "text", "text": "What do you hear?"}],
-}
-IMAGE_TURN = {
-    "role": "user",
-    "content": [{"type": "image", "image": "square.png"}, {"type": "text", "text": "What do you see?"}],
-}
-
-
-def reply(text):
-    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +37,7 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("qwen3_omni_sft")
     checkpoint = tiny_checkpoints.save_tiny_checkpoint(root / "base")
     tiny_checkpoints.write_media(root / "data")
-    rows = []
-    for _ in range(4):
-        rows.append({"conversations": [AUDIO_TURN, reply("A steady tone, then silence.")]})
-        rows.append({"conversations": [IMAGE_TURN, reply("A red square on white.")]})
-        rows.append(
-            {
-                "messages": [
-                    {"role": "user", "content": "Think step by step."},
-                    {"role": "assistant", "content": "two plus two is four"},
-                ]
-            }
-        )
+    rows = mixed_conversation_rows(4)
     # A row that names an audio it does not give: refused at load time, counted in the run's data report
     rows.append({"conversations": [{"role": "user", "content": "<audio>What do you hear?"}, reply("A tone.")]})
     with open(root / "data" / "train.jsonl", "w") as f:

@@ -10,7 +10,7 @@ import pytest
 import test_launch as cpu_launch  # accelerate's launcher choice, recorded
 from gpu_testing import REPO_ROOT, SCRIPT_ENV, cuda_device, require_package
 from safetensors.torch import load_file
-from script_testing import load_script, sft_parser
+from script_testing import TEXT_ROW, instruct_recipe_argv, load_script, sft_parser
 
 from qwen_omni.common.launching import LaunchRequest
 from qwen_omni.qwen3_omni import tiny_checkpoints
@@ -25,63 +25,13 @@ MAX_STEPS = 2
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu_launch")
     base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": "Think step by step."},
-                {"role": "assistant", "content": "two plus two is four"},
-            ]
-        }
-    ] * 8
+    rows = [TEXT_ROW] * 8
     (root / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
     return {"root": root, "base": base, "data": str(root / "train.jsonl")}
 
 
 def sft_args(workdir, output_dir):
-    return [
-        "--config",
-        str(REPO_ROOT / "train" / "configs" / "instruct.yaml"),
-        "--model_name_or_path",
-        workdir["base"],
-        "--dataset_name",
-        workdir["data"],
-        "--output_dir",
-        str(output_dir),
-        "--dtype",
-        "bfloat16",
-        "--bf16",
-        "true",
-        "--max_steps",
-        str(MAX_STEPS),
-        "--per_device_train_batch_size",
-        "2",
-        "--gradient_accumulation_steps",
-        "1",
-        "--learning_rate",
-        "1e-2",
-        "--warmup_steps",
-        "0",
-        "--lora_r",
-        "4",
-        "--lora_alpha",
-        "8",
-        "--lora_expert_r",
-        "2",
-        "--logging_steps",
-        "1",
-        "--save_strategy",
-        "steps",
-        "--save_steps",
-        str(MAX_STEPS),
-        "--report_to",
-        "none",
-        "--max_length",
-        "128",
-        "--dataloader_num_workers",
-        "0",
-        "--disable_tqdm",
-        "true",
-    ]
+    return instruct_recipe_argv(workdir, output_dir, MAX_STEPS, 2, 128, "--dtype", "bfloat16", "--bf16", "true")
 
 
 # config file -> (accelerate's launcher, what the checkpoint of that engine holds)
