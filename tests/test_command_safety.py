@@ -323,6 +323,25 @@ def test_merge_names_a_missing_base_and_the_flag_that_gives_it(workdir, tmp_path
     assert not (tmp_path / "merged").exists()
 
 
+def parse_sft_run(sft, workdir, output_dir, *extra):
+    """`train/sft.py`'s parsed arguments for a CPU run on `workdir`'s base and data into `output_dir`."""
+    return sft_parser(sft).parse_args_and_config(
+        args=[
+            "--model_name_or_path",
+            str(workdir["base"]),
+            "--dataset_name",
+            str(workdir["data"]),
+            "--output_dir",
+            str(output_dir),
+            "--report_to",
+            "none",
+            "--use_cpu",
+            "true",
+            *extra,
+        ]
+    )
+
+
 def test_sft_into_its_base_or_data_is_refused_before_any_work(workdir):
     sft = load_script("sft")
     before = snapshot(workdir["root"])
@@ -332,20 +351,7 @@ def test_sft_into_its_base_or_data_is_refused_before_any_work(workdir):
         (workdir["base"] / "sft", "is inside", "--model_name_or_path", workdir["base"]),
         (data_dir, "contains", "--dataset_name", workdir["data"]),
     ]:
-        args = sft_parser(sft).parse_args_and_config(
-            args=[
-                "--model_name_or_path",
-                str(workdir["base"]),
-                "--dataset_name",
-                str(workdir["data"]),
-                "--output_dir",
-                str(output),
-                "--report_to",
-                "none",
-                "--use_cpu",
-                "true",
-            ]
-        )
+        args = parse_sft_run(sft, workdir, output)
         with pytest.raises(ValueError, match=f"^--output_dir {output} {relation} the input {name} {value}: "):
             sft.main(*args)
     assert snapshot(workdir["root"]) == before
@@ -550,22 +556,7 @@ def test_sft_resume_without_a_complete_checkpoint_stops_before_loading_anything(
     sft = load_script("sft")
     (tmp_path / "checkpoint-3").mkdir()
     (tmp_path / "checkpoint-3" / "adapter_model.safetensors").write_bytes(b"0")
-    args = sft_parser(sft).parse_args_and_config(
-        args=[
-            "--model_name_or_path",
-            str(workdir["base"]),
-            "--dataset_name",
-            str(workdir["data"]),
-            "--output_dir",
-            str(tmp_path),
-            "--report_to",
-            "none",
-            "--use_cpu",
-            "true",
-            "--resume_from_checkpoint",
-            "true",
-        ]
-    )
+    args = parse_sft_run(sft, workdir, tmp_path, "--resume_from_checkpoint", "true")
     with pytest.raises(
         ValueError,
         match=rf"^--resume_from_checkpoint true: {tmp_path} holds no complete checkpoint: "
