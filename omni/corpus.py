@@ -2,14 +2,11 @@
 """
 Speech corpora -> SNAC token datasets, done once.
 
-- [`load_audio_text_rows`] reads a corpus into a `datasets` dataset with the columns `id`, `audio`, `text`,
-  `speaker` (audio left undecoded: a path or `{"path", "bytes"}`), from a Hugging Face dataset (Hub id or local
-  folder, including `save_to_disk` folders), a JSONL / JSON / CSV / TSV file of audio paths and transcripts, a folder
-  with such a metadata file, or a LibriSpeech / LibriTTS folder tree.
-- [`read_audio`] decodes one audio value (wav / flac / ogg / mp3) with soundfile: no FFmpeg, no torchcodec.
-- [`prepare_dataset`] decodes, resamples and encodes the rows with a [`SNACAudioTokenizer`] in length-sorted
-  batches and writes the codes as an Arrow dataset, shard by shard, so that a second run skips finished shards.
-  Rows it cannot use are skipped, counted and listed in `summary.json`.
+- [`prepare_dataset`] decodes, resamples and encodes the rows of `common.clips.load_audio_text_rows` with a
+  [`SNACAudioTokenizer`] in length-sorted batches and writes the codes as an Arrow dataset, shard by shard, so that a
+  second run skips finished shards (`common.codec_cache`'s skip rules, codec fingerprint and resumable cache, shared
+  with the Talker voice's codes; see docs/codec_cache.md). Rows it cannot use are skipped, counted and listed in
+  `summary.json`.
 - [`load_prepared_dataset`] opens what `prepare_dataset` wrote.
 
 Prepared rows hold `audio_codes`: the SNAC codes in the frame order of [`SNACTokenLayout`] with
