@@ -182,7 +182,7 @@ def encode_clips(
 
     Unusable clips are skipped, counted by reason and named in the log and in `cache_dir/summary.json`: unreadable
     audio, longer than `max_duration` seconds, silent (peak amplitude below `silence_threshold`), shorter than one
-    codec frame. One speaker's clips at several sampling rates are refused ([`~omni.voice_sft.check_sampling_rates`])
+    codec frame. One speaker's clips at several sampling rates are refused ([`~common.clips.check_sampling_rates`])
     unless `allow_mixed_sampling_rates`.
 
     Returns:
