@@ -540,26 +540,56 @@ class OmniProcessor(ProcessorMixin):
                 )
             if task == "asr":
                 raise ValueError("task='asr' needs `audio` (with its `sampling_rate`).")
-            if voice_prompt_audio is not None:
-                if voice_prompt_ids is not None:
-                    raise ValueError("Give voice_prompt_audio or voice_prompt_ids (the same clip encoded), not both.")
-                voice_prompt_ids = self.encode_voice_prompt(voice_prompt_audio, voice_prompt_sampling_rate)
-            elif voice_prompt_text is not None and voice_prompt_ids is None:
-                raise ValueError("voice_prompt_text was given without voice_prompt_audio; pass both or neither.")
-            prompts = [
-                self.tts_prompt_ids(
-                    t, speaker=s, voice_prompt_ids=voice_prompt_ids, voice_prompt_text=voice_prompt_text
-                )
-                for t, s in zip(texts, speakers)
-            ]
-            self._check_lengths(prompts, "text-to-speech prompt", for_generation=True)
-            return self.pad(prompts, padding_side="left", return_tensors=return_tensors)
+            return self._tts_prompts(
+                texts,
+                speakers,
+                voice_prompt_audio,
+                voice_prompt_text,
+                voice_prompt_sampling_rate,
+                voice_prompt_ids,
+                return_tensors,
+            )
 
         audio_ids = self.audio_to_ids(audio, sampling_rate)
         if texts is None:
             prompts = [self.asr_prompt_ids(ids) for ids in audio_ids]
             self._check_lengths(prompts, "speech-to-text prompt", for_generation=True)
             return self.pad(prompts, padding_side="left", return_tensors=return_tensors)
+        return self._training_sequences(texts, audio_ids, speakers, task, return_tensors)
+
+    def _tts_prompts(
+        self,
+        texts: list[str],
+        speakers: Sequence[str | None],
+        voice_prompt_audio,
+        voice_prompt_text: str | None,
+        voice_prompt_sampling_rate: int | None,
+        voice_prompt_ids: Sequence[int] | None,
+        return_tensors: str | None,
+    ) -> BatchFeature:
+        """Left-padded text-to-speech prompts, each after the voice prompt when one is given."""
+        if voice_prompt_audio is not None:
+            if voice_prompt_ids is not None:
+                raise ValueError("Give voice_prompt_audio or voice_prompt_ids (the same clip encoded), not both.")
+            voice_prompt_ids = self.encode_voice_prompt(voice_prompt_audio, voice_prompt_sampling_rate)
+        elif voice_prompt_text is not None and voice_prompt_ids is None:
+            raise ValueError("voice_prompt_text was given without voice_prompt_audio; pass both or neither.")
+        prompts = [
+            self.tts_prompt_ids(t, speaker=s, voice_prompt_ids=voice_prompt_ids, voice_prompt_text=voice_prompt_text)
+            for t, s in zip(texts, speakers)
+        ]
+        self._check_lengths(prompts, "text-to-speech prompt", for_generation=True)
+        return self.pad(prompts, padding_side="left", return_tensors=return_tensors)
+
+    def _training_sequences(
+        self,
+        texts: list[str],
+        audio_ids: list[torch.Tensor],
+        speakers: Sequence[str | None],
+        task: str | None,
+        return_tensors: str | None,
+    ) -> BatchFeature:
+        """Right-padded training sequences with `labels`: text-to-speech (default) or speech-to-text, one per clip."""
         if len(texts) != len(audio_ids):
             raise ValueError(f"Got {len(texts)} texts for {len(audio_ids)} audio clips; pass one text per clip.")
         if task in (None, "tts"):
@@ -707,6 +737,8 @@ class OmniProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------ serialisation
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
+        # ProcessorMixin (5.23) writes no audio tokenizer, only a reference (class name and `name_or_path`, a
+        # repository of its own) to load it from; an Omni checkpoint holds its codec, written here and pushed with it
         files = super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
         audio_tokenizer_directory = os.path.join(save_directory, AUDIO_TOKENIZER_SUBFOLDER)
         self.audio_tokenizer.save_pretrained(audio_tokenizer_directory)

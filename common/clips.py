@@ -162,31 +162,55 @@ def load_audio_text_rows(
     """
     import datasets
 
-    path = Path(source)
-    rows = None
-    if path.is_file():
-        rows = _rows_from_table(path, audio_column, text_column, speaker_column, allow_missing_text)
-    elif path.is_dir() and not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
-        metadata = next((path / name for name in METADATA_NAMES if (path / name).exists()), None)
-        if metadata is not None:
-            rows = _rows_from_table(metadata, audio_column, text_column, speaker_column, allow_missing_text)
-        elif any(path.rglob("*.trans.txt")) or any(p.suffix.lower() in AUDIO_EXTENSIONS for p in path.rglob("*")):
-            rows = _rows_from_tree(path)
+    rows = _local_rows(Path(source), audio_column, text_column, speaker_column, allow_missing_text)
     if rows is not None:
         if not rows:
             raise ValueError(f"{source} holds no audio rows.")
         return datasets.Dataset.from_list(rows)
+    dataset = _datasets_source(source, split, dataset_config, streaming)
+    return _audio_text_columns(dataset, source, split, audio_column, text_column, speaker_column)
 
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
-        dataset = datasets.load_from_disk(str(path))
-        if isinstance(dataset, datasets.DatasetDict):
-            if split not in dataset:
-                raise ValueError(f"{source} has the splits {list(dataset)}, not {split!r}; pass --dataset_split.")
-            dataset = dataset[split]
-        if streaming:
-            dataset = dataset.to_iterable_dataset()
-    else:
-        dataset = datasets.load_dataset(str(source), dataset_config, split=split, streaming=streaming)
+
+def _is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists())
+
+
+def _local_rows(
+    path: Path, audio_column: str, text_column: str, speaker_column: str | None, allow_missing_text: bool
+) -> list[dict] | None:
+    """The rows of a table file, of a folder's metadata table or of a LibriSpeech-style tree; None for a source that
+    `datasets` reads."""
+    if path.is_file():
+        return _rows_from_table(path, audio_column, text_column, speaker_column, allow_missing_text)
+    if path.is_dir() and not _is_saved_dataset(path):
+        metadata = next((path / name for name in METADATA_NAMES if (path / name).exists()), None)
+        if metadata is not None:
+            return _rows_from_table(metadata, audio_column, text_column, speaker_column, allow_missing_text)
+        if any(path.rglob("*.trans.txt")) or any(p.suffix.lower() in AUDIO_EXTENSIONS for p in path.rglob("*")):
+            return _rows_from_tree(path)
+    return None
+
+
+def _datasets_source(source: str | os.PathLike, split: str, dataset_config: str | None, streaming: bool):
+    """A `save_to_disk` folder's split, or what `datasets.load_dataset` reads from a folder or a Hub id."""
+    import datasets
+
+    path = Path(source)
+    if not _is_saved_dataset(path):
+        return datasets.load_dataset(str(source), dataset_config, split=split, streaming=streaming)
+    dataset = datasets.load_from_disk(str(path))
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise ValueError(f"{source} has the splits {list(dataset)}, not {split!r}; pass --dataset_split.")
+        dataset = dataset[split]
+    return dataset.to_iterable_dataset() if streaming else dataset
+
+
+def _audio_text_columns(dataset, source, split: str, audio_column: str, text_column: str, speaker_column: str | None):
+    """`dataset` with the columns `id`, `audio` (undecoded), `text`, `speaker` only; missing audio or transcript
+    columns are refused, naming the ones it has."""
+    import datasets
+
     columns = list(dataset.column_names or dataset.features or [])
     missing = [name for name in (audio_column, text_column) if name not in columns]
     if missing:

@@ -355,36 +355,14 @@ def build_model_card(
         tags: extra tags.
     """
     folder = Path(folder)
-    adapter = is_adapter(folder)
-    model_type = None
+    kind, model_type = card_kind(folder)
+    adapter = kind.endswith("_adapter")
     if adapter:
         adapter_config = json.loads((folder / "adapter_config.json").read_text())
         base_model = base_model or adapter_config.get("base_model_name_or_path")
-    if (folder / "config.json").is_file():
-        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    omni = (
-        model_type == "omni"
-        or (folder / "processor_config.json").is_file()
-        and "snac" in (folder / "processor_config.json").read_text().lower()
-    )
-    if omni:
-        kind = "omni_adapter" if adapter else "omni"
-    elif adapter:
-        kind = "talker_voice_adapter" if (folder / TALKER_VOICE_CONFIG_NAME).is_file() else "qwen3_omni_adapter"
-    else:
-        raise ValueError(
-            f"{folder} is neither an Omni model nor a LoRA adapter: build_model_card writes cards for Omni models and "
-            "for adapters (Omni, Qwen3-Omni Thinker, Qwen3-Omni Talker voice)."
-        )
-    speech_out = kind in ("omni", "omni_adapter", "talker_voice_adapter")
     datasets = [str(d) for d in (datasets or [])]
     hub_datasets = [d for d in (_hub_id(d) for d in datasets) if d]
-    card_tags = {
-        "omni": ["custom_code", "text-to-speech", "speech", "snac", "qwen3", "qwen-omni"],
-        "omni_adapter": ["custom_code", "text-to-speech", "speech", "snac", "qwen3", "qwen-omni"],
-        "qwen3_omni_adapter": ["qwen3-omni"],
-        "talker_voice_adapter": ["qwen3-omni", "text-to-speech", "speech", "talker", "voice"],
-    }[kind]
+    card_tags = list(CARD_TAGS[kind])
     if adapter:
         card_tags += [tag for tag in ("peft", "lora") if tag not in card_tags]
     card_tags += [tag for tag in (tags or []) if tag not in card_tags]
@@ -393,7 +371,7 @@ def build_model_card(
         language=["en"],
         license=license,
         library_name="peft" if adapter else "transformers",
-        pipeline_tag=pipeline_tag or ("text-to-speech" if speech_out else None),
+        pipeline_tag=pipeline_tag or ("text-to-speech" if kind in SPEECH_OUT_KINDS else None),
         tags=card_tags,
         base_model=_hub_id(base_model),
         datasets=hub_datasets or None,
@@ -406,45 +384,85 @@ def build_model_card(
         if eval_report
         else None,
     )
-    if omni:
-        code_files = required_code_files(folder) if not adapter else sorted(p.name for p in folder.glob("*.py"))
-        loading_text = (
-            f"The model's code (`{'`, `'.join(code_files) or 'none'}`) ships in this repository, so it loads with "
-            "`trust_remote_code=True` and needs no package beyond `transformers`, `snac`"
-            + (", `peft`." if adapter else ".")
-        )
-    else:
-        loading_text = "transformers has the Qwen3-Omni classes: the adapter needs `peft` and no remote code."
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path),
         model_name=model_name,
-        description={
-            "omni": "An Omni model: a Qwen3 decoder that speaks and listens through SNAC audio tokens (text to speech "
-            "with named speakers, speech to text).",
-            "omni_adapter": "A LoRA adapter for an Omni text/speech model.",
-            "qwen3_omni_adapter": "A LoRA adapter for the Thinker of Qwen3-Omni.",
-            "talker_voice_adapter": "A LoRA adapter that gives the Talker of Qwen3-Omni a new voice.",
-        }[kind],
+        description=CARD_DESCRIPTIONS[kind],
         model_type=("LoRA adapter (PEFT)" if adapter else f"causal LM, `model_type: {model_type}`"),
         base_model_text=f"`{base_model}`" if base_model else "trained from scratch",
         datasets_text=", ".join(f"`{d}`" for d in datasets) or "not recorded",
         license=license,
         usage=_usage(repo_id, kind, _hub_id(base_model), folder),
         eval_table=_eval_table(eval_report),
-        training_text={
-            "omni": "Trained with qwen-omni's recipes: `train/pretrain.py` on text and SNAC audio-token sequences and, "
-            "for a voice, `train/omni_voice_sft.py` with its LoRA adapter merged by `train/merge.py`.",
-            "omni_adapter": "Fine-tuned with TRL's `SFTTrainer` and a PEFT LoRA adapter on (audio, transcript) pairs "
-            "in the format `<|tts|><|text_start|>{speaker}: {text}<|text_end|><|audio_start|> AUDIO <|audio_end|>`, "
-            "loss on the audio tokens (`train/omni_voice_sft.py`).",
-            "qwen3_omni_adapter": "Fine-tuned with TRL's `SFTTrainer` (`train/sft.py`): LoRA on the Thinker's "
-            "attention, MoE routers and fused experts.",
-            "talker_voice_adapter": "LoRA on the Talker's attention, MoE routers and experts and on the code "
-            "predictor, plus the new speaker's codec-embedding row, teacher-forced on (clip, transcript) pairs whose "
-            "audio is encoded with Mimi (`train/talker_voice_sft.py`).",
-        }[kind],
-        loading_text=loading_text,
+        training_text=CARD_TRAINING_TEXTS[kind],
+        loading_text=_loading_text(folder, kind),
+    )
+
+
+CARD_TAGS = {
+    "omni": ("custom_code", "text-to-speech", "speech", "snac", "qwen3", "qwen-omni"),
+    "omni_adapter": ("custom_code", "text-to-speech", "speech", "snac", "qwen3", "qwen-omni"),
+    "qwen3_omni_adapter": ("qwen3-omni",),
+    "talker_voice_adapter": ("qwen3-omni", "text-to-speech", "speech", "talker", "voice"),
+}
+SPEECH_OUT_KINDS = ("omni", "omni_adapter", "talker_voice_adapter")
+CARD_DESCRIPTIONS = {
+    "omni": "An Omni model: a Qwen3 decoder that speaks and listens through SNAC audio tokens (text to speech "
+    "with named speakers, speech to text).",
+    "omni_adapter": "A LoRA adapter for an Omni text/speech model.",
+    "qwen3_omni_adapter": "A LoRA adapter for the Thinker of Qwen3-Omni.",
+    "talker_voice_adapter": "A LoRA adapter that gives the Talker of Qwen3-Omni a new voice.",
+}
+CARD_TRAINING_TEXTS = {
+    "omni": "Trained with qwen-omni's recipes: `train/pretrain.py` on text and SNAC audio-token sequences and, "
+    "for a voice, `train/omni_voice_sft.py` with its LoRA adapter merged by `train/merge.py`.",
+    "omni_adapter": "Fine-tuned with TRL's `SFTTrainer` and a PEFT LoRA adapter on (audio, transcript) pairs "
+    "in the format `<|tts|><|text_start|>{speaker}: {text}<|text_end|><|audio_start|> AUDIO <|audio_end|>`, "
+    "loss on the audio tokens (`train/omni_voice_sft.py`).",
+    "qwen3_omni_adapter": "Fine-tuned with TRL's `SFTTrainer` (`train/sft.py`): LoRA on the Thinker's "
+    "attention, MoE routers and fused experts.",
+    "talker_voice_adapter": "LoRA on the Talker's attention, MoE routers and experts and on the code "
+    "predictor, plus the new speaker's codec-embedding row, teacher-forced on (clip, transcript) pairs whose "
+    "audio is encoded with Mimi (`train/talker_voice_sft.py`).",
+}
+
+
+def card_kind(folder: Path) -> tuple[str, str | None]:
+    """`(kind, model_type)` of the folder a card is written for: an Omni model (`omni`) or adapter (`omni_adapter`),
+    a Qwen3-Omni Thinker adapter or a Talker voice adapter; anything else is refused."""
+    adapter = is_adapter(folder)
+    model_type = None
+    if (folder / "config.json").is_file():
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    omni = (
+        model_type == "omni"
+        or (folder / "processor_config.json").is_file()
+        and "snac" in (folder / "processor_config.json").read_text().lower()
+    )
+    if omni:
+        return ("omni_adapter" if adapter else "omni"), model_type
+    if adapter:
+        kind = "talker_voice_adapter" if (folder / TALKER_VOICE_CONFIG_NAME).is_file() else "qwen3_omni_adapter"
+        return kind, model_type
+    raise ValueError(
+        f"{folder} is neither an Omni model nor a LoRA adapter: build_model_card writes cards for Omni models and "
+        "for adapters (Omni, Qwen3-Omni Thinker, Qwen3-Omni Talker voice)."
+    )
+
+
+def _loading_text(folder: Path, kind: str) -> str:
+    """How the card's model loads: an Omni model's code ships with it (remote code); Qwen3-Omni is in transformers."""
+    if kind == "omni":
+        code_files = required_code_files(folder)
+    elif kind == "omni_adapter":
+        code_files = sorted(p.name for p in folder.glob("*.py"))
+    else:
+        return "transformers has the Qwen3-Omni classes: the adapter needs `peft` and no remote code."
+    return (
+        f"The model's code (`{'`, `'.join(code_files) or 'none'}`) ships in this repository, so it loads with "
+        "`trust_remote_code=True` and needs no package beyond `transformers`, `snac`"
+        + (", `peft`." if kind == "omni_adapter" else ".")
     )
 
 

@@ -24,6 +24,7 @@ What accelerate 1.15 and torch 2.14 really do (read from their launch code):
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import json
@@ -37,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback, TrainingArguments
+import yaml
+from transformers import AutoConfig, TrainerCallback, TrainingArguments
 from transformers.utils import logging
 
 
@@ -467,3 +469,24 @@ def resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
     if reason is not None:  # written by a plain Trainer, or its saving was interrupted: the Trainer's checks follow
         logger.warning(f"--resume_from_checkpoint {value}: {reason}; taken as named.")
     return value
+
+
+def checkpoint_model_type(
+    argv: list[str], model_flags: tuple[str, ...] = ("--model_name_or_path",), trust_remote_code: bool = False
+) -> str | None:
+    """`model_type` of the checkpoint a command line names (one of `model_flags`, else `model_name_or_path` in
+    `--config`'s YAML, at `--model_revision`), read before the script's own parser so that it can hand the command to
+    the recipe of that model family; None when none is named."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument(*model_flags, dest="model_name_or_path")
+    peek.add_argument("--model_revision")
+    peek.add_argument("--config")
+    known, _ = peek.parse_known_args(argv)
+    name, revision = known.model_name_or_path, known.model_revision
+    if known.config and name is None:
+        with open(known.config) as f:
+            values = yaml.safe_load(f) or {}
+        name, revision = values.get("model_name_or_path"), values.get("model_revision", revision)
+    if name is None:
+        return None
+    return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code).model_type

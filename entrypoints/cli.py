@@ -189,7 +189,7 @@ class StreamingWav:
 def speak(args: argparse.Namespace) -> int:
     import torch
 
-    from qwen_omni.omni.speech import generate_speech, split_sentences
+    from qwen_omni.omni.speech import split_sentences
 
     text = _read_text(args)
     pieces = split_sentences(text, max_chars=args.max_chars)
@@ -201,16 +201,7 @@ def speak(args: argparse.Namespace) -> int:
     if args.voice_prompt and not args.voice_prompt_text:
         raise CommandLineError("--voice-prompt needs --voice-prompt-text (its transcript).")
     model, processor = _load(args.model, args.device)
-    voice = {}
-    if args.voice_prompt:
-        audio, rate = _read_audio_file(args.voice_prompt, processor.feature_extractor)
-        try:  # encoded once, for the check below and for every piece
-            voice = {
-                "voice_prompt_ids": processor.encode_voice_prompt([audio], rate),
-                "voice_prompt_text": args.voice_prompt_text,
-            }
-        except ValueError as error:
-            raise CommandLineError(f"--voice-prompt {args.voice_prompt}: {error}") from None
+    voice = _encoded_voice_prompt(args, processor)
     # every prompt is built (and so checked) before --out is touched
     try:
         processor(text=pieces, speaker=args.speaker, return_tensors="pt", **voice)
@@ -219,6 +210,29 @@ def speak(args: argparse.Namespace) -> int:
         raise CommandLineError(f"{where}{error}") from None
     if args.seed is not None:
         torch.manual_seed(args.seed)
+    output = _stream_speech_to_file(args, model, processor, text, voice)
+    print(f"\nWrote {output.samples / processor.sampling_rate:.2f} s of speech to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _encoded_voice_prompt(args: argparse.Namespace, processor) -> dict:
+    """`--voice-prompt` encoded once (for the prompt check and for every piece) with its transcript; {} without."""
+    if not args.voice_prompt:
+        return {}
+    audio, rate = _read_audio_file(args.voice_prompt, processor.feature_extractor)
+    try:
+        return {
+            "voice_prompt_ids": processor.encode_voice_prompt([audio], rate),
+            "voice_prompt_text": args.voice_prompt_text,
+        }
+    except ValueError as error:
+        raise CommandLineError(f"--voice-prompt {args.voice_prompt}: {error}") from None
+
+
+def _stream_speech_to_file(args: argparse.Namespace, model, processor, text: str, voice: dict) -> StreamingWav:
+    """Speak `text` into `--out` as it is generated, with progress on stderr; `--out` is replaced only when the
+    speech is complete, and an interrupted run leaves the speech so far in the partial file."""
+    from qwen_omni.omni.speech import generate_speech
 
     rate = processor.sampling_rate
     output = StreamingWav(args.out, rate)
@@ -265,8 +279,7 @@ def speak(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
-    print(f"\nWrote {output.samples / rate:.2f} s of speech to {args.out}", file=sys.stderr)
-    return 0
+    return output
 
 
 def transcribe(args: argparse.Namespace) -> int:

@@ -2,14 +2,11 @@
 """
 Speech corpora -> SNAC token datasets, done once.
 
-- [`load_audio_text_rows`] reads a corpus into a `datasets` dataset with the columns `id`, `audio`, `text`,
-  `speaker` (audio left undecoded: a path or `{"path", "bytes"}`), from a Hugging Face dataset (Hub id or local
-  folder, including `save_to_disk` folders), a JSONL / JSON / CSV / TSV file of audio paths and transcripts, a folder
-  with such a metadata file, or a LibriSpeech / LibriTTS folder tree.
-- [`read_audio`] decodes one audio value (wav / flac / ogg / mp3) with soundfile: no FFmpeg, no torchcodec.
-- [`prepare_dataset`] decodes, resamples and encodes the rows with a [`SNACAudioTokenizer`] in length-sorted
-  batches and writes the codes as an Arrow dataset, shard by shard, so that a second run skips finished shards.
-  Rows it cannot use are skipped, counted and listed in `summary.json`.
+- [`prepare_dataset`] decodes, resamples and encodes the rows of `common.clips.load_audio_text_rows` with a
+  [`SNACAudioTokenizer`] in length-sorted batches and writes the codes as an Arrow dataset, shard by shard, so that a
+  second run skips finished shards (`common.codec_cache`'s skip rules, codec fingerprint and resumable cache, shared
+  with the Talker voice's codes; see docs/codec_cache.md). Rows it cannot use are skipped, counted and listed in
+  `summary.json`.
 - [`load_prepared_dataset`] opens what `prepare_dataset` wrote.
 
 Prepared rows hold `audio_codes`: the SNAC codes in the frame order of [`SNACTokenLayout`] with
@@ -19,7 +16,6 @@ Prepared rows hold `audio_codes`: the SNAC codes in the frame order of [`SNACTok
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,8 +28,8 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
-from ..common.audio import read_audio, resample
 from ..common.clips import count_skip_reasons
+from ..common.codec_cache import ResumableCache, codec_fingerprint, read_clip_for_codec
 from ..feature_extraction_omni import SNACFeatureExtractor
 from ..modeling_snac import SNACAudioTokenizer
 from ..processing_omni import PAD_TOKEN, SPECIAL_TOKENS, encode_audio, utterance_problem
@@ -45,8 +41,9 @@ PREPARE_INFO_NAME = "prepare_info.json"
 SUMMARY_NAME = "summary.json"
 SHARDS_DIR = "shards"
 # bump when the layout of prepared rows or the rules for keeping them change, so that old shards are not reused
-# (2: rows whose text or speaker holds a control-token string are skipped)
-PREPARE_FORMAT_VERSION = 2
+# (2: rows whose text or speaker holds a control-token string are skipped; 3: each finished shard is recorded in
+# shards/shard-NNNNN.json, common.codec_cache's resumable cache)
+PREPARE_FORMAT_VERSION = 3
 # the control tokens every Omni tokenizer has; `utterance_problem` also refuses anything of the `<|...|>` form
 CONTROL_TOKEN_STRINGS = (*SPECIAL_TOKENS.values(), PAD_TOKEN)
 
@@ -98,14 +95,8 @@ def _decode_row(
     problem = utterance_problem(text, row.get("speaker") or None, CONTROL_TOKEN_STRINGS, what="transcript")
     if problem is not None:
         return row, None, f"unusable text: {problem}"
-    try:
-        waveform, rate = read_audio(row["audio"])
-    except Exception as error:  # noqa: BLE001 - any decoding failure skips the row, with its reason listed
-        return row, None, f"unreadable audio: {type(error).__name__}: {error}"
-    duration = waveform.size / rate
-    if max_duration is not None and duration > max_duration:
-        return row, None, f"longer than the limit: {duration:.2f} s > max_duration {max_duration} s"
-    return row, resample(waveform, rate, sampling_rate), None
+    waveform, reason = read_clip_for_codec(row["audio"], sampling_rate, max_duration=max_duration)
+    return row, waveform, reason
 
 
 def _audio_label(audio: Any) -> str:
@@ -133,17 +124,12 @@ class PrepareSummary:
         return dict(self.__dict__)
 
 
-def codec_fingerprint(audio_tokenizer: SNACAudioTokenizer) -> str:
-    """A hash of the codec config and weights: prepared shards are reused only with the very same codec."""
-    digest = hashlib.sha256(json.dumps(audio_tokenizer.config.snac_kwargs, sort_keys=True).encode())
-    for name, tensor in sorted(audio_tokenizer.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+def _shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
 
 
 def _shard_dir(output_dir: Path, index: int) -> Path:
-    return output_dir / SHARDS_DIR / f"shard-{index:05d}"
+    return output_dir / SHARDS_DIR / _shard_name(index)
 
 
 def _iter_chunks(rows, shard_size: int, first_shard: int) -> Iterator[tuple[int, list[dict] | None]]:
@@ -209,8 +195,6 @@ def prepare_dataset(
     Raises:
         `ValueError` when no row could be used (the summary file is written first).
     """
-    from tqdm.auto import tqdm
-
     if max_duration is not None and (isinstance(max_duration, bool) or not max_duration > 0):
         raise ValueError(f"max_duration={max_duration!r} must be a positive number of seconds (or None for no limit).")
     output_dir = Path(output_dir)
@@ -222,79 +206,128 @@ def prepare_dataset(
     feature_extractor = SNACFeatureExtractor(
         sampling_rate=audio_tokenizer.config.sampling_rate, max_duration_seconds=math.inf
     )
-    layout = audio_tokenizer.token_layout
-    info = {
-        "format_version": PREPARE_FORMAT_VERSION,
-        "source": source_name,
-        "max_duration": max_duration,
-        "shard_size": shard_size,
-        "codec_fingerprint": codec_fingerprint(audio_tokenizer),
-        "codec_config": audio_tokenizer.config.snac_kwargs,
-        "sampling_rate": feature_extractor.sampling_rate,
-        "vq_strides": layout.vq_strides,
-        "codebook_size": layout.codebook_size,
-        "tokens_per_frame": layout.tokens_per_frame,
-    }
-    info_file = output_dir / PREPARE_INFO_NAME
-    previous = json.loads(info_file.read_text()) if info_file.exists() else None
-    done: dict[str, dict] = {}
-    if previous is not None and {k: v for k, v in previous.items() if k != "shards"} == info:
-        done = previous.get("shards", {})
-    elif previous is not None:
-        logger.warning(f"{output_dir} was prepared with other settings or another codec; encoding everything again.")
-    info["shards"] = done
-
+    settings = _prepare_settings(
+        audio_tokenizer, feature_extractor.sampling_rate, source_name, max_duration, shard_size
+    )
+    cache = ResumableCache(
+        output_dir, settings, info_name=PREPARE_INFO_NAME, entries_dir=SHARDS_DIR, index_keys=("shards",)
+    )
+    # shard records by index (as prepare_info.json's index lists them)
+    done = {str(int(key.removeprefix("shard-"))): entry for key, entry in cache.entries().items()}
     summary = PrepareSummary(output_dir=str(output_dir))
-    for shard in done.values():
-        summary.skipped.extend(shard["skipped"])
-    total = len(rows) if hasattr(rows, "__len__") else None
     first_missing = 0
     while str(first_missing) in done:
         first_missing += 1
     summary.shards_reused += first_missing if not hasattr(rows, "__len__") else 0
-    progress = tqdm(total=total, desc="prepare_data", unit="clip", disable=not show_progress)
-    pool = None
-    if num_proc and num_proc > 1:
-        import multiprocessing
-
-        pool = multiprocessing.get_context("spawn").Pool(num_proc)
-    last_index = -1
-    try:
-        for index, chunk in _iter_chunks(rows, shard_size, first_missing):
-            last_index = index
-            if str(index) in done and (not done[str(index)]["num_kept"] or _shard_dir(output_dir, index).exists()):
-                summary.shards_reused += 1
-                progress.update(done[str(index)]["num_rows"])
-                continue
-            arguments = [(row, feature_extractor.sampling_rate, max_duration) for row in chunk]
-            decoded = pool.starmap(_decode_row, arguments) if pool else [_decode_row(*a) for a in arguments]
-            kept, skipped = [], []
-            for row, waveform, reason in decoded:
-                if reason is None:
-                    kept.append((row, waveform))
-                else:
-                    skipped.append({"id": row["id"], "audio": _audio_label(row["audio"]), "reason": reason})
-            records = _encode_shard(kept, feature_extractor, audio_tokenizer, encode_batch_size)
-            if records:  # a shard whose rows were all skipped is only recorded in prepare_info.json
-                _write_shard(records, _shard_dir(output_dir, index))
-            done[str(index)] = {"num_rows": len(chunk), "num_kept": len(records), "skipped": skipped}
-            summary.skipped.extend(skipped)
-            summary.shards_encoded += 1
-            info_file.write_text(json.dumps(info, indent=1))  # after each shard: an interrupted run resumes here
-            progress.update(len(chunk))
-    finally:
-        progress.close()
-        if pool is not None:
-            pool.close()
+    encoder = _ShardEncoder(output_dir, cache, feature_extractor, audio_tokenizer, max_duration, encode_batch_size)
+    last_index = encoder.encode_missing(rows, shard_size, first_missing, done, summary, num_proc, show_progress)
     # a streamed source is not read again for the finished leading shards: they count as present
     last_index = max(last_index, first_missing - 1)
     # shards beyond the source's end (a source that shrank) must not be loaded
-    info["shards"] = {k: v for k, v in sorted(done.items(), key=lambda kv: int(kv[0])) if int(k) <= last_index}
-    info_file.write_text(json.dumps(info, indent=1))
+    shards = {k: v for k, v in sorted(done.items(), key=lambda kv: int(kv[0])) if int(k) <= last_index}
+    cache.keep_only({_shard_name(int(k)) for k in shards})
+    cache.write_info(shards=shards)
+    _finish_summary(summary, shards, output_dir, source_name)
+    return summary
 
-    summary.num_rows = sum(shard["num_rows"] for shard in info["shards"].values())
-    summary.num_kept = sum(shard["num_kept"] for shard in info["shards"].values())
-    summary.skipped = [s for shard in info["shards"].values() for s in shard["skipped"]]
+
+def _prepare_settings(
+    audio_tokenizer: SNACAudioTokenizer,
+    sampling_rate: int,
+    source_name: str | None,
+    max_duration: float | None,
+    shard_size: int,
+) -> dict:
+    """What shapes the prepared rows: a folder prepared with other settings is encoded again."""
+    layout = audio_tokenizer.token_layout
+    return {
+        "format_version": PREPARE_FORMAT_VERSION,
+        "source": source_name,
+        "max_duration": max_duration,
+        "shard_size": shard_size,
+        "codec_fingerprint": codec_fingerprint(audio_tokenizer, audio_tokenizer.config.snac_kwargs),
+        "codec_config": audio_tokenizer.config.snac_kwargs,
+        "sampling_rate": sampling_rate,
+        "vq_strides": layout.vq_strides,
+        "codebook_size": layout.codebook_size,
+        "tokens_per_frame": layout.tokens_per_frame,
+    }
+
+
+@dataclass
+class _ShardEncoder:
+    """Decodes (in worker processes), encodes and writes the shards not prepared yet, recording each when done."""
+
+    output_dir: Path
+    cache: ResumableCache
+    feature_extractor: SNACFeatureExtractor
+    audio_tokenizer: SNACAudioTokenizer
+    max_duration: float | None
+    encode_batch_size: int
+
+    def encode_missing(
+        self,
+        rows,
+        shard_size: int,
+        first_missing: int,
+        done: dict[str, dict],
+        summary: PrepareSummary,
+        num_proc: int | None,
+        show_progress: bool,
+    ) -> int:
+        """Encode every shard of `rows` not in `done` (adding it there); returns the last shard index seen."""
+        from tqdm.auto import tqdm
+
+        total = len(rows) if hasattr(rows, "__len__") else None
+        progress = tqdm(total=total, desc="prepare_data", unit="clip", disable=not show_progress)
+        pool = None
+        # not Dataset.map(num_proc=...): each shard's waveforms would go through Arrow and back, and its worker pool
+        # would start again for every shard (this one lives for the whole run)
+        if num_proc and num_proc > 1:
+            import multiprocessing
+
+            pool = multiprocessing.get_context("spawn").Pool(num_proc)
+        last_index = -1
+        try:
+            for index, chunk in _iter_chunks(rows, shard_size, first_missing):
+                last_index = index
+                record = done.get(str(index))
+                if record is not None and (not record["num_kept"] or _shard_dir(self.output_dir, index).exists()):
+                    summary.shards_reused += 1
+                    progress.update(record["num_rows"])
+                    continue
+                done[str(index)] = self.encode_shard(index, chunk, pool)
+                summary.shards_encoded += 1
+                progress.update(len(chunk))
+        finally:
+            progress.close()
+            if pool is not None:
+                pool.close()
+        return last_index
+
+    def encode_shard(self, index: int, chunk: list[dict], pool) -> dict:
+        """Decode, encode and write one shard, then record it (an interrupted run resumes after it)."""
+        arguments = [(row, self.feature_extractor.sampling_rate, self.max_duration) for row in chunk]
+        decoded = pool.starmap(_decode_row, arguments) if pool else [_decode_row(*a) for a in arguments]
+        kept, skipped = [], []
+        for row, waveform, reason in decoded:
+            if reason is None:
+                kept.append((row, waveform))
+            else:
+                skipped.append({"id": row["id"], "audio": _audio_label(row["audio"]), "reason": reason})
+        records = _encode_shard(kept, self.feature_extractor, self.audio_tokenizer, self.encode_batch_size)
+        if records:  # a shard whose rows were all skipped is only recorded
+            _write_shard(records, _shard_dir(self.output_dir, index))
+        record = {"num_rows": len(chunk), "num_kept": len(records), "skipped": skipped}
+        self.cache.put(_shard_name(index), record)
+        return record
+
+
+def _finish_summary(summary: PrepareSummary, shards: dict[str, dict], output_dir: Path, source_name: str | None):
+    """Count the prepared folder's rows, write and log the summary; refuse a folder where no row was kept."""
+    summary.num_rows = sum(shard["num_rows"] for shard in shards.values())
+    summary.num_kept = sum(shard["num_kept"] for shard in shards.values())
+    summary.skipped = [s for shard in shards.values() for s in shard["skipped"]]
     summary.num_skipped = len(summary.skipped)
     summary.skipped_by_reason = count_skip_reasons(summary.skipped)
     if summary.num_kept:
@@ -311,7 +344,6 @@ def prepare_dataset(
             f"({summary.skipped_by_reason}); see {output_dir / SUMMARY_NAME}. Check the paths, the transcript column "
             "and --max_duration."
         )
-    return summary
 
 
 def _encode_shard(
@@ -418,7 +450,6 @@ def load_prepared_dataset(path: str | os.PathLike):
 __all__ = [
     "PrepareSummary",
     "check_prepared_rows",
-    "codec_fingerprint",
     "is_prepared_dataset",
     "load_prepared_dataset",
     "prepare_dataset",

@@ -13,9 +13,11 @@ WER and CER use jiwer directly, after Whisper's English text normalisation (`com
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,46 @@ from .trainer import modality_token_metrics, next_token_statistics
 
 
 logger = logging.get_logger(__name__)
+
+
+@dataclass
+class EvaluateArguments:
+    """The Omni evaluation's arguments (`train/evaluate.py` on a `model_type: omni` checkpoint)."""
+
+    model: str = field(metadata={"help": "Omni checkpoint folder, LoRA adapter folder or Hub id."})
+    dataset: str = field(metadata={"help": "Folder with metadata.jsonl / metadata.csv (audio, text, speaker)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where to write the report (default MODEL/eval)."})
+    transcriber: str | None = field(
+        default=None, metadata={"help": "ASR model (id or folder) for the generated speech; default the model itself."}
+    )
+    max_clips: int | None = field(default=None, metadata={"help": "Evaluate only the first N clips."})
+    asr_max_new_tokens: int = field(default=64, metadata={"help": "Token budget of each transcript."})
+    tts_length_factor: float = field(default=1.5, metadata={"help": "Speech budget: this times the reference length."})
+    num_spectrograms: int = field(default=3, metadata={"help": "Clips shown in spectrograms.png."})
+    speaker: str | None = field(default=None, metadata={"help": "Speaker name for clips without one."})
+    device: str = field(default="cpu", metadata={"help": "torch device."})
+    seed: int = field(default=0, metadata={"help": "Seed of speech sampling."})
+
+    # the Qwen3-Omni evaluation's names for the two, so that one command line serves both families
+    FLAG_ALIASES = {"--model_name_or_path": "--model", "--dataset_name": "--dataset"}
+
+    @classmethod
+    def rename_flags(cls, argv: list[str]) -> list[str]:
+        """`argv` with `--model_name_or_path` / `--dataset_name` (also in `--flag=value` form) renamed."""
+        renamed = []
+        for arg in argv:
+            flag, separator, value = arg.partition("=")
+            renamed.append(cls.FLAG_ALIASES.get(flag, flag) + separator + value)
+        return renamed
+
+    def report_dir(self) -> str:
+        """`--output_dir`, by default `MODEL/eval`."""
+        return self.output_dir or f"{self.model.rstrip('/')}/eval"
+
+    def evaluation_kwargs(self) -> dict:
+        """`evaluate_model`'s keyword arguments: every field but the model, dataset and output folder."""
+        positional = ("model", "dataset", "output_dir")
+        return {name: value for name, value in dataclasses.asdict(self).items() if name not in positional}
 
 
 # ---------------------------------------------------------------------------------------------------- code metrics
@@ -476,6 +518,27 @@ def evaluate_model(
 
     budgets = [max(processor.token_layout.tokens_per_frame, int(len(ids) * tts_length_factor)) for ids in audio_ids]
     generated = synthesize(model, processor, clips, budgets, seed=seed)
+    report["tts_intelligibility"] = tts_intelligibility(
+        model, processor, texts, references, generated, transcriber, device, asr_max_new_tokens
+    )
+    report["plots"] = write_plots(model_dir, output_dir, texts, references, generated, rate, num_spectrograms)
+    (output_dir / "eval_results.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def tts_intelligibility(
+    model: OmniForCausalLM,
+    processor: OmniProcessor,
+    texts: list[str],
+    references: list[np.ndarray],
+    generated: list[np.ndarray | None],
+    transcriber: str | None,
+    device: str,
+    asr_max_new_tokens: int,
+) -> dict:
+    """WER / CER of what `transcriber` (the model itself by default) hears in the generated speech against the texts;
+    a clip without speech counts as an empty transcript."""
+    rate = processor.sampling_rate
     spoken = [w for w in generated if w is not None]
     if transcriber is None:
         heard = transcribe_with_omni(model, processor, spoken, rate, asr_max_new_tokens)
@@ -485,7 +548,7 @@ def evaluate_model(
         transcriber_name = transcriber
     heard_iter = iter(heard)
     hypotheses = [next(heard_iter) if w is not None else "" for w in generated]
-    report["tts_intelligibility"] = {
+    return {
         **error_rates(texts, hypotheses),
         "transcriber": transcriber_name,
         "clips_without_speech": sum(w is None for w in generated),
@@ -495,6 +558,17 @@ def evaluate_model(
         "examples": [{"text": t, "heard": h} for t, h in list(zip(texts, hypotheses))[:5]],
     }
 
+
+def write_plots(
+    model_dir: str | os.PathLike,
+    output_dir: Path,
+    texts: list[str],
+    references: list[np.ndarray],
+    generated: list[np.ndarray | None],
+    rate: int,
+    num_spectrograms: int,
+) -> dict[str, str]:
+    """The training curves (when a `trainer_state.json` is found) and the spectrograms; their file names by plot."""
     plots = {}
     state = find_trainer_state(model_dir)
     if state is not None:
@@ -505,6 +579,4 @@ def evaluate_model(
     shown = list(zip(texts, references, generated))[: max(1, num_spectrograms)]
     plot_spectrograms(shown, rate, output_dir / "spectrograms.png")
     plots["spectrograms"] = "spectrograms.png"
-    report["plots"] = plots
-    (output_dir / "eval_results.json").write_text(json.dumps(report, indent=2))
-    return report
+    return plots

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DataCollatorWithFlattening
 from transformers.utils import logging
+from trl.trainer.utils import pad
 
 from ..configuration_omni import IGNORE_INDEX
 from ..processing_omni import TASKS
@@ -295,20 +296,16 @@ class OmniPackingCollator:
                 raise ValueError("packed=False needs one sample per row; build the dataset with max_length=None.")
             starts = [sum(lengths[:i]) for i in range(len(lengths))]
             flattened.append(self.flatten([{"input_ids": ids[s : s + n]} for s, n in zip(starts, lengths)]))
-        length = max(batch["input_ids"].shape[1] for batch in flattened)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, batch in enumerate(flattened):
-            n = batch["input_ids"].shape[1]
-            input_ids[i, :n] = batch["input_ids"][0]
-            labels[i, :n] = batch["labels"][0]
-            position_ids[i, :n] = batch["position_ids"][0]
-            position_ids[i, n:] = torch.arange(length - n)  # padding is a segment of its own
-            attention_mask[i, :n] = 1
+        multiple = self.pad_to_multiple_of
+        input_ids = pad([batch["input_ids"][0] for batch in flattened], self.pad_token_id, pad_to_multiple_of=multiple)
+        labels = pad([batch["labels"][0] for batch in flattened], IGNORE_INDEX, pad_to_multiple_of=multiple)
+        attention_mask = pad(
+            [torch.ones_like(batch["input_ids"][0]) for batch in flattened], 0, pad_to_multiple_of=multiple
+        )
+        position_ids = pad([batch["position_ids"][0] for batch in flattened], 0, pad_to_multiple_of=multiple)
+        # padding is a segment of its own: its positions count from 0
+        padding = attention_mask == 0
+        position_ids[padding] = (padding.cumsum(dim=1) - 1)[padding]
         self.num_tokens += int(attention_mask.sum())
         self.num_padding += int(attention_mask.numel() - attention_mask.sum())
         if self.packed:

@@ -136,12 +136,7 @@ def generate_speech(
         raise ValueError(f"generate_speech streams one text at a time (on_chunk); got {len(texts)} texts.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
-    processor_kwargs = {k: generate_kwargs.pop(k) for k in list(generate_kwargs) if k.startswith("voice_prompt")}
-    if processor_kwargs.get("voice_prompt_audio") is not None and processor_kwargs.get("voice_prompt_ids") is None:
-        # encoded once here, not again for every piece
-        processor_kwargs["voice_prompt_ids"] = processor.encode_voice_prompt(
-            processor_kwargs.pop("voice_prompt_audio"), processor_kwargs.pop("voice_prompt_sampling_rate", None)
-        )
+    processor_kwargs = _voice_prompt_kwargs(processor, generate_kwargs)
     pieces = [(index, piece) for index, t in enumerate(texts) for piece in split_sentences(t, max_chars)]
     if not pieces:
         raise ValueError(f"Nothing to speak: the text {text!r} is empty.")
@@ -149,29 +144,69 @@ def generate_speech(
     def prompt(batch: list[str]):
         return processor(text=batch, speaker=speaker, return_tensors="pt", **processor_kwargs).to(model.device)
 
-    def no_audio(index: int, piece: str) -> None:
-        logger.warning(f"The model produced no audio for the piece {piece!r} of text {index}; it is skipped.")
-
     if on_chunk is not None:
-        joiner = CrossfadeJoiner(processor.sampling_rate, crossfade_ms)
-        parts = []
+        return _stream_pieces(model, processor, pieces, prompt, crossfade_ms, on_chunk, generate_kwargs)
+    waveforms_by_text = _generate_pieces(model, processor, pieces, len(texts), prompt, batch_size, generate_kwargs)
+    joined = [crossfade_join(w, processor.sampling_rate, crossfade_ms) for w in waveforms_by_text]
+    return joined[0] if isinstance(text, str) else joined
 
-        def emit(audio: np.ndarray) -> None:
-            if audio.size:
-                parts.append(audio)
-                on_chunk(audio)
 
-        for number, (index, piece) in enumerate(pieces, start=1):
-            logger.info(f"[{number}/{len(pieces)}] {piece}")
-            joiner.new_segment()
-            streamer = OmniAudioStreamer(processor, on_chunk=lambda chunk: emit(joiner.push(chunk)))
-            model.generate(**prompt([piece]), streamer=streamer, **generate_kwargs)
-            if not streamer.samples_emitted:
-                no_audio(index, piece)
-        emit(joiner.finish())
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+def _voice_prompt_kwargs(processor, generate_kwargs: dict) -> dict:
+    """The `voice_prompt_*` entries taken out of `generate_kwargs` for the processor; a voice prompt given as audio is
+    encoded here, once, not again for every piece."""
+    processor_kwargs = {k: generate_kwargs.pop(k) for k in list(generate_kwargs) if k.startswith("voice_prompt")}
+    if processor_kwargs.get("voice_prompt_audio") is not None and processor_kwargs.get("voice_prompt_ids") is None:
+        processor_kwargs["voice_prompt_ids"] = processor.encode_voice_prompt(
+            processor_kwargs.pop("voice_prompt_audio"), processor_kwargs.pop("voice_prompt_sampling_rate", None)
+        )
+    return processor_kwargs
 
-    waveforms_by_text: list[list[np.ndarray]] = [[] for _ in texts]
+
+def _warn_no_audio(index: int, piece: str) -> None:
+    logger.warning(f"The model produced no audio for the piece {piece!r} of text {index}; it is skipped.")
+
+
+def _stream_pieces(
+    model,
+    processor,
+    pieces: list[tuple[int, str]],
+    prompt: Callable,
+    crossfade_ms: float,
+    on_chunk: Callable[[np.ndarray], None],
+    generate_kwargs: dict,
+) -> np.ndarray:
+    """One text's pieces generated one after another through an [`OmniAudioStreamer`], each final part of the joined
+    waveform handed to `on_chunk`; the parts joined, returned."""
+    joiner = CrossfadeJoiner(processor.sampling_rate, crossfade_ms)
+    parts = []
+
+    def emit(audio: np.ndarray) -> None:
+        if audio.size:
+            parts.append(audio)
+            on_chunk(audio)
+
+    for number, (index, piece) in enumerate(pieces, start=1):
+        logger.info(f"[{number}/{len(pieces)}] {piece}")
+        joiner.new_segment()
+        streamer = OmniAudioStreamer(processor, on_chunk=lambda chunk: emit(joiner.push(chunk)))
+        model.generate(**prompt([piece]), streamer=streamer, **generate_kwargs)
+        if not streamer.samples_emitted:
+            _warn_no_audio(index, piece)
+    emit(joiner.finish())
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+def _generate_pieces(
+    model,
+    processor,
+    pieces: list[tuple[int, str]],
+    num_texts: int,
+    prompt: Callable,
+    batch_size: int,
+    generate_kwargs: dict,
+) -> list[list[np.ndarray]]:
+    """The pieces generated as left-padded batches of `batch_size`: each text's waveforms, in order."""
+    waveforms_by_text: list[list[np.ndarray]] = [[] for _ in range(num_texts)]
     for start in range(0, len(pieces), batch_size):
         batch = pieces[start : start + batch_size]
         inputs = prompt([piece for _, piece in batch])
@@ -179,11 +214,10 @@ def generate_speech(
         for (index, piece), sequence in zip(batch, sequences):
             waveform = processor.decode_audio(sequence[inputs["input_ids"].shape[1] :])
             if waveform is None or not waveform.size:
-                no_audio(index, piece)
+                _warn_no_audio(index, piece)
                 continue
             waveforms_by_text[index].append(waveform)
-    joined = [crossfade_join(w, processor.sampling_rate, crossfade_ms) for w in waveforms_by_text]
-    return joined[0] if isinstance(text, str) else joined
+    return waveforms_by_text
 
 
 __all__ = ["CrossfadeJoiner", "crossfade_join", "generate_speech", "split_sentences"]

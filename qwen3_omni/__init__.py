@@ -14,6 +14,7 @@ One concern per module:
 - `expert_lora`: the one choice between the two (`--moe_lora_impl routed | peft`).
 - `conversations`: conversation files in the native, LLaMA-Factory (sharegpt, OpenAI) and ms-swift forms, checked
   row by row against their media, with a report of what was refused.
+- `sft_data`: the recipe's train / eval conversations with their refusal reports written to the output folder.
 - `collator`: the processor-based collator (media loading, chat template, assistant-only labels, loss weights).
 - `sft_trainer`: the `SFTTrainer` subclass whose loss honours per-sample weights under gradient accumulation.
 - `adapter_merge`: fold an adapter (Thinker, or Talker with its new speaker) into the bf16 base, a full checkpoint.

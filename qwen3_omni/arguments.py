@@ -1,7 +1,9 @@
-"""Argument dataclasses of `train/sft.py`: TRL's, with the defaults this recipe needs, plus the recipe's own."""
+"""Argument dataclasses of `train/sft.py` (TRL's, with the defaults this recipe needs, plus the recipe's own) and of
+`train/evaluate.py` on a Qwen3-Omni checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available, logging
@@ -11,6 +13,8 @@ from ..common.lora_arguments import LoraModelConfig, check_lora_alpha, check_lor
 
 
 logger = logging.get_logger(__name__)
+
+DEFAULT_ASR_PROMPT = "Transcribe the audio into text."
 
 
 @dataclass
@@ -180,6 +184,91 @@ class Qwen3OmniArguments:
     def __post_init__(self):
         check_lora_rank("--lora_expert_r", self.lora_expert_r)
         check_lora_alpha("--lora_expert_alpha", self.lora_expert_alpha, rank_flag="--lora_expert_r")
+
+
+@dataclass
+class Qwen3OmniEvaluateArguments:
+    """The Qwen3-Omni evaluation's own arguments (the model and its loading flags are `Qwen3OmniModelConfig`'s)."""
+
+    dataset_name: str = field(
+        metadata={
+            "help": "Evaluation rows: any conversation file/folder/Hub id train/sft.py "
+            "reads, or an audio dataset with an audio and a text column."
+        }
+    )
+    output_dir: str = field(metadata={"help": "Where eval_results.json, predictions.jsonl and the plot go."})
+    adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "The fine-tune: a LoRA adapter folder (train/sft.py, train/talker_voice_sft.py) or a merged model "
+            "folder (train/merge.py). Without it the base alone is evaluated (both columns equal)."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration of a Hub dataset."})
+    split: str = field(default="test", metadata={"help": "Split of a datasets source."})
+    task: str = field(
+        default="auto",
+        metadata={
+            "help": "Score every row as asr, text, exact_match or "
+            "multiple_choice; auto: audio rows asr, a letter reference "
+            "multiple_choice, other text."
+        },
+    )
+    dataset_format: str = field(default="auto", metadata={"help": "Conversation format (see train/sft.py)."})
+    audio_column: str = field(default="audio", metadata={"help": "Audio column of an audio dataset."})
+    text_column: str = field(default="text", metadata={"help": "Transcript column of an audio dataset."})
+    asr_prompt: str = field(default=DEFAULT_ASR_PROMPT, metadata={"help": "User text sent with each clip."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System turn for rows that have none."})
+    media_dir: str | None = field(default=None, metadata={"help": "Folder relative media paths are resolved in."})
+    max_samples: int | None = field(default=None, metadata={"help": "Evaluate the first N usable rows only."})
+    batch_size: int = field(default=8, metadata={"help": "Rows generated together."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Token budget of each answer (thinking included)."})
+    language: str = field(default="en", metadata={"help": "en: Whisper's English normaliser; else its basic one."})
+    device: str | None = field(default=None, metadata={"help": "torch device (default: where the model loads)."})
+    evaluate_voice: str = field(
+        default="auto", metadata={"help": "auto (when the checkpoint has a Talker), true, false."}
+    )
+    speaker: str | None = field(
+        default=None,
+        metadata={"help": "Speaker under test (default: the voice adapter's, or the fine-tune's new one)."},
+    )
+    base_speaker: str | None = field(
+        default=None,
+        metadata={
+            "help": "Base speaker the tested voice is compared with (default: the same, or the one it started from)."
+        },
+    )
+    voice_samples: int = field(default=16, metadata={"help": "Eval texts each speaker speaks."})
+    talker_max_new_tokens: int = field(default=1024, metadata={"help": "Codec frames per spoken text at most."})
+    transcriber: str | None = field(
+        default=None, metadata={"help": "An ASR model (e.g. openai/whisper-small) that also transcribes the speech."}
+    )
+    speaker_encoder: str | None = field(
+        default=None,
+        metadata={"help": "Speaker-verification model (e.g. microsoft/wavlm-base-plus-sv) for speaker similarity."},
+    )
+    speaker_reference: str | None = field(
+        default=None, metadata={"help": "Folder of the tested speaker's reference clips (every audio file in it)."}
+    )
+
+    def __post_init__(self):
+        if self.evaluate_voice not in ("auto", "true", "false"):
+            raise ValueError(f"--evaluate_voice {self.evaluate_voice!r}: use auto, true or false.")
+
+    def evaluation_kwargs(self, model_args: Qwen3OmniModelConfig) -> dict:
+        """`evaluate_qwen3_omni`'s keyword arguments: these fields (less the dataset and output folder, which it takes
+        positionally) and the loading flags of `model_args`."""
+        kwargs = dataclasses.asdict(self)
+        for positional in ("dataset_name", "output_dir"):
+            del kwargs[positional]
+        evaluate_voice = kwargs.pop("evaluate_voice")
+        return {
+            **kwargs,
+            "dtype": model_args.dtype or "auto",
+            "quantization_kwargs": model_args.quantization_kwargs(),
+            "attn_implementation": model_args.attn_implementation,
+            "evaluate_voice_of_talker": None if evaluate_voice == "auto" else evaluate_voice == "true",
+        }
 
 
 def bf16_available() -> bool:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import ProcessorMixin
 from transformers.utils import logging
+from trl.trainer.utils import pad
 
 from .conversations import ModalityLossWeights, conversation_modalities, decode_media, template_conversation
 
@@ -79,6 +80,19 @@ class Qwen3OmniSFTCollator:
     max_video_frames: int | None = None
     processor_kwargs: dict = field(default_factory=dict)
     use_audio_in_video: bool = False
+
+    @classmethod
+    def from_recipe(cls, processor: ProcessorMixin, training_args, omni_args) -> Qwen3OmniSFTCollator:
+        """The collator `train/sft.py`'s parsed `Qwen3OmniSFTConfig` and `Qwen3OmniArguments` ask for."""
+        return cls(
+            processor,
+            max_length=training_args.max_length,
+            truncation=omni_args.overlong_samples,
+            loss_weights=ModalityLossWeights.from_value(omni_args.loss_weights),
+            video_fps=omni_args.video_fps,
+            max_video_frames=omni_args.max_video_frames,
+            use_audio_in_video=omni_args.use_audio_in_video,
+        )
 
     def __post_init__(self):
         if self.truncation not in ("truncate", "drop"):
@@ -203,6 +217,7 @@ class Qwen3OmniSFTCollator:
     def assistant_labels(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Labels equal to `input_ids` from after each `<|im_start|>assistant\\n` up to and including its `<|im_end|>`,
         -100 elsewhere."""
+        # not TRL's assistant_only_loss: it needs `{% generation %}` blocks, which Qwen3-Omni's chat template lacks
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         ids = input_ids.tolist()
         header = [self.im_start_id, *self.assistant_header]
@@ -229,15 +244,10 @@ class Qwen3OmniSFTCollator:
         return True
 
     def _pad(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        longest = max(sample["input_ids"].shape[0] for sample in samples)
-
-        def pad_right(key: str, value: int) -> torch.Tensor:
-            return torch.stack([F.pad(s[key], (0, longest - s[key].shape[0]), value=value) for s in samples])
-
         batch = {
-            "input_ids": pad_right("input_ids", self.pad_token_id),
-            "attention_mask": pad_right("attention_mask", 0),
-            "labels": pad_right("labels", IGNORE_INDEX),
+            "input_ids": pad([sample["input_ids"] for sample in samples], self.pad_token_id),
+            "attention_mask": pad([sample["attention_mask"] for sample in samples], 0),
+            "labels": pad([sample["labels"] for sample in samples], IGNORE_INDEX),
             "sample_weight": torch.tensor([sample["sample_weight"] for sample in samples], dtype=torch.float32),
         }
         for key in (

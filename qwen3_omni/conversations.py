@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -337,42 +337,30 @@ def row_to_conversation(
     """
     if dataset_format not in DATASET_FORMATS:
         raise ValueError(f"dataset_format={dataset_format!r} is not one of {DATASET_FORMATS}.")
+    turns = _row_turns(row, row_id, dataset_format)
+    media = {kind: _media_entries(row.get(column), kind, row_id) for kind, column in MEDIA_COLUMNS.items()}
+    _check_placeholder_counts(turns, media, row_id)
+    paired = (
+        use_audio_in_video
+        and dataset_format != "native"
+        and _pairs_video_with_audio(turns, media, row_id, required=dataset_format == "sharegpt")
+    )
+    resolve = _media_path_resolver(base_dir, row_id)
+    queues = {kind: iter(entries) for kind, entries in media.items()}
+    conversation = []
+    if system_prompt and not (turns and turns[0]["role"] == "system"):
+        conversation.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    for turn in turns:
+        conversation.append({"role": turn["role"], "content": _native_parts(turn, row_id, queues, resolve, paired)})
+    _check_control_tokens(conversation, row_id, control_tokens)
+    return conversation
+
+
+def _row_turns(row: dict, row_id: int, dataset_format: str) -> list[dict]:
+    """The row's turns as `{"role", "content"}`, its `system` column first when it has no system turn; a row with
+    `tools` or without an assistant turn is refused."""
     turn_keys = {"from", "value"} if dataset_format == "sharegpt" else {"role", "content", "reasoning_content"}
-    turns = []
-    for turn in _turns_of(row, row_id):
-        if not isinstance(turn, dict):
-            raise RowRefused("bad_turn", f"row {row_id}: turn {str(turn)[:80]!r} is not a JSON object.")
-        unknown = sorted(key for key, value in turn.items() if key not in turn_keys and value is not None)
-        if unknown:
-            # e.g. TRL `tool_calls` or ms-swift's per-turn `loss`: training without them would not be what was asked
-            raise RowRefused(
-                "unsupported_turn_key",
-                f"row {row_id}: turn keys {unknown} are not supported by this "
-                f"recipe ({dataset_format} turns take {sorted(turn_keys)}).",
-            )
-        if dataset_format == "sharegpt":
-            role = SHAREGPT_ROLES.get(turn.get("from"))
-            if role is None:
-                raise RowRefused(
-                    "unknown_role",
-                    f"row {row_id}: sharegpt role {turn.get('from')!r} is not one of {sorted(SHAREGPT_ROLES)}.",
-                )
-            content = turn.get("value") or ""
-            if turn.get("from") == "function_call":
-                # Qwen's tool-call layout, as Qwen templates render an assistant `tool_calls` entry
-                content = f"<tool_call>\n{content}\n</tool_call>"
-        else:
-            role, content = turn.get("role"), turn.get("content")
-            if turn.get("reasoning_content"):
-                # Qwen3's layout of a reply with reasoning, as its chat template writes `reasoning_content`
-                if role != "assistant" or not isinstance(content, str):
-                    raise RowRefused(
-                        "bad_reasoning",
-                        f"row {row_id}: reasoning_content needs an assistant turn with string content.",
-                    )
-                reasoning = turn["reasoning_content"].strip("\n")
-                content = f"<think>\n{reasoning}\n</think>\n\n" + content.lstrip("\n")
-        turns.append({"role": role, "content": content})
+    turns = [_role_and_content(turn, row_id, dataset_format, turn_keys) for turn in _turns_of(row, row_id)]
     if row.get("system") and not (turns and turns[0]["role"] == "system"):
         # LLaMA-Factory's `system` column (a system turn in the conversation takes precedence)
         turns.insert(0, {"role": "system", "content": row["system"]})
@@ -386,8 +374,49 @@ def row_to_conversation(
             "no_assistant_turn",
             f"row {row_id}: no assistant turn, so nothing to learn; add the reply or drop the row.",
         )
+    return turns
 
-    media = {kind: _media_entries(row.get(column), kind, row_id) for kind, column in MEDIA_COLUMNS.items()}
+
+def _role_and_content(turn, row_id: int, dataset_format: str, turn_keys: set[str]) -> dict:
+    """One turn of `dataset_format` as `{"role", "content"}`: a sharegpt role mapped, a function call or reasoning
+    laid out as Qwen's templates write them."""
+    if not isinstance(turn, dict):
+        raise RowRefused("bad_turn", f"row {row_id}: turn {str(turn)[:80]!r} is not a JSON object.")
+    unknown = sorted(key for key, value in turn.items() if key not in turn_keys and value is not None)
+    if unknown:
+        # e.g. TRL `tool_calls` or ms-swift's per-turn `loss`: training without them would not be what was asked
+        raise RowRefused(
+            "unsupported_turn_key",
+            f"row {row_id}: turn keys {unknown} are not supported by this "
+            f"recipe ({dataset_format} turns take {sorted(turn_keys)}).",
+        )
+    if dataset_format == "sharegpt":
+        role = SHAREGPT_ROLES.get(turn.get("from"))
+        if role is None:
+            raise RowRefused(
+                "unknown_role",
+                f"row {row_id}: sharegpt role {turn.get('from')!r} is not one of {sorted(SHAREGPT_ROLES)}.",
+            )
+        content = turn.get("value") or ""
+        if turn.get("from") == "function_call":
+            # Qwen's tool-call layout, as Qwen templates render an assistant `tool_calls` entry
+            content = f"<tool_call>\n{content}\n</tool_call>"
+        return {"role": role, "content": content}
+    role, content = turn.get("role"), turn.get("content")
+    if turn.get("reasoning_content"):
+        # Qwen3's layout of a reply with reasoning, as its chat template writes `reasoning_content`
+        if role != "assistant" or not isinstance(content, str):
+            raise RowRefused(
+                "bad_reasoning",
+                f"row {row_id}: reasoning_content needs an assistant turn with string content.",
+            )
+        reasoning = turn["reasoning_content"].strip("\n")
+        content = f"<think>\n{reasoning}\n</think>\n\n" + content.lstrip("\n")
+    return {"role": role, "content": content}
+
+
+def _check_placeholder_counts(turns: list[dict], media: dict[str, list], row_id: int) -> None:
+    """Refuse a row whose `<audio>` / `<image>` / `<video>` tags are not as many as its entries of that kind."""
     tags = dict.fromkeys(MEDIA_TYPES, 0)
     for turn in turns:
         for text in _texts_of(turn["content"]):
@@ -401,11 +430,10 @@ def row_to_conversation(
                 f"{MEDIA_COLUMNS[kind]} given; each <{kind}> tag takes one entry of '{MEDIA_COLUMNS[kind]}', in "
                 "order.",
             )
-    paired = (
-        use_audio_in_video
-        and dataset_format != "native"
-        and _pairs_video_with_audio(turns, media, row_id, required=dataset_format == "sharegpt")
-    )
+
+
+def _media_path_resolver(base_dir: str | None, row_id: int) -> Callable[[str], str]:
+    """A media path joined to `base_dir` when relative; a URL or inline data is refused (local files only)."""
 
     def resolve(path: str) -> str:
         if "://" in path or path.startswith("data:"):
@@ -418,43 +446,42 @@ def row_to_conversation(
             return path
         return os.path.join(base_dir, path)
 
-    queues = {kind: iter(entries) for kind, entries in media.items()}
-    conversation = []
-    if system_prompt and not (turns and turns[0]["role"] == "system"):
-        conversation.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-    for turn in turns:
-        if turn["role"] not in ("system", "user", "assistant", "tool"):
-            raise RowRefused(
-                "unknown_role", f"row {row_id}: role {turn['role']!r} is not one of system, user, assistant, tool."
+    return resolve
+
+
+def _native_parts(turn: dict, row_id: int, queues: dict, resolve: Callable[[str], str], paired: bool) -> list[dict]:
+    """A turn's content as native typed parts: tagged text split into text and the next media entries, media paths
+    resolved; an unknown role, an empty turn or media in a reply are refused."""
+    if turn["role"] not in ("system", "user", "assistant", "tool"):
+        raise RowRefused(
+            "unknown_role", f"row {row_id}: role {turn['role']!r} is not one of system, user, assistant, tool."
+        )
+    content = turn["content"]
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+    if parts is None:
+        raise RowRefused("empty_turn", f"row {row_id}: a {turn['role']} turn has no content.")
+    normalized = []
+    for part in parts:
+        kind = _part_kind(part, row_id)
+        if kind == "text":
+            normalized.extend(_split_tags(part["text"], queues, resolve, paired))
+        elif kind == "video":
+            video = part["video"]
+            normalized.append(
+                {
+                    "type": "video",
+                    "video": [resolve(p) for p in video] if isinstance(video, list) else [resolve(video)],
+                }
             )
-        content = turn["content"]
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        if parts is None:
-            raise RowRefused("empty_turn", f"row {row_id}: a {turn['role']} turn has no content.")
-        normalized = []
-        for part in parts:
-            kind = _part_kind(part, row_id)
-            if kind == "text":
-                normalized.extend(_split_tags(part["text"], queues, resolve, paired))
-            elif kind == "video":
-                video = part["video"]
-                normalized.append(
-                    {
-                        "type": "video",
-                        "video": [resolve(p) for p in video] if isinstance(video, list) else [resolve(video)],
-                    }
-                )
-            else:
-                normalized.append({"type": kind, kind: resolve(part[kind])})
-        if turn["role"] == "assistant" and any(part["type"] != "text" for part in normalized):
-            raise RowRefused(
-                "media_in_reply",
-                f"row {row_id}: an assistant turn holds media; the Thinker only "
-                "produces text, so media belong in user turns.",
-            )
-        conversation.append({"role": turn["role"], "content": normalized})
-    _check_control_tokens(conversation, row_id, control_tokens)
-    return conversation
+        else:
+            normalized.append({"type": kind, kind: resolve(part[kind])})
+    if turn["role"] == "assistant" and any(part["type"] != "text" for part in normalized):
+        raise RowRefused(
+            "media_in_reply",
+            f"row {row_id}: an assistant turn holds media; the Thinker only "
+            "produces text, so media belong in user turns.",
+        )
+    return normalized
 
 
 def control_token_strings(tokenizer=None) -> tuple[str, ...]:
@@ -555,18 +582,12 @@ def load_conversation_dataset(
             Filled with the detected format, the row count and the refused rows by reason. Every refused row is
             counted there (and the first ones logged) whether or not a report is given.
     """
-    if os.path.isfile(path_or_name):
-        base_dir = os.path.dirname(os.path.abspath(path_or_name))
-        rows = read_json_rows(path_or_name)
-    else:
-        rows = load_dataset(path_or_name, name=config_name, split=split).to_list()
-        base_dir = path_or_name if os.path.isdir(path_or_name) else None
+    rows, base_dir = _read_rows(path_or_name, split, config_name)
     base_dir = media_dir or base_dir
     report = report if report is not None else DatasetReport(name=path_or_name)
     report.num_rows = len(rows)
-    objects = [row for row in rows if isinstance(row, dict)]
     if dataset_format == "auto":
-        dataset_format = detect_dataset_format(objects)
+        dataset_format = detect_dataset_format([row for row in rows if isinstance(row, dict)])
         logger.info(
             f"{path_or_name}: detected the {dataset_format!r} dataset format ({FORMAT_NAMES[dataset_format]})."
         )
@@ -577,28 +598,16 @@ def load_conversation_dataset(
     kept = []
     for row_id, row in enumerate(rows):
         try:
-            if not isinstance(row, dict):
-                raise RowRefused("not_an_object", f"row {row_id}: {str(row)[:80]!r} is not a JSON object.")
-            duplicates = _duplicate_keys(row)
-            if duplicates:
-                raise RowRefused(
-                    "duplicate_key",
-                    f"row {row_id}: the key(s) {duplicates} appear twice in one JSON "
-                    "object, and which value is meant is unknown; keep one.",
-                )
-            conversation = row_to_conversation(
+            conversation = _checked_conversation(
                 row,
                 row_id,
                 dataset_format,
                 base_dir,
                 system_prompt,
+                check_media=check_media,
                 use_audio_in_video=use_audio_in_video,
                 control_tokens=control_tokens,
             )
-            if check_media:
-                _check_media_files(conversation, row_id)
-            if use_audio_in_video:
-                _check_video_sound(conversation, row_id)
         except RowRefused as error:
             report.refuse(row_id, error)
             continue
@@ -608,6 +617,53 @@ def load_conversation_dataset(
     if not kept:
         raise TooManyRowsSkipped(f"No trainable row left in {path_or_name}.\n{report.summary()}")
     return Dataset.from_list(kept)
+
+
+def _read_rows(path_or_name: str, split: str, config_name: str | None) -> tuple[list, str | None]:
+    """The rows of a JSON / JSON Lines file or of a `datasets` source, and the folder their media paths are relative
+    to (the file's folder, the dataset folder, or None for a Hub dataset)."""
+    if os.path.isfile(path_or_name):
+        return read_json_rows(path_or_name), os.path.dirname(os.path.abspath(path_or_name))
+    rows = load_dataset(path_or_name, name=config_name, split=split).to_list()
+    return rows, path_or_name if os.path.isdir(path_or_name) else None
+
+
+def _checked_conversation(
+    row,
+    row_id: int,
+    dataset_format: str,
+    base_dir: str | None,
+    system_prompt: str | None,
+    *,
+    check_media: bool,
+    use_audio_in_video: bool,
+    control_tokens: Iterable[str],
+) -> list[dict]:
+    """One row as a native conversation, or [`RowRefused`]: not an object, a key given twice, what
+    [`row_to_conversation`] refuses, and (when asked) missing media files or videos without sound."""
+    if not isinstance(row, dict):
+        raise RowRefused("not_an_object", f"row {row_id}: {str(row)[:80]!r} is not a JSON object.")
+    duplicates = _duplicate_keys(row)
+    if duplicates:
+        raise RowRefused(
+            "duplicate_key",
+            f"row {row_id}: the key(s) {duplicates} appear twice in one JSON "
+            "object, and which value is meant is unknown; keep one.",
+        )
+    conversation = row_to_conversation(
+        row,
+        row_id,
+        dataset_format,
+        base_dir,
+        system_prompt,
+        use_audio_in_video=use_audio_in_video,
+        control_tokens=control_tokens,
+    )
+    if check_media:
+        _check_media_files(conversation, row_id)
+    if use_audio_in_video:
+        _check_video_sound(conversation, row_id)
+    return conversation
 
 
 def read_json_rows(path: str) -> list:

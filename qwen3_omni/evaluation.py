@@ -48,6 +48,7 @@ from ..common.metrics import (
     task_metrics,
 )
 from ..common.speech_judges import PipelineTranscriber, SpeakerEncoder
+from .arguments import DEFAULT_ASR_PROMPT
 from .conversations import (
     DatasetReport,
     decode_media,
@@ -60,7 +61,6 @@ from .loading import FULL_MODEL_TYPE, load_thinker
 
 logger = logging.get_logger(__name__)
 
-DEFAULT_ASR_PROMPT = "Transcribe the audio into text."
 READ_ALOUD_PROMPT = "Read this aloud: {text}"
 # Qwen3-Omni's code2wav speaks 24 kHz audio.
 SPEECH_SAMPLING_RATE = 24000
@@ -142,52 +142,11 @@ def read_eval_rows(
         raise ValueError(f"--task {task!r} is not one of auto, {', '.join(TASKS)}.")
     report = RowsReport(source=str(source))
     audio_rows = _audio_text_rows(source, audio_column, text_column, split, config_name)
-    rows: list[EvalRow] = []
     system = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
     if audio_rows is not None:
-        report.kind, report.num_rows = "audio", len(audio_rows)
-        for row_id, row in enumerate(audio_rows):
-            reference = row["text"] if isinstance(row["text"], str) else ""
-            if not reference.strip():
-                report.skip("no_reference")
-                continue
-            audio = row["audio"]
-            if isinstance(audio, str) and not os.path.isabs(audio) and media_dir:
-                audio = os.path.join(media_dir, audio)
-            prompt = [
-                *system,
-                {"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": asr_prompt}]},
-            ]
-            rows.append(EvalRow(row_id, "asr" if task == "auto" else task, prompt, reference.strip()))
+        rows = _asr_rows(audio_rows, report, task, system, asr_prompt, media_dir)
     else:
-        conversations_report = DatasetReport(name=str(source))
-        try:
-            dataset = load_conversation_dataset(
-                source,
-                split=split,
-                config_name=config_name,
-                system_prompt=system_prompt,
-                dataset_format=dataset_format,
-                media_dir=media_dir,
-                report=conversations_report,
-            )
-        except ValueError as error:
-            raise ValueError(f"No usable evaluation row in {source}: {error}") from error
-        report.kind, report.num_rows = conversations_report.dataset_format, conversations_report.num_rows
-        for reason, entry in conversations_report.to_dict().get("refused", {}).items():
-            report.skip(reason, entry["count"])
-        for example in dataset:
-            turns = template_conversation(example["conversations"])
-            last = max((i for i, turn in enumerate(turns) if turn["role"] == "assistant"), default=None)
-            reference = split_thinking(_text_of(turns[last]["content"]))[1] if last is not None else ""
-            if not reference:
-                report.skip("no_reference")
-                continue
-            if not any(turn["role"] == "user" for turn in turns[:last]):
-                report.skip("no_prompt")
-                continue
-            row_task = task if task != "auto" else ("multiple_choice" if is_choice_reference(reference) else "text")
-            rows.append(EvalRow(example["row_id"], row_task, turns[:last], reference))
+        rows = _conversation_rows(source, report, task, split, config_name, system_prompt, dataset_format, media_dir)
     if max_samples is not None and len(rows) > max_samples:
         report.skip("beyond_max_samples", len(rows) - max_samples)
         rows = rows[:max_samples]
@@ -200,6 +159,73 @@ def read_eval_rows(
     if report.skipped:
         logger.warning(f"{source}: rows skipped by reason: {dict(report.skipped)}")
     return rows, report
+
+
+def _asr_rows(
+    audio_rows: list[dict], report: RowsReport, task: str, system: list[dict], asr_prompt: str, media_dir: str | None
+) -> list[EvalRow]:
+    """An audio dataset's clips, each asked `asr_prompt` (after the system turn, if any); clips without a transcript
+    are counted as skipped."""
+    report.kind, report.num_rows = "audio", len(audio_rows)
+    rows = []
+    for row_id, row in enumerate(audio_rows):
+        reference = row["text"] if isinstance(row["text"], str) else ""
+        if not reference.strip():
+            report.skip("no_reference")
+            continue
+        audio = row["audio"]
+        if isinstance(audio, str) and not os.path.isabs(audio) and media_dir:
+            audio = os.path.join(media_dir, audio)
+        prompt = [
+            *system,
+            {"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": asr_prompt}]},
+        ]
+        rows.append(EvalRow(row_id, "asr" if task == "auto" else task, prompt, reference.strip()))
+    return rows
+
+
+def _conversation_rows(
+    source: str,
+    report: RowsReport,
+    task: str,
+    split: str,
+    config_name: str | None,
+    system_prompt: str | None,
+    dataset_format: str,
+    media_dir: str | None,
+) -> list[EvalRow]:
+    """Conversations cut before their last assistant turn, which is the reference; the conversation loader's refusals
+    and rows without a reference or a prompt are counted as skipped."""
+    conversations_report = DatasetReport(name=str(source))
+    try:
+        dataset = load_conversation_dataset(
+            source,
+            split=split,
+            config_name=config_name,
+            system_prompt=system_prompt,
+            dataset_format=dataset_format,
+            media_dir=media_dir,
+            report=conversations_report,
+        )
+    except ValueError as error:
+        raise ValueError(f"No usable evaluation row in {source}: {error}") from error
+    report.kind, report.num_rows = conversations_report.dataset_format, conversations_report.num_rows
+    for reason, entry in conversations_report.to_dict().get("refused", {}).items():
+        report.skip(reason, entry["count"])
+    rows = []
+    for example in dataset:
+        turns = template_conversation(example["conversations"])
+        last = max((i for i, turn in enumerate(turns) if turn["role"] == "assistant"), default=None)
+        reference = split_thinking(_text_of(turns[last]["content"]))[1] if last is not None else ""
+        if not reference:
+            report.skip("no_reference")
+            continue
+        if not any(turn["role"] == "user" for turn in turns[:last]):
+            report.skip("no_prompt")
+            continue
+        row_task = task if task != "auto" else ("multiple_choice" if is_choice_reference(reference) else "text")
+        rows.append(EvalRow(example["row_id"], row_task, turns[:last], reference))
+    return rows
 
 
 _CONVERSATION_KEYS = {"conversations", "messages", "instruction", "query", "input", "output", "response", "history"}
@@ -548,8 +574,6 @@ def evaluate_voice(
 ) -> dict:
     """Speak `texts` with every speaker of interest on both models and score the speech (see the module's doc).
     The speech is written to `output_dir/speech/{variant}/{speaker}/{i}.wav`."""
-    import soundfile as sf
-
     tested, compared, preserved = voice_speakers(pair, speaker, base_speaker)
     plan = {
         "base": ([(tested, compared)] if compared else []) + [(name, name) for name in preserved],
@@ -561,33 +585,11 @@ def evaluate_voice(
         with pair.use(variant) as model:
             for role, spoken_as in plan[variant]:
                 folder = output_dir / "speech" / variant / role
-                folder.mkdir(parents=True, exist_ok=True)
-                waves = []
-                for index, text in enumerate(tqdm(texts, desc=f"{variant} speaks as {spoken_as}", unit="text")):
-                    waves.append(speak(model, processor, text, spoken_as, max_new_tokens))
-                    sf.write(folder / f"{index}.wav", waves[-1], SPEECH_SAMPLING_RATE, subtype="FLOAT")
+                waves = _speak_texts(model, processor, texts, spoken_as, max_new_tokens, folder, desc=variant)
                 speech[variant][role] = waves
-                # the checkpoint's own Thinker transcribes its speech (16 kHz, as its audio encoder hears)
-                prompts = [
-                    [
-                        {
-                            "role": "user",
-                            "content": [
-                                {"type": "audio", "audio": resample(w, SPEECH_SAMPLING_RATE, 16000)},
-                                {"type": "text", "text": asr_prompt},
-                            ],
-                        }
-                    ]
-                    for w in waves
-                    if w.size
-                ]
-                answers = []
-                for start in range(0, len(prompts), batch_size):
-                    answers += generate_answers(
-                        thinker_of(model), processor, prompts[start : start + batch_size], asr_max_new_tokens
-                    )
-                answers_iter = iter(answers)
-                heard[variant][role] = [split_thinking(next(answers_iter))[1] if w.size else "" for w in waves]
+                heard[variant][role] = _self_transcribe(
+                    model, processor, waves, asr_prompt, batch_size, asr_max_new_tokens
+                )
 
     def score(variant: str, role: str) -> dict:
         waves = speech[variant][role]
@@ -602,24 +604,9 @@ def evaluate_voice(
                 error_rates(texts, [transcriber([w], SPEECH_SAMPLING_RATE)[0] if w.size else "" for w in waves])
             )
         if speaker_encoder is not None:
-            embeddings = [speaker_encoder.embed([w], SPEECH_SAMPLING_RATE)[0] if w.size else None for w in waves]
-            if role == tested and references:
-                centroid = speaker_encoder.embed(references, 16000).mean(0)
-                entry["similarity_to_reference"] = _mean(
-                    [cosine_similarity(e, centroid) for e in embeddings if e is not None]
-                )
-            if role in preserved and variant == "finetune":
-                base_embeddings = [
-                    speaker_encoder.embed([w], SPEECH_SAMPLING_RATE)[0] if w.size else None
-                    for w in speech["base"][role]
-                ]
-                entry["similarity_to_base_speech"] = _mean(
-                    [
-                        cosine_similarity(e, b)
-                        for e, b in zip(embeddings, base_embeddings)
-                        if e is not None and b is not None
-                    ]
-                )
+            base_waves = speech["base"][role] if role in preserved and variant == "finetune" else None
+            references_of_role = references if role == tested else None
+            entry.update(_speaker_similarities(speaker_encoder, waves, references_of_role, base_waves))
         return entry
 
     report = {
@@ -641,6 +628,68 @@ def evaluate_voice(
     if pair.peft_model is None and pair.finetune is pair.base:
         report["note"] = "no fine-tune given: base and fine-tune are the same model"
     return report
+
+
+def _speak_texts(
+    model, processor, texts: Sequence[str], spoken_as: str, max_new_tokens: int, folder: Path, desc: str
+) -> list[np.ndarray]:
+    """`texts` spoken by `model` as the speaker `spoken_as`, each also written to `folder/{i}.wav`."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    waves = []
+    for index, text in enumerate(tqdm(texts, desc=f"{desc} speaks as {spoken_as}", unit="text")):
+        waves.append(speak(model, processor, text, spoken_as, max_new_tokens))
+        sf.write(folder / f"{index}.wav", waves[-1], SPEECH_SAMPLING_RATE, subtype="FLOAT")
+    return waves
+
+
+def _self_transcribe(
+    model, processor, waves: list[np.ndarray], asr_prompt: str, batch_size: int, max_new_tokens: int
+) -> list[str]:
+    """What the checkpoint's own Thinker hears in each wave (at 16 kHz, as its audio encoder hears); "" for a wave
+    without speech."""
+    prompts = [
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "audio", "audio": resample(w, SPEECH_SAMPLING_RATE, 16000)},
+                    {"type": "text", "text": asr_prompt},
+                ],
+            }
+        ]
+        for w in waves
+        if w.size
+    ]
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        answers += generate_answers(thinker_of(model), processor, prompts[start : start + batch_size], max_new_tokens)
+    answers_iter = iter(answers)
+    return [split_thinking(next(answers_iter))[1] if w.size else "" for w in waves]
+
+
+def _speaker_similarities(
+    speaker_encoder: SpeakerEncoder,
+    waves: list[np.ndarray],
+    references: list[np.ndarray] | None,
+    base_waves: list[np.ndarray] | None,
+) -> dict:
+    """Mean cosine similarity of the waves' speaker embeddings to the references' centroid (when given) and to the
+    base's speech of the same texts (when given), over the waves with speech."""
+    embeddings = [speaker_encoder.embed([w], SPEECH_SAMPLING_RATE)[0] if w.size else None for w in waves]
+    similarities = {}
+    if references:
+        centroid = speaker_encoder.embed(references, 16000).mean(0)
+        similarities["similarity_to_reference"] = _mean(
+            [cosine_similarity(e, centroid) for e in embeddings if e is not None]
+        )
+    if base_waves is not None:
+        base_embeddings = [speaker_encoder.embed([w], SPEECH_SAMPLING_RATE)[0] if w.size else None for w in base_waves]
+        similarities["similarity_to_base_speech"] = _mean(
+            [cosine_similarity(e, b) for e, b in zip(embeddings, base_embeddings) if e is not None and b is not None]
+        )
+    return similarities
 
 
 def _rates(rates: dict) -> dict:
@@ -781,15 +830,6 @@ def plot_comparison(report: dict, path: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- entry point
-@dataclass
-class EvaluationSettings:
-    """What shapes the answers (part of the cache key) and how the run goes."""
-
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    language: str = "en"
-
-
 def evaluate_qwen3_omni(
     model_name_or_path: str,
     dataset_name: str,
@@ -830,25 +870,8 @@ def evaluate_qwen3_omni(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    config = AutoConfig.from_pretrained(model_name_or_path)
-    with_talker = has_talker(config) if evaluate_voice_of_talker is None else evaluate_voice_of_talker
-    if with_talker and not has_talker(config):
-        audio_output = getattr(config, "enable_audio_output", None)
-        raise ValueError(
-            f"--evaluate_voice true: {model_name_or_path} has no Talker (model_type="
-            f"{config.model_type!r}, enable_audio_output={audio_output})."
-        )
-    judge_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    judges = {
-        "transcriber": PipelineTranscriber(transcriber, device=judge_device) if with_talker and transcriber else None,
-        "speaker_encoder": SpeakerEncoder(speaker_encoder, judge_device) if with_talker and speaker_encoder else None,
-        "references": read_reference_clips(speaker_reference) if with_talker and speaker_reference else None,
-    }
-    if (transcriber or speaker_encoder or speaker_reference) and not with_talker:
-        logger.warning(
-            "--transcriber / --speaker_encoder / --speaker_reference judge the Talker's speech; this "
-            "evaluation has no Talker, so they are not used."
-        )
+    with_talker = _voice_is_evaluated(model_name_or_path, evaluate_voice_of_talker)
+    judges = _voice_judges(with_talker, transcriber, speaker_encoder, speaker_reference, device)
     rows, rows_report = read_eval_rows(
         dataset_name,
         split=split,
@@ -874,7 +897,103 @@ def evaluate_qwen3_omni(
         attn_implementation=attn_implementation,
     )
 
-    cache_dir = output_dir / "cache"
+    answers, failed = _answer_with_both(
+        pair,
+        processor,
+        rows,
+        output_dir / "cache",
+        model_name_or_path,
+        adapter,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        quantization_kwargs=quantization_kwargs,
+        dtype=dtype,
+    )
+    report = {
+        "base_model": model_name_or_path,
+        "finetune": adapter,
+        "finetune_kind": adapter_kind(adapter),
+        "dataset": dataset_name,
+        "split": split,
+        "data": _data_counts(rows, rows_report, answers, failed),
+        "generation": {"decoding": "greedy", "max_new_tokens": max_new_tokens, "batch_size": batch_size},
+        "text_normalization": "whisper_english" if language == "en" else "whisper_basic",
+        "tasks": compare_tasks(rows, answers, language),
+    }
+    write_predictions(rows, answers, output_dir / "predictions.jsonl")
+    texts = [row.reference for row in rows if row.task in ("asr", "text")][:voice_samples]
+    if with_talker and not texts:
+        logger.warning("No free-text or transcript reference to speak: the voice is not evaluated.")
+    elif with_talker:
+        report["voice"] = evaluate_voice(
+            pair,
+            processor,
+            texts,
+            output_dir,
+            speaker=speaker,
+            base_speaker=base_speaker,
+            **judges,
+            max_new_tokens=talker_max_new_tokens,
+            asr_prompt=asr_prompt,
+            batch_size=batch_size,
+        )
+    report["plots"] = {"comparison": "comparison.png"}
+    plot_comparison(report, output_dir / "comparison.png")
+    report["model_index"] = model_index_entries(report)
+    (output_dir / "eval_results.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _voice_is_evaluated(model_name_or_path: str, evaluate_voice_of_talker: bool | None) -> bool:
+    """Whether the Talker's voice is evaluated: asked for (refused for a checkpoint without a Talker), or else
+    whenever the checkpoint has one."""
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    with_talker = has_talker(config) if evaluate_voice_of_talker is None else evaluate_voice_of_talker
+    if with_talker and not has_talker(config):
+        audio_output = getattr(config, "enable_audio_output", None)
+        raise ValueError(
+            f"--evaluate_voice true: {model_name_or_path} has no Talker (model_type="
+            f"{config.model_type!r}, enable_audio_output={audio_output})."
+        )
+    return with_talker
+
+
+def _voice_judges(
+    with_talker: bool,
+    transcriber: str | None,
+    speaker_encoder: str | None,
+    speaker_reference: str | None,
+    device: str | None,
+) -> dict:
+    """The judges of the Talker's speech, loaded before any model so that one that cannot be is refused first."""
+    judge_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    judges = {
+        "transcriber": PipelineTranscriber(transcriber, device=judge_device) if with_talker and transcriber else None,
+        "speaker_encoder": SpeakerEncoder(speaker_encoder, judge_device) if with_talker and speaker_encoder else None,
+        "references": read_reference_clips(speaker_reference) if with_talker and speaker_reference else None,
+    }
+    if (transcriber or speaker_encoder or speaker_reference) and not with_talker:
+        logger.warning(
+            "--transcriber / --speaker_encoder / --speaker_reference judge the Talker's speech; this "
+            "evaluation has no Talker, so they are not used."
+        )
+    return judges
+
+
+def _answer_with_both(
+    pair: BaseAndFineTune,
+    processor,
+    rows: Sequence[EvalRow],
+    cache_dir: Path,
+    model_name_or_path: str,
+    adapter: str | None,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    quantization_kwargs: dict | None,
+    dtype: str,
+) -> tuple[dict[str, dict[str, str]], Counter]:
+    """Each variant's answers by row key, each cached under what shapes them, and the rows that failed."""
     cache_dir.mkdir(exist_ok=True)
     answers, failed = {}, Counter()
     for variant in VARIANTS:
@@ -894,25 +1013,22 @@ def evaluate_qwen3_omni(
                 thinker_of(model), processor, rows, cache, batch_size, max_new_tokens, f"{variant} answers"
             )
         failed = failed | variant_failed
+    return answers, failed
 
-    skipped = Counter(rows_report.skipped) + failed
-    report = {
-        "base_model": model_name_or_path,
-        "finetune": adapter,
-        "finetune_kind": adapter_kind(adapter),
-        "dataset": dataset_name,
-        "split": split,
-        "data": {
-            **rows_report.to_dict(),
-            "skipped": dict(skipped),
-            "num_evaluated": sum(all(row.key in answers[v] for v in VARIANTS) for row in rows),
-            "rows_by_task": dict(Counter(row.task for row in rows)),
-        },
-        "generation": {"decoding": "greedy", "max_new_tokens": max_new_tokens, "batch_size": batch_size},
-        "text_normalization": "whisper_english" if language == "en" else "whisper_basic",
-        "tasks": compare_tasks(rows, answers, language),
+
+def _data_counts(rows: Sequence[EvalRow], rows_report: RowsReport, answers: dict, failed: Counter) -> dict:
+    """The report's "data" entry: rows read and skipped (at reading, or failing to answer), evaluated, by task."""
+    return {
+        **rows_report.to_dict(),
+        "skipped": dict(Counter(rows_report.skipped) + failed),
+        "num_evaluated": sum(all(row.key in answers[v] for v in VARIANTS) for row in rows),
+        "rows_by_task": dict(Counter(row.task for row in rows)),
     }
-    with open(output_dir / "predictions.jsonl", "w") as handle:
+
+
+def write_predictions(rows: Sequence[EvalRow], answers: dict[str, dict[str, str]], path: Path) -> None:
+    """One JSON line per row: its prompt, reference and each variant's answer with its thinking apart."""
+    with open(path, "w") as handle:
         for row in rows:
             entry = {
                 "row_id": row.row_id,
@@ -926,27 +1042,3 @@ def evaluate_qwen3_omni(
                 entry[variant] = answer
                 entry[f"{variant}_thinking"] = thinking
             handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
-    if with_talker:
-        texts = [row.reference for row in rows if row.task in ("asr", "text")][:voice_samples]
-        if not texts:
-            logger.warning("No free-text or transcript reference to speak: the voice is not evaluated.")
-        else:
-            report["voice"] = evaluate_voice(
-                pair,
-                processor,
-                texts,
-                output_dir,
-                speaker=speaker,
-                base_speaker=base_speaker,
-                transcriber=judges["transcriber"],
-                speaker_encoder=judges["speaker_encoder"],
-                references=judges["references"],
-                max_new_tokens=talker_max_new_tokens,
-                asr_prompt=asr_prompt,
-                batch_size=batch_size,
-            )
-    report["plots"] = {"comparison": "comparison.png"}
-    plot_comparison(report, output_dir / "comparison.png")
-    report["model_index"] = model_index_entries(report)
-    (output_dir / "eval_results.json").write_text(json.dumps(report, indent=2))
-    return report

@@ -97,13 +97,7 @@ def load_thinker(
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Passed to `from_pretrained`.
     """
-    config = AutoConfig.from_pretrained(model_name_or_path, revision=revision, trust_remote_code=trust_remote_code)
-    if config.model_type not in (FULL_MODEL_TYPE, THINKER_MODEL_TYPE):
-        raise ValueError(
-            f"{model_name_or_path!r} has model_type={config.model_type!r}, not a Qwen3-Omni checkpoint "
-            f"({FULL_MODEL_TYPE!r} or {THINKER_MODEL_TYPE!r}). Pass a Qwen3-Omni model such as "
-            "Qwen/Qwen3-Omni-30B-A3B-Instruct."
-        )
+    check_qwen3_omni_checkpoint(model_name_or_path, revision, trust_remote_code)
     quantize_experts = load_in_4bit if quantize_experts is None else quantize_experts
     if offload_experts and not quantize_experts:
         raise ValueError(
@@ -131,11 +125,28 @@ def load_thinker(
         trust_remote_code=trust_remote_code,
     )
     if offload_experts:
-        if torch.cuda.is_available():
-            model._expert_offloader = ExpertOffloader(model, device=torch.device("cuda", torch.cuda.current_device()))
-        else:
-            logger.info("offload_experts: no CUDA device, the 4-bit experts already live in host memory (no-op).")
+        offload_experts_to_host(model)
     return model
+
+
+def check_qwen3_omni_checkpoint(model_name_or_path: str, revision: str | None, trust_remote_code: bool) -> None:
+    """Refuse a checkpoint that is neither a full Qwen3-Omni one nor a Thinker-only one, naming its model type."""
+    config = AutoConfig.from_pretrained(model_name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    if config.model_type not in (FULL_MODEL_TYPE, THINKER_MODEL_TYPE):
+        raise ValueError(
+            f"{model_name_or_path!r} has model_type={config.model_type!r}, not a Qwen3-Omni checkpoint "
+            f"({FULL_MODEL_TYPE!r} or {THINKER_MODEL_TYPE!r}). Pass a Qwen3-Omni model such as "
+            "Qwen/Qwen3-Omni-30B-A3B-Instruct."
+        )
+
+
+def offload_experts_to_host(model: PreTrainedModel) -> None:
+    """Keep the model's 4-bit experts in pinned host memory, each layer's copied to the GPU one layer ahead of use;
+    without CUDA they already live in host memory and nothing is done."""
+    if torch.cuda.is_available():
+        model._expert_offloader = ExpertOffloader(model, device=torch.device("cuda", torch.cuda.current_device()))
+    else:
+        logger.info("offload_experts: no CUDA device, the 4-bit experts already live in host memory (no-op).")
 
 
 def from_pretrained_quantized(

@@ -80,19 +80,9 @@ def build_lora_config(
     unknown_towers = set(towers) - set(TOWER_PREFIXES)
     if unknown_towers:
         raise ValueError(f"towers={sorted(unknown_towers)} is not known; choose among {sorted(TOWER_PREFIXES)}.")
-    target_modules, target_parameters = [], []
     projections = tuple(attention_projections or ())
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        if name.startswith(TEXT_MODEL_PREFIX) and name.rpartition(".")[2] in projections and ".self_attn." in name:
-            target_modules.append(name)
-        elif any(name.startswith(TOWER_PREFIXES[tower]) for tower in towers):
-            target_modules.append(name)
-    wanted_parameters = ((ROUTER_PARAMETER,) if target_router else ()) + (EXPERT_PARAMETERS if target_experts else ())
-    for name in target_parameter_names(model):
-        if name.startswith(TEXT_MODEL_PREFIX) and name.endswith(wanted_parameters):
-            target_parameters.append(name)
+    target_modules = linear_targets(model, projections, towers)
+    target_parameters = parameter_targets(model, target_router, target_experts)
     if not target_modules and not target_parameters:
         raise ValueError(
             "No LoRA target found: the model has no text-model attention projections, routers or experts matching "
@@ -108,17 +98,7 @@ def build_lora_config(
             "(`--lora_dropout 0`), or keep only the attention targets (`--lora_target_router false "
             "--lora_target_experts false`)."
         )
-
-    rank_pattern, alpha_pattern = {}, {}
-    if target_experts and expert_r is not None:
-        expert_alpha = expert_alpha if expert_alpha is not None else lora_alpha * expert_r / r
-        for name in EXPERT_PARAMETERS:
-            # PEFT matches pattern keys as a suffix of the full parameter name.
-            rank_pattern[name] = expert_r
-            alpha_pattern[name] = expert_alpha
-    elif target_experts and expert_alpha is not None:
-        alpha_pattern = dict.fromkeys(EXPERT_PARAMETERS, expert_alpha)
-
+    rank_pattern, alpha_pattern = expert_rank_patterns(target_experts, r, lora_alpha, expert_r, expert_alpha)
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=r,
@@ -137,6 +117,41 @@ def build_lora_config(
         # PEFT's wrappers are converted by `apply_routed_lora`, as `Qwen3OmniSFTTrainer` does)
         register_routed_lora(config, model)
     return config
+
+
+def linear_targets(model: nn.Module, projections: Sequence[str], towers: Sequence[str]) -> list[str]:
+    """Full names of the `nn.Linear` targets: the text decoder's attention `projections` and every layer of the
+    `towers` named."""
+    targets = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        if name.startswith(TEXT_MODEL_PREFIX) and name.rpartition(".")[2] in projections and ".self_attn." in name:
+            targets.append(name)
+        elif any(name.startswith(TOWER_PREFIXES[tower]) for tower in towers):
+            targets.append(name)
+    return targets
+
+
+def parameter_targets(model: nn.Module, target_router: bool, target_experts: bool) -> list[str]:
+    """Full names of the text model's router and fused-expert parameters asked for (PEFT's `target_parameters`)."""
+    wanted = ((ROUTER_PARAMETER,) if target_router else ()) + (EXPERT_PARAMETERS if target_experts else ())
+    return [
+        name for name in target_parameter_names(model) if name.startswith(TEXT_MODEL_PREFIX) and name.endswith(wanted)
+    ]
+
+
+def expert_rank_patterns(
+    target_experts: bool, r: int, lora_alpha: int, expert_r: int | None, expert_alpha: int | None
+) -> tuple[dict, dict]:
+    """PEFT's `rank_pattern` and `alpha_pattern` (keys matched as a suffix of the full parameter name) of the experts:
+    `expert_r` with `expert_alpha`, which defaults to `lora_alpha * expert_r / r` (the other targets' scaling)."""
+    if target_experts and expert_r is not None:
+        expert_alpha = expert_alpha if expert_alpha is not None else lora_alpha * expert_r / r
+        return dict.fromkeys(EXPERT_PARAMETERS, expert_r), dict.fromkeys(EXPERT_PARAMETERS, expert_alpha)
+    if target_experts and expert_alpha is not None:
+        return {}, dict.fromkeys(EXPERT_PARAMETERS, expert_alpha)
+    return {}, {}
 
 
 def lora_config_kwargs(model_args, omni_args) -> dict:

@@ -242,38 +242,11 @@ def estimate_training_memory(
         raise ValueError("offload_experts needs quantize_experts (4-bit experts), as in load_thinker.")
     check_thinker_config(config)
     model = thinker_on_meta(config, dtype)
-    quantized_prefixes = (TEXT_MODEL_PREFIX, *(TOWER_PREFIXES.values() if quantize_towers else ()))
-    weights = experts = largest_layer_experts = 0
-    for module_name, module in model.named_modules():
-        prefix = f"{module_name}." if module_name else ""
-        quantize_linear = load_in_4bit and isinstance(module, nn.Linear) and prefix.startswith(quantized_prefixes)
-        layer_experts = 0
-        for name, parameter in module.named_parameters(recurse=False):
-            if quantize_experts and _is_expert_tensor(module, name):
-                size = nf4_storage_bytes(parameter.numel(), expert_quantization)
-                experts += size
-                layer_experts += size
-            elif quantize_linear and name == "weight":
-                size = nf4_storage_bytes(parameter.numel(), expert_quantization) + LINEAR_4BIT_CODE_BYTES
-            else:
-                size = parameter.numel() * parameter.element_size()
-            weights += size
-        largest_layer_experts = max(largest_layer_experts, layer_experts)
-    for buffer in model.buffers():
-        weights += buffer.numel() * buffer.element_size()
+    weights, experts, largest_layer_experts = stored_weight_bytes(
+        model, load_in_4bit, quantize_experts, quantize_towers, expert_quantization
+    )
     parameters = sum(parameter.numel() for parameter in model.parameters())
-
-    if use_peft:
-        with torch.device("meta"), silence_false_expert_rank_warning():
-            peft_model = get_peft_model(model, build_lora_config(model, **lora_kwargs))
-        # PEFT keeps the adapter in fp32 on a bf16 base (autocast_adapter_dtype), as TRL's SFTTrainer leaves it
-        trainable = [
-            torch.empty(p.shape, dtype=torch.float32, device="meta")
-            for p in peft_model.parameters()
-            if p.requires_grad
-        ]
-    else:
-        trainable = list(model.parameters())
+    trainable = trainable_tensors(model, lora_kwargs) if use_peft else list(model.parameters())
     adapter = sum(p.numel() * p.element_size() for p in trainable) if use_peft else 0
     gradients = sum(p.numel() * p.element_size() for p in trainable)
     host = 0
@@ -297,6 +270,46 @@ def estimate_training_memory(
         parameters=parameters,
         trainable_parameters=sum(p.numel() for p in trainable),
     )
+
+
+def stored_weight_bytes(
+    model: nn.Module,
+    load_in_4bit: bool,
+    quantize_experts: bool,
+    quantize_towers: bool,
+    expert_quantization: ExpertQuantizationConfig,
+) -> tuple[int, int, int]:
+    """`(weights and buffers, 4-bit experts, the largest layer's 4-bit experts)` in bytes, as the model is stored."""
+    quantized_prefixes = (TEXT_MODEL_PREFIX, *(TOWER_PREFIXES.values() if quantize_towers else ()))
+    weights = experts = largest_layer_experts = 0
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        quantize_linear = load_in_4bit and isinstance(module, nn.Linear) and prefix.startswith(quantized_prefixes)
+        layer_experts = 0
+        for name, parameter in module.named_parameters(recurse=False):
+            if quantize_experts and _is_expert_tensor(module, name):
+                size = nf4_storage_bytes(parameter.numel(), expert_quantization)
+                experts += size
+                layer_experts += size
+            elif quantize_linear and name == "weight":
+                size = nf4_storage_bytes(parameter.numel(), expert_quantization) + LINEAR_4BIT_CODE_BYTES
+            else:
+                size = parameter.numel() * parameter.element_size()
+            weights += size
+        largest_layer_experts = max(largest_layer_experts, layer_experts)
+    for buffer in model.buffers():
+        weights += buffer.numel() * buffer.element_size()
+    return weights, experts, largest_layer_experts
+
+
+def trainable_tensors(model: nn.Module, lora_kwargs: dict) -> list[torch.Tensor]:
+    """The LoRA adapter's tensors on the meta device, in fp32: PEFT keeps the adapter in fp32 on a bf16 base
+    (autocast_adapter_dtype), as TRL's SFTTrainer leaves it."""
+    with torch.device("meta"), silence_false_expert_rank_warning():
+        peft_model = get_peft_model(model, build_lora_config(model, **lora_kwargs))
+    return [
+        torch.empty(p.shape, dtype=torch.float32, device="meta") for p in peft_model.parameters() if p.requires_grad
+    ]
 
 
 def estimate_for_run(model_args, training_args, omni_args) -> MemoryEstimate:

@@ -22,8 +22,10 @@ from transformers import (
     Qwen3OmniMoeConfig,
     Qwen3OmniMoeForConditionalGeneration,
     Qwen3OmniMoeProcessor,
+    Qwen3OmniMoeTextConfig,
     WhisperFeatureExtractor,
 )
+from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerTextModel
 
 
 # Named tokens the processor reads as tokenizer attributes, with the Qwen3-Omni strings.
@@ -239,6 +241,38 @@ def build_config(tokenizer: PreTrainedTokenizerFast, enable_audio_output: bool =
         user_token_id=word_id("user"),
         assistant_token_id=word_id("assistant"),
     )
+
+
+def tiny_moe_text_model(
+    hidden_size: int,
+    moe_intermediate_size: int,
+    head_dim: int,
+    num_layers: int = 2,
+    num_experts: int = 8,
+    experts_implementation: str = "eager",
+) -> Qwen3OmniMoeThinkerTextModel:
+    """A tiny random Thinker text model (MoE in every layer, 4 heads, top-2 routing), seeded, with every weight drawn
+    from N(0, 0.2): visible weights (the default init leaves the router at zero, i.e. a tie for every token)."""
+    config = Qwen3OmniMoeTextConfig(
+        vocab_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=64,
+        moe_intermediate_size=moe_intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=head_dim,
+        num_experts=num_experts,
+        num_experts_per_tok=2,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+    )
+    torch.manual_seed(0)
+    model = Qwen3OmniMoeThinkerTextModel(config)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    model.set_experts_implementation(experts_implementation)
+    return model
 
 
 def build_mimi_config(num_quantizers: int = 32, codebook_size: int = TINY_CODEBOOK_SIZE, **overrides) -> MimiConfig:

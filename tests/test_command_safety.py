@@ -2,7 +2,6 @@
 a run killed while saving a checkpoint resumes from the last complete one, and impossible values (`--lora_r 0`, an
 adapter whose base is not there, a config with no experts) are refused with one line naming the value and the fix."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from script_testing import load_script, sft_parser  # noqa: E402
 from transformers import TrainingArguments
 
 from qwen_omni.common.launching import (
@@ -151,14 +151,6 @@ def test_resume_refuses_when_no_checkpoint_is_complete(tmp_path, caplog):
 
 
 # --- no command writes into its own inputs --------------------------------------------------------------------------
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO_ROOT / "train" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def snapshot(folder):
@@ -331,9 +323,22 @@ def test_merge_names_a_missing_base_and_the_flag_that_gives_it(workdir, tmp_path
     assert not (tmp_path / "merged").exists()
 
 
-def sft_parser(sft):
-    return sft.TrlParser(
-        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
+def parse_sft_run(sft, workdir, output_dir, *extra):
+    """`train/sft.py`'s parsed arguments for a CPU run on `workdir`'s base and data into `output_dir`."""
+    return sft_parser(sft).parse_args_and_config(
+        args=[
+            "--model_name_or_path",
+            str(workdir["base"]),
+            "--dataset_name",
+            str(workdir["data"]),
+            "--output_dir",
+            str(output_dir),
+            "--report_to",
+            "none",
+            "--use_cpu",
+            "true",
+            *extra,
+        ]
     )
 
 
@@ -346,20 +351,7 @@ def test_sft_into_its_base_or_data_is_refused_before_any_work(workdir):
         (workdir["base"] / "sft", "is inside", "--model_name_or_path", workdir["base"]),
         (data_dir, "contains", "--dataset_name", workdir["data"]),
     ]:
-        args = sft_parser(sft).parse_args_and_config(
-            args=[
-                "--model_name_or_path",
-                str(workdir["base"]),
-                "--dataset_name",
-                str(workdir["data"]),
-                "--output_dir",
-                str(output),
-                "--report_to",
-                "none",
-                "--use_cpu",
-                "true",
-            ]
-        )
+        args = parse_sft_run(sft, workdir, output)
         with pytest.raises(ValueError, match=f"^--output_dir {output} {relation} the input {name} {value}: "):
             sft.main(*args)
     assert snapshot(workdir["root"]) == before
@@ -564,22 +556,7 @@ def test_sft_resume_without_a_complete_checkpoint_stops_before_loading_anything(
     sft = load_script("sft")
     (tmp_path / "checkpoint-3").mkdir()
     (tmp_path / "checkpoint-3" / "adapter_model.safetensors").write_bytes(b"0")
-    args = sft_parser(sft).parse_args_and_config(
-        args=[
-            "--model_name_or_path",
-            str(workdir["base"]),
-            "--dataset_name",
-            str(workdir["data"]),
-            "--output_dir",
-            str(tmp_path),
-            "--report_to",
-            "none",
-            "--use_cpu",
-            "true",
-            "--resume_from_checkpoint",
-            "true",
-        ]
-    )
+    args = parse_sft_run(sft, workdir, tmp_path, "--resume_from_checkpoint", "true")
     with pytest.raises(
         ValueError,
         match=rf"^--resume_from_checkpoint true: {tmp_path} holds no complete checkpoint: "

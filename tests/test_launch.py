@@ -2,7 +2,6 @@
 that cannot run as claimed, and real two-process CPU runs of train/sft.py (DDP and FSDP2 over gloo) with the world
 size asserted inside the run. The two-process run of train/pretrain.py is in test_pretrain.py."""
 
-import importlib.util
 import json
 import math
 import os
@@ -16,6 +15,7 @@ import torch
 from accelerate.commands import launch as accelerate_launch
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
 from safetensors.torch import load_file
+from script_testing import instruct_recipe_argv, load_script, mixed_conversation_rows, sft_parser
 from transformers import TrainingArguments
 
 from qwen_omni.common.launching import (
@@ -34,14 +34,6 @@ from omni_testing import REPO_ROOT  # noqa: E402
 
 CONFIGS = REPO_ROOT / "train" / "accelerate"
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens on a machine without a GPU")
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO_ROOT / "train" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def launched(*launch_args):
@@ -158,9 +150,7 @@ def test_scripts_refuse_before_any_work(tmp_path, monkeypatch):
     """pretrain.py and sft.py check the launch first: nothing is built, loaded or written."""
     pretrain, sft = load_script("pretrain"), load_script("sft")
     pretrain_args = pretrain.parse_args(["--output_dir", str(tmp_path / "pretrain"), "--report_to", "none"])
-    parser = sft.TrlParser(
-        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
-    )
+    parser = sft_parser(sft)
     sft_args = parser.parse_args_and_config(
         args=[
             "--model_name_or_path",
@@ -201,19 +191,7 @@ ENV = {
     "CUDA_VISIBLE_DEVICES": "",
     "OMP_NUM_THREADS": "1",
 }
-AUDIO_TURN = {
-    "role": "user",
-    "content": [{"type": "audio", "audio": "tone.wav"}, {"type": "text", "text": "What do you hear?"}],
-}
-IMAGE_TURN = {
-    "role": "user",
-    "content": [{"type": "image", "image": "square.png"}, {"type": "text", "text": "What do you see?"}],
-}
 NUM_ROWS, BATCH_SIZE, MAX_STEPS = 12, 2, 2
-
-
-def reply(text):
-    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 
 @pytest.fixture(scope="module")
@@ -222,67 +200,14 @@ def sft_workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("launch_sft")
     base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
     tiny_checkpoints.write_media(root / "data")
-    rows = []
-    for _ in range(NUM_ROWS // 3):
-        rows.append({"conversations": [AUDIO_TURN, reply("A steady tone, then silence.")]})
-        rows.append({"conversations": [IMAGE_TURN, reply("A red square on white.")]})
-        rows.append(
-            {
-                "messages": [
-                    {"role": "user", "content": "Think step by step."},
-                    {"role": "assistant", "content": "two plus two is four"},
-                ]
-            }
-        )
+    rows = mixed_conversation_rows(NUM_ROWS // 3)
     (root / "data" / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
     return {"root": root, "base": base, "data": str(root / "data" / "train.jsonl")}
 
 
 def sft_args(workdir, output_dir):
-    return [
-        "--config",
-        str(REPO_ROOT / "train" / "configs" / "instruct.yaml"),
-        "--model_name_or_path",
-        workdir["base"],
-        "--dataset_name",
-        workdir["data"],
-        "--output_dir",
-        str(output_dir),
-        "--dtype",
-        "float32",
-        "--max_steps",
-        str(MAX_STEPS),
-        "--per_device_train_batch_size",
-        str(BATCH_SIZE),
-        "--gradient_accumulation_steps",
-        "1",
-        "--gradient_checkpointing",
-        "false",
-        "--learning_rate",
-        "1e-2",
-        "--warmup_steps",
-        "0",
-        "--lora_r",
-        "4",
-        "--lora_alpha",
-        "8",
-        "--lora_expert_r",
-        "2",
-        "--logging_steps",
-        "1",
-        "--save_strategy",
-        "steps",
-        "--save_steps",
-        str(MAX_STEPS),
-        "--report_to",
-        "none",
-        "--max_length",
-        "256",
-        "--dataloader_num_workers",
-        "0",
-        "--disable_tqdm",
-        "true",
-    ]
+    flags = ("--dtype", "float32", "--gradient_checkpointing", "false")
+    return instruct_recipe_argv(workdir, output_dir, MAX_STEPS, BATCH_SIZE, 256, *flags)
 
 
 def launch(launcher_args, workdir, output_dir, *extra):
@@ -326,9 +251,7 @@ def adapter_format(folder):
 def single_process_adapter(sft_workdir):
     """The same recipe trained by one process (in this one), the reference for the adapters' format."""
     sft = load_script("sft")
-    parser = sft.TrlParser(
-        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
-    )
+    parser = sft_parser(sft)
     output_dir = sft_workdir["root"] / "single"
     sft.main(*parser.parse_args_and_config(args=[*sft_args(sft_workdir, output_dir), "--use_cpu", "true"]))
     return output_dir

@@ -1,6 +1,5 @@
 """pretrain: packing equals unpacked logits, loss goes down, exact resume, 2-process run, bad input."""
 
-import importlib.util
 import json
 import math
 import os
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from script_testing import load_script
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from qwen_omni import OmniConfig, OmniForCausalLM
@@ -32,15 +32,7 @@ from qwen_omni.omni.packing import (
 from omni_testing import REPO_ROOT
 
 
-def load_pretrain_script():
-    spec = importlib.util.spec_from_file_location("pretrain_script", REPO_ROOT / "train" / "pretrain.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-pretrain = load_pretrain_script()
+pretrain = load_script("pretrain")
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +119,26 @@ def test_packed_row_logits_equal_each_sample_alone(attn_implementation):
                 # no target crosses into the next sample
                 assert batch["labels"][r, start] == -100
                 start += n
+
+
+def test_collator_pads_to_exact_tensors():
+    """Right padding (TRL's `pad`) to the batch's longest row rounded up to `pad_to_multiple_of`: pad ids, -100
+    labels, padding positions counting from 0, and the attention mask of the unpacked rows."""
+    rows = [
+        {"input_ids": [5, 6, 7, 8, 9], "sample_lengths": [3, 2]},
+        {"input_ids": [1, 2], "sample_lengths": [2]},
+    ]
+    batch = OmniPackingCollator(pad_token_id=0, pad_to_multiple_of=4)(rows)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 0, 0, 0], [1, 2, 0, 0, 0, 0, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9, -100, -100, -100], [-100, 2] + [-100] * 6]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4, 5]]
+    assert all(value.dtype == torch.long for value in batch.values()) and "attention_mask" not in batch
+    unpacked = OmniPackingCollator(pad_token_id=0, packed=False)(
+        rows[1:] + [{"input_ids": [4], "sample_lengths": [1]}]
+    )
+    assert unpacked["input_ids"].tolist() == [[1, 2], [4, 0]]
+    assert unpacked["attention_mask"].tolist() == [[1, 1], [1, 0]]
+    assert unpacked["labels"].tolist() == [[-100, 2], [-100, -100]]
 
 
 def test_packing_fills_rows_and_ratios_parse():
@@ -266,25 +278,23 @@ def test_bad_input_fails_before_training(prepared_corpus, snac_24khz_dir, omni_d
         pretrain.main(*tiny_args(jsonl, snac_24khz_dir, tmp_path / "c", "--max_steps", "1"))
 
 
-@pytest.mark.slow
-def test_two_cpu_processes_share_the_data_and_write_one_checkpoint(prepared_corpus, snac_24khz_dir, tmp_path):
-    """torchrun's two ranks join one process group over gloo (world size 2 inside the run), each trains on half of the
-    rows, and the checkpoint is written once."""
-    out = tmp_path / "ddp"
+def pretrain_on_two_cpu_processes(
+    launcher: list[str], prepared, snac_dir, out, num_layers: int, steps: int, extra: list[str] = ()
+) -> subprocess.CompletedProcess:
+    """`python -m LAUNCHER train/pretrain.py --use_cpu true` on a tiny model, one row a batch, checkpointed once at
+    the last of `steps`, no evaluation."""
     command = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
+        *launcher,
         str(REPO_ROOT / "train" / "pretrain.py"),
         "--use_cpu",
         "true",
+        *extra,
         "--dataset_name",
-        str(prepared_corpus),
+        str(prepared),
         "--codec",
-        str(snac_24khz_dir),
+        str(snac_dir),
         "--output_dir",
         str(out),
         "--bpe_vocab_size",
@@ -292,7 +302,7 @@ def test_two_cpu_processes_share_the_data_and_write_one_checkpoint(prepared_corp
         "--hidden_size",
         "32",
         "--num_hidden_layers",
-        "1",
+        str(num_layers),
         "--num_attention_heads",
         "2",
         "--num_key_value_heads",
@@ -302,9 +312,9 @@ def test_two_cpu_processes_share_the_data_and_write_one_checkpoint(prepared_corp
         "--per_device_train_batch_size",
         "1",
         "--max_steps",
-        "4",
+        str(steps),
         "--save_steps",
-        "4",
+        str(steps),
         "--eval_strategy",
         "no",
         "--eval_fraction",
@@ -317,7 +327,16 @@ def test_two_cpu_processes_share_the_data_and_write_one_checkpoint(prepared_corp
         "true",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_share_the_data_and_write_one_checkpoint(prepared_corpus, snac_24khz_dir, tmp_path):
+    """torchrun's two ranks join one process group over gloo (world size 2 inside the run), each trains on half of the
+    rows, and the checkpoint is written once."""
+    out = tmp_path / "ddp"
+    launcher = ["torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = pretrain_on_two_cpu_processes(launcher, prepared_corpus, snac_24khz_dir, out, num_layers=1, steps=4)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stderr
     num_rows = int(re.search(r"Training data: .* tokens in (\d+) rows", log).group(1))
@@ -337,9 +356,7 @@ def test_fsdp2_on_two_cpu_processes_saves_a_checkpoint_that_loads_anywhere(prepa
     """train/accelerate/fsdp2.yaml with --use_cpu true: two ranks shard the model (FSDP2 over gloo); the final save is
     the whole model with the Omni code files (not FSDP's), and it reloads and generates in a clean process."""
     out = tmp_path / "fsdp2"
-    command = [
-        sys.executable,
-        "-m",
+    launcher = [
         "accelerate.commands.launch",
         "--config_file",
         str(REPO_ROOT / "train" / "accelerate" / "fsdp2.yaml"),
@@ -347,48 +364,10 @@ def test_fsdp2_on_two_cpu_processes_saves_a_checkpoint_that_loads_anywhere(prepa
         "2",
         "--main_process_port",
         "0",
-        str(REPO_ROOT / "train" / "pretrain.py"),
-        "--use_cpu",
-        "true",
-        "--optimizer",
-        "adamw",
-        "--dataset_name",
-        str(prepared_corpus),
-        "--codec",
-        str(snac_24khz_dir),
-        "--output_dir",
-        str(out),
-        "--bpe_vocab_size",
-        "300",
-        "--hidden_size",
-        "32",
-        "--num_hidden_layers",
-        "2",
-        "--num_attention_heads",
-        "2",
-        "--num_key_value_heads",
-        "1",
-        "--max_length",
-        "512",
-        "--per_device_train_batch_size",
-        "1",
-        "--max_steps",
-        "2",
-        "--save_steps",
-        "2",
-        "--eval_strategy",
-        "no",
-        "--eval_fraction",
-        "0",
-        "--report_to",
-        "none",
-        "--logging_steps",
-        "1",
-        "--disable_tqdm",
-        "true",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = pretrain_on_two_cpu_processes(
+        launcher, prepared_corpus, snac_24khz_dir, out, num_layers=2, steps=2, extra=["--optimizer", "adamw"]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):
         assert f"Process rank {rank} of world size 2 (local rank {rank}) on cpu:0: FSDP2 over gloo." in result.stderr

@@ -12,7 +12,6 @@ from torch.nn.utils import parametrize
 from transformers import Qwen3OmniMoeTextConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
     Qwen3OmniMoeTalkerTextSparseMoeBlock,
-    Qwen3OmniMoeThinkerTextModel,
 )
 
 from qwen_omni.qwen3_omni import build_lora_config, load_thinker, merge_adapter, tiny_checkpoints
@@ -34,26 +33,9 @@ INPUT_IDS = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_see
 
 
 def tiny_text_model(num_layers=2, experts_implementation="eager"):
-    config = Qwen3OmniMoeTextConfig(
-        vocab_size=64,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        moe_intermediate_size=EXPERT_INTERMEDIATE,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        num_experts=NUM_EXPERTS,
-        num_experts_per_tok=2,
-        decoder_sparse_step=1,
-        mlp_only_layers=[],
+    return tiny_checkpoints.tiny_moe_text_model(
+        HIDDEN, EXPERT_INTERMEDIATE, 16, num_layers, NUM_EXPERTS, experts_implementation
     )
-    torch.manual_seed(0)
-    model = Qwen3OmniMoeThinkerTextModel(config)
-    for parameter in model.parameters():
-        torch.nn.init.normal_(parameter, std=0.2)
-    model.set_experts_implementation(experts_implementation)
-    return model
 
 
 def dequantized_twin(quantized, twin):
@@ -511,67 +493,13 @@ def test_sft_script_trains_the_seed_recipe_on_4bit_experts_and_merges(checkpoint
     import subprocess
 
     from safetensors.torch import load_file
+    from script_testing import seed_recipe_run
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": "Think step by step."},
-                {"role": "assistant", "content": "two plus two is four"},
-            ]
-        },
-        {
-            "messages": [
-                {"role": "user", "content": "What do you see?"},
-                {"role": "assistant", "content": "A red square on white."},
-            ]
-        },
-    ] * 4
-    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
-    out = tmp_path / "out"
+    out, argv = seed_recipe_run(checkpoint, tmp_path, "float32")
     result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(repo, "train", "sft.py"),
-            "--config",
-            os.path.join(repo, "train", "configs", "seed_recipe.yaml"),
-            "--load_in_4bit",
-            "--model_name_or_path",
-            checkpoint,
-            "--dataset_name",
-            str(tmp_path / "train.jsonl"),
-            "--output_dir",
-            str(out),
-            "--dtype",
-            "float32",
-            "--max_steps",
-            "8",
-            "--per_device_train_batch_size",
-            "4",
-            "--gradient_accumulation_steps",
-            "1",
-            "--learning_rate",
-            "2e-2",
-            "--warmup_steps",
-            "0",
-            "--lr_scheduler_type",
-            "constant",
-            "--lora_r",
-            "8",
-            "--lora_alpha",
-            "16",
-            "--logging_steps",
-            "1",
-            "--save_strategy",
-            "no",
-            "--report_to",
-            "none",
-            "--max_length",
-            "128",
-            "--dataloader_num_workers",
-            "0",
-        ],
+        [sys.executable, os.path.join(repo, "train", "sft.py"), *argv],
         env=env,
         capture_output=True,
         text=True,

@@ -12,6 +12,7 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
+from script_testing import AUDIO_TURN, IMAGE_TURN, load_script, mixed_conversation_rows, reply, sft_parser
 from transformers import AutoProcessor, Qwen3OmniMoeForConditionalGeneration
 
 from qwen_omni.qwen3_omni import (
@@ -29,18 +30,6 @@ from qwen_omni.qwen3_omni.conversations import decode_media
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-AUDIO_TURN = {
-    "role": "user",
-    "content": [{"type": "audio", "audio": "tone.wav"}, {"type": "text", "text": "What do you hear?"}],
-}
-IMAGE_TURN = {
-    "role": "user",
-    "content": [{"type": "image", "image": "square.png"}, {"type": "text", "text": "What do you see?"}],
-}
-
-
-def reply(text):
-    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +37,7 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("qwen3_omni_sft")
     checkpoint = tiny_checkpoints.save_tiny_checkpoint(root / "base")
     tiny_checkpoints.write_media(root / "data")
-    rows = []
-    for _ in range(4):
-        rows.append({"conversations": [AUDIO_TURN, reply("A steady tone, then silence.")]})
-        rows.append({"conversations": [IMAGE_TURN, reply("A red square on white.")]})
-        rows.append(
-            {
-                "messages": [
-                    {"role": "user", "content": "Think step by step."},
-                    {"role": "assistant", "content": "two plus two is four"},
-                ]
-            }
-        )
+    rows = mixed_conversation_rows(4)
     # A row that names an audio it does not give: refused at load time, counted in the run's data report
     rows.append({"conversations": [{"role": "user", "content": "<audio>What do you hear?"}, reply("A tone.")]})
     with open(root / "data" / "train.jsonl", "w") as f:
@@ -419,19 +397,13 @@ def test_sft_script_lowers_the_loss_and_saves_only_the_adapter(workdir, trained)
 def test_push_to_hub_publishes_the_adapter_with_a_card_that_loads_it(workdir, tmp_path, monkeypatch):
     """`--push_to_hub`: the repo id is checked before any work; the adapter goes up once, at the end, through
     hub.push_to_hub, with the Qwen3-Omni adapter card (transformers' class, no remote code), not TRL's."""
-    import importlib.util
 
     from huggingface_hub import HfApi
 
     from omni_testing import usage_code
 
-    spec = importlib.util.spec_from_file_location("sft_script", os.path.join(REPO, "train", "sft.py"))
-    script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = script  # dataclasses look their module up
-    spec.loader.exec_module(script)
-    parser = script.TrlParser(
-        (script.ScriptArguments, script.Qwen3OmniSFTConfig, script.Qwen3OmniModelConfig, script.Qwen3OmniArguments)
-    )
+    script = load_script("sft")
+    parser = sft_parser(script)
 
     def run(output_dir, repo_id):
         return script.main(
@@ -541,14 +513,11 @@ def test_merged_checkpoint_matches_base_plus_adapter(workdir, trained, processor
 
 
 def test_omni_checkpoints_are_handed_to_voice_sft(tmp_path, workdir):
-    import importlib.util
 
     from transformers import AutoConfig
 
     AutoConfig.for_model("omni").save_pretrained(tmp_path)  # the Omni config, registered by `import qwen_omni`
-    spec = importlib.util.spec_from_file_location("sft_script", os.path.join(REPO, "train", "sft.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("sft")
     assert script.checkpoint_model_type(["--model_name_or_path", str(tmp_path), "--output_dir", "x"]) == "omni"
     config_file = tmp_path / "recipe.yaml"
     config_file.write_text(f"model_name_or_path: {tmp_path}\nlearning_rate: 1.0e-4\n")

@@ -13,12 +13,12 @@ import shutil
 
 import pytest
 import torch
+from script_testing import load_script, sft_parser  # noqa: E402
 from test_launch import (  # noqa: E402
     CONFIGS,
     adapter_format,
     assert_two_ranks_shared_the_data,
     launch,
-    load_script,
     sft_args,
     sft_workdir,  # noqa: F401 (fixture)
 )
@@ -43,9 +43,7 @@ TOWERS = ("base_model.model.model.audio_tower.", "base_model.model.model.visual.
 
 def run_in_process(workdir, output_dir, *extra):
     sft = load_script("sft")
-    parser = sft.TrlParser(
-        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
-    )
+    parser = sft_parser(sft)
     args = [*sft_args(workdir, output_dir), *RECIPE, "--use_cpu", "true", *extra]
     sft.main(*parser.parse_args_and_config(args=args))
 

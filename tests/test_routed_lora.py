@@ -8,10 +8,9 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from peft.tuners.lora import layer as peft_lora_layer
-from transformers import Qwen3OmniMoeTextConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerTextModel
 
-from qwen_omni.qwen3_omni import routed_lora
+from qwen_omni.qwen3_omni import routed_lora, tiny_checkpoints
 from qwen_omni.qwen3_omni.routed_lora import apply_routed_lora
 
 
@@ -20,27 +19,9 @@ TARGET_PARAMETERS = ["mlp.gate.weight", "mlp.experts.gate_up_proj", "mlp.experts
 
 
 def tiny_text_model(experts_implementation: str) -> Qwen3OmniMoeThinkerTextModel:
-    config = Qwen3OmniMoeTextConfig(
-        vocab_size=64,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        moe_intermediate_size=EXPERT_INTERMEDIATE,
-        num_hidden_layers=NUM_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        num_experts=NUM_EXPERTS,
-        num_experts_per_tok=2,
-        decoder_sparse_step=1,
-        mlp_only_layers=[],
+    return tiny_checkpoints.tiny_moe_text_model(
+        HIDDEN, EXPERT_INTERMEDIATE, 8, NUM_LAYERS, NUM_EXPERTS, experts_implementation
     )
-    torch.manual_seed(0)
-    model = Qwen3OmniMoeThinkerTextModel(config)
-    # visible weights (the default init leaves the router at zero, i.e. a tie for every token)
-    for parameter in model.parameters():
-        torch.nn.init.normal_(parameter, std=0.2)
-    model.set_experts_implementation(experts_implementation)
-    return model
 
 
 def lora_config(**overrides) -> LoraConfig:

@@ -8,14 +8,11 @@ config has `model_type == "omni"` (the SNAC-token Omni model) is handed to `trai
 recipe, with its own options (`--speaker`, `--lora_target_embeddings`, ...).
 """
 
-import argparse
 import os
 import runpy
 import sys
 
-import yaml
-from transformers import AutoConfig, AutoProcessor
-from transformers.utils import logging
+from transformers import AutoProcessor
 from trl import ScriptArguments, TrlParser
 
 from qwen_omni.common.hub import defer_hub_push, push_after_training
@@ -23,41 +20,21 @@ from qwen_omni.common.launching import (
     DistributedRunCallback,
     check_launch,
     check_output_dir,
+    checkpoint_model_type,
     resolve_resume_checkpoint,
     shard_by_decoder_layer,
 )
 from qwen_omni.qwen3_omni import (
-    ModalityLossWeights,
     Qwen3OmniSFTCollator,
     Qwen3OmniSFTTrainer,
     build_lora_config,
-    load_conversation_dataset,
     load_thinker,
 )
 from qwen_omni.qwen3_omni.arguments import Qwen3OmniArguments, Qwen3OmniModelConfig, Qwen3OmniSFTConfig
-from qwen_omni.qwen3_omni.conversations import DatasetReport, TooManyRowsSkipped, control_token_strings
+from qwen_omni.qwen3_omni.conversations import TooManyRowsSkipped
 from qwen_omni.qwen3_omni.lora_targets import lora_config_kwargs
 from qwen_omni.qwen3_omni.memory_estimate import estimate_for_run
-
-
-logger = logging.get_logger(__name__)
-
-
-def checkpoint_model_type(argv: list[str]) -> str | None:
-    """`model_type` of the checkpoint named by `--model_name_or_path`, on the command line or in `--config`'s YAML."""
-    peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--model_name_or_path")
-    peek.add_argument("--model_revision")
-    peek.add_argument("--config")
-    known, _ = peek.parse_known_args(argv)
-    name, revision = known.model_name_or_path, known.model_revision
-    if known.config and name is None:
-        with open(known.config) as f:
-            values = yaml.safe_load(f) or {}
-        name, revision = values.get("model_name_or_path"), values.get("model_revision", revision)
-    if name is None:
-        return None
-    return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=True).model_type
+from qwen_omni.qwen3_omni.sft_data import load_sft_data, save_collator_counts
 
 
 def main(script_args, training_args, model_args, omni_args):
@@ -78,33 +55,10 @@ def main(script_args, training_args, model_args, omni_args):
     # An adapter is published at the end, with a card whose usage code is tested (TRL's would upload checkpoints and
     # a card that does not load it as it goes); a full fine-tune is a plain transformers Thinker, uploaded by TRL.
     adapter_repo_id = defer_hub_push(training_args) if model_args.use_peft else None
-    reports = {}
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-
-    def load(path, split):
-        # Refused rows are counted per reason; too many stop the run here, before the model is loaded. The report is
-        # written whenever loading ends, also when it stops the run.
-        reports[split] = DatasetReport(name=f"{split} data ({path})")
-        try:
-            dataset = load_conversation_dataset(
-                path,
-                split=script_args.dataset_train_split if split == "train" else script_args.dataset_test_split,
-                config_name=script_args.dataset_config,
-                system_prompt=omni_args.system_prompt,
-                dataset_format=omni_args.dataset_format,
-                media_dir=omni_args.media_dir,
-                use_audio_in_video=omni_args.use_audio_in_video,
-                report=reports[split],
-                control_tokens=control_token_strings(processor.tokenizer),
-            )
-        finally:
-            save_data_report(reports[split], split, training_args)
-        reports[split].check(omni_args.max_skipped_fraction)
-        return dataset
-
     try:
-        train_dataset = load(script_args.dataset_name, "train")
-        eval_dataset = load(omni_args.eval_dataset_name, "eval") if omni_args.eval_dataset_name else None
+        # refused rows are counted per reason; too many stop the run here, before the model is loaded
+        data = load_sft_data(script_args, omni_args, training_args, processor)
     except ValueError as error:  # TooManyRowsSkipped, unreadable files
         sys.exit(str(error))  # one message naming the file, rows and fix; no traceback
     # not trl.get_quantization_config: its BitsAndBytesConfig reaches nn.Linear only; load_thinker adds the NF4 fused
@@ -129,30 +83,22 @@ def main(script_args, training_args, model_args, omni_args):
     trainer = Qwen3OmniSFTTrainer(
         model=model,
         args=training_args,
-        data_collator=Qwen3OmniSFTCollator(
-            processor,
-            max_length=training_args.max_length,
-            truncation=omni_args.overlong_samples,
-            loss_weights=ModalityLossWeights.from_value(omni_args.loss_weights),
-            video_fps=omni_args.video_fps,
-            max_video_frames=omni_args.max_video_frames,
-            use_audio_in_video=omni_args.use_audio_in_video,
-        ),
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        data_collator=Qwen3OmniSFTCollator.from_recipe(processor, training_args, omni_args),
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         processing_class=processor,
         peft_config=peft_config,
         moe_lora_impl=omni_args.moe_lora_impl,
-        train_report=reports["train"],
+        train_report=data.reports["train"],
         max_skipped_fraction=omni_args.max_skipped_fraction,
     )
     trainer.add_callback(DistributedRunCallback())
     try:
         trainer.train(resume_from_checkpoint=resume_checkpoint)
     except TooManyRowsSkipped as error:
-        save_collator_counts(trainer, reports, training_args)
+        save_collator_counts(trainer, data.reports, training_args)
         sys.exit(str(error))
-    save_collator_counts(trainer, reports, training_args)
+    save_collator_counts(trainer, data.reports, training_args)
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card(dataset_name=script_args.dataset_name)
     if training_args.push_to_hub:  # full fine-tuning: a plain transformers Thinker, uploaded by TRL
@@ -169,25 +115,8 @@ def main(script_args, training_args, model_args, omni_args):
     trainer.end()
 
 
-def save_collator_counts(trainer, reports: dict, training_args) -> None:
-    """Add the collator's running counts (rows seen, skipped for unreadable media, cut or dropped as overlong, steps
-    without labels; the whole run's, resumes included) to the data reports and write them."""
-    for split, report in reports.items():
-        report.collator_counts = dict(trainer.collator_counts.totals[split])
-        save_data_report(report, split, training_args)
-
-
-def save_data_report(report: DatasetReport, split: str, training_args) -> None:
-    """Log the data report and write it to `output_dir/data_report_{split}.json` (main process)."""
-    if training_args.process_index != 0:
-        return
-    (logger.warning if report.num_refused else logger.info)(report.summary())
-    os.makedirs(training_args.output_dir, exist_ok=True)
-    report.save(os.path.join(training_args.output_dir, f"data_report_{split}.json"))
-
-
 if __name__ == "__main__":
-    if checkpoint_model_type(sys.argv[1:]) == "omni":
+    if checkpoint_model_type(sys.argv[1:], trust_remote_code=True) == "omni":
         runpy.run_path(
             os.path.join(os.path.dirname(os.path.abspath(__file__)), "omni_voice_sft.py"), run_name="__main__"
         )

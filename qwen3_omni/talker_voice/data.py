@@ -21,8 +21,9 @@ import torch
 from transformers import MimiModel, Qwen3OmniMoeConfig
 from transformers.utils import logging
 
-from ...common.audio import audio_path, read_audio, read_sampling_rate, resample
+from ...common.audio import audio_path, read_sampling_rate
 from ...common.clips import VoiceClip, check_sampling_rates, count_skip_reasons
+from ...common.codec_cache import ResumableCache, codec_fingerprint, read_clip_for_codec, unreadable_audio_reason
 
 
 logger = logging.get_logger(__name__)
@@ -60,12 +61,7 @@ class MimiCodec:
     def fingerprint(self) -> str:
         """A hash of the codec's config, weights and number of codebooks kept: cached codes are reused only with the
         very same codec."""
-        digest = hashlib.sha256(json.dumps(self.codec.config.to_dict(), sort_keys=True, default=str).encode())
-        digest.update(str(self.num_quantizers).encode())
-        for name, tensor in sorted(self.codec.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return codec_fingerprint(self.codec, self.codec.config.to_dict(), self.num_quantizers)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, config: Qwen3OmniMoeConfig, **kwargs) -> MimiCodec:
@@ -158,22 +154,15 @@ def _clip_key(audio) -> str:
 
 def _encode_one(audio, codec: MimiCodec, max_duration: float, silence_threshold: float) -> tuple[list | None, str]:
     """(codes as a list of frames, "") or (None, reason the clip is skipped)."""
-    try:
-        waveform, rate = read_audio(audio)
-    except Exception as error:  # noqa: BLE001 - any decoding failure skips the clip, with its reason listed
-        return None, f"unreadable audio: {type(error).__name__}: {error}"
-    duration = waveform.size / rate
-    if duration > max_duration:
-        return None, f"longer than the limit: {duration:.2f} s > max_duration {max_duration} s"
-    peak = float(np.abs(waveform).max())
-    if peak < silence_threshold:
-        return None, f"silent: peak amplitude {peak:.2e} < silence_threshold {silence_threshold:g}"
-    waveform = resample(waveform, rate, codec.sampling_rate)
-    if waveform.size < codec.samples_per_frame:
-        return None, (
-            f"shorter than one codec frame: {waveform.size} samples < {codec.samples_per_frame} at "
-            f"{codec.sampling_rate} Hz"
-        )
+    waveform, reason = read_clip_for_codec(
+        audio,
+        codec.sampling_rate,
+        max_duration=max_duration,
+        silence_threshold=silence_threshold,
+        min_samples=codec.samples_per_frame,
+    )
+    if waveform is None:
+        return None, reason
     return codec.encode(waveform).tolist(), ""
 
 
@@ -193,7 +182,7 @@ def encode_clips(
 
     Unusable clips are skipped, counted by reason and named in the log and in `cache_dir/summary.json`: unreadable
     audio, longer than `max_duration` seconds, silent (peak amplitude below `silence_threshold`), shorter than one
-    codec frame. One speaker's clips at several sampling rates are refused ([`~omni.voice_sft.check_sampling_rates`])
+    codec frame. One speaker's clips at several sampling rates are refused ([`~common.clips.check_sampling_rates`])
     unless `allow_mixed_sampling_rates`.
 
     Returns:
@@ -203,57 +192,69 @@ def encode_clips(
         `ValueError` when the rates are mixed, or when no clip is usable.
     """
     cache_dir = Path(cache_dir)
-    (cache_dir / "clips").mkdir(parents=True, exist_ok=True)
     prompts = prompts if prompts is not None else [None] * len(clips)
-    info = {
+    settings = {
         "format_version": CODES_CACHE_FORMAT_VERSION,
         "codec_fingerprint": codec.fingerprint(),
         "num_quantizers": codec.num_quantizers,
         "max_duration": max_duration,
         "silence_threshold": silence_threshold,
     }
-    info_file = cache_dir / CACHE_INFO_NAME
-    if info_file.exists() and json.loads(info_file.read_text()) != info:
-        logger.warning(f"{cache_dir} holds codes of another codec or settings; encoding every clip again.")
-        for stale in (cache_dir / "clips").glob("*.json"):
-            stale.unlink()
-    info_file.write_text(json.dumps(info, indent=1))
-
+    cache = ResumableCache(cache_dir, settings, info_name=CACHE_INFO_NAME, entries_dir="clips")
     summary = EncodeSummary(cache_dir=str(cache_dir), num_clips=len(clips))
-    readable, readable_prompts = [], []
-    for clip, prompt in zip(clips, prompts):
-        try:
-            read_sampling_rate(clip.audio)
-        except Exception as error:  # noqa: BLE001 - unreadable files are skipped and listed
-            reason = f"unreadable audio: {type(error).__name__}: {error}"
-            summary.skipped.append({"audio": str(audio_path(clip.audio)), "reason": reason})
-            continue
-        readable.append(clip)
-        readable_prompts.append(prompt)
+    readable = _readable_clips(clips, prompts, summary)
     if readable:
-        check_sampling_rates(readable, allow_mixed=allow_mixed_sampling_rates)
-
+        check_sampling_rates([clip for clip, _ in readable], allow_mixed=allow_mixed_sampling_rates)
     encoded = []
-    for clip, prompt in zip(readable, readable_prompts):
-        entry_file = cache_dir / "clips" / f"{_clip_key(clip.audio)}.json"
-        if entry_file.exists():
-            entry = json.loads(entry_file.read_text())
-            summary.num_reused += 1
-        else:
-            codes, reason = _encode_one(clip.audio, codec, max_duration, silence_threshold)
-            entry = {"audio": str(audio_path(clip.audio)), "codes": codes, "reason": reason}
-            tmp_file = entry_file.with_suffix(".tmp")
-            tmp_file.write_text(json.dumps(entry))
-            tmp_file.rename(entry_file)
-            summary.num_encoded += 1
+    for clip, prompt in readable:
+        entry = _cached_codes(clip, cache, codec, max_duration, silence_threshold, summary)
         if entry["codes"] is None:
             summary.skipped.append({"audio": str(audio_path(clip.audio)), "reason": entry["reason"]})
             continue
         codes = torch.tensor(entry["codes"], dtype=torch.long)
         encoded.append(EncodedClip(text=clip.text, codes=codes, prompt=prompt, audio=str(audio_path(clip.audio))))
         summary.audio_seconds += codes.shape[0] / codec.frame_rate
+    _finish_summary(summary, len(encoded), cache_dir)
+    return encoded, summary
 
-    summary.num_kept = len(encoded)
+
+def _readable_clips(clips: list[VoiceClip], prompts: list[str | None], summary: EncodeSummary) -> list[tuple]:
+    """`(clip, prompt)` of the clips whose file can be opened; the others are added to the skipped ones."""
+    readable = []
+    for clip, prompt in zip(clips, prompts):
+        try:
+            read_sampling_rate(clip.audio)
+        except Exception as error:  # noqa: BLE001 - unreadable files are skipped and listed
+            summary.skipped.append({"audio": str(audio_path(clip.audio)), "reason": unreadable_audio_reason(error)})
+            continue
+        readable.append((clip, prompt))
+    return readable
+
+
+def _cached_codes(
+    clip: VoiceClip,
+    cache: ResumableCache,
+    codec: MimiCodec,
+    max_duration: float,
+    silence_threshold: float,
+    summary: EncodeSummary,
+) -> dict:
+    """The clip's cache entry `{"audio", "codes", "reason"}`: read back, or encoded now and recorded at once."""
+    key = _clip_key(clip.audio)
+    entry = cache.get(key)
+    if entry is not None:
+        summary.num_reused += 1
+        return entry
+    codes, reason = _encode_one(clip.audio, codec, max_duration, silence_threshold)
+    entry = {"audio": str(audio_path(clip.audio)), "codes": codes, "reason": reason}
+    cache.put(key, entry)
+    summary.num_encoded += 1
+    return entry
+
+
+def _finish_summary(summary: EncodeSummary, num_kept: int, cache_dir: Path) -> None:
+    """Count, write and log the summary (each skipped clip named); refuse when no clip is usable."""
+    summary.num_kept = num_kept
     summary.num_skipped = len(summary.skipped)
     summary.skipped_by_reason = count_skip_reasons(summary.skipped)
     (cache_dir / CACHE_SUMMARY_NAME).write_text(json.dumps(summary.__dict__, indent=1))
@@ -263,9 +264,8 @@ def encode_clips(
         + "".join(f"\n  skipped {entry['audio']}: {entry['reason']}" for entry in summary.skipped)
         + f"\n{summary.num_encoded} encoded, {summary.num_reused} read from the cache {cache_dir}."
     )
-    if not encoded:
+    if not num_kept:
         raise ValueError(
             f"No usable clip: all {summary.num_clips} were skipped ({summary.skipped_by_reason}); see "
             f"{cache_dir / CACHE_SUMMARY_NAME}."
         )
-    return encoded, summary

@@ -52,12 +52,3 @@ def cuda_median_seconds(function: Callable[[], object], repeats: int = 3, warmup
         if index >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def load_script(name: str):
-    """A `train/<name>.py` script as a module (its `main` and argument classes), without running it."""
-    spec = importlib.util.spec_from_file_location(f"gpu_{name}_script", REPO_ROOT / "train" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module

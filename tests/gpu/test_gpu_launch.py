@@ -8,8 +8,9 @@ import sys
 
 import pytest
 import test_launch as cpu_launch  # accelerate's launcher choice, recorded
-from gpu_testing import REPO_ROOT, SCRIPT_ENV, cuda_device, load_script, require_package
+from gpu_testing import REPO_ROOT, SCRIPT_ENV, cuda_device, require_package
 from safetensors.torch import load_file
+from script_testing import TEXT_ROW, instruct_recipe_argv, load_script, sft_parser
 
 from qwen_omni.common.launching import LaunchRequest
 from qwen_omni.qwen3_omni import tiny_checkpoints
@@ -24,63 +25,13 @@ MAX_STEPS = 2
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu_launch")
     base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": "Think step by step."},
-                {"role": "assistant", "content": "two plus two is four"},
-            ]
-        }
-    ] * 8
+    rows = [TEXT_ROW] * 8
     (root / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
     return {"root": root, "base": base, "data": str(root / "train.jsonl")}
 
 
 def sft_args(workdir, output_dir):
-    return [
-        "--config",
-        str(REPO_ROOT / "train" / "configs" / "instruct.yaml"),
-        "--model_name_or_path",
-        workdir["base"],
-        "--dataset_name",
-        workdir["data"],
-        "--output_dir",
-        str(output_dir),
-        "--dtype",
-        "bfloat16",
-        "--bf16",
-        "true",
-        "--max_steps",
-        str(MAX_STEPS),
-        "--per_device_train_batch_size",
-        "2",
-        "--gradient_accumulation_steps",
-        "1",
-        "--learning_rate",
-        "1e-2",
-        "--warmup_steps",
-        "0",
-        "--lora_r",
-        "4",
-        "--lora_alpha",
-        "8",
-        "--lora_expert_r",
-        "2",
-        "--logging_steps",
-        "1",
-        "--save_strategy",
-        "steps",
-        "--save_steps",
-        str(MAX_STEPS),
-        "--report_to",
-        "none",
-        "--max_length",
-        "128",
-        "--dataloader_num_workers",
-        "0",
-        "--disable_tqdm",
-        "true",
-    ]
+    return instruct_recipe_argv(workdir, output_dir, MAX_STEPS, 2, 128, "--dtype", "bfloat16", "--bf16", "true")
 
 
 # config file -> (accelerate's launcher, what the checkpoint of that engine holds)
@@ -100,9 +51,7 @@ def test_sft_with_one_process_on_one_gpu_under_the_shipped_config(config_file, w
     assert (request.fsdp_version, request.deepspeed) == ((2, False) if config_file == "fsdp2.yaml" else (None, True))
     output_dir = workdir["root"] / config_file.removesuffix(".yaml")
     sft = load_script("sft")
-    parser = sft.TrlParser(
-        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
-    )
+    parser = sft_parser(sft)
     parser.parse_args_and_config(args=sft_args(workdir, output_dir))  # the flags as the script reads them
     device = cuda_device(f"{config_file} launches on GPUs")
     if config_file == "deepspeed_zero3.yaml":

@@ -16,9 +16,10 @@ import pytest
 import test_quantized_experts as cpu_experts  # its tiny MoE text model and dequantized twin
 import test_talker_voice as cpu_talker  # its clip writer
 import torch
-from gpu_testing import REPO_ROOT, SCRIPT_ENV, TESTS_DIR, cuda_device, cuda_median_seconds, load_script
+from gpu_testing import REPO_ROOT, SCRIPT_ENV, TESTS_DIR, cuda_device, cuda_median_seconds
 from peft import get_peft_model
 from safetensors.torch import load_file
+from script_testing import load_script, seed_recipe_run, sft_parser
 from transformers import Qwen3OmniMoeConfig, Qwen3OmniMoeThinkerForConditionalGeneration, TrainerCallback
 
 from qwen_omni.qwen3_omni import build_lora_config, load_thinker, tiny_checkpoints
@@ -162,9 +163,7 @@ def real_width_runs(tmp_path_factory):
     rows = [{"messages": [{"role": "user", "content": "Read this."}, {"role": "assistant", "content": reply}]}] * 8
     (root / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
     sft = load_script("sft")
-    parser = sft.TrlParser(
-        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
-    )
+    parser = sft_parser(sft)
     recipes = {"qlora.yaml": [], "qlora.yaml --offload_experts": ["--offload_experts"]}
 
     def argv(name, flags):
@@ -278,65 +277,9 @@ def test_offload_step_time_against_resident_experts_shows_the_copy_overlapped(re
 
 
 def test_sft_script_with_load_in_4bit_on_cuda_then_merge(checkpoint, tmp_path, record_figure):
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": "Think step by step."},
-                {"role": "assistant", "content": "two plus two is four"},
-            ]
-        },
-        {
-            "messages": [
-                {"role": "user", "content": "What do you see?"},
-                {"role": "assistant", "content": "A red square on white."},
-            ]
-        },
-    ] * 4
-    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
-    out, merged = tmp_path / "out", tmp_path / "merged"
-    argv = [
-        "--config",
-        str(REPO_ROOT / "train" / "configs" / "seed_recipe.yaml"),
-        "--load_in_4bit",
-        "--model_name_or_path",
-        checkpoint,
-        "--dataset_name",
-        str(tmp_path / "train.jsonl"),
-        "--output_dir",
-        str(out),
-        "--dtype",
-        "bfloat16",
-        "--max_steps",
-        "8",
-        "--per_device_train_batch_size",
-        "4",
-        "--gradient_accumulation_steps",
-        "1",
-        "--learning_rate",
-        "2e-2",
-        "--warmup_steps",
-        "0",
-        "--lr_scheduler_type",
-        "constant",
-        "--lora_r",
-        "8",
-        "--lora_alpha",
-        "16",
-        "--logging_steps",
-        "1",
-        "--save_strategy",
-        "no",
-        "--report_to",
-        "none",
-        "--max_length",
-        "128",
-        "--dataloader_num_workers",
-        "0",
-    ]
-    sft = load_script("sft")
-    parser = sft.TrlParser(
-        (sft.ScriptArguments, sft.Qwen3OmniSFTConfig, sft.Qwen3OmniModelConfig, sft.Qwen3OmniArguments)
-    )
+    out, argv = seed_recipe_run(checkpoint, tmp_path, "bfloat16")
+    merged = tmp_path / "merged"
+    parser = sft_parser(load_script("sft"))
     _, _, model_args, _ = parser.parse_args_and_config(args=argv)
     assert model_args.load_in_4bit and model_args.quantize_experts
     device = cuda_device("train/sft.py trains on the GPU")
