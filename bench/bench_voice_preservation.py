@@ -12,9 +12,9 @@ LoRA of the recipe. Preservation, as the recipe runs it:
 - once before training, the base Talker's greedy codes for each of the 3 existing speakers on each clip's
   conversation and on `--preserve_texts` of the built-in `PRESERVE_TEXTS`, at most twice the clips' length
   (`talker_voice.build_preserve_examples`; a random Thinker rarely ends its speech, so it runs to that limit);
-- every step, `--batch_size` of those examples join the batch of clips (`--preserve_batch_size` defaults to the
-  per-device batch size); with `--preserve_loss kl` (the default) the frozen base (the adapter disabled) also runs
-  forward on them without gradients, with `codes` it does not.
+- every step, `--batch_size` x 3 of those examples join the batch of clips (`--preserve_batch_size` defaults to the
+  per-device batch size times the kept speakers); with `--preserve_loss kl` the frozen base (the adapter disabled)
+  also runs forward on them without gradients, with `codes` (the default) it does not.
 
 Figures (CPU time of this process with one torch thread by default, or wall time after a synchronize on a GPU): the
 median step time of both (interleaved over `--repeats` rounds after a warm-up), the time of the one-off generation,
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
 
     model = build_lora(copy.deepcopy(base), "routed", args.lora_r)
     new_speaker = speakers["ethan"]  # the trained row; which one does not change the cost
-    with_preservation = examples + preserve_examples[: args.batch_size]
+    # the recipe's default --preserve_batch_size: each clip balanced by one conversation spoken by every kept speaker
+    with_preservation = examples + preserve_examples[: args.batch_size * len(speakers)]
     batches = {"without": (examples, "kl"), "kl": (with_preservation, "kl"), "codes": (with_preservation, "codes")}
     times = {variant: [] for variant in batches}
     for round_index in range(args.repeats + 1):

@@ -43,6 +43,63 @@ def give_trained_scales(model):
         model.talker.codec_head.weight[special] *= 0.04
 
 
+# Sentences the tiny base learns its three voices on: in none of TEXTS, OUTSIDE_TEXTS and PRESERVE_TEXTS.
+VOICE_TEXTS = [
+    "one two three",
+    "open the door please",
+    "it is cold outside today",
+    "where is my blue pen",
+    "the sun sets in the west",
+    "a cat sleeps on the mat",
+    "we went home early",
+    "turn off the light",
+    "music plays softly",
+    "the river runs fast and deep",
+    "bring me some water",
+    "good night and sleep well",
+]
+
+
+def give_distinct_voices(model, processor, steps=150):
+    """A random tiny Talker ignores its speaker id (Ethan's and Chelsie's first logits differ by ~1e-4 and their greedy
+    codes are identical), so "the other voices are kept" would mean nothing on it. Train its Talker (in full, teacher
+    forced) so that each existing speaker speaks a voice of its own, as the real Talker does: a speaker-specific cycle of
+    three 16-codebook frames, one frame per token of the text, then codec_eos."""
+    from qwen_omni.qwen3_omni.talker_voice.examples import (
+        TalkerVoiceExample,
+        cache_thinker_outputs,
+        talker_voice_examples_forward,
+    )
+
+    talker_config = model.config.talker_config
+    examples = []
+    for index, codec_id in enumerate(sorted(talker_config.speaker_id.values())):
+        generator = torch.Generator().manual_seed(1000 + index)
+        cycle = torch.randint(0, talker_config.code_predictor_config.vocab_size, (3, 16), generator=generator)
+        for text in VOICE_TEXTS:
+            prompt_ids, answer_ids = conversation_ids(processor, text, None, "Read this aloud: {text}")
+            examples.append(
+                TalkerVoiceExample(
+                    torch.tensor(prompt_ids),
+                    torch.tensor(prompt_ids + answer_ids),
+                    cycle[torch.arange(len(answer_ids)) % 3],
+                    speaker_codec_id=codec_id,
+                )
+            )
+    cache_thinker_outputs(model, examples)
+    parameters = [parameter for name, parameter in model.named_parameters() if name.startswith("talker.")]
+    optimizer = torch.optim.Adam(parameters, lr=3e-3)
+    torch.manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        loss = talker_voice_examples_forward(model, examples, speaker_codec_id=-1).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return loss.item()
+
+
 def write_clips(folder, texts=TEXTS, rate=16000, seed=0):
     """A metadata folder (metadata.jsonl + wav files) of noise clips of FRAMES_PER_CLIP Mimi frames at `rate`."""
     import numpy as np
@@ -65,6 +122,7 @@ def workdir(tmp_path_factory):
     base = tiny_checkpoints.save_tiny_checkpoint(root / "base")
     model = load_model(base)
     give_trained_scales(model)
+    assert give_distinct_voices(model, AutoProcessor.from_pretrained(base)) < 0.1
     model.save_pretrained(base)
     return {
         "root": root,
@@ -351,9 +409,9 @@ OUTSIDE_TEXTS = [
 
 @pytest.fixture(scope="module")
 def trained_with_preservation(workdir):
-    """The `trained` run keeping the existing speakers (`--preserve_speakers all`, the default), with the settings
-    measured to learn the voice exactly on the tiny model: cross-entropy on the base's codes at weight 0.3, 800
-    steps (at weight 1 and 400 steps no clip is reproduced)."""
+    """The `trained` run keeping the existing speakers with the recipe's defaults (`--preserve_speakers all`,
+    cross-entropy on the base's codes at weight 1, 3 clips x 3 kept speakers = 9 preserved examples a step) and
+    `train/configs/talker_voice.yaml`'s cosine schedule, 800 steps."""
     output_dir = workdir["root"] / "nova_preserving"
     run_script(
         "talker_voice_sft.py",
@@ -368,10 +426,8 @@ def trained_with_preservation(workdir):
             800,
             "--lora_target_code_predictor_mlp",
             "true",
-            "--preserve_loss",
-            "codes",
-            "--preserve_weight",
-            0.3,
+            "--lr_scheduler_type",
+            "cosine",
         ),
     )
     merged = workdir["root"] / "nova_preserving_merged"
@@ -413,8 +469,10 @@ def nova_clips(workdir, config, adapter):
 
 def test_the_new_voice_joins_the_existing_speakers(workdir, trained, trained_with_preservation, processor):
     """With preservation (the default) the merged nova speaks a training clip's exact codes and no existing speaker
-    speaks any of nova's clips; without it (`--preserve_speakers none`) every existing speaker speaks nova's clips
-    (the collapse of issue 19). The record of what was kept is in the adapter and in the merge."""
+    speaks any of nova's clips; without it (`--preserve_speakers none`) Ethan, whose row nova's started from, speaks
+    every one of nova's clips (the collapse of issue 19; what becomes of the others is measured in
+    test_existing_speakers_keep_speaking_as_the_base). The record of what was kept is in the adapter and in the
+    merge."""
     from qwen_omni.qwen3_omni.talker_voice import read_voice_preservation
 
     base = load_model(workdir["base"])
@@ -423,12 +481,13 @@ def test_the_new_voice_joins_the_existing_speakers(workdir, trained, trained_wit
     preserved = spoken_clips(load_model(trained_with_preservation["merged"]), processor, encoded, [*ids, "nova"])
     alone = spoken_clips(load_model(trained["merged"]), processor, encoded, [*ids, "nova"])
     assert preserved["nova"] >= 1 and not any(preserved[speaker] for speaker in ids), preserved
-    assert alone["nova"] >= 1 and all(alone[speaker] >= 1 for speaker in ids), alone
+    assert alone["nova"] >= 1 and alone["ethan"] == len(encoded), alone
 
     for folder in (trained_with_preservation["adapter"], trained_with_preservation["merged"]):
         record = read_voice_preservation(folder)
         assert record["speaker_name"] == "nova" and record["preserved_speakers"] == ids
-        assert record["replaced_speakers"] == [] and record["preserve_weight"] == 0.3
+        assert record["replaced_speakers"] == [] and record["preserve_weight"] == 1.0
+        assert record["preserve_batch_size"] == 3 * len(ids)
         assert record["num_preserve_examples"] == len(ids) * (len(TEXTS) + record["num_preserve_texts"])
     record = read_voice_preservation(trained["merged"])
     assert record["preserved_speakers"] == {} and record["replaced_speakers"] == sorted(ids)
@@ -436,8 +495,9 @@ def test_the_new_voice_joins_the_existing_speakers(workdir, trained, trained_wit
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 19, open: on the tiny model the preserved speakers' greedy codes on unseen sentences match the "
-    "base's at ~0.17 of positions after preservation (0.01 without), not 0.9 (docs/qwen3_omni.md)",
+    reason="issue 19, open: on the tiny base with three distinct voices, the preserved speakers' greedy codes on "
+    "unseen sentences match the base's at 0.55-1.0 of positions depending on the speaker and the run (0.01-0.03 "
+    "without preservation), not always 0.9 (docs/qwen3_omni.md)",
 )
 def test_existing_speakers_keep_speaking_as_the_base(workdir, trained, trained_with_preservation, processor):
     """Issue 19's measure: on sentences outside the voice data and the preservation texts, every preserved speaker's

@@ -154,7 +154,7 @@ def main(script_args, training_args, model_args, voice_args):
         if preserved
         else []
     )
-    preserve_batch_size = voice_args.preserve_batch_size or training_args.per_device_train_batch_size
+    preserve_batch_size = voice_args.preserve_batch_size or training_args.per_device_train_batch_size * len(preserved)
     voice_preservation = {
         "speaker_name": speaker,
         "preserved_speakers": preserved,

@@ -13,17 +13,6 @@ PRESERVE_LOSSES = ("kl", "codes")
 
 # Written next to the adapter and copied into the merge: the existing speakers the run kept (read_voice_preservation).
 VOICE_PRESERVATION_NAME = "voice_preservation.json"
-TALKER_PREFIX = "talker.model."
-CODE_PREDICTOR_PREFIX = "talker.code_predictor.model."
-CODE_PREDICTOR_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-# The code predictor's dense MLP can only be adapted through its weights (`target_parameters`, opt-in): PEFT 0.21 reads
-# a `target_modules` entry ending in `gate_proj` / `up_proj` / `down_proj` on a `qwen3_omni_moe` model as a
-# transformers-4 expert name and re-targets it to every fused `mlp.experts` of the model, the Thinker's included. A
-# weight-level LoRA computes `W + dW` and a full-size weight gradient at every step, which costs ~0.25x of a frozen
-# step (bench/bench_talker_lora.py), so by default only the code predictor's attention is adapted.
-CODE_PREDICTOR_MLP_WEIGHTS = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
-CODEC_EMBEDDING = "talker.model.codec_embedding"
-PRESERVE_LOSSES = ("kl", "codes")
 
 
 @dataclass
@@ -71,7 +60,9 @@ class TalkerVoiceArguments:
     preserve_batch_size: int | None = field(
         default=None,
         metadata={
-            "help": "Preserved-speaker examples added to every step's batch (default per_device_train_batch_size)."
+            "help": "Preserved-speaker examples added to every step's batch (default per_device_train_batch_size "
+            "times the number of preserved speakers: each clip is balanced by one conversation spoken by every "
+            "kept speaker)."
         },
     )
     preserve_max_frames: int | None = field(

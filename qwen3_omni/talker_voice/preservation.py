@@ -17,7 +17,8 @@ logger = logging.get_logger(__name__)
 
 
 # The sentences the preserved speakers speak besides the new voice's transcripts (--preserve_texts replaces them):
-# everyday sentences of several shapes (statements, questions, numbers, lists) in the Talker's two main languages.
+# everyday sentences of several shapes and lengths (short replies, statements, questions, numbers, lists) in the Talker's
+# two main languages.
 PRESERVE_TEXTS = (
     "Good morning, how can I help you today?",
     "The meeting has been moved to three o'clock on Thursday afternoon.",
@@ -35,6 +36,22 @@ PRESERVE_TEXTS = (
     "Let me read the first paragraph aloud for everyone.",
     "He said he would call back after lunch, but he never did.",
     "Turn left at the second traffic light and keep going straight.",
+    "Yes, of course.",
+    "No, not yet.",
+    "See you tomorrow.",
+    "What time is it?",
+    "I don't know.",
+    "Wait a moment, please.",
+    "That sounds great.",
+    "Where are you going?",
+    "It is five past ten.",
+    "Call me later.",
+    "Is this seat free?",
+    "Nice to meet you.",
+    "How much is it?",
+    "The door is open.",
+    "Let's begin.",
+    "Be careful on the stairs.",
     "你好，很高兴认识你。",
     "今天天气很好，我们去公园散步吧。",
     "请问这个周末你有什么安排？",
