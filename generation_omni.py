@@ -142,6 +142,20 @@ class OmniSpanState:
         )
         self.length += 1
 
+    def select(self, rows: torch.LongTensor) -> None:
+        """Keep only `rows` of the batch (a continuous batch dropping finished rows)."""
+        self.in_audio, self._text_open = self.in_audio[rows], self._text_open[rows]
+        self._audio_since_start = self._audio_since_start[rows]
+
+    def extend(self, other: OmniSpanState) -> None:
+        """Append the rows of `other` (rows joining a continuous batch; both describe sequences of one length,
+        left-padded where needed: padding is outside every span)."""
+        if other.length != self.length:
+            raise ValueError(f"span states of lengths {self.length} and {other.length} cannot be joined")
+        self.in_audio = torch.cat([self.in_audio, other.in_audio])
+        self._text_open = torch.cat([self._text_open, other._text_open])
+        self._audio_since_start = torch.cat([self._audio_since_start, other._audio_since_start])
+
 
 class _SpanStateUser:
     """Holds the [`OmniSpanState`] that `OmniGenerationMixin._sample` keeps for its batch; any other caller (beam
