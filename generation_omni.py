@@ -301,8 +301,11 @@ def audio_block_scores(
     hidden = hidden.to(weight.dtype)
     if hidden.shape[0] == 1:
         code_logits = hidden @ blocks[int(position[0])].T
-    else:
-        code_logits = torch.bmm(blocks[position], hidden[:, :, None])[:, :, 0]
+    else:  # one product per frame position present (gathering a block per row would copy it per row)
+        code_logits = hidden.new_empty(hidden.shape[0], size)
+        for frame_position in position.unique().tolist():
+            rows = (position == frame_position).nonzero()[:, 0]
+            code_logits[rows] = hidden[rows] @ blocks[frame_position].T
     end_logits = hidden @ weight[config.audio_end_token_id][:, None]
     end_logits = end_logits.masked_fill(~state.at_frame_boundary[:, None], -float("inf"))
     dummy = torch.full_like(end_logits, -float("inf"))

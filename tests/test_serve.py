@@ -522,3 +522,48 @@ def test_bad_options_are_one_line_with_exit_status_2(tmp_path):
             check=False,
         )
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_late_request_joins_the_running_rows_and_is_not_kept_waiting(omni_dir, tmp_path):
+    """Continuous batching: a request that arrives while another is being generated joins its rows at the next step
+    (its first audio comes before the earlier request's last byte), shares decoding steps with it, and speaks exactly
+    as it does alone."""
+    server = Server(omni_dir, tmp_path, "--greedy", "--max_duration", "3", "--max_concurrency", "4")
+    body = {"model": Path(omni_dir).name, "voice": "default", "response_format": "pcm"}
+
+    def speak(text: str) -> bytes:
+        return httpx.post(f"{server.url}/v1/audio/speech", json={**body, "input": text}, timeout=300).content
+
+    try:
+        alone = speak(TEXTS[2])
+        before = server.health()
+        timeline: dict[str, float] = {}
+        late_audio = {}
+
+        def late_request() -> None:
+            with httpx.stream("POST", f"{server.url}/v1/audio/speech", json={**body, "input": TEXTS[2]}) as late:
+                chunks = late.iter_raw()
+                first = next(chunks)
+                timeline["late first audio"] = time.monotonic()
+                late_audio["pcm"] = first + b"".join(chunks)
+
+        with httpx.stream(
+            "POST", f"{server.url}/v1/audio/speech", json={**body, "input": TEXTS[0]}, timeout=300
+        ) as response:
+            deadline = time.monotonic() + 60
+            while server.health()["running_jobs"] == 0:  # the first request's row is being decoded
+                assert time.monotonic() < deadline, "the first request never started"
+            late = threading.Thread(target=late_request)
+            late.start()
+            early_audio = b"".join(response.iter_raw())
+            timeline["early last byte"] = time.monotonic()
+        late.join()
+        after = server.health()
+    finally:
+        server.stop()
+    assert len(early_audio) > 0 and late_audio["pcm"] == alone
+    assert timeline["late first audio"] < timeline["early last byte"], timeline
+    # the late request joined a row already decoding (no new batch was waited for) and shared steps with it
+    assert after["joined_running_batch"] - before["joined_running_batch"] == 1
+    assert after["most_requests_in_a_step"] == 2 and after["largest_batch"] == 2
+    assert "1 job(s) join 1 decoding row(s)" in server.log_text()

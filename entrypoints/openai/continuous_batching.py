@@ -46,7 +46,9 @@ class SpeechDecoding:
         config, model_kwargs = model._prepare_generation_config(None, **generate_kwargs)
         model._prepare_special_tokens(config, True, device=model.device)
         self.config = config
-        self.has_default_max_length = generate_kwargs.get("max_length") is None and config.max_length is None
+        self.has_default_max_length = (  # as `generate` decides it
+            generate_kwargs.get("max_length") is None and model.generation_config.max_length is None
+        )
         self.processors = model._get_logits_processor(config, device=model.device, model_kwargs={})
         self.constraint = next(p for p in self.processors if isinstance(p, OmniConstrainedLogitsProcessor))
         self.eos_ids = config._eos_token_tensor

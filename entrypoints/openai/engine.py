@@ -182,10 +182,11 @@ class TransformersEngine:
         self._stopping = False
         self._speech: ContinuousSpeechBatch | None = None
         self._decodings: dict[tuple, SpeechDecoding] = {}
-        # counters (GET /health): prefills and `generate` calls, the most rows in one decoding step or call, the
-        # decoding steps of continuous batches, and the jobs that joined rows already being decoded
+        # counters (GET /health): prefills and `generate` calls, the most rows (and requests) in one decoding step
+        # or call, the decoding steps of continuous batches, and the jobs that joined rows already being decoded
         self.batches_run = 0
         self.largest_batch = 0
+        self.most_requests_in_a_step = 0
         self.decode_steps = 0
         self.joined_running = 0
         self._worker = threading.Thread(target=self._work, name="omni-engine", daemon=True)
@@ -262,6 +263,7 @@ class TransformersEngine:
                 "running_jobs": sum(not job.cancelled for job in self._running),
                 "batches_run": self.batches_run,
                 "largest_batch": self.largest_batch,
+                "most_requests_in_a_step": self.most_requests_in_a_step,
                 "decode_steps": self.decode_steps,
                 "joined_running_batch": self.joined_running,
                 "decoding_streams": self.decoder.open_streams if self.decoder is not None else 0,
@@ -321,16 +323,23 @@ class TransformersEngine:
             if self._stopping:
                 return None
             running_key = None if idle else self._speech.decoding
-            room = self.max_batch_size - (0 if idle else len(self._speech))
-            joining, separate = [], []
-            for job in list(self._waiting):
+            joinable, separate = [], []
+            for job in self._waiting:
                 decoding = self._decoding(job)
                 if decoding is not None and (running_key is None or decoding is running_key):
-                    if len(joining) < room:
-                        running_key = decoding
-                        joining.append(job)
+                    running_key = decoding
+                    joinable.append(job)
                 elif not separate or (job.batch_key == separate[0].batch_key and len(separate) < self.max_batch_size):
                     separate.append(job)
+            # each free row goes to the request with the fewest rows (a new request before the later pieces of a
+            # long one, which are needed only once its earlier pieces are spoken), then in order of arrival
+            rows_of = collections.Counter(job.request_id for job in self._running)
+            joining = []
+            while joinable and len(joining) < self.max_batch_size - (0 if idle else len(self._speech)):
+                job = min(joinable, key=lambda job: rows_of[job.request_id])
+                joinable.remove(job)
+                joining.append(job)
+                rows_of[job.request_id] += 1
             for job in [*joining, *separate]:
                 self._waiting.remove(job)
             return joining, separate
@@ -356,6 +365,7 @@ class TransformersEngine:
 
     def _step(self) -> None:
         rows = len(self._speech)
+        requests = {job.request_id for job in self._speech.jobs}
         try:
             self._speech.step()
         except Exception as error:  # noqa: BLE001 - the rows' requests get the error; the server goes on
@@ -368,6 +378,7 @@ class TransformersEngine:
         with self._condition:
             self.decode_steps += 1
             self.largest_batch = max(self.largest_batch, rows)
+            self.most_requests_in_a_step = max(self.most_requests_in_a_step, len(requests))
             self._running = self._speech.jobs
 
     def _run(self, jobs: list[GenerationJob]) -> None:
