@@ -175,9 +175,7 @@ class ContinuousSpeechBatch:
         hidden = model.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
         ).last_hidden_state[:, -1]
-        rows = [
-            _Row(job, self.decoder.open(job), self.decoding.max_new_tokens(len(job.prompt_ids))) for job in jobs
-        ]
+        rows = [_Row(job, self.decoder.open(job), self.decoding.max_new_tokens(len(job.prompt_ids))) for job in jobs]
         joining = _Rows(rows, ids, mask, cache, OmniSpanState(model.config, ids))
         self._next_tokens(joining, self.model.lm_head(hidden).float())
         if len(joining) == 0:
