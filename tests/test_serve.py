@@ -294,7 +294,12 @@ def test_concurrent_requests_are_batched_and_equal_one_at_a_time(server, client,
     health = server.health()
     assert health["batches_run"] - before < len(TEXTS), "the concurrent requests did not share a batch"
     assert health["largest_batch"] >= 2
-    assert [results[i] for i in range(4)] == sequential
+    # the same speech: rows decoded together read the codec's weights once for all, and the matrix kernels round a
+    # product of more rows differently (float rounding: at most 1 step of int16)
+    for together, alone in zip([results[i] for i in range(4)], sequential):
+        assert (
+            len(together) == len(alone) and np.abs(pcm_to_float(together) - pcm_to_float(alone)).max() <= 1.5 / 32767
+        )
 
 
 def test_transcription_equals_in_process_greedy(server, client, reference):
@@ -561,7 +566,9 @@ def test_a_late_request_joins_the_running_rows_and_is_not_kept_waiting(omni_dir,
         after = server.health()
     finally:
         server.stop()
-    assert len(early_audio) > 0 and late_audio["pcm"] == alone
+    # the same speech as alone (to float rounding: its frames were decoded together with the other row's)
+    assert len(early_audio) > 0 and len(late_audio["pcm"]) == len(alone)
+    assert np.abs(pcm_to_float(late_audio["pcm"]) - pcm_to_float(alone)).max() <= 1.5 / 32767
     assert timeline["late first audio"] < timeline["early last byte"], timeline
     # the late request joined a row already decoding (no new batch was waited for) and shared steps with it
     assert after["joined_running_batch"] - before["joined_running_batch"] == 1

@@ -27,7 +27,8 @@ from qwen_omni.generation_omni import (
     OmniMaxDurationCriteria,
     OmniSpanState,
     _block_scoring_supported,
-    audio_block_scores,
+    choose_tokens,
+    next_token_scores,
 )
 
 
@@ -210,21 +211,12 @@ class ContinuousSpeechBatch:
         """Choose each row's next token (from full `logits`, or from `hidden` through the fast audio head when every
         row is in an audio span), append it, send it to the decoder, and drop the rows that ended."""
         decoding, state = self.decoding, batch.state
-        if logits is None and not bool(state.in_audio.all()):
-            logits = self.model.lm_head(hidden).float()
-        if logits is None:
-            scores, candidates = audio_block_scores(self.model, hidden, batch.ids, state, decoding.processors)
-        else:
-            decoding.constraint.span_state = state
-            try:
-                scores, candidates = decoding.processors(batch.ids, logits), None
-            finally:
-                decoding.constraint.span_state = None
-        if decoding.config.do_sample:
-            choice = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
-        else:
-            choice = scores.argmax(dim=-1, keepdim=True)
-        tokens = (candidates.gather(1, choice) if candidates is not None else choice)[:, 0]
+        decoding.constraint.span_state = state  # the full head's constraint reads the rows' state, not the ids
+        try:
+            scores, candidates = next_token_scores(self.model, batch.ids, state, decoding.processors, hidden, logits)
+        finally:
+            decoding.constraint.span_state = None
+        tokens = choose_tokens(scores, candidates, decoding.config.do_sample)
         batch.ids = torch.cat([batch.ids, tokens[:, None]], dim=-1)
         batch.mask = torch.nn.functional.pad(batch.mask, (0, 1), value=1)
         state.advance(tokens)
