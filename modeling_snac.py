@@ -373,6 +373,7 @@ class _NoiseLayer:
 
     def __init__(self, noise_module: torch.nn.Module):
         self.module = noise_module
+        self.scale_weight = noise_module.linear.weight.detach()  # weight norm computed once
         self.position = 0
 
     @staticmethod
@@ -380,7 +381,7 @@ class _NoiseLayer:
         joined, lengths = _join_rows(pieces)
         if not joined.shape[-1]:
             return pieces
-        scales = _split_rows(layers[0].module.linear(joined), lengths)
+        scales = _split_rows(F.conv1d(joined, layers[0].scale_weight, layers[0].module.linear.bias), lengths)
         outputs = []
         for layer, x, scale in zip(layers, pieces, scales):
             noise = layer.module._noise(layer.position, x.shape[-1], x.device, x.dtype) if x.shape[-1] else 0
@@ -407,6 +408,23 @@ class _WindowedAttentionLayer:
             outputs.append(layer.module(layer.pending[..., :whole]) if whole else layer.pending[..., :0])
             layer.pending = layer.pending[..., whole:]
         return outputs
+
+
+class _SnakeLayer:
+    """snac's `Snake1d`, `x + sin(alpha * x) ** 2 / alpha`, in place on one new tensor (snac's allocates one per
+    operation) with `1 / alpha` computed once; the same operations in the same order, so the same samples."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.alpha = module.alpha.detach()
+        self.inverse_alpha = (self.alpha + 1e-9).reciprocal()
+
+    @staticmethod
+    def run_rows(layers: list[_SnakeLayer], pieces: list[torch.Tensor], finals: list[bool]) -> list[torch.Tensor]:
+        joined, lengths = _join_rows(pieces)
+        if not joined.shape[-1]:
+            return pieces
+        out = torch.mul(layers[0].alpha, joined).sin_().pow_(2).mul_(layers[0].inverse_alpha).add_(joined)
+        return _split_rows(out, lengths)
 
 
 class _PointwiseLayer:
@@ -455,7 +473,9 @@ def _streaming_layers(module: torch.nn.Module) -> list:
         return _streaming_layers(module.block)
     if isinstance(module, ResidualUnit):
         return [_ResidualLayer(_streaming_layers(module.block))]
-    if isinstance(module, (Snake1d, torch.nn.Tanh)):
+    if isinstance(module, Snake1d):
+        return [_SnakeLayer(module)]
+    if isinstance(module, torch.nn.Tanh):
         return [_PointwiseLayer(module)]
     if isinstance(module, torch.nn.ConvTranspose1d):
         return [_TransposedConvLayer(module)]

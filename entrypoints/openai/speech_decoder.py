@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import queue
 import threading
 from typing import Any
 
@@ -94,8 +95,6 @@ class _Stream:
 def _decode_loop(model_dir: str, device: str, chunk_frames: int, num_threads: int | None, requests, results) -> None:
     """The decoding process. It takes every message waiting (the model's steps since its last call), then decodes
     the streams that have a chunk of `chunk_frames` whole frames, or ended, together (`_decode_ready`)."""
-    import queue
-
     import torch
     from transformers import AutoProcessor
 
@@ -207,6 +206,8 @@ class SpeechDecodeProcess:
         self._jobs: dict[int, Any] = {}
         self._ids = itertools.count()
         self._lock = threading.Lock()
+        self._stopping = False
+        self.failure: str | None = None  # why the process is gone, if it died
         self._reader = threading.Thread(target=self._read, name="omni-snac-results", daemon=True)
 
     def start(self) -> None:
@@ -219,6 +220,8 @@ class SpeechDecodeProcess:
         self._reader.start()
 
     def open(self, job) -> int:
+        if self.failure is not None:
+            raise RuntimeError(self.failure)
         with self._lock:
             stream = next(self._ids)
             self._jobs[stream] = job
@@ -242,6 +245,7 @@ class SpeechDecodeProcess:
             return len(self._jobs)
 
     def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
         if not self._process.is_alive():
             return
         self._requests.put(None)
@@ -253,7 +257,16 @@ class SpeechDecodeProcess:
         self._reader.join(timeout)
 
     def _read(self) -> None:
-        while (message := self._results.get()) is not None:
+        while True:
+            try:
+                message = self._results.get(timeout=1.0)
+            except queue.Empty:
+                if self._process.is_alive() or self._stopping:
+                    continue
+                self._fail(f"the SNAC decoding process died (exit code {self._process.exitcode})")
+                return
+            if message is None:
+                return
             stream, kind, payload = message
             with self._lock:
                 job = self._jobs.get(stream) if kind == _AUDIO else self._jobs.pop(stream, None)
@@ -266,3 +279,12 @@ class SpeechDecodeProcess:
             else:
                 logger.error(f"request {job.request_id}: {payload}")
                 job.deliver(RuntimeError(payload))
+
+    def _fail(self, reason: str) -> None:
+        """Every open stream's request gets the error, and so does every later one (`open` raises)."""
+        logger.error(reason)
+        self.failure = reason
+        with self._lock:
+            jobs, self._jobs = list(self._jobs.values()), {}
+        for job in jobs:
+            job.deliver(RuntimeError(reason))
