@@ -574,3 +574,50 @@ def test_a_late_request_joins_the_running_rows_and_is_not_kept_waiting(omni_dir,
     assert after["joined_running_batch"] - before["joined_running_batch"] == 1
     assert after["most_requests_in_a_step"] == 2 and after["largest_batch"] == 2
     assert "1 job(s) join 1 decoding row(s)" in server.log_text()
+
+
+@pytest.mark.parametrize("layer_by_layer", [True, False])
+def test_decoding_process_gives_the_streamers_audio(omni_dir, monkeypatch, layer_by_layer):
+    """The decoding process's loop (run here in a thread, with plain queues) decodes a stream as `OmniAudioStreamer`
+    does: layer by layer, or, for a codec without a streaming rule for a layer, in overlapping windows."""
+    import queue
+
+    from transformers import AutoProcessor
+
+    import qwen_omni  # noqa: F401
+    from qwen_omni import modeling_snac
+    from qwen_omni.entrypoints.openai.speech_decoder import _decode_loop
+
+    if not layer_by_layer:
+
+        def no_streaming_rule(self, processor):
+            raise NotImplementedError("no streaming rule for TestLayer")
+
+        monkeypatch.setattr(modeling_snac.SNACStreamingDecoder, "__init__", no_streaming_rule)
+    processor = AutoProcessor.from_pretrained(omni_dir)
+    layout = processor.token_layout
+    generator = torch.Generator().manual_seed(0)
+    ids = [
+        layout.block_start(position) + int(torch.randint(layout.codebook_size, (), generator=generator))
+        for _ in range(9)
+        for position in range(layout.tokens_per_frame)
+    ]
+    expected = []
+    streamer = modeling_snac.OmniAudioStreamer(processor, on_chunk=expected.append)
+    streamer.put(torch.tensor([processor.audio_start_token_id]))
+    for token in ids:  # as `generate` streams: one id per step
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+
+    requests, results = queue.Queue(), queue.Queue()
+    for token in ids:
+        requests.put(("step", [(7, [token], False)]))
+    requests.put(("step", [(7, [processor.audio_end_token_id], True)]))
+    requests.put(None)
+    _decode_loop(str(omni_dir), "cpu", 1, 1, requests, results)
+    messages = []
+    while not results.empty():
+        messages.append(results.get())
+    assert messages[0] == (None, "ready", None) and messages[-1] == (7, "end", None)
+    assert {kind for _, kind, _ in messages[1:-1]} == {"audio"}
+    assert np.array_equal(np.concatenate([chunk for _, _, chunk in messages[1:-1]]), np.concatenate(expected))
