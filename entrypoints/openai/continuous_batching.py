@@ -88,6 +88,12 @@ class SpeechDecoding:
         return config.max_length - prompt_length
 
 
+def _padding(mask: torch.Tensor) -> torch.Tensor | None:
+    """The attention mask, or `None` when no row is padded (as `generate` drops an all-ones mask: the model then
+    skips building one, and attention runs as it does for a single unpadded sequence)."""
+    return None if bool(mask[:, 0].all()) else mask
+
+
 @dataclass(eq=False)
 class _Row:
     job: object  # a `GenerationJob`
@@ -174,11 +180,20 @@ class ContinuousSpeechBatch:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=model.config)
         hidden = model.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            input_ids=ids,
+            attention_mask=_padding(mask),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
         ).last_hidden_state[:, -1]
         rows = [_Row(job, self.decoder.open(job), self.decoding.max_new_tokens(len(job.prompt_ids))) for job in jobs]
         joining = _Rows(rows, ids, mask, cache, OmniSpanState(model.config, ids))
-        self._next_tokens(joining, self.model.lm_head(hidden).float())
+        try:
+            self._next_tokens(joining, self.model.lm_head(hidden).float())
+        except Exception:
+            for row in rows:
+                self.decoder.close(row.stream)
+            raise
         if len(joining) == 0:
             return
         if self.batch is None:
@@ -200,7 +215,7 @@ class ContinuousSpeechBatch:
         positions = batch.mask.sum(dim=-1, keepdim=True) - 1  # each row's newest token
         hidden = self.model.model(
             input_ids=batch.ids[:, -1:],
-            attention_mask=batch.mask,
+            attention_mask=_padding(batch.mask),
             position_ids=positions,
             past_key_values=batch.cache,
             use_cache=True,
