@@ -142,6 +142,20 @@ class OmniSpanState:
         )
         self.length += 1
 
+    def select(self, rows: torch.LongTensor) -> None:
+        """Keep only `rows` of the batch (a continuous batch dropping finished rows)."""
+        self.in_audio, self._text_open = self.in_audio[rows], self._text_open[rows]
+        self._audio_since_start = self._audio_since_start[rows]
+
+    def extend(self, other: OmniSpanState) -> None:
+        """Append the rows of `other` (rows joining a continuous batch; both describe sequences of one length,
+        left-padded where needed: padding is outside every span)."""
+        if other.length != self.length:
+            raise ValueError(f"span states of lengths {self.length} and {other.length} cannot be joined")
+        self.in_audio = torch.cat([self.in_audio, other.in_audio])
+        self._text_open = torch.cat([self._text_open, other._text_open])
+        self._audio_since_start = torch.cat([self._audio_since_start, other._audio_since_start])
+
 
 class _SpanStateUser:
     """Holds the [`OmniSpanState`] that `OmniGenerationMixin._sample` keeps for its batch; any other caller (beam
@@ -287,8 +301,11 @@ def audio_block_scores(
     hidden = hidden.to(weight.dtype)
     if hidden.shape[0] == 1:
         code_logits = hidden @ blocks[int(position[0])].T
-    else:
-        code_logits = torch.bmm(blocks[position], hidden[:, :, None])[:, :, 0]
+    else:  # one product per frame position present (gathering a block per row would copy it per row)
+        code_logits = hidden.new_empty(hidden.shape[0], size)
+        for frame_position in position.unique().tolist():
+            rows = (position == frame_position).nonzero()[:, 0]
+            code_logits[rows] = hidden[rows] @ blocks[frame_position].T
     end_logits = hidden @ weight[config.audio_end_token_id][:, None]
     end_logits = end_logits.masked_fill(~state.at_frame_boundary[:, None], -float("inf"))
     dummy = torch.full_like(end_logits, -float("inf"))
@@ -411,18 +428,7 @@ class OmniGenerationMixin(GenerationMixin):
         and the warpers, top-p's sort included, shrink alike). The span state is built once and advanced per token.
         Falls back to `GenerationMixin._sample` when the fast head is off or cannot apply (see the class docstring).
         """
-        constraint = next((p for p in logits_processor if isinstance(p, OmniConstrainedLogitsProcessor)), None)
-        wants_outputs = generation_config.return_dict_in_generate and any(
-            getattr(generation_config, name)
-            for name in ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
-        )
-        if (
-            not generation_config.fast_audio_head
-            or constraint is None
-            or wants_outputs
-            or synced_gpus
-            or not _block_scoring_supported(logits_processor)
-        ):
+        if not self._fast_head_applies(logits_processor, generation_config, synced_gpus):
             return super()._sample(
                 input_ids,
                 logits_processor,
@@ -435,7 +441,6 @@ class OmniGenerationMixin(GenerationMixin):
 
         pad_token_id = generation_config._pad_token_tensor
         has_eos_stopping_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
-        do_sample = generation_config.do_sample
         unfinished = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
         if pad_token_id is not None:
             pad_token_id = pad_token_id.to(input_ids.device)
@@ -452,17 +457,10 @@ class OmniGenerationMixin(GenerationMixin):
                 while True:
                     model_kwargs = self._update_model_kwargs_for_generation(outputs, model_kwargs)
                     del outputs
-                    if next_logits is None and bool((state.in_audio | (unfinished == 0)).all()):
-                        scores, candidates = audio_block_scores(self, hidden, input_ids, state, logits_processor)
-                    else:
-                        if next_logits is None:
-                            next_logits = self.lm_head(hidden).float()
-                        scores, candidates = logits_processor(input_ids, next_logits), None
-                    if do_sample:
-                        choice = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
-                    else:
-                        choice = scores.argmax(dim=-1, keepdim=True)
-                    next_tokens = (candidates.gather(1, choice) if candidates is not None else choice)[:, 0]
+                    scores, candidates = next_token_scores(
+                        self, input_ids, state, logits_processor, hidden, next_logits, unfinished
+                    )
+                    next_tokens = choose_tokens(scores, candidates, generation_config.do_sample)
                     if has_eos_stopping_criteria:
                         next_tokens = next_tokens * unfinished + pad_token_id * (1 - unfinished)
                     input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
@@ -472,11 +470,7 @@ class OmniGenerationMixin(GenerationMixin):
                     unfinished = unfinished & ~stopping_criteria(input_ids, scores)
                     if unfinished.max() == 0:
                         break
-                    model_inputs = self.prepare_inputs_for_generation(
-                        input_ids, next_sequence_length=1 if model_kwargs["use_cache"] else None, **model_kwargs
-                    )
-                    model_inputs.pop("logits_to_keep", None)
-                    outputs = self.model(**model_inputs)
+                    outputs = self._decode_step(input_ids, model_kwargs)
                     hidden, next_logits = outputs.last_hidden_state[:, -1], None
         finally:
             for user in span_users:
@@ -487,6 +481,62 @@ class OmniGenerationMixin(GenerationMixin):
             return GenerateDecoderOnlyOutput(sequences=input_ids, past_key_values=model_kwargs.get("past_key_values"))
         return input_ids
 
+    def _fast_head_applies(self, logits_processor: LogitsProcessorList, generation_config, synced_gpus: bool) -> bool:
+        """Whether `_sample` can score audio on the allowed block (see the class docstring)."""
+        wants_outputs = generation_config.return_dict_in_generate and any(
+            getattr(generation_config, name)
+            for name in ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
+        )
+        return (
+            generation_config.fast_audio_head
+            and any(isinstance(p, OmniConstrainedLogitsProcessor) for p in logits_processor)
+            and not wants_outputs
+            and not synced_gpus
+            and _block_scoring_supported(logits_processor)
+        )
+
+    def _decode_step(self, input_ids: torch.LongTensor, model_kwargs: dict):
+        """One decoding step of the base model, without the head (the next scores choose what of it to compute)."""
+        model_inputs = self.prepare_inputs_for_generation(
+            input_ids, next_sequence_length=1 if model_kwargs["use_cache"] else None, **model_kwargs
+        )
+        model_inputs.pop("logits_to_keep", None)
+        return self.model(**model_inputs)
+
+
+def next_token_scores(
+    model,
+    input_ids: torch.LongTensor,
+    state: OmniSpanState,
+    logits_processor: LogitsProcessorList,
+    hidden: torch.Tensor | None,
+    logits: torch.Tensor | None,
+    unfinished: torch.LongTensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """
+    Processed scores of the next token: over the allowed audio block (`audio_block_scores`) when no full `logits`
+    are at hand and every unfinished row is inside an audio span, else over the vocabulary (`logits`, or the full
+    head on `hidden`) through every processor.
+
+    Returns:
+        `(scores, candidate_ids)`: `candidate_ids` maps the block's columns to vocabulary ids (`None` for full scores).
+    """
+    in_audio = state.in_audio if unfinished is None else state.in_audio | (unfinished == 0)
+    if logits is None and bool(in_audio.all()):
+        return audio_block_scores(model, hidden, input_ids, state, logits_processor)
+    if logits is None:
+        logits = model.lm_head(hidden).float()
+    return logits_processor(input_ids, logits), None
+
+
+def choose_tokens(scores: torch.Tensor, candidate_ids: torch.Tensor | None, do_sample: bool) -> torch.LongTensor:
+    """Each row's next id `(batch,)`: sampled from the scores or their argmax, mapped through `candidate_ids`."""
+    if do_sample:
+        choice = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
+    else:
+        choice = scores.argmax(dim=-1, keepdim=True)
+    return (candidate_ids.gather(1, choice) if candidate_ids is not None else choice)[:, 0]
+
 
 __all__ = [
     "OmniConstrainedLogitsProcessor",
@@ -494,4 +544,6 @@ __all__ = [
     "OmniMaxDurationCriteria",
     "OmniSpanState",
     "audio_block_scores",
+    "choose_tokens",
+    "next_token_scores",
 ]

@@ -237,6 +237,19 @@ AutoModelForAudioTokenization.register(SNACConfig, SNACAudioTokenizer, exist_ok=
 # A SNAC decoder run layer by layer on successive pieces of its input: every layer keeps what it still needs of its
 # past input (a convolution its last `dilation * (kernel - 1)` steps, an upsampling layer its last step, a windowed
 # attention layer its unfinished window), so each frame is decoded once and the joined output equals the full decode.
+#
+# Several streams (rows) run together: each row has its own layers (its own state), and `run_rows` runs a layer of
+# every row at once, the weighted operations on the rows' pieces joined along time (one weight read for all rows).
+# Pointwise and depthwise operations give each row exactly what it gets alone (checked bit for bit); a convolution
+# that mixes channels over several steps does not, so it runs row by row.
+def _join_rows(pieces: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+    return torch.cat(pieces, dim=-1), [piece.shape[-1] for piece in pieces]
+
+
+def _split_rows(joined: torch.Tensor, lengths: list[int]) -> list[torch.Tensor]:
+    return list(torch.split(joined, lengths, dim=-1))
+
+
 class _ConvLayer:
     """A stride-1 `Conv1d` with 'same' padding, as all of SNAC's decoder convolutions are."""
 
@@ -247,18 +260,38 @@ class _ConvLayer:
         self.weight = conv.weight.detach()  # weight norm computed once
         self.bias = None if conv.bias is None else conv.bias.detach()
         self.dilation, self.groups, self.padding = conv.dilation[0], conv.groups, conv.padding[0]
+        # rows joined along time give each row its own result: depthwise, or one step (the steps between two rows'
+        # pieces give outputs that are dropped)
+        self.joinable = conv.groups == conv.in_channels or self.span == 0
         self.history: torch.Tensor | None = None
 
-    def __call__(self, x: torch.Tensor, final: bool) -> torch.Tensor:
+    def _input(self, x: torch.Tensor, final: bool) -> torch.Tensor | None:
+        """The piece with its history (the part that gives outputs), or `None` when it gives none yet."""
         if self.history is None:  # the full decode's left zero padding
             self.history = x.new_zeros(*x.shape[:2], self.padding)
         x = torch.cat([self.history, x], dim=-1)
         if final:
             x = F.pad(x, (0, self.padding))
         self.history = x[..., x.shape[-1] - min(self.span, x.shape[-1]) :]
-        if x.shape[-1] <= self.span:
-            return x.new_zeros(x.shape[0], self.weight.shape[0], 0)
+        return x if x.shape[-1] > self.span else None
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv1d(x, self.weight, self.bias, dilation=self.dilation, groups=self.groups)
+
+    @staticmethod
+    def run_rows(layers: list[_ConvLayer], pieces: list[torch.Tensor], finals: list[bool]) -> list[torch.Tensor]:
+        first = layers[0]
+        inputs = [layer._input(x, final) for layer, x, final in zip(layers, pieces, finals)]
+        given = [x for x in inputs if x is not None]
+        if first.joinable and len(given) > 1:
+            joined, lengths = _join_rows(given)
+            out = first._conv(joined)
+            offsets = np.cumsum([0, *lengths[:-1]])
+            results = iter([out[..., o : o + n - first.span] for o, n in zip(offsets, lengths)])
+        else:
+            results = iter([first._conv(x) for x in given])
+        empty = pieces[0].new_zeros(pieces[0].shape[0], first.weight.shape[0], 0)
+        return [empty if x is None else next(results) for x in inputs]
 
 
 class _TransposedConvLayer:
@@ -279,11 +312,12 @@ class _TransposedConvLayer:
         self.carry: torch.Tensor | None = None  # the last input's second half
         self.inputs = self.raw_position = 0
 
-    def __call__(self, x: torch.Tensor, final: bool) -> torch.Tensor:
+    def _output(self, x: torch.Tensor, products: torch.Tensor, final: bool) -> torch.Tensor:
+        """This piece's output from its patches (`products`: its steps times the matrix)."""
         batch, stride = x.shape[0], self.stride
         blocks = []
         if x.shape[-1]:
-            patches = (x.transpose(1, 2) @ self.matrix).view(batch, x.shape[-1], self.out_channels, 2 * stride)
+            patches = products.view(batch, x.shape[-1], self.out_channels, 2 * stride)
             first, second = patches[..., :stride], patches[..., stride:]
             if self.carry is not None:
                 first = first + torch.cat([self.carry[:, None], second[:, :-1]], dim=1)
@@ -306,6 +340,14 @@ class _TransposedConvLayer:
         self.raw_position += raw.shape[-1]
         return raw[..., low:high]
 
+    @staticmethod
+    def run_rows(
+        layers: list[_TransposedConvLayer], pieces: list[torch.Tensor], finals: list[bool]
+    ) -> list[torch.Tensor]:
+        joined, lengths = _join_rows(pieces)
+        products = torch.split(joined.transpose(1, 2) @ layers[0].matrix, lengths, dim=1)
+        return [layer._output(x, p, final) for layer, x, p, final in zip(layers, pieces, products, finals)]
+
 
 class _ResidualLayer:
     """SNAC's `ResidualUnit`: `x + block(x)`, with `x` held back until the block's output for it is ready."""
@@ -314,12 +356,16 @@ class _ResidualLayer:
         self.layers = layers
         self.pending: torch.Tensor | None = None
 
-    def __call__(self, x: torch.Tensor, final: bool) -> torch.Tensor:
-        self.pending = x if self.pending is None else torch.cat([self.pending, x], dim=-1)
-        y = _run_layers(self.layers, x, final)
-        out = self.pending[..., : y.shape[-1]] + y
-        self.pending = self.pending[..., y.shape[-1] :]
-        return out
+    @staticmethod
+    def run_rows(layers: list[_ResidualLayer], pieces: list[torch.Tensor], finals: list[bool]) -> list[torch.Tensor]:
+        for layer, x in zip(layers, pieces):
+            layer.pending = x if layer.pending is None else torch.cat([layer.pending, x], dim=-1)
+        blocks = _run_rows([layer.layers for layer in layers], pieces, finals)
+        outputs = []
+        for layer, y in zip(layers, blocks):
+            outputs.append(layer.pending[..., : y.shape[-1]] + y)
+            layer.pending = layer.pending[..., y.shape[-1] :]
+        return outputs
 
 
 class _NoiseLayer:
@@ -327,14 +373,21 @@ class _NoiseLayer:
 
     def __init__(self, noise_module: torch.nn.Module):
         self.module = noise_module
+        self.scale_weight = noise_module.linear.weight.detach()  # weight norm computed once
         self.position = 0
 
-    def __call__(self, x: torch.Tensor, final: bool) -> torch.Tensor:
-        if not x.shape[-1]:
-            return x
-        noise = self.module._noise(self.position, x.shape[-1], x.device, x.dtype)
-        self.position += x.shape[-1]
-        return x + noise * self.module.linear(x)
+    @staticmethod
+    def run_rows(layers: list[_NoiseLayer], pieces: list[torch.Tensor], finals: list[bool]) -> list[torch.Tensor]:
+        joined, lengths = _join_rows(pieces)
+        if not joined.shape[-1]:
+            return pieces
+        scales = _split_rows(F.conv1d(joined, layers[0].scale_weight, layers[0].module.linear.bias), lengths)
+        outputs = []
+        for layer, x, scale in zip(layers, pieces, scales):
+            noise = layer.module._noise(layer.position, x.shape[-1], x.device, x.dtype) if x.shape[-1] else 0
+            layer.position += x.shape[-1]
+            outputs.append(x + noise * scale)
+        return outputs
 
 
 class _WindowedAttentionLayer:
@@ -344,26 +397,51 @@ class _WindowedAttentionLayer:
         self.module, self.window = attention, attention.window_size
         self.pending: torch.Tensor | None = None
 
-    def __call__(self, x: torch.Tensor, final: bool) -> torch.Tensor:
-        self.pending = x if self.pending is None else torch.cat([self.pending, x], dim=-1)
-        whole = self.pending.shape[-1] // self.window * self.window
-        out = self.module(self.pending[..., :whole]) if whole else self.pending[..., :0]
-        self.pending = self.pending[..., whole:]
-        return out
+    @staticmethod
+    def run_rows(
+        layers: list[_WindowedAttentionLayer], pieces: list[torch.Tensor], finals: list[bool]
+    ) -> list[torch.Tensor]:
+        outputs = []
+        for layer, x in zip(layers, pieces):
+            layer.pending = x if layer.pending is None else torch.cat([layer.pending, x], dim=-1)
+            whole = layer.pending.shape[-1] // layer.window * layer.window
+            outputs.append(layer.module(layer.pending[..., :whole]) if whole else layer.pending[..., :0])
+            layer.pending = layer.pending[..., whole:]
+        return outputs
+
+
+class _SnakeLayer:
+    """snac's `Snake1d`, `x + sin(alpha * x) ** 2 / alpha`, in place on one new tensor (snac's allocates one per
+    operation) with `1 / alpha` computed once; the same operations in the same order, so the same samples."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.alpha = module.alpha.detach()
+        self.inverse_alpha = (self.alpha + 1e-9).reciprocal()
+
+    @staticmethod
+    def run_rows(layers: list[_SnakeLayer], pieces: list[torch.Tensor], finals: list[bool]) -> list[torch.Tensor]:
+        joined, lengths = _join_rows(pieces)
+        if not joined.shape[-1]:
+            return pieces
+        out = torch.mul(layers[0].alpha, joined).sin_().pow_(2).mul_(layers[0].inverse_alpha).add_(joined)
+        return _split_rows(out, lengths)
 
 
 class _PointwiseLayer:
     def __init__(self, module: torch.nn.Module):
         self.module = module
 
-    def __call__(self, x: torch.Tensor, final: bool) -> torch.Tensor:
-        return self.module(x) if x.shape[-1] else x
+    @staticmethod
+    def run_rows(layers: list[_PointwiseLayer], pieces: list[torch.Tensor], finals: list[bool]) -> list[torch.Tensor]:
+        joined, lengths = _join_rows(pieces)
+        return _split_rows(layers[0].module(joined), lengths) if joined.shape[-1] else pieces
 
 
-def _run_layers(layers: list, x: torch.Tensor, final: bool) -> torch.Tensor:
-    for layer in layers:
-        x = layer(x, final)
-    return x
+def _run_rows(rows: list[list], pieces: list[torch.Tensor], finals: list[bool]) -> list[torch.Tensor]:
+    """Run the streaming layers of several rows (each row its own list, the same layers) on each row's piece."""
+    for layers in zip(*rows):
+        pieces = type(layers[0]).run_rows(list(layers), pieces, finals)
+    return pieces
 
 
 def _lookahead(layers: list, rate: int) -> tuple[float, int]:
@@ -395,7 +473,9 @@ def _streaming_layers(module: torch.nn.Module) -> list:
         return _streaming_layers(module.block)
     if isinstance(module, ResidualUnit):
         return [_ResidualLayer(_streaming_layers(module.block))]
-    if isinstance(module, (Snake1d, torch.nn.Tanh)):
+    if isinstance(module, Snake1d):
+        return [_SnakeLayer(module)]
+    if isinstance(module, torch.nn.Tanh):
         return [_PointwiseLayer(module)]
     if isinstance(module, torch.nn.ConvTranspose1d):
         return [_TransposedConvLayer(module)]
@@ -455,22 +535,37 @@ class SNACStreamingDecoder:
         Returns:
             The waveform samples now final (1-D float32, possibly empty).
         """
+        return SNACStreamingDecoder.push_rows([self], [frame_ids], [final])[0]
+
+    @staticmethod
+    def push_rows(
+        decoders: list[SNACStreamingDecoder], frame_ids: list[torch.Tensor], finals: list[bool]
+    ) -> list[np.ndarray]:
+        """
+        `push` for several streams of one codec at once: the weighted operations run once for all of them (one read
+        of the weights), and each stream gets exactly the samples it gets on its own.
+        """
+        latents = []
+        with torch.inference_mode():
+            for decoder, ids, final in zip(decoders, frame_ids, finals):
+                latents.append(decoder._latent(ids, final))
+            audio = _run_rows([decoder.layers for decoder in decoders], latents, finals)
+        return [decoder._samples(samples[0, 0], final) for decoder, samples, final in zip(decoders, audio, finals)]
+
+    def _latent(self, frame_ids: torch.Tensor, final: bool) -> torch.Tensor:
         layout, codec = self.layout, self.codec
         self.frames += frame_ids.numel() // layout.tokens_per_frame
         if final:  # as the full decode: code 0 up to whole attention windows, trimmed off below
             padding = -self.frames % codec.frames_per_window
             zero_frame = torch.tensor([layout.block_start(p) for p in range(layout.tokens_per_frame)])
             frame_ids = torch.cat([frame_ids.long(), zero_frame.repeat(padding)])
-        with torch.inference_mode():
-            if frame_ids.numel():
-                latent = self.quantizer.from_codes(
-                    [code[None].to(codec.device) for code in layout.ids_to_codes(frame_ids)]
-                )
-            else:
-                latent = torch.zeros(1, self.quantizer.quantizers[0].out_proj.out_channels, 0, device=codec.device)
-            audio = _run_layers(self.layers, latent, final)[0, 0]
+        if frame_ids.numel():
+            return self.quantizer.from_codes([code[None].to(codec.device) for code in layout.ids_to_codes(frame_ids)])
+        return torch.zeros(1, self.quantizer.quantizers[0].out_proj.out_channels, 0, device=codec.device)
+
+    def _samples(self, audio: torch.Tensor, final: bool) -> np.ndarray:
         if final:
-            audio = audio[: self.frames * codec.samples_per_frame - self.samples]
+            audio = audio[: self.frames * self.codec.samples_per_frame - self.samples]
         self.samples += audio.shape[-1]
         return audio.float().cpu().numpy()
 

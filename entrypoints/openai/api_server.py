@@ -146,104 +146,117 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def build_app(args: argparse.Namespace, engine):
-    from fastapi import FastAPI, Request
+def error_response(
+    status: int, message: str, param: str | None = None, code: str | int | None = None, headers: dict | None = None
+):
+    """OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`."""
+    from fastapi.responses import JSONResponse
+
+    from .protocol import ErrorInfo, ErrorResponse
+
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = ErrorResponse(error=ErrorInfo(message=message, type=kind, param=param, code=code or status))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+class _Serving:
+    """What the routes share: the options, the engine, the admission bound and the speech / transcription services,
+    with the checks every request goes through."""
+
+    def __init__(self, args: argparse.Namespace, engine):
+        from .serving_speech import SpeechService
+        from .serving_transcription import TranscriptionService
+
+        self.args, self.engine = args, engine
+        self.served_name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
+        self.admission = Admission(args.max_concurrency + args.max_queue)
+        self.speech = SpeechService(
+            engine, voices=args.voices, max_input_chars=args.max_input_chars, max_piece_chars=args.max_piece_chars
+        )
+        self.transcription = TranscriptionService(engine, max_upload_bytes=args.max_upload_bytes)
+
+    def check_model(self, model: str) -> None:
+        from .serving_speech import RequestError
+
+        if model != self.served_name:
+            raise RequestError(
+                f"model {model!r} does not exist here; this server serves {self.served_name!r}.",
+                status=404,
+                param="model",
+                code="model_not_found",
+            )
+
+    def check_ready(self) -> None:
+        from .serving_speech import RequestError
+
+        if self.engine.load_error is not None:
+            raise RequestError(f"the model failed to load: {self.engine.load_error!r}", status=503)
+        if not self.engine.ready.is_set():
+            raise RequestError("the model is still loading; retry when GET /health answers 200.", status=503)
+
+    def admit(self) -> None:
+        from .serving_speech import RequestError
+
+        if not self.admission.acquire():
+            raise RequestError(
+                f"the server is at its bound of {self.admission.limit} requests (--max_concurrency "
+                f"{self.args.max_concurrency} + --max_queue {self.args.max_queue}); retry later.",
+                status=429,
+                code="rate_limit_exceeded",
+            )
+
+    def submit(self, task: str, prompts: list[list[int]], request_id: str, **settings) -> list:
+        """Admitted jobs on the engine (a 503 `RequestError` while it loads or stops; the admission is released)."""
+        from .engine import EngineNotReadyError
+        from .serving_speech import RequestError
+
+        try:
+            jobs = [self.engine.new_job(task, ids, request_id=request_id, **settings) for ids in prompts]
+            self.engine.submit(jobs)
+        except EngineNotReadyError as exc:
+            self.admission.release()
+            raise RequestError(str(exc), status=503) from None
+        return jobs
+
+    async def cancel_on_disconnect(self, request, jobs) -> None:
+        """Cancel the jobs once the client has gone (polls the connection; for responses sent whole: a streamed
+        response notices the disconnect itself and closes its body, whose `finally` cancels the jobs)."""
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.05)
+        logger.info(f"request {request.state.request_id}: the client disconnected; its generation is stopped")
+        self.engine.cancel(jobs)
+
+
+def _add_error_handlers(app) -> None:
+    from fastapi import Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from starlette.exceptions import HTTPException
 
-    from .engine import FINISHED, EngineNotReadyError
-    from .protocol import (
-        ErrorInfo,
-        ErrorResponse,
-        ModelCard,
-        ModelList,
-        SpeechRequest,
-        TranscriptionResponse,
-        TranscriptionSegment,
-        TranscriptionVerboseResponse,
-    )
-    from .serving_speech import MEDIA_TYPES, RequestError, SpeechService
-    from .serving_transcription import TranscriptionService
-
-    served_name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
-    api_key = args.api_key or os.environ.get(API_KEY_ENV)
-    admission = Admission(args.max_concurrency + args.max_queue)
-    speech = SpeechService(
-        engine, voices=args.voices, max_input_chars=args.max_input_chars, max_piece_chars=args.max_piece_chars
-    )
-    transcription = TranscriptionService(engine, max_upload_bytes=args.max_upload_bytes)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        engine.start()
-        yield
-        await asyncio.get_running_loop().run_in_executor(None, engine.shutdown)
-
-    app = FastAPI(title="qwen-omni", lifespan=lifespan)
-
-    def error(
-        status: int, message: str, param: str | None = None, code: str | None = None, headers: dict | None = None
-    ) -> JSONResponse:
-        kind = "invalid_request_error" if status < 500 else "server_error"
-        body = ErrorResponse(error=ErrorInfo(message=message, type=kind, param=param, code=code or status))
-        return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    from .serving_speech import RequestError
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):
         logger.info(f"request {request.state.request_id}: {exc.status} {exc.message}")
-        return error(exc.status, exc.message, exc.param, exc.code)
+        return error_response(exc.status, exc.message, exc.param, exc.code)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):  # Starlette's own (404, 405, a form it cannot parse)
-        return error(exc.status_code, str(exc.detail), headers=exc.headers)
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         problems = "; ".join(
             f"{'.'.join(str(part) for part in item['loc'][1:]) or 'body'}: {item['msg']}" for item in exc.errors()
         )
-        return error(400, f"invalid request: {problems}")
+        return error_response(400, f"invalid request: {problems}")
 
-    app.add_middleware(
-        RequestIdAndAuthMiddleware,
-        api_key=api_key,
-        unauthorized=lambda: error(
-            401, "missing or wrong API key: send `Authorization: Bearer KEY`.", code="invalid_api_key"
-        ),
-    )
 
-    def check_model(model: str) -> None:
-        if model != served_name:
-            raise RequestError(
-                f"model {model!r} does not exist here; this server serves {served_name!r}.",
-                status=404,
-                param="model",
-                code="model_not_found",
-            )
+def _add_info_routes(app, serving: _Serving) -> None:
+    from fastapi.responses import JSONResponse
 
-    def check_ready() -> None:
-        if engine.load_error is not None:
-            raise RequestError(f"the model failed to load: {engine.load_error!r}", status=503)
-        if not engine.ready.is_set():
-            raise RequestError("the model is still loading; retry when GET /health answers 200.", status=503)
+    from .protocol import ModelCard, ModelList
 
-    def admit(request: Request) -> None:
-        if not admission.acquire():
-            raise RequestError(
-                f"the server is at its bound of {admission.limit} requests (--max_concurrency "
-                f"{args.max_concurrency} + --max_queue {args.max_queue}); retry later.",
-                status=429,
-                code="rate_limit_exceeded",
-            )
-
-    async def cancel_on_disconnect(request: Request, jobs) -> None:
-        """Cancel the jobs once the client has gone (polls the connection; for responses sent whole: a streamed
-        response notices the disconnect itself and closes its body, whose `finally` cancels the jobs)."""
-        while not await request.is_disconnected():
-            await asyncio.sleep(0.05)
-        logger.info(f"request {request.state.request_id}: the client disconnected; its generation is stopped")
-        engine.cancel(jobs)
+    engine = serving.engine
 
     @app.get("/health")
     async def health():
@@ -251,44 +264,64 @@ def build_app(args: argparse.Namespace, engine):
             return JSONResponse({"status": "failed", "error": repr(engine.load_error)}, status_code=503)
         if not engine.ready.is_set():
             return JSONResponse({"status": "loading"}, status_code=503)
-        return {"status": "ready", "active_requests": admission.active, "rss_bytes": _rss_bytes(), **engine.stats()}
+        return {
+            "status": "ready",
+            "active_requests": serving.admission.active,
+            "rss_bytes": _rss_bytes(),
+            **engine.stats(),
+        }
 
     @app.get("/v1/models")
     async def models():
-        return ModelList(data=[ModelCard(id=served_name, root=os.path.abspath(args.model))])
+        return ModelList(data=[ModelCard(id=serving.served_name, root=os.path.abspath(serving.args.model))])
+
+
+def _add_speech_route(app, serving: _Serving) -> None:
+    from fastapi import Request
+    from fastapi.responses import StreamingResponse
+
+    from .protocol import SpeechRequest
+    from .serving_speech import MEDIA_TYPES
 
     @app.post("/v1/audio/speech")
     async def create_speech(body: SpeechRequest, request: Request):
-        check_model(body.model)
-        speech.check(body)
-        check_ready()
-        prompts = await asyncio.get_running_loop().run_in_executor(None, speech.prompts, body)
-        admit(request)
+        serving.check_model(body.model)
+        serving.speech.check(body)
+        serving.check_ready()
+        prompts = await asyncio.get_running_loop().run_in_executor(None, serving.speech.prompts, body)
+        serving.admit()
         request_id = request.state.request_id
-        try:
-            jobs = [engine.new_job("speech", ids, request_id=request_id) for ids in prompts]
-            engine.submit(jobs)
-        except EngineNotReadyError as exc:
-            admission.release()
-            raise RequestError(str(exc), status=503) from None
+        jobs = serving.submit("speech", prompts, request_id)
         logger.info(f"request {request_id}: speech, {len(body.input)} characters in {len(jobs)} piece(s)")
 
         async def body_stream():  # closed by Starlette when the client disconnects: `finally` stops the generation
             try:
-                async for data in speech.stream(body, jobs):
+                async for data in serving.speech.stream(body, jobs):
                     yield data
             except Exception as exc:  # noqa: BLE001 - the status is sent; the stream ends and the log says why
                 logger.error(f"request {request_id}: speech failed mid-stream: {exc!r}")
                 if body.stream_format == "sse":
                     yield f"data: {json.dumps({'type': 'error', 'error': {'message': str(exc)}})}\n\n".encode()
             finally:
-                engine.cancel(jobs)
-                admission.release()
+                serving.engine.cancel(jobs)
+                serving.admission.release()
                 if not all(job.finished for job in jobs):
                     logger.info(f"request {request_id}: the stream ended early; its generation is stopped")
 
         media_type = "text/event-stream" if body.stream_format == "sse" else MEDIA_TYPES[body.response_format]
         return StreamingResponse(body_stream(), media_type=media_type)
+
+
+def _add_transcription_route(app, serving: _Serving) -> None:
+    from fastapi import Request
+    from fastapi.responses import PlainTextResponse
+    from starlette.exceptions import HTTPException
+
+    from .engine import FINISHED
+    from .protocol import TranscriptionResponse, TranscriptionSegment, TranscriptionVerboseResponse
+    from .serving_speech import RequestError
+
+    args, transcription = serving.args, serving.transcription
 
     @app.post("/v1/audio/transcriptions")
     async def create_transcription(request: Request):
@@ -310,24 +343,19 @@ def build_app(args: argparse.Namespace, engine):
             raise RequestError(f"malformed multipart body: {exc.detail}") from None
         try:
             model, upload, response_format, temperature = transcription.check_form(form)
-            check_model(model)
+            serving.check_model(model)
             data = await transcription.read_upload(upload)
-            check_ready()
+            serving.check_ready()
             prompt_ids, duration = await asyncio.get_running_loop().run_in_executor(
                 None, transcription.prompt, data, upload.filename
             )
         finally:
             await form.close()
-        admit(request)
+        serving.admit()
         request_id = request.state.request_id
         settings = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
-        try:
-            job = engine.new_job("transcription", prompt_ids, request_id=request_id, **settings)
-            engine.submit([job])
-        except EngineNotReadyError as exc:
-            admission.release()
-            raise RequestError(str(exc), status=503) from None
-        watcher = asyncio.create_task(cancel_on_disconnect(request, [job]))
+        (job,) = serving.submit("transcription", [prompt_ids], request_id, **settings)
+        watcher = asyncio.create_task(serving.cancel_on_disconnect(request, [job]))
         try:
             item = await job.events.get()
             if isinstance(item, BaseException):
@@ -336,8 +364,8 @@ def build_app(args: argparse.Namespace, engine):
             assert await job.events.get() is FINISHED
         finally:
             watcher.cancel()
-            engine.cancel([job])
-            admission.release()
+            serving.engine.cancel([job])
+            serving.admission.release()
         logger.info(f"request {request_id}: transcribed {duration:.2f} s of audio")
         if response_format == "text":
             return PlainTextResponse(text)
@@ -348,8 +376,33 @@ def build_app(args: argparse.Namespace, engine):
             return TranscriptionVerboseResponse(duration=duration, text=text, segments=[segment])
         return TranscriptionResponse(text=text)
 
+
+def build_app(args: argparse.Namespace, engine):
+    """The FastAPI application: error handlers, the request-id / API-key middleware, and the routes."""
+    from fastapi import FastAPI
+
+    serving = _Serving(args, engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        engine.start()
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, engine.shutdown)
+
+    app = FastAPI(title="qwen-omni", lifespan=lifespan)
+    _add_error_handlers(app)
+    app.add_middleware(
+        RequestIdAndAuthMiddleware,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV),
+        unauthorized=lambda: error_response(
+            401, "missing or wrong API key: send `Authorization: Bearer KEY`.", code="invalid_api_key"
+        ),
+    )
+    _add_info_routes(app, serving)
+    _add_speech_route(app, serving)
+    _add_transcription_route(app, serving)
     app.state.engine = engine
-    app.state.admission = admission
+    app.state.admission = serving.admission
     return app
 
 

@@ -1,21 +1,20 @@
 # Copyright 2026 The qwen-omni authors. Licensed under the Apache License, Version 2.0.
 """
-The embedded engine: an Omni checkpoint in the server process, with requests batched together.
+The embedded engine: an Omni checkpoint in the server process, with requests batched continuously.
 
 One worker thread owns the model. Requests become jobs (one per piece of text to speak, one per clip to transcribe)
-in a waiting list; when the worker starts a `generate` call it takes every waiting job that shares the first one's
-task and settings (up to `max_batch_size`, after waiting `batch_wait_s` for others to arrive), left-pads their
-prompts into one batch, and runs transformers' `generate` with the Omni constraint and the fast audio head. Speech
-streams row by row: each row has its own `OmniAudioStreamer`, whose chunks go to the job's asyncio queue as they are
-decoded. A cancelled job (its client went away) is stopped at the next step by a stopping criterion and its row
-decodes nothing more; a batch whose rows are all cancelled ends there.
+in a waiting list. Speech jobs join the rows being decoded at the next step (`ContinuousSpeechBatch`: each joining
+prompt is prefilled, then decodes with the others; a row that ends or is cancelled leaves at once); an idle engine
+waits `batch_wait_s` for jobs that arrive together. Transcriptions, and speech whose settings continuous batching
+does not serve, run as one `generate` call between two steps (jobs of equal task and settings together, left-padded).
+SNAC decoding runs in a process of its own (`SpeechDecodeProcess`): each step's new ids go there in one message, and
+the chunks come back to the jobs' asyncio queues. A cancelled job (its client went away) leaves at the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import queue
 import threading
 import time
 import uuid
@@ -27,6 +26,8 @@ import torch
 from transformers.generation import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import logging
+
+from .continuous_batching import ContinuousSpeechBatch, SpeechDecoding
 
 
 logger = logging.get_logger(__name__)
@@ -99,91 +100,60 @@ class _CancelledRows(StoppingCriteria):
 
 class BatchSpeechStreamer(BaseStreamer):
     """
-    The `streamer=` of a batched speech `generate`: row `r`'s tokens go to its own `OmniAudioStreamer` (which decodes
-    each frame once), whose chunks go to job `r`. A row's speech ends at its first non-audio id (audio-end, or padding
-    after a stop), or when generation ends. SNAC decoding runs on a thread of its own, so that it overlaps the next
-    decoding steps of the model (torch releases the GIL); `end` waits for it.
+    The `streamer=` of a batched speech `generate` (settings continuous batching does not serve): each step's ids go
+    to the decoding process, one message for all rows. A row's speech ends at its first non-audio id (audio-end, or
+    padding after a stop), or when generation ends.
     """
 
-    def __init__(self, processor, jobs: list[GenerationJob], chunk_frames: int = 1, num_threads: int | None = None):
-        from qwen_omni.modeling_snac import OmniAudioStreamer
-
+    def __init__(self, processor, jobs: list[GenerationJob], decoder):
         self.jobs = jobs
         self.layout = processor.token_layout
-        self.rows = [OmniAudioStreamer(processor, chunk_frames=chunk_frames, on_chunk=job.deliver) for job in jobs]
+        self.decoder = decoder
+        self.streams = [decoder.open(job) for job in jobs]
         self.finished = [False] * len(jobs)
         self._prompt_seen = False
-        self._work: queue.SimpleQueue = queue.SimpleQueue()
-        self._num_threads = num_threads
-        self._decoder = threading.Thread(target=self._decode, name="omni-snac-decode", daemon=True)
-        self._decoder.start()
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:  # the first call holds the prompts
             self._prompt_seen = True
-            for row, streamer in enumerate(self.rows):
-                streamer.put(value[row])
             return
-        tokens = value.flatten().tolist()
-        for row, token in enumerate(tokens):
+        step = []
+        for row, token in enumerate(value.flatten().tolist()):
             if self.finished[row]:
                 continue
             job = self.jobs[row]
             if job.cancelled:
                 self.finished[row] = True
+                self.decoder.close(self.streams[row])
                 continue
             job.generated_ids.append(token)
             speech_ended = not (self.layout.audio_token_offset <= token < self.layout.vocab_end)
             self.finished[row] = speech_ended
-            self._work.put((row, value[row : row + 1], speech_ended))
+            step.append((self.streams[row], [token], speech_ended))
+        self.decoder.send(step)
 
     def end(self) -> None:
-        for row, finished in enumerate(self.finished):
-            if not finished:
-                self.finished[row] = True
-                self._work.put((row, None, True))
-        self._work.put(None)
-        self._decoder.join()
+        step = [(stream, [], True) for stream, finished in zip(self.streams, self.finished) if not finished]
+        self.finished = [True] * len(self.jobs)
+        self.decoder.send(step)
 
     def abort(self) -> None:
-        """Stop the decoding thread without finishing the rows (generation failed: the jobs get the error)."""
-        if self._decoder.is_alive():
-            self._work.put(None)
-
-    def _decode(self) -> None:
-        if self._num_threads is not None:
-            torch.set_num_threads(self._num_threads)
-        failed: Exception | None = None
-        while (item := self._work.get()) is not None:
-            row, tokens, speech_ended = item
-            job = self.jobs[row]
-            if failed is not None or job.cancelled:
-                continue
-            try:
-                with torch.inference_mode():
-                    if tokens is not None:
-                        self.rows[row].put(tokens)
-                    if speech_ended:
-                        self.rows[row].end()
-                        job.deliver(FINISHED)
-            except Exception as error:  # noqa: BLE001 - every request of the batch gets the error
-                logger.error(f"SNAC decoding failed: {error!r}")
-                failed = error
-                for other in self.jobs:
-                    other.deliver(error)
-                    other.cancelled = True  # the model stops these rows at its next step
+        """Generation failed (the jobs get the error): forget the rows' streams."""
+        for stream in self.streams:
+            self.decoder.close(stream)
 
 
 class TransformersEngine:
     """
-    The Omni model in this process, shared by all requests through dynamic batching (see the module docstring).
+    The Omni model in this process, shared by all requests (see the module docstring).
 
     Args:
         model_dir: the Omni checkpoint folder. device: torch device.
-        max_batch_size: rows per `generate` call (the bound on waiting work is the server's admission, not here).
-        batch_wait_s: how long a new batch waits for more jobs to join.
-        generate_kwargs: settings for every speech `generate` call (e.g. `do_sample=False`, `max_duration`).
-        chunk_frames: frames per streamed chunk. num_threads: torch CPU threads of the worker (default: torch's).
+        max_batch_size: rows decoded together (the bound on waiting work is the server's admission, not here).
+        batch_wait_s: how long an idle engine waits for more jobs to start with the first one.
+        generate_kwargs: settings for every speech generation (e.g. `do_sample=False`, `max_duration`).
+        chunk_frames: frames per streamed chunk. num_threads: torch CPU threads of the worker and of the decoding
+            process (default: torch's).
     """
 
     def __init__(
@@ -203,15 +173,22 @@ class TransformersEngine:
         self.speech_generate_kwargs = dict(generate_kwargs or {})
         self.chunk_frames = chunk_frames
         self.num_threads = num_threads
-        self.model = self.processor = None
+        self.model = self.processor = self.decoder = None
         self.ready = threading.Event()
         self.load_error: BaseException | None = None
         self._waiting: collections.deque[GenerationJob] = collections.deque()
         self._condition = threading.Condition()
-        self._running: list[GenerationJob] = []
+        self._running: list[GenerationJob] = []  # the running batch's jobs (continuous or `generate`)
         self._stopping = False
+        self._speech: ContinuousSpeechBatch | None = None
+        self._decodings: dict[tuple, SpeechDecoding] = {}
+        # counters (GET /health): prefills and `generate` calls, the most rows (and requests) in one decoding step
+        # or call, the decoding steps of continuous batches, and the jobs that joined rows already being decoded
         self.batches_run = 0
         self.largest_batch = 0
+        self.most_requests_in_a_step = 0
+        self.decode_steps = 0
+        self.joined_running = 0
         self._worker = threading.Thread(target=self._work, name="omni-engine", daemon=True)
 
     # ------------------------------------------------------------------ life cycle
@@ -224,15 +201,19 @@ class TransformersEngine:
 
         from qwen_omni import register_auto_classes
 
+        from .speech_decoder import SpeechDecodeProcess
+
         register_auto_classes()
         started = time.perf_counter()
+        self.decoder = SpeechDecodeProcess(self.model_dir, self.device, self.chunk_frames, self.num_threads, FINISHED)
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir).to(self.device).eval()
-        self.processor.audio_tokenizer.to(self.device)
+        self.processor.audio_tokenizer.to(self.device)  # the voice prompts' encoder
+        self.decoder.start()
         logger.info(f"Loaded {self.model_dir} on {self.device} in {time.perf_counter() - started:.1f} s.")
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Cancel every job and stop the worker (the batch it runs ends at its next step)."""
+        """Cancel every job and stop the worker (the rows it decodes end at its next step) and the decoding process."""
         with self._condition:
             self._stopping = True
             for job in [*self._waiting, *self._running]:
@@ -242,6 +223,8 @@ class TransformersEngine:
             self._condition.notify_all()
         if self._worker.is_alive():
             self._worker.join(timeout)
+        if self.decoder is not None:
+            self.decoder.stop()
 
     # ------------------------------------------------------------------ requests
     @property
@@ -280,6 +263,10 @@ class TransformersEngine:
                 "running_jobs": sum(not job.cancelled for job in self._running),
                 "batches_run": self.batches_run,
                 "largest_batch": self.largest_batch,
+                "most_requests_in_a_step": self.most_requests_in_a_step,
+                "decode_steps": self.decode_steps,
+                "joined_running_batch": self.joined_running,
+                "decoding_streams": self.decoder.open_streams if self.decoder is not None else 0,
             }
 
     # ------------------------------------------------------------------ the worker
@@ -291,39 +278,118 @@ class TransformersEngine:
         except BaseException as error:  # noqa: BLE001 - reported by /health and the log, the server stays up
             self.load_error = error
             logger.error(f"Loading {self.model_dir} failed: {error!r}")
+            if self.decoder is not None:
+                self.decoder.stop()
             return
         self.ready.set()
-        while True:
-            jobs = self._next_batch()
-            if jobs is None:
-                return
-            self._run(jobs)
+        while (work := self._next_work()) is not None:
+            joining, separate = work
+            if separate:  # settings continuous batching does not serve: one `generate` between two steps
+                self._run(separate)
+            with torch.inference_mode():
+                if joining:
+                    self._join(joining)
+                if self._speech is not None and len(self._speech):
+                    self._step()
 
-    def _next_batch(self) -> list[GenerationJob] | None:
+    def _decoding(self, job: GenerationJob) -> SpeechDecoding | None:
+        """The continuous decoding of a speech job's settings (`None`: not a speech job, or settings it does not
+        serve, logged once)."""
+        if job.task != "speech":
+            return None
+        key = job.batch_key
+        if key not in self._decodings:
+            decoding = SpeechDecoding(self.model, job.generate_kwargs)
+            if decoding.unsupported:
+                logger.warning(
+                    f"speech with {decoding.unsupported} is generated in batches by `generate` (requests that "
+                    "arrive during a batch wait for the next one)"
+                )
+            self._decodings[key] = decoding
+        decoding = self._decodings[key]
+        return None if decoding.unsupported else decoding
+
+    def _next_work(self) -> tuple[list[GenerationJob], list[GenerationJob]] | None:
+        """The jobs that join the running speech rows now, and jobs for one `generate` call (either may be empty);
+        `None` once the engine stops. An idle engine waits for jobs, then `batch_wait_s` for others to arrive."""
         with self._condition:
-            while not self._waiting and not self._stopping:
-                self._condition.wait()
+            idle = self._speech is None or not len(self._speech)
+            if idle:
+                while not self._waiting and not self._stopping:
+                    self._condition.wait()
+                deadline = time.monotonic() + self.batch_wait_s
+                while len(self._waiting) < self.max_batch_size and (remaining := deadline - time.monotonic()) > 0:
+                    self._condition.wait(remaining)
             if self._stopping:
                 return None
-            # give requests that arrive together a moment to join this batch
-            deadline = time.monotonic() + self.batch_wait_s
-            while len(self._waiting) < self.max_batch_size and (remaining := deadline - time.monotonic()) > 0:
-                self._condition.wait(remaining)
-            if self._stopping or not self._waiting:
-                return None if self._stopping else []
-            key = self._waiting[0].batch_key
-            jobs = [job for job in self._waiting if job.batch_key == key][: self.max_batch_size]
-            for job in jobs:
+            running_key = None if idle else self._speech.decoding
+            joinable, separate = [], []
+            for job in self._waiting:
+                decoding = self._decoding(job)
+                if decoding is not None and (running_key is None or decoding is running_key):
+                    running_key = decoding
+                    joinable.append(job)
+                elif not separate or (job.batch_key == separate[0].batch_key and len(separate) < self.max_batch_size):
+                    separate.append(job)
+            # each free row goes to the request with the fewest rows (a new request before the later pieces of a
+            # long one, which are needed only once its earlier pieces are spoken), then in order of arrival
+            rows_of = collections.Counter(job.request_id for job in self._running)
+            joining = []
+            while joinable and len(joining) < self.max_batch_size - (0 if idle else len(self._speech)):
+                job = min(joinable, key=lambda job: rows_of[job.request_id])
+                joinable.remove(job)
+                joining.append(job)
+                rows_of[job.request_id] += 1
+            for job in [*joining, *separate]:
                 self._waiting.remove(job)
-            self._running = jobs
-            return jobs
+            return joining, separate
+
+    def _join(self, jobs: list[GenerationJob]) -> None:
+        decoding = self._decoding(jobs[0])
+        if self._speech is None or self._speech.decoding is not decoding:
+            self._speech = ContinuousSpeechBatch(self.model, self.processor, decoding, self.decoder)
+        decoding_rows = len(self._speech)
+        ids = ", ".join(sorted({job.request_id for job in jobs}))
+        logger.info(f"speech: {len(jobs)} job(s) join {decoding_rows} decoding row(s) (requests {ids})")
+        try:
+            self._speech.add(jobs)
+        except Exception as error:  # noqa: BLE001 - these requests get the error; the rows decoding go on
+            logger.error(f"prefill of {len(jobs)} job(s) (requests {ids}) failed: {error!r}")
+            for job in jobs:
+                job.deliver(error)
+        with self._condition:
+            self.batches_run += 1
+            if decoding_rows:
+                self.joined_running += len(jobs)
+            self._running = self._speech.jobs
+
+    def _step(self) -> None:
+        rows = len(self._speech)
+        requests = {job.request_id for job in self._speech.jobs}
+        try:
+            self._speech.step()
+        except Exception as error:  # noqa: BLE001 - the rows' requests get the error; the server goes on
+            ids = ", ".join(sorted({job.request_id for job in self._speech.jobs}))
+            logger.error(f"decoding step of {rows} row(s) (requests {ids}) failed: {error!r}")
+            for job in self._speech.jobs:
+                job.deliver(error)
+                job.cancelled = True
+            self._speech.batch = None
+        with self._condition:
+            self.decode_steps += 1
+            self.largest_batch = max(self.largest_batch, rows)
+            self.most_requests_in_a_step = max(self.most_requests_in_a_step, len(requests))
+            self._running = self._speech.jobs
 
     def _run(self, jobs: list[GenerationJob]) -> None:
+        """One `generate` call for jobs continuous batching does not serve (transcriptions, other settings)."""
         jobs = [job for job in jobs if not job.cancelled]
         if not jobs:
             return
-        self.batches_run += 1
-        self.largest_batch = max(self.largest_batch, len(jobs))
+        with self._condition:
+            self.batches_run += 1
+            self.largest_batch = max(self.largest_batch, len(jobs))
+            self._running = [*jobs, *(self._speech.jobs if self._speech is not None else [])]
         ids = ", ".join(sorted({job.request_id for job in jobs}))
         logger.info(f"{jobs[0].task} batch of {len(jobs)} (requests {ids})")
         started = time.perf_counter()
@@ -333,9 +399,7 @@ class TransformersEngine:
             criteria = StoppingCriteriaList([_CancelledRows(jobs)])
             with torch.inference_mode():
                 if jobs[0].task == "speech":
-                    streamer = BatchSpeechStreamer(
-                        self.processor, jobs, chunk_frames=self.chunk_frames, num_threads=self.num_threads
-                    )
+                    streamer = BatchSpeechStreamer(self.processor, jobs, self.decoder)
                     self.model.generate(
                         **inputs, streamer=streamer, stopping_criteria=criteria, **jobs[0].generate_kwargs
                     )
@@ -354,7 +418,7 @@ class TransformersEngine:
                 job.deliver(error)
         finally:
             with self._condition:
-                self._running = []
+                self._running = self._speech.jobs if self._speech is not None else []
         logger.info(f"batch of {len(jobs)} done in {time.perf_counter() - started:.2f} s")
 
 

@@ -23,6 +23,7 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from qwen_omni.configuration_omni import OmniConfig
+from qwen_omni.generation_omni import OmniConstrainedLogitsProcessor, OmniSpanState
 
 
 def omni_llm_kwargs(model_dir: str) -> dict:
@@ -36,55 +37,27 @@ def omni_llm_kwargs(model_dir: str) -> dict:
 
 
 class _RowSpan:
-    """Where one sequence stands in the Omni format, advanced token by token (as `OmniSpanState.advance`)."""
+    """Where one sequence stands in the Omni format: an `OmniSpanState` of one row, built from the prompt and
+    advanced by the ids vLLM appends to `output_ids`."""
 
     def __init__(self, config: OmniConfig, prompt_ids: list[int], output_ids: list[int]):
-        self.config = config
-        self.layout = config.token_layout
-        self.in_audio = self.text_open = False
-        self.audio_since_start = 0
+        self.state = OmniSpanState(config, torch.tensor([prompt_ids], dtype=torch.long))
         self.output_ids = output_ids  # vLLM's running list of this request's generated ids
         self.consumed = 0
-        for token in prompt_ids:
-            self._advance(token)
-
-    def _advance(self, token: int) -> None:
-        config = self.config
-        if token == config.audio_start_token_id:
-            self.in_audio, self.audio_since_start = True, 0
-        elif self.layout.audio_token_offset <= token < self.layout.vocab_end:
-            self.audio_since_start += 1
-        if token == config.audio_end_token_id:
-            self.in_audio = False
-        if token == config.text_start_token_id:
-            self.text_open = True
-        elif token == config.text_end_token_id:
-            self.text_open = False
 
     def catch_up(self) -> None:
         for token in self.output_ids[self.consumed :]:
-            self._advance(token)
+            self.state.advance(torch.tensor([token]))
         self.consumed = len(self.output_ids)
 
 
 class OmniAudioBlockLogitsProcessor(LogitsProcessor):
-    """The Omni constraint for vLLM's V1 engine (see the module docstring); reads the layout from the model's
-    `config.json`."""
+    """The Omni constraint for vLLM's V1 engine (see the module docstring): transformers'
+    `OmniConstrainedLogitsProcessor` mask, row by row; reads the layout from the model's `config.json`."""
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
         self.config = OmniConfig.from_pretrained(vllm_config.model_config.model)
-        config = self.config
-        self.layout = config.token_layout
-        structural = {
-            config.tts_token_id,
-            config.asr_token_id,
-            config.text_start_token_id,
-            config.audio_start_token_id,
-            config.audio_end_token_id,
-            config.pad_token_id,
-        } - {None}
-        allowed_in_text = {config.text_end_token_id, config.eos_token_id}
-        self.banned_in_text = torch.tensor(sorted(structural - allowed_in_text), dtype=torch.long, device=device)
+        self.constraint = OmniConstrainedLogitsProcessor(self.config)
         self.rows: dict[int, _RowSpan] = {}
 
     def is_argmax_invariant(self) -> bool:
@@ -110,20 +83,16 @@ class OmniAudioBlockLogitsProcessor(LogitsProcessor):
             row.catch_up()
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        layout, size = self.layout, self.layout.codebook_size
         for index, row in self.rows.items():
-            if row.in_audio:
-                position = row.audio_since_start % layout.tokens_per_frame
-                low = layout.audio_token_offset + position * size
-                keep_end = position == 0 and row.audio_since_start > 0
-                end_score = logits[index, self.config.audio_end_token_id].clone()
-                logits[index, :low] = -float("inf")
-                logits[index, low + size :] = -float("inf")
-                if keep_end:
-                    logits[index, self.config.audio_end_token_id] = end_score
-            elif row.text_open:
-                logits[index, layout.audio_token_offset :] = -float("inf")
-                logits[index, self.banned_in_text] = -float("inf")
+            state = row.state
+            if not bool(state.in_audio[0] | state.in_text[0]):  # unconstrained
+                continue
+            self.constraint.span_state = state
+            try:  # the ids only give the shape the state describes
+                allowed = self.constraint.allowed_mask(torch.empty(1, state.length), logits.shape[-1])
+            finally:
+                self.constraint.span_state = None
+            logits[index].masked_fill_(~allowed[0].to(logits.device), -float("inf"))
         return logits
 
 

@@ -1,0 +1,290 @@
+# Copyright 2026 The qwen-omni authors. Licensed under the Apache License, Version 2.0.
+"""
+SNAC decoding of the embedded engine's speech, in a process of its own.
+
+Why a process: the model's decoding loop and the streamed SNAC decode are both made of many small torch operations,
+each holding the GIL between kernels, so on two threads of one process they ran one after the other (measured at the
+seed's shape: generation 0.75 s and the streamed decode of the same 24 frames 0.90 s, both on threads of one process
+1.98 s). In a process of its own the decode runs beside the model on the second core.
+
+The engine sends, once per model step, one message holding every streaming row's new ids. The process keeps one
+`SNACStreamingDecoder` per stream (each frame decoded once, the codec's layers keeping their state between frames)
+and decodes a chunk of every stream that has one in one call (`SNACStreamingDecoder.push_rows`: the codec's weights
+are read once for all rows); when it falls behind, it takes every waiting step at once, so rows whose frames were
+made at different steps are decoded together too. A stream decoded alone gets the same samples as in
+`OmniAudioStreamer`; decoded with others, float rounding may differ (the matrix kernels round a product of more
+rows differently: at most one step of 16-bit PCM). The chunks go back, then the end of each stream; a reader thread
+hands them to the jobs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import queue
+import threading
+from typing import Any
+
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+# messages from the process: (stream, kind, payload)
+_AUDIO, _END, _ERROR = "audio", "end", "error"
+_READY = "ready"
+
+
+class _Stream:
+    """One row's speech in the decoding process: its ids gathered into whole frames, decoded by its own
+    `SNACStreamingDecoder` (or, for a codec that cannot be decoded layer by layer, an `OmniAudioStreamer`, which
+    decodes overlapping windows)."""
+
+    def __init__(self, processor, streaming: bool, on_chunk):
+        from qwen_omni.modeling_snac import OmniAudioStreamer, SNACStreamingDecoder
+
+        self.layout = processor.token_layout
+        self.decoder = SNACStreamingDecoder(processor) if streaming else None
+        self.windowed = None if streaming else OmniAudioStreamer(processor, on_chunk=on_chunk)
+        if self.windowed is not None:
+            self.windowed.put(self._tensor([]))  # the prompt: not streamed
+        self.frame: list[int] = []  # ids of the frame being built
+        self.whole: list[int] = []  # ids of whole frames not decoded yet
+        self.ended = False
+
+    def add(self, ids: list[int], ended: bool) -> None:
+        if self.windowed is not None:  # decodes (and sends) its windows as they are whole
+            if ids:
+                self.windowed.put(self._tensor(ids))
+            self.ended |= ended
+            return
+        layout = self.layout
+        for token in ids:
+            if not layout.audio_token_offset <= token < layout.vocab_end:  # audio-end (or another stop id)
+                self.ended = True
+                break
+            self.frame.append(token)
+            if len(self.frame) == layout.tokens_per_frame:
+                self.whole += self.frame
+                self.frame = []
+        self.ended |= ended
+
+    def ready(self, least: int) -> bool:
+        return len(self.whole) >= least or self.ended
+
+    def take(self, least: int) -> tuple:
+        """(the stream's decoder, ids, final) for one decoding call: the next `least` ids of whole frames, or once the
+        stream has ended, what is left with `final` (as `OmniAudioStreamer` pushes them, so that a stream decoded
+        alone gives the same samples however far the decoding lags)."""
+        if len(self.whole) >= least:
+            ids, self.whole = self.whole[:least], self.whole[least:]
+            return self.decoder, self._tensor(ids), False
+        if self.frame:
+            logger.warning(f"Dropped {len(self.frame)} audio tokens of an incomplete frame at the end of the stream.")
+            self.frame = []
+        ids, self.whole = self.whole, []
+        return self.decoder, self._tensor(ids), True
+
+    @staticmethod
+    def _tensor(ids: list[int]):
+        import torch
+
+        return torch.tensor(ids, dtype=torch.long)
+
+
+def _decode_loop(model_dir: str, device: str, chunk_frames: int, num_threads: int | None, requests, results) -> None:
+    """The decoding process. It takes every message waiting (the model's steps since its last call), then decodes
+    the streams that have a chunk of `chunk_frames` whole frames, or ended, together (`_decode_ready`)."""
+    import torch
+    from transformers import AutoProcessor
+
+    from qwen_omni import register_auto_classes
+    from qwen_omni.modeling_snac import SNACStreamingDecoder
+
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        register_auto_classes()
+        processor = AutoProcessor.from_pretrained(model_dir)
+        processor.audio_tokenizer.to(device)
+        try:
+            SNACStreamingDecoder(processor)
+            streaming = True
+        except NotImplementedError as error:
+            logger.warning(f"This codec cannot be decoded layer by layer ({error}); each stream is decoded alone.")
+            streaming = False
+    except BaseException as error:  # noqa: BLE001 - the engine reports it as its load error
+        results.put((None, _ERROR, f"the SNAC decoding process could not load {model_dir}: {error!r}"))
+        return
+    results.put((None, _READY, None))
+    streams: dict[int, _Stream] = {}
+    least = chunk_frames * processor.token_layout.tokens_per_frame
+    stopping = False
+    while not stopping:
+        messages = [requests.get()]
+        try:
+            while True:
+                messages.append(requests.get_nowait())
+        except queue.Empty:
+            pass
+        for message in messages:
+            if message is None:
+                stopping = True
+                break
+            kind, payload = message
+            if kind == "close":
+                streams.pop(payload, None)
+                continue
+            for stream, ids, ended in payload:  # one model step: every row's new ids
+                try:
+                    if stream not in streams:
+                        streams[stream] = _Stream(
+                            processor, streaming, lambda chunk, stream=stream: results.put((stream, _AUDIO, chunk))
+                        )
+                    with torch.inference_mode():
+                        streams[stream].add(ids, ended)
+                except Exception as error:  # noqa: BLE001 - this stream's request gets the error; the others go on
+                    streams.pop(stream, None)
+                    results.put((stream, _ERROR, f"SNAC decoding failed: {error!r}"))
+        if streaming:
+            _decode_ready(streams, least, results)
+        else:
+            for stream in [stream for stream, state in streams.items() if state.ended]:
+                try:
+                    with torch.inference_mode():
+                        streams.pop(stream).windowed.end()
+                    results.put((stream, _END, None))
+                except Exception as error:  # noqa: BLE001 - this stream's request gets the error
+                    results.put((stream, _ERROR, f"SNAC decoding failed: {error!r}"))
+
+
+def _decode_ready(streams: dict, least: int, results) -> None:
+    """Decode, one chunk per stream and call, every stream with a whole chunk (or that ended), all in one call, until
+    none is left with one; a stream that ended goes once its last samples are sent."""
+    from qwen_omni.modeling_snac import SNACStreamingDecoder
+
+    while ready := [stream for stream, state in streams.items() if state.ready(least)]:
+        calls = [streams[stream].take(least) for stream in ready]
+        try:
+            chunks = SNACStreamingDecoder.push_rows(*map(list, zip(*calls)))
+        except Exception as error:  # noqa: BLE001 - the requests decoded in this call get the error; others go on
+            for stream in ready:
+                del streams[stream]
+                results.put((stream, _ERROR, f"SNAC decoding failed: {error!r}"))
+            continue
+        for stream, chunk, (_, _, final) in zip(ready, chunks, calls):
+            if chunk.size:
+                results.put((stream, _AUDIO, chunk))
+            if final:
+                del streams[stream]
+                results.put((stream, _END, None))
+
+
+class SpeechDecodeProcess:
+    """
+    The engine's side of the decoding process: `open` a stream for a job, `send` one message per model step with each
+    stream's new ids (and whether its speech ended), `close` a cancelled stream. Chunks reach `job.deliver`, then
+    `FINISHED` (from `qwen_omni.entrypoints.openai.engine`), or a `RuntimeError` naming the decoding error.
+
+    Args:
+        model_dir: the checkpoint folder (its processor gives the codec). device: the codec's torch device.
+        chunk_frames: frames per streamed chunk. num_threads: torch CPU threads of the process.
+        finished: the sentinel delivered after a stream's last chunk.
+    """
+
+    def __init__(self, model_dir: str, device: str, chunk_frames: int, num_threads: int | None, finished: Any):
+        self._finished = finished
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of the server's threads
+        self._requests = context.Queue()
+        self._results = context.Queue()
+        self._process = context.Process(
+            target=_decode_loop,
+            args=(model_dir, device, chunk_frames, num_threads, self._requests, self._results),
+            name="omni-snac-decode",
+            daemon=True,
+        )
+        self._jobs: dict[int, Any] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._stopping = False
+        self.failure: str | None = None  # why the process is gone, if it died
+        self._reader = threading.Thread(target=self._read, name="omni-snac-results", daemon=True)
+
+    def start(self) -> None:
+        """Start the process and wait until its codec is loaded (raises `RuntimeError` if it could not be)."""
+        self._process.start()
+        _, kind, payload = self._results.get()
+        if kind != _READY:
+            self._process.join(10)
+            raise RuntimeError(payload)
+        self._reader.start()
+
+    def open(self, job) -> int:
+        if self.failure is not None:
+            raise RuntimeError(self.failure)
+        with self._lock:
+            stream = next(self._ids)
+            self._jobs[stream] = job
+        return stream
+
+    def send(self, step: list[tuple[int, list[int], bool]]) -> None:
+        """One model step: `(stream, new ids, speech ended)` per row."""
+        if step:
+            self._requests.put(("step", step))
+
+    def close(self, stream: int) -> None:
+        """Forget a stream whose job was cancelled (its remaining audio is not decoded)."""
+        with self._lock:
+            if self._jobs.pop(stream, None) is None:
+                return
+        self._requests.put(("close", stream))
+
+    @property
+    def open_streams(self) -> int:
+        with self._lock:
+            return len(self._jobs)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        if not self._process.is_alive():
+            return
+        self._requests.put(None)
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout)
+        self._results.put(None)  # ends the reader
+        self._reader.join(timeout)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._results.get(timeout=1.0)
+            except queue.Empty:
+                if self._process.is_alive() or self._stopping:
+                    continue
+                self._fail(f"the SNAC decoding process died (exit code {self._process.exitcode})")
+                return
+            if message is None:
+                return
+            stream, kind, payload = message
+            with self._lock:
+                job = self._jobs.get(stream) if kind == _AUDIO else self._jobs.pop(stream, None)
+            if job is None:  # closed meanwhile
+                continue
+            if kind == _AUDIO:
+                job.deliver(payload)
+            elif kind == _END:
+                job.deliver(self._finished)
+            else:
+                logger.error(f"request {job.request_id}: {payload}")
+                job.deliver(RuntimeError(payload))
+
+    def _fail(self, reason: str) -> None:
+        """Every open stream's request gets the error, and so does every later one (`open` raises)."""
+        logger.error(reason)
+        self.failure = reason
+        with self._lock:
+            jobs, self._jobs = list(self._jobs.values()), {}
+        for job in jobs:
+            job.deliver(RuntimeError(reason))
