@@ -8,4 +8,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/lint-imports --no-cache
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Two workers (one per core, one torch thread each); a test file's tests stay on one worker, so its module fixtures
+# (the tiny checkpoints and training runs the file's tests share) are built once.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --dist loadfile --durations=20 "$@"
