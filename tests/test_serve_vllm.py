@@ -6,6 +6,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -126,3 +127,101 @@ def _wav(audio: np.ndarray, rate: int) -> bytes:
     buffer = io.BytesIO()
     soundfile.write(buffer, audio, rate, format="WAV")
     return buffer.getvalue()
+
+
+def tiny_qwen3_omni_for_vllm_cpu(path):
+    """`tiny_checkpoints`' Qwen3-Omni with what vLLM's CPU engine needs: text head_dim 32 (its CPU attention takes
+    head sizes from 32 up; mrope sections re-split to 16 rotary pairs), and the config keys vllm-cpu's transformers
+    5.19 reads but 5.23 leaves out of config.json (`tie_word_embeddings`, the vision tower's `image_size` and
+    `apply_vit_abs_pos_embed`)."""
+    from transformers import Qwen3OmniMoeForConditionalGeneration
+
+    from qwen_omni.qwen3_omni import tiny_checkpoints
+
+    processor = tiny_checkpoints.build_processor()
+    config = tiny_checkpoints.build_config(processor.tokenizer)
+    text_config = config.thinker_config.text_config
+    text_config.head_dim = 32
+    text_config.tie_word_embeddings = False
+    text_config.rope_parameters["mrope_section"] = [4, 6, 6]
+    config.thinker_config.vision_config.image_size = 64
+    config.thinker_config.vision_config.apply_vit_abs_pos_embed = True
+    torch.manual_seed(0)
+    model = Qwen3OmniMoeForConditionalGeneration(config)
+    with torch.no_grad():  # transformers 5.23 leaves the Talker's fused experts uninitialised
+        for name, parameter in model.talker.named_parameters():
+            if ".mlp.experts." in name:
+                parameter.normal_(0.0, 0.02)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+def test_merged_qwen3_omni_thinker_in_vllm_gives_transformers_greedy_tokens(tmp_path):
+    """Issue 21.4: a Thinker LoRA adapter merged by `train/merge.py` into a tiny Qwen3-Omni loads in vLLM (vllm-cpu,
+    `.venv-vllm`) and its greedy text ids equal transformers' on the merged folder; the adapter changed them."""
+    from peft import LoraConfig, get_peft_model
+
+    from qwen_omni.qwen3_omni.loading import load_thinker
+
+    base = tiny_qwen3_omni_for_vllm_cpu(tmp_path / "base")
+    thinker = load_thinker(base, dtype=torch.float32)
+    adapter = get_peft_model(thinker, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # a trained adapter's effect: LoRA B away from its zero init
+        for name, parameter in adapter.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.5)
+    adapter.save_pretrained(tmp_path / "adapter")
+    merge = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "train" / "merge.py"),
+            "--adapter",
+            str(tmp_path / "adapter"),
+            "--output_dir",
+            str(tmp_path / "merged"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert merge.returncode == 0, merge.stderr[-3000:]
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    prompts = [tokenizer(text)["input_ids"] for text in TEXTS]
+
+    def greedy(model_dir):
+        model = load_thinker(model_dir, dtype=torch.float32).eval()
+        ids = []
+        for prompt in prompts:
+            with torch.inference_mode():
+                output = model.generate(
+                    torch.tensor([prompt]),
+                    do_sample=False,
+                    max_new_tokens=16,
+                    min_new_tokens=16,
+                    repetition_penalty=1.0,
+                )
+            ids.append(output[0, len(prompt) :].tolist())
+        return ids
+
+    expected = greedy(tmp_path / "merged")
+    assert expected != greedy(base)
+    environment = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run(
+        [
+            str(VLLM_PYTHON),
+            str(REPO_ROOT / "tests" / "vllm_qwen3_omni_greedy.py"),
+            str(tmp_path / "merged"),
+            json.dumps(prompts),
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=environment,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads([line for line in result.stdout.splitlines() if line.startswith("[[")][-1]) == expected
