@@ -501,7 +501,6 @@ class OmniProcessor(ProcessorMixin):
         voice_prompt_text: str | None = None,
         voice_prompt_sampling_rate: int | None = None,
         voice_prompt_ids: Sequence[int] | None = None,
-        **kwargs,
     ) -> BatchFeature:
         """
         Build model inputs.

@@ -420,6 +420,9 @@ def test_processor_formats_and_bad_text(omni_dir):
         processor(text="   ")
     with pytest.raises(ValueError, match="2 texts for 1 audio"):
         processor(text=["a", "b"], audio=[audio], sampling_rate=24000)
+    # an option the processor does not have is refused by name, not dropped
+    with pytest.raises(TypeError, match="unexpected keyword argument 'padding'"):
+        processor(text="hi", padding="max_length")
 
 
 def test_processor_save_audio(omni_dir, tmp_path):
