@@ -45,6 +45,7 @@ class Server:
         env: dict | None = None,
         python: str = sys.executable,
         ready_timeout: float = 300,
+        tmp_dir: Path | None = None,
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -65,7 +66,8 @@ class Server:
             "1",
             *options,
         ]
-        environment = {**os.environ, "HF_HOME": str(root / "hf"), "TMPDIR": str(root / "tmp"), **(env or {})}
+        tmp_dir = tmp_dir or root / "tmp"
+        environment = {**os.environ, "HF_HOME": str(root / "hf"), "TMPDIR": str(tmp_dir), **(env or {})}
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             command, cwd=self.cwd, env=environment, stdout=self.log, stderr=subprocess.STDOUT
@@ -83,10 +85,12 @@ class Server:
             if self.process.poll() is not None:
                 raise AssertionError(f"the server exited ({self.process.returncode}):\n{self.log_text()[-3000:]}")
             try:
-                status = httpx.get(f"{self.url}/health", timeout=5).status_code
-                answers.append(status)
-                if status == 200:
+                answer = httpx.get(f"{self.url}/health", timeout=5)
+                answers.append(answer.status_code)
+                if answer.status_code == 200:
                     return answers
+                if answer.json().get("status") == "failed":  # the model will never load: say why at once
+                    raise AssertionError(f"the model failed to load: {answer.json()}\n{self.log_text()[-3000:]}")
             except httpx.TransportError:
                 pass
             time.sleep(0.05)

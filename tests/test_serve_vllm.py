@@ -5,8 +5,11 @@ audio ids through vLLM, with the audio-block constraint as its logits processor,
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,6 +89,9 @@ def test_serve_with_the_vllm_engine_streams_transformers_greedy_speech(omni32, t
         sequence = model.generate(**inputs, do_sample=False, max_duration=0.6)[0]
     expected = processor.decode_audio(sequence[inputs["input_ids"].shape[1] :])
 
+    # vLLM's ZMQ sockets live in TMPDIR, and their paths must stay under 107 characters (pytest-xdist's temporary
+    # folders are longer)
+    short_tmp = Path(tempfile.mkdtemp(prefix="qo-vllm-"))
     server = Server(
         model_dir,
         tmp_path,
@@ -97,6 +103,7 @@ def test_serve_with_the_vllm_engine_streams_transformers_greedy_speech(omni32, t
         env={"VLLM_CPU_KVCACHE_SPACE": "1"},
         python=str(VLLM_PYTHON),
         ready_timeout=1200,
+        tmp_dir=short_tmp,
     )
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=300)
@@ -108,6 +115,7 @@ def test_serve_with_the_vllm_engine_streams_transformers_greedy_speech(omni32, t
         transcript = client.audio.transcriptions.create(model="omni32", file=("speech.wav", clip, "audio/wav"))
     finally:
         server.stop()
+        shutil.rmtree(short_tmp, ignore_errors=True)
     assert expected.size > 0 and streamed.shape == expected.shape
     assert np.abs(streamed - np.clip(expected, -1, 1)).max() <= 1.5 / 32767
     assert "vllm engine" in server.log_text()

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen3OmniMoeForConditionalGeneration
+from trl.trainer.utils import pad
 
 from ..collator import IGNORE_INDEX
 
@@ -184,6 +185,31 @@ def _kl_to_reference(logits: torch.Tensor, reference_logits: torch.Tensor) -> to
     return F.kl_div(F.log_softmax(logits.float(), dim=-1), reference, log_target=True, reduction="none").sum(-1)
 
 
+def _code_predictor_logits_and_losses(
+    talker: nn.Module, last_hidden: torch.Tensor, frame_positions: list[torch.Tensor], codes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The code predictor teacher-forced on every frame: `(frames, G - 1, codebook)` logits for codebooks 1..G-1 and
+    their cross-entropies. The hidden state that predicted a frame's codebook 0 conditions the code predictor for
+    that frame: `frame_positions`, each row's labelled positions but its last (which predicts codec_eos)."""
+    frame_hidden = torch.cat([last_hidden[row, positions] for row, positions in enumerate(frame_positions)])
+    code_predictor = talker.code_predictor
+    predictor_embeddings = code_predictor.get_input_embeddings()
+    num_groups = codes.shape[1]
+    predictor_inputs = [frame_hidden[:, None], talker.get_input_embeddings()(codes[:, :1])]
+    predictor_inputs += [predictor_embeddings[j - 1](codes[:, j : j + 1]) for j in range(1, num_groups - 1)]
+    if codes.shape[0]:
+        predictor_hidden = code_predictor.model(inputs_embeds=torch.cat(predictor_inputs, dim=1)).last_hidden_state
+        predictor_logits = torch.stack(
+            [code_predictor.lm_head[j - 1](predictor_hidden[:, j]) for j in range(1, num_groups)], dim=1
+        )
+    else:  # a batch of preserved rows whose base speech all ends at once (the KL reference): no frame to predict
+        predictor_logits = frame_hidden.new_zeros((0, num_groups - 1, code_predictor.config.vocab_size))
+    predictor_losses = F.cross_entropy(
+        predictor_logits.flatten(0, 1).float(), codes[:, 1:].flatten(), reduction="none"
+    ).view(codes.shape[0], num_groups - 1)
+    return predictor_logits, predictor_losses
+
+
 def talker_voice_forward(
     model: Qwen3OmniMoeForConditionalGeneration,
     sequences: list[TalkerSequence],
@@ -196,19 +222,14 @@ def talker_voice_forward(
     of the frozen base on the preserved rows alone, in their order) the preserved rows' losses are the KL divergences
     from the base's distributions instead of cross-entropies on their codes."""
     talker = model.talker
-    lengths = [len(sequence.labels) for sequence in sequences]
-    max_length = max(lengths)
-    hidden_size = sequences[0].inputs_embeds.shape[-1]
     device = sequences[0].inputs_embeds.device
-    inputs_embeds = sequences[0].inputs_embeds.new_zeros((len(sequences), max_length, hidden_size))
-    attention_mask = torch.zeros((len(sequences), max_length), dtype=torch.long, device=device)
-    labels = torch.full((len(sequences), max_length), IGNORE_INDEX, dtype=torch.long, device=device)
-    talker_input_ids = torch.full_like(labels, model.config.tts_pad_token_id)
-    for row, (sequence, length) in enumerate(zip(sequences, lengths)):
-        inputs_embeds[row, :length] = sequence.inputs_embeds
-        attention_mask[row, :length] = 1
-        labels[row, :length] = sequence.labels
-        talker_input_ids[row, :length] = sequence.talker_input_ids
+    # right-padded batch (TRL's pad, as the collators)
+    inputs_embeds = pad([sequence.inputs_embeds for sequence in sequences])
+    attention_mask = pad([torch.ones_like(sequence.labels) for sequence in sequences])
+    labels = pad([sequence.labels for sequence in sequences], padding_value=IGNORE_INDEX)
+    talker_input_ids = pad(
+        [sequence.talker_input_ids for sequence in sequences], padding_value=model.config.tts_pad_token_id
+    )
     outputs = talker(
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
@@ -231,27 +252,11 @@ def talker_voice_forward(
         )
     talker_loss, preserve_talker_loss = _group_means(token_losses, token_preserved)
 
-    # The hidden state that predicted a frame's codebook 0 conditions the code predictor for that frame: the labelled
-    # positions but the last of each row (which predicts codec_eos).
-    last_hidden = outputs.hidden_states[0][-1]
     frame_positions = [torch.nonzero(target[row]).flatten()[:-1] for row in range(len(sequences))]
-    frame_hidden = torch.cat([last_hidden[row, positions] for row, positions in enumerate(frame_positions)])
     codes = torch.cat([sequence.codes for sequence in sequences]).to(device)
-    code_predictor = talker.code_predictor
-    predictor_embeddings = code_predictor.get_input_embeddings()
-    num_groups = codes.shape[1]
-    predictor_inputs = [frame_hidden[:, None], talker.get_input_embeddings()(codes[:, :1])]
-    predictor_inputs += [predictor_embeddings[j - 1](codes[:, j : j + 1]) for j in range(1, num_groups - 1)]
-    if codes.shape[0]:
-        predictor_hidden = code_predictor.model(inputs_embeds=torch.cat(predictor_inputs, dim=1)).last_hidden_state
-        predictor_logits = torch.stack(
-            [code_predictor.lm_head[j - 1](predictor_hidden[:, j]) for j in range(1, num_groups)], dim=1
-        )
-    else:  # a batch of preserved rows whose base speech all ends at once (the KL reference): no frame to predict
-        predictor_logits = frame_hidden.new_zeros((0, num_groups - 1, code_predictor.config.vocab_size))
-    predictor_losses = F.cross_entropy(
-        predictor_logits.flatten(0, 1).float(), codes[:, 1:].flatten(), reduction="none"
-    ).view(codes.shape[0], num_groups - 1)
+    predictor_logits, predictor_losses = _code_predictor_logits_and_losses(
+        talker, outputs.hidden_states[0][-1], frame_positions, codes
+    )
     frame_preserved = torch.cat(
         [preserved_rows[row].expand(len(positions)) for row, positions in enumerate(frame_positions)]
     )
