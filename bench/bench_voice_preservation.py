@@ -35,7 +35,6 @@ import torch
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 from bench_talker_lora import (
     add_model_arguments,
     build_lora,
@@ -49,6 +48,7 @@ from qwen_omni.qwen3_omni.talker_voice import (
     PRESERVE_TEXTS,
     build_preserve_examples,
     cache_thinker_outputs,
+    default_preserve_batch_size,
     talker_voice_examples_forward,
 )
 
@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model = build_lora(copy.deepcopy(base), "routed", args.lora_r)
     new_speaker = speakers["ethan"]  # the trained row; which one does not change the cost
-    # the recipe's default --preserve_batch_size: each clip balanced by one conversation spoken by every kept speaker
-    with_preservation = examples + preserve_examples[: args.batch_size * len(speakers)]
+    with_preservation = examples + preserve_examples[: default_preserve_batch_size(args.batch_size, len(speakers))]
     batches = {"without": (examples, "kl"), "kl": (with_preservation, "kl"), "codes": (with_preservation, "codes")}
     times = {variant: [] for variant in batches}
     for round_index in range(args.repeats + 1):

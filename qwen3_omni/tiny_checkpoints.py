@@ -312,10 +312,11 @@ def save_tiny_mimi(path: str | os.PathLike, seed: int = 0, **overrides) -> str:
     return str(path)
 
 
-def save_tiny_checkpoint(path: str | os.PathLike, seed: int = 0) -> str:
-    """Write a full tiny Qwen3-Omni checkpoint (thinker, talker, code2wav and processor) to `path`."""
+def save_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, config: Qwen3OmniMoeConfig | None = None) -> str:
+    """Write a full tiny Qwen3-Omni checkpoint (thinker, talker, code2wav and processor) to `path`; `config` (default
+    [`build_config`]'s) must hold the tiny processor's token ids."""
     processor = build_processor()
-    config = build_config(processor.tokenizer)
+    config = config or build_config(processor.tokenizer)
     torch.manual_seed(seed)
     model = Qwen3OmniMoeForConditionalGeneration(config)
     # transformers 5.23's _init_weights skips the talker's fused experts and leaves them as uninitialised memory

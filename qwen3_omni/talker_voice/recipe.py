@@ -17,7 +17,7 @@ from .arguments import TalkerVoiceArguments
 from .data import EncodedClip, MimiCodec, encode_clips
 from .examples import TalkerVoiceExample
 from .lora import build_talker_lora_config
-from .preservation import build_preserve_examples
+from .preservation import build_preserve_examples, default_preserve_batch_size
 from .speakers import add_speaker
 
 
@@ -109,7 +109,7 @@ def prepare_preservation(
             voice_args.user_prompt_template,
             voice_args.system_prompt,
         )
-    batch_size = voice_args.preserve_batch_size or per_device_batch_size * len(preserved)
+    batch_size = voice_args.preserve_batch_size or default_preserve_batch_size(per_device_batch_size, len(preserved))
     record = {
         "speaker_name": speaker,
         "preserved_speakers": preserved,
