@@ -104,8 +104,15 @@ def build_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen3Om
     )
 
 
-def build_config(tokenizer: PreTrainedTokenizerFast, enable_audio_output: bool = True) -> Qwen3OmniMoeConfig:
-    """A Qwen3-Omni config with every size shrunk (2 layers, 8 experts, top-2) and token ids from `tokenizer`."""
+def build_config(
+    tokenizer: PreTrainedTokenizerFast,
+    enable_audio_output: bool = True,
+    talker_hidden_size: int = 16,
+    talker_num_hidden_layers: int = 1,
+) -> Qwen3OmniMoeConfig:
+    """A Qwen3-Omni config with every size shrunk (2 layers, 8 experts, top-2) and token ids from `tokenizer`. The
+    Talker and its code predictor are `talker_num_hidden_layers` (code predictor: 1) layers of `talker_hidden_size`,
+    with heads of 8 (at 16) or 16 dimensions and the other widths in proportion."""
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in NAMED_TOKENS.items()}
     vocab_size = len(tokenizer)
     hidden = 32
@@ -167,34 +174,35 @@ def build_config(tokenizer: PreTrainedTokenizerFast, enable_audio_output: bool =
     # special ids (`generate` suppresses the last 1024 ids except `codec_eos`), with the specials and speakers at
     # the real offsets from the codebook size (2048 + 100.. and 2048 + 253.. in Qwen3-Omni-30B-A3B).
     codebook = TINY_CODEBOOK_SIZE
+    talker_heads = max(2, talker_hidden_size // 16)
+    talker_widths = {  # the code predictor embeds the Talker's codes at the Talker's width
+        "hidden_size": talker_hidden_size,
+        "intermediate_size": 2 * talker_hidden_size,
+        "num_attention_heads": talker_heads,
+        "num_key_value_heads": talker_heads // 2,
+        "head_dim": talker_hidden_size // talker_heads,
+    }
+    half_head = talker_widths["head_dim"] // 2
     talker_config = {
         "text_config": {
             "vocab_size": codebook + 1024,
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "head_dim": 8,
-            "moe_intermediate_size": 8,
+            **talker_widths,
+            "num_hidden_layers": talker_num_hidden_layers,
+            "moe_intermediate_size": talker_hidden_size // 2,
             "num_experts": 4,
             "num_experts_per_tok": 2,
-            "shared_expert_intermediate_size": 16,
+            "shared_expert_intermediate_size": talker_hidden_size,
             "rope_parameters": {
                 "rope_type": "default",
                 "rope_theta": 10000.0,
-                "mrope_section": [1, 1, 2],
+                "mrope_section": [half_head // 4, half_head // 4, half_head // 2],
                 "interleaved": True,
             },
         },
         "code_predictor_config": {
             "vocab_size": codebook,
-            "hidden_size": 16,
-            "intermediate_size": 32,
+            **talker_widths,
             "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "head_dim": 8,
             "num_code_groups": TINY_NUM_CODEBOOKS,
         },
         "num_code_groups": TINY_NUM_CODEBOOKS,
