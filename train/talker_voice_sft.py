@@ -18,7 +18,7 @@ replace them): before training the base Talker speaks each clip's conversation a
 `preserve_code_predictor_loss`, weight `--preserve_weight`). See docs/qwen3_omni.md.
 """
 
-from transformers import AutoConfig, AutoProcessor
+from transformers import AutoConfig, AutoProcessor, set_seed
 from trl import ScriptArguments, TrlParser
 
 from qwen_omni.common.hub import defer_hub_push, push_after_training
@@ -88,6 +88,7 @@ def main(script_args, training_args, model_args, voice_args):
         voice_args,
         training_args.per_device_train_batch_size,
     )
+    set_seed(training_args.seed)  # PEFT draws the LoRA factors' init: --seed makes the run reproducible
     peft_model = build_voice_peft_model(model, speaker, codec_id, init_id, model_args, voice_args)
 
     trainer = TalkerVoiceTrainer(
