@@ -416,6 +416,11 @@ def test_processor_formats_and_bad_text(omni_dir):
 
     with pytest.raises(ValueError, match="special-token string"):
         processor(text="<|audio_start|><|audio_end|>")
+    # the special tokens are read once per tokenizer size (reading them took 25-200 ms a prompt): one added later is
+    # refused too
+    processor.tokenizer.add_special_tokens({"additional_special_tokens": ["[BEEP]"]})
+    with pytest.raises(ValueError, match=r"special-token string\(s\) \['\[BEEP\]'\]"):
+        processor(text="say [BEEP] now")
     with pytest.raises(ValueError, match="empty"):
         processor(text="   ")
     with pytest.raises(ValueError, match="2 texts for 1 audio"):
