@@ -50,6 +50,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     option("voices", nargs="*", default=[], help="speaker names the checkpoint knows ('default' is always there)")
     option("device", default="cpu")
     option("num_threads", type=int, help="torch CPU threads (default: torch's; 1 on a shared machine)")
+    option(
+        "decode_processes",
+        type=int,
+        help="SNAC decoding processes (default: one per CPU core, at most 4; 1 on a GPU)",
+    )
     option("greedy", action="store_true", help="greedy speech instead of the checkpoint's sampling defaults")
     option("max_duration", type=float, default=30.0, help="seconds of speech per piece of text before cutting")
     option("max_concurrency", type=int, default=16, help="requests generated together (rows of a batch)")
@@ -84,6 +89,7 @@ def build_engine(args: argparse.Namespace):
         batch_wait_s=args.batch_wait_ms / 1000,
         generate_kwargs=generate_kwargs,
         num_threads=args.num_threads,
+        decode_processes=args.decode_processes,
     )
 
 

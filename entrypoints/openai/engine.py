@@ -7,14 +7,15 @@ in a waiting list. Speech jobs join the rows being decoded at the next step (`Co
 prompt is prefilled, then decodes with the others; a row that ends or is cancelled leaves at once); an idle engine
 waits `batch_wait_s` for jobs that arrive together. Transcriptions, and speech whose settings continuous batching
 does not serve, run as one `generate` call between two steps (jobs of equal task and settings together, left-padded).
-SNAC decoding runs in a process of its own (`SpeechDecodeProcess`): each step's new ids go there in one message, and
-the chunks come back to the jobs' asyncio queues. A cancelled job (its client went away) leaves at the next step.
+SNAC decoding runs in processes of their own (`SpeechDecodeProcess`): each step's new ids go to a stream's process in
+one message, and the chunks come back to the jobs' asyncio queues. A cancelled job (its client went away) leaves at the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import threading
 import time
 import uuid
@@ -152,8 +153,9 @@ class TransformersEngine:
         max_batch_size: rows decoded together (the bound on waiting work is the server's admission, not here).
         batch_wait_s: how long an idle engine waits for more jobs to start with the first one.
         generate_kwargs: settings for every speech generation (e.g. `do_sample=False`, `max_duration`).
-        chunk_frames: frames per streamed chunk. num_threads: torch CPU threads of the worker and of the decoding
-            process (default: torch's).
+        chunk_frames: frames per streamed chunk. num_threads: torch CPU threads of the worker and of each decoding
+            process (default: torch's). decode_processes: SNAC decoding processes (default: one per CPU core, at
+            most 4; 1 on a GPU).
     """
 
     def __init__(
@@ -165,6 +167,7 @@ class TransformersEngine:
         generate_kwargs: dict | None = None,
         chunk_frames: int = 1,
         num_threads: int | None = None,
+        decode_processes: int | None = None,
     ):
         self.model_dir = model_dir
         self.device = device
@@ -173,6 +176,9 @@ class TransformersEngine:
         self.speech_generate_kwargs = dict(generate_kwargs or {})
         self.chunk_frames = chunk_frames
         self.num_threads = num_threads
+        if decode_processes is None:  # the codec is most of speech's CPU time: one process per core
+            decode_processes = 1 if device != "cpu" else max(1, min(4, len(os.sched_getaffinity(0))))
+        self.decode_processes = decode_processes
         self.model = self.processor = self.decoder = None
         self.ready = threading.Event()
         self.load_error: BaseException | None = None
@@ -205,7 +211,9 @@ class TransformersEngine:
 
         register_auto_classes()
         started = time.perf_counter()
-        self.decoder = SpeechDecodeProcess(self.model_dir, self.device, self.chunk_frames, self.num_threads, FINISHED)
+        self.decoder = SpeechDecodeProcess(
+            self.model_dir, self.device, self.chunk_frames, self.num_threads, FINISHED, self.decode_processes
+        )
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir).to(self.device).eval()
         self.processor.audio_tokenizer.to(self.device)  # the voice prompts' encoder
@@ -267,6 +275,7 @@ class TransformersEngine:
                 "decode_steps": self.decode_steps,
                 "joined_running_batch": self.joined_running,
                 "decoding_streams": self.decoder.open_streams if self.decoder is not None else 0,
+                "streams_per_decoding_process": list(self.decoder.streams_per_process) if self.decoder else [],
             }
 
     # ------------------------------------------------------------------ the worker

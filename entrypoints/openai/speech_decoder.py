@@ -1,6 +1,7 @@
 # Copyright 2026 The qwen-omni authors. Licensed under the Apache License, Version 2.0.
 """
-SNAC decoding of the embedded engine's speech, in a process of its own.
+SNAC decoding of the embedded engine's speech, in processes of their own (`--decode_processes`, one per core by
+default).
 
 Why a process: the model's decoding loop and the streamed SNAC decode are both made of many small torch operations,
 each holding the GIL between kernels, so on two threads of one process they ran one after the other (measured at the
@@ -11,7 +12,9 @@ The engine sends, once per model step, one message holding every streaming row's
 `SNACStreamingDecoder` per stream (each frame decoded once, the codec's layers keeping their state between frames)
 and decodes a chunk of every stream that has one in one call (`SNACStreamingDecoder.push_rows`: the codec's weights
 are read once for all rows); when it falls behind, it takes every waiting step at once, so rows whose frames were
-made at different steps are decoded together too. A stream decoded alone gets the same samples as in
+made at different steps are decoded together too. With several processes, each new stream goes to the one with
+the fewest open streams: the codec, most of the CPU time of speech, then runs on every core when many requests
+stream at once. A stream decoded alone gets the same samples as in
 `OmniAudioStreamer`; decoded with others, float rounding may differ (the matrix kernels round a product of more
 rows differently: at most one step of 16-bit PCM). The chunks go back, then the end of each stream; a reader thread
 hands them to the jobs.
@@ -182,41 +185,62 @@ def _decode_ready(streams: dict, least: int, results) -> None:
 
 class SpeechDecodeProcess:
     """
-    The engine's side of the decoding process: `open` a stream for a job, `send` one message per model step with each
-    stream's new ids (and whether its speech ended), `close` a cancelled stream. Chunks reach `job.deliver`, then
+    The engine's side of the decoding processes: `open` a stream for a job, `send` one message per model step with
+    each stream's new ids (and whether its speech ended), `close` a cancelled stream. Chunks reach `job.deliver`, then
     `FINISHED` (from `qwen_omni.entrypoints.openai.engine`), or a `RuntimeError` naming the decoding error.
+
+    With several processes, a new stream goes to the one with the fewest open streams: the codec's work (most of the
+    CPU time of speech, see `docs/serving.md`) then runs on as many cores as there are processes, each decoding its
+    streams together.
 
     Args:
         model_dir: the checkpoint folder (its processor gives the codec). device: the codec's torch device.
-        chunk_frames: frames per streamed chunk. num_threads: torch CPU threads of the process.
-        finished: the sentinel delivered after a stream's last chunk.
+        chunk_frames: frames per streamed chunk. num_threads: torch CPU threads of each process.
+        finished: the sentinel delivered after a stream's last chunk. processes: how many decoding processes.
     """
 
-    def __init__(self, model_dir: str, device: str, chunk_frames: int, num_threads: int | None, finished: Any):
+    def __init__(
+        self,
+        model_dir: str,
+        device: str,
+        chunk_frames: int,
+        num_threads: int | None,
+        finished: Any,
+        processes: int = 1,
+    ):
+        if processes < 1:
+            raise ValueError(f"processes must be at least 1, got {processes}")
         self._finished = finished
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of the server's threads
-        self._requests = context.Queue()
+        self._requests = [context.Queue() for _ in range(processes)]
         self._results = context.Queue()
-        self._process = context.Process(
-            target=_decode_loop,
-            args=(model_dir, device, chunk_frames, num_threads, self._requests, self._results),
-            name="omni-snac-decode",
-            daemon=True,
-        )
+        self._processes = [
+            context.Process(
+                target=_decode_loop,
+                args=(model_dir, device, chunk_frames, num_threads, requests, self._results),
+                name=f"omni-snac-decode-{index}",
+                daemon=True,
+            )
+            for index, requests in enumerate(self._requests)
+        ]
         self._jobs: dict[int, Any] = {}
+        self._owner: dict[int, int] = {}  # stream -> index of its process
+        self.streams_per_process = [0] * processes  # streams each process was given
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._stopping = False
-        self.failure: str | None = None  # why the process is gone, if it died
+        self.failure: str | None = None  # why a process is gone, if one died
         self._reader = threading.Thread(target=self._read, name="omni-snac-results", daemon=True)
 
     def start(self) -> None:
-        """Start the process and wait until its codec is loaded (raises `RuntimeError` if it could not be)."""
-        self._process.start()
-        _, kind, payload = self._results.get()
-        if kind != _READY:
-            self._process.join(10)
-            raise RuntimeError(payload)
+        """Start the processes and wait until each has its codec loaded (raises `RuntimeError` if one could not)."""
+        for process in self._processes:
+            process.start()
+        for _ in self._processes:
+            _, kind, payload = self._results.get()
+            if kind != _READY:
+                self.stop()
+                raise RuntimeError(payload)
         self._reader.start()
 
     def open(self, job) -> int:
@@ -225,19 +249,31 @@ class SpeechDecodeProcess:
         with self._lock:
             stream = next(self._ids)
             self._jobs[stream] = job
+            load = [0] * len(self._processes)
+            for owner in self._owner.values():
+                load[owner] += 1
+            self._owner[stream] = load.index(min(load))
+            self.streams_per_process[self._owner[stream]] += 1
         return stream
 
     def send(self, step: list[tuple[int, list[int], bool]]) -> None:
-        """One model step: `(stream, new ids, speech ended)` per row."""
-        if step:
-            self._requests.put(("step", step))
+        """One model step: `(stream, new ids, speech ended)` per row, one message to each process concerned."""
+        per_process: dict[int, list] = {}
+        with self._lock:
+            for entry in step:
+                owner = self._owner.get(entry[0])
+                if owner is not None:
+                    per_process.setdefault(owner, []).append(entry)
+        for owner, entries in per_process.items():
+            self._requests[owner].put(("step", entries))
 
     def close(self, stream: int) -> None:
         """Forget a stream whose job was cancelled (its remaining audio is not decoded)."""
         with self._lock:
-            if self._jobs.pop(stream, None) is None:
-                return
-        self._requests.put(("close", stream))
+            self._jobs.pop(stream, None)
+            owner = self._owner.pop(stream, None)
+        if owner is not None:
+            self._requests[owner].put(("close", stream))
 
     @property
     def open_streams(self) -> int:
@@ -246,30 +282,37 @@ class SpeechDecodeProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True
-        if not self._process.is_alive():
-            return
-        self._requests.put(None)
-        self._process.join(timeout)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout)
-        self._results.put(None)  # ends the reader
-        self._reader.join(timeout)
+        for process, requests in zip(self._processes, self._requests):
+            if process.is_alive():
+                requests.put(None)
+        for process in self._processes:
+            process.join(timeout)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout)
+        if self._reader.is_alive():
+            self._results.put(None)  # ends the reader
+            self._reader.join(timeout)
 
     def _read(self) -> None:
         while True:
             try:
                 message = self._results.get(timeout=1.0)
             except queue.Empty:
-                if self._process.is_alive() or self._stopping:
+                dead = next((process for process in self._processes if not process.is_alive()), None)
+                if dead is None or self._stopping:
                     continue
-                self._fail(f"the SNAC decoding process died (exit code {self._process.exitcode})")
+                self._fail(f"the SNAC decoding process {dead.name} died (exit code {dead.exitcode})")
                 return
             if message is None:
                 return
             stream, kind, payload = message
             with self._lock:
-                job = self._jobs.get(stream) if kind == _AUDIO else self._jobs.pop(stream, None)
+                if kind == _AUDIO:
+                    job = self._jobs.get(stream)
+                else:  # the stream's last message: its process has forgotten it
+                    job = self._jobs.pop(stream, None)
+                    self._owner.pop(stream, None)
             if job is None:  # closed meanwhile
                 continue
             if kind == _AUDIO:
@@ -286,5 +329,6 @@ class SpeechDecodeProcess:
         self.failure = reason
         with self._lock:
             jobs, self._jobs = list(self._jobs.values()), {}
+            self._owner.clear()
         for job in jobs:
             job.deliver(RuntimeError(reason))
