@@ -9,7 +9,9 @@ streamed) and then the same requests one after another, and prints medians over 
 - time to the first audio byte, p50 and p95 over the batched requests, and p95 as a multiple of the single-request
   (concurrency 1) first-audio time;
 - aggregate throughput at each concurrency as a multiple of the single-stream throughput;
-- single stream: seconds of audio per wall second (real-time factor).
+- single stream: seconds of audio per wall second (real-time factor);
+- the cores the server's process (model, HTTP) and its SNAC decoding processes kept busy during the batched
+  requests (CPU seconds per wall second, Linux), which shows what bounds the figures.
 Every request makes `--max_duration` seconds of speech (random weights rarely stop earlier), so all do equal work.
 
     python bench/bench_serve.py [--concurrency 1 4 16] [--repeats 3] [--max_duration 3] [--num_threads 1]
@@ -115,6 +117,29 @@ def sequential(url: str, model: str, count: int, rate: int) -> float:
     return audio / (time.perf_counter() - started)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_processes(pid: int) -> dict[str, int]:
+    """The server's process ("model") and its SNAC decoding processes ("decoding"), by /proc's children lists (of
+    every thread: the engine's worker thread starts the decoding processes)."""
+    processes = {"model": [pid], "decoding": []}
+    try:
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{thread}/children") as children:
+                processes["decoding"] += [int(child) for child in children.read().split()]
+    except OSError:
+        pass
+    return processes
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -167,10 +192,17 @@ def main() -> None:
             rate = 24000
             one_request(url, model, rate)  # warm-up
             figures = {}
+            processes = server_processes(server.pid)
             for count in args.concurrency:
-                batched, seq, firsts = [], [], []
+                batched, seq, firsts, shares = [], [], [], []
                 for _ in range(args.repeats):
+                    before = {kind: sum(map(cpu_seconds, pids)) for kind, pids in processes.items()}
+                    started = time.perf_counter()
                     throughput, first_bytes = concurrent(url, model, count, rate)
+                    wall = time.perf_counter() - started
+                    shares.append(
+                        {kind: (sum(map(cpu_seconds, pids)) - before[kind]) / wall for kind, pids in processes.items()}
+                    )
                     batched.append(throughput)
                     firsts += first_bytes
                     seq.append(sequential(url, model, count, rate) if count > 1 else throughput)
@@ -179,6 +211,9 @@ def main() -> None:
                     "sequential": statistics.median(seq),
                     "p50": percentile(firsts, 0.5),
                     "p95": percentile(firsts, 0.95),
+                    # cores busy while the batched requests ran: the server's process, its decoding processes
+                    "model_cores": statistics.median(share["model"] for share in shares),
+                    "decoding_cores": statistics.median(share["decoding"] for share in shares),
                 }
                 print(f"concurrency {count}: {figures[count]}", flush=True)
         finally:
@@ -193,7 +228,7 @@ def main() -> None:
     )
     print(
         f"{'concurrency':>11} {'audio s/s':>9} {'sequential':>10} {'batched/seq':>11} {'x single':>8} "
-        f"{'p50 first':>9} {'p95 first':>9} {'p95/single':>10}"
+        f"{'p50 first':>9} {'p95 first':>9} {'p95/single':>10} {'cores: server':>13} {'decoding':>8}"
     )
     for count, figure in figures.items():
         versus_single = figure["batched"] / single["batched"] if single else float("nan")
@@ -201,7 +236,7 @@ def main() -> None:
         print(
             f"{count:>11} {figure['batched']:>9.2f} {figure['sequential']:>10.2f} "
             f"{figure['batched'] / figure['sequential']:>11.2f} {versus_single:>8.2f} {figure['p50']:>9.3f} "
-            f"{figure['p95']:>9.3f} {p95_ratio:>10.2f}"
+            f"{figure['p95']:>9.3f} {p95_ratio:>10.2f} {figure['model_cores']:>13.2f} {figure['decoding_cores']:>8.2f}"
         )
     if single:
         print(f"single stream: {single['batched']:.2f}x real time (target >= 5)")
