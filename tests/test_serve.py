@@ -5,6 +5,7 @@ import base64
 import io
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -536,6 +537,37 @@ def test_bad_options_are_one_line_with_exit_status_2(tmp_path):
             check=False,
         )
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_model_steps_reach_the_decoding_processes_once_a_frame_is_whole():
+    """The engine's side of the decoding processes (not started: their queues are read here): a step's ids are
+    gathered until one of them completes a stream's frame, then go in one message per process, each stream's ids
+    joined; a stream that ends, or is closed, sends what is gathered at once, before the close."""
+    from qwen_omni.entrypoints.openai.speech_decoder import SpeechDecodeProcess
+
+    decoder = SpeechDecodeProcess("unused", "cpu", 1, 1, object(), processes=2, ids_per_frame=3)
+    first, second, third = (decoder.open(job) for job in ("a", "b", "c"))
+    assert decoder._owner == {first: 0, second: 1, third: 0}  # each new stream to the process with fewer streams
+
+    def messages(process: int) -> list:
+        found = []
+        while True:
+            try:
+                found.append(decoder._requests[process].get(timeout=0.3))
+            except queue.Empty:  # nothing more was sent
+                return found
+
+    decoder.send([(first, [10], False), (second, [20], False), (third, [30], False)])
+    decoder.send([(first, [11], False), (second, [21], False), (third, [31], False)])
+    assert messages(0) == messages(1) == []  # no frame is whole yet
+    decoder.send([(first, [12], False), (second, [22], False), (third, [32], False)])
+    assert messages(0) == [("step", [(first, [10, 11, 12], False), (third, [30, 31, 32], False)])]
+    assert messages(1) == [("step", [(second, [20, 21, 22], False)])]
+    decoder.send([(first, [13], False), (second, [23], True)])  # the second stream ends: sent at once
+    assert messages(0) == [("step", [(first, [13], False)])] and messages(1) == [("step", [(second, [23], True)])]
+    decoder.send([(first, [14], False), (third, [33], False)])
+    decoder.close(third)  # the gathered steps go before the close
+    assert messages(0) == [("step", [(first, [14], False), (third, [33], False)]), ("close", third)]
 
 
 def test_a_late_request_joins_the_running_rows_and_is_not_kept_waiting(omni_dir, tmp_path):

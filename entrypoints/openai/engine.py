@@ -211,10 +211,16 @@ class TransformersEngine:
 
         register_auto_classes()
         started = time.perf_counter()
-        self.decoder = SpeechDecodeProcess(
-            self.model_dir, self.device, self.chunk_frames, self.num_threads, FINISHED, self.decode_processes
-        )
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
+        self.decoder = SpeechDecodeProcess(
+            self.model_dir,
+            self.device,
+            self.chunk_frames,
+            self.num_threads,
+            FINISHED,
+            processes=self.decode_processes,
+            ids_per_frame=self.processor.token_layout.tokens_per_frame,
+        )
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir).to(self.device).eval()
         self.processor.audio_tokenizer.to(self.device)  # the voice prompts' encoder
         self.decoder.start()

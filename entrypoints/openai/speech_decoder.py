@@ -8,7 +8,8 @@ each holding the GIL between kernels, so on two threads of one process they ran 
 seed's shape: generation 0.75 s and the streamed decode of the same 24 frames 0.90 s, both on threads of one process
 1.98 s). In a process of its own the decode runs beside the model on the second core.
 
-The engine sends, once per model step, one message holding every streaming row's new ids. The process keeps one
+The engine sends the model's new ids once a step completes a stream's frame (or ends a stream), one message to each
+process holding its rows' ids since the last message. The process keeps one
 `SNACStreamingDecoder` per stream (each frame decoded once, the codec's layers keeping their state between frames)
 and decodes a chunk of every stream that has one in one call (`SNACStreamingDecoder.push_rows`: the codec's weights
 are read once for all rows); when it falls behind, it takes every waiting step at once, so rows whose frames were
@@ -197,6 +198,9 @@ class SpeechDecodeProcess:
         model_dir: the checkpoint folder (its processor gives the codec). device: the codec's torch device.
         chunk_frames: frames per streamed chunk. num_threads: torch CPU threads of each process.
         finished: the sentinel delivered after a stream's last chunk. processes: how many decoding processes.
+        ids_per_frame: the ids of one frame. A step's ids are gathered until one of them completes a stream's frame
+            (what a decoding process decodes) or ends a stream, then sent, one message per process (a message per
+            step cost the model's thread a fifth of its time, in `Queue.put`).
     """
 
     def __init__(
@@ -207,9 +211,13 @@ class SpeechDecodeProcess:
         num_threads: int | None,
         finished: Any,
         processes: int = 1,
+        ids_per_frame: int = 1,
     ):
-        if processes < 1:
-            raise ValueError(f"processes must be at least 1, got {processes}")
+        if processes < 1 or ids_per_frame < 1:
+            raise ValueError(f"processes and ids_per_frame must be at least 1, got {processes} and {ids_per_frame}")
+        self.ids_per_frame = ids_per_frame
+        self._gathered: list[tuple[int, list[int], bool]] = []  # entries of the steps not sent yet
+        self._ids_given: dict[int, int] = {}  # stream -> ids sent or gathered so far
         self._finished = finished
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of the server's threads
         self._requests = [context.Queue() for _ in range(processes)]
@@ -257,18 +265,37 @@ class SpeechDecodeProcess:
         return stream
 
     def send(self, step: list[tuple[int, list[int], bool]]) -> None:
-        """One model step: `(stream, new ids, speech ended)` per row, one message to each process concerned."""
-        per_process: dict[int, list] = {}
+        """One model step: `(stream, new ids, speech ended)` per row, sent with the steps gathered before it once one
+        of its rows completes a frame or ends (one message to each process concerned, each stream's ids joined)."""
+        self._gathered += step
+        complete = False
+        for stream, ids, ended in step:
+            given = self._ids_given.get(stream, 0) + len(ids)
+            self._ids_given[stream] = given
+            complete |= ended or (bool(ids) and given % self.ids_per_frame == 0)
+            if ended:
+                del self._ids_given[stream]
+        if complete:
+            self._send_gathered()
+
+    def _send_gathered(self) -> None:
+        per_process: dict[int, dict[int, tuple[int, list[int], bool]]] = {}
         with self._lock:
-            for entry in step:
-                owner = self._owner.get(entry[0])
-                if owner is not None:
-                    per_process.setdefault(owner, []).append(entry)
+            for stream, ids, ended in self._gathered:
+                owner = self._owner.get(stream)
+                if owner is None:
+                    continue
+                entries = per_process.setdefault(owner, {})
+                _, joined, was_ended = entries.get(stream, (stream, [], False))
+                entries[stream] = (stream, joined + ids, was_ended or ended)
+        self._gathered = []
         for owner, entries in per_process.items():
-            self._requests[owner].put(("step", entries))
+            self._requests[owner].put(("step", list(entries.values())))
 
     def close(self, stream: int) -> None:
         """Forget a stream whose job was cancelled (its remaining audio is not decoded)."""
+        self._send_gathered()  # its process gets the close after the steps it was sent
+        self._ids_given.pop(stream, None)
         with self._lock:
             self._jobs.pop(stream, None)
             owner = self._owner.pop(stream, None)
