@@ -313,51 +313,50 @@ class _Conv:
 
 
 class _TransposedConv:
-    """SNAC's upsampling `ConvTranspose1d` (kernel `2 * stride`) as one matrix product per piece: input step `i`
-    writes a patch of `2 * stride` output steps, whose first half completes output block `i` (with the previous
-    input's second half) and whose second half is carried to the next piece; the full decode's crop (`padding`) is
-    applied at both ends of the stream."""
+    """SNAC's upsampling `ConvTranspose1d` (kernel `2 * stride`) as two matrix products per piece: output block `i`
+    (`stride` steps) is input step `i` times the kernel's first half plus input step `i - 1` times its second half,
+    the second product accumulated in place; the last input step is kept for the next piece, and the full decode's
+    crop (`padding`) is applied at both ends of the stream."""
 
     def __init__(self, conv: torch.nn.ConvTranspose1d):
         self.stride = stride = conv.stride[0]
         if conv.kernel_size[0] != 2 * stride or conv.dilation[0] != 1 or conv.groups != 1:
             raise NotImplementedError(f"only kernel_size == 2 * stride, ungrouped upsampling streams, got {conv}")
         weight = conv.weight.detach()  # (in_channels, out_channels, 2 * stride)
-        self.out_channels = weight.shape[1]
-        # (in, 2 * stride * out): a step's patch, time-major
-        self.matrix = weight.permute(0, 2, 1).reshape(weight.shape[0], -1).contiguous()
-        self.bias = None if conv.bias is None else conv.bias.detach()
+        self.in_channels, self.out_channels = weight.shape[:2]
+        # (in, stride * out) each: the block an input step writes with each half of the kernel, time-major
+        self.first = weight[:, :, :stride].permute(0, 2, 1).reshape(self.in_channels, -1).contiguous()
+        self.second = weight[:, :, stride:].permute(0, 2, 1).reshape(self.in_channels, -1).contiguous()
+        bias = torch.zeros(self.out_channels) if conv.bias is None else conv.bias.detach()
+        self.bias = bias.repeat(stride)  # every step of a block
         self.crop = conv.padding[0]
 
     def new_state(self) -> _State:
-        # carry: the last input's second half; inputs: input steps so far; raw_position: output steps before the crop
-        return _State(carry=None, inputs=0, raw_position=0)
+        # previous: the last input step; inputs: input steps so far; raw_position: output steps before the crop
+        return _State(previous=None, inputs=0, raw_position=0)
 
     def key(self, state: _State) -> tuple:
-        return state.carry is None, max(0, self.crop - state.raw_position)
+        return state.previous is None, max(0, self.crop - state.raw_position)
 
     def run(self, states: list[_State], x: torch.Tensor, final: bool) -> torch.Tensor:
         rows, steps, stride = x.shape[0], x.shape[1], self.stride
-        carry = _rows_of(states, "carry", None) if states[0].carry is not None else None
+        previous = None if states[0].previous is None else _rows_of(states, "previous", None)
         blocks = []
         if steps:
-            patches = (x @ self.matrix).view(rows, steps, 2, stride, self.out_channels)
-            first, second = patches[:, :, 0], patches[:, :, 1]
-            block = first.clone()
-            block[:, 1:] += second[:, :-1]
-            if carry is not None:
-                block[:, 0] += carry
-            blocks.append(block)
-            carry = second[:, -1]
-            _keep(states, "carry", carry)
-        if final and carry is not None:  # the last block: the last input's second half, nothing after it
-            blocks.append(carry[:, None])
+            before = x.new_zeros(rows, 1, self.in_channels) if previous is None else previous  # nothing before
+            shifted = torch.cat([before, x[:, :-1]], dim=1)
+            out = torch.addmm(self.bias, x.reshape(-1, self.in_channels), self.first)
+            out.addmm_(shifted.view(-1, self.in_channels), self.second)
+            blocks.append(out.view(rows, steps * stride, self.out_channels))
+            previous = x[:, -1:]
+            _keep(states, "previous", previous)
+        if final and previous is not None:  # the last block: the last input step's second half, nothing after it
+            last = torch.addmm(self.bias, previous.reshape(rows, self.in_channels), self.second)
+            blocks.append(last.view(rows, stride, self.out_channels))
         state = states[0]  # every row's counts are the same
         if not blocks:
             return x.new_zeros(rows, 0, self.out_channels)
-        raw = (blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)).view(rows, -1, self.out_channels)
-        if self.bias is not None:
-            raw = raw + self.bias
+        raw = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
         low = max(0, self.crop - state.raw_position)
         high = raw.shape[1]
         inputs = state.inputs + steps
@@ -416,7 +415,7 @@ class _Noise:
         for state in states:
             noise.append(self.module._noise(state.position, steps, x.device, x.dtype).view(1, steps, 1))
             state.position += steps
-        return x + torch.cat(noise) * F.linear(x, self.weight, self.bias)
+        return torch.addcmul(x, torch.cat(noise), F.linear(x, self.weight, self.bias))
 
 
 class _WindowedAttention:
