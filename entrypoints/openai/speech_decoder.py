@@ -199,8 +199,8 @@ class SpeechDecodeProcess:
         chunk_frames: frames per streamed chunk. num_threads: torch CPU threads of each process.
         finished: the sentinel delivered after a stream's last chunk. processes: how many decoding processes.
         ids_per_frame: the ids of one frame. A step's ids are gathered until one of them completes a stream's frame
-            (what a decoding process decodes) or ends a stream, then sent, one message per process (a message per
-            step cost the model's thread a fifth of its time, in `Queue.put`).
+            (what a decoding process decodes) or ends a stream, then sent, one message per process (with a message
+            per step, py-spy found the model's thread in `Queue.put` in a fifth of its samples).
     """
 
     def __init__(
