@@ -6,7 +6,7 @@ default).
 Why a process: the model's decoding loop and the streamed SNAC decode are both made of many small torch operations,
 each holding the GIL between kernels, so on two threads of one process they ran one after the other (measured at the
 seed's shape: generation 0.75 s and the streamed decode of the same 24 frames 0.90 s, both on threads of one process
-1.98 s). In a process of its own the decode runs beside the model on the second core.
+1.98 s). In processes of their own the decode runs beside the model on the other cores.
 
 The engine sends the model's new ids once a step completes a stream's frame (or ends a stream), one message to each
 process holding its rows' ids since the last message. The process keeps one
