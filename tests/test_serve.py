@@ -528,6 +528,8 @@ def test_bad_options_are_one_line_with_exit_status_2(tmp_path):
     for options, message in (
         (["--model", str(tmp_path / "missing")], "no such folder"),
         (["--model", str(tmp_path), "--max_concurrency", "0"], "--max_concurrency must be >= 1, got 0"),
+        (["--model", str(tmp_path), "--decode_processes", "0"], "--decode_processes must be >= 1, got 0"),
+        (["--model", str(tmp_path), "--engine", "vllm", "--decode_processes", "2"], "the vllm engine decodes on"),
     ):
         result = subprocess.run(
             [sys.executable, "-m", "qwen_omni.entrypoints.cli", "serve", *options],

@@ -429,6 +429,14 @@ def serve(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}.")
     if args.max_queue < 0:
         raise ValueError(f"--max_queue must be >= 0, got {args.max_queue}.")
+    if args.decode_processes is not None:
+        if args.decode_processes < 1:
+            raise ValueError(f"--decode_processes must be >= 1, got {args.decode_processes}.")
+        if args.engine != "transformers":
+            raise ValueError(
+                "--decode_processes sets the embedded engine's SNAC decoding processes; the vllm engine decodes on "
+                "its own thread: drop it, or use --engine transformers."
+            )
     app = build_app(args, build_engine(args))
     logger.info(f"serving {args.model} on http://{args.host}:{args.port} ({args.engine} engine)")
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=args.shutdown_timeout, log_level="info")
