@@ -272,6 +272,16 @@ def _keep(states: list[_State], name: str, kept: torch.Tensor) -> None:
         setattr(state, name, kept[row : row + 1])
 
 
+class _Stateless:
+    """A layer that keeps nothing of its past input."""
+
+    def new_state(self) -> None:
+        return None
+
+    def key(self, state: None) -> None:
+        return None
+
+
 class _Conv:
     """A stride-1 `Conv1d` with 'same' padding, as all of SNAC's decoder convolutions are."""
 
@@ -340,7 +350,7 @@ class _TransposedConv:
 
     def run(self, states: list[_State], x: torch.Tensor, final: bool) -> torch.Tensor:
         rows, steps, stride = x.shape[0], x.shape[1], self.stride
-        previous = None if states[0].previous is None else _rows_of(states, "previous", None)
+        previous = _rows_of(states, "previous", None)
         blocks = []
         if steps:
             before = x.new_zeros(rows, 1, self.in_channels) if previous is None else previous  # nothing before
@@ -439,7 +449,7 @@ class _WindowedAttention:
         return self.module(x[:, :whole].transpose(1, 2)).transpose(1, 2).contiguous()
 
 
-class _Snake:
+class _Snake(_Stateless):
     """snac's `Snake1d`, `x + sin(alpha * x) ** 2 / alpha`, in place on one new tensor (snac's allocates one per
     operation) with `1 / alpha` computed once; the same operations in the same order, so the same samples."""
 
@@ -447,25 +457,13 @@ class _Snake:
         self.alpha = module.alpha.detach().reshape(-1)
         self.inverse_alpha = (self.alpha + 1e-9).reciprocal()
 
-    def new_state(self) -> None:
-        return None
-
-    def key(self, state: None) -> None:
-        return None
-
     def run(self, states: list, x: torch.Tensor, final: bool) -> torch.Tensor:
         return torch.mul(self.alpha, x).sin_().pow_(2).mul_(self.inverse_alpha).add_(x) if x.shape[1] else x
 
 
-class _Pointwise:
+class _Pointwise(_Stateless):
     def __init__(self, module: torch.nn.Module):
         self.module = module
-
-    def new_state(self) -> None:
-        return None
-
-    def key(self, state: None) -> None:
-        return None
 
     def run(self, states: list, x: torch.Tensor, final: bool) -> torch.Tensor:
         return self.module(x)

@@ -7,8 +7,9 @@ in a waiting list. Speech jobs join the rows being decoded at the next step (`Co
 prompt is prefilled, then decodes with the others; a row that ends or is cancelled leaves at once); an idle engine
 waits `batch_wait_s` for jobs that arrive together. Transcriptions, and speech whose settings continuous batching
 does not serve, run as one `generate` call between two steps (jobs of equal task and settings together, left-padded).
-SNAC decoding runs in processes of their own (`SpeechDecodeProcess`): each step's new ids go to a stream's process in
-one message, and the chunks come back to the jobs' asyncio queues. A cancelled job (its client went away) leaves at the next step.
+SNAC decoding runs in processes of their own (`SpeechDecodeProcess`): a stream's new ids go to its process once they
+complete a frame, and the chunks come back to the jobs' asyncio queues. A cancelled job (its client went away) leaves
+at the next step.
 """
 
 from __future__ import annotations
@@ -281,7 +282,9 @@ class TransformersEngine:
                 "decode_steps": self.decode_steps,
                 "joined_running_batch": self.joined_running,
                 "decoding_streams": self.decoder.open_streams if self.decoder is not None else 0,
-                "streams_per_decoding_process": list(self.decoder.streams_per_process) if self.decoder else [],
+                "streams_per_decoding_process": list(self.decoder.streams_per_process)
+                if self.decoder is not None
+                else [],
             }
 
     # ------------------------------------------------------------------ the worker

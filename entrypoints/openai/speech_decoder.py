@@ -9,16 +9,15 @@ seed's shape: generation 0.75 s and the streamed decode of the same 24 frames 0.
 1.98 s). In processes of their own the decode runs beside the model on the other cores.
 
 The engine sends the model's new ids once a step completes a stream's frame (or ends a stream), one message to each
-process holding its rows' ids since the last message. The process keeps one
-`SNACStreamingDecoder` per stream (each frame decoded once, the codec's layers keeping their state between frames)
-and decodes a chunk of every stream that has one in one call (`SNACStreamingDecoder.push_rows`: the codec's weights
-are read once for all rows); when it falls behind, it takes every waiting step at once, so rows whose frames were
-made at different steps are decoded together too. With several processes, each new stream goes to the one with
-the fewest open streams: the codec, most of the CPU time of speech, then runs on every core when many requests
-stream at once. A stream decoded alone gets the same samples as in
-`OmniAudioStreamer`; decoded with others, float rounding may differ (the matrix kernels round a product of more
-rows differently: at most one step of 16-bit PCM). The chunks go back, then the end of each stream; a reader thread
-hands them to the jobs.
+process holding its rows' ids since the last message. A process keeps one `SNACStreamingDecoder` per stream (each
+frame decoded once, the codec's layers keeping their state between frames) and decodes a chunk of every stream that
+has one in one call (`SNACStreamingDecoder.push_rows`: the codec's weights are read once for all rows); when it falls
+behind, it takes every waiting step at once, so rows whose frames were made at different steps are decoded together
+too. With several processes, each new stream goes to the one with the fewest open streams: the codec, most of the
+CPU time of speech, then runs on every core when many requests stream at once. A stream decoded alone gets the same
+samples as in `OmniAudioStreamer`; decoded with others, float rounding may differ (the matrix kernels round a
+product of more rows differently: at most one step of 16-bit PCM). The chunks go back, then the end of each stream;
+a reader thread hands them to the jobs.
 """
 
 from __future__ import annotations
@@ -186,8 +185,8 @@ def _decode_ready(streams: dict, least: int, results) -> None:
 
 class SpeechDecodeProcess:
     """
-    The engine's side of the decoding processes: `open` a stream for a job, `send` one message per model step with
-    each stream's new ids (and whether its speech ended), `close` a cancelled stream. Chunks reach `job.deliver`, then
+    The engine's side of the decoding processes: `open` a stream for a job, `send` each model step (every
+    stream's new ids and whether its speech ended; gathered into frames), `close` a cancelled stream. Chunks reach `job.deliver`, then
     `FINISHED` (from `qwen_omni.entrypoints.openai.engine`), or a `RuntimeError` naming the decoding error.
 
     With several processes, a new stream goes to the one with the fewest open streams: the codec's work (most of the
