@@ -19,6 +19,7 @@ library code (`qwen_omni.omni.speech`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from transformers.generation import (
@@ -449,6 +450,13 @@ class OmniGenerationMixin(GenerationMixin):
         for user in span_users:
             user.span_state = state
 
+        # transformers' rule for a compiled decoding step (a static cache on an accelerator, or `compile_config`
+        # allowing every device): the base model's call compiled, the prefill eager
+        decode_forward = (
+            self._compiled_base_model_call(generation_config.compile_config)
+            if self._valid_auto_compile_criteria(model_kwargs, generation_config)
+            else self.model
+        )
         outputs = self._prefill(input_ids, generation_config, model_kwargs)
         hidden = None  # the last hidden state, set by each decode step below
         next_logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=input_ids.device)
@@ -470,7 +478,7 @@ class OmniGenerationMixin(GenerationMixin):
                     unfinished = unfinished & ~stopping_criteria(input_ids, scores)
                     if unfinished.max() == 0:
                         break
-                    outputs = self._decode_step(input_ids, model_kwargs)
+                    outputs = self._decode_step(input_ids, model_kwargs, decode_forward)
                     hidden, next_logits = outputs.last_hidden_state[:, -1], None
         finally:
             for user in span_users:
@@ -495,13 +503,26 @@ class OmniGenerationMixin(GenerationMixin):
             and _block_scoring_supported(logits_processor)
         )
 
-    def _decode_step(self, input_ids: torch.LongTensor, model_kwargs: dict):
-        """One decoding step of the base model, without the head (the next scores choose what of it to compute)."""
+    def _compiled_base_model_call(self, compile_config) -> Callable:
+        """`get_compiled_call` for the base model (the fast head computes what it needs of the head itself): compiled
+        once per `CompileConfig`."""
+        compile_config = compile_config or self._default_compile_config()
+        cached = getattr(self, "_compiled_base_model", None)
+        if cached is None or cached[0] != compile_config:
+            cached = self._compiled_base_model = (
+                compile_config,
+                torch.compile(self.model.__call__, **compile_config.to_dict()),
+            )
+        return cached[1]
+
+    def _decode_step(self, input_ids: torch.LongTensor, model_kwargs: dict, forward: Callable):
+        """One decoding step of the base model (`forward`: its call, or the compiled one), without the head (the
+        next scores choose what of it to compute)."""
         model_inputs = self.prepare_inputs_for_generation(
             input_ids, next_sequence_length=1 if model_kwargs["use_cache"] else None, **model_kwargs
         )
         model_inputs.pop("logits_to_keep", None)
-        return self.model(**model_inputs)
+        return forward(**model_inputs)
 
 
 def next_token_scores(

@@ -137,6 +137,36 @@ def test_fast_head_serves_standard_generate_arguments(omni, kwargs):
         assert not torch.isin(generated, torch.tensor(kwargs["suppress_tokens"])).any()
 
 
+def test_fast_head_compiles_the_decoding_step_as_transformers_does(omni):
+    """With a static cache and a `compile_config` that allows this device, the fast head decodes through the
+    compiled base model (transformers' rule), prefill eager: the same greedy tokens as the eager loop, one graph
+    for every decoding step; without them nothing is compiled."""
+    from transformers import CompileConfig
+
+    model, processor = omni
+    inputs = processor(text="hello there.", return_tensors="pt")
+    graphs, calls = [], []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+
+        def run(*args):
+            calls.append(1)
+            return graph_module.forward(*args)
+
+        return run
+
+    compile_config = CompileConfig(backend=counting_backend, mode=None)
+    compile_config._compile_all_devices = True  # transformers compiles on accelerators only, unless told
+    eager = model.generate(**inputs, do_sample=False, max_new_tokens=21, cache_implementation="static")
+    assert not graphs
+    compiled = model.generate(
+        **inputs, do_sample=False, max_new_tokens=21, cache_implementation="static", compile_config=compile_config
+    )
+    assert torch.equal(compiled, eager)
+    assert len(graphs) == 1 and len(calls) == compiled.shape[1] - inputs["input_ids"].shape[1] - 1
+
+
 def test_other_decoding_modes_keep_the_constraint(omni):
     """Requests the fast head cannot serve (per-step scores, beam search) run transformers' loops with the
     constraint rebuilding the span state from the ids: same greedy tokens, valid audio."""
