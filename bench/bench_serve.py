@@ -13,6 +13,8 @@ streamed) and then the same requests one after another, and prints medians over 
 - the cores the server's process (model, HTTP) and its SNAC decoding processes kept busy during the batched
   requests (CPU seconds per wall second, Linux), which shows what bounds the figures.
 Every request makes `--max_duration` seconds of speech (random weights rarely stop earlier), so all do equal work.
+The requests go through one `httpx.Client` holding a connection per concurrent request, as a real client keeps one
+(a client made per request costs ~23 ms of CPU for its TLS context, which would count against the server).
 
     python bench/bench_serve.py [--concurrency 1 4 16] [--repeats 3] [--max_duration 3] [--num_threads 1]
 """
@@ -79,13 +81,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def one_request(url: str, model: str, sampling_rate: int) -> tuple[float, float, float]:
+def one_request(client: httpx.Client, url: str, model: str, sampling_rate: int) -> tuple[float, float, float]:
     """(seconds to the first audio byte, seconds to the end, seconds of audio) of one streamed pcm request."""
     started = time.perf_counter()
     first = None
     size = 0
     body = {"model": model, "input": TEXT, "voice": "default", "response_format": "pcm"}
-    with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=600) as response:
+    with client.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=600) as response:
         response.raise_for_status()
         for chunk in response.iter_raw():
             if chunk and first is None:
@@ -94,12 +96,12 @@ def one_request(url: str, model: str, sampling_rate: int) -> tuple[float, float,
     return first, time.perf_counter() - started, size / 2 / sampling_rate
 
 
-def concurrent(url: str, model: str, count: int, rate: int) -> tuple[float, list[float]]:
+def concurrent(client: httpx.Client, url: str, model: str, count: int, rate: int) -> tuple[float, list[float]]:
     """Audio seconds per wall second of `count` simultaneous requests, and their first-byte times."""
     results = [None] * count
 
     def run(index: int) -> None:
-        results[index] = one_request(url, model, rate)
+        results[index] = one_request(client, url, model, rate)
 
     started = time.perf_counter()
     threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
@@ -111,9 +113,9 @@ def concurrent(url: str, model: str, count: int, rate: int) -> tuple[float, list
     return sum(result[2] for result in results) / wall, [result[0] for result in results]
 
 
-def sequential(url: str, model: str, count: int, rate: int) -> float:
+def sequential(client: httpx.Client, url: str, model: str, count: int, rate: int) -> float:
     started = time.perf_counter()
-    audio = sum(one_request(url, model, rate)[2] for _ in range(count))
+    audio = sum(one_request(client, url, model, rate)[2] for _ in range(count))
     return audio / (time.perf_counter() - started)
 
 
@@ -176,6 +178,10 @@ def main() -> None:
             "--max_queue",
             str(max(args.concurrency)),
         ]
+        # one client for every request, as a real client keeps one: a new httpx client costs ~23 ms of CPU (its TLS
+        # context), which 16 threads creating theirs at once added to their first-audio times (p95 0.93 s -> 0.56 s)
+        connections = max(args.concurrency)
+        client = httpx.Client(limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
         log = open(os.path.join(folder, "server.log"), "wb")
         server = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -190,7 +196,7 @@ def main() -> None:
                 time.sleep(0.2)
             model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
             rate = 24000
-            one_request(url, model, rate)  # warm-up
+            one_request(client, url, model, rate)  # warm-up
             figures = {}
             processes = server_processes(server.pid)
             for count in args.concurrency:
@@ -198,14 +204,14 @@ def main() -> None:
                 for _ in range(args.repeats):
                     before = {kind: sum(map(cpu_seconds, pids)) for kind, pids in processes.items()}
                     started = time.perf_counter()
-                    throughput, first_bytes = concurrent(url, model, count, rate)
+                    throughput, first_bytes = concurrent(client, url, model, count, rate)
                     wall = time.perf_counter() - started
                     shares.append(
                         {kind: (sum(map(cpu_seconds, pids)) - before[kind]) / wall for kind, pids in processes.items()}
                     )
                     batched.append(throughput)
                     firsts += first_bytes
-                    seq.append(sequential(url, model, count, rate) if count > 1 else throughput)
+                    seq.append(sequential(client, url, model, count, rate) if count > 1 else throughput)
                 figures[count] = {
                     "batched": statistics.median(batched),
                     "sequential": statistics.median(seq),
@@ -217,6 +223,7 @@ def main() -> None:
                 }
                 print(f"concurrency {count}: {figures[count]}", flush=True)
         finally:
+            client.close()
             server.terminate()
             server.wait(60)
             log.close()
