@@ -427,6 +427,8 @@ class OmniGenerationMixin(GenerationMixin):
         span, only the allowed block of the head is computed and the processors and sampling run on
         `codebook_size + 2` candidates instead of the whole vocabulary (a 4096-row block is ~5% of a 79k-row head,
         and the warpers, top-p's sort included, shrink alike). The span state is built once and advanced per token.
+        The decoding step is compiled when transformers' own loop would compile it (a static cache on an accelerator,
+        or a `compile_config` that allows the device).
         Falls back to `GenerationMixin._sample` when the fast head is off or cannot apply (see the class docstring).
         """
         if not self._fast_head_applies(logits_processor, generation_config, synced_gpus):
