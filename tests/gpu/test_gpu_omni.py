@@ -206,3 +206,34 @@ def test_tts_tokens_per_second_as_a_multiple_of_real_time(shape, record_figure):
     assert len(audio_prefix(config, outputs[-1][0, prompt.shape[1] :].cpu())) >= 7
     if shape == "design":  # the design's claim: speech faster than it plays
         assert tokens_per_second > REAL_TIME_TOKENS_PER_S, tokens_per_second
+
+
+def test_static_cache_compiles_the_fast_heads_decoding_step_with_the_same_greedy_ids(record_figure):
+    """On CUDA a static cache makes transformers compile the decoding step (its rule, which the fast head follows):
+    the same greedy speech ids as the eager loop, and the compiled tokens/s against the eager ones."""
+    config = bench_generation.build_seed_model().config
+    prompt = bench_generation.seed_prompt(config)
+    device = cuda_device("the compiled decoding step runs on the GPU")
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = OmniForCausalLM(config).eval()
+    model.generation_config.pad_token_id = config.pad_token_id
+    prompt = prompt.to(device)
+    outputs = {}
+
+    def generate(name: str, **kwargs):
+        def run():
+            with torch.no_grad():
+                outputs[name] = model.generate(
+                    prompt, do_sample=False, max_new_tokens=NEW_TOKENS, eos_token_id=None, **kwargs
+                )
+
+        return run
+
+    from gpu_testing import cuda_median_seconds
+
+    eager = cuda_median_seconds(generate("eager"), repeats=3, warmup=1)
+    compiled = cuda_median_seconds(generate("compiled", cache_implementation="static"), repeats=3, warmup=1)
+    assert hasattr(model, "_compiled_base_model"), "the static cache did not compile the decoding step"
+    assert torch.equal(outputs["compiled"], outputs["eager"])
+    record_figure("compiled_over_eager_speed", round(eager / compiled, 2), "x")
