@@ -529,6 +529,7 @@ def test_bad_options_are_one_line_with_exit_status_2(tmp_path):
         (["--model", str(tmp_path / "missing")], "no such folder"),
         (["--model", str(tmp_path), "--max_concurrency", "0"], "--max_concurrency must be >= 1, got 0"),
         (["--model", str(tmp_path), "--decode_processes", "0"], "--decode_processes must be >= 1, got 0"),
+        (["--model", str(tmp_path), "--chunk_frames", "0"], "--chunk_frames must be >= 1, got 0"),
         (["--model", str(tmp_path), "--engine", "vllm", "--decode_processes", "2"], "the vllm engine decodes on"),
     ):
         result = subprocess.run(
@@ -619,10 +620,12 @@ def test_a_late_request_joins_the_running_rows_and_is_not_kept_waiting(omni_dir,
     assert "1 job(s) join 1 decoding row(s)" in server.log_text()
 
 
+@pytest.mark.parametrize("chunk_frames", [1, 2])
 @pytest.mark.parametrize("layer_by_layer", [True, False])
-def test_decoding_process_gives_the_streamers_audio(omni_dir, monkeypatch, layer_by_layer):
-    """The decoding process's loop (run here in a thread, with plain queues) decodes a stream as `OmniAudioStreamer`
-    does: layer by layer, or, for a codec without a streaming rule for a layer, in overlapping windows."""
+def test_decoding_process_gives_the_streamers_audio(omni_dir, monkeypatch, layer_by_layer, chunk_frames):
+    """The decoding process's loop (run here with plain queues) decodes a stream as `OmniAudioStreamer` does, in the
+    same chunks (`--chunk_frames`): layer by layer, or, for a codec without a streaming rule for a layer, in
+    overlapping windows."""
     import queue
 
     from transformers import AutoProcessor
@@ -646,7 +649,7 @@ def test_decoding_process_gives_the_streamers_audio(omni_dir, monkeypatch, layer
         for position in range(layout.tokens_per_frame)
     ]
     expected = []
-    streamer = modeling_snac.OmniAudioStreamer(processor, on_chunk=expected.append)
+    streamer = modeling_snac.OmniAudioStreamer(processor, on_chunk=expected.append, chunk_frames=chunk_frames)
     streamer.put(torch.tensor([processor.audio_start_token_id]))
     for token in ids:  # as `generate` streams: one id per step
         streamer.put(torch.tensor([token]))
@@ -657,13 +660,15 @@ def test_decoding_process_gives_the_streamers_audio(omni_dir, monkeypatch, layer
         requests.put(("step", [(7, [token], False)]))
     requests.put(("step", [(7, [processor.audio_end_token_id], True)]))
     requests.put(None)
-    _decode_loop(str(omni_dir), "cpu", 1, 1, requests, results)
+    _decode_loop(str(omni_dir), "cpu", chunk_frames, 1, requests, results)
     messages = []
     while not results.empty():
         messages.append(results.get())
     assert messages[0] == (None, "ready", None) and messages[-1] == (7, "end", None)
     assert {kind for _, kind, _ in messages[1:-1]} == {"audio"}
-    assert np.array_equal(np.concatenate([chunk for _, _, chunk in messages[1:-1]]), np.concatenate(expected))
+    chunks = [chunk for _, _, chunk in messages[1:-1]]
+    assert [chunk.size for chunk in chunks] == [chunk.size for chunk in expected if chunk.size]
+    assert np.array_equal(np.concatenate(chunks), np.concatenate(expected))
 
 
 def test_joining_rows_take_their_first_token_from_the_audio_block(omni_dir):

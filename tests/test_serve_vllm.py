@@ -100,6 +100,8 @@ def test_serve_with_the_vllm_engine_streams_transformers_greedy_speech(omni32, t
         "--greedy",
         "--max_duration",
         "0.6",
+        "--chunk_frames",  # the streamer decodes two frames a call: the same samples
+        "2",
         env={"VLLM_CPU_KVCACHE_SPACE": "1"},
         python=str(VLLM_PYTHON),
         ready_timeout=1200,

@@ -55,6 +55,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="SNAC decoding processes (default: one per CPU core, at most 4; 1 on a GPU)",
     )
+    option(
+        "chunk_frames",
+        type=int,
+        default=1,
+        help="SNAC frames decoded per streamed chunk: 1 gives the first audio soonest; 2 makes a single stream "
+        "~1.2x faster on CPU, its first audio one frame (85 ms of speech) later",
+    )
     option("greedy", action="store_true", help="greedy speech instead of the checkpoint's sampling defaults")
     option("max_duration", type=float, default=30.0, help="seconds of speech per piece of text before cutting")
     option("max_concurrency", type=int, default=16, help="requests generated together (rows of a batch)")
@@ -79,7 +86,12 @@ def build_engine(args: argparse.Namespace):
     if args.engine == "vllm":
         from .vllm_engine import VLLMEngine
 
-        return VLLMEngine(args.model, max_batch_size=args.max_concurrency, generate_kwargs=generate_kwargs)
+        return VLLMEngine(
+            args.model,
+            max_batch_size=args.max_concurrency,
+            generate_kwargs=generate_kwargs,
+            chunk_frames=args.chunk_frames,
+        )
     from .engine import TransformersEngine
 
     return TransformersEngine(
@@ -90,6 +102,7 @@ def build_engine(args: argparse.Namespace):
         generate_kwargs=generate_kwargs,
         num_threads=args.num_threads,
         decode_processes=args.decode_processes,
+        chunk_frames=args.chunk_frames,
     )
 
 
@@ -424,7 +437,7 @@ def serve(args: argparse.Namespace) -> int:
     package_logger.addHandler(handler)
     if not os.path.isdir(args.model):
         raise ValueError(f"--model {args.model}: no such folder (pass an Omni checkpoint folder).")
-    for name in ("max_concurrency", "max_input_chars", "max_piece_chars", "max_upload_bytes"):
+    for name in ("max_concurrency", "max_input_chars", "max_piece_chars", "max_upload_bytes", "chunk_frames"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}.")
     if args.max_queue < 0:

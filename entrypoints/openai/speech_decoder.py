@@ -43,12 +43,14 @@ class _Stream:
     `SNACStreamingDecoder` (or, for a codec that cannot be decoded layer by layer, an `OmniAudioStreamer`, which
     decodes overlapping windows)."""
 
-    def __init__(self, processor, streaming: bool, on_chunk):
+    def __init__(self, processor, streaming: bool, on_chunk, chunk_frames: int):
         from qwen_omni.modeling_snac import OmniAudioStreamer, SNACStreamingDecoder
 
         self.layout = processor.token_layout
         self.decoder = SNACStreamingDecoder(processor) if streaming else None
-        self.windowed = None if streaming else OmniAudioStreamer(processor, on_chunk=on_chunk)
+        self.windowed = (
+            None if streaming else OmniAudioStreamer(processor, on_chunk=on_chunk, chunk_frames=chunk_frames)
+        )
         if self.windowed is not None:
             self.windowed.put(self._tensor([]))  # the prompt: not streamed
         self.frame: list[int] = []  # ids of the frame being built
@@ -142,7 +144,10 @@ def _decode_loop(model_dir: str, device: str, chunk_frames: int, num_threads: in
                 try:
                     if stream not in streams:
                         streams[stream] = _Stream(
-                            processor, streaming, lambda chunk, stream=stream: results.put((stream, _AUDIO, chunk))
+                            processor,
+                            streaming,
+                            lambda chunk, stream=stream: results.put((stream, _AUDIO, chunk)),
+                            chunk_frames,
                         )
                     with torch.inference_mode():
                         streams[stream].add(ids, ended)

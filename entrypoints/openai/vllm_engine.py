@@ -33,10 +33,14 @@ class VLLMEngine:
     Args:
         model_dir: the Omni checkpoint folder. max_batch_size: vLLM's `max_num_seqs`.
         generate_kwargs: `do_sample` (False: greedy) and `max_duration` (seconds of speech per piece).
+        chunk_frames: frames per streamed chunk (`OmniAudioStreamer`'s).
     """
 
-    def __init__(self, model_dir: str, max_batch_size: int = 16, generate_kwargs: dict | None = None):
+    def __init__(
+        self, model_dir: str, max_batch_size: int = 16, generate_kwargs: dict | None = None, chunk_frames: int = 1
+    ):
         self.model_dir = model_dir
+        self.chunk_frames = chunk_frames
         self.max_batch_size = max_batch_size
         self.speech_generate_kwargs = dict(generate_kwargs or {})
         self.processor = self.llm = None
@@ -145,7 +149,11 @@ class VLLMEngine:
 
         loop = asyncio.get_running_loop()
         layout = self.processor.token_layout
-        streamer = OmniAudioStreamer(self.processor, on_chunk=job.deliver) if job.task == "speech" else None
+        streamer = (
+            OmniAudioStreamer(self.processor, on_chunk=job.deliver, chunk_frames=self.chunk_frames)
+            if job.task == "speech"
+            else None
+        )
         if streamer is not None:
             streamer.put(torch.tensor(job.prompt_ids))  # the prompt: not streamed
         self.batches_run += 1
