@@ -17,6 +17,7 @@ The requests go through one `httpx.Client` holding a connection per concurrent r
 (a client made per request costs ~23 ms of CPU for its TLS context, which would count against the server).
 
     python bench/bench_serve.py [--concurrency 1 4 16] [--repeats 3] [--max_duration 3] [--num_threads 1]
+        [--chunk_frames 1]
 """
 
 import argparse
@@ -154,6 +155,7 @@ def main() -> None:
     parser.add_argument("--max_duration", type=float, default=3.0, help="seconds of speech per request")
     parser.add_argument("--num_threads", type=int, default=1, help="the server's torch threads (shared machine: 1)")
     parser.add_argument("--model", help="an Omni checkpoint folder (default: build the seed's shape)")
+    parser.add_argument("--chunk_frames", type=int, default=1, help="the server's --chunk_frames")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
@@ -177,6 +179,8 @@ def main() -> None:
             str(max(args.concurrency)),
             "--max_queue",
             str(max(args.concurrency)),
+            "--chunk_frames",
+            str(args.chunk_frames),
         ]
         # one client for every request, as a real client keeps one: a new httpx client costs ~23 ms of CPU (its TLS
         # context), which 16 threads creating theirs at once added to their first-audio times (p95 0.93 s -> 0.56 s)
@@ -230,8 +234,8 @@ def main() -> None:
 
     single = figures.get(1)
     print(
-        f"\nserver, {args.max_duration:g} s of speech per request, {args.num_threads} torch thread(s), medians of "
-        f"{args.repeats}:"
+        f"\nserver, {args.max_duration:g} s of speech per request, {args.num_threads} torch thread(s), "
+        f"--chunk_frames {args.chunk_frames}, medians of {args.repeats}:"
     )
     print(
         f"{'concurrency':>11} {'audio s/s':>9} {'sequential':>10} {'batched/seq':>11} {'x single':>8} "
