@@ -150,10 +150,9 @@ def main() -> None:
             if name == "defaults":
                 variants["full_head"] = dict(fast_audio_head=False, **kwargs)
                 if not args.no_compile:
+                    # transformers compiles on accelerators only, unless told
                     compile_config = CompileConfig()
-                    compile_config._compile_all_devices = (
-                        True  # transformers compiles on accelerators only, unless told
-                    )
+                    compile_config._compile_all_devices = True
                     variants["compiled"] = dict(kwargs, cache_implementation="static", compile_config=compile_config)
             rates = time_generate(model, prompt, args.new_tokens, variants, args.repeats, clock)
             plain, fast = rates["plain"], rates["fast"]

@@ -130,7 +130,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def server_processes(pid: int) -> dict[str, int]:
+def server_processes(pid: int) -> dict[str, list[int]]:
     """The server's process ("model") and its SNAC decoding processes ("decoding"), by /proc's children lists (of
     every thread: the engine's worker thread starts the decoding processes)."""
     processes = {"model": [pid], "decoding": []}
