@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine (idempotent): system audio tools, a virtual environment in .venv, and this repository
 # installed in it (editable, with the test extras). Re-runs finish in seconds once nothing changed.
-# `--vllm` also builds .venv-vllm, vLLM on CPU in its own environment (scripts/setup_vllm.sh).
+# `--vllm` also builds .venv-vllm, vLLM on CPU in its own environment (scripts/setup_vllm.sh), alongside.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PYTHON=${PYTHON:-python3}
+export PYTHON
+if [ "${1:-}" = "--vllm" ]; then
+  # .venv-vllm shares nothing with .venv: it installs at the same time (each pip keeps about one core busy)
+  vllm_log=$(mktemp)
+  bash scripts/setup_vllm.sh >"$vllm_log" 2>&1 &
+  vllm_pid=$!
+  trap 'kill "$vllm_pid" 2>/dev/null; rm -f "$vllm_log"' EXIT
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 stamp=.venv/.qwen-omni-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
@@ -27,6 +35,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
   echo "$want" > "$stamp"
 fi
-if [ "${1:-}" = "--vllm" ]; then
-  bash scripts/setup_vllm.sh
+if [ -n "${vllm_pid:-}" ]; then
+  vllm_status=0
+  wait "$vllm_pid" || vllm_status=$?
+  cat "$vllm_log"
+  [ "$vllm_status" = 0 ] || { echo "setup: scripts/setup_vllm.sh failed (exit $vllm_status), its output above" >&2; exit "$vllm_status"; }
 fi
