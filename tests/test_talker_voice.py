@@ -521,6 +521,30 @@ def test_existing_speakers_keep_speaking_as_the_base(workdir, trained, trained_w
     assert all(fraction >= 0.9 for fraction in fractions.values()), fractions
 
 
+def test_preserved_codes_are_what_generate_speaks_for_each_speaker(trained_with_preservation, processor):
+    """`talker_greedy_codes` speaks a conversation for every kept speaker in one batch: each row is exactly what
+    `generate(speaker=...)` hands to code2wav for that speaker alone, also when the rows end at different frames (on
+    the voice's transcripts nova ends after its clips' 6 frames, the base's speakers after 7 or 8)."""
+    from qwen_omni.qwen3_omni.talker_voice import TalkerVoiceExample, talker_greedy_codes
+
+    merged = load_model(trained_with_preservation["merged"])
+    speakers = merged.config.talker_config.speaker_id
+    lengths = []
+    for text in TEXTS:
+        prompt_ids, answer_ids = conversation_ids(processor, text, None, "Read this aloud: {text}")
+        conversation = TalkerVoiceExample(
+            torch.tensor(prompt_ids), torch.tensor(prompt_ids + answer_ids), codes=torch.empty(0, dtype=torch.long)
+        )
+        # generate_codes' limit: at most 4 * FRAMES_PER_CLIP Talker tokens, so one frame fewer
+        spoken = talker_greedy_codes(merged, conversation, list(speakers.values()), 4 * FRAMES_PER_CLIP - 1)
+        for speaker, (codes, next_code) in zip(speakers, spoken):
+            expected = generate_codes(merged, processor, text, speaker, talker_repetition_penalty=1.0)[0]
+            assert torch.equal(codes, expected), (text, speaker)
+            assert next_code is None  # every speaker ended its speech (codec_eos) within the limit
+        lengths.append({speaker: len(codes) for speaker, (codes, _) in zip(speakers, spoken)})
+    assert any(len(set(row.values())) > 1 for row in lengths), lengths
+
+
 def test_the_same_seed_gives_the_same_adapter(workdir, tmp_path):
     """PEFT draws the LoRA factors' initial values: the recipe seeds (`--seed`) before the adapter is built, so two
     runs of the same command give the same adapter (they differed by ~0.4 after 3 steps when it seeded only in the

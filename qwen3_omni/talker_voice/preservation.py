@@ -127,16 +127,17 @@ def read_preserve_texts(path: str | os.PathLike | None) -> list[str]:
 def talker_greedy_codes(
     model: Qwen3OmniMoeForConditionalGeneration,
     example: TalkerVoiceExample,
-    speaker_codec_id: int,
+    speaker_codec_ids: list[int],
     max_frames: int,
-) -> tuple[torch.Tensor, int | None]:
-    """The codes the Talker speaks greedily for the example's conversation as `speaker_codec_id`: what
+) -> list[tuple[torch.Tensor, int | None]]:
+    """The codes the Talker speaks greedily for the example's conversation as each of `speaker_codec_ids`: what
     `generate(..., speaker=NAME, talker_do_sample=False, talker_repetition_penalty=1.0)` hands to code2wav when its
-    Thinker says the example's answer, at most `max_frames` frames.
+    Thinker says the example's answer, at most `max_frames` frames. The speakers are one batch: their prompts differ
+    only in the speaker's id, so they have one length and no padding.
 
     Returns:
-        `(codes (T, G), next_code)`: `next_code` is codebook 0 of the frame after the last when the speech was cut at
-        `max_frames`, None when the Talker ended it (`codec_eos`).
+        Per speaker, `(codes (T, G), next_code)`: `next_code` is codebook 0 of the frame after the last when the speech
+        was cut at `max_frames`, None when the Talker ended it (`codec_eos`).
     """
     device = model.talker.device
     sequence = example.sequence[None].to(device)
@@ -144,9 +145,13 @@ def talker_greedy_codes(
         thinker_embed, thinker_hidden = thinker_outputs(model, sequence)
     else:
         thinker_embed, thinker_hidden = example.thinker_embed[None].to(device), example.thinker_hidden[None].to(device)
-    inputs_embeds, talker_input_ids, trailing_text_hidden, tts_pad_embed = talker_prompt_embeds(
-        model, example.prompt_ids[None].to(device), sequence, thinker_embed, thinker_hidden, speaker_codec_id
-    )
+    prompts = [
+        talker_prompt_embeds(
+            model, example.prompt_ids[None].to(device), sequence, thinker_embed, thinker_hidden, codec_id
+        )
+        for codec_id in speaker_codec_ids
+    ]
+    inputs_embeds, talker_input_ids, trailing_text_hidden, tts_pad_embed = (torch.cat(part) for part in zip(*prompts))
     talker_config = model.config.talker_config
     vocab_size = talker_config.text_config.vocab_size
     eos = talker_config.codec_eos_token_id
@@ -161,17 +166,24 @@ def talker_greedy_codes(
         do_sample=False,
         repetition_penalty=1.0,
         eos_token_id=eos,
+        pad_token_id=eos,
         suppress_tokens=[index for index in range(vocab_size - 1024, vocab_size) if index != eos],
         output_hidden_states=True,
         return_dict_in_generate=True,
     )
+    # step k's residual codes are frame k - 1's (the prefill has none); a row that ended goes on with padding
     frames = [hidden[-1] for hidden in result.hidden_states if hidden[-1] is not None]
     if frames:
-        codes = torch.stack(frames, dim=1)[0]
-    else:  # codec_eos first: no speech
-        codes = torch.empty((0, talker_config.num_code_groups), dtype=torch.long, device=device)
-    last = result.sequences[0, -1].item()
-    return codes.cpu(), None if last == eos else last
+        codes = torch.stack(frames, dim=1).cpu()
+    else:  # codec_eos first in every row: no speech
+        codes = torch.empty((len(speaker_codec_ids), 0, talker_config.num_code_groups), dtype=torch.long)
+    spoken = []
+    for row, tokens in enumerate(result.sequences.tolist()):
+        if eos in tokens:  # the Talker ended this row's speech: its frames are those before codec_eos
+            spoken.append((codes[row, : tokens.index(eos)], None))
+        else:
+            spoken.append((codes[row], tokens[-1]))
+    return spoken
 
 
 def build_preserve_examples(
@@ -203,8 +215,10 @@ def build_preserve_examples(
             )
         elif cache:
             cache_thinker_outputs(model, [conversation])
-        for codec_id in speakers.values():
-            codes, next_code = talker_greedy_codes(model, conversation, codec_id, max_frames)
+        codec_ids = list(speakers.values())
+        for codec_id, (codes, next_code) in zip(
+            codec_ids, talker_greedy_codes(model, conversation, codec_ids, max_frames)
+        ):
             examples.append(
                 TalkerVoiceExample(
                     prompt_ids,
