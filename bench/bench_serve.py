@@ -17,7 +17,7 @@ The requests go through one `httpx.Client` holding a connection per concurrent r
 (a client made per request costs ~23 ms of CPU for its TLS context, which would count against the server).
 
     python bench/bench_serve.py [--concurrency 1 4 16] [--repeats 3] [--max_duration 3] [--num_threads 1]
-        [--chunk_frames 1]
+        [--chunk_frames 1] [--device cpu]
 """
 
 import argparse
@@ -148,6 +148,96 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def measure(
+    model_dir: str,
+    folder: str,
+    concurrency: list[int],
+    repeats: int = 3,
+    max_duration: float = 3.0,
+    num_threads: int = 1,
+    chunk_frames: int = 1,
+    device: str = "cpu",
+) -> dict[int, dict[str, float]]:
+    """Start `qwen-omni serve` on `model_dir` (its log in `folder`), drive it as the module says, stop it, and return
+    the medians per concurrency: `batched` and `sequential` audio s/s, `p50` / `p95` first audio (s), and the
+    `model_cores` / `decoding_cores` busy during the batched requests."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable,
+        "-m",
+        "qwen_omni.entrypoints.cli",
+        "serve",
+        "--model",
+        model_dir,
+        "--port",
+        str(port),
+        "--num_threads",
+        str(num_threads),
+        "--max_duration",
+        str(max_duration),
+        "--max_concurrency",
+        str(max(concurrency)),
+        "--max_queue",
+        str(max(concurrency)),
+        "--chunk_frames",
+        str(chunk_frames),
+        "--device",
+        device,
+    ]
+    # one client for every request, as a real client keeps one: a new httpx client costs ~23 ms of CPU (its TLS
+    # context), which 16 threads creating theirs at once added to their first-audio times (p95 0.93 s -> 0.56 s)
+    connections = max(concurrency)
+    client = httpx.Client(limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
+    log_path = os.path.join(folder, "server.log")
+    log = open(log_path, "wb")
+    server = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+    figures = {}
+    try:
+        while True:
+            if server.poll() is not None:
+                raise SystemExit(open(log_path).read()[-3000:])
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+        rate = 24000
+        one_request(client, url, model, rate)  # warm-up
+        processes = server_processes(server.pid)
+        for count in concurrency:
+            batched, seq, firsts, shares = [], [], [], []
+            for _ in range(repeats):
+                before = {kind: sum(map(cpu_seconds, pids)) for kind, pids in processes.items()}
+                started = time.perf_counter()
+                throughput, first_bytes = concurrent(client, url, model, count, rate)
+                wall = time.perf_counter() - started
+                shares.append(
+                    {kind: (sum(map(cpu_seconds, pids)) - before[kind]) / wall for kind, pids in processes.items()}
+                )
+                batched.append(throughput)
+                firsts += first_bytes
+                seq.append(sequential(client, url, model, count, rate) if count > 1 else throughput)
+            figures[count] = {
+                "batched": statistics.median(batched),
+                "sequential": statistics.median(seq),
+                "p50": percentile(firsts, 0.5),
+                "p95": percentile(firsts, 0.95),
+                # cores busy while the batched requests ran: the server's process, its decoding processes
+                "model_cores": statistics.median(share["model"] for share in shares),
+                "decoding_cores": statistics.median(share["decoding"] for share in shares),
+            }
+            print(f"concurrency {count}: {figures[count]}", flush=True)
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(60)
+        log.close()
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
@@ -156,86 +246,26 @@ def main() -> None:
     parser.add_argument("--num_threads", type=int, default=1, help="the server's torch threads (shared machine: 1)")
     parser.add_argument("--model", help="an Omni checkpoint folder (default: build the seed's shape)")
     parser.add_argument("--chunk_frames", type=int, default=1, help="the server's --chunk_frames")
+    parser.add_argument("--device", default="cpu", help="the server's --device (the model's and the codec's)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
         model_dir = args.model or build_seed_checkpoint(folder)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        command = [
-            sys.executable,
-            "-m",
-            "qwen_omni.entrypoints.cli",
-            "serve",
-            "--model",
+        figures = measure(
             model_dir,
-            "--port",
-            str(port),
-            "--num_threads",
-            str(args.num_threads),
-            "--max_duration",
-            str(args.max_duration),
-            "--max_concurrency",
-            str(max(args.concurrency)),
-            "--max_queue",
-            str(max(args.concurrency)),
-            "--chunk_frames",
-            str(args.chunk_frames),
-        ]
-        # one client for every request, as a real client keeps one: a new httpx client costs ~23 ms of CPU (its TLS
-        # context), which 16 threads creating theirs at once added to their first-audio times (p95 0.93 s -> 0.56 s)
-        connections = max(args.concurrency)
-        client = httpx.Client(limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
-        log = open(os.path.join(folder, "server.log"), "wb")
-        server = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            while True:
-                if server.poll() is not None:
-                    raise SystemExit(open(os.path.join(folder, "server.log")).read()[-3000:])
-                try:
-                    if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
-            rate = 24000
-            one_request(client, url, model, rate)  # warm-up
-            figures = {}
-            processes = server_processes(server.pid)
-            for count in args.concurrency:
-                batched, seq, firsts, shares = [], [], [], []
-                for _ in range(args.repeats):
-                    before = {kind: sum(map(cpu_seconds, pids)) for kind, pids in processes.items()}
-                    started = time.perf_counter()
-                    throughput, first_bytes = concurrent(client, url, model, count, rate)
-                    wall = time.perf_counter() - started
-                    shares.append(
-                        {kind: (sum(map(cpu_seconds, pids)) - before[kind]) / wall for kind, pids in processes.items()}
-                    )
-                    batched.append(throughput)
-                    firsts += first_bytes
-                    seq.append(sequential(client, url, model, count, rate) if count > 1 else throughput)
-                figures[count] = {
-                    "batched": statistics.median(batched),
-                    "sequential": statistics.median(seq),
-                    "p50": percentile(firsts, 0.5),
-                    "p95": percentile(firsts, 0.95),
-                    # cores busy while the batched requests ran: the server's process, its decoding processes
-                    "model_cores": statistics.median(share["model"] for share in shares),
-                    "decoding_cores": statistics.median(share["decoding"] for share in shares),
-                }
-                print(f"concurrency {count}: {figures[count]}", flush=True)
-        finally:
-            client.close()
-            server.terminate()
-            server.wait(60)
-            log.close()
+            folder,
+            args.concurrency,
+            args.repeats,
+            args.max_duration,
+            args.num_threads,
+            args.chunk_frames,
+            args.device,
+        )
 
     single = figures.get(1)
     print(
         f"\nserver, {args.max_duration:g} s of speech per request, {args.num_threads} torch thread(s), "
-        f"--chunk_frames {args.chunk_frames}, medians of {args.repeats}:"
+        f"--chunk_frames {args.chunk_frames}, --device {args.device}, medians of {args.repeats}:"
     )
     print(
         f"{'concurrency':>11} {'audio s/s':>9} {'sequential':>10} {'batched/seq':>11} {'x single':>8} "
