@@ -24,7 +24,7 @@ if [ "${1:-}" = "--vllm" ]; then
   vllm_log=$(mktemp)
   bash scripts/setup_vllm.sh >"$vllm_log" 2>&1 &
   vllm_pid=$!
-  trap 'kill "$vllm_pid" 2>/dev/null; rm -f "$vllm_log"' EXIT
+  trap 'kill "$vllm_pid" 2>/dev/null || true; rm -f "$vllm_log"' EXIT  # stop it if this script fails first
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 stamp=.venv/.qwen-omni-installed
@@ -39,5 +39,7 @@ if [ -n "${vllm_pid:-}" ]; then
   vllm_status=0
   wait "$vllm_pid" || vllm_status=$?
   cat "$vllm_log"
+  rm -f "$vllm_log"
+  trap - EXIT
   [ "$vllm_status" = 0 ] || { echo "setup: scripts/setup_vllm.sh failed (exit $vllm_status), its output above" >&2; exit "$vllm_status"; }
 fi
