@@ -143,7 +143,7 @@ if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() el
 fi
 
 # 4. the tier, most telling first (the memory figures), stopped at the limit
-TESTS=(tests/gpu/test_gpu_qwen3_omni.py tests/gpu/test_gpu_omni.py tests/gpu/test_gpu_launch.py)
+TESTS=(tests/gpu/test_gpu_qwen3_omni.py tests/gpu/test_gpu_omni.py tests/gpu/test_gpu_launch.py tests/gpu/test_gpu_serve.py)
 "$PYTHON" -m pytest --collect-only -q -p no:cacheprovider -m gpu "${TESTS[@]}" > "$OUT_DIR/collected.txt" 2>&1
 budget=$(( LIMIT - $(elapsed) - REPORT_RESERVE ))
 [ "$budget" -gt 30 ] || budget=30
