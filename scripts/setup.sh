@@ -18,7 +18,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PYTHON=${PYTHON:-python3}
-export PYTHON
 if [ "${1:-}" = "--vllm" ]; then
   # .venv-vllm shares nothing with .venv: it installs at the same time (each pip keeps about one core busy)
   vllm_log=$(mktemp)

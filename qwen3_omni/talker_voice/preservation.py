@@ -205,6 +205,7 @@ def build_preserve_examples(
         prompt_ids, answer_ids = conversation_ids(processor, text, None, user_prompt_template, system_prompt)
         conversations.append((torch.tensor(prompt_ids), torch.tensor(prompt_ids + answer_ids), None))
     cache = bool(voice_examples) and voice_examples[0].thinker_embed is not None
+    codec_ids = list(speakers.values())
     examples = []
     for prompt_ids, sequence, voice_example in conversations:
         conversation = TalkerVoiceExample(prompt_ids, sequence, codes=torch.empty(0, dtype=torch.long))
@@ -215,7 +216,6 @@ def build_preserve_examples(
             )
         elif cache:
             cache_thinker_outputs(model, [conversation])
-        codec_ids = list(speakers.values())
         for codec_id, (codes, next_code) in zip(
             codec_ids, talker_greedy_codes(model, conversation, codec_ids, max_frames)
         ):
